@@ -1,0 +1,19 @@
+"""pydarknet: a Darknet-compatible deep-learning framework (C core, cffi, Python).
+
+    import pydarknet
+    net = pydarknet.load("yolov4-tiny.cfg", "yolov4-tiny.weights", names="coco.names")
+    for d in net.detect("dog.jpg"):
+        print(d.name, d.confidence, d.corners)
+"""
+from ._native import DarknetError, blas_available, version
+from .cfg import CfgError, CfgWarning, parse_cfg
+from .detection import Detection, draw_detections
+from .network import Layer, Network, load
+from .weights import WeightsError, WeightsHeader
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load", "Network", "Layer", "Detection", "draw_detections", "parse_cfg", "CfgError", "CfgWarning",
+    "DarknetError", "WeightsError", "WeightsHeader", "blas_available", "version",
+]

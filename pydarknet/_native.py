@@ -1,0 +1,60 @@
+"""Loads the C core and turns its status codes into Python exceptions."""
+import ctypes
+import os
+
+
+def _preload_openblas():
+    """Loads OpenBLAS from the scipy-openblas32 package so the extension finds
+    it whatever the install layout (editable installs included)."""
+    try:
+        import scipy_openblas32 as ob
+    except ImportError:
+        return
+    libdir = ob.get_lib_dir()
+    for name in sorted(os.listdir(libdir)):
+        if name.startswith("lib" + ob.get_library()) and ".so" in name:
+            ctypes.CDLL(os.path.join(libdir, name), mode=ctypes.RTLD_GLOBAL)
+            return
+
+
+_preload_openblas()
+
+from ._core import ffi, lib  # noqa: E402
+
+
+class DarknetError(RuntimeError):
+    """An error reported by the C core (bad input, shapes that do not fit, ...)."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+STATUS_NAMES = {
+    lib.DN_ERR_ARG: "bad argument",
+    lib.DN_ERR_NOMEM: "out of memory",
+    lib.DN_ERR_SHAPE: "shape mismatch",
+    lib.DN_ERR_FORMAT: "bad format",
+    lib.DN_ERR_IO: "I/O error",
+    lib.DN_ERR_UNSUPPORTED: "unsupported",
+    lib.DN_ERR_STATE: "bad state",
+}
+
+
+def last_error():
+    return ffi.string(lib.dn_last_error()).decode("utf-8", "replace")
+
+
+def check(status, context=None):
+    """Raises DarknetError carrying the core's message when status is not DN_OK."""
+    if status != lib.DN_OK:
+        msg = last_error() or STATUS_NAMES.get(status, f"error {status}")
+        raise DarknetError(f"{context}: {msg}" if context else msg, status)
+
+
+def blas_available():
+    return bool(lib.dn_blas_available())
+
+
+def version():
+    return ffi.string(lib.dn_version()).decode()

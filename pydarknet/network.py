@@ -1,0 +1,281 @@
+"""The Python face of a network built in the C core.
+
+``load`` parses a cfg (pydarknet.cfg), hands every resolved layer to the C
+builder (errors come back naming the cfg file and line), optionally reads a
+weights file, and returns a :class:`Network`. Inputs go to C without copies
+when they are float32 and C-contiguous; outputs come back as NumPy arrays.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from . import weights as _weights
+from ._native import DarknetError, check, ffi, lib, last_error
+from .cfg import CfgError, LayerSpec, NetSpec, parse_cfg
+from .detection import Detection
+
+log = logging.getLogger("pydarknet")
+
+_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+
+
+@ffi.def_extern()
+def _pydarknet_log(level, message, user):
+    log.log(_LEVELS.get(level, logging.INFO), ffi.string(message).decode("utf-8", "replace"))
+
+
+def default_threads():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class Layer:
+    """One layer of a built network (darknet's numbering: 0-based, cfg order)."""
+
+    def __init__(self, net: "Network", index: int, spec: Optional[LayerSpec]):
+        self._net = net
+        self.index = index
+        self.spec = spec
+        t = ffi.new("const char **")
+        check(lib.dn_layer_type(net._ptr, index, t))
+        self.type = ffi.string(t[0]).decode()
+
+    @property
+    def shape(self):
+        """Output shape (channels, height, width) for one image."""
+        c, h, w = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
+        check(lib.dn_layer_shape(self._net._ptr, self.index, c, h, w))
+        return (c[0], h[0], w[0])
+
+    @property
+    def output(self) -> np.ndarray:
+        """A copy of this layer's output from the last forward pass, [B, C, H, W]."""
+        data, count = ffi.new("const float **"), ffi.new("size_t *")
+        check(lib.dn_layer_output(self._net._ptr, self.index, data, count))
+        arr = np.frombuffer(ffi.buffer(data[0], count[0] * 4), dtype=np.float32)
+        return arr.reshape((self._net.batch,) + self.shape).copy()
+
+    @property
+    def params(self) -> dict:
+        """Name -> float32 array viewing the C tensor (valid while the network lives)."""
+        out = {}
+        for j in range(lib.dn_layer_num_params(self._net._ptr, self.index)):
+            name, data, count = ffi.new("const char **"), ffi.new("float **"), ffi.new("size_t *")
+            check(lib.dn_layer_param(self._net._ptr, self.index, j, name, data, count))
+            out[ffi.string(name[0]).decode()] = np.frombuffer(ffi.buffer(data[0], count[0] * 4), dtype=np.float32)
+        return out
+
+    def __repr__(self):
+        c, h, w = self.shape
+        return f"<Layer {self.index} {self.type} -> {c}x{h}x{w}>"
+
+
+def _set_attr(ptr, key, value):
+    k = key.encode()
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        return lib.dn_net_set_ints(ptr, k, ffi.new("int[1]", [value]), 1)
+    if isinstance(value, float):
+        return lib.dn_net_set_floats(ptr, k, ffi.new("float[1]", [value]), 1)
+    if isinstance(value, str):
+        return lib.dn_net_set_string(ptr, k, value.encode())
+    values = list(value)
+    if all(isinstance(v, int) for v in values):
+        return lib.dn_net_set_ints(ptr, k, ffi.new("int[]", values or [0]), len(values))
+    return lib.dn_net_set_floats(ptr, k, ffi.new("float[]", [float(v) for v in values]), len(values))
+
+
+class Network:
+    """A network built from a parsed cfg. Use :func:`load` to make one."""
+
+    def __init__(self, spec: NetSpec, batch: int = 1, threads: Optional[int] = None, names=None):
+        self.spec = spec
+        self.names = list(names) if names is not None else None
+        self.weights_header = None
+        c, h, w = spec.channels, spec.height, spec.width
+        out = ffi.new("dn_net **")
+        check(lib.dn_net_create(batch, c, h, w, out), f"{spec.path}: [net]")
+        self._ptr = ffi.gc(out[0], lib.dn_net_free)
+        lib.dn_net_set_log(self._ptr, lib._pydarknet_log, ffi.NULL)
+        for layer in spec.layers:
+            self._add(layer)
+        check(lib.dn_net_finalize(self._ptr), spec.path)
+        self.set_threads(threads or default_threads())
+        if os.environ.get("PYDARKNET_GEMM", "").lower() == "portable":
+            check(lib.dn_net_set_blas(self._ptr, 0))
+        self.layers: List[Layer] = [Layer(self, i, s) for i, s in enumerate(spec.layers)]
+        self._outputs = self._output_indices()
+        self._det_cap = 0
+        self._det_buf = None
+
+    def _add(self, layer: LayerSpec):
+        ptr = self._ptr
+        status = lib.dn_net_add_layer(ptr, layer.type.encode())
+        for key, value in layer.attrs.items():
+            if status:
+                break
+            status = _set_attr(ptr, key, value)
+        if not status:
+            status = lib.dn_net_end_layer(ptr)
+        if status:
+            msg = last_error()
+            prefix = f"layer {layer.index} [{layer.type}]: "
+            if msg.startswith(prefix):
+                msg = msg[len(prefix):]
+            raise CfgError(layer.path, layer.line, f"layer {layer.index} [{layer.type}]: {msg}")
+
+    def _output_indices(self):
+        heads = [l.index for l in self.layers if l.type in ("yolo", "region")]
+        if heads:
+            return heads
+        last = len(self.layers) - 1
+        while last > 0 and self.layers[last].type == "cost":
+            last -= 1
+        return [last]
+
+    # ---- properties
+    def _input_shape(self):
+        b, c, h, w = (ffi.new("int *") for _ in range(4))
+        check(lib.dn_net_input_shape(self._ptr, b, c, h, w))
+        return b[0], c[0], h[0], w[0]
+
+    @property
+    def batch(self):
+        return self._input_shape()[0]
+
+    @property
+    def channels(self):
+        return self._input_shape()[1]
+
+    @property
+    def height(self):
+        return self._input_shape()[2]
+
+    @property
+    def width(self):
+        return self._input_shape()[3]
+
+    @property
+    def output_layers(self) -> List[Layer]:
+        return [self.layers[i] for i in self._outputs]
+
+    @property
+    def uses_blas(self):
+        return bool(lib.dn_net_uses_blas(self._ptr))
+
+    def set_threads(self, threads: int):
+        check(lib.dn_net_set_threads(self._ptr, int(threads)))
+        self.threads = int(threads)
+
+    def resize(self, batch=None, height=None, width=None):
+        """Changes the batch size or the input size (every layer's shape follows)."""
+        b, _, h, w = self._input_shape()
+        check(lib.dn_net_resize(self._ptr, batch or b, height or h, width or w))
+
+    # ---- weights
+    def load_weights(self, path, max_layers=None):
+        self.weights_header = _weights.load_weights(self, path, max_layers=max_layers)
+        return self.weights_header
+
+    def save_weights(self, path, max_layers=None):
+        _weights.save_weights(self, path, header=self.weights_header, max_layers=max_layers)
+
+    # ---- running
+    def forward(self, x: np.ndarray):
+        """Runs the network on x, float32 [B, C, H, W] (or [C, H, W]) in 0..1."""
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[None]
+        _, c, h, w = self._input_shape()
+        if x.ndim != 4 or x.shape[1:] != (c, h, w):
+            raise ValueError(f"input of shape {x.shape} does not fit the network's [B, {c}, {h}, {w}]")
+        if x.shape[0] != self.batch:
+            self.resize(batch=x.shape[0])
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        check(lib.dn_net_forward(self._ptr, ffi.from_buffer("float[]", x), x.size))
+
+    def predict(self, x: np.ndarray) -> List[np.ndarray]:
+        """Forward pass; returns one array per output layer ([yolo]/[region]
+        heads, or the last layer), each [B, C, H, W] in darknet's layout."""
+        self.forward(x)
+        return [self.layers[i].output for i in self._outputs]
+
+    def detect(self, image, thresh: float = 0.25, nms: float = 0.45, letterbox: Optional[bool] = None
+               ) -> List[Detection]:
+        """Detects objects in one image (a BGR uint8 array as OpenCV reads it,
+        or a path). The image is letterboxed or stretched as the cfg's
+        [net] letter_box says (or `letterbox`), every [yolo]/[region] head is
+        decoded, and greedy NMS runs per class. Boxes are in image pixels."""
+        img = _read_image(image)
+        if letterbox is None:
+            letterbox = bool(self.spec.options.get("letter_box", 0))
+        if self.batch != 1:
+            self.resize(batch=1)
+        h, w = img.shape[:2]
+        ch = 1 if img.ndim == 2 else img.shape[2]
+        check(lib.dn_net_set_input_image(self._ptr, 0, ffi.from_buffer("uint8_t[]", img), w, h, ch,
+                                         img.strides[0], 1, int(letterbox)))
+        check(lib.dn_net_forward_input(self._ptr))
+        return self._detections(0, w, h, thresh, nms, letterbox)
+
+    def _detections(self, b, w, h, thresh, nms, letterbox):
+        found = ffi.new("int *")
+        while True:
+            if self._det_buf is None:
+                self._det_cap = max(self._det_cap, 256)
+                self._det_buf = ffi.new("dn_detection[]", self._det_cap)
+            check(lib.dn_net_detections(self._ptr, b, w, h, float(thresh), float(nms), int(letterbox),
+                                        self._det_buf, self._det_cap, found))
+            if found[0] <= self._det_cap:
+                break
+            self._det_cap = found[0]
+            self._det_buf = None
+        names = self.names
+        out = []
+        for i in range(found[0]):
+            d = self._det_buf[i]
+            name = names[d.class_id] if names and d.class_id < len(names) else None
+            out.append(Detection(d.class_id, d.confidence, d.x, d.y, d.w, d.h, d.objectness, name))
+        return out
+
+
+def _read_image(image):
+    import cv2
+
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise DarknetError(f"{path}: cannot read image (missing, unreadable or not an image)")
+        return img
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3)):
+        raise ValueError(f"expected a uint8 image [H, W] or [H, W, 3], got {img.dtype} {img.shape}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if not img.flags.c_contiguous:
+        img = np.ascontiguousarray(img)
+    return img
+
+
+def load(cfg_path, weights_path=None, batch: int = 1, threads: Optional[int] = None, names=None,
+         max_layers: Optional[int] = None) -> Network:
+    """Builds the network of a darknet cfg and, when given, loads its weights
+    (only the first `max_layers` layers' when given). `names`: class names, a
+    list or the path of a .names file."""
+    spec = parse_cfg(cfg_path)
+    if isinstance(names, (str, os.PathLike)):
+        from .datafiles import read_names
+
+        names = read_names(names)
+    net = Network(spec, batch=batch, threads=threads, names=names)
+    if weights_path is not None:
+        net.load_weights(weights_path, max_layers=max_layers)
+    return net

@@ -1,0 +1,108 @@
+/* detections.c - boxes from the detection heads, mapped to image pixels, with
+ * darknet's greedy per-class non-maximum suppression: within each class,
+ * boxes in decreasing confidence each remove the later ones whose IoU with it
+ * exceeds the threshold. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+dn_status dn_candidates_push(dn_candidates *c, dn_detection d)
+{
+    if (c->count == c->capacity) {
+        int cap = c->capacity ? c->capacity * 2 : 256;
+        dn_detection *items = realloc(c->items, (size_t)cap * sizeof(dn_detection));
+        if (!items) return dn_fail(DN_ERR_NOMEM, "out of memory collecting detections");
+        c->items = items;
+        c->capacity = cap;
+    }
+    c->items[c->count++] = d;
+    return DN_OK;
+}
+
+static float overlap(float x1, float w1, float x2, float w2)
+{
+    float l1 = x1 - w1 / 2, l2 = x2 - w2 / 2;
+    float r1 = x1 + w1 / 2, r2 = x2 + w2 / 2;
+    float left = l1 > l2 ? l1 : l2, right = r1 < r2 ? r1 : r2;
+    return right - left;
+}
+
+static float iou(const dn_detection *a, const dn_detection *b)
+{
+    float w = overlap(a->x, a->w, b->x, b->w), h = overlap(a->y, a->h, b->y, b->h);
+    if (w <= 0 || h <= 0) return 0.f;
+    float inter = w * h, uni = a->w * a->h + b->w * b->h - inter;
+    return uni > 0 ? inter / uni : 0.f;
+}
+
+static int by_class_then_confidence(const void *pa, const void *pb)
+{
+    const dn_detection *a = pa, *b = pb;
+    if (a->class_id != b->class_id) return a->class_id < b->class_id ? -1 : 1;
+    if (a->confidence != b->confidence) return a->confidence > b->confidence ? -1 : 1;
+    return 0;
+}
+
+static int by_confidence(const void *pa, const void *pb)
+{
+    const dn_detection *a = pa, *b = pb;
+    if (a->confidence != b->confidence) return a->confidence > b->confidence ? -1 : 1;
+    if (a->class_id != b->class_id) return a->class_id < b->class_id ? -1 : 1;
+    return 0;
+}
+
+dn_status dn_net_detections(dn_net *net, int batch_index, int img_w, int img_h, float thresh, float nms,
+                            int letterbox, dn_detection *out, int capacity, int *found)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
+    if (batch_index < 0 || batch_index >= net->batch)
+        return dn_fail(DN_ERR_ARG, "batch index %d out of range (batch %d)", batch_index, net->batch);
+    if (img_w < 1 || img_h < 1) return dn_fail(DN_ERR_ARG, "bad image size %d x %d", img_w, img_h);
+    if (capacity < 0 || (capacity > 0 && !out) || !found) return dn_fail(DN_ERR_ARG, "bad output buffer");
+    dn_candidates *c = &net->candidates;
+    c->count = 0;
+    int heads = 0;
+    for (int i = 0; i < net->nlayers; ++i) {
+        const dn_layer *l = net->layers[i];
+        if (!l->ops->detections) continue;
+        ++heads;
+        dn_status s = l->ops->detections(l, net, batch_index, thresh, c);
+        if (s) return s;
+    }
+    if (!heads) return dn_fail(DN_ERR_STATE, "the network has no [yolo] or [region] layer");
+
+    /* from network-input coordinates (0..1) to image pixels */
+    int nw = net->w, nh = net->h;
+    if (letterbox) dn_letterbox_dims(img_w, img_h, net->w, net->h, &nw, &nh);
+    const float dx = (float)(net->w - nw) / 2.f / net->w, dy = (float)(net->h - nh) / 2.f / net->h;
+    const float rw = (float)nw / net->w, rh = (float)nh / net->h;
+    for (int i = 0; i < c->count; ++i) {
+        dn_detection *d = &c->items[i];
+        d->x = (d->x - dx) / rw * img_w;
+        d->y = (d->y - dy) / rh * img_h;
+        d->w = d->w / rw * img_w;
+        d->h = d->h / rh * img_h;
+    }
+
+    int kept = c->count;
+    if (nms > 0 && c->count > 1) {
+        qsort(c->items, (size_t)c->count, sizeof(dn_detection), by_class_then_confidence);
+        char *gone = dn_calloc((size_t)c->count, 1);
+        if (!gone) return dn_fail(DN_ERR_NOMEM, "out of memory in NMS");
+        for (int i = 0; i < c->count; ++i) {
+            if (gone[i]) continue;
+            for (int j = i + 1; j < c->count && c->items[j].class_id == c->items[i].class_id; ++j)
+                if (!gone[j] && iou(&c->items[i], &c->items[j]) > nms) gone[j] = 1;
+        }
+        kept = 0;
+        for (int i = 0; i < c->count; ++i)
+            if (!gone[i]) c->items[kept++] = c->items[i];
+        free(gone);
+    }
+    qsort(c->items, (size_t)kept, sizeof(dn_detection), by_confidence);
+    *found = kept;
+    if (capacity > 0) memcpy(out, c->items, sizeof(dn_detection) * (size_t)(kept < capacity ? kept : capacity));
+    return DN_OK;
+}

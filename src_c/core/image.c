@@ -1,0 +1,98 @@
+/* image.c - 8-bit pixels to the network input, resized exactly as darknet
+ * resizes: values scaled to 0..1, RGB planes, then darknet's two-pass
+ * bilinear resize (columns first, then rows, sampling at x * (in-1)/(out-1)),
+ * either stretched to the network size or letterboxed: scaled to fit with
+ * the aspect kept, centred on a 0.5 grey canvas. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+void dn_letterbox_dims(int img_w, int img_h, int net_w, int net_h, int *new_w, int *new_h)
+{
+    if ((float)net_w / img_w < (float)net_h / img_h) {
+        *new_w = net_w;
+        *new_h = (img_h * net_w) / img_w;
+    } else {
+        *new_h = net_h;
+        *new_w = (img_w * net_h) / img_h;
+    }
+}
+
+/* value of channel k (0=R,1=G,2=B) at (x, y) as darknet reads it */
+static inline float px(const uint8_t *pixels, int stride, int channels, int bgr, int x, int y, int k)
+{
+    int ch = channels == 1 ? 0 : (bgr ? 2 - k : k);
+    return pixels[(size_t)y * stride + (size_t)x * channels + ch] / 255.f;
+}
+
+/* Resizes the image into dst (planes of dst_stride_plane floats, rows of
+ * dst_w floats, placed at column ox and row oy of a canvas dst_w x dst_h). */
+static dn_status resize_into(const uint8_t *pixels, int w, int h, int channels, int stride, int bgr, int rw, int rh,
+                             float *dst, int dst_w, int dst_h, int ox, int oy)
+{
+    const size_t plane = (size_t)dst_w * dst_h;
+    if (rw == w && rh == h) {
+        for (int k = 0; k < 3; ++k)
+            for (int y = 0; y < h; ++y)
+                for (int x = 0; x < w; ++x)
+                    dst[k * plane + (size_t)(y + oy) * dst_w + x + ox] = px(pixels, stride, channels, bgr, x, y, k);
+        return DN_OK;
+    }
+    float *part = malloc(sizeof(float) * (size_t)rw * h * 3);
+    if (!part) return dn_fail(DN_ERR_NOMEM, "out of memory resizing a %d x %d image", w, h);
+    const float w_scale = (float)(w - 1) / (rw - 1);
+    const float h_scale = (float)(h - 1) / (rh - 1);
+    for (int k = 0; k < 3; ++k)
+        for (int r = 0; r < h; ++r)
+            for (int c = 0; c < rw; ++c) {
+                float val;
+                if (c == rw - 1 || w == 1) {
+                    val = px(pixels, stride, channels, bgr, w - 1, r, k);
+                } else {
+                    float sx = c * w_scale;
+                    int ix = (int)sx;
+                    float dx = sx - ix;
+                    val = (1 - dx) * px(pixels, stride, channels, bgr, ix, r, k) +
+                          dx * px(pixels, stride, channels, bgr, ix + 1, r, k);
+                }
+                part[((size_t)k * h + r) * rw + c] = val;
+            }
+    for (int k = 0; k < 3; ++k)
+        for (int r = 0; r < rh; ++r) {
+            float sy = r * h_scale;
+            int iy = (int)sy;
+            float dy = sy - iy;
+            float *out = dst + k * plane + (size_t)(r + oy) * dst_w + ox;
+            const float *p0 = part + ((size_t)k * h + iy) * rw;
+            for (int c = 0; c < rw; ++c) out[c] = (1 - dy) * p0[c];
+            if (r == rh - 1 || h == 1) continue;
+            const float *p1 = p0 + rw;
+            for (int c = 0; c < rw; ++c) out[c] += dy * p1[c];
+        }
+    free(part);
+    return DN_OK;
+}
+
+dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
+                                 int channels, int stride, int bgr, int letterbox)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
+    if (!pixels) return dn_fail(DN_ERR_ARG, "pixels are NULL");
+    if (batch_index < 0 || batch_index >= net->batch)
+        return dn_fail(DN_ERR_ARG, "batch index %d out of range (batch %d)", batch_index, net->batch);
+    if (width < 1 || height < 1) return dn_fail(DN_ERR_ARG, "bad image size %d x %d", width, height);
+    if (channels != 1 && channels != 3)
+        return dn_fail(DN_ERR_ARG, "images must have 1 or 3 channels, got %d", channels);
+    if (net->c != 3) return dn_fail(DN_ERR_SHAPE, "the network takes %d channels; images give 3", net->c);
+    if (stride < width * channels) return dn_fail(DN_ERR_ARG, "row stride %d is less than width*channels", stride);
+    float *dst = net->input_buf + (size_t)batch_index * net->c * net->h * net->w;
+    if (!letterbox) return resize_into(pixels, width, height, channels, stride, bgr, net->w, net->h, dst, net->w, net->h, 0, 0);
+    int nw, nh;
+    dn_letterbox_dims(width, height, net->w, net->h, &nw, &nh);
+    if (nw < 1 || nh < 1) return dn_fail(DN_ERR_ARG, "image %d x %d is too thin to letterbox", width, height);
+    const size_t n = (size_t)3 * net->h * net->w;
+    for (size_t i = 0; i < n; ++i) dst[i] = .5f;
+    return resize_into(pixels, width, height, channels, stride, bgr, nw, nh, dst, net->w, net->h, (net->w - nw) / 2,
+                       (net->h - nh) / 2);
+}

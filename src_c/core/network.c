@@ -1,0 +1,384 @@
+/* network.c - building, sizing, running and inspecting a network.
+ *
+ * Building: dn_net_add_layer starts a layer, the dn_net_set_* calls give it
+ * its resolved options, dn_net_end_layer hands it the input shape (the
+ * previous layer's output, or the network input for layer 0), then calls the
+ * layer's make (options, parameters) and setup (output shape). Activations
+ * and the one shared workspace are allocated by dn_net_finalize, and again by
+ * dn_net_resize, so a forward pass allocates nothing. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define DN_STR2(x) #x
+#define DN_STR(x) DN_STR2(x)
+
+const char *dn_version(void) { return DN_STR(DN_VERSION_MAJOR) "." DN_STR(DN_VERSION_MINOR); }
+
+void *dn_calloc(size_t n, size_t size)
+{
+    if (n == 0) n = 1;
+    if (size && n > (size_t)-1 / size) return NULL;
+    return calloc(n, size);
+}
+
+dn_status dn_net_create(int batch, int channels, int height, int width, dn_net **out)
+{
+    if (!out) return dn_fail(DN_ERR_ARG, "output pointer is NULL");
+    *out = NULL;
+    if (batch < 1 || channels < 1 || height < 1 || width < 1)
+        return dn_fail(DN_ERR_ARG, "network input must be positive, got batch=%d channels=%d height=%d width=%d",
+                       batch, channels, height, width);
+    dn_net *net = calloc(1, sizeof(dn_net));
+    if (!net) return dn_fail(DN_ERR_NOMEM, "out of memory creating the network");
+    net->batch = batch;
+    net->c = channels;
+    net->h = height;
+    net->w = width;
+    net->threads = 1;
+    net->use_blas = dn_blas_available();
+    *out = net;
+    return DN_OK;
+}
+
+static void free_layer(dn_layer *l)
+{
+    if (!l) return;
+    if (l->ops && l->ops->destroy) l->ops->destroy(l);
+    for (int i = 0; i < l->nparams; ++i) {
+        free(l->params[i].data);
+        free(l->params[i].grad);
+    }
+    free(l->output);
+    dn_attrs_free(&l->attrs);
+    free(l);
+}
+
+void dn_net_free(dn_net *net)
+{
+    if (!net) return;
+    for (int i = 0; i < net->nlayers; ++i) free_layer(net->layers[i]);
+    free_layer(net->building);
+    free(net->layers);
+    free(net->workspace);
+    free(net->input_buf);
+    free(net->candidates.items);
+    free(net);
+}
+
+void dn_net_set_log(dn_net *net, dn_log_fn fn, void *user)
+{
+    if (!net) return;
+    net->log_fn = fn;
+    net->log_user = user;
+}
+
+dn_status dn_net_set_threads(dn_net *net, int threads)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (threads < 1) return dn_fail(DN_ERR_ARG, "thread count must be at least 1, got %d", threads);
+    net->threads = threads;
+    return DN_OK;
+}
+
+dn_status dn_net_set_blas(dn_net *net, int use_blas)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (use_blas && !dn_blas_available()) return dn_fail(DN_ERR_UNSUPPORTED, "this build has no BLAS");
+    net->use_blas = use_blas ? 1 : 0;
+    return DN_OK;
+}
+
+int dn_net_uses_blas(const dn_net *net) { return net ? net->use_blas : 0; }
+
+dn_status dn_net_add_layer(dn_net *net, const char *type)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (net->finalized) return dn_fail(DN_ERR_STATE, "the network is finalized; no more layers can be added");
+    if (net->building) return dn_fail(DN_ERR_STATE, "layer %d is still being built (call dn_net_end_layer)", net->nlayers);
+    if (!type) return dn_fail(DN_ERR_ARG, "layer type is NULL");
+    const dn_layer_ops *ops = dn_find_layer_ops(type);
+    if (!ops) return dn_fail(DN_ERR_UNSUPPORTED, "layer %d: unknown layer type '%s'", net->nlayers, type);
+    dn_layer *l = calloc(1, sizeof(dn_layer));
+    if (!l) return dn_fail(DN_ERR_NOMEM, "out of memory adding layer %d", net->nlayers);
+    l->ops = ops;
+    l->index = net->nlayers;
+    net->building = l;
+    return DN_OK;
+}
+
+/* The input shape of layer l: the previous layer's output or the network input. */
+static void take_input_shape(const dn_net *net, dn_layer *l)
+{
+    l->batch = net->batch;
+    if (l->index == 0) {
+        l->c = net->c;
+        l->h = net->h;
+        l->w = net->w;
+    } else {
+        const dn_layer *p = net->layers[l->index - 1];
+        l->c = p->out_c;
+        l->h = p->out_h;
+        l->w = p->out_w;
+    }
+    l->inputs = (size_t)l->c * l->h * l->w;
+}
+
+static dn_status run_setup(dn_net *net, dn_layer *l)
+{
+    take_input_shape(net, l);
+    dn_status s = l->ops->setup(l, net);
+    if (s) return s;
+    if (l->out_c < 1 || l->out_h < 1 || l->out_w < 1)
+        return dn_layer_fail(l, DN_ERR_SHAPE, "output shape %d x %d x %d (c x h x w) is empty for input %d x %d x %d",
+                             l->out_c, l->out_h, l->out_w, l->c, l->h, l->w);
+    l->outputs = (size_t)l->out_c * l->out_h * l->out_w;
+    return DN_OK;
+}
+
+dn_status dn_net_end_layer(dn_net *net)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    dn_layer *l = net->building;
+    if (!l) return dn_fail(DN_ERR_STATE, "no layer is being built");
+    if (net->nlayers == net->capacity) {
+        int cap = net->capacity ? net->capacity * 2 : 64;
+        dn_layer **layers = realloc(net->layers, (size_t)cap * sizeof(dn_layer *));
+        if (!layers) return dn_fail(DN_ERR_NOMEM, "out of memory adding layer %d", l->index);
+        net->layers = layers;
+        net->capacity = cap;
+    }
+    take_input_shape(net, l);
+    dn_status s = l->ops->make(l, net);
+    if (!s) s = run_setup(net, l);
+    if (s) {
+        net->building = NULL;
+        free_layer(l);
+        return s;
+    }
+    net->layers[net->nlayers++] = l;
+    net->building = NULL;
+    return DN_OK;
+}
+
+/* (Re)allocates activations and the workspace to the current sizes. */
+static dn_status allocate(dn_net *net)
+{
+    size_t ws = 0;
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        free(l->output);
+        l->output = dn_calloc((size_t)net->batch * l->outputs, sizeof(float));
+        if (!l->output) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the output (%zu floats)",
+                                             (size_t)net->batch * l->outputs);
+        if (l->workspace > ws) ws = l->workspace;
+    }
+    free(net->workspace);
+    net->workspace = NULL;
+    net->workspace_size = ws;
+    if (ws) {
+        net->workspace = dn_calloc(ws / sizeof(float) + 1, sizeof(float));
+        if (!net->workspace) return dn_fail(DN_ERR_NOMEM, "out of memory for the workspace (%zu bytes)", ws);
+    }
+    size_t in = (size_t)net->batch * net->c * net->h * net->w;
+    free(net->input_buf);
+    net->input_buf = dn_calloc(in, sizeof(float));
+    if (!net->input_buf) return dn_fail(DN_ERR_NOMEM, "out of memory for the input");
+    net->input_buf_size = in;
+    return DN_OK;
+}
+
+dn_status dn_net_finalize(dn_net *net)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (net->building) return dn_fail(DN_ERR_STATE, "layer %d is still being built", net->building->index);
+    if (net->nlayers == 0) return dn_fail(DN_ERR_STATE, "the network has no layers");
+    dn_status s = allocate(net);
+    if (s) return s;
+    net->finalized = 1;
+    return DN_OK;
+}
+
+dn_status dn_net_resize(dn_net *net, int batch, int height, int width)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
+    if (batch < 1 || height < 1 || width < 1)
+        return dn_fail(DN_ERR_ARG, "bad size batch=%d height=%d width=%d", batch, height, width);
+    if (batch == net->batch && height == net->h && width == net->w) return DN_OK;
+    int old_b = net->batch, old_h = net->h, old_w = net->w;
+    net->batch = batch;
+    net->h = height;
+    net->w = width;
+    dn_status s = DN_OK;
+    for (int i = 0; i < net->nlayers && !s; ++i) s = run_setup(net, net->layers[i]);
+    if (s) {
+        /* put the old sizes back; they were valid before */
+        char msg[1024];
+        strncpy(msg, dn_last_error(), sizeof(msg) - 1);
+        msg[sizeof(msg) - 1] = 0;
+        net->batch = old_b;
+        net->h = old_h;
+        net->w = old_w;
+        for (int i = 0; i < net->nlayers; ++i) run_setup(net, net->layers[i]);
+        return dn_fail(s, "%s", msg);
+    }
+    return allocate(net);
+}
+
+int dn_net_num_layers(const dn_net *net) { return net ? net->nlayers : 0; }
+
+dn_status dn_net_input_shape(const dn_net *net, int *batch, int *channels, int *height, int *width)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (batch) *batch = net->batch;
+    if (channels) *channels = net->c;
+    if (height) *height = net->h;
+    if (width) *width = net->w;
+    return DN_OK;
+}
+
+static dn_status get_layer(const dn_net *net, int i, dn_layer **out)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (i < 0 || i >= net->nlayers) return dn_fail(DN_ERR_ARG, "layer index %d out of range (0..%d)", i, net->nlayers - 1);
+    *out = net->layers[i];
+    return DN_OK;
+}
+
+dn_status dn_layer_type(const dn_net *net, int i, const char **type)
+{
+    dn_layer *l = NULL;
+    dn_status s = get_layer(net, i, &l);
+    if (s) return s;
+    *type = l->ops->type;
+    return DN_OK;
+}
+
+dn_status dn_layer_shape(const dn_net *net, int i, int *channels, int *height, int *width)
+{
+    dn_layer *l = NULL;
+    dn_status s = get_layer(net, i, &l);
+    if (s) return s;
+    if (channels) *channels = l->out_c;
+    if (height) *height = l->out_h;
+    if (width) *width = l->out_w;
+    return DN_OK;
+}
+
+dn_status dn_layer_output(const dn_net *net, int i, const float **data, size_t *count)
+{
+    dn_layer *l = NULL;
+    dn_status s = get_layer(net, i, &l);
+    if (s) return s;
+    if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
+    *data = l->output;
+    *count = (size_t)net->batch * l->outputs;
+    return DN_OK;
+}
+
+int dn_layer_num_params(const dn_net *net, int i)
+{
+    if (!net || i < 0 || i >= net->nlayers) return 0;
+    return net->layers[i]->nparams;
+}
+
+dn_status dn_layer_param(dn_net *net, int i, int j, const char **name, float **data, size_t *count)
+{
+    dn_layer *l = NULL;
+    dn_status s = get_layer(net, i, &l);
+    if (s) return s;
+    if (j < 0 || j >= l->nparams) return dn_layer_fail(l, DN_ERR_ARG, "parameter index %d out of range", j);
+    if (name) *name = l->params[j].name;
+    if (data) *data = l->params[j].data;
+    if (count) *count = l->params[j].count;
+    return DN_OK;
+}
+
+dn_status dn_net_workspace_size(const dn_net *net, size_t *bytes)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    *bytes = net->workspace_size;
+    return DN_OK;
+}
+
+static dn_status run(dn_net *net)
+{
+    dn_blas_set_threads(net->threads);
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        dn_status s = l->ops->forward(l, net);
+        if (s) return s;
+    }
+    return DN_OK;
+}
+
+dn_status dn_net_forward(dn_net *net, const float *input, size_t count)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
+    size_t want = (size_t)net->batch * net->c * net->h * net->w;
+    if (!input) return dn_fail(DN_ERR_ARG, "input is NULL");
+    if (count != want)
+        return dn_fail(DN_ERR_SHAPE, "input has %zu floats, the network takes %zu (batch %d x %d x %d x %d)", count, want,
+                       net->batch, net->c, net->h, net->w);
+    net->input = input;
+    dn_status s = run(net);
+    net->input = NULL;
+    return s;
+}
+
+dn_status dn_net_forward_input(dn_net *net)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
+    return dn_net_forward(net, net->input_buf, net->input_buf_size);
+}
+
+const float *dn_layer_input(const dn_net *net, const dn_layer *l)
+{
+    return l->index == 0 ? net->input : net->layers[l->index - 1]->output;
+}
+
+dn_status dn_layer_add_param(dn_layer *l, const char *name, size_t count, float **data)
+{
+    if (l->nparams == DN_MAX_PARAMS) return dn_layer_fail(l, DN_ERR_ARG, "too many parameter tensors");
+    float *p = dn_calloc(count, sizeof(float));
+    if (!p) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for parameter '%s' (%zu floats)", name, count);
+    dn_param *prm = &l->params[l->nparams++];
+    prm->name = name;
+    prm->data = p;
+    prm->grad = NULL;
+    prm->count = count;
+    if (data) *data = p;
+    return DN_OK;
+}
+
+dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key, const int **idx, int *count)
+{
+    dn_status s = dn_attr_ints(l, key, idx, count);
+    if (s) return s;
+    if (*count < 1) return dn_layer_fail(l, DN_ERR_ARG, "option '%s' names no layer", key);
+    for (int i = 0; i < *count; ++i) {
+        int j = (*idx)[i];
+        if (j < 0 || j >= l->index || j >= net->nlayers)
+            return dn_layer_fail(l, DN_ERR_ARG, "option '%s' names layer %d, which is not an earlier layer", key, j);
+    }
+    return DN_OK;
+}
+
+dn_status dn_setup_same_shape(dn_layer *l, dn_net *net)
+{
+    (void)net;
+    l->out_c = l->c;
+    l->out_h = l->h;
+    l->out_w = l->w;
+    return DN_OK;
+}
+
+dn_status dn_forward_copy(dn_layer *l, dn_net *net)
+{
+    memcpy(l->output, dn_layer_input(net, l), (size_t)l->batch * l->outputs * sizeof(float));
+    return DN_OK;
+}

@@ -1,0 +1,127 @@
+/*
+ * pydarknet.h - the public C interface of the pydarknet core.
+ *
+ * A network is an opaque handle built layer by layer from fully resolved
+ * options (the Python cfg parser, or a model file reader, resolves darknet's
+ * defaults; the builder here checks the values, infers every layer's shape and
+ * allocates). Every function that can fail returns a dn_status; the message
+ * of the last failure on the calling thread is dn_last_error(). The library
+ * never prints, exits or aborts; log lines go to a callback set per network.
+ *
+ * Tensor layout: NCHW float32, batch-major, as darknet stores it.
+ * Gradient convention (for the training functions to come): a layer's delta
+ * holds the true derivative dLoss/d(output); updates subtract.
+ *
+ * Usage:
+ *     dn_net *net;
+ *     if (dn_net_create(1, 3, 416, 416, &net) != DN_OK) puts(dn_last_error());
+ *     dn_net_add_layer(net, "convolutional");
+ *     int filters = 16; dn_net_set_ints(net, "filters", &filters, 1);
+ *     ...                              (every option the layer reads)
+ *     dn_net_end_layer(net);           (validates, infers the output shape)
+ *     ...                              (more layers)
+ *     dn_net_finalize(net);            (allocates activations and workspace)
+ *     dn_net_forward(net, input);      (input: batch*c*h*w floats)
+ *     dn_layer_output(net, i, &data, &count);
+ *     dn_net_free(net);
+ *
+ * Everything between the DN_CDEF markers is plain C declarations, fed as is to
+ * cffi's cdef by the Python build, so the compiler checks both sides agree.
+ */
+#ifndef PYDARKNET_H
+#define PYDARKNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DN_VERSION_MAJOR 0
+#define DN_VERSION_MINOR 1
+
+/* DN_CDEF_BEGIN */
+typedef enum dn_status {
+    DN_OK = 0,
+    DN_ERR_ARG = 1,          /* a bad argument: NULL handle, index out of range, bad option */
+    DN_ERR_NOMEM = 2,        /* allocation failed */
+    DN_ERR_SHAPE = 3,        /* shapes that do not fit together */
+    DN_ERR_FORMAT = 4,       /* malformed data (model file, weights) */
+    DN_ERR_IO = 5,           /* a file could not be read or written */
+    DN_ERR_UNSUPPORTED = 6,  /* a layer type or option this build does not support */
+    DN_ERR_STATE = 7         /* a call out of order (e.g. forward before finalize) */
+} dn_status;
+
+typedef enum dn_log_level { DN_LOG_DEBUG = 0, DN_LOG_INFO = 1, DN_LOG_WARN = 2, DN_LOG_ERROR = 3 } dn_log_level;
+
+typedef struct dn_net dn_net;
+typedef void (*dn_log_fn)(int level, const char *message, void *user);
+
+/* One detection: a box in the pixels of the image given to the decoder
+ * (centre x, y and size w, h), the class it stands for and its confidence
+ * (objectness times class probability). */
+typedef struct dn_detection {
+    float x, y, w, h;
+    float objectness;
+    float confidence;
+    int class_id;
+    int batch_index;
+} dn_detection;
+
+/* Library */
+const char *dn_version(void);
+const char *dn_last_error(void);
+int dn_blas_available(void);       /* 1 when built against a BLAS */
+
+/* Network lifetime and settings */
+dn_status dn_net_create(int batch, int channels, int height, int width, dn_net **out);
+void dn_net_free(dn_net *net);
+void dn_net_set_log(dn_net *net, dn_log_fn fn, void *user);
+dn_status dn_net_set_threads(dn_net *net, int threads);
+dn_status dn_net_set_blas(dn_net *net, int use_blas);   /* 0 forces the portable GEMM */
+int dn_net_uses_blas(const dn_net *net);
+
+/* Building: one layer at a time, options fully resolved by the caller. */
+dn_status dn_net_add_layer(dn_net *net, const char *type);
+dn_status dn_net_set_ints(dn_net *net, const char *key, const int *values, int count);
+dn_status dn_net_set_floats(dn_net *net, const char *key, const float *values, int count);
+dn_status dn_net_set_string(dn_net *net, const char *key, const char *value);
+dn_status dn_net_end_layer(dn_net *net);
+dn_status dn_net_finalize(dn_net *net);
+dn_status dn_net_resize(dn_net *net, int batch, int height, int width);
+
+/* Inspection */
+int dn_net_num_layers(const dn_net *net);
+dn_status dn_net_input_shape(const dn_net *net, int *batch, int *channels, int *height, int *width);
+dn_status dn_layer_type(const dn_net *net, int layer, const char **type);
+dn_status dn_layer_shape(const dn_net *net, int layer, int *channels, int *height, int *width);
+dn_status dn_layer_output(const dn_net *net, int layer, const float **data, size_t *count);
+int dn_layer_num_params(const dn_net *net, int layer);
+dn_status dn_layer_param(dn_net *net, int layer, int index, const char **name, float **data, size_t *count);
+dn_status dn_net_workspace_size(const dn_net *net, size_t *bytes);
+
+/* Running */
+dn_status dn_net_forward(dn_net *net, const float *input, size_t count);
+
+/* Images: 8-bit interleaved pixels (rows of width*channels bytes, `stride`
+ * bytes apart; channels 1 or 3; bgr=1 for OpenCV's order) to the network's
+ * planar RGB float input for batch entry `batch_index`, resized as darknet
+ * does: plain stretch (letterbox=0) or aspect-preserving letterbox on grey. */
+dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
+                                 int channels, int stride, int bgr, int letterbox);
+dn_status dn_net_forward_input(dn_net *net);
+
+/* Detections from every [yolo] and [region] head after a forward pass, boxes
+ * mapped back to an image of img_w x img_h (letterbox as used for the input),
+ * non-maximum suppression per class with IoU above `nms` (0 disables it).
+ * Writes at most `capacity` detections, sorted by confidence, and the number
+ * found (which may exceed capacity) to *found. */
+dn_status dn_net_detections(dn_net *net, int batch_index, int img_w, int img_h, float thresh, float nms,
+                            int letterbox, dn_detection *out, int capacity, int *found);
+/* DN_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PYDARKNET_H */

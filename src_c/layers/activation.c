@@ -1,0 +1,29 @@
+/* activation.c - [activation]: out = f(in), same shape, f by name. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+static dn_status activation_make(dn_layer *l, dn_net *net)
+{
+    (void)net;
+    const char *name;
+    dn_activation *a = dn_calloc(1, sizeof(*a));
+    if (!a) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
+    l->priv = a;
+    dn_status st = dn_attr_string(l, "activation", &name);
+    if (st) return st;
+    if ((st = dn_activation_from_name(name, a))) return dn_layer_fail(l, st, "unknown activation '%s'", name);
+    return DN_OK;
+}
+
+static dn_status activation_forward(dn_layer *l, dn_net *net)
+{
+    dn_forward_copy(l, net);
+    dn_activate(l->output, l->batch, l->out_c, l->out_h * l->out_w, *(dn_activation *)l->priv);
+    return DN_OK;
+}
+
+static void activation_destroy(dn_layer *l) { free(l->priv); }
+
+const dn_layer_ops dn_activation_ops = {"activation", activation_make, dn_setup_same_shape, activation_forward,
+                                        activation_destroy, NULL};

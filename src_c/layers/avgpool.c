@@ -1,0 +1,32 @@
+/* avgpool.c - [avgpool]: global average pooling.
+ * Input [B][C][H][W], output [B][C][1][1], out[c] = mean over H*W of in[c]. */
+#include "internal.h"
+
+static dn_status avgpool_make(dn_layer *l, dn_net *net)
+{
+    (void)l;
+    (void)net;
+    return DN_OK;
+}
+
+static dn_status avgpool_setup(dn_layer *l, dn_net *net)
+{
+    (void)net;
+    l->out_c = l->c;
+    l->out_h = l->out_w = 1;
+    return DN_OK;
+}
+
+static dn_status avgpool_forward(dn_layer *l, dn_net *net)
+{
+    const float *in = dn_layer_input(net, l);
+    const size_t hw = (size_t)l->h * l->w;
+    for (int k = 0; k < l->batch * l->c; ++k) {
+        float sum = 0.f;
+        for (size_t i = 0; i < hw; ++i) sum += in[(size_t)k * hw + i];
+        l->output[k] = sum / hw;
+    }
+    return DN_OK;
+}
+
+const dn_layer_ops dn_avgpool_ops = {"avgpool", avgpool_make, avgpool_setup, avgpool_forward, NULL, NULL};

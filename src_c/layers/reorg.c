@@ -1,0 +1,79 @@
+/* reorg.c - [reorg] (darknet's space-to-depth of yolov2)
+ *
+ * stride s, forward mode: input [B][C][H][W] to output [B][C*s*s][H/s][W/s] with
+ *     out[k][j][i] = in[k % C][j*s + (k/C) / s][i*s + (k/C) % s].
+ * reverse=1: output [B][C/(s*s)][H*s][W*s], filled by darknet's reorg
+ * permutation run over the output's own shape (see reorg_map); darknet's
+ * index arithmetic then needs C divisible by s^4. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    int stride, reverse;
+} reorg_state;
+
+static dn_status reorg_make(dn_layer *l, dn_net *net)
+{
+    (void)net;
+    reorg_state *s = dn_calloc(1, sizeof(*s));
+    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
+    l->priv = s;
+    dn_status st;
+    if ((st = dn_attr_int(l, "stride", &s->stride)) || (st = dn_attr_int(l, "reverse", &s->reverse))) return st;
+    if (s->stride < 1) return dn_layer_fail(l, DN_ERR_ARG, "stride must be positive");
+    return DN_OK;
+}
+
+static dn_status reorg_setup(dn_layer *l, dn_net *net)
+{
+    (void)net;
+    reorg_state *s = l->priv;
+    const int ss = s->stride * s->stride;
+    if (s->reverse) {
+        if (l->c % (ss * ss))
+            return dn_layer_fail(l, DN_ERR_SHAPE, "channels %d not divisible by stride^4=%d", l->c, ss * ss);
+        l->out_c = l->c / ss;
+        l->out_h = l->h * s->stride;
+        l->out_w = l->w * s->stride;
+    } else {
+        if (l->h % s->stride || l->w % s->stride)
+            return dn_layer_fail(l, DN_ERR_SHAPE, "input %d x %d not divisible by stride %d", l->h, l->w, s->stride);
+        l->out_c = l->c * ss;
+        l->out_h = l->h / s->stride;
+        l->out_w = l->w / s->stride;
+    }
+    return DN_OK;
+}
+
+/* darknet's reorg index map over an (oc, oh, ow) index space: position
+ * (k, j, i) pairs with (k % ic, j*s + (k/ic)/s, i*s + (k/ic)%s) in a tensor of
+ * ic channels and (oh*s) x (ow*s) pixels, ic = oc / (s*s). */
+static void reorg_map(const float *x, int ow, int oh, int oc, int batch, int s, int forward, float *out)
+{
+    const int ic = oc / (s * s);
+    for (int b = 0; b < batch; ++b)
+        for (int k = 0; k < oc; ++k)
+            for (int j = 0; j < oh; ++j)
+                for (int i = 0; i < ow; ++i) {
+                    size_t a = (size_t)i + (size_t)ow * (j + (size_t)oh * (k + (size_t)oc * b));
+                    int c2 = k % ic, off = k / ic;
+                    size_t w2 = (size_t)i * s + off % s, h2 = (size_t)j * s + off / s;
+                    size_t z = w2 + (size_t)ow * s * (h2 + (size_t)oh * s * (c2 + (size_t)ic * b));
+                    if (forward) out[z] = x[a];
+                    else out[a] = x[z];
+                }
+}
+
+static dn_status reorg_forward(dn_layer *l, dn_net *net)
+{
+    reorg_state *s = l->priv;
+    const float *in = dn_layer_input(net, l);
+    if (s->reverse) reorg_map(in, l->out_w, l->out_h, l->out_c, l->batch, s->stride, 1, l->output);
+    else reorg_map(in, l->out_w, l->out_h, l->out_c, l->batch, s->stride, 0, l->output);
+    return DN_OK;
+}
+
+static void reorg_destroy(dn_layer *l) { free(l->priv); }
+
+const dn_layer_ops dn_reorg_ops = {"reorg", reorg_make, reorg_setup, reorg_forward, reorg_destroy, NULL};

@@ -1,0 +1,51 @@
+/* sam.c - [sam] (spatial attention): out = act(in * F) elementwise, where F
+ * is the output of the `from` layer and has the input's shape [B][C][H][W]. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    int from;
+    dn_activation activation;
+} sam_state;
+
+static dn_status sam_make(dn_layer *l, dn_net *net)
+{
+    sam_state *s = dn_calloc(1, sizeof(*s));
+    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
+    l->priv = s;
+    const int *from;
+    int n;
+    const char *act;
+    dn_status st;
+    if ((st = dn_layer_sources(l, net, "from", &from, &n)) || (st = dn_attr_string(l, "activation", &act))) return st;
+    if (n != 1) return dn_layer_fail(l, DN_ERR_ARG, "'from' must name exactly one layer");
+    s->from = from[0];
+    if ((st = dn_activation_from_name(act, &s->activation))) return dn_layer_fail(l, st, "unknown activation '%s'", act);
+    return DN_OK;
+}
+
+static dn_status sam_setup(dn_layer *l, dn_net *net)
+{
+    sam_state *s = l->priv;
+    const dn_layer *f = net->layers[s->from];
+    if (f->out_c != l->c || f->out_h != l->h || f->out_w != l->w)
+        return dn_layer_fail(l, DN_ERR_SHAPE, "layer %d is %d x %d x %d but the input is %d x %d x %d (c x h x w)",
+                             f->index, f->out_c, f->out_h, f->out_w, l->c, l->h, l->w);
+    return dn_setup_same_shape(l, net);
+}
+
+static dn_status sam_forward(dn_layer *l, dn_net *net)
+{
+    sam_state *s = l->priv;
+    const float *in = dn_layer_input(net, l);
+    const float *f = net->layers[s->from]->output;
+    const size_t n = (size_t)l->batch * l->outputs;
+    for (size_t i = 0; i < n; ++i) l->output[i] = in[i] * f[i];
+    dn_activate(l->output, l->batch, l->out_c, l->out_h * l->out_w, s->activation);
+    return DN_OK;
+}
+
+static void sam_destroy(dn_layer *l) { free(l->priv); }
+
+const dn_layer_ops dn_sam_ops = {"sam", sam_make, sam_setup, sam_forward, sam_destroy, NULL};

@@ -1,0 +1,73 @@
+/* scale_channels.c - [scale_channels] (squeeze-and-excitation)
+ *
+ * `from` names a layer F of shape [B][C][H][W]; the input (previous layer) is
+ * either [B][C][1][1] (one scale per channel: out[c][y][x] = in[c] * F[c][y][x])
+ * or, with scale_wh=1, [B][1][H][W] (one scale per pixel: out[c][y][x] =
+ * in[y][x] * F[c][y][x]). Then the activation. Output shape = F's shape. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    int from, scale_wh;
+    dn_activation activation;
+} scale_channels_state;
+
+static dn_status scale_channels_make(dn_layer *l, dn_net *net)
+{
+    scale_channels_state *s = dn_calloc(1, sizeof(*s));
+    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
+    l->priv = s;
+    const int *from;
+    int n;
+    const char *act;
+    dn_status st;
+    if ((st = dn_layer_sources(l, net, "from", &from, &n)) || (st = dn_attr_int(l, "scale_wh", &s->scale_wh)) ||
+        (st = dn_attr_string(l, "activation", &act)))
+        return st;
+    if (n != 1) return dn_layer_fail(l, DN_ERR_ARG, "'from' must name exactly one layer");
+    s->from = from[0];
+    if ((st = dn_activation_from_name(act, &s->activation))) return dn_layer_fail(l, st, "unknown activation '%s'", act);
+    return DN_OK;
+}
+
+static dn_status scale_channels_setup(dn_layer *l, dn_net *net)
+{
+    scale_channels_state *s = l->priv;
+    const dn_layer *f = net->layers[s->from];
+    l->out_c = f->out_c;
+    l->out_h = f->out_h;
+    l->out_w = f->out_w;
+    if (s->scale_wh ? (l->c != 1 || l->h != f->out_h || l->w != f->out_w)
+                    : (l->h != 1 || l->w != 1 || l->c != f->out_c))
+        return dn_layer_fail(l, DN_ERR_SHAPE, "input %d x %d x %d does not scale layer %d of %d x %d x %d (c x h x w)%s",
+                             l->c, l->h, l->w, f->index, f->out_c, f->out_h, f->out_w,
+                             s->scale_wh ? " per pixel (scale_wh=1 needs 1 x H x W)" : " per channel (needs C x 1 x 1)");
+    return DN_OK;
+}
+
+static dn_status scale_channels_forward(dn_layer *l, dn_net *net)
+{
+    scale_channels_state *s = l->priv;
+    const float *in = dn_layer_input(net, l);
+    const float *f = net->layers[s->from]->output;
+    const size_t hw = (size_t)l->out_h * l->out_w;
+    for (int b = 0; b < l->batch; ++b)
+        for (int c = 0; c < l->out_c; ++c) {
+            const size_t off = ((size_t)b * l->out_c + c) * hw;
+            if (s->scale_wh) {
+                const float *sc = in + (size_t)b * hw;
+                for (size_t i = 0; i < hw; ++i) l->output[off + i] = sc[i] * f[off + i];
+            } else {
+                const float sc = in[(size_t)b * l->c + c];
+                for (size_t i = 0; i < hw; ++i) l->output[off + i] = sc * f[off + i];
+            }
+        }
+    dn_activate(l->output, l->batch, l->out_c, (int)hw, s->activation);
+    return DN_OK;
+}
+
+static void scale_channels_destroy(dn_layer *l) { free(l->priv); }
+
+const dn_layer_ops dn_scale_channels_ops = {"scale_channels", scale_channels_make, scale_channels_setup,
+                                            scale_channels_forward, scale_channels_destroy, NULL};

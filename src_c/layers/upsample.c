@@ -1,0 +1,71 @@
+/* upsample.c - [upsample]
+ *
+ * stride s > 0: nearest-neighbour upsampling, output [B][C][H*s][W*s],
+ *     out[c][y][x] = scale * in[c][y/s][x/s].
+ * stride s < 0 (darknet's reverse mode): output [B][C][H/|s|][W/|s|],
+ *     out[c][y][x] = scale * sum of the |s| x |s| input block at (y*|s|, x*|s|). */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int stride, reverse;
+    float scale;
+} upsample_state;
+
+static dn_status upsample_make(dn_layer *l, dn_net *net)
+{
+    (void)net;
+    upsample_state *s = dn_calloc(1, sizeof(*s));
+    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
+    l->priv = s;
+    dn_status st;
+    if ((st = dn_attr_int(l, "stride", &s->stride)) || (st = dn_attr_float(l, "scale", &s->scale))) return st;
+    if (s->stride == 0) return dn_layer_fail(l, DN_ERR_ARG, "stride must not be 0");
+    if (s->stride < 0) {
+        s->reverse = 1;
+        s->stride = -s->stride;
+    }
+    return DN_OK;
+}
+
+static dn_status upsample_setup(dn_layer *l, dn_net *net)
+{
+    (void)net;
+    upsample_state *s = l->priv;
+    l->out_c = l->c;
+    l->out_h = s->reverse ? l->h / s->stride : l->h * s->stride;
+    l->out_w = s->reverse ? l->w / s->stride : l->w * s->stride;
+    return DN_OK;
+}
+
+static dn_status upsample_forward(dn_layer *l, dn_net *net)
+{
+    upsample_state *s = l->priv;
+    const float *in = dn_layer_input(net, l);
+    const int st = s->stride;
+    if (!s->reverse) {
+        for (int k = 0; k < l->batch * l->c; ++k) {
+            const float *src = in + (size_t)k * l->h * l->w;
+            float *dst = l->output + (size_t)k * l->out_h * l->out_w;
+            for (int y = 0; y < l->out_h; ++y)
+                for (int x = 0; x < l->out_w; ++x)
+                    dst[(size_t)y * l->out_w + x] = s->scale * src[(size_t)(y / st) * l->w + x / st];
+        }
+        return DN_OK;
+    }
+    memset(l->output, 0, (size_t)l->batch * l->outputs * sizeof(float));
+    for (int k = 0; k < l->batch * l->c; ++k) {
+        const float *src = in + (size_t)k * l->h * l->w;
+        float *dst = l->output + (size_t)k * l->out_h * l->out_w;
+        for (int y = 0; y < l->out_h * st; ++y)
+            for (int x = 0; x < l->out_w * st; ++x)
+                dst[(size_t)(y / st) * l->out_w + x / st] += s->scale * src[(size_t)y * l->w + x];
+    }
+    return DN_OK;
+}
+
+static void upsample_destroy(dn_layer *l) { free(l->priv); }
+
+const dn_layer_ops dn_upsample_ops = {"upsample", upsample_make, upsample_setup, upsample_forward, upsample_destroy, NULL};

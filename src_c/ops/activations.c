@@ -1,0 +1,122 @@
+/* activations.c - darknet's activation functions, applied in place.
+ *
+ * Elementwise: y = f(x) with darknet's formulas (leaky slope .1, relie .01,
+ * elu/selu with exp, tanh as 2/(1+exp(-2x))-1, gelu's tanh approximation,
+ * swish x*sigmoid(x), mish x*tanh(softplus(x)) with softplus threshold 20,
+ * hard_mish from 0 below -2 through x^2/2+x to x above 0). Across channels at
+ * each pixel: normalize_channels y = max(x,0) / (eps + sum max(x,0)); the
+ * softmax kinds y = exp(x - m) / (eps + sum exp(x - m)) with m = 0 or the max. */
+#include "internal.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    dn_activation act;
+} names[] = {
+    {"linear", DN_ACT_LINEAR}, {"logistic", DN_ACT_LOGISTIC}, {"loggy", DN_ACT_LOGGY}, {"relu", DN_ACT_RELU},
+    {"relu6", DN_ACT_RELU6}, {"elu", DN_ACT_ELU}, {"selu", DN_ACT_SELU}, {"gelu", DN_ACT_GELU},
+    {"relie", DN_ACT_RELIE}, {"ramp", DN_ACT_RAMP}, {"leaky", DN_ACT_LEAKY}, {"revleaky", DN_ACT_REVLEAKY},
+    {"tanh", DN_ACT_TANH}, {"plse", DN_ACT_PLSE}, {"stair", DN_ACT_STAIR}, {"hardtan", DN_ACT_HARDTAN},
+    {"lhtan", DN_ACT_LHTAN}, {"swish", DN_ACT_SWISH}, {"mish", DN_ACT_MISH}, {"hard_mish", DN_ACT_HARD_MISH},
+    {"normalize_channels", DN_ACT_NORM_CHAN}, {"normalize_channels_softmax", DN_ACT_NORM_CHAN_SOFTMAX},
+    {"normalize_channels_softmax_maxval", DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL},
+};
+
+dn_status dn_activation_from_name(const char *name, dn_activation *out)
+{
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); ++i)
+        if (strcmp(names[i].name, name) == 0) {
+            *out = names[i].act;
+            return DN_OK;
+        }
+    return dn_fail(DN_ERR_ARG, "unknown activation '%s'", name);
+}
+
+static inline float softplus(float x)
+{
+    if (x > 20.f) return x;
+    if (x < -20.f) return expf(x);
+    return logf(expf(x) + 1.f);
+}
+
+static inline float tanh_dn(float x) { return 2.f / (1.f + expf(-2.f * x)) - 1.f; }
+
+static inline float activate1(float x, dn_activation a)
+{
+    switch (a) {
+    case DN_ACT_LINEAR: return x;
+    case DN_ACT_LOGISTIC: return 1.f / (1.f + expf(-x));
+    case DN_ACT_LOGGY: return 2.f / (1.f + expf(-x)) - 1.f;
+    case DN_ACT_RELU: return x > 0 ? x : 0.f;
+    case DN_ACT_RELU6: return x < 0 ? 0.f : (x > 6.f ? 6.f : x);
+    case DN_ACT_ELU: return x >= 0 ? x : expf(x) - 1.f;
+    case DN_ACT_SELU: return x >= 0 ? 1.0507f * x : 1.0507f * 1.6732f * (expf(x) - 1.f);
+    case DN_ACT_GELU: return 0.5f * x * (1.f + tanhf(0.797885f * x + 0.035677f * x * x * x));
+    case DN_ACT_RELIE: return x > 0 ? x : .01f * x;
+    case DN_ACT_RAMP: return (x > 0 ? x : 0.f) + .1f * x;
+    case DN_ACT_LEAKY:
+    case DN_ACT_REVLEAKY: return x > 0 ? x : .1f * x;
+    case DN_ACT_TANH: return tanh_dn(x);
+    case DN_ACT_PLSE: return x < -4 ? .01f * (x + 4) : (x > 4 ? .01f * (x - 4) + 1 : .125f * x + .5f);
+    case DN_ACT_STAIR: {
+        int n = (int)floorf(x);
+        return (n % 2 == 0) ? floorf(x / 2.f) : (x - n) + floorf(x / 2.f);
+    }
+    case DN_ACT_HARDTAN: return x < -1 ? -1.f : (x > 1 ? 1.f : x);
+    case DN_ACT_LHTAN: return x < 0 ? .001f * x : (x > 1 ? .001f * (x - 1) + 1 : x);
+    case DN_ACT_SWISH: return x / (1.f + expf(-x));
+    case DN_ACT_MISH: return x * tanh_dn(softplus(x));
+    case DN_ACT_HARD_MISH: return x > 0 ? x : (x > -2 ? x * x / 2 + x : 0.f);
+    default: return x;
+    }
+}
+
+static void across_channels(float *x, int batch, int channels, int spatial, dn_activation a)
+{
+    const float eps = .0001f;
+    for (int b = 0; b < batch; ++b) {
+        float *base = x + (size_t)b * channels * spatial;
+        for (int i = 0; i < spatial; ++i) {
+            float sum = eps, m = 0.f;
+            if (a == DN_ACT_NORM_CHAN) {
+                for (int k = 0; k < channels; ++k) {
+                    float v = base[(size_t)k * spatial + i];
+                    if (v > 0) sum += v;
+                }
+                for (int k = 0; k < channels; ++k) {
+                    float *v = &base[(size_t)k * spatial + i];
+                    *v = *v > 0 ? *v / sum : 0.f;
+                }
+                continue;
+            }
+            if (a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL) {
+                m = -FLT_MAX;
+                for (int k = 0; k < channels; ++k)
+                    if (base[(size_t)k * spatial + i] > m) m = base[(size_t)k * spatial + i];
+            }
+            for (int k = 0; k < channels; ++k) sum += expf(base[(size_t)k * spatial + i] - m);
+            for (int k = 0; k < channels; ++k) {
+                float *v = &base[(size_t)k * spatial + i];
+                *v = expf(*v - m) / sum;
+            }
+        }
+    }
+}
+
+void dn_activate(float *x, int batch, int channels, int spatial, dn_activation a)
+{
+    if (a == DN_ACT_LINEAR) return;
+    if (a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL) {
+        across_channels(x, batch, channels, spatial, a);
+        return;
+    }
+    const size_t n = (size_t)batch * channels * spatial;
+    if (a == DN_ACT_LEAKY) {
+        for (size_t i = 0; i < n; ++i) x[i] = x[i] > 0 ? x[i] : .1f * x[i];
+        return;
+    }
+    for (size_t i = 0; i < n; ++i) x[i] = activate1(x[i], a);
+}
