@@ -32,7 +32,10 @@ suffix ``_i``; a post-processing layer that belongs to it carries the suffix ``_
 * ``[route]``           ``identity_i`` (one input), ``concat_i`` (several), ``slice_i`` (groups=)
 * ``[shortcut]``        ``shortcut_i`` (Eltwise sum)   ``[scale_channels]`` ``scale_channels_i``
 * ``[sam]``             ``sam_i``             ``[reorg]``    ``reorg_i``
-* ``[dropout]``/``[cost]`` ``identity_i``     ``[crop]``     ``crop_i`` then ``adjust_crop_{i+1}``
+* ``[dropout]``/``[cost]`` ``identity_i``
+* ``[crop]``            ``crop_i`` then ``adjust_crop_{i+1}``; OpenCV also counts the latter as
+  a layer, so every later layer is misnumbered and gets the wrong weights: a cfg with a layer
+  after [crop] is refused here (RuntimeError).
 * ``[yolo]``            ``permute_i`` (NCHW->NHWC) then ``yolo_i`` (a Region layer)
 * ``[region]``          ``permute_i`` then ``detection_out``
 * ``activation=A`` (not linear) appends ``A_{i+1}``: ``leaky_{i+1}`` (ReLU, slope 0.1),
@@ -49,6 +52,15 @@ Layers with no equal OpenCV output are left out of the mapping: ``[yolo]``/``[re
 [yolo] layer is in the mapping under the feeding layer's own index, and ``yolo="input"``
 maps the [yolo] index to that name too), and ``[cost]`` (darknet's cost layer output is not
 its input at inference; OpenCV makes it an Identity).
+
+Checked to equal darknet's semantics (NumPy, fp32 rounding): convolution (groups, stride,
+pad), batch norm (with the epsilon fix below), leaky 0.1 / relu / logistic / tanh, mish and
+swish (abs error ~1e-6), maxpool including darknet's default padding = size-1 (window starts
+at -padding/2, padded cells ignored), nearest upsample, route concat and groups/group_id,
+shortcut with fewer channels in `from` (added into the first channels, output keeps the
+previous layer's channels).  Known differences: [softmax] is taken over channels at each
+position (darknet: over all C*H*W; identical after a global avgpool), [upsample] ignores
+darknet's ``scale=`` option, and shortcuts between different spatial sizes are refused.
 
 Fusion, Winograd and batch-norm epsilon
 ---------------------------------------
@@ -90,6 +102,9 @@ anchors, C classes) on a network input of W x H pixels, OpenCV returns ``[B, h*w
   layer, zeroing suppressed class scores.  ``opencv_detections`` overrides both (defaults
   0.0: every class score kept, no NMS) in an in-memory copy of the cfg.
   Boxes are relative to the network input (no letterbox correction to an image size).
+* ``[region]`` (YOLOv2, not in the shared cfgs) differs: sizes are ``exp(t) * anchor / grid``
+  (anchors in grid units), classes are ``softmax * objectness``, and OpenCV always runs its
+  per-class NMS at 0.4 (the cfg cannot switch it off), so suppressed class scores read 0.
 
 cfgs in /work/shared/cfg with OpenCV 4.14.0
 -------------------------------------------
@@ -345,6 +360,14 @@ def _opencv_groups(cfg_path):
     """{darknet index: [OpenCV layer names, in graph order]} from a cfg-only load."""
     _require_cv2()
     sections = _layer_sections(cfg_path)
+    crops = [i for i, (stype, _) in enumerate(sections) if stype == "crop"]
+    if crops and crops[0] != len(sections) - 1:
+        # OpenCV bumps its layer counter twice for [crop] (crop_i, adjust_crop_{i+1}): every
+        # later layer is misnumbered and its weights are handed to the wrong OpenCV layer.
+        raise RuntimeError(
+            "%s: OpenCV misnumbers the layers after [crop] (layer %d); no reference possible"
+            % (cfg_path, crops[0])
+        )
     net = cv2.dnn.readNetFromDarknet(cfg_path)
     names = list(net.getLayerNames())
     groups = {}
@@ -448,7 +471,8 @@ def opencv_weights_layout(cfg_path):
     """What OpenCV reads from a .weights file for this cfg, in file order.
 
     Returns a list of dicts {"index": darknet index, "name": OpenCV layer name, "type":
-    "Convolution" | "InnerProduct", "filters": n, "batch_normalize": bool, "weights": count},
+    "Convolution" | "InnerProduct", "filters": n, "batch_normalize": bool, "weights": count,
+    "shape": OpenCV weight blob shape},
     where each entry occupies (filters [* 4 with batch norm] + weights) float32 values after
     the header.  Shapes come from OpenCV itself (cfg plus a header-only weights buffer).
     """

@@ -70,6 +70,9 @@ static dn_status shortcut_setup(dn_layer *l, dn_net *net)
         if (!sampled)
             return dn_layer_fail(l, DN_ERR_SHAPE, "layer %d is %d x %d x %d but the input is %d x %d x %d (c x h x w)",
                                  p->index, p->out_c, p->out_h, p->out_w, l->c, l->h, l->w);
+        dn_log(net, DN_LOG_WARN,
+               "layer %d [shortcut]: layer %d of %d x %d x %d is sampled onto the input of %d x %d x %d (c x h x w), "
+               "as pjreddie's darknet does", l->index, p->index, p->out_c, p->out_h, p->out_w, l->c, l->h, l->w);
     }
     return DN_OK;
 }

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Inference latency of pydarknet against OpenCV DNN, side by side in one process.
+
+For each cfg: writes seeded random weights once (scripts/make_random_weights.py,
+cached in a temp folder), writes a copy of the cfg with [net] width/height set to
+--size, loads it in both pydarknet and OpenCV's darknet importer (OpenCV backend,
+CPU target), checks that both give outputs of the same shapes and close values at
+the convolution feeding each [yolo] head, warms both up, then times them in
+alternation (pydarknet, OpenCV, pydarknet, ...) for --repeat rounds, batch 1.
+
+    python benchmarks/bench_inference.py                      # yolov4-tiny at 416, 2 threads
+    python benchmarks/bench_inference.py --all --repeat 15
+    python benchmarks/bench_inference.py --cfg path/to/model.cfg --size 320 --threads 1
+
+Timed: pydarknet ``net.predict(x)`` (forward pass plus copying the head outputs
+to NumPy) and OpenCV ``net.setInput(x); net.forward(out_names)``. Both get the
+same float32 NCHW input (a real photo resized to size x size, RGB, /255).
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARED = "/work/shared"
+ALL_MODELS = ["yolov3-tiny", "yolov4-tiny", "yolov7-tiny", "yolov4"]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cfg", action="append", default=[],
+                    help="cfg path or a model name from %s/cfg (repeatable; default yolov4-tiny)" % SHARED)
+    ap.add_argument("--all", action="store_true", help="run " + ", ".join(ALL_MODELS))
+    ap.add_argument("--size", type=int, default=416, help="input width and height (default 416)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for both systems (default 2)")
+    ap.add_argument("--repeat", type=int, default=15, help="timed rounds per system (default 15)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs per system first (default 3)")
+    ap.add_argument("--image", default=os.path.join(SHARED, "images", "dog.jpg"))
+    ap.add_argument("--seed", type=int, default=1, help="seed of the random weights (default 1)")
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pydarknet-bench"),
+                    help="folder for the generated weights and cfg copies")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "inference.json"))
+    ap.add_argument("--pause", type=float, default=0.3,
+                    help="seconds of idle before each timed run (default 0.3): lets the other system's "
+                         "worker threads stop spinning; 0 to disable")
+    ap.add_argument("--no-check", action="store_true", help="skip the output sanity check")
+    return ap.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:
+    # Thread pools read these when the libraries load: set them before importing.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import numpy as np  # noqa: E402
+import cv2  # noqa: E402
+
+import pydarknet  # noqa: E402
+
+
+# ------------------------------------------------------------------ files
+
+def resolve_cfg(name):
+    if os.path.isfile(name):
+        return os.path.abspath(name)
+    for cand in (os.path.join(SHARED, "cfg", name), os.path.join(SHARED, "cfg", name + ".cfg")):
+        if os.path.isfile(cand):
+            return cand
+    raise SystemExit("cfg not found: %s" % name)
+
+
+def sized_cfg(cfg, size, folder):
+    """A copy of cfg with only the [net] width= and height= lines changed."""
+    with open(cfg) as fh:
+        lines = fh.read().split("\n")
+    section, seen = None, set()
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith("["):
+            section = s.lower()
+            continue
+        m = re.match(r"^\s*(width|height)\s*=", line)
+        if m and section in ("[net]", "[network]"):
+            key = m.group(1)
+            lines[i] = "%s=%d" % (key, size)
+            seen.add(key)
+    if seen != {"width", "height"}:
+        raise SystemExit("%s: [net] lacks width= or height=" % cfg)
+    stem = os.path.splitext(os.path.basename(cfg))[0]
+    out = os.path.join(folder, "%s-%d.cfg" % (stem, size))
+    with open(out, "w") as fh:
+        fh.write("\n".join(lines))
+    return out
+
+
+def random_weights(cfg, seed, folder, threads):
+    """Seeded random weights for cfg, written once and kept in folder."""
+    with open(cfg, "rb") as fh:
+        digest = hashlib.sha1(fh.read()).hexdigest()[:12]
+    stem = os.path.splitext(os.path.basename(cfg))[0]
+    out = os.path.join(folder, "%s-%s-seed%d.weights" % (stem, digest, seed))
+    if not os.path.isfile(out):
+        tmp = out + ".part%d" % os.getpid()
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "make_random_weights.py"),
+                               cfg, tmp, "--seed", str(seed)], env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.stderr.write(proc.stdout + proc.stderr)
+            raise SystemExit("make_random_weights.py failed for %s" % cfg)
+        print("  wrote random weights %s" % out)
+        os.replace(tmp, out)
+    return out
+
+
+def load_input(path, size):
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise SystemExit("cannot read image %s" % path)
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    x = img.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ------------------------------------------------------------------ machine
+
+def machine_info():
+    model = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {
+        "cpu_model": model or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cv2": cv2.__version__,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------ check
+
+def sanity_check(dn, cv, x):
+    """Compares head shapes and the conv output feeding each [yolo]/[region].
+
+    OpenCV's darknet importer turns a head at cfg index i into 'permute_i'
+    followed by 'yolo_i'/'region_i'; the layer just before 'permute_i' is the last
+    operation of layer i-1 (its conv, or the activation after it). Returns a dict
+    for the JSON; raises on a shape mismatch; prints a note and skips the value
+    comparison when the names cannot be matched."""
+    out_names = list(cv.getUnconnectedOutLayersNames())
+    outs_dn = dn.predict(x)
+    cv.setInput(x)
+    outs_cv = cv.forward(out_names)
+    result = {"heads": [], "skipped": None}
+    if len(outs_dn) != len(outs_cv):
+        raise SystemExit("head count differs: pydarknet %d, OpenCV %d" % (len(outs_dn), len(outs_cv)))
+    for layer, a, b in zip(dn.output_layers, outs_dn, outs_cv):
+        if a.size != b.size:
+            raise SystemExit("layer %d: pydarknet head %s, OpenCV %s: sizes differ"
+                             % (layer.index, a.shape, b.shape))
+    names = list(cv.getLayerNames())
+    targets = []
+    for layer in dn.output_layers:
+        perm = "permute_%d" % layer.index
+        if perm not in names or names.index(perm) == 0:
+            result["skipped"] = "OpenCV has no '%s' layer to match head %d" % (perm, layer.index)
+            print("  note: %s; value check skipped" % result["skipped"])
+            return result
+        targets.append((layer.index, names[names.index(perm) - 1]))
+    feeds = cv.forward([t[1] for t in targets])  # same input is still set
+    for (idx, cv_name), b in zip(targets, feeds):
+        a = dn.layers[idx - 1].output
+        if a.shape != b.shape:
+            raise SystemExit("layer %d: pydarknet %s, OpenCV '%s' %s: shapes differ"
+                             % (idx - 1, a.shape, cv_name, b.shape))
+        diff = float(np.abs(a - b).max())
+        scale = float(np.abs(b).max())
+        result["heads"].append({"layer": idx - 1, "opencv_name": cv_name, "shape": list(a.shape),
+                                "max_abs_diff": diff, "max_abs_value": scale})
+        print("  check: layer %d vs OpenCV '%s' %s: max |diff| %.2e (max |value| %.2f)"
+              % (idx - 1, cv_name, "x".join(map(str, a.shape)), diff, scale))
+        if not diff <= 1e-2 * max(1.0, scale):
+            print("  WARNING: large difference at layer %d" % (idx - 1))
+    return result
+
+
+# ------------------------------------------------------------------ timing
+
+def stats(ms):
+    a = np.asarray(ms)
+    return {"median": float(np.median(a)), "min": float(a.min()), "p90": float(np.percentile(a, 90)),
+            "mean": float(a.mean()), "runs": [round(v, 3) for v in ms]}
+
+
+def bench_model(cfg, args):
+    name = os.path.splitext(os.path.basename(cfg))[0]
+    print("%s at %d, %d thread(s):" % (name, args.size, args.threads), flush=True)
+    os.makedirs(args.cache, exist_ok=True)
+    weights = random_weights(cfg, args.seed, args.cache, args.threads)
+    cfg_sized = sized_cfg(cfg, args.size, args.cache)
+    x = load_input(args.image, args.size)
+
+    dn = pydarknet.load(cfg_sized, weights, batch=1, threads=args.threads)
+    dn.set_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    cv = cv2.dnn.readNetFromDarknet(cfg_sized, weights)
+    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    out_names = cv.getUnconnectedOutLayersNames()
+
+    check = None if args.no_check else sanity_check(dn, cv, x)
+
+    def run_dn():
+        if args.pause:
+            time.sleep(args.pause)
+        t = time.perf_counter()
+        dn.predict(x)
+        return (time.perf_counter() - t) * 1e3
+
+    def run_cv():
+        if args.pause:
+            time.sleep(args.pause)
+        t = time.perf_counter()
+        cv.setInput(x)
+        cv.forward(out_names)
+        return (time.perf_counter() - t) * 1e3
+
+    for _ in range(args.warmup):
+        run_dn()
+        run_cv()
+    t_dn, t_cv = [], []
+    for r in range(args.repeat):
+        # alternate which goes first so neither always follows the other
+        if r % 2 == 0:
+            t_dn.append(run_dn())
+            t_cv.append(run_cv())
+        else:
+            t_cv.append(run_cv())
+            t_dn.append(run_dn())
+    s_dn, s_cv = stats(t_dn), stats(t_cv)
+    ratio = s_dn["median"] / s_cv["median"]
+    print("  pydarknet median %.1f ms (min %.1f, p90 %.1f); OpenCV median %.1f ms (min %.1f, p90 %.1f); "
+          "ratio %.2f" % (s_dn["median"], s_dn["min"], s_dn["p90"], s_cv["median"], s_cv["min"],
+                          s_cv["p90"], ratio), flush=True)
+    return {"model": name, "cfg": cfg, "size": args.size, "threads": args.threads, "batch": 1,
+            "repeat": args.repeat, "warmup": args.warmup, "uses_blas": dn.uses_blas,
+            "pydarknet_ms": s_dn, "opencv_ms": s_cv, "ratio_median": ratio,
+            "ratio_min": s_dn["min"] / s_cv["min"], "check": check}
+
+
+def markdown(results):
+    rows = ["| model | size | threads | pydarknet ms (min / p90) | OpenCV ms (min / p90) | ratio |",
+            "|---|---|---|---|---|---|"]
+    for r in results:
+        d, c = r["pydarknet_ms"], r["opencv_ms"]
+        rows.append("| %s | %d | %d | %.1f (%.1f / %.1f) | %.1f (%.1f / %.1f) | %.2f |"
+                    % (r["model"], r["size"], r["threads"], d["median"], d["min"], d["p90"],
+                       c["median"], c["min"], c["p90"], r["ratio_median"]))
+    return "\n".join(rows)
+
+
+def main(args):
+    names = list(args.cfg)
+    if args.all:
+        names += [m for m in ALL_MODELS if m not in names]
+    if not names:
+        names = ["yolov4-tiny"]
+    cfgs = [resolve_cfg(n) for n in names]
+    info = machine_info()
+    print("machine: %s, %s usable CPU(s); python %s, numpy %s, cv2 %s"
+          % (info["cpu_model"], info["cpus_usable"], info["python"], info["numpy"], info["cv2"]))
+    results = [bench_model(c, args) for c in cfgs]
+    info["pydarknet_blas"] = results[0]["uses_blas"] if results else None
+    info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                  "PYDARKNET_GEMM")}
+    table = markdown(results)
+    print()
+    print("Medians of %d interleaved runs after %d warm-up runs; ratio = pydarknet / OpenCV "
+          "(lower is better)." % (args.repeat, args.warmup))
+    print()
+    print(table)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump({"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+                       "results": results, "table": table}, fh, indent=2)
+        print("\nwrote %s" % args.json)
+
+
+if __name__ == "__main__":
+    main(ARGS)

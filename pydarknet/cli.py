@@ -1,0 +1,485 @@
+"""The ``pydarknet`` command, shaped after darknet's command line.
+
+    pydarknet detector test <data> <cfg> <weights> [image] [-thresh .25] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet --version
+
+Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
+one (``--thresh``), before, between or after the file arguments. With no
+image argument, image paths are read from standard input, one per line,
+until end of input. Standard output carries darknet's lines
+(``<path>: Predicted in <ms> milli-seconds.``, then ``<name>: <pct>%`` per
+detection, sorted by left edge); notes and errors go to standard error.
+
+Exit status: 0 when every image was processed, 1 when a file could not be
+used (a missing, malformed or mismatched cfg, data, names, weights or image
+file), 2 for a command line that does not parse.
+
+The parser is built from subcommands (``detector test``); darknet's other
+commands (``detector train/valid/map``, ``classifier ...``) slot in beside
+them: add a parser in :func:`build_parser` with ``set_defaults(func=...)``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import __version__
+from ._native import DarknetError, blas_available, version as core_version
+from .cfg import CfgError
+from .datafiles import DataFileError, read_data_file, read_names, resolve_path
+from .detection import Detection, draw_detections
+from .weights import WeightsError
+
+PROG = "pydarknet"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+DETECTOR_NMS = 0.45              # detector test's fixed NMS threshold in darknet
+PREDICTIONS = "predictions.jpg"  # where darknet writes the annotated image
+JPEG_QUALITY = 80                # darknet's save_image quality
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class CliError(Exception):
+    """A failure to report on one line (exit status 1)."""
+
+
+class UsageError(Exception):
+    """A command line that does not make sense (exit status 2)."""
+
+
+# ----------------------------------------------------------------------------- parser
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors raised (main reports them on one line) and, for
+    parsers marked `intermixed`, flags allowed between the file arguments as
+    darknet allows (``... yolov4.weights -ext_output dog.jpg``)."""
+
+    intermixed = False
+    _inside = False
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        command = self.prog[len(PROG):].strip()
+        hint = f"{self.prog} -h"
+        raise UsageError(f"{command}: {message} (see '{hint}')" if command else f"{message} (see '{hint}')")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self.intermixed or self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+        if extras:  # named here, where the command is known
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+def _flag(parser, name, **kwargs):
+    """A darknet flag, spelled -name or --name."""
+    kwargs.setdefault("dest", name)
+    parser.add_argument(f"-{name}", f"--{name}", **kwargs)
+
+
+def _threshold(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
+def _add_detect_flags(parser, thresh_default):
+    _flag(parser, "thresh", type=_threshold, default=thresh_default, metavar="T",
+          help=f"confidence threshold for reported detections (default {thresh_default:g})")
+    _flag(parser, "ext_output", action="store_true", help="also print each box in pixels")
+    _flag(parser, "dont_show", action="store_true",
+          help="never open a window (without it the result is shown when a display is available)")
+    _flag(parser, "letter_box", action="store_true",
+          help="letterbox the image to the network size (default: as the cfg's [net] letter_box says)")
+
+
+def _version_text():
+    return f"{PROG} {__version__} (C core {core_version()}, BLAS {'yes' if blas_available() else 'no'})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="A Darknet-compatible deep-learning framework.")
+    parser.add_argument("--version", action="version", version=_version_text())
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    detector = commands.add_parser(
+        "detector", help="object detectors: test",
+        description="Object detection with a .data file, a cfg and weights (darknet's 'detector').")
+    detector_commands = detector.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
+
+    test = detector_commands.add_parser(
+        "test", help="detect objects in images",
+        description="Detects objects in one image, or in each image whose path is read from standard "
+                    "input (one per line) when no image is given. Prints darknet's result lines and writes "
+                    f"the annotated image to {PREDICTIONS} in the current folder.")
+    test.intermixed = True
+    test.add_argument("data", metavar="data", help="the .data file (its names= key gives the class names); "
+                      "the cfg may come first instead, the two are told apart by content")
+    test.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    test.add_argument("weights", metavar="weights", help="the .weights file")
+    test.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
+    _add_detect_flags(test, 0.25)
+    test.set_defaults(func=_cmd_detector_test)
+
+    detect = commands.add_parser(
+        "detect", help="detect objects in images (shortcut without a .data file)",
+        description="darknet's 'detect' shortcut: 'detector test' without a .data file. Class names come "
+                    "from -names, else data/coco.names in the current folder when it exists, else class "
+                    "numbers are printed.")
+    detect.intermixed = True
+    detect.add_argument("cfg", help="the network's .cfg file")
+    detect.add_argument("weights", help="the .weights file")
+    detect.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
+    _add_detect_flags(detect, 0.24)
+    _flag(detect, "names", metavar="FILE", help="class names file, one name per line")
+    detect.set_defaults(func=_cmd_detect)
+    return parser
+
+
+# ----------------------------------------------------------------------------- files
+
+def _read_head(path, what, size=65536) -> bytes:
+    """The first bytes of a file, or CliError naming it when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as e:
+        raise CliError(f"{path}: cannot open {what} file: {e.strerror or e}") from None
+
+
+def _first_line_kind(head: bytes) -> Optional[str]:
+    """'cfg' when the first meaningful line opens a [section], 'data' when it
+    is key = value, None when neither."""
+    if head.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
+        head = head[3:]
+    for raw in head.decode("latin-1").splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            return "cfg"
+        return "data" if "=" in line else None
+    return None
+
+
+def order_data_cfg(first: str, second: str) -> Tuple[str, str]:
+    """(data, cfg) from the two file arguments of 'detector test', in
+    darknet's order (data, cfg) or the other way round, told apart by content
+    (a cfg opens with a [section]; a .data file holds key = value lines) and
+    then by extension."""
+    heads, errors = [], []
+    for path in (first, second):
+        try:
+            heads.append(_read_head(path, "?"))
+        except CliError as e:
+            heads.append(None)
+            errors.append((path, e))
+    if errors:
+        # name the unreadable file by its place, unless the other one's content says otherwise
+        path, error = errors[0]
+        role, other = ("data", heads[1]) if path == first else ("cfg", heads[0])
+        if other is not None and _first_line_kind(other) == role:
+            role = "cfg" if role == "data" else "data"
+        raise CliError(str(error).replace("cannot open ? file", f"cannot open {role} file"))
+    kinds = (_first_line_kind(heads[0]), _first_line_kind(heads[1]))
+    if kinds == ("cfg", "cfg"):
+        raise UsageError(f"detector test: {first} and {second} both look like cfg files (they open with a "
+                         f"[section]); expected a .data file and a .cfg file")
+    if kinds[0] == "cfg" or (kinds[1] != "cfg" and first.lower().endswith(".cfg")
+                             and not second.lower().endswith(".cfg")):
+        return second, first
+    return first, second
+
+
+def _names_from_data(data_path) -> Tuple[List[str], str]:
+    options = read_data_file(data_path)
+    value = options.get("names")
+    if value is None:
+        value = "data/names.list"  # darknet's default
+        if not os.path.exists(value):
+            raise CliError(f"{data_path}: no 'names = <file>' entry giving the class names file")
+    names_path = resolve_path(value, data_path)
+    try:
+        with open(names_path, "rb"):
+            pass
+    except OSError as e:
+        raise CliError(f"{names_path}: cannot open names file (names= in {data_path}): {e.strerror or e}") from None
+    return read_names(names_path), names_path
+
+
+def _emit_warnings(caught):
+    for w in caught:
+        _note(f"warning: {w.message}")
+
+
+def _load_network(cfg_path, weights_path, names):
+    """The network with its weights; errors name the file (and line or byte offset)."""
+    from .network import load
+
+    _read_head(cfg_path, "cfg", 1)
+    _read_head(weights_path, "weights", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            net = load(cfg_path, weights_path, names=names)
+        except WeightsError as e:
+            msg = str(e)
+            if weights_path.lower().endswith(_IMAGE_EXTS):
+                msg += " (this looks like an image; the weights file comes before the image)"
+            raise CliError(msg) from None
+        finally:
+            _emit_warnings(caught)
+    return net
+
+
+def _net_classes(net) -> Optional[int]:
+    for layer in reversed(net.output_layers):
+        if layer.spec is not None and "classes" in layer.spec.attrs:
+            return int(layer.spec.attrs["classes"])
+    return None
+
+
+def _check_names(net, names, names_path, cfg_path):
+    classes = _net_classes(net)
+    if names is not None and classes is not None and len(names) != classes:
+        _note(f"warning: {names_path} has {len(names)} class names but {cfg_path} has classes={classes}; "
+              "classes without a name print as their number")
+
+
+# ----------------------------------------------------------------------------- output
+
+def _note(message):
+    sys.stdout.flush()
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _c_round(v: float) -> float:
+    """C's round(): halves away from zero, the sign (also of zero) kept."""
+    return math.copysign(math.floor(abs(v) + 0.5), v)
+
+
+def _percent(confidence: float) -> float:
+    # darknet multiplies the float probability by 100 in single precision
+    return float(np.float32(confidence) * np.float32(100))
+
+
+def visible(detections: Iterable[Detection]) -> List[Detection]:
+    """Detections darknet reports: classes named 'dont_show...' are hidden."""
+    return [d for d in detections if not (d.name or "").startswith("dont_show")]
+
+
+def format_detections(detections: Sequence[Detection], ext_output=False) -> List[str]:
+    """darknet's result lines: one box at a time from the left edge rightwards,
+    its most confident class first, then its other classes above threshold."""
+    boxes = {}
+    for d in detections:
+        boxes.setdefault((d.x, d.y, d.w, d.h), []).append(d)
+    lines = []
+    for group in sorted(boxes.values(), key=lambda g: g[0].left):
+        best = max(group, key=lambda d: d.confidence)
+        for d in [best] + sorted((d for d in group if d is not best), key=lambda d: d.class_id):
+            line = f"{d.label}: {_percent(d.confidence):.0f}%"
+            if ext_output:
+                line += ("\t(left_x: {:4.0f}   top_y: {:4.0f}   width: {:4.0f}   height: {:4.0f})".format(
+                    *(_c_round(v) for v in (d.left, d.top, d.w, d.h))))
+            lines.append(line)
+    return lines
+
+
+def _display_available():
+    if sys.platform.startswith(("win", "darwin")):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+class _Viewer:
+    """Shows each result in a window until a key is pressed, as darknet does,
+    when allowed and possible; a failure to open a window is noted once."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled and _display_available()
+
+    def show(self, image):
+        if not self.enabled:
+            return
+        import cv2
+
+        try:
+            cv2.imshow("predictions", image)
+            cv2.waitKey(0)
+            cv2.destroyAllWindows()
+        except cv2.error as e:
+            self.enabled = False
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else "OpenCV error"
+            _note(f"warning: cannot show the result in a window ({reason}); use -dont_show")
+
+
+# ----------------------------------------------------------------------------- running
+
+def _read_image(path):
+    import cv2
+
+    if not os.path.exists(path):
+        raise CliError(f"{path}: cannot open image file: No such file or directory")
+    if os.path.isdir(path):
+        raise CliError(f"{path}: cannot open image file: Is a directory")
+    _read_head(path, "image", 1)
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise CliError(f"{path}: cannot decode image (not an image format OpenCV reads, or corrupt)")
+    return image
+
+
+def _stdin_paths() -> Iterator[str]:
+    """Image paths from standard input, one per line, until end of input; a
+    prompt as darknet's when a person is typing."""
+    stream = sys.stdin
+    if stream is None:
+        return
+    try:
+        interactive = stream.isatty()
+    except (ValueError, OSError):
+        return
+    while True:
+        if interactive:
+            print("Enter Image Path: ", end="", flush=True)
+        try:
+            line = stream.readline()
+        except (ValueError, OSError):
+            return
+        if not line:
+            return
+        path = line.strip()
+        if path:
+            yield path
+
+
+def _detect_image(net, path, args, classes, viewer):
+    """Detects, prints darknet's lines, writes predictions.jpg. CliError for an
+    image that cannot be used."""
+    import cv2
+
+    image = _read_image(path)
+    start = time.perf_counter()
+    try:
+        detections = net.detect(image, thresh=args.thresh, nms=DETECTOR_NMS,
+                                letterbox=True if args.letter_box else None)
+    except (DarknetError, ValueError) as e:
+        raise CliError(f"{path}: {e}") from None
+    elapsed_ms = (time.perf_counter() - start) * 1000.0
+    shown = visible(detections)
+    print(f"{path}: Predicted in {elapsed_ms:f} milli-seconds.")
+    for line in format_detections(shown, args.ext_output):
+        print(line)
+    sys.stdout.flush()
+    annotated = draw_detections(image, shown, classes=classes or 80)
+    try:
+        ok = cv2.imwrite(PREDICTIONS, annotated, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    except cv2.error:
+        ok = False
+    if not ok:
+        # not an image problem: stop here
+        raise _WriteError(f"{os.path.abspath(PREDICTIONS)}: cannot write the annotated image")
+    _note(f"annotated image written to {os.path.abspath(PREDICTIONS)}")
+    viewer.show(annotated)
+
+
+class _WriteError(CliError):
+    pass
+
+
+def _run_images(net, image, args) -> int:
+    classes = _net_classes(net)
+    viewer = _Viewer(not args.dont_show)
+    if image is not None:
+        _detect_image(net, image, args, classes, viewer)
+        return EXIT_OK
+    failed = 0
+    for path in _stdin_paths():
+        try:
+            _detect_image(net, path, args, classes, viewer)
+        except _WriteError:
+            raise
+        except CliError as e:
+            failed += 1
+            _note(f"error: {e}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _cmd_detector_test(args) -> int:
+    data_path, cfg_path = order_data_cfg(args.data, args.cfg)
+    names, names_path = _names_from_data(data_path)
+    if args.image is not None:
+        _read_image(args.image)  # fail before the (possibly slow) network build
+    net = _load_network(cfg_path, args.weights, names)
+    _check_names(net, names, names_path, cfg_path)
+    return _run_images(net, args.image, args)
+
+
+def _cmd_detect(args) -> int:
+    names_path = args.names
+    if names_path is None and os.path.isfile(os.path.join("data", "coco.names")):
+        names_path = os.path.join("data", "coco.names")  # darknet's detect uses cfg/coco.data's names
+    names = None
+    if names_path is not None:
+        _read_head(names_path, "names", 1)
+        names = read_names(names_path)
+    if args.image is not None:
+        _read_image(args.image)
+    net = _load_network(args.cfg, args.weights, names)
+    _check_names(net, names, names_path, args.cfg)
+    return _run_images(net, args.image, args)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the command line `argv` (default sys.argv[1:]); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # -h and --version
+            return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_FAILURE)
+        return args.func(args)
+    except UsageError as e:
+        _note(f"error: {e}")
+        return EXIT_USAGE
+    except (CliError, CfgError, WeightsError, DataFileError, DarknetError) as e:
+        _note(f"error: {e}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _note("interrupted")
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_FAILURE
+    except Exception as e:  # a bug: still one line, the traceback on request
+        if os.environ.get("PYDARKNET_DEBUG"):
+            raise
+        _note(f"error: internal error: {type(e).__name__}: {e} (set PYDARKNET_DEBUG=1 for a traceback)")
+        return EXIT_FAILURE

@@ -1,0 +1,53 @@
+"""Shared fixtures: where the shared model files and photos live, a way to
+write small cfgs, and seeded random weights."""
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PYDARKNET_SHARED", ROOT.parent / "shared"))
+SHARED_CFG = SHARED / "cfg"
+SHARED_IMAGES = SHARED / "images"
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+randomize = _load_script("make_random_weights").randomize
+
+
+def shared_cfg(name):
+    path = SHARED_CFG / f"{name}.cfg"
+    if not path.exists():
+        pytest.skip(f"shared model file {path} is not present")
+    return path
+
+
+def shared_image(name="dog.jpg"):
+    path = SHARED_IMAGES / name
+    if not path.exists():
+        pytest.skip(f"shared photo {path} is not present")
+    return path
+
+
+@pytest.fixture
+def write_cfg(tmp_path):
+    """write_cfg(text, name='net.cfg') -> path of a cfg written in tmp_path."""
+
+    def write(text, name="net.cfg"):
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def random_input(shape, seed=0):
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
