@@ -36,6 +36,7 @@ from ._native import DarknetError, blas_available, version as core_version
 from .cfg import CfgError
 from .datafiles import DataFileError, read_data_file, read_names, resolve_path
 from .detection import Detection, draw_detections
+from .network import load
 from .weights import WeightsError
 
 PROG = "pydarknet"
@@ -158,13 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- files
 
+def _cannot_open(path, what, error: OSError) -> "CliError":
+    return CliError(f"{path}: cannot open {what} file: {error.strerror or error}")
+
+
 def _read_head(path, what, size=65536) -> bytes:
     """The first bytes of a file, or CliError naming it when it cannot be read."""
     try:
         with open(path, "rb") as f:
             return f.read(size)
     except OSError as e:
-        raise CliError(f"{path}: cannot open {what} file: {e.strerror or e}") from None
+        raise _cannot_open(path, what, e) from None
 
 
 def _first_line_kind(head: bytes) -> Optional[str]:
@@ -187,20 +192,21 @@ def order_data_cfg(first: str, second: str) -> Tuple[str, str]:
     darknet's order (data, cfg) or the other way round, told apart by content
     (a cfg opens with a [section]; a .data file holds key = value lines) and
     then by extension."""
-    heads, errors = [], []
+    heads, failure = [], None
     for path in (first, second):
         try:
-            heads.append(_read_head(path, "?"))
-        except CliError as e:
+            with open(path, "rb") as f:
+                heads.append(f.read(65536))
+        except OSError as e:
             heads.append(None)
-            errors.append((path, e))
-    if errors:
+            failure = failure or (path, e)
+    if failure:
         # name the unreadable file by its place, unless the other one's content says otherwise
-        path, error = errors[0]
+        path, error = failure
         role, other = ("data", heads[1]) if path == first else ("cfg", heads[0])
         if other is not None and _first_line_kind(other) == role:
             role = "cfg" if role == "data" else "data"
-        raise CliError(str(error).replace("cannot open ? file", f"cannot open {role} file"))
+        raise _cannot_open(path, role, error)
     kinds = (_first_line_kind(heads[0]), _first_line_kind(heads[1]))
     if kinds == ("cfg", "cfg"):
         raise UsageError(f"detector test: {first} and {second} both look like cfg files (they open with a "
@@ -234,8 +240,6 @@ def _emit_warnings(caught):
 
 def _load_network(cfg_path, weights_path, names):
     """The network with its weights; errors name the file (and line or byte offset)."""
-    from .network import load
-
     _read_head(cfg_path, "cfg", 1)
     _read_head(weights_path, "weights", 1)
     with warnings.catch_warnings(record=True) as caught:

@@ -11,6 +11,16 @@ from conftest import randomize, random_input
 NET = "[net]\nwidth={w}\nheight={h}\nchannels={c}\n"
 
 
+@pytest.fixture(autouse=True, params=["blas", "portable"])
+def gemm(request, monkeypatch):
+    """Every case runs with the BLAS GEMM and with the portable one."""
+    if request.param == "portable":
+        monkeypatch.setenv("PYDARKNET_GEMM", "portable")
+    elif not pydarknet.blas_available():
+        pytest.skip("this build has no BLAS")
+    return request.param
+
+
 def build(write_cfg, body, c=3, h=8, w=8, batch=2, seed=0):
     net = pydarknet.load(write_cfg(NET.format(c=c, h=h, w=w) + body), batch=batch)
     randomize(net, seed)
