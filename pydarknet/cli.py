@@ -378,6 +378,10 @@ def _stdin_paths() -> Iterator[str]:
             yield path
 
 
+class _WriteError(CliError):
+    """The annotated image could not be written: ends a whole run."""
+
+
 def _detect_image(net, path, args, classes, viewer):
     """Detects, prints darknet's lines, writes predictions.jpg. CliError for an
     image that cannot be used."""
@@ -402,14 +406,9 @@ def _detect_image(net, path, args, classes, viewer):
     except cv2.error:
         ok = False
     if not ok:
-        # not an image problem: stop here
         raise _WriteError(f"{os.path.abspath(PREDICTIONS)}: cannot write the annotated image")
     _note(f"annotated image written to {os.path.abspath(PREDICTIONS)}")
     viewer.show(annotated)
-
-
-class _WriteError(CliError):
-    pass
 
 
 def _run_images(net, image, args) -> int:

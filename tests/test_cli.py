@@ -416,6 +416,16 @@ def test_usage_errors_give_one_line_and_status_2(exact, capsys, case):
         assert w in line, line
 
 
+def test_unwritable_predictions_stops_the_run(exact, capsys, monkeypatch):
+    f = exact
+    os.mkdir("predictions.jpg")  # in the way of the annotated image
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{f['image']}\n{f['image']}\n"))
+    code, out, err = run(capsys, "detector", "test", f["data"], f["cfg"], f["weights"], "-dont_show")
+    assert code == 1
+    assert len([l for l in out if PREDICTED.match(l)]) == 1
+    assert "predictions.jpg: cannot write the annotated image" in _one_error_line(err)
+
+
 # ----------------------------------------------------------------------------- python -m pydarknet
 
 def _module(args, cwd, stdin=""):
@@ -437,3 +447,4 @@ def test_module_entry_point(exact, tmp_path):
     p = _module(["detector", "test", f["data"], f["cfg"], tmp_path / "nope.weights", f["image"]], tmp_path)
     assert p.returncode == 1 and p.stdout == ""
     assert "nope.weights" in _one_error_line(p.stderr)
+

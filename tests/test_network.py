@@ -91,11 +91,11 @@ def test_portable_gemm_matches_blas(write_cfg, monkeypatch):
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
 
-def test_blas_is_linked_and_found_without_library_path():
+def test_blas_is_linked_and_found_without_library_path(tmp_path):
     # the build links OpenBLAS from scipy-openblas32; a fresh interpreter finds it by itself
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     out = subprocess.run([sys.executable, "-c", "import pydarknet; print(pydarknet.blas_available())"],
-                         capture_output=True, text=True, env=env, check=True)
+                         capture_output=True, text=True, env=env, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "True"
 
 
