@@ -532,7 +532,7 @@ def parse_cfg(path) -> NetSpec:
         with open(name, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise CfgError(name, None, f"cannot read {name}: {e.strerror or e}") from None
+        raise CfgError(name, None, f"cannot read cfg file: {e.strerror or e}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -14,7 +14,7 @@ def read_data_file(path):
     resolve_path."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError as e:
         raise DataFileError(f"{path}: cannot read data file: {e.strerror}") from None
@@ -42,7 +42,7 @@ def resolve_path(value, data_path):
 def read_names(path):
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             return [line.strip() for line in f.read().splitlines() if line.strip()]
     except OSError as e:
         raise DataFileError(f"{path}: cannot read names file: {e.strerror}") from None
