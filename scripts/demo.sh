@@ -10,9 +10,9 @@ mkdir -p out
 if [ ! -f "$weights" ]; then
     python scripts/make_random_weights.py cfg/yolov4-tiny.cfg "$weights" --seed 1
 fi
-cd out
-pydarknet detector test ../cfg/coco.data ../cfg/yolov4-tiny.cfg "../$weights" ../data/dog.jpg \
-    -dont_show -ext_output -thresh 0.5 > detections.txt
-head -n 8 detections.txt
-echo "... $(($(wc -l < detections.txt) - 1)) detection lines in all (random weights: the boxes mean nothing), in $(pwd)/detections.txt"
-echo "annotated picture: $(pwd)/predictions.jpg"
+pydarknet detector test cfg/coco.data cfg/yolov4-tiny.cfg "$weights" data/dog.jpg \
+    -dont_show -ext_output -thresh 0.5 > out/detections.txt
+mv predictions.jpg out/predictions.jpg
+head -n 8 out/detections.txt
+echo "... $(($(wc -l < out/detections.txt) - 1)) detection lines in all (random weights: the boxes mean nothing), in out/detections.txt"
+echo "annotated picture: $(pwd)/out/predictions.jpg"
