@@ -6,15 +6,21 @@ pydarknet's layers. Instead, for every [convolutional] layer of the cfg (default
 yolov4-tiny at 416) it takes the GEMM an im2col convolution performs,
 
     M = filters / groups,  N = out_h * out_w,  K = (c / groups) * size * size
-    (run `groups` times),
+    (done `groups` times),
 
-times NumPy's float32 matmul of an (M x K) by (K x N) matrix (NumPy links
-OpenBLAS, so this is the "SGEMM reference"), and reports GFLOP/s = 2*M*N*K*groups / t.
-It then times the whole pydarknet forward pass (random weights, batch 1) and sets
-it against the sum of the per-layer SGEMM times. The sum leaves out im2col,
-batch norm, activations, pooling, routes and the heads, so it is a lower bound
-for any im2col+GEMM implementation, not a prediction; a Winograd or direct
-convolution can go below it on 3x3 layers.
+times NumPy's float32 matmul of an (M x K) by (K x N) matrix (NumPy links its own
+OpenBLAS build, so this is the "SGEMM reference"), and reports
+GFLOP/s = 2*M*N*K*groups / t. It then times the whole pydarknet forward pass
+(random weights, batch 1, the same photo as bench_inference.py) and sets it
+against the sum of the per-layer SGEMM times. That sum leaves out im2col, batch
+norm, activations, pooling, routes, upsampling and the heads: it is a lower bound
+for an im2col+GEMM implementation built on the same GEMM, not a prediction, and a
+Winograd or direct convolution can go below it on 3x3 layers.
+
+Each round times every layer's GEMM once, idles --pause seconds (so NumPy's
+OpenBLAS threads stop spinning), times one pydarknet forward, and idles again;
+medians are over --repeat rounds. Rounds during which other processes kept more
+than --max-neighbours CPUs busy are run again.
 
     python benchmarks/bench_gemm_layers.py                 # yolov4-tiny, 416, 2 threads
     python benchmarks/bench_gemm_layers.py --cfg yolov3-tiny --threads 1
@@ -34,9 +40,13 @@ def parse_args(argv=None):
     ap.add_argument("--cfg", default="yolov4-tiny", help="cfg path or model name (default yolov4-tiny)")
     ap.add_argument("--size", type=int, default=416)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=15, help="timed rounds (every GEMM, then the network)")
+    ap.add_argument("--repeat", type=int, default=15, help="timed rounds (default 15)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--pause", type=float, default=0.3,
+                    help="seconds of idle between the GEMMs and the network forward (default 0.3)")
+    ap.add_argument("--max-neighbours", type=float, default=0.15)
+    ap.add_argument("--wait-idle", type=float, default=300)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pydarknet-bench"))
     ap.add_argument("--json", default=os.path.join(HERE, "results", "gemm_layers.json"))
     return ap.parse_args(argv)
@@ -52,23 +62,26 @@ import numpy as np  # noqa: E402
 import pydarknet  # noqa: E402
 
 sys.path.insert(0, HERE)
-from bench_inference import load_input, machine_info, random_weights, resolve_cfg, sized_cfg  # noqa: E402
+from common import (SHARED, Neighbours, load_input, machine_info, random_weights,  # noqa: E402
+                    resolve_cfg, sized_cfg, wait_idle)
 
 
 def conv_gemms(net):
+    """The im2col GEMM of every convolutional layer."""
     rows = []
     for layer in net.layers:
         if layer.type != "convolutional":
             continue
         a = layer.spec.attrs
+        filters = int(a["filters"])
         groups = int(a.get("groups", 1) or 1)
         size = int(a.get("size", 1))
-        c, oh, ow = layer.shape
-        # weights hold filters * (c_in / groups) * size * size values
-        c_in = layer.params["weights"].size // (int(a["filters"]) * size * size) * groups
-        rows.append({"layer": layer.index, "filters": int(a["filters"]), "size": size,
+        _, oh, ow = layer.shape
+        # the weights hold filters * (c_in / groups) * size * size values
+        c_in = layer.params["weights"].size // (filters * size * size) * groups
+        rows.append({"layer": layer.index, "filters": filters, "size": size,
                      "stride": int(a.get("stride", 1)), "groups": groups, "c_in": c_in,
-                     "out": [c, oh, ow], "M": int(a["filters"]) // groups, "N": oh * ow,
+                     "out_hw": [oh, ow], "M": filters // groups, "N": oh * ow,
                      "K": c_in // groups * size * size})
     return rows
 
@@ -76,92 +89,114 @@ def conv_gemms(net):
 def main(args):
     cfg = resolve_cfg(args.cfg)
     name = os.path.splitext(os.path.basename(cfg))[0]
-    os.makedirs(args.cache, exist_ok=True)
     weights = random_weights(cfg, args.seed, args.cache, args.threads)
     cfg_sized = sized_cfg(cfg, args.size, args.cache)
     net = pydarknet.load(cfg_sized, weights, batch=1, threads=args.threads)
     net.set_threads(args.threads)
     info = machine_info()
     info["pydarknet_blas"] = net.uses_blas
+    x = load_input(os.path.join(SHARED, "images", "dog.jpg"), args.size)
+    print("%s at %d, %d thread(s); SGEMM reference = numpy.matmul float32 (OpenBLAS), per conv layer"
+          % (name, args.size, args.threads), flush=True)
 
     rows = conv_gemms(net)
     rng = np.random.default_rng(0)
-    print("%s at %d, %d thread(s); SGEMM reference = numpy.matmul float32 (OpenBLAS), per conv layer"
-          % (name, args.size, args.threads))
     gemms = []
     for r in rows:
         A = rng.standard_normal((r["M"], r["K"]), dtype=np.float32)
         B = rng.standard_normal((r["K"], r["N"]), dtype=np.float32)
         C = np.empty((r["M"], r["N"]), np.float32)
         gemms.append((A, B, C, r["groups"]))
-        r["flop"] = 2.0 * r["M"] * r["N"] * r["K"] * r["groups"]
-    x = load_input(os.path.join("/work/shared/images", "dog.jpg"), args.size)
+        r["gflop"] = 2.0 * r["M"] * r["N"] * r["K"] * r["groups"] / 1e9
 
-    def run_gemm(i):
-        A, B, C, g = gemms[i]
-        t = time.perf_counter()
-        for _ in range(g):
-            np.matmul(A, B, out=C)
-        return time.perf_counter() - t
+    def run_gemms():
+        out = []
+        for A, B, C, g in gemms:
+            t = time.perf_counter()
+            for _ in range(g):
+                np.matmul(A, B, out=C)
+            out.append(time.perf_counter() - t)
+        return out
 
     def run_net():
+        time.sleep(args.pause)
         t = time.perf_counter()
         net.predict(x)
-        return time.perf_counter() - t
+        dt = time.perf_counter() - t
+        time.sleep(args.pause)
+        return dt
 
-    # Rounds: every GEMM once, then one network forward. A burst of noise from a
-    # neighbour then touches one round of everything instead of one layer's runs.
     for _ in range(args.warmup):
-        for i in range(len(rows)):
-            run_gemm(i)
+        run_gemms()
         run_net()
-    t_gemm = [[] for _ in rows]
-    t_net = []
-    for _ in range(args.repeat):
-        for i in range(len(rows)):
-            t_gemm[i].append(run_gemm(i))
-        t_net.append(run_net())
-    for r, ts in zip(rows, t_gemm):
-        r["sgemm_ms_median"] = float(np.median(ts)) * 1e3
-        r["sgemm_ms_min"] = float(np.min(ts)) * 1e3
-        r["gflops"] = r["flop"] / (r["sgemm_ms_median"] * 1e-3) / 1e9
-    total_flop = sum(r["flop"] for r in rows)
-    per_round = np.sum(np.asarray(t_gemm), axis=0)  # SGEMM total of each round
-    total_med = float(np.median(per_round))
-    total_min = float(np.min(per_round))
-    net_med, net_min = float(np.median(t_net)), float(np.min(t_net))
+    if args.wait_idle:
+        wait_idle(args.wait_idle)
+    t_gemm, t_net, kept, dropped = [], [], [], []
+    mon = Neighbours()
+    while len(t_net) < args.repeat:
+        mon.start()
+        g = run_gemms()
+        n = run_net()
+        load = mon.stop()
+        if load > args.max_neighbours and len(dropped) < args.repeat:
+            dropped.append(round(load, 3))
+            if args.wait_idle:
+                wait_idle(args.wait_idle)
+            continue
+        t_gemm.append(g)
+        t_net.append(n)
+        kept.append(round(load, 3))
+    if dropped:
+        print("  %d round(s) run again: other processes used %s CPU during them"
+              % (len(dropped), ", ".join("%.2f" % v for v in dropped)))
+    noisy = max(kept) > args.max_neighbours
+    if noisy:
+        print("  WARNING: kept rounds during which other processes were busy (up to %.2f CPU)" % max(kept))
+
+    t_gemm = np.asarray(t_gemm) * 1e3  # [round, layer] ms
+    for i, r in enumerate(rows):
+        r["sgemm_ms_median"] = float(np.median(t_gemm[:, i]))
+        r["sgemm_ms_min"] = float(np.min(t_gemm[:, i]))
+        r["gflops"] = r["gflop"] / r["sgemm_ms_median"] * 1e3
+    per_round = t_gemm.sum(axis=1)
+    sum_med, sum_min = float(np.median(per_round)), float(np.min(per_round))
+    net_ms = np.asarray(t_net) * 1e3
+    net_med, net_min = float(np.median(net_ms)), float(np.min(net_ms))
+    total = sum(r["gflop"] for r in rows)
 
     lines = ["| layer | filters | size/stride | groups | M | N | K | GFLOP | SGEMM ms | GFLOP/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| %d | %d | %dx%d/%d | %d | %d | %d | %d | %.3f | %.2f | %.0f |"
                      % (r["layer"], r["filters"], r["size"], r["size"], r["stride"], r["groups"],
-                        r["M"], r["N"], r["K"], r["flop"] / 1e9, r["sgemm_ms_median"], r["gflops"]))
+                        r["M"], r["N"], r["K"], r["gflop"], r["sgemm_ms_median"], r["gflops"]))
     table = "\n".join(lines)
-    summary = [
-        "| what | ms (median) | ms (min) | GFLOP/s (median) |",
+    summary = "\n".join([
+        "| what | ms (median) | ms (min) | conv GFLOP/s at the median |",
         "|---|---|---|---|",
-        "| per-layer SGEMM, summed per round (%d conv layers, %.2f GFLOP) | %.1f | %.1f | %.0f |"
-        % (len(rows), total_flop / 1e9, total_med * 1e3, total_min * 1e3, total_flop / total_med / 1e9),
+        "| sum of per-layer SGEMM, numpy (%d conv layers, %.2f GFLOP) | %.1f | %.1f | %.0f |"
+        % (len(rows), total, sum_med, sum_min, total / sum_med * 1e3),
         "| pydarknet whole forward (`net.predict`) | %.1f | %.1f | %.0f |"
-        % (net_med * 1e3, net_min * 1e3, total_flop / net_med / 1e9),
-        "| ratio forward / SGEMM sum | %.2f | %.2f | |" % (net_med / total_med, net_min / total_min),
-    ]
-    summary = "\n".join(summary)
+        % (net_med, net_min, total / net_med * 1e3),
+        "| ratio forward / SGEMM sum | %.2f | %.2f | |" % (net_med / sum_med, net_min / sum_min),
+    ])
     print()
     print(table)
     print()
     print(summary)
-    print("\nThe SGEMM sum is a lower bound for im2col+GEMM convolution only (no im2col, batch norm,"
-          "\nactivations or other layers); pydarknet's per-layer times are not measured here.")
+    print("\nThe SGEMM sum is a lower bound for im2col+GEMM convolution only (no im2col, batch norm,\n"
+          "activations or other layers); pydarknet's own per-layer times are not measured here.")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
-            json.dump({"machine": info, "model": name, "size": args.size, "threads": args.threads,
-                       "repeat": args.repeat, "layers": rows,
-                       "sgemm_sum_ms": {"median": total_med * 1e3, "min": total_min * 1e3},
-                       "pydarknet_forward_ms": {"median": net_med * 1e3, "min": net_min * 1e3},
-                       "conv_gflop": total_flop / 1e9, "table": table, "summary": summary}, fh, indent=2)
+            json.dump({"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+                       "model": name, "size": args.size, "threads": args.threads, "repeat": args.repeat,
+                       "pause_s": args.pause, "layers": rows, "conv_gflop": total,
+                       "sgemm_sum_ms": {"median": sum_med, "min": sum_min},
+                       "pydarknet_forward_ms": {"median": net_med, "min": net_min,
+                                                "runs": [round(v, 3) for v in net_ms.tolist()]},
+                       "neighbour_cpus_kept_rounds": kept, "neighbour_cpus_dropped_rounds": dropped,
+                       "noisy": noisy, "table": table, "summary": summary}, fh, indent=2)
         print("\nwrote %s" % args.json)
 
 

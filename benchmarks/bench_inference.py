@@ -8,6 +8,17 @@ CPU target), checks that both give outputs of the same shapes and close values a
 the convolution feeding each [yolo] head, warms both up, then times them in
 alternation (pydarknet, OpenCV, pydarknet, ...) for --repeat rounds, batch 1.
 
+Two things keep the comparison fair on a small shared machine:
+  * --pause (0.3 s) of idle before every timed run. Both libraries leave their
+    worker threads spinning for a while after a call (OpenBLAS under pydarknet,
+    OpenCV's own pool); run back to back, one system's spinning threads steal the
+    CPUs from the other (measured here: OpenCV ~57 ms alone, ~96 ms right after
+    pydarknet on 2 vCPUs).
+  * other processes' CPU use is measured over every round (/proc/stat minus this
+    process); a round during which they used more than --max-neighbours CPUs is
+    thrown away and run again, and each model waits first for the machine to be
+    idle (--wait-idle).
+
     python benchmarks/bench_inference.py                      # yolov4-tiny at 416, 2 threads
     python benchmarks/bench_inference.py --all --repeat 15
     python benchmarks/bench_inference.py --cfg path/to/model.cfg --size 320 --threads 1
@@ -17,19 +28,13 @@ to NumPy) and OpenCV ``net.setInput(x); net.forward(out_names)``. Both get the
 same float32 NCHW input (a real photo resized to size x size, RGB, /255).
 """
 import argparse
-import datetime
-import hashlib
 import json
 import os
-import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 SHARED = "/work/shared"
 ALL_MODELS = ["yolov3-tiny", "yolov4-tiny", "yolov7-tiny", "yolov4"]
 
@@ -51,6 +56,14 @@ def parse_args(argv=None):
     ap.add_argument("--pause", type=float, default=0.3,
                     help="seconds of idle before each timed run (default 0.3): lets the other system's "
                          "worker threads stop spinning; 0 to disable")
+    ap.add_argument("--max-neighbours", type=float, default=0.15,
+                    help="a round during which other processes kept more CPUs busy than this is "
+                         "thrown away and run again (default 0.15)")
+    ap.add_argument("--max-redo", type=int, default=None,
+                    help="most rounds thrown away per model before keeping noisy ones (default --repeat)")
+    ap.add_argument("--wait-idle", type=float, default=300,
+                    help="before each model, wait up to this many seconds for other processes to go "
+                         "quiet (default 300; 0 to skip)")
     ap.add_argument("--no-check", action="store_true", help="skip the output sanity check")
     return ap.parse_args(argv)
 
@@ -61,102 +74,14 @@ if ARGS is not None:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
 
-import numpy as np  # noqa: E402
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 import pydarknet  # noqa: E402
 
-
-# ------------------------------------------------------------------ files
-
-def resolve_cfg(name):
-    if os.path.isfile(name):
-        return os.path.abspath(name)
-    for cand in (os.path.join(SHARED, "cfg", name), os.path.join(SHARED, "cfg", name + ".cfg")):
-        if os.path.isfile(cand):
-            return cand
-    raise SystemExit("cfg not found: %s" % name)
-
-
-def sized_cfg(cfg, size, folder):
-    """A copy of cfg with only the [net] width= and height= lines changed."""
-    with open(cfg) as fh:
-        lines = fh.read().split("\n")
-    section, seen = None, set()
-    for i, line in enumerate(lines):
-        s = line.strip()
-        if s.startswith("["):
-            section = s.lower()
-            continue
-        m = re.match(r"^\s*(width|height)\s*=", line)
-        if m and section in ("[net]", "[network]"):
-            key = m.group(1)
-            lines[i] = "%s=%d" % (key, size)
-            seen.add(key)
-    if seen != {"width", "height"}:
-        raise SystemExit("%s: [net] lacks width= or height=" % cfg)
-    stem = os.path.splitext(os.path.basename(cfg))[0]
-    out = os.path.join(folder, "%s-%d.cfg" % (stem, size))
-    with open(out, "w") as fh:
-        fh.write("\n".join(lines))
-    return out
-
-
-def random_weights(cfg, seed, folder, threads):
-    """Seeded random weights for cfg, written once and kept in folder."""
-    with open(cfg, "rb") as fh:
-        digest = hashlib.sha1(fh.read()).hexdigest()[:12]
-    stem = os.path.splitext(os.path.basename(cfg))[0]
-    out = os.path.join(folder, "%s-%s-seed%d.weights" % (stem, digest, seed))
-    if not os.path.isfile(out):
-        tmp = out + ".part%d" % os.getpid()
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-        proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "make_random_weights.py"),
-                               cfg, tmp, "--seed", str(seed)], env=env, capture_output=True, text=True)
-        if proc.returncode:
-            sys.stderr.write(proc.stdout + proc.stderr)
-            raise SystemExit("make_random_weights.py failed for %s" % cfg)
-        print("  wrote random weights %s" % out)
-        os.replace(tmp, out)
-    return out
-
-
-def load_input(path, size):
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise SystemExit("cannot read image %s" % path)
-    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    x = img.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-# ------------------------------------------------------------------ machine
-
-def machine_info():
-    model = None
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    return {
-        "cpu_model": model or platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "cv2": cv2.__version__,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+sys.path.insert(0, HERE)
+from common import (Neighbours, load_input, machine_info, random_weights, resolve_cfg,  # noqa: E402
+                    sized_cfg, wait_idle)
 
 
 # ------------------------------------------------------------------ check
@@ -232,33 +157,53 @@ def bench_model(cfg, args):
 
     check = None if args.no_check else sanity_check(dn, cv, x)
 
-    def run_dn():
+    def timed(fn):
         if args.pause:
             time.sleep(args.pause)
         t = time.perf_counter()
-        dn.predict(x)
+        fn()
         return (time.perf_counter() - t) * 1e3
+
+    def run_dn():
+        dn.predict(x)
 
     def run_cv():
-        if args.pause:
-            time.sleep(args.pause)
-        t = time.perf_counter()
         cv.setInput(x)
         cv.forward(out_names)
-        return (time.perf_counter() - t) * 1e3
 
     for _ in range(args.warmup):
-        run_dn()
-        run_cv()
-    t_dn, t_cv = [], []
-    for r in range(args.repeat):
+        timed(run_dn)
+        timed(run_cv)
+    if args.wait_idle:
+        wait_idle(args.wait_idle)
+    max_redo = args.repeat if args.max_redo is None else args.max_redo
+    t_dn, t_cv, kept_load, dropped = [], [], [], []
+    mon = Neighbours()
+    r = 0
+    while len(t_dn) < args.repeat:
+        mon.start()
         # alternate which goes first so neither always follows the other
         if r % 2 == 0:
-            t_dn.append(run_dn())
-            t_cv.append(run_cv())
+            a, b = timed(run_dn), timed(run_cv)
         else:
-            t_cv.append(run_cv())
-            t_dn.append(run_dn())
+            b, a = timed(run_cv), timed(run_dn)
+        load = mon.stop()
+        r += 1
+        if load > args.max_neighbours and len(dropped) < max_redo:
+            dropped.append(round(load, 3))
+            if args.wait_idle:
+                wait_idle(args.wait_idle)
+            continue
+        t_dn.append(a)
+        t_cv.append(b)
+        kept_load.append(round(load, 3))
+    if dropped:
+        print("  %d round(s) run again: other processes used %s CPU during them"
+              % (len(dropped), ", ".join("%.2f" % v for v in dropped)))
+    noisy = max(kept_load) > args.max_neighbours
+    if noisy:
+        print("  WARNING: kept rounds during which other processes were busy (up to %.2f CPU)"
+              % max(kept_load))
     s_dn, s_cv = stats(t_dn), stats(t_cv)
     ratio = s_dn["median"] / s_cv["median"]
     print("  pydarknet median %.1f ms (min %.1f, p90 %.1f); OpenCV median %.1f ms (min %.1f, p90 %.1f); "
@@ -266,8 +211,9 @@ def bench_model(cfg, args):
                           s_cv["p90"], ratio), flush=True)
     return {"model": name, "cfg": cfg, "size": args.size, "threads": args.threads, "batch": 1,
             "repeat": args.repeat, "warmup": args.warmup, "uses_blas": dn.uses_blas,
-            "pydarknet_ms": s_dn, "opencv_ms": s_cv, "ratio_median": ratio,
-            "ratio_min": s_dn["min"] / s_cv["min"], "check": check}
+            "pause_s": args.pause, "pydarknet_ms": s_dn, "opencv_ms": s_cv, "ratio_median": ratio,
+            "ratio_min": s_dn["min"] / s_cv["min"], "neighbour_cpus_kept_rounds": kept_load,
+            "neighbour_cpus_dropped_rounds": dropped, "noisy": noisy, "check": check}
 
 
 def markdown(results):
@@ -276,7 +222,7 @@ def markdown(results):
     for r in results:
         d, c = r["pydarknet_ms"], r["opencv_ms"]
         rows.append("| %s | %d | %d | %.1f (%.1f / %.1f) | %.1f (%.1f / %.1f) | %.2f |"
-                    % (r["model"], r["size"], r["threads"], d["median"], d["min"], d["p90"],
+                    % (r["model"] + (" (noisy)" if r["noisy"] else ""), r["size"], r["threads"], d["median"], d["min"], d["p90"],
                        c["median"], c["min"], c["p90"], r["ratio_median"]))
     return "\n".join(rows)
 
@@ -297,8 +243,8 @@ def main(args):
                                                   "PYDARKNET_GEMM")}
     table = markdown(results)
     print()
-    print("Medians of %d interleaved runs after %d warm-up runs; ratio = pydarknet / OpenCV "
-          "(lower is better)." % (args.repeat, args.warmup))
+    print("Medians of %d interleaved rounds (%.2g s idle before each run) after %d warm-up runs; "
+          "ratio = pydarknet / OpenCV medians (lower is better)." % (args.repeat, args.pause, args.warmup))
     print()
     print(table)
     if args.json:

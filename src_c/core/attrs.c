@@ -56,32 +56,31 @@ static dn_status slot(dn_net *net, const char *key, dn_attr **out)
     return DN_OK;
 }
 
-dn_status dn_net_set_ints(dn_net *net, const char *key, const int *values, int count)
+/* Stores `count` values of `size` bytes each under `key`, as `kind`. */
+static dn_status set_values(dn_net *net, const char *key, dn_attr_kind kind, const void *values, int count, size_t size)
 {
     dn_attr *at;
     dn_status s = slot(net, key, &at);
     if (s) return s;
     if (count < 0 || (count > 0 && !values)) return dn_fail(DN_ERR_ARG, "option '%s': bad value list", key);
-    at->kind = DN_ATTR_INTS;
-    at->ints = malloc(sizeof(int) * (size_t)(count ? count : 1));
-    if (!at->ints) return dn_fail(DN_ERR_NOMEM, "out of memory storing option '%s'", key);
-    if (count) memcpy(at->ints, values, sizeof(int) * (size_t)count);
+    void *copy = malloc(size * (size_t)(count ? count : 1));
+    if (!copy) return dn_fail(DN_ERR_NOMEM, "out of memory storing option '%s'", key);
+    if (count) memcpy(copy, values, size * (size_t)count);
+    at->kind = kind;
+    if (kind == DN_ATTR_INTS) at->ints = copy;
+    else at->floats = copy;
     at->count = count;
     return DN_OK;
 }
 
+dn_status dn_net_set_ints(dn_net *net, const char *key, const int *values, int count)
+{
+    return set_values(net, key, DN_ATTR_INTS, values, count, sizeof(int));
+}
+
 dn_status dn_net_set_floats(dn_net *net, const char *key, const float *values, int count)
 {
-    dn_attr *at;
-    dn_status s = slot(net, key, &at);
-    if (s) return s;
-    if (count < 0 || (count > 0 && !values)) return dn_fail(DN_ERR_ARG, "option '%s': bad value list", key);
-    at->kind = DN_ATTR_FLOATS;
-    at->floats = malloc(sizeof(float) * (size_t)(count ? count : 1));
-    if (!at->floats) return dn_fail(DN_ERR_NOMEM, "out of memory storing option '%s'", key);
-    if (count) memcpy(at->floats, values, sizeof(float) * (size_t)count);
-    at->count = count;
-    return DN_OK;
+    return set_values(net, key, DN_ATTR_FLOATS, values, count, sizeof(float));
 }
 
 dn_status dn_net_set_string(dn_net *net, const char *key, const char *value)

@@ -20,6 +20,20 @@ dn_status dn_candidates_push(dn_candidates *c, dn_detection d)
     return DN_OK;
 }
 
+dn_status dn_push_box_classes(dn_candidates *out, dn_detection box, const float *class_prob, size_t stride,
+                              int classes, float thresh)
+{
+    for (int k = 0; k < classes; ++k) {
+        const float prob = box.objectness * class_prob[(size_t)k * stride];
+        if (!(prob > thresh)) continue;
+        box.class_id = k;
+        box.confidence = prob;
+        dn_status st = dn_candidates_push(out, box);
+        if (st) return st;
+    }
+    return DN_OK;
+}
+
 static float overlap(float x1, float w1, float x2, float w2)
 {
     float l1 = x1 - w1 / 2, l2 = x2 - w2 / 2;

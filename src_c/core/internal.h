@@ -81,7 +81,7 @@ typedef struct dn_layer_ops {
     dn_status (*make)(dn_layer *l, dn_net *net);     /* read options, register and allocate params */
     dn_status (*setup)(dn_layer *l, dn_net *net);    /* output shape and workspace from input shape */
     dn_status (*forward)(dn_layer *l, dn_net *net);
-    void (*destroy)(dn_layer *l);                    /* free priv (params are freed by the network) */
+    void (*destroy)(dn_layer *l);                    /* NULL: priv is freed by the network, as are params */
     /* detection heads only: boxes of batch entry b with objectness above
      * thresh, coordinates relative to the network input (0..1) */
     dn_status (*detections)(const dn_layer *l, const dn_net *net, int b, float thresh, struct dn_candidates *out);
@@ -149,6 +149,15 @@ dn_status dn_layer_add_param(dn_layer *l, const char *name, size_t count, float 
 /* Reads the `from`/`layers` index list and checks each is an earlier layer. */
 dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key, const int **idx, int *count);
 void *dn_calloc(size_t n, size_t size);
+/* Allocates the layer's zeroed private state (freed by the network unless
+ * the ops table has a destroy hook); NULL with the error set on failure. */
+void *dn_layer_priv(dn_layer *l, size_t size);
+/* Reads `from` naming exactly one earlier layer and the `activation`. */
+dn_status dn_layer_from_and_activation(dn_layer *l, const dn_net *net, int *from, dn_activation *act);
+/* Emits the detections of one box for every class whose probability
+ * objectness * class_prob[k*stride] exceeds thresh. */
+dn_status dn_push_box_classes(dn_candidates *out, dn_detection box, const float *class_prob, size_t stride,
+                              int classes, float thresh);
 /* Shared by the shape-preserving layers: output shape = input shape; and a
  * forward pass that copies the input. */
 dn_status dn_setup_same_shape(dn_layer *l, dn_net *net);
@@ -171,6 +180,8 @@ void dn_softmax(const float *in, int n, float temp, int stride, float *out);
 
 /* ---- pooling shared by maxpool and local_avgpool (ops/pool.c) ---- */
 typedef enum { DN_POOL_MAX, DN_POOL_AVG } dn_pool_kind;
+/* Reads a pooling window's size, stride_x, stride_y and padding options. */
+dn_status dn_pool_window(const dn_layer *l, int *size, int *stride_x, int *stride_y, int *padding);
 void dn_pool2d(const float *in, int batch, int channels, int h, int w, int size, int stride_y, int stride_x,
                int padding, int out_h, int out_w, dn_pool_kind kind, float *out);
 

@@ -46,6 +46,7 @@ static void free_layer(dn_layer *l)
 {
     if (!l) return;
     if (l->ops && l->ops->destroy) l->ops->destroy(l);
+    else free(l->priv);
     for (int i = 0; i < l->nparams; ++i) {
         free(l->params[i].data);
         free(l->params[i].grad);
@@ -380,5 +381,25 @@ dn_status dn_setup_same_shape(dn_layer *l, dn_net *net)
 dn_status dn_forward_copy(dn_layer *l, dn_net *net)
 {
     memcpy(l->output, dn_layer_input(net, l), (size_t)l->batch * l->outputs * sizeof(float));
+    return DN_OK;
+}
+
+void *dn_layer_priv(dn_layer *l, size_t size)
+{
+    l->priv = dn_calloc(1, size);
+    if (!l->priv) dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
+    return l->priv;
+}
+
+dn_status dn_layer_from_and_activation(dn_layer *l, const dn_net *net, int *from, dn_activation *act)
+{
+    const int *idx;
+    int n;
+    const char *name;
+    dn_status st;
+    if ((st = dn_layer_sources(l, net, "from", &idx, &n)) || (st = dn_attr_string(l, "activation", &name))) return st;
+    if (n != 1) return dn_layer_fail(l, DN_ERR_ARG, "'from' must name exactly one layer");
+    *from = idx[0];
+    if ((st = dn_activation_from_name(name, act))) return dn_layer_fail(l, st, "unknown activation '%s'", name);
     return DN_OK;
 }

@@ -1,15 +1,13 @@
 /* activation.c - [activation]: out = f(in), same shape, f by name. */
 #include "internal.h"
 
-#include <stdlib.h>
 
 static dn_status activation_make(dn_layer *l, dn_net *net)
 {
     (void)net;
     const char *name;
-    dn_activation *a = dn_calloc(1, sizeof(*a));
-    if (!a) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = a;
+    dn_activation *a = dn_layer_priv(l, sizeof(dn_activation));
+    if (!a) return DN_ERR_NOMEM;
     dn_status st = dn_attr_string(l, "activation", &name);
     if (st) return st;
     if ((st = dn_activation_from_name(name, a))) return dn_layer_fail(l, st, "unknown activation '%s'", name);
@@ -23,7 +21,6 @@ static dn_status activation_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void activation_destroy(dn_layer *l) { free(l->priv); }
 
 const dn_layer_ops dn_activation_ops = {"activation", activation_make, dn_setup_same_shape, activation_forward,
-                                        activation_destroy, NULL};
+                                        NULL, NULL};

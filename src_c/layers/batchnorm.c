@@ -4,7 +4,6 @@
  * scales, rolling_mean, rolling_variance. */
 #include "internal.h"
 
-#include <stdlib.h>
 
 typedef struct {
     float *scales, *mean, *variance;
@@ -13,9 +12,8 @@ typedef struct {
 static dn_status batchnorm_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    batchnorm_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    batchnorm_state *s = dn_layer_priv(l, sizeof(batchnorm_state));
+    if (!s) return DN_ERR_NOMEM;
     dn_status st;
     const size_t n = (size_t)l->c;
     if ((st = dn_layer_add_param(l, "scales", n, &s->scales)) || (st = dn_layer_add_param(l, "rolling_mean", n, &s->mean)) ||
@@ -43,7 +41,6 @@ static dn_status batchnorm_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void batchnorm_destroy(dn_layer *l) { free(l->priv); }
 
 const dn_layer_ops dn_batchnorm_ops = {"batchnorm", batchnorm_make, batchnorm_setup, batchnorm_forward,
-                                       batchnorm_destroy, NULL};
+                                       NULL, NULL};

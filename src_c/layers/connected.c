@@ -8,7 +8,6 @@
  * biases, weights, then scales, rolling_mean, rolling_variance. */
 #include "internal.h"
 
-#include <stdlib.h>
 
 typedef struct {
     int outputs, batch_normalize;
@@ -20,9 +19,8 @@ typedef struct {
 static dn_status connected_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    connected_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    connected_state *s = dn_layer_priv(l, sizeof(connected_state));
+    if (!s) return DN_ERR_NOMEM;
     const char *act;
     dn_status st;
     if ((st = dn_attr_int(l, "output", &s->outputs)) || (st = dn_attr_int(l, "batch_normalize", &s->batch_normalize)) ||
@@ -71,7 +69,6 @@ static dn_status connected_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void connected_destroy(dn_layer *l) { free(l->priv); }
 
 const dn_layer_ops dn_connected_ops = {"connected", connected_make, connected_setup, connected_forward,
-                                       connected_destroy, NULL};
+                                       NULL, NULL};

@@ -11,7 +11,6 @@
  * rolling_mean, rolling_variance (the three only with batch_normalize), weights. */
 #include "internal.h"
 
-#include <stdlib.h>
 
 typedef struct {
     int filters, size, stride_x, stride_y, padding, groups, dilation, batch_normalize;
@@ -22,9 +21,8 @@ typedef struct {
 static dn_status conv_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    conv_state *s = dn_calloc(1, sizeof(conv_state));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    conv_state *s = dn_layer_priv(l, sizeof(conv_state));
+    if (!s) return DN_ERR_NOMEM;
     const char *act;
     dn_status st;
     if ((st = dn_attr_int(l, "filters", &s->filters)) || (st = dn_attr_int(l, "size", &s->size)) ||
@@ -103,6 +101,5 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void conv_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_convolutional_ops = {"convolutional", conv_make, conv_setup, conv_forward, conv_destroy, NULL};
+const dn_layer_ops dn_convolutional_ops = {"convolutional", conv_make, conv_setup, conv_forward, NULL, NULL};

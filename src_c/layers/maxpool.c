@@ -8,7 +8,6 @@
 #include "internal.h"
 
 #include <float.h>
-#include <stdlib.h>
 
 typedef struct {
     int size, stride_x, stride_y, padding, depth, out_channels;
@@ -17,16 +16,13 @@ typedef struct {
 static dn_status maxpool_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    maxpool_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    maxpool_state *s = dn_layer_priv(l, sizeof(maxpool_state));
+    if (!s) return DN_ERR_NOMEM;
     dn_status st;
-    if ((st = dn_attr_int(l, "size", &s->size)) || (st = dn_attr_int(l, "stride_x", &s->stride_x)) ||
-        (st = dn_attr_int(l, "stride_y", &s->stride_y)) || (st = dn_attr_int(l, "padding", &s->padding)) ||
+    if ((st = dn_pool_window(l, &s->size, &s->stride_x, &s->stride_y, &s->padding)) ||
         (st = dn_attr_int(l, "maxpool_depth", &s->depth)) || (st = dn_attr_int(l, "out_channels", &s->out_channels)))
         return st;
-    if (s->size < 1 || s->stride_x < 1 || s->stride_y < 1 || s->padding < 0 || s->out_channels < 1)
-        return dn_layer_fail(l, DN_ERR_ARG, "size, strides and out_channels must be positive and padding >= 0");
+    if (s->out_channels < 1) return dn_layer_fail(l, DN_ERR_ARG, "out_channels must be positive");
     return DN_OK;
 }
 
@@ -71,6 +67,5 @@ static dn_status maxpool_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void maxpool_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_maxpool_ops = {"maxpool", maxpool_make, maxpool_setup, maxpool_forward, maxpool_destroy, NULL};
+const dn_layer_ops dn_maxpool_ops = {"maxpool", maxpool_make, maxpool_setup, maxpool_forward, NULL, NULL};

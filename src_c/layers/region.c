@@ -10,7 +10,6 @@
 #include "internal.h"
 
 #include <math.h>
-#include <stdlib.h>
 
 typedef struct {
     int classes, coords, num, softmax;
@@ -20,9 +19,8 @@ typedef struct {
 static dn_status region_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    region_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    region_state *s = dn_layer_priv(l, sizeof(region_state));
+    if (!s) return DN_ERR_NOMEM;
     int nanchors;
     dn_status st;
     if ((st = dn_attr_int(l, "classes", &s->classes)) || (st = dn_attr_int(l, "coords", &s->coords)) ||
@@ -83,20 +81,13 @@ static dn_status region_detections(const dn_layer *l, const dn_net *net, int b, 
             d.h = expf(p[3 * hw + i]) * s->anchors[2 * n + 1] / l->h;
             d.objectness = obj;
             d.batch_index = b;
-            for (int k = 0; k < s->classes; ++k) {
-                const float prob = obj * p[(size_t)(s->coords + 1 + k) * hw + i];
-                if (!(prob > thresh)) continue;
-                d.class_id = k;
-                d.confidence = prob;
-                dn_status st = dn_candidates_push(out, d);
-                if (st) return st;
-            }
+            dn_status st = dn_push_box_classes(out, d, p + (size_t)(s->coords + 1) * hw + i, hw, s->classes, thresh);
+            if (st) return st;
         }
     }
     return DN_OK;
 }
 
-static void region_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_region_ops = {"region", region_make, region_setup, region_forward, region_destroy,
+const dn_layer_ops dn_region_ops = {"region", region_make, region_setup, region_forward, NULL,
                                     region_detections};

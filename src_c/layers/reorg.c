@@ -7,7 +7,6 @@
  * index arithmetic then needs C divisible by s^4. */
 #include "internal.h"
 
-#include <stdlib.h>
 
 typedef struct {
     int stride, reverse;
@@ -16,9 +15,8 @@ typedef struct {
 static dn_status reorg_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    reorg_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    reorg_state *s = dn_layer_priv(l, sizeof(reorg_state));
+    if (!s) return DN_ERR_NOMEM;
     dn_status st;
     if ((st = dn_attr_int(l, "stride", &s->stride)) || (st = dn_attr_int(l, "reverse", &s->reverse))) return st;
     if (s->stride < 1) return dn_layer_fail(l, DN_ERR_ARG, "stride must be positive");
@@ -74,6 +72,5 @@ static dn_status reorg_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void reorg_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_reorg_ops = {"reorg", reorg_make, reorg_setup, reorg_forward, reorg_destroy, NULL};
+const dn_layer_ops dn_reorg_ops = {"reorg", reorg_make, reorg_setup, reorg_forward, NULL, NULL};

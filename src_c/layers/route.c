@@ -6,7 +6,6 @@
  * Output [B][sum C_i/G][H][W]. */
 #include "internal.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -16,9 +15,8 @@ typedef struct {
 
 static dn_status route_make(dn_layer *l, dn_net *net)
 {
-    route_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    route_state *s = dn_layer_priv(l, sizeof(route_state));
+    if (!s) return DN_ERR_NOMEM;
     dn_status st;
     if ((st = dn_layer_sources(l, net, "layers", &s->src, &s->nsrc)) || (st = dn_attr_int(l, "groups", &s->groups)) ||
         (st = dn_attr_int(l, "group_id", &s->group_id)))
@@ -65,6 +63,5 @@ static dn_status route_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void route_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_route_ops = {"route", route_make, route_setup, route_forward, route_destroy, NULL};
+const dn_layer_ops dn_route_ops = {"route", route_make, route_setup, route_forward, NULL, NULL};

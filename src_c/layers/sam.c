@@ -2,7 +2,6 @@
  * is the output of the `from` layer and has the input's shape [B][C][H][W]. */
 #include "internal.h"
 
-#include <stdlib.h>
 
 typedef struct {
     int from;
@@ -11,18 +10,9 @@ typedef struct {
 
 static dn_status sam_make(dn_layer *l, dn_net *net)
 {
-    sam_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
-    const int *from;
-    int n;
-    const char *act;
-    dn_status st;
-    if ((st = dn_layer_sources(l, net, "from", &from, &n)) || (st = dn_attr_string(l, "activation", &act))) return st;
-    if (n != 1) return dn_layer_fail(l, DN_ERR_ARG, "'from' must name exactly one layer");
-    s->from = from[0];
-    if ((st = dn_activation_from_name(act, &s->activation))) return dn_layer_fail(l, st, "unknown activation '%s'", act);
-    return DN_OK;
+    sam_state *s = dn_layer_priv(l, sizeof(sam_state));
+    if (!s) return DN_ERR_NOMEM;
+    return dn_layer_from_and_activation(l, net, &s->from, &s->activation);
 }
 
 static dn_status sam_setup(dn_layer *l, dn_net *net)
@@ -46,6 +36,5 @@ static dn_status sam_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void sam_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_sam_ops = {"sam", sam_make, sam_setup, sam_forward, sam_destroy, NULL};
+const dn_layer_ops dn_sam_ops = {"sam", sam_make, sam_setup, sam_forward, NULL, NULL};

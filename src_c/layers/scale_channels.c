@@ -6,7 +6,6 @@
  * in[y][x] * F[c][y][x]). Then the activation. Output shape = F's shape. */
 #include "internal.h"
 
-#include <stdlib.h>
 
 typedef struct {
     int from, scale_wh;
@@ -15,20 +14,11 @@ typedef struct {
 
 static dn_status scale_channels_make(dn_layer *l, dn_net *net)
 {
-    scale_channels_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
-    const int *from;
-    int n;
-    const char *act;
-    dn_status st;
-    if ((st = dn_layer_sources(l, net, "from", &from, &n)) || (st = dn_attr_int(l, "scale_wh", &s->scale_wh)) ||
-        (st = dn_attr_string(l, "activation", &act)))
-        return st;
-    if (n != 1) return dn_layer_fail(l, DN_ERR_ARG, "'from' must name exactly one layer");
-    s->from = from[0];
-    if ((st = dn_activation_from_name(act, &s->activation))) return dn_layer_fail(l, st, "unknown activation '%s'", act);
-    return DN_OK;
+    scale_channels_state *s = dn_layer_priv(l, sizeof(scale_channels_state));
+    if (!s) return DN_ERR_NOMEM;
+    dn_status st = dn_attr_int(l, "scale_wh", &s->scale_wh);
+    if (st) return st;
+    return dn_layer_from_and_activation(l, net, &s->from, &s->activation);
 }
 
 static dn_status scale_channels_setup(dn_layer *l, dn_net *net)
@@ -67,7 +57,6 @@ static dn_status scale_channels_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void scale_channels_destroy(dn_layer *l) { free(l->priv); }
 
 const dn_layer_ops dn_scale_channels_ops = {"scale_channels", scale_channels_make, scale_channels_setup,
-                                            scale_channels_forward, scale_channels_destroy, NULL};
+                                            scale_channels_forward, NULL, NULL};

@@ -14,7 +14,6 @@
 #include "internal.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 enum { W_NONE, W_PER_FEATURE, W_PER_CHANNEL };
@@ -29,9 +28,8 @@ typedef struct {
 
 static dn_status shortcut_make(dn_layer *l, dn_net *net)
 {
-    shortcut_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    shortcut_state *s = dn_layer_priv(l, sizeof(shortcut_state));
+    if (!s) return DN_ERR_NOMEM;
     const char *act, *wt, *wn;
     dn_status st;
     if ((st = dn_layer_sources(l, net, "from", &s->src, &s->nsrc)) || (st = dn_attr_string(l, "activation", &act)) ||
@@ -143,6 +141,5 @@ static dn_status shortcut_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void shortcut_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_shortcut_ops = {"shortcut", shortcut_make, shortcut_setup, shortcut_forward, shortcut_destroy, NULL};
+const dn_layer_ops dn_shortcut_ops = {"shortcut", shortcut_make, shortcut_setup, shortcut_forward, NULL, NULL};

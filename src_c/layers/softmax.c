@@ -5,7 +5,6 @@
  * shape. */
 #include "internal.h"
 
-#include <stdlib.h>
 
 typedef struct {
     int groups;
@@ -15,9 +14,8 @@ typedef struct {
 static dn_status softmax_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    softmax_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    softmax_state *s = dn_layer_priv(l, sizeof(softmax_state));
+    if (!s) return DN_ERR_NOMEM;
     dn_status st;
     if ((st = dn_attr_int(l, "groups", &s->groups)) || (st = dn_attr_float(l, "temperature", &s->temperature))) return st;
     if (s->groups < 1 || s->temperature == 0.f)
@@ -55,6 +53,5 @@ static dn_status softmax_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void softmax_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_softmax_ops = {"softmax", softmax_make, softmax_setup, softmax_forward, softmax_destroy, NULL};
+const dn_layer_ops dn_softmax_ops = {"softmax", softmax_make, softmax_setup, softmax_forward, NULL, NULL};

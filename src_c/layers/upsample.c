@@ -6,7 +6,6 @@
  *     out[c][y][x] = scale * sum of the |s| x |s| input block at (y*|s|, x*|s|). */
 #include "internal.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -17,9 +16,8 @@ typedef struct {
 static dn_status upsample_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    upsample_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    upsample_state *s = dn_layer_priv(l, sizeof(upsample_state));
+    if (!s) return DN_ERR_NOMEM;
     dn_status st;
     if ((st = dn_attr_int(l, "stride", &s->stride)) || (st = dn_attr_float(l, "scale", &s->scale))) return st;
     if (s->stride == 0) return dn_layer_fail(l, DN_ERR_ARG, "stride must not be 0");
@@ -66,6 +64,5 @@ static dn_status upsample_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void upsample_destroy(dn_layer *l) { free(l->priv); }
 
-const dn_layer_ops dn_upsample_ops = {"upsample", upsample_make, upsample_setup, upsample_forward, upsample_destroy, NULL};
+const dn_layer_ops dn_upsample_ops = {"upsample", upsample_make, upsample_setup, upsample_forward, NULL, NULL};

@@ -23,9 +23,8 @@ typedef struct {
 static dn_status yolo_make(dn_layer *l, dn_net *net)
 {
     (void)net;
-    yolo_state *s = dn_calloc(1, sizeof(*s));
-    if (!s) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
-    l->priv = s;
+    yolo_state *s = dn_layer_priv(l, sizeof(yolo_state));
+    if (!s) return DN_ERR_NOMEM;
     const int *mask;
     const float *anchors;
     int num, nmask, nanchors;
@@ -97,14 +96,8 @@ static dn_status yolo_detections(const dn_layer *l, const dn_net *net, int b, fl
             }
             d.objectness = obj;
             d.batch_index = b;
-            for (int k = 0; k < s->classes; ++k) {
-                const float prob = obj * p[(5 + (size_t)k) * hw + i];
-                if (!(prob > thresh)) continue;
-                d.class_id = k;
-                d.confidence = prob;
-                dn_status st = dn_candidates_push(out, d);
-                if (st) return st;
-            }
+            dn_status st = dn_push_box_classes(out, d, p + 5 * hw + i, hw, s->classes, thresh);
+            if (st) return st;
         }
     }
     return DN_OK;

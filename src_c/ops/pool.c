@@ -36,3 +36,15 @@ void dn_pool2d(const float *in, int batch, int channels, int h, int w, int size,
         }
     }
 }
+
+dn_status dn_pool_window(const dn_layer *l, int *size, int *stride_x, int *stride_y, int *padding)
+{
+    dn_status st;
+    if ((st = dn_attr_int(l, "size", size)) || (st = dn_attr_int(l, "stride_x", stride_x)) ||
+        (st = dn_attr_int(l, "stride_y", stride_y)) || (st = dn_attr_int(l, "padding", padding)))
+        return st;
+    if (*size < 1 || *stride_x < 1 || *stride_y < 1 || *padding < 0)
+        return dn_layer_fail(l, DN_ERR_ARG, "size and strides must be positive and padding >= 0 (size=%d stride_x=%d "
+                             "stride_y=%d padding=%d)", *size, *stride_x, *stride_y, *padding);
+    return DN_OK;
+}
