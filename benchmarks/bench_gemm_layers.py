@@ -17,7 +17,9 @@ norm, activations, pooling, routes, upsampling and the heads: it is a lower boun
 for an im2col+GEMM implementation built on the same GEMM, not a prediction, and a
 Winograd or direct convolution can go below it on 3x3 layers.
 
-Each round times every layer's GEMM once, idles --pause seconds (so NumPy's
+Each round times every layer's GEMM once (right after an untimed run of the same
+GEMM, so with warm caches and threads: the favourable case, as a lower bound
+should be), idles --pause seconds (so NumPy's
 OpenBLAS threads stop spinning), times one pydarknet forward, and idles again;
 medians are over --repeat rounds. Rounds during which other processes kept more
 than --max-neighbours CPUs busy are run again.
@@ -112,6 +114,7 @@ def main(args):
     def run_gemms():
         out = []
         for A, B, C, g in gemms:
+            np.matmul(A, B, out=C)  # untimed: warms caches and OpenBLAS's threads
             t = time.perf_counter()
             for _ in range(g):
                 np.matmul(A, B, out=C)
