@@ -76,37 +76,56 @@ class Layer:
         return f"<Layer {self.index} {self.type} -> {c}x{h}x{w}>"
 
 
-def _set_attr(ptr, key, value):
+_LAYER_SETTERS = (lib.dn_net_set_ints, lib.dn_net_set_floats, lib.dn_net_set_string)
+_TRAIN_SETTERS = (lib.dn_net_set_train_ints, lib.dn_net_set_train_floats, lib.dn_net_set_train_string)
+
+
+def _set_attr(ptr, key, value, setters=_LAYER_SETTERS):
+    """Hands one resolved option to the C builder (a layer's, or with
+    _TRAIN_SETTERS the network's training options)."""
+    set_ints, set_floats, set_string = setters
     k = key.encode()
     if isinstance(value, bool):
         value = int(value)
     if isinstance(value, int):
-        return lib.dn_net_set_ints(ptr, k, ffi.new("int[1]", [value]), 1)
+        return set_ints(ptr, k, ffi.new("int[1]", [value]), 1)
     if isinstance(value, float):
-        return lib.dn_net_set_floats(ptr, k, ffi.new("float[1]", [value]), 1)
+        return set_floats(ptr, k, ffi.new("float[1]", [value]), 1)
     if isinstance(value, str):
-        return lib.dn_net_set_string(ptr, k, value.encode())
+        return set_string(ptr, k, value.encode())
     values = list(value)
     if all(isinstance(v, int) for v in values):
-        return lib.dn_net_set_ints(ptr, k, ffi.new("int[]", values or [0]), len(values))
-    return lib.dn_net_set_floats(ptr, k, ffi.new("float[]", [float(v) for v in values]), len(values))
+        return set_ints(ptr, k, ffi.new("int[]", values or [0]), len(values))
+    return set_floats(ptr, k, ffi.new("float[]", [float(v) for v in values]), len(values))
 
 
 class Network:
     """A network built from a parsed cfg. Use :func:`load` to make one."""
 
-    def __init__(self, spec: NetSpec, batch: int = 1, threads: Optional[int] = None, names=None):
+    def __init__(self, spec: NetSpec, batch: Optional[int] = None, threads: Optional[int] = None, names=None):
+        """`batch`: the full training batch (default: the cfg's); the network
+        runs mini-batches of batch / subdivisions images, as darknet does."""
         self.spec = spec
+        subdivisions = max(1, int(spec.options.get("subdivisions", 1) or 1))
+        self.full_batch = int(batch if batch is not None else max(1, spec.batch))
+        if self.full_batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        self.subdivisions = subdivisions if self.full_batch % subdivisions == 0 else 1
+        self.mini_batch = self.full_batch // self.subdivisions
+        self._training = False
         self.names = list(names) if names is not None else None
         self.weights_header = None
         c, h, w = spec.channels, spec.height, spec.width
         out = ffi.new("dn_net **")
-        check(lib.dn_net_create(batch, c, h, w, out), f"{spec.path}: [net]")
+        # activations for one image until a call needs more (training sizes it to the mini-batch)
+        check(lib.dn_net_create(1, c, h, w, out), f"{spec.path}: [net]")
         self._ptr = ffi.gc(out[0], lib.dn_net_free)
         lib.dn_net_set_log(self._ptr, lib._pydarknet_log, ffi.NULL)
         for layer in spec.layers:
             self._add(layer)
         check(lib.dn_net_finalize(self._ptr), spec.path)
+        for key, value in spec.options.items():
+            check(_set_attr(self._ptr, key, value, _TRAIN_SETTERS), f"{spec.path}: [net] {key}")
         self.set_threads(threads or default_threads())
         if os.environ.get("PYDARKNET_GEMM", "").lower() == "portable":
             check(lib.dn_net_set_blas(self._ptr, 0))
@@ -178,6 +197,59 @@ class Network:
         """Changes the batch size or the input size (every layer's shape follows)."""
         b, _, h, w = self._input_shape()
         check(lib.dn_net_resize(self._ptr, batch or b, height or h, width or w))
+
+    # ---- training
+    @property
+    def iteration(self) -> int:
+        """Updates made so far (darknet's batch number)."""
+        return int(lib.dn_net_iteration(self._ptr))
+
+    @property
+    def seen(self) -> int:
+        """Images trained on."""
+        return int(lib.dn_net_seen(self._ptr))
+
+    def learning_rate(self, iteration: Optional[int] = None) -> float:
+        """The schedule's learning rate for an iteration (default: the next update's)."""
+        rate = ffi.new("float *")
+        it = self.iteration + 1 if iteration is None else int(iteration)
+        check(lib.dn_net_learning_rate(self._ptr, it, rate), f"{self.spec.path}: [net]")
+        return float(rate[0])
+
+    def enable_training(self):
+        """Allocates gradients and optimizer state (done by the first train_batch)."""
+        if not self._training:
+            if self.batch != self.mini_batch:
+                self.resize(batch=self.mini_batch)
+            check(lib.dn_net_enable_training(self._ptr), self.spec.path)
+            self._training = True
+
+    def train_batch(self, x: np.ndarray, truths: np.ndarray) -> float:
+        """One training iteration on a full batch: x float32 [B, C, H, W] in
+        0..1, truths float32 [B, max_boxes, 5] (rows x y w h class, normalized;
+        zero rows are padding) for detectors, or [B, classes] (one-hot) for
+        classifiers. Runs B / mini_batch mini-batches, accumulates gradients,
+        updates once, and returns the loss per image. Truth rows that are not
+        usable (class out of range, box outside 0..1, NaN) are reported with
+        their image and row and left out."""
+        from .train_checks import check_inputs, clean_truths
+
+        x = np.asarray(x)
+        if x.ndim != 4 or x.shape[1:] != (self.channels, self.height, self.width):
+            raise ValueError(f"input of shape {x.shape} does not fit the network's "
+                             f"[B, {self.channels}, {self.height}, {self.width}]")
+        if x.shape[0] % self.mini_batch:
+            raise ValueError(f"{x.shape[0]} images do not split into mini-batches of {self.mini_batch}")
+        check_inputs(x)
+        t = clean_truths(self, truths, x.shape[0])
+        self.enable_training()
+        if self.batch != self.mini_batch:
+            self.resize(batch=self.mini_batch)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        loss = ffi.new("float *")
+        check(lib.dn_net_train_batch(self._ptr, ffi.from_buffer("float[]", x), x.size,
+                                     ffi.from_buffer("float[]", t), t.size, loss))
+        return float(loss[0])
 
     # ---- weights
     def load_weights(self, path, max_layers=None):
@@ -265,11 +337,13 @@ def _read_image(image):
     return img
 
 
-def load(cfg_path, weights_path=None, batch: int = 1, threads: Optional[int] = None, names=None,
+def load(cfg_path, weights_path=None, batch: Optional[int] = None, threads: Optional[int] = None, names=None,
          max_layers: Optional[int] = None) -> Network:
     """Builds the network of a darknet cfg and, when given, loads its weights
-    (only the first `max_layers` layers' when given). `names`: class names, a
-    list or the path of a .names file."""
+    (only the first `max_layers` layers' when given). `batch`: the full
+    training batch (default: the cfg's; mini-batches are batch / subdivisions;
+    predict and detect size the network to what they are given). `names`:
+    class names, a list or the path of a .names file."""
     spec = parse_cfg(cfg_path)
     if isinstance(names, (str, os.PathLike)):
         from .datafiles import read_names

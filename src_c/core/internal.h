@@ -45,7 +45,7 @@ typedef struct dn_attrs {
 
 /* Readers used by the layers' make functions; they set the error message
  * (naming the layer and key) and return non-OK when a key is missing or of
- * the wrong kind. */
+ * the wrong kind. The dn_opt_* twins read a network's training options. */
 dn_status dn_attr_int(const dn_layer *l, const char *key, int *out);
 dn_status dn_attr_float(const dn_layer *l, const char *key, float *out);
 dn_status dn_attr_string(const dn_layer *l, const char *key, const char **out);
@@ -53,6 +53,11 @@ dn_status dn_attr_ints(const dn_layer *l, const char *key, const int **out, int 
 dn_status dn_attr_floats(const dn_layer *l, const char *key, const float **out, int *count);
 int dn_attr_has(const dn_layer *l, const char *key);
 void dn_attrs_free(dn_attrs *a);
+dn_status dn_opt_int(const dn_net *net, const char *key, int *out);
+dn_status dn_opt_float(const dn_net *net, const char *key, float *out);
+dn_status dn_opt_string(const dn_net *net, const char *key, const char **out);
+dn_status dn_opt_ints(const dn_net *net, const char *key, const int **out, int *count);
+dn_status dn_opt_floats(const dn_net *net, const char *key, const float **out, int *count);
 
 /* ---- activations (ops/activations.c) ---- */
 typedef enum {
@@ -66,13 +71,24 @@ dn_status dn_activation_from_name(const char *name, dn_activation *out);
 /* Applies `a` in place to x laid out as [batch][channels][spatial]. The
  * normalize_channels kinds work across channels, the others elementwise. */
 void dn_activate(float *x, int batch, int channels, int spatial, dn_activation a);
+/* delta *= f'(.) in place, given the activated output y = f(x) (and, for the
+ * kinds whose derivative needs it, the input x; may be NULL otherwise). */
+void dn_activation_backward(const float *y, const float *x, float *delta, int batch, int channels, int spatial,
+                            dn_activation a);
+/* 1 when the derivative needs the pre-activation input x. */
+int dn_activation_needs_input(dn_activation a);
 
 /* ---- parameters ---- */
+enum { DN_PARAM_TRAIN = 1, DN_PARAM_DECAY = 2 };
+
 typedef struct dn_param {
     const char *name;
     float *data;
-    float *grad;
+    float *grad;     /* dLoss/d(data) summed over the images since the last update (training only) */
+    float *m, *v;    /* optimizer state: SGD momentum buffer, or Adam's first and second moments */
     size_t count;
+    int flags;       /* DN_PARAM_TRAIN: updated by the optimizer (not rolling statistics);
+                        DN_PARAM_DECAY: weight decay applies (weights, not biases or scales) */
 } dn_param;
 
 /* ---- layers ---- */
@@ -80,7 +96,14 @@ typedef struct dn_layer_ops {
     const char *type;                               /* canonical cfg section name */
     dn_status (*make)(dn_layer *l, dn_net *net);     /* read options, register and allocate params */
     dn_status (*setup)(dn_layer *l, dn_net *net);    /* output shape and workspace from input shape */
-    dn_status (*forward)(dn_layer *l, dn_net *net);
+    dn_status (*forward)(dn_layer *l, dn_net *net);  /* net->train: training-mode pass (batch statistics, dropout, losses) */
+    /* Given l->delta = dLoss/d(l->output), adds dLoss/d(param) into each
+     * param's grad and adds dLoss/d(input) into the delta of every layer the
+     * input came from (dn_layer_input_delta; NULL: nothing to propagate).
+     * Loss heads ([yolo], [region], [cost]) compute their loss in a training
+     * forward pass and keep in l->delta the gradient with respect to their
+     * input, which their backward passes on. NULL: backward not implemented. */
+    dn_status (*backward)(dn_layer *l, dn_net *net);
     void (*destroy)(dn_layer *l);                    /* NULL: priv is freed by the network, as are params */
     /* detection heads only: boxes of batch entry b with objectness above
      * thresh, coordinates relative to the network input (0..1) */
@@ -96,6 +119,8 @@ struct dn_layer {
     int out_c, out_h, out_w;     /* output shape, set by setup */
     size_t inputs, outputs;      /* c*h*w and out_c*out_h*out_w */
     float *output;               /* batch*outputs floats, owned by the network */
+    float *delta;                /* batch*outputs: dLoss/d(output) (training only) */
+    int is_loss;                 /* computes a loss in training passes */
     size_t workspace;            /* bytes of the shared workspace this layer needs */
     int is_output;               /* a detection head or the last layer */
     dn_param params[DN_MAX_PARAMS];
@@ -116,6 +141,18 @@ struct dn_net {
     float *workspace;
     size_t workspace_size;
     dn_candidates candidates;    /* reused by dn_net_detections */
+    /* training */
+    int training;                /* deltas, gradients and optimizer state are allocated */
+    int train;                   /* the current pass is a training pass */
+    float *input_delta;          /* dLoss/d(network input) of the last backward pass */
+    const float *truth;          /* truths of the current mini-batch, truth_stride floats per image */
+    int truth_stride;
+    double loss;                 /* summed by the loss heads during a training forward pass */
+    dn_attrs train_opts;         /* the resolved [net] options training reads */
+    long long iteration;         /* updates done */
+    unsigned long long seen;     /* images trained on */
+    unsigned long long images_since_update;
+    unsigned long long rng;      /* state of the network's random generator (dropout, random policy) */
     int threads;
     int use_blas;
     dn_log_fn log_fn;
@@ -139,16 +176,29 @@ void dn_log(const dn_net *net, int level, const char *fmt, ...)
 #endif
     ;
 
+/* (Re)allocates activations, deltas (when training) and the workspace. */
+dn_status dn_net_allocate(dn_net *net);
+
 /* ---- registry (core/registry.c) ---- */
 const dn_layer_ops *dn_find_layer_ops(const char *type);
 
 /* ---- helpers shared by layers (core/network.c) ---- */
 const float *dn_layer_input(const dn_net *net, const dn_layer *l);
-/* Registers a parameter tensor of `count` floats, zero-filled. */
+/* Where dLoss/d(input) of layer l goes: the previous layer's delta, or the
+ * network's input delta; NULL when the pass needs none. */
+float *dn_layer_input_delta(const dn_net *net, const dn_layer *l);
+/* Uniform random number in [0, 1) from the network's generator. */
+float dn_rand_uniform(dn_net *net);
+/* Registers a parameter tensor of `count` floats, zero-filled, trained by
+ * the optimizer (no weight decay); the _flags form sets DN_PARAM_* itself. */
 dn_status dn_layer_add_param(dn_layer *l, const char *name, size_t count, float **data);
+dn_status dn_layer_add_param_flags(dn_layer *l, const char *name, size_t count, int flags, float **data);
 /* Reads the `from`/`layers` index list and checks each is an earlier layer. */
 dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key, const int **idx, int *count);
 void *dn_calloc(size_t n, size_t size);
+/* Grows *buf (capacity *cap floats) to hold n floats; for scratch kept
+ * between a training forward pass and its backward pass. */
+dn_status dn_ensure_floats(float **buf, size_t *cap, size_t n);
 /* Allocates the layer's zeroed private state (freed by the network unless
  * the ops table has a destroy hook); NULL with the error set on failure. */
 void *dn_layer_priv(dn_layer *l, size_t size);
@@ -175,6 +225,10 @@ void dn_im2col(const float *im, int channels, int height, int width, int ksize_h
 void dn_add_bias(float *out, const float *bias, int batch, int channels, int spatial);
 void dn_scale_bias(float *out, const float *scale, int batch, int channels, int spatial);
 void dn_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
+/* grad[c] += sum over batch and spatial of delta (the bias gradient). */
+void dn_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial);
+void dn_col2im(const float *col, int channels, int height, int width, int ksize_h, int ksize_w, int pad_h, int pad_w,
+               int stride_h, int stride_w, int dilation_h, int dilation_w, int out_h, int out_w, float *im);
 float dn_logistic(float x);
 void dn_softmax(const float *in, int n, float temp, int stride, float *out);
 

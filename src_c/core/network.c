@@ -50,8 +50,11 @@ static void free_layer(dn_layer *l)
     for (int i = 0; i < l->nparams; ++i) {
         free(l->params[i].data);
         free(l->params[i].grad);
+        free(l->params[i].m);
+        free(l->params[i].v);
     }
     free(l->output);
+    free(l->delta);
     dn_attrs_free(&l->attrs);
     free(l);
 }
@@ -65,6 +68,8 @@ void dn_net_free(dn_net *net)
     free(net->workspace);
     free(net->input_buf);
     free(net->candidates.items);
+    free(net->input_delta);
+    dn_attrs_free(&net->train_opts);
     free(net);
 }
 
@@ -164,7 +169,7 @@ dn_status dn_net_end_layer(dn_net *net)
 }
 
 /* (Re)allocates activations and the workspace to the current sizes. */
-static dn_status allocate(dn_net *net)
+dn_status dn_net_allocate(dn_net *net)
 {
     size_t ws = 0;
     for (int i = 0; i < net->nlayers; ++i) {
@@ -174,6 +179,12 @@ static dn_status allocate(dn_net *net)
         if (!l->output) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the output (%zu floats)",
                                              (size_t)net->batch * l->outputs);
         if (l->workspace > ws) ws = l->workspace;
+        free(l->delta);
+        l->delta = NULL;
+        if (net->training) {
+            l->delta = dn_calloc((size_t)net->batch * l->outputs, sizeof(float));
+            if (!l->delta) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the delta");
+        }
     }
     free(net->workspace);
     net->workspace = NULL;
@@ -187,6 +198,12 @@ static dn_status allocate(dn_net *net)
     net->input_buf = dn_calloc(in, sizeof(float));
     if (!net->input_buf) return dn_fail(DN_ERR_NOMEM, "out of memory for the input");
     net->input_buf_size = in;
+    free(net->input_delta);
+    net->input_delta = NULL;
+    if (net->training) {
+        net->input_delta = dn_calloc(in, sizeof(float));
+        if (!net->input_delta) return dn_fail(DN_ERR_NOMEM, "out of memory for the input delta");
+    }
     return DN_OK;
 }
 
@@ -195,7 +212,7 @@ dn_status dn_net_finalize(dn_net *net)
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
     if (net->building) return dn_fail(DN_ERR_STATE, "layer %d is still being built", net->building->index);
     if (net->nlayers == 0) return dn_fail(DN_ERR_STATE, "the network has no layers");
-    dn_status s = allocate(net);
+    dn_status s = dn_net_allocate(net);
     if (s) return s;
     net->finalized = 1;
     return DN_OK;
@@ -225,7 +242,7 @@ dn_status dn_net_resize(dn_net *net, int batch, int height, int width)
         for (int i = 0; i < net->nlayers; ++i) run_setup(net, net->layers[i]);
         return dn_fail(s, "%s", msg);
     }
-    return allocate(net);
+    return dn_net_allocate(net);
 }
 
 int dn_net_num_layers(const dn_net *net) { return net ? net->nlayers : 0; }
@@ -342,7 +359,27 @@ const float *dn_layer_input(const dn_net *net, const dn_layer *l)
     return l->index == 0 ? net->input : net->layers[l->index - 1]->output;
 }
 
+float *dn_layer_input_delta(const dn_net *net, const dn_layer *l)
+{
+    return l->index == 0 ? net->input_delta : net->layers[l->index - 1]->delta;
+}
+
+dn_status dn_ensure_floats(float **buf, size_t *cap, size_t n)
+{
+    if (*buf && *cap >= n) return DN_OK;
+    float *p = realloc(*buf, (n ? n : 1) * sizeof(float));
+    if (!p) return dn_fail(DN_ERR_NOMEM, "out of memory for %zu floats of training scratch", n);
+    *buf = p;
+    *cap = n;
+    return DN_OK;
+}
+
 dn_status dn_layer_add_param(dn_layer *l, const char *name, size_t count, float **data)
+{
+    return dn_layer_add_param_flags(l, name, count, DN_PARAM_TRAIN, data);
+}
+
+dn_status dn_layer_add_param_flags(dn_layer *l, const char *name, size_t count, int flags, float **data)
 {
     if (l->nparams == DN_MAX_PARAMS) return dn_layer_fail(l, DN_ERR_ARG, "too many parameter tensors");
     float *p = dn_calloc(count, sizeof(float));
@@ -350,8 +387,9 @@ dn_status dn_layer_add_param(dn_layer *l, const char *name, size_t count, float 
     dn_param *prm = &l->params[l->nparams++];
     prm->name = name;
     prm->data = p;
-    prm->grad = NULL;
+    prm->grad = prm->m = prm->v = NULL;
     prm->count = count;
+    prm->flags = flags;
     if (data) *data = p;
     return DN_OK;
 }

@@ -9,8 +9,10 @@
  * never prints, exits or aborts; log lines go to a callback set per network.
  *
  * Tensor layout: NCHW float32, batch-major, as darknet stores it.
- * Gradient convention (for the training functions to come): a layer's delta
- * holds the true derivative dLoss/d(output); updates subtract.
+ * Gradient convention: a layer's delta holds the true derivative
+ * dLoss/d(output) (loss heads keep dLoss/d(their input)); parameter
+ * gradients are dLoss/d(param) summed over the images since the last update;
+ * the optimizer subtracts. The loss of a batch is the sum over its images.
  *
  * Usage:
  *     dn_net *net;
@@ -103,6 +105,45 @@ dn_status dn_net_workspace_size(const dn_net *net, size_t *bytes);
 
 /* Running */
 dn_status dn_net_forward(dn_net *net, const float *input, size_t count);
+
+/* Training. The network's batch is the mini-batch darknet runs at once
+ * (batch / subdivisions). Options ([net] section, resolved: learning_rate,
+ * momentum, decay, policy, burn_in, power, steps, scales, step, scale, gamma,
+ * max_batches, sgdr_cycle, sgdr_mult, learning_rate_min, adam, B1, B2, eps)
+ * are set with the dn_net_set_train_* calls before dn_net_enable_training.
+ * Truths: `truth_count` floats for the images given, the same number per image
+ * (detection: rows of x, y, w, h, class, zero rows for padding; classifiers:
+ * one value per class). */
+dn_status dn_net_set_train_ints(dn_net *net, const char *key, const int *values, int count);
+dn_status dn_net_set_train_floats(dn_net *net, const char *key, const float *values, int count);
+dn_status dn_net_set_train_string(dn_net *net, const char *key, const char *value);
+dn_status dn_net_enable_training(dn_net *net);
+/* One mini-batch forward pass in training mode; losses computed from the truths. */
+dn_status dn_net_forward_train(dn_net *net, const float *input, size_t count, const float *truth, size_t truth_count);
+double dn_net_loss(const dn_net *net);   /* summed loss of the last training forward pass */
+/* Backward pass from the deltas the loss heads (or the caller, through
+ * dn_layer_delta) set; adds into the parameter gradients. */
+dn_status dn_net_backward(dn_net *net);
+/* The optimizer step with the gradients accumulated since the last update
+ * (over `images` images), then the gradients are zeroed and the iteration
+ * advances. */
+dn_status dn_net_update(dn_net *net);
+/* A full batch: count / (c*h*w) images, a multiple of the network's batch,
+ * run as mini-batches (darknet's subdivisions), gradients accumulated, then
+ * one update. *loss: the loss per image. A non-finite loss stops before the
+ * update (the weights are left as they were) with DN_ERR_STATE. */
+dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, const float *truth, size_t truth_count,
+                             float *loss);
+dn_status dn_net_learning_rate(const dn_net *net, long long iteration, float *rate);
+long long dn_net_iteration(const dn_net *net);
+dn_status dn_net_set_iteration(dn_net *net, long long iteration, unsigned long long seen);
+unsigned long long dn_net_seen(const dn_net *net);
+dn_status dn_net_seed(dn_net *net, unsigned long long seed);
+unsigned long long dn_net_rng_state(const dn_net *net);
+dn_status dn_layer_delta(dn_net *net, int layer, float **data, size_t *count);
+dn_status dn_net_input_delta(dn_net *net, float **data, size_t *count);
+/* The gradient and optimizer buffers of a parameter (NULL before training is enabled). */
+dn_status dn_layer_param_state(dn_net *net, int layer, int index, float **grad, float **m, float **v);
 
 /* Images: 8-bit interleaved pixels (rows of width*channels bytes, `stride`
  * bytes apart; channels 1 or 3; bgr=1 for OpenCV's order) to the network's

@@ -22,5 +22,9 @@ static dn_status activation_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_activation_ops = {"activation", activation_make, dn_setup_same_shape, activation_forward,
-                                        NULL, NULL};
+const dn_layer_ops dn_activation_ops = {
+    .type = "activation",
+    .make = activation_make,
+    .setup = dn_setup_same_shape,
+    .forward = activation_forward,
+};

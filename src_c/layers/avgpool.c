@@ -29,4 +29,9 @@ static dn_status avgpool_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-const dn_layer_ops dn_avgpool_ops = {"avgpool", avgpool_make, avgpool_setup, avgpool_forward, NULL, NULL};
+const dn_layer_ops dn_avgpool_ops = {
+    .type = "avgpool",
+    .make = avgpool_make,
+    .setup = avgpool_setup,
+    .forward = avgpool_forward,
+};

@@ -42,5 +42,9 @@ static dn_status batchnorm_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_batchnorm_ops = {"batchnorm", batchnorm_make, batchnorm_setup, batchnorm_forward,
-                                       NULL, NULL};
+const dn_layer_ops dn_batchnorm_ops = {
+    .type = "batchnorm",
+    .make = batchnorm_make,
+    .setup = batchnorm_setup,
+    .forward = batchnorm_forward,
+};

@@ -70,5 +70,9 @@ static dn_status connected_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_connected_ops = {"connected", connected_make, connected_setup, connected_forward,
-                                       NULL, NULL};
+const dn_layer_ops dn_connected_ops = {
+    .type = "connected",
+    .make = connected_make,
+    .setup = connected_setup,
+    .forward = connected_forward,
+};

@@ -102,4 +102,9 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_convolutional_ops = {"convolutional", conv_make, conv_setup, conv_forward, NULL, NULL};
+const dn_layer_ops dn_convolutional_ops = {
+    .type = "convolutional",
+    .make = conv_make,
+    .setup = conv_setup,
+    .forward = conv_forward,
+};

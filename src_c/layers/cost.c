@@ -17,4 +17,9 @@ static dn_status cost_make(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-const dn_layer_ops dn_cost_ops = {"cost", cost_make, dn_setup_same_shape, dn_forward_copy, NULL, NULL};
+const dn_layer_ops dn_cost_ops = {
+    .type = "cost",
+    .make = cost_make,
+    .setup = dn_setup_same_shape,
+    .forward = dn_forward_copy,
+};

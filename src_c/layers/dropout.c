@@ -14,4 +14,9 @@ static dn_status dropout_make(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-const dn_layer_ops dn_dropout_ops = {"dropout", dropout_make, dn_setup_same_shape, dn_forward_copy, NULL, NULL};
+const dn_layer_ops dn_dropout_ops = {
+    .type = "dropout",
+    .make = dropout_make,
+    .setup = dn_setup_same_shape,
+    .forward = dn_forward_copy,
+};

@@ -8,4 +8,9 @@ static dn_status empty_make(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-const dn_layer_ops dn_empty_ops = {"empty", empty_make, dn_setup_same_shape, dn_forward_copy, NULL, NULL};
+const dn_layer_ops dn_empty_ops = {
+    .type = "empty",
+    .make = empty_make,
+    .setup = dn_setup_same_shape,
+    .forward = dn_forward_copy,
+};

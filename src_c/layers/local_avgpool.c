@@ -37,5 +37,9 @@ static dn_status local_avgpool_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_local_avgpool_ops = {"local_avgpool", local_avgpool_make, local_avgpool_setup,
-                                           local_avgpool_forward, NULL, NULL};
+const dn_layer_ops dn_local_avgpool_ops = {
+    .type = "local_avgpool",
+    .make = local_avgpool_make,
+    .setup = local_avgpool_setup,
+    .forward = local_avgpool_forward,
+};

@@ -68,4 +68,9 @@ static dn_status maxpool_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_maxpool_ops = {"maxpool", maxpool_make, maxpool_setup, maxpool_forward, NULL, NULL};
+const dn_layer_ops dn_maxpool_ops = {
+    .type = "maxpool",
+    .make = maxpool_make,
+    .setup = maxpool_setup,
+    .forward = maxpool_forward,
+};

@@ -89,5 +89,10 @@ static dn_status region_detections(const dn_layer *l, const dn_net *net, int b, 
 }
 
 
-const dn_layer_ops dn_region_ops = {"region", region_make, region_setup, region_forward, NULL,
-                                    region_detections};
+const dn_layer_ops dn_region_ops = {
+    .type = "region",
+    .make = region_make,
+    .setup = region_setup,
+    .forward = region_forward,
+    .detections = region_detections,
+};

@@ -73,4 +73,9 @@ static dn_status reorg_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_reorg_ops = {"reorg", reorg_make, reorg_setup, reorg_forward, NULL, NULL};
+const dn_layer_ops dn_reorg_ops = {
+    .type = "reorg",
+    .make = reorg_make,
+    .setup = reorg_setup,
+    .forward = reorg_forward,
+};

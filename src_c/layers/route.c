@@ -64,4 +64,9 @@ static dn_status route_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_route_ops = {"route", route_make, route_setup, route_forward, NULL, NULL};
+const dn_layer_ops dn_route_ops = {
+    .type = "route",
+    .make = route_make,
+    .setup = route_setup,
+    .forward = route_forward,
+};

@@ -37,4 +37,9 @@ static dn_status sam_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_sam_ops = {"sam", sam_make, sam_setup, sam_forward, NULL, NULL};
+const dn_layer_ops dn_sam_ops = {
+    .type = "sam",
+    .make = sam_make,
+    .setup = sam_setup,
+    .forward = sam_forward,
+};

@@ -58,5 +58,9 @@ static dn_status scale_channels_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_scale_channels_ops = {"scale_channels", scale_channels_make, scale_channels_setup,
-                                            scale_channels_forward, NULL, NULL};
+const dn_layer_ops dn_scale_channels_ops = {
+    .type = "scale_channels",
+    .make = scale_channels_make,
+    .setup = scale_channels_setup,
+    .forward = scale_channels_forward,
+};

@@ -142,4 +142,9 @@ static dn_status shortcut_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_shortcut_ops = {"shortcut", shortcut_make, shortcut_setup, shortcut_forward, NULL, NULL};
+const dn_layer_ops dn_shortcut_ops = {
+    .type = "shortcut",
+    .make = shortcut_make,
+    .setup = shortcut_setup,
+    .forward = shortcut_forward,
+};

@@ -54,4 +54,9 @@ static dn_status softmax_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_softmax_ops = {"softmax", softmax_make, softmax_setup, softmax_forward, NULL, NULL};
+const dn_layer_ops dn_softmax_ops = {
+    .type = "softmax",
+    .make = softmax_make,
+    .setup = softmax_setup,
+    .forward = softmax_forward,
+};

@@ -65,4 +65,9 @@ static dn_status upsample_forward(dn_layer *l, dn_net *net)
 }
 
 
-const dn_layer_ops dn_upsample_ops = {"upsample", upsample_make, upsample_setup, upsample_forward, NULL, NULL};
+const dn_layer_ops dn_upsample_ops = {
+    .type = "upsample",
+    .make = upsample_make,
+    .setup = upsample_setup,
+    .forward = upsample_forward,
+};

@@ -110,4 +110,11 @@ static void yolo_destroy(dn_layer *l)
     free(s);
 }
 
-const dn_layer_ops dn_yolo_ops = {"yolo", yolo_make, yolo_setup, yolo_forward, yolo_destroy, yolo_detections};
+const dn_layer_ops dn_yolo_ops = {
+    .type = "yolo",
+    .make = yolo_make,
+    .setup = yolo_setup,
+    .forward = yolo_forward,
+    .destroy = yolo_destroy,
+    .detections = yolo_detections,
+};

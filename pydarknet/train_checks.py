@@ -1,0 +1,50 @@
+"""Checks on training inputs before they reach the C core: non-finite pixels
+are refused, unusable truth rows are reported (image and row) and left out."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger("pydarknet")
+
+
+def check_inputs(x):
+    bad = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise ValueError(f"input image {int(np.argmax(bad))} of the batch has NaN or infinite values")
+
+
+def head_classes(net):
+    """Classes of the detection heads, or None for a network without one."""
+    classes = {l.spec.attrs["classes"] for l in net.layers if l.type in ("yolo", "region")}
+    if len(classes) > 1:
+        raise ValueError(f"detection heads disagree on the number of classes: {sorted(classes)}")
+    return classes.pop() if classes else None
+
+
+def clean_truths(net, truths, batch):
+    """float32 C-contiguous truths with unusable detection rows zeroed."""
+    t = np.array(truths, dtype=np.float32, copy=True)
+    if t.shape[:1] != (batch,):
+        raise ValueError(f"truths of shape {t.shape} do not match a batch of {batch} images")
+    classes = head_classes(net)
+    if classes is None:
+        if not np.isfinite(t).all():
+            raise ValueError("truths contain NaN or infinite values")
+        return np.ascontiguousarray(t.reshape(batch, -1))
+    if t.ndim != 3 or t.shape[2] != 5:
+        raise ValueError(f"detection truths must be [batch, max_boxes, 5] (x y w h class), got {t.shape}")
+    for b, row in zip(*np.nonzero(t.any(axis=2) | ~np.isfinite(t).all(axis=2))):
+        x, y, w, h, c = (float(v) for v in t[b, row])
+        problem = None
+        if not np.isfinite(t[b, row]).all():
+            problem = "has NaN or infinite values"
+        elif c != int(c) or not 0 <= c < classes:
+            problem = f"has class {c:g}, outside 0..{classes - 1}"
+        elif not (0 <= x <= 1 and 0 <= y <= 1 and 0 < w <= 1 and 0 < h <= 1):
+            problem = f"has a box ({x:g}, {y:g}, {w:g}, {h:g}) outside 0..1"
+        if problem:
+            log.warning("truth row %d of image %d %s; left out", row, b, problem)
+            t[b, row] = 0
+    return np.ascontiguousarray(t.reshape(batch, -1))
