@@ -27,8 +27,8 @@ def build(write_cfg, body, c=3, h=8, w=8, batch=2, seed=0):
     return net
 
 
-def run(net, seed=1):
-    x = random_input((net.batch, net.channels, net.height, net.width), seed) * 2 - 1
+def run(net, seed=1, batch=2):
+    x = random_input((batch, net.channels, net.height, net.width), seed) * 2 - 1
     net.forward(x)
     return x.astype(np.float64)
 
