@@ -120,3 +120,83 @@ void dn_activate(float *x, int batch, int channels, int spatial, dn_activation a
     }
     for (size_t i = 0; i < n; ++i) x[i] = activate1(x[i], a);
 }
+
+int dn_activation_needs_input(dn_activation a)
+{
+    return a == DN_ACT_GELU || a == DN_ACT_SWISH || a == DN_ACT_MISH || a == DN_ACT_HARD_MISH || a == DN_ACT_STAIR ||
+           a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL;
+}
+
+/* f'(x) from y = f(x) (and x where the kind needs it) */
+static inline float gradient1(float y, float x, dn_activation a)
+{
+    switch (a) {
+    case DN_ACT_LINEAR: return 1.f;
+    case DN_ACT_LOGISTIC: return y * (1.f - y);
+    case DN_ACT_LOGGY: return (1.f - y * y) / 2.f;
+    case DN_ACT_RELU: return y > 0 ? 1.f : 0.f;
+    case DN_ACT_RELU6: return y > 0 && y < 6.f ? 1.f : 0.f;
+    case DN_ACT_ELU: return y >= 0 ? 1.f : y + 1.f;
+    case DN_ACT_SELU: return y >= 0 ? 1.0507f : y + 1.0507f * 1.6732f;
+    case DN_ACT_RELIE: return y > 0 ? 1.f : .01f;
+    case DN_ACT_RAMP: return (y > 0 ? 1.f : 0.f) + .1f;
+    case DN_ACT_LEAKY:
+    case DN_ACT_REVLEAKY: return y > 0 ? 1.f : .1f;
+    case DN_ACT_TANH: return 1.f - y * y;
+    case DN_ACT_PLSE: return (y < 0 || y > 1) ? .01f : .125f;
+    case DN_ACT_HARDTAN: return (y > -1 && y < 1) ? 1.f : 0.f;
+    case DN_ACT_LHTAN: return (y > 0 && y < 1) ? 1.f : .001f;
+    case DN_ACT_STAIR: return ((int)floorf(x) % 2 == 0) ? 0.f : 1.f;
+    case DN_ACT_GELU: {
+        const float t = tanhf(0.797885f * x + 0.035677f * x * x * x);
+        return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * (0.797885f + 3.f * 0.035677f * x * x);
+    }
+    case DN_ACT_SWISH: {
+        const float s = 1.f / (1.f + expf(-x));
+        return s + x * s * (1.f - s);
+    }
+    case DN_ACT_MISH: {
+        const float sp = softplus(x), t = tanh_dn(sp);
+        const float dsp = x > 20.f ? 1.f : (x < -20.f ? expf(x) : 1.f / (1.f + expf(-x)));
+        return t + x * (1.f - t * t) * dsp;
+    }
+    case DN_ACT_HARD_MISH: return x > 0 ? 1.f : (x > -2 ? x + 1.f : 0.f);
+    default: return 1.f;
+    }
+}
+
+/* normalize_channels kinds: dL/dx_j = s_j * (g_j - sum_k g_k y_k) with
+ * s_j = 1(x_j > 0) / (eps + sum relu(x)) for the plain kind and s_j = y_j for
+ * the softmax kinds (the max shift of _maxval is treated as a constant). */
+static void across_channels_backward(const float *y, const float *x, float *delta, int batch, int channels,
+                                     int spatial, dn_activation a)
+{
+    for (int b = 0; b < batch; ++b) {
+        const size_t base = (size_t)b * channels * spatial;
+        for (int i = 0; i < spatial; ++i) {
+            float dot = 0.f, sum = .0001f;
+            for (int k = 0; k < channels; ++k) {
+                const size_t o = base + (size_t)k * spatial + i;
+                dot += delta[o] * y[o];
+                if (x[o] > 0) sum += x[o];
+            }
+            for (int k = 0; k < channels; ++k) {
+                const size_t o = base + (size_t)k * spatial + i;
+                if (a == DN_ACT_NORM_CHAN) delta[o] = x[o] > 0 ? (delta[o] - dot) / sum : 0.f;
+                else delta[o] = y[o] * (delta[o] - dot);
+            }
+        }
+    }
+}
+
+void dn_activation_backward(const float *y, const float *x, float *delta, int batch, int channels, int spatial,
+                            dn_activation a)
+{
+    if (a == DN_ACT_LINEAR) return;
+    if (a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL) {
+        across_channels_backward(y, x, delta, batch, channels, spatial, a);
+        return;
+    }
+    const size_t n = (size_t)batch * channels * spatial;
+    for (size_t i = 0; i < n; ++i) delta[i] *= gradient1(y[i], x ? x[i] : 0.f, a);
+}

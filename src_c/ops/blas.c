@@ -50,3 +50,14 @@ void dn_softmax(const float *in, int n, float temp, int stride, float *out)
     }
     for (int i = 0; i < n; ++i) out[(size_t)i * stride] /= sum;
 }
+
+void dn_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial)
+{
+    for (int b = 0; b < batch; ++b)
+        for (int c = 0; c < channels; ++c) {
+            const float *d = delta + ((size_t)b * channels + c) * spatial;
+            float sum = 0.f;
+            for (int i = 0; i < spatial; ++i) sum += d[i];
+            grad[c] += sum;
+        }
+}

@@ -41,3 +41,26 @@ void dn_im2col(const float *im, int channels, int height, int width, int kh, int
         }
     }
 }
+
+/* The adjoint of dn_im2col: adds every column entry back onto the input
+ * pixel it was read from (entries that came from the padding are dropped). */
+void dn_col2im(const float *col, int channels, int height, int width, int kh, int kw, int pad_h, int pad_w,
+               int stride_h, int stride_w, int dil_h, int dil_w, int out_h, int out_w, float *im)
+{
+    const size_t plane = (size_t)out_h * out_w;
+    for (int c = 0; c < channels; ++c) {
+        float *dst = im + (size_t)c * height * width;
+        for (int ky = 0; ky < kh; ++ky)
+            for (int kx = 0; kx < kw; ++kx) {
+                const float *src = col + ((size_t)(c * kh + ky) * kw + kx) * plane;
+                for (int oy = 0; oy < out_h; ++oy) {
+                    const int iy = oy * stride_h - pad_h + ky * dil_h;
+                    if (iy < 0 || iy >= height) continue;
+                    for (int ox = 0; ox < out_w; ++ox) {
+                        const int ix = ox * stride_w - pad_w + kx * dil_w;
+                        if (ix >= 0 && ix < width) dst[(size_t)iy * width + ix] += src[(size_t)oy * out_w + ox];
+                    }
+                }
+            }
+    }
+}
