@@ -252,12 +252,33 @@ class Network:
         return float(loss[0])
 
     # ---- weights
-    def load_weights(self, path, max_layers=None):
-        self.weights_header = _weights.load_weights(self, path, max_layers=max_layers)
-        return self.weights_header
+    def load_weights(self, path, max_layers=None, clear=False):
+        """Reads a darknet weights file. Its `seen` count sets where training
+        resumes (iteration = seen / batch, as darknet counts), unless `clear`
+        (darknet's -clear) starts the count from zero."""
+        header = _weights.load_weights(self, path, max_layers=max_layers)
+        self.weights_header = header
+        seen = 0 if clear else header.seen
+        check(lib.dn_net_set_iteration(self._ptr, seen // self.full_batch, seen))
+        return header
 
     def save_weights(self, path, max_layers=None):
-        _weights.save_weights(self, path, header=self.weights_header, max_layers=max_layers)
+        """Writes a darknet weights file (header as read, with the images seen so far)."""
+        header = self.weights_header or _weights.WeightsHeader()
+        header = _weights.WeightsHeader(header.major, header.minor, header.revision, self.seen)
+        _weights.save_weights(self, path, header=header, max_layers=max_layers)
+
+    def save_training_state(self, path):
+        """Writes what resuming needs besides the weights: iteration, images
+        seen, the random generator, and the optimizer's buffers."""
+        from .state import save_state
+
+        save_state(self, path)
+
+    def load_training_state(self, path):
+        from .state import load_state
+
+        load_state(self, path)
 
     # ---- running
     def forward(self, x: np.ndarray):
