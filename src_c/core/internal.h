@@ -225,6 +225,15 @@ void dn_im2col(const float *im, int channels, int height, int width, int ksize_h
 void dn_add_bias(float *out, const float *bias, int batch, int channels, int spatial);
 void dn_scale_bias(float *out, const float *scale, int batch, int channels, int spatial);
 void dn_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
+/* Training-mode batch normalization, darknet's: per channel over its n = batch*spatial
+ * values, mean and unbiased variance (1/(n-1)); x normalized in place with .00001
+ * epsilon, copied to x_norm; rolling = .99*rolling + .01*batch statistic. Needs n >= 2. */
+void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
+                                float *x_norm, float *rolling_mean, float *rolling_variance);
+/* Backward of y = scale*x_norm (+ bias): scale_grad[c] += sum delta*x_norm (unless NULL),
+ * then delta becomes dLoss/dx in place (exact derivative through mean and unbiased variance). */
+void dn_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
+                           float *scale_grad, int batch, int channels, int spatial);
 /* grad[c] += sum over batch and spatial of delta (the bias gradient). */
 void dn_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial);
 void dn_col2im(const float *col, int channels, int height, int width, int ksize_h, int ksize_w, int pad_h, int pad_w,

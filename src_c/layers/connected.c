@@ -1,19 +1,39 @@
 /* connected.c - [connected] (fully connected)
  *
- * Input: the previous output flattened to K = C*H*W values per image; output
- * [B][N][1][1], N = `output`:  out = W x + b with W stored [N][K] (row n holds
- * the weights of output n), or with batch_normalize
- * out = scale * (W x - rolling_mean) / sqrt(rolling_variance + .00001) + b,
- * then the activation. Parameters in darknet's file order for this layer:
- * biases, weights, then scales, rolling_mean, rolling_variance. */
+ * Input: the previous output flattened to K = C*H*W values per image, x
+ * [B][K]; output [B][N][1][1], N = `output`. z = W x with W stored [N][K]
+ * (row n holds the weights of output n); then a = z + b, or with
+ * batch_normalize a = scale * (z - mean) / sqrt(var + .00001) + b with mean
+ * and var per output the rolling statistics in inference and the batch's in
+ * a training pass (over the B values, unbiased variance; see
+ * dn_batchnorm_forward_train), which also move the rolling ones
+ * (.99*rolling + .01*batch). Output y = activation(a).
+ *
+ * Backward, given delta = dLoss/dy (turned in place into dLoss/da, then
+ * dLoss/dz): dLoss/da = delta * f'(a); bias grad += sum over images of
+ * dLoss/da; with batch_normalize, scale grad += sum dLoss/da * z_norm and
+ * dLoss/dz is the exact derivative through the batch statistics
+ * (dn_batchnorm_backward). Then
+ *     weight grad [N][K] += dLoss/dz^T [N x B] * x [B x K]
+ *     input delta [B][K] += dLoss/dz [B x N] * W [N x K].
+ * Parameters in darknet's file order for this layer: biases, weights, then
+ * scales, rolling_mean, rolling_variance; weights are trained with decay,
+ * biases and scales without, the rolling statistics not at all. */
 #include "internal.h"
 
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int outputs, batch_normalize;
     size_t inputs;
     dn_activation activation;
     float *biases, *weights, *scales, *mean, *variance;
+    /* kept by a training pass for backward: the pre-activation (when the
+     * activation's derivative needs it), the normalized z, batch statistics */
+    float *x, *x_norm, *batch_mean, *batch_variance;
+    size_t x_cap, x_norm_cap, batch_mean_cap, batch_variance_cap;
+    int trained; /* the last forward pass was a training pass at the current shape */
 } connected_state;
 
 static dn_status connected_make(dn_layer *l, dn_net *net)
@@ -30,12 +50,13 @@ static dn_status connected_make(dn_layer *l, dn_net *net)
     if (s->outputs < 1) return dn_layer_fail(l, DN_ERR_ARG, "output must be positive, got %d", s->outputs);
     s->inputs = l->inputs;
     const size_t n = (size_t)s->outputs;
-    if ((st = dn_layer_add_param(l, "biases", n, &s->biases)) ||
-        (st = dn_layer_add_param(l, "weights", n * s->inputs, &s->weights)))
+    if ((st = dn_layer_add_param_flags(l, "biases", n, DN_PARAM_TRAIN, &s->biases)) ||
+        (st = dn_layer_add_param_flags(l, "weights", n * s->inputs, DN_PARAM_TRAIN | DN_PARAM_DECAY, &s->weights)))
         return st;
     if (s->batch_normalize) {
-        if ((st = dn_layer_add_param(l, "scales", n, &s->scales)) || (st = dn_layer_add_param(l, "rolling_mean", n, &s->mean)) ||
-            (st = dn_layer_add_param(l, "rolling_variance", n, &s->variance)))
+        if ((st = dn_layer_add_param_flags(l, "scales", n, DN_PARAM_TRAIN, &s->scales)) ||
+            (st = dn_layer_add_param_flags(l, "rolling_mean", n, 0, &s->mean)) ||
+            (st = dn_layer_add_param_flags(l, "rolling_variance", n, 0, &s->variance)))
             return st;
         for (size_t i = 0; i < n; ++i) s->scales[i] = s->variance[i] = 1.f;
     }
@@ -51,6 +72,7 @@ static dn_status connected_setup(dn_layer *l, dn_net *net)
                              s->inputs);
     l->out_c = s->outputs;
     l->out_h = l->out_w = 1;
+    s->trained = 0;
     return DN_OK;
 }
 
@@ -58,21 +80,80 @@ static dn_status connected_forward(dn_layer *l, dn_net *net)
 {
     connected_state *s = l->priv;
     const int K = (int)s->inputs, N = s->outputs;
-    /* out[B][N] = in[B][K] * W^T */
+    const size_t total = (size_t)l->batch * N;
+    dn_status st;
+    s->trained = 0;
+    /* z[B][N] = x[B][K] * W^T */
     dn_gemm(net, 0, 1, l->batch, N, K, 1.f, dn_layer_input(net, l), K, s->weights, K, 0.f, l->output, N);
     if (s->batch_normalize) {
-        dn_normalize(l->output, s->mean, s->variance, l->batch, N, 1);
+        if (net->train) {
+            if (l->batch < 2)
+                return dn_layer_fail(l, DN_ERR_SHAPE,
+                                     "batch normalization in training needs a mini-batch of at least 2 images");
+            if ((st = dn_ensure_floats(&s->batch_mean, &s->batch_mean_cap, (size_t)N)) ||
+                (st = dn_ensure_floats(&s->batch_variance, &s->batch_variance_cap, (size_t)N)) ||
+                (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
+                return st;
+            dn_batchnorm_forward_train(l->output, l->batch, N, 1, s->batch_mean, s->batch_variance, s->x_norm, s->mean,
+                                       s->variance);
+        } else {
+            dn_normalize(l->output, s->mean, s->variance, l->batch, N, 1);
+        }
         dn_scale_bias(l->output, s->scales, l->batch, N, 1);
     }
     dn_add_bias(l->output, s->biases, l->batch, N, 1);
+    if (net->train && dn_activation_needs_input(s->activation)) {
+        if ((st = dn_ensure_floats(&s->x, &s->x_cap, total))) return st;
+        memcpy(s->x, l->output, total * sizeof(float));
+    }
     dn_activate(l->output, l->batch, N, 1, s->activation);
+    s->trained = net->train;
     return DN_OK;
 }
 
+static float *grad_of(const dn_layer *l, const float *data)
+{
+    for (int i = 0; i < l->nparams; ++i)
+        if (l->params[i].data == data) return l->params[i].grad;
+    return NULL;
+}
+
+static dn_status connected_backward(dn_layer *l, dn_net *net)
+{
+    connected_state *s = l->priv;
+    const int K = (int)s->inputs, N = s->outputs;
+    if (!s->trained) return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
+    dn_activation_backward(l->output, dn_activation_needs_input(s->activation) ? s->x : NULL, l->delta, l->batch, N, 1,
+                           s->activation);
+    float *bias_grad = grad_of(l, s->biases), *weight_grad = grad_of(l, s->weights);
+    if (bias_grad) dn_backward_bias(bias_grad, l->delta, l->batch, N, 1);
+    if (s->batch_normalize)
+        dn_batchnorm_backward(l->delta, s->x_norm, s->batch_variance, s->scales, grad_of(l, s->scales), l->batch, N,
+                              1);
+    if (weight_grad)
+        dn_gemm(net, 1, 0, N, K, l->batch, 1.f, l->delta, N, dn_layer_input(net, l), K, 1.f, weight_grad, K);
+    float *in_delta = dn_layer_input_delta(net, l);
+    if (in_delta) dn_gemm(net, 0, 0, l->batch, K, N, 1.f, l->delta, N, s->weights, K, 1.f, in_delta, K);
+    return DN_OK;
+}
+
+static void connected_destroy(dn_layer *l)
+{
+    connected_state *s = l->priv;
+    if (s) {
+        free(s->x);
+        free(s->x_norm);
+        free(s->batch_mean);
+        free(s->batch_variance);
+    }
+    free(s);
+}
 
 const dn_layer_ops dn_connected_ops = {
     .type = "connected",
     .make = connected_make,
     .setup = connected_setup,
     .forward = connected_forward,
+    .backward = connected_backward,
+    .destroy = connected_destroy,
 };

@@ -4,18 +4,40 @@
  * OH = (H + 2*padding - size) / stride_y + 1, OW likewise with stride_x (darknet's
  * formula; dilation d spreads the kernel taps d pixels apart and pads by
  * padding*d). Weights [N][C/groups][size][size]; for each image and group g:
- *     out_g = W_g (N/groups x K) * im2col(in_g) (K x OH*OW),  K = C/groups*size*size
- * then either out += bias, or with batch_normalize (inference statistics)
- *     out = scale * (out - rolling_mean) / sqrt(rolling_variance + .00001) + bias,
- * then the activation. Parameters in darknet's file order: biases, scales,
- * rolling_mean, rolling_variance (the three only with batch_normalize), weights. */
+ *     z_g = W_g (N/groups x K) * im2col(in_g) (K x OH*OW),  K = C/groups*size*size
+ * (a 1x1 kernel with stride 1 and no padding uses the input as the columns).
+ * Then either a = z + bias, or with batch_normalize
+ *     a = scale * (z - mean) / sqrt(var + .00001) + bias,
+ * mean and var per filter being the rolling statistics in inference, and in a
+ * training pass the batch's (over B*OH*OW values, the variance unbiased, see
+ * dn_batchnorm_forward_train), which also move the rolling statistics
+ * (.99*rolling + .01*batch). Output y = activation(a).
+ *
+ * Backward, given delta = dLoss/dy (turned in place into dLoss/da, then
+ * dLoss/dz): dLoss/da = delta * f'(a); bias grad += sum of dLoss/da over
+ * images and pixels; with batch_normalize, scale grad += sum dLoss/da * z_norm
+ * and dLoss/dz is the exact derivative through the batch statistics
+ * (dn_batchnorm_backward). Then per image and group:
+ *     weight grad W_g += dLoss/dz_g * im2col(in_g)^T
+ *     input delta    += col2im(W_g^T * dLoss/dz_g)
+ * Parameters in darknet's file order: biases, scales, rolling_mean,
+ * rolling_variance (the three only with batch_normalize), weights; weights
+ * are trained with decay, biases and scales without, the rolling statistics
+ * not at all. */
 #include "internal.h"
 
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int filters, size, stride_x, stride_y, padding, groups, dilation, batch_normalize;
     dn_activation activation;
     float *biases, *scales, *rolling_mean, *rolling_variance, *weights;
+    /* kept by a training pass for backward: the pre-activation (when the
+     * activation's derivative needs it), the normalized z, batch statistics */
+    float *x, *x_norm, *mean, *variance;
+    size_t x_cap, x_norm_cap, mean_cap, variance_cap;
+    int trained; /* the last forward pass was a training pass at the current shape */
 } conv_state;
 
 static dn_status conv_make(dn_layer *l, dn_net *net)
@@ -42,15 +64,16 @@ static dn_status conv_make(dn_layer *l, dn_net *net)
         return dn_layer_fail(l, DN_ERR_SHAPE, "groups=%d must divide the input channels (%d) and filters (%d)", s->groups,
                              l->c, s->filters);
     const size_t n = (size_t)s->filters;
-    if ((st = dn_layer_add_param(l, "biases", n, &s->biases))) return st;
+    if ((st = dn_layer_add_param_flags(l, "biases", n, DN_PARAM_TRAIN, &s->biases))) return st;
     if (s->batch_normalize) {
-        if ((st = dn_layer_add_param(l, "scales", n, &s->scales)) ||
-            (st = dn_layer_add_param(l, "rolling_mean", n, &s->rolling_mean)) ||
-            (st = dn_layer_add_param(l, "rolling_variance", n, &s->rolling_variance)))
+        if ((st = dn_layer_add_param_flags(l, "scales", n, DN_PARAM_TRAIN, &s->scales)) ||
+            (st = dn_layer_add_param_flags(l, "rolling_mean", n, 0, &s->rolling_mean)) ||
+            (st = dn_layer_add_param_flags(l, "rolling_variance", n, 0, &s->rolling_variance)))
             return st;
         for (size_t i = 0; i < n; ++i) s->scales[i] = s->rolling_variance[i] = 1.f;
     }
-    return dn_layer_add_param(l, "weights", n * (size_t)(l->c / s->groups) * s->size * s->size, &s->weights);
+    return dn_layer_add_param_flags(l, "weights", n * (size_t)(l->c / s->groups) * s->size * s->size,
+                                    DN_PARAM_TRAIN | DN_PARAM_DECAY, &s->weights);
 }
 
 static dn_status conv_setup(dn_layer *l, dn_net *net)
@@ -67,7 +90,15 @@ static dn_status conv_setup(dn_layer *l, dn_net *net)
     const int direct = s->size == 1 && s->stride_x == 1 && s->stride_y == 1 && s->padding == 0;
     l->workspace = direct ? 0
                           : (size_t)l->out_h * l->out_w * (size_t)(l->c / s->groups) * s->size * s->size * sizeof(float);
+    s->trained = 0;
     return DN_OK;
+}
+
+static void conv_im2col(const dn_layer *l, const conv_state *s, const float *im, float *col)
+{
+    const int pad = s->padding * s->dilation;
+    dn_im2col(im, l->c / s->groups, l->h, l->w, s->size, s->size, pad, pad, s->stride_y, s->stride_x, s->dilation,
+              s->dilation, l->out_h, l->out_w, col);
 }
 
 static dn_status conv_forward(dn_layer *l, dn_net *net)
@@ -77,7 +108,9 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
     const int K = l->c / s->groups * s->size * s->size;
     const int N = l->out_h * l->out_w;
     const int cg = l->c / s->groups;
+    const size_t total = (size_t)l->batch * l->outputs;
     const float *input = dn_layer_input(net, l);
+    s->trained = 0;
     for (int b = 0; b < l->batch; ++b) {
         for (int g = 0; g < s->groups; ++g) {
             const float *im = input + ((size_t)b * l->c + (size_t)g * cg) * l->h * l->w;
@@ -85,26 +118,111 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
             float *c = l->output + ((size_t)b * s->groups + g) * (size_t)M * N;
             const float *cols = im;
             if (l->workspace) {
-                dn_im2col(im, cg, l->h, l->w, s->size, s->size, s->padding * s->dilation, s->padding * s->dilation,
-                          s->stride_y, s->stride_x, s->dilation, s->dilation, l->out_h, l->out_w, net->workspace);
+                conv_im2col(l, s, im, net->workspace);
                 cols = net->workspace;
             }
             dn_gemm(net, 0, 0, M, N, K, 1.f, a, K, cols, N, 0.f, c, N);
         }
     }
+    dn_status st;
     if (s->batch_normalize) {
-        dn_normalize(l->output, s->rolling_mean, s->rolling_variance, l->batch, l->out_c, N);
+        if (net->train) {
+            if ((size_t)l->batch * N < 2)
+                return dn_layer_fail(l, DN_ERR_SHAPE,
+                                     "batch normalization in training needs at least 2 values per filter "
+                                     "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
+            if ((st = dn_ensure_floats(&s->mean, &s->mean_cap, (size_t)l->out_c)) ||
+                (st = dn_ensure_floats(&s->variance, &s->variance_cap, (size_t)l->out_c)) ||
+                (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
+                return st;
+            dn_batchnorm_forward_train(l->output, l->batch, l->out_c, N, s->mean, s->variance, s->x_norm,
+                                       s->rolling_mean, s->rolling_variance);
+        } else {
+            dn_normalize(l->output, s->rolling_mean, s->rolling_variance, l->batch, l->out_c, N);
+        }
         dn_scale_bias(l->output, s->scales, l->batch, l->out_c, N);
     }
     dn_add_bias(l->output, s->biases, l->batch, l->out_c, N);
+    if (net->train && dn_activation_needs_input(s->activation)) {
+        if ((st = dn_ensure_floats(&s->x, &s->x_cap, total))) return st;
+        memcpy(s->x, l->output, total * sizeof(float));
+    }
     dn_activate(l->output, l->batch, l->out_c, N, s->activation);
+    s->trained = net->train;
     return DN_OK;
 }
 
+static float *grad_of(const dn_layer *l, const float *data)
+{
+    for (int i = 0; i < l->nparams; ++i)
+        if (l->params[i].data == data) return l->params[i].grad;
+    return NULL;
+}
+
+static dn_status conv_backward(dn_layer *l, dn_net *net)
+{
+    conv_state *s = l->priv;
+    const int M = s->filters / s->groups;
+    const int K = l->c / s->groups * s->size * s->size;
+    const int N = l->out_h * l->out_w;
+    const int cg = l->c / s->groups;
+    const size_t plane = (size_t)l->h * l->w;
+    if (!s->trained) return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
+    dn_activation_backward(l->output, dn_activation_needs_input(s->activation) ? s->x : NULL, l->delta, l->batch,
+                           l->out_c, N, s->activation);
+    float *bias_grad = grad_of(l, s->biases), *weight_grad = grad_of(l, s->weights);
+    if (bias_grad) dn_backward_bias(bias_grad, l->delta, l->batch, l->out_c, N);
+    if (s->batch_normalize)
+        dn_batchnorm_backward(l->delta, s->x_norm, s->variance, s->scales, grad_of(l, s->scales), l->batch, l->out_c,
+                              N);
+    const float *input = dn_layer_input(net, l);
+    float *in_delta = dn_layer_input_delta(net, l);
+    for (int b = 0; b < l->batch; ++b) {
+        for (int g = 0; g < s->groups; ++g) {
+            const size_t in_off = ((size_t)b * l->c + (size_t)g * cg) * plane;
+            const float *d = l->delta + ((size_t)b * s->groups + g) * (size_t)M * N;
+            const float *w = s->weights + (size_t)g * M * K;
+            if (weight_grad) {
+                const float *cols = input + in_off;
+                if (l->workspace) {
+                    conv_im2col(l, s, cols, net->workspace);
+                    cols = net->workspace;
+                }
+                /* dW_g[M x K] += d[M x N] * cols[K x N]^T */
+                dn_gemm(net, 0, 1, M, K, N, 1.f, d, N, cols, N, 1.f, weight_grad + (size_t)g * M * K, K);
+            }
+            if (!in_delta) continue;
+            /* columns' delta [K x N] = W_g^T * d */
+            if (!l->workspace) {
+                dn_gemm(net, 1, 0, K, N, M, 1.f, w, K, d, N, 1.f, in_delta + in_off, N);
+            } else {
+                const int pad = s->padding * s->dilation;
+                dn_gemm(net, 1, 0, K, N, M, 1.f, w, K, d, N, 0.f, net->workspace, N);
+                dn_col2im(net->workspace, cg, l->h, l->w, s->size, s->size, pad, pad, s->stride_y, s->stride_x,
+                          s->dilation, s->dilation, l->out_h, l->out_w, in_delta + in_off);
+            }
+        }
+    }
+    return DN_OK;
+}
+
+static void conv_destroy(dn_layer *l)
+{
+    conv_state *s = l->priv;
+    if (s) {
+        free(s->x);
+        free(s->x_norm);
+        free(s->mean);
+        free(s->variance);
+    }
+    free(s);
+}
 
 const dn_layer_ops dn_convolutional_ops = {
     .type = "convolutional",
     .make = conv_make,
     .setup = conv_setup,
     .forward = conv_forward,
+    .backward = conv_backward,
+    .destroy = conv_destroy,
 };

@@ -1,7 +1,9 @@
-/* blas.c - small per-channel helpers on [batch][channels][spatial] tensors. */
+/* blas.c - per-channel helpers on [batch][channels][spatial] tensors: bias,
+ * scale, inference and training batch normalization and their gradients. */
 #include "internal.h"
 
 #include <math.h>
+#include <string.h>
 
 void dn_add_bias(float *out, const float *bias, int batch, int channels, int spatial)
 {
@@ -60,4 +62,64 @@ void dn_backward_bias(float *grad, const float *delta, int batch, int channels, 
             for (int i = 0; i < spatial; ++i) sum += d[i];
             grad[c] += sum;
         }
+}
+
+/* Training-mode batch normalization (darknet's): for each channel, over its
+ * n = batch*spatial values, mean = sum x / n and the unbiased variance
+ * var = sum (x - mean)^2 / (n - 1); x becomes (x - mean) / sqrt(var + .00001)
+ * in place and is also copied to x_norm; rolling = .99*rolling + .01*batch
+ * statistic. Needs n >= 2 (the caller checks). */
+void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
+                                float *x_norm, float *rolling_mean, float *rolling_variance)
+{
+    const double n = (double)batch * spatial;
+    for (int c = 0; c < channels; ++c) {
+        double sum = 0, sq = 0;
+        for (int b = 0; b < batch; ++b) {
+            const float *o = x + ((size_t)b * channels + c) * spatial;
+            for (int i = 0; i < spatial; ++i) sum += o[i];
+        }
+        const float m = (float)(sum / n);
+        for (int b = 0; b < batch; ++b) {
+            const float *o = x + ((size_t)b * channels + c) * spatial;
+            for (int i = 0; i < spatial; ++i) sq += ((double)o[i] - m) * ((double)o[i] - m);
+        }
+        mean[c] = m;
+        variance[c] = (float)(sq / (n - 1));
+        rolling_mean[c] = .99f * rolling_mean[c] + .01f * mean[c];
+        rolling_variance[c] = .99f * rolling_variance[c] + .01f * variance[c];
+    }
+    dn_normalize(x, mean, variance, batch, channels, spatial);
+    memcpy(x_norm, x, (size_t)batch * channels * spatial * sizeof(float));
+}
+
+/* Backward of y = scale * x_norm (+ bias) with x_norm from
+ * dn_batchnorm_forward_train. Adds sum delta*x_norm into scale_grad[c]
+ * (unless NULL), then turns delta = dLoss/dy into dLoss/dx in place, the exact
+ * derivative through the batch mean and the unbiased variance: with
+ * d = scale*delta, inv = 1/sqrt(var + .00001) and n = batch*spatial,
+ *     dLoss/dx = inv * (d - sum(d)/n - x_norm * sum(d*x_norm)/(n - 1)).
+ * darknet's normalize_delta_cpu differs slightly from this: it divides the
+ * variance term by n instead of n - 1 and uses 1/(sqrt(var) + .00001). */
+void dn_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
+                           float *scale_grad, int batch, int channels, int spatial)
+{
+    const double n = (double)batch * spatial;
+    for (int c = 0; c < channels; ++c) {
+        double sum_d = 0, sum_dx = 0;
+        for (int b = 0; b < batch; ++b) {
+            const size_t o = ((size_t)b * channels + c) * spatial;
+            for (int i = 0; i < spatial; ++i) {
+                sum_d += delta[o + i];
+                sum_dx += (double)delta[o + i] * x_norm[o + i];
+            }
+        }
+        if (scale_grad) scale_grad[c] += (float)sum_dx;
+        const float s = scales[c], inv = 1.f / sqrtf(variance[c] + .00001f);
+        const float mean_d = (float)(s * sum_d / n), k = (float)(s * sum_dx / (n - 1));
+        for (int b = 0; b < batch; ++b) {
+            const size_t o = ((size_t)b * channels + c) * spatial;
+            for (int i = 0; i < spatial; ++i) delta[o + i] = inv * (s * delta[o + i] - mean_d - x_norm[o + i] * k);
+        }
+    }
 }
