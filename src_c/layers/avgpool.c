@@ -1,5 +1,6 @@
 /* avgpool.c - [avgpool]: global average pooling.
- * Input [B][C][H][W], output [B][C][1][1], out[c] = mean over H*W of in[c]. */
+ * Input [B][C][H][W], output [B][C][1][1], out[c] = mean over H*W of in[c].
+ * Backward: dL/d(in[c][y][x]) += dL/d(out[c]) / (H*W). */
 #include "internal.h"
 
 static dn_status avgpool_make(dn_layer *l, dn_net *net)
@@ -29,9 +30,22 @@ static dn_status avgpool_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
+static dn_status avgpool_backward(dn_layer *l, dn_net *net)
+{
+    float *d = dn_layer_input_delta(net, l);
+    if (!d) return DN_OK;
+    const size_t hw = (size_t)l->h * l->w;
+    for (int k = 0; k < l->batch * l->c; ++k) {
+        const float g = l->delta[k] / (float)hw;
+        for (size_t i = 0; i < hw; ++i) d[(size_t)k * hw + i] += g;
+    }
+    return DN_OK;
+}
+
 const dn_layer_ops dn_avgpool_ops = {
     .type = "avgpool",
     .make = avgpool_make,
     .setup = avgpool_setup,
     .forward = avgpool_forward,
+    .backward = avgpool_backward,
 };

@@ -2,15 +2,24 @@
  *
  * Input [B][C][H][W]. Spatial mode: output [B][C][OH][OW] with
  * OH = (H + padding - size) / stride_y + 1 (OW likewise), each output the max
- * over a size x size window starting padding/2 before the image.
+ * over a size x size window starting padding/2 before the image (pixels
+ * outside the image are skipped; the first of equal maxima wins).
  * maxpool_depth=1: pooling across channels instead, output [B][out_channels][H][W]
- * with out[g] = max over input channels k = g, g + out_channels, ... */
+ * with out[g] = max over input channels k = g, g + out_channels, ...
+ *
+ * Backward: the max is the input at its argmax, so dL/d(in[argmax(o)]) +=
+ * dL/d(out[o]) and every other input gets nothing from o. A training forward
+ * pass records, per output, the index of its argmax within the image (-1 for
+ * a window wholly outside the image, which passes no gradient). */
 #include "internal.h"
 
 #include <float.h>
+#include <stdlib.h>
 
 typedef struct {
     int size, stride_x, stride_y, padding, depth, out_channels;
+    int *argmax;        /* training: per output, the index of its max in the input image */
+    size_t argmax_cap;
 } maxpool_state;
 
 static dn_status maxpool_make(dn_layer *l, dn_net *net)
@@ -42,35 +51,119 @@ static dn_status maxpool_setup(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
+static dn_status ensure_argmax(dn_layer *l, maxpool_state *s, size_t n)
+{
+    if (s->argmax && s->argmax_cap >= n) return DN_OK;
+    int *p = realloc(s->argmax, (n ? n : 1) * sizeof(int));
+    if (!p) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the max indices (%zu)", n);
+    s->argmax = p;
+    s->argmax_cap = n;
+    return DN_OK;
+}
+
+/* The spatial max of every window with the index of its argmax in the image. */
+static void pool_argmax(const maxpool_state *s, const dn_layer *l, const float *in, float *out, int *idx)
+{
+    const int off = -s->padding / 2;
+    const size_t hw = (size_t)l->h * l->w, ohw = (size_t)l->out_h * l->out_w;
+    for (int b = 0; b < l->batch; ++b)
+        for (int c = 0; c < l->c; ++c) {
+            const float *src = in + ((size_t)b * l->c + c) * hw;
+            const size_t o0 = ((size_t)b * l->out_c + c) * ohw;
+            for (int i = 0; i < l->out_h; ++i)
+                for (int j = 0; j < l->out_w; ++j) {
+                    const int y0 = off + i * s->stride_y, x0 = off + j * s->stride_x;
+                    float best = -FLT_MAX;
+                    int where = -1;
+                    for (int n = 0; n < s->size; ++n) {
+                        const int y = y0 + n;
+                        if (y < 0 || y >= l->h) continue;
+                        for (int m = 0; m < s->size; ++m) {
+                            const int x = x0 + m;
+                            if (x < 0 || x >= l->w) continue;
+                            const float v = src[(size_t)y * l->w + x];
+                            if (v > best || where < 0) {
+                                best = v > best ? v : best;
+                                where = y * l->w + x;
+                            }
+                        }
+                    }
+                    const size_t o = o0 + (size_t)i * l->out_w + j;
+                    out[o] = best;
+                    if (idx) idx[o] = where < 0 ? -1 : (int)(c * hw + (size_t)where);
+                }
+        }
+}
+
+/* The max across channels g, g + out_c, ... at every pixel, with its index. */
+static void depth_argmax(const dn_layer *l, const float *in, float *out, int *idx)
+{
+    const size_t hw = (size_t)l->h * l->w;
+    for (int b = 0; b < l->batch; ++b)
+        for (int g = 0; g < l->out_c; ++g) {
+            const size_t o0 = ((size_t)b * l->out_c + g) * hw;
+            for (size_t i = 0; i < hw; ++i) {
+                float best = -FLT_MAX;
+                int where = -1;
+                for (int k = g; k < l->c; k += l->out_c) {
+                    const float v = in[((size_t)b * l->c + k) * hw + i];
+                    if (v > best || where < 0) {
+                        best = v > best ? v : best;
+                        where = (int)(k * hw + i);
+                    }
+                }
+                out[o0 + i] = best;
+                if (idx) idx[o0 + i] = where;
+            }
+        }
+}
+
 static dn_status maxpool_forward(dn_layer *l, dn_net *net)
 {
     maxpool_state *s = l->priv;
     const float *in = dn_layer_input(net, l);
-    if (!s->depth) {
-        dn_pool2d(in, l->batch, l->c, l->h, l->w, s->size, s->stride_y, s->stride_x, s->padding, l->out_h, l->out_w,
-                  DN_POOL_MAX, l->output);
-        return DN_OK;
+    int *idx = NULL;
+    if (net->train) {
+        dn_status st = ensure_argmax(l, s, (size_t)l->batch * l->outputs);
+        if (st) return st;
+        idx = s->argmax;
     }
-    const size_t hw = (size_t)l->h * l->w;
-    for (int b = 0; b < l->batch; ++b)
-        for (int g = 0; g < l->out_c; ++g) {
-            float *o = l->output + ((size_t)b * l->out_c + g) * hw;
-            for (size_t i = 0; i < hw; ++i) {
-                float best = -FLT_MAX;
-                for (int k = g; k < l->c; k += l->out_c) {
-                    float v = in[((size_t)b * l->c + k) * hw + i];
-                    if (v > best) best = v;
-                }
-                o[i] = best;
-            }
-        }
+    if (s->depth) depth_argmax(l, in, l->output, idx);
+    else if (idx) pool_argmax(s, l, in, l->output, idx);
+    else dn_pool2d(in, l->batch, l->c, l->h, l->w, s->size, s->stride_y, s->stride_x, s->padding, l->out_h, l->out_w,
+                   DN_POOL_MAX, l->output);
     return DN_OK;
 }
 
+static dn_status maxpool_backward(dn_layer *l, dn_net *net)
+{
+    maxpool_state *s = l->priv;
+    float *d = dn_layer_input_delta(net, l);
+    if (!d) return DN_OK;
+    if (!s->argmax || s->argmax_cap < (size_t)l->batch * l->outputs)
+        return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass recorded the max indices");
+    for (int b = 0; b < l->batch; ++b) {
+        const int *idx = s->argmax + (size_t)b * l->outputs;
+        const float *delta = l->delta + (size_t)b * l->outputs;
+        float *din = d + (size_t)b * l->inputs;
+        for (size_t o = 0; o < l->outputs; ++o)
+            if (idx[o] >= 0) din[idx[o]] += delta[o];
+    }
+    return DN_OK;
+}
+
+static void maxpool_destroy(dn_layer *l)
+{
+    maxpool_state *s = l->priv;
+    if (s) free(s->argmax);
+    free(s);
+}
 
 const dn_layer_ops dn_maxpool_ops = {
     .type = "maxpool",
     .make = maxpool_make,
     .setup = maxpool_setup,
     .forward = maxpool_forward,
+    .backward = maxpool_backward,
+    .destroy = maxpool_destroy,
 };

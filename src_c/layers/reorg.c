@@ -4,7 +4,10 @@
  *     out[k][j][i] = in[k % C][j*s + (k/C) / s][i*s + (k/C) % s].
  * reverse=1: output [B][C/(s*s)][H*s][W*s], filled by darknet's reorg
  * permutation run over the output's own shape (see reorg_map); darknet's
- * index arithmetic then needs C divisible by s^4. */
+ * index arithmetic then needs C divisible by s^4.
+ * Both modes move every value to exactly one place (a permutation), so the
+ * backward pass is the inverse permutation applied to the delta, added into
+ * the input delta. */
 #include "internal.h"
 
 
@@ -46,8 +49,9 @@ static dn_status reorg_setup(dn_layer *l, dn_net *net)
 
 /* darknet's reorg index map over an (oc, oh, ow) index space: position
  * (k, j, i) pairs with (k % ic, j*s + (k/ic)/s, i*s + (k/ic)%s) in a tensor of
- * ic channels and (oh*s) x (ow*s) pixels, ic = oc / (s*s). */
-static void reorg_map(const float *x, int ow, int oh, int oc, int batch, int s, int forward, float *out)
+ * ic channels and (oh*s) x (ow*s) pixels, ic = oc / (s*s). to_z: out[z] = x[a],
+ * else out[a] = x[z]; accumulate: += instead of =. */
+static void reorg_map(const float *x, int ow, int oh, int oc, int batch, int s, int to_z, int accumulate, float *out)
 {
     const int ic = oc / (s * s);
     for (int b = 0; b < batch; ++b)
@@ -58,24 +62,32 @@ static void reorg_map(const float *x, int ow, int oh, int oc, int batch, int s, 
                     int c2 = k % ic, off = k / ic;
                     size_t w2 = (size_t)i * s + off % s, h2 = (size_t)j * s + off / s;
                     size_t z = w2 + (size_t)ow * s * (h2 + (size_t)oh * s * (c2 + (size_t)ic * b));
-                    if (forward) out[z] = x[a];
-                    else out[a] = x[z];
+                    const size_t dst = to_z ? z : a, src = to_z ? a : z;
+                    if (accumulate) out[dst] += x[src];
+                    else out[dst] = x[src];
                 }
 }
 
 static dn_status reorg_forward(dn_layer *l, dn_net *net)
 {
     reorg_state *s = l->priv;
-    const float *in = dn_layer_input(net, l);
-    if (s->reverse) reorg_map(in, l->out_w, l->out_h, l->out_c, l->batch, s->stride, 1, l->output);
-    else reorg_map(in, l->out_w, l->out_h, l->out_c, l->batch, s->stride, 0, l->output);
+    reorg_map(dn_layer_input(net, l), l->out_w, l->out_h, l->out_c, l->batch, s->stride, s->reverse, 0, l->output);
     return DN_OK;
 }
 
+static dn_status reorg_backward(dn_layer *l, dn_net *net)
+{
+    reorg_state *s = l->priv;
+    float *d = dn_layer_input_delta(net, l);
+    if (!d) return DN_OK;
+    reorg_map(l->delta, l->out_w, l->out_h, l->out_c, l->batch, s->stride, !s->reverse, 1, d);
+    return DN_OK;
+}
 
 const dn_layer_ops dn_reorg_ops = {
     .type = "reorg",
     .make = reorg_make,
     .setup = reorg_setup,
     .forward = reorg_forward,
+    .backward = reorg_backward,
 };

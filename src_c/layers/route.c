@@ -3,7 +3,9 @@
  * Concatenates, along channels, the outputs of the layers listed in `layers`
  * (absolute indices). With groups=G each source contributes only its
  * group_id-th slice of C/G channels. All sources must share H and W.
- * Output [B][sum C_i/G][H][W]. */
+ * Output [B][sum C_i/G][H][W].
+ * Backward: each source's slice of the delta is added back into that
+ * source's delta at the channels it came from (group_id * C_i/G onwards). */
 #include "internal.h"
 
 #include <string.h>
@@ -63,10 +65,27 @@ static dn_status route_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
+static dn_status route_backward(dn_layer *l, dn_net *net)
+{
+    route_state *s = l->priv;
+    size_t offset = 0;
+    for (int i = 0; i < s->nsrc; ++i) {
+        dn_layer *p = net->layers[s->src[i]];
+        const size_t part = p->outputs / s->groups;
+        for (int b = 0; b < l->batch; ++b) {
+            const float *src = l->delta + (size_t)b * l->outputs + offset;
+            float *dst = p->delta + (size_t)b * p->outputs + part * s->group_id;
+            for (size_t k = 0; k < part; ++k) dst[k] += src[k];
+        }
+        offset += part;
+    }
+    return DN_OK;
+}
 
 const dn_layer_ops dn_route_ops = {
     .type = "route",
     .make = route_make,
     .setup = route_setup,
     .forward = route_forward,
+    .backward = route_backward,
 };

@@ -1,11 +1,18 @@
 /* sam.c - [sam] (spatial attention): out = act(in * F) elementwise, where F
- * is the output of the `from` layer and has the input's shape [B][C][H][W]. */
+ * is the output of the `from` layer and has the input's shape [B][C][H][W].
+ *
+ * Backward, with g = dL/d(out) * act'(in * F):
+ *   dL/d(in) += g * F and dL/dF += g * in. */
 #include "internal.h"
 
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int from;
     dn_activation activation;
+    float *x, *g;         /* training: pre-activation output; backward: delta times act' */
+    size_t x_cap, g_cap;
 } sam_state;
 
 static dn_status sam_make(dn_layer *l, dn_net *net)
@@ -32,14 +39,56 @@ static dn_status sam_forward(dn_layer *l, dn_net *net)
     const float *f = net->layers[s->from]->output;
     const size_t n = (size_t)l->batch * l->outputs;
     for (size_t i = 0; i < n; ++i) l->output[i] = in[i] * f[i];
+    if (net->train && dn_activation_needs_input(s->activation)) {
+        dn_status st = dn_ensure_floats(&s->x, &s->x_cap, n);
+        if (st) return dn_layer_fail(l, st, "out of memory for the pre-activation values");
+        memcpy(s->x, l->output, n * sizeof(float));
+    }
     dn_activate(l->output, l->batch, l->out_c, l->out_h * l->out_w, s->activation);
     return DN_OK;
 }
 
+static dn_status sam_backward(dn_layer *l, dn_net *net)
+{
+    sam_state *s = l->priv;
+    const size_t n = (size_t)l->batch * l->outputs;
+    const float *g = l->delta;
+    if (s->activation != DN_ACT_LINEAR) {
+        const int needs_x = dn_activation_needs_input(s->activation);
+        if (needs_x && (!s->x || s->x_cap < n))
+            return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
+        dn_status st = dn_ensure_floats(&s->g, &s->g_cap, n);
+        if (st) return dn_layer_fail(l, st, "out of memory for the activation gradient");
+        memcpy(s->g, l->delta, n * sizeof(float));
+        dn_activation_backward(l->output, needs_x ? s->x : NULL, s->g, l->batch, l->out_c, l->out_h * l->out_w,
+                               s->activation);
+        g = s->g;
+    }
+    const float *in = dn_layer_input(net, l);
+    float *din = dn_layer_input_delta(net, l);
+    dn_layer *from = net->layers[s->from];
+    for (size_t i = 0; i < n; ++i) {
+        if (din) din[i] += g[i] * from->output[i];
+        from->delta[i] += g[i] * in[i];
+    }
+    return DN_OK;
+}
+
+static void sam_destroy(dn_layer *l)
+{
+    sam_state *s = l->priv;
+    if (s) {
+        free(s->x);
+        free(s->g);
+    }
+    free(s);
+}
 
 const dn_layer_ops dn_sam_ops = {
     .type = "sam",
     .make = sam_make,
     .setup = sam_setup,
     .forward = sam_forward,
+    .backward = sam_backward,
+    .destroy = sam_destroy,
 };

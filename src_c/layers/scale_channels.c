@@ -3,13 +3,22 @@
  * `from` names a layer F of shape [B][C][H][W]; the input (previous layer) is
  * either [B][C][1][1] (one scale per channel: out[c][y][x] = in[c] * F[c][y][x])
  * or, with scale_wh=1, [B][1][H][W] (one scale per pixel: out[c][y][x] =
- * in[y][x] * F[c][y][x]). Then the activation. Output shape = F's shape. */
+ * in[y][x] * F[c][y][x]). Then the activation. Output shape = F's shape.
+ *
+ * Backward, with g = dL/d(out) * act'(pre-activation):
+ *   dL/dF[c][y][x] += g[c][y][x] * scale, the scale that multiplied it;
+ *   per channel: dL/d(in[c]) += sum over y, x of g[c][y][x] * F[c][y][x];
+ *   scale_wh:    dL/d(in[y][x]) += sum over c of g[c][y][x] * F[c][y][x]. */
 #include "internal.h"
 
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     int from, scale_wh;
     dn_activation activation;
+    float *x, *g;         /* training: pre-activation output; backward: delta times act' */
+    size_t x_cap, g_cap;
 } scale_channels_state;
 
 static dn_status scale_channels_make(dn_layer *l, dn_net *net)
@@ -41,7 +50,7 @@ static dn_status scale_channels_forward(dn_layer *l, dn_net *net)
     scale_channels_state *s = l->priv;
     const float *in = dn_layer_input(net, l);
     const float *f = net->layers[s->from]->output;
-    const size_t hw = (size_t)l->out_h * l->out_w;
+    const size_t hw = (size_t)l->out_h * l->out_w, n = (size_t)l->batch * l->outputs;
     for (int b = 0; b < l->batch; ++b)
         for (int c = 0; c < l->out_c; ++c) {
             const size_t off = ((size_t)b * l->out_c + c) * hw;
@@ -53,14 +62,73 @@ static dn_status scale_channels_forward(dn_layer *l, dn_net *net)
                 for (size_t i = 0; i < hw; ++i) l->output[off + i] = sc * f[off + i];
             }
         }
+    if (net->train && dn_activation_needs_input(s->activation)) {
+        dn_status st = dn_ensure_floats(&s->x, &s->x_cap, n);
+        if (st) return dn_layer_fail(l, st, "out of memory for the pre-activation values");
+        memcpy(s->x, l->output, n * sizeof(float));
+    }
     dn_activate(l->output, l->batch, l->out_c, (int)hw, s->activation);
     return DN_OK;
 }
 
+static dn_status scale_channels_backward(dn_layer *l, dn_net *net)
+{
+    scale_channels_state *s = l->priv;
+    const size_t hw = (size_t)l->out_h * l->out_w, n = (size_t)l->batch * l->outputs;
+    const float *g = l->delta;
+    if (s->activation != DN_ACT_LINEAR) {
+        const int needs_x = dn_activation_needs_input(s->activation);
+        if (needs_x && (!s->x || s->x_cap < n))
+            return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
+        dn_status st = dn_ensure_floats(&s->g, &s->g_cap, n);
+        if (st) return dn_layer_fail(l, st, "out of memory for the activation gradient");
+        memcpy(s->g, l->delta, n * sizeof(float));
+        dn_activation_backward(l->output, needs_x ? s->x : NULL, s->g, l->batch, l->out_c, (int)hw, s->activation);
+        g = s->g;
+    }
+    const float *in = dn_layer_input(net, l);
+    float *din = dn_layer_input_delta(net, l);
+    dn_layer *from = net->layers[s->from];
+    for (int b = 0; b < l->batch; ++b)
+        for (int c = 0; c < l->out_c; ++c) {
+            const size_t off = ((size_t)b * l->out_c + c) * hw;
+            const float *gc = g + off, *fc = from->output + off;
+            float *dfc = from->delta + off;
+            if (s->scale_wh) {
+                const float *sc = in + (size_t)b * hw;
+                float *dsc = din ? din + (size_t)b * hw : NULL;
+                for (size_t i = 0; i < hw; ++i) {
+                    if (dsc) dsc[i] += gc[i] * fc[i];
+                    dfc[i] += gc[i] * sc[i];
+                }
+            } else {
+                const float sc = in[(size_t)b * l->c + c];
+                double acc = 0;
+                for (size_t i = 0; i < hw; ++i) {
+                    acc += (double)gc[i] * fc[i];
+                    dfc[i] += gc[i] * sc;
+                }
+                if (din) din[(size_t)b * l->c + c] += (float)acc;
+            }
+        }
+    return DN_OK;
+}
+
+static void scale_channels_destroy(dn_layer *l)
+{
+    scale_channels_state *s = l->priv;
+    if (s) {
+        free(s->x);
+        free(s->g);
+    }
+    free(s);
+}
 
 const dn_layer_ops dn_scale_channels_ops = {
     .type = "scale_channels",
     .make = scale_channels_make,
     .setup = scale_channels_setup,
     .forward = scale_channels_forward,
+    .backward = scale_channels_backward,
+    .destroy = scale_channels_destroy,
 };

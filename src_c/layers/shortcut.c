@@ -5,25 +5,43 @@
  * weights_type per_feature (one weight per source, including the input) or
  * per_channel (one per source and channel), each term is scaled by its weight,
  * optionally normalized across the sources (weights_normalization relu:
- * w' = relu(w) / (eps + sum relu(w)), softmax: w' = exp(w - max) / (eps + sum exp)).
+ * w' = relu(w) / (eps + sum relu(w)), softmax: w' = exp(w - max) / (eps + sum exp),
+ * eps = 1e-4).
  *
  * One source of a different size (pjreddie's resnet cfgs) is added over the
  * overlapping channels with nearest sampling: in[c][y*r][x*r] += from[c][y*s][x*s]
  * where s = from size / out size and r = out size / from size (the larger of
- * each pair is 1), which needs sizes that divide each other. */
+ * each pair is 1), which needs sizes that divide each other.
+ *
+ * Backward, with g = dL/d(out) * act'(pre-activation):
+ *   unweighted: g is added to the input's delta and to every source's delta
+ *     (the sampled source gets g at the pixels it was read from);
+ *   weighted: term t (t = 0 the input, t = i + 1 source i) gets g * w'_t, and
+ *     with G_t = sum over batch and pixels (of the weight's channels) of g * term_t,
+ *     none:    dL/dw_t = G_t
+ *     relu:    dL/dw_u = [w_u > 0] (G_u - D) / S   with S = eps + sum relu(w), D = sum_t G_t w'_t
+ *     softmax: dL/dw_u = w'_u (G_u - D), plus -eps D / S to the largest weight
+ *              (through the shift by the max, which eps makes visible). */
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { W_NONE, W_PER_FEATURE, W_PER_CHANNEL };
 enum { N_NONE, N_RELU, N_SOFTMAX };
+
+#define NORM_EPS .0001f
 
 typedef struct {
     const int *src;
     int nsrc, weights_type, normalization;
     dn_activation activation;
     float *weights;
+    float *wn;            /* nsrc + 1 normalized weights of one channel */
+    double *wsum;         /* nsrc + 1 weight-gradient sums of one weight group */
+    float *x, *g;         /* training: pre-activation output; backward: delta times act' */
+    size_t x_cap, g_cap;
 } shortcut_state;
 
 static dn_status shortcut_make(dn_layer *l, dn_net *net)
@@ -48,6 +66,9 @@ static dn_status shortcut_make(dn_layer *l, dn_net *net)
         size_t n = (size_t)(s->nsrc + 1) * (s->weights_type == W_PER_CHANNEL ? (size_t)l->c : 1);
         if ((st = dn_layer_add_param(l, "weights", n, &s->weights))) return st;
         for (size_t i = 0; i < n; ++i) s->weights[i] = 1.f;
+        s->wn = dn_calloc((size_t)s->nsrc + 1, sizeof(float));
+        s->wsum = dn_calloc((size_t)s->nsrc + 1, sizeof(double));
+        if (!s->wn || !s->wsum) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
     }
     return DN_OK;
 }
@@ -58,6 +79,9 @@ static dn_status shortcut_setup(dn_layer *l, dn_net *net)
     l->out_c = l->c;
     l->out_h = l->h;
     l->out_w = l->w;
+    if (s->weights_type == W_PER_CHANNEL && l->params[0].count != (size_t)(s->nsrc + 1) * l->c)
+        return dn_layer_fail(l, DN_ERR_SHAPE, "the input has %d channels but the per_channel weights were made for %zu",
+                             l->c, l->params[0].count / (size_t)(s->nsrc + 1));
     for (int i = 0; i < s->nsrc; ++i) {
         const dn_layer *p = net->layers[s->src[i]];
         if (p->out_c == l->c && p->out_h == l->h && p->out_w == l->w) continue;
@@ -75,8 +99,14 @@ static dn_status shortcut_setup(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-/* pjreddie's shortcut between layers of different sizes */
-static void add_sampled(const dn_layer *l, const dn_layer *p, float *out)
+static int same_size(const dn_layer *l, const dn_layer *p)
+{
+    return p->outputs == l->outputs && p->out_w == l->out_w;
+}
+
+/* pjreddie's shortcut between layers of different sizes: out[o] += p->output[a]
+ * over the sampled pairs (o, a), or in the backward direction p->delta[a] += g[o]. */
+static void sampled_pairs(const dn_layer *l, dn_layer *p, const float *g, float *out, int backward)
 {
     int stride = p->out_w / l->out_w, sample = l->out_w / p->out_w;
     if (stride < 1) stride = 1;
@@ -90,8 +120,34 @@ static void add_sampled(const dn_layer *l, const dn_layer *p, float *out)
                 for (int i = 0; i < minw; ++i) {
                     size_t o = (size_t)i * sample + (size_t)l->out_w * ((size_t)j * sample + (size_t)l->out_h * (k + (size_t)l->out_c * b));
                     size_t a = (size_t)i * stride + (size_t)p->out_w * ((size_t)j * stride + (size_t)p->out_h * (k + (size_t)p->out_c * b));
-                    out[o] += p->output[a];
+                    if (backward) p->delta[a] += g[o];
+                    else out[o] += p->output[a];
                 }
+}
+
+/* The normalized weights of every term for channel c into s->wn; returns the
+ * normalizer S (1 without normalization) and in *imax the term of the largest weight. */
+static float normalized_weights(const dn_layer *l, const shortcut_state *s, int c, int *imax)
+{
+    const int per_channel = s->weights_type == W_PER_CHANNEL;
+    const int terms = s->nsrc + 1, step = per_channel ? l->c : 1, wi = per_channel ? c : 0;
+    float *w = s->wn;
+    float sum = 1.f, mx = -INFINITY;
+    *imax = 0;
+    for (int t = 0; t < terms; ++t) {
+        w[t] = s->weights[wi + t * step];
+        if (w[t] > mx) {
+            mx = w[t];
+            *imax = t;
+        }
+    }
+    if (s->normalization != N_NONE) {
+        sum = NORM_EPS;
+        for (int t = 0; t < terms; ++t) sum += s->normalization == N_RELU ? (w[t] > 0 ? w[t] : 0.f) : expf(w[t] - mx);
+        for (int t = 0; t < terms; ++t)
+            w[t] = (s->normalization == N_RELU ? (w[t] > 0 ? w[t] : 0.f) : expf(w[t] - mx)) / sum;
+    }
+    return sum;
 }
 
 static dn_status shortcut_forward(dn_layer *l, dn_net *net)
@@ -102,31 +158,19 @@ static dn_status shortcut_forward(dn_layer *l, dn_net *net)
     if (s->weights_type == W_NONE) {
         memcpy(l->output, in, n * sizeof(float));
         for (int i = 0; i < s->nsrc; ++i) {
-            const dn_layer *p = net->layers[s->src[i]];
-            if (p->outputs != l->outputs || p->out_w != l->out_w) {
-                add_sampled(l, p, l->output);
+            dn_layer *p = net->layers[s->src[i]];
+            if (!same_size(l, p)) {
+                sampled_pairs(l, p, NULL, l->output, 0);
                 continue;
             }
             for (size_t k = 0; k < n; ++k) l->output[k] += p->output[k];
         }
     } else {
-        /* weight of term t (0 = input, 1.. = sources) for channel c */
-        const int per_channel = s->weights_type == W_PER_CHANNEL;
-        const int terms = s->nsrc + 1, step = per_channel ? l->c : 1;
         const size_t hw = (size_t)l->out_h * l->out_w;
         for (int c = 0; c < l->c; ++c) {
-            float w[64];
-            float sum = 1.f, mx = -INFINITY;
-            const int wi = per_channel ? c : 0;
-            for (int t = 0; t < terms && t < 64; ++t) w[t] = s->weights[wi + t * step];
-            if (s->normalization != N_NONE) {
-                for (int t = 0; t < terms; ++t) mx = w[t] > mx ? w[t] : mx;
-                sum = .0001f;
-                for (int t = 0; t < terms; ++t)
-                    sum += s->normalization == N_RELU ? (w[t] > 0 ? w[t] : 0.f) : expf(w[t] - mx);
-                for (int t = 0; t < terms; ++t)
-                    w[t] = (s->normalization == N_RELU ? (w[t] > 0 ? w[t] : 0.f) : expf(w[t] - mx)) / sum;
-            }
+            int imax;
+            normalized_weights(l, s, c, &imax);
+            const float *w = s->wn;
             for (int b = 0; b < l->batch; ++b) {
                 const size_t off = ((size_t)b * l->c + c) * hw;
                 for (size_t k = 0; k < hw; ++k) l->output[off + k] = in[off + k] * w[0];
@@ -137,14 +181,122 @@ static dn_status shortcut_forward(dn_layer *l, dn_net *net)
             }
         }
     }
+    if (net->train && dn_activation_needs_input(s->activation)) {
+        dn_status st = dn_ensure_floats(&s->x, &s->x_cap, n);
+        if (st) return dn_layer_fail(l, st, "out of memory for the pre-activation values");
+        memcpy(s->x, l->output, n * sizeof(float));
+    }
     dn_activate(l->output, l->batch, l->out_c, l->out_h * l->out_w, s->activation);
     return DN_OK;
 }
 
+/* Weighted backward: the terms' deltas and the weights' gradient, one weight
+ * group at a time (per_channel: a channel; per_feature: all channels). */
+static void weighted_backward(dn_layer *l, dn_net *net, const float *g)
+{
+    shortcut_state *s = l->priv;
+    const float *in = dn_layer_input(net, l);
+    float *din = dn_layer_input_delta(net, l);
+    float *grad = l->params[0].grad;
+    const int per_channel = s->weights_type == W_PER_CHANNEL;
+    const int terms = s->nsrc + 1, step = per_channel ? l->c : 1;
+    const size_t hw = (size_t)l->out_h * l->out_w;
+    for (int gi = 0; gi < (per_channel ? l->c : 1); ++gi) {
+        int imax;
+        const float S = normalized_weights(l, s, gi, &imax);
+        const float *w = s->wn;
+        double *G = s->wsum;
+        for (int t = 0; t < terms; ++t) G[t] = 0;
+        const int c0 = per_channel ? gi : 0, c1 = per_channel ? gi + 1 : l->c;
+        for (int c = c0; c < c1; ++c)
+            for (int b = 0; b < l->batch; ++b) {
+                const size_t off = ((size_t)b * l->c + c) * hw;
+                const float *gb = g + off;
+                double acc = 0;
+                for (size_t k = 0; k < hw; ++k) acc += (double)gb[k] * in[off + k];
+                G[0] += acc;
+                if (din)
+                    for (size_t k = 0; k < hw; ++k) din[off + k] += gb[k] * w[0];
+                for (int i = 0; i < s->nsrc; ++i) {
+                    dn_layer *p = net->layers[s->src[i]];
+                    const float *src = p->output + off;
+                    float *dsrc = p->delta + off;
+                    acc = 0;
+                    for (size_t k = 0; k < hw; ++k) {
+                        acc += (double)gb[k] * src[k];
+                        dsrc[k] += gb[k] * w[i + 1];
+                    }
+                    G[i + 1] += acc;
+                }
+            }
+        if (!grad) continue;
+        float *gw = grad + (per_channel ? gi : 0);
+        if (s->normalization == N_NONE) {
+            for (int t = 0; t < terms; ++t) gw[t * step] += (float)G[t];
+            continue;
+        }
+        double dot = 0;
+        for (int t = 0; t < terms; ++t) dot += G[t] * w[t];
+        for (int t = 0; t < terms; ++t) {
+            if (s->normalization == N_RELU)
+                gw[t * step] += s->weights[(per_channel ? gi : 0) + t * step] > 0 ? (float)((G[t] - dot) / S) : 0.f;
+            else gw[t * step] += (float)(w[t] * (G[t] - dot));
+        }
+        if (s->normalization == N_SOFTMAX) gw[imax * step] += (float)(-NORM_EPS * dot / S);
+    }
+}
+
+static dn_status shortcut_backward(dn_layer *l, dn_net *net)
+{
+    shortcut_state *s = l->priv;
+    const size_t n = (size_t)l->batch * l->outputs;
+    const float *g = l->delta;
+    if (s->activation != DN_ACT_LINEAR) {
+        const int needs_x = dn_activation_needs_input(s->activation);
+        if (needs_x && (!s->x || s->x_cap < n))
+            return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
+        dn_status st = dn_ensure_floats(&s->g, &s->g_cap, n);
+        if (st) return dn_layer_fail(l, st, "out of memory for the activation gradient");
+        memcpy(s->g, l->delta, n * sizeof(float));
+        dn_activation_backward(l->output, needs_x ? s->x : NULL, s->g, l->batch, l->out_c, l->out_h * l->out_w,
+                               s->activation);
+        g = s->g;
+    }
+    if (s->weights_type != W_NONE) {
+        weighted_backward(l, net, g);
+        return DN_OK;
+    }
+    float *din = dn_layer_input_delta(net, l);
+    if (din)
+        for (size_t k = 0; k < n; ++k) din[k] += g[k];
+    for (int i = 0; i < s->nsrc; ++i) {
+        dn_layer *p = net->layers[s->src[i]];
+        if (!same_size(l, p)) {
+            sampled_pairs(l, p, g, NULL, 1);
+            continue;
+        }
+        for (size_t k = 0; k < n; ++k) p->delta[k] += g[k];
+    }
+    return DN_OK;
+}
+
+static void shortcut_destroy(dn_layer *l)
+{
+    shortcut_state *s = l->priv;
+    if (s) {
+        free(s->wn);
+        free(s->wsum);
+        free(s->x);
+        free(s->g);
+    }
+    free(s);
+}
 
 const dn_layer_ops dn_shortcut_ops = {
     .type = "shortcut",
     .make = shortcut_make,
     .setup = shortcut_setup,
     .forward = shortcut_forward,
+    .backward = shortcut_backward,
+    .destroy = shortcut_destroy,
 };

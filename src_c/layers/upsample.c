@@ -3,7 +3,12 @@
  * stride s > 0: nearest-neighbour upsampling, output [B][C][H*s][W*s],
  *     out[c][y][x] = scale * in[c][y/s][x/s].
  * stride s < 0 (darknet's reverse mode): output [B][C][H/|s|][W/|s|],
- *     out[c][y][x] = scale * sum of the |s| x |s| input block at (y*|s|, x*|s|). */
+ *     out[c][y][x] = scale * sum of the |s| x |s| input block at (y*|s|, x*|s|)
+ *     (rows and columns past the last whole block are left out).
+ * Backward, the adjoint of each: for s > 0 every input pixel gets scale times
+ * the sum of the delta over its s x s copies; for s < 0 every input pixel of
+ * a block gets scale times the delta of the block's output (pixels left out
+ * get nothing). */
 #include "internal.h"
 
 #include <string.h>
@@ -64,10 +69,32 @@ static dn_status upsample_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
+static dn_status upsample_backward(dn_layer *l, dn_net *net)
+{
+    upsample_state *s = l->priv;
+    float *d = dn_layer_input_delta(net, l);
+    if (!d) return DN_OK;
+    const int st = s->stride;
+    for (int k = 0; k < l->batch * l->c; ++k) {
+        float *din = d + (size_t)k * l->h * l->w;
+        const float *delta = l->delta + (size_t)k * l->out_h * l->out_w;
+        if (!s->reverse) {
+            for (int y = 0; y < l->out_h; ++y)
+                for (int x = 0; x < l->out_w; ++x)
+                    din[(size_t)(y / st) * l->w + x / st] += s->scale * delta[(size_t)y * l->out_w + x];
+        } else {
+            for (int y = 0; y < l->out_h * st; ++y)
+                for (int x = 0; x < l->out_w * st; ++x)
+                    din[(size_t)y * l->w + x] += s->scale * delta[(size_t)(y / st) * l->out_w + x / st];
+        }
+    }
+    return DN_OK;
+}
 
 const dn_layer_ops dn_upsample_ops = {
     .type = "upsample",
     .make = upsample_make,
     .setup = upsample_setup,
     .forward = upsample_forward,
+    .backward = upsample_backward,
 };
