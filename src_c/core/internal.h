@@ -227,7 +227,8 @@ void dn_scale_bias(float *out, const float *scale, int batch, int channels, int 
 void dn_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
 /* Training-mode batch normalization, darknet's: per channel over its n = batch*spatial
  * values, mean and unbiased variance (1/(n-1)); x normalized in place with .00001
- * epsilon, copied to x_norm; rolling = .99*rolling + .01*batch statistic. Needs n >= 2. */
+ * epsilon, copied to x_norm; rolling = .9*rolling + .1*batch statistic (darknet's
+ * CPU constants; its GPU path uses .99/.01). Needs n >= 2. */
 void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
                                 float *x_norm, float *rolling_mean, float *rolling_variance);
 /* Backward of y = scale*x_norm (+ bias): scale_grad[c] += sum delta*x_norm (unless NULL),
@@ -240,6 +241,15 @@ void dn_col2im(const float *col, int channels, int height, int width, int ksize_
                int stride_h, int stride_w, int dilation_h, int dilation_w, int out_h, int out_w, float *im);
 float dn_logistic(float x);
 void dn_softmax(const float *in, int n, float temp, int stride, float *out);
+
+/* ---- box overlap measures (core/box.c) ---- */
+typedef struct dn_box {
+    float x, y, w, h; /* centre and size */
+} dn_box;
+typedef enum { DN_IOU_PLAIN, DN_IOU_GIOU, DN_IOU_DIOU, DN_IOU_CIOU } dn_iou_kind;
+/* IoU, GIoU, DIoU (rho^2/c^2) or CIoU of a with b; grad (may be NULL) receives
+ * d(measure)/d(a.x, a.y, a.w, a.h), exact. */
+float dn_box_measure(dn_box a, dn_box b, dn_iou_kind kind, float grad[4]);
 
 /* ---- pooling shared by maxpool and local_avgpool (ops/pool.c) ---- */
 typedef enum { DN_POOL_MAX, DN_POOL_AVG } dn_pool_kind;

@@ -4,7 +4,7 @@
  * with mean and var the rolling statistics in inference, and in a training
  * pass the batch's (over the B*H*W values of the channel, the variance
  * unbiased; see dn_batchnorm_forward_train), which also move the rolling
- * ones (.99*rolling + .01*batch).
+ * ones (.9*rolling + .1*batch, darknet's CPU constants).
  *
  * Backward, given delta = dLoss/dy: scale grad += sum delta * x_norm; the
  * input delta gets the exact derivative through the batch statistics

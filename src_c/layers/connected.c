@@ -7,7 +7,7 @@
  * and var per output the rolling statistics in inference and the batch's in
  * a training pass (over the B values, unbiased variance; see
  * dn_batchnorm_forward_train), which also move the rolling ones
- * (.99*rolling + .01*batch). Output y = activation(a).
+ * (.9*rolling + .1*batch, darknet's CPU constants). Output y = activation(a).
  *
  * Backward, given delta = dLoss/dy (turned in place into dLoss/da, then
  * dLoss/dz): dLoss/da = delta * f'(a); bias grad += sum over images of

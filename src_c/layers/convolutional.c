@@ -11,7 +11,7 @@
  * mean and var per filter being the rolling statistics in inference, and in a
  * training pass the batch's (over B*OH*OW values, the variance unbiased, see
  * dn_batchnorm_forward_train), which also move the rolling statistics
- * (.99*rolling + .01*batch). Output y = activation(a).
+ * (.9*rolling + .1*batch, darknet's CPU constants). Output y = activation(a).
  *
  * Backward, given delta = dLoss/dy (turned in place into dLoss/da, then
  * dLoss/dz): dLoss/da = delta * f'(a); bias grad += sum of dLoss/da over

@@ -6,15 +6,87 @@
  * with softmax=1, a softmax over the class channels at each cell. Decoding
  * (anchor sizes in grid cells):
  *     bx = (col + x) / W,  by = (row + y) / H,  bw = exp(w) * anchor_w / W,  bh likewise,
- *     confidence of class k = objectness * class_k, kept when it exceeds thresh. */
+ *     confidence of class k = objectness * class_k, kept when it exceeds thresh.
+ *
+ * Training loss (a training pass with truths), following darknet's
+ * forward_region_layer; z is the input, sigma the logistic. An image has
+ * truth_stride / 5 truth rows (x, y, w, h, class); a row is skipped when
+ * w <= 0 or h <= 0 (zero padding rows), a value is not finite or the class is
+ * outside 0..classes-1 (darknet stops at the first row with x == 0 instead);
+ * a truth's cell is (int)(x*W), (int)(y*H), clamped to the grid. For each
+ * image:
+ *  1. every prediction gets the no-object term 0.5*noobject_scale*sigma(z_o)^2,
+ *     removed when its decoded box has IoU > thresh with a truth; while
+ *     net->seen < 12800 images, also the prior box term (targets
+ *     x = y = .5, w = h = 0, scale .01).
+ *  2. each truth goes to the anchor of its cell whose predicted box (its
+ *     anchor with bias_match) has the best IoU with the truth's shape (centres together);
+ *     that prediction's box term becomes the truth's (scale coord_scale), its
+ *     objectness term 0.5*object_scale*(sigma(z_o) - 1)^2 (rescore: target
+ *     the IoU of the predicted box with the truth), its class terms the
+ *     truth's. A later truth on the same prediction replaces the earlier one.
+ * The terms (gradients are with respect to z):
+ *  - box term with targets tx = truth.x*W - col, ty likewise,
+ *    tw = log(truth.w*W/anchor_w), th likewise, scale k:
+ *    k/2 * ((sigma(z_x) - tx)^2 + (sigma(z_y) - ty)^2 + (z_w - tw)^2 + (z_h - th)^2)
+ *  - class terms, softmax: class_scale * -log(p_k), gradient
+ *    class_scale * (p - onehot); with focal_loss (alpha = .5, gamma = 2):
+ *    class_scale * alpha * -(1 - p_k)^2 log(p_k); without softmax:
+ *    class_scale/2 * sum_c (z_c - [c == k])^2.
+ * These gradients are exactly minus darknet's steps, except with rescore, where the
+ * target depends on the predicted box and its gradient through the IoU
+ * (core/box.c) is included (darknet leaves it out). classfix, tree and map
+ * are not supported in training; focal_loss needs softmax.
+ * Loss = the sum of the terms over the images, added to net->loss; l->delta =
+ * its gradient with respect to the input.
+ * Backward: input delta += l->delta. In a training pass without truths there
+ * is no loss: l->delta is dLoss/d(output) and backward applies the forward's
+ * Jacobian (sigma' for x, y and objectness, the softmax's for the classes). */
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FOCAL_ALPHA 0.5f
+
+enum { BOX_NONE, BOX_PRIOR, BOX_TRUTH };
+enum { OBJ_NONE, OBJ_NEG, OBJ_POS, OBJ_RESCORE };
+
+typedef struct {
+    int box, box_truth; /* BOX_TRUTH: truth row */
+    int obj;
+    int cls;            /* class of the class terms, -1: none */
+} cell_state;
 
 typedef struct {
     int classes, coords, num, softmax;
     const float *anchors;
+    /* training */
+    float coord_scale, object_scale, noobject_scale, class_scale, thresh;
+    int rescore, bias_match, focal_loss;
+    int has_loss; /* the last training pass computed a loss: l->delta is dLoss/d(input) */
+    cell_state *cells;
+    size_t cells_cap;
 } region_state;
+
+static dn_status opt_float(const dn_layer *l, const char *key, float def, float *out)
+{
+    if (!dn_attr_has(l, key)) {
+        *out = def;
+        return DN_OK;
+    }
+    return dn_attr_float(l, key, out);
+}
+
+static dn_status opt_int(const dn_layer *l, const char *key, int def, int *out)
+{
+    if (!dn_attr_has(l, key)) {
+        *out = def;
+        return DN_OK;
+    }
+    return dn_attr_int(l, key, out);
+}
 
 static dn_status region_make(dn_layer *l, dn_net *net)
 {
@@ -32,6 +104,14 @@ static dn_status region_make(dn_layer *l, dn_net *net)
                              s->num, s->coords);
     if (nanchors != 2 * s->num)
         return dn_layer_fail(l, DN_ERR_ARG, "%d anchor values given, num=%d needs %d", nanchors, s->num, 2 * s->num);
+    if ((st = opt_float(l, "coord_scale", 1.f, &s->coord_scale)) ||
+        (st = opt_float(l, "object_scale", 1.f, &s->object_scale)) ||
+        (st = opt_float(l, "noobject_scale", 1.f, &s->noobject_scale)) ||
+        (st = opt_float(l, "class_scale", 1.f, &s->class_scale)) || (st = opt_float(l, "thresh", .5f, &s->thresh)) ||
+        (st = opt_int(l, "rescore", 0, &s->rescore)) || (st = opt_int(l, "bias_match", 0, &s->bias_match)) ||
+        (st = opt_int(l, "focal_loss", 0, &s->focal_loss)))
+        return st;
+    l->is_loss = 1;
     return DN_OK;
 }
 
@@ -44,6 +124,248 @@ static dn_status region_setup(dn_layer *l, dn_net *net)
                              s->num, s->coords, s->classes, s->num * per);
     return dn_setup_same_shape(l, net);
 }
+
+/* ---------------------------------------------------------------- the loss */
+
+typedef struct {
+    region_state *s;
+    const dn_layer *l;
+    const float *in, *out;
+    float *delta;
+    const float *truth;
+    int rows;
+    size_t hw;
+} image_ctx;
+
+static size_t entry(const image_ctx *c, int a, int k, size_t i)
+{
+    return ((size_t)a * (c->s->coords + 1 + c->s->classes) + (size_t)k) * c->hw + i;
+}
+
+static int truth_class(const image_ctx *c, int r)
+{
+    const float *t = c->truth + 5 * (size_t)r;
+    for (int k = 0; k < 5; ++k)
+        if (!isfinite(t[k])) return -1;
+    if (!(t[2] > 0) || !(t[3] > 0)) return -1;
+    if (t[4] < 0 || t[4] >= (float)c->s->classes) return -1;
+    return (int)t[4];
+}
+
+static dn_box truth_box(const image_ctx *c, int r)
+{
+    const float *t = c->truth + 5 * (size_t)r;
+    dn_box b = {t[0], t[1], t[2], t[3]};
+    return b;
+}
+
+static dn_box pred_box(const image_ctx *c, int a, size_t i)
+{
+    const dn_layer *l = c->l;
+    dn_box b;
+    b.x = ((float)(i % l->w) + c->out[entry(c, a, 0, i)]) / l->w;
+    b.y = ((float)(i / l->w) + c->out[entry(c, a, 1, i)]) / l->h;
+    b.w = expf(c->in[entry(c, a, 2, i)]) * c->s->anchors[2 * a] / l->w;
+    b.h = expf(c->in[entry(c, a, 3, i)]) * c->s->anchors[2 * a + 1] / l->h;
+    return b;
+}
+
+/* k/2 * ((sigma(z_x) - tx)^2 + (sigma(z_y) - ty)^2 + (z_w - tw)^2 + (z_h - th)^2) */
+static double box_term(image_ctx *c, int a, size_t i, const float t[4], float k)
+{
+    double loss = 0;
+    for (int q = 0; q < 4; ++q) {
+        const size_t e = entry(c, a, q, i);
+        if (q < 2) {
+            const float p = c->out[e], d = p - t[q];
+            c->delta[e] += k * d * p * (1.f - p);
+            loss += 0.5 * k * (double)d * d;
+        } else {
+            const float d = c->in[e] - t[q];
+            c->delta[e] += k * d;
+            loss += 0.5 * k * (double)d * d;
+        }
+    }
+    return loss;
+}
+
+/* 0.5*scale*(sigma(z_o) - t)^2; its gradient with respect to t in *dt */
+static double obj_term(image_ctx *c, int a, size_t i, float t, float scale, float *dt)
+{
+    const size_t e = entry(c, a, c->s->coords, i);
+    const float p = c->out[e], d = p - t;
+    c->delta[e] += scale * d * p * (1.f - p);
+    if (dt) *dt = -scale * d;
+    return 0.5 * scale * (double)d * d;
+}
+
+static double class_terms(image_ctx *c, int a, size_t i, int k)
+{
+    const region_state *s = c->s;
+    const float scale = s->class_scale;
+    const size_t e0 = entry(c, a, s->coords + 1, i);
+    float *d = c->delta + e0;
+    const float *z = c->in + e0, *p = c->out + e0;
+    const size_t hw = c->hw;
+    if (!s->softmax) {
+        double loss = 0;
+        for (int n = 0; n < s->classes; ++n) {
+            const float diff = z[n * hw] - (n == k ? 1.f : 0.f);
+            d[n * hw] += scale * diff;
+            loss += 0.5 * scale * (double)diff * diff;
+        }
+        return loss;
+    }
+    /* log p_k = z_k - logsumexp(z), computed stably */
+    double largest = -INFINITY, sum = 0;
+    for (int n = 0; n < s->classes; ++n) largest = fmax(largest, z[n * hw]);
+    for (int n = 0; n < s->classes; ++n) sum += exp(z[n * hw] - largest);
+    const double lp = z[k * hw] - largest - log(sum), pt = exp(lp);
+    if (!s->focal_loss) {
+        for (int n = 0; n < s->classes; ++n) d[n * hw] += scale * (p[n * hw] - (n == k ? 1.f : 0.f));
+        return -scale * lp;
+    }
+    /* d(-(1-pt)^2 log pt)/dz_n = g(pt) (p_n - [n == k]), g = (1-pt)(1 - pt - 2 pt log pt) */
+    const double g = (1 - pt) * (1 - pt - 2 * pt * lp);
+    for (int n = 0; n < s->classes; ++n)
+        d[n * hw] += (float)(scale * FOCAL_ALPHA * g * (p[n * hw] - (n == k ? 1.f : 0.f)));
+    return -scale * FOCAL_ALPHA * (1 - pt) * (1 - pt) * lp;
+}
+
+static dn_status grow_cells(region_state *s, size_t n)
+{
+    if (s->cells && s->cells_cap >= n) return DN_OK;
+    cell_state *p = realloc(s->cells, (n ? n : 1) * sizeof(cell_state));
+    if (!p) return DN_ERR_NOMEM;
+    s->cells = p;
+    s->cells_cap = n;
+    return DN_OK;
+}
+
+static dn_status check_training_options(const dn_layer *l)
+{
+    const region_state *s = l->priv;
+    static const char *strings[] = {"tree", "map"};
+    for (int i = 0; i < 2; ++i)
+        if (dn_attr_has(l, strings[i])) {
+            const char *v;
+            dn_status st = dn_attr_string(l, strings[i], &v);
+            if (st) return st;
+            if (v[0]) return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "training with '%s' is not supported", strings[i]);
+        }
+    if (dn_attr_has(l, "classfix")) {
+        int classfix;
+        dn_status st = dn_attr_int(l, "classfix", &classfix);
+        if (st) return st;
+        if (classfix) return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "training with classfix is not supported");
+    }
+    if (s->focal_loss && !s->softmax)
+        return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "focal_loss needs softmax=1 in training");
+    return DN_OK;
+}
+
+static dn_status region_loss(dn_layer *l, dn_net *net)
+{
+    region_state *s = l->priv;
+    const size_t hw = (size_t)l->h * l->w;
+    dn_status st;
+    if (net->truth_stride % 5)
+        return dn_layer_fail(l, DN_ERR_SHAPE, "%d truth values per image are not rows of 5 (x, y, w, h, class)",
+                             net->truth_stride);
+    if ((st = check_training_options(l))) return st;
+    if (grow_cells(s, (size_t)s->num * hw)) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss scratch");
+    const float *input = dn_layer_input(net, l);
+    memset(l->delta, 0, (size_t)l->batch * l->outputs * sizeof(float));
+    const int prior = net->seen < 12800;
+    double total = 0;
+    for (int b = 0; b < l->batch; ++b) {
+        image_ctx c = {s, l, input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
+                       l->delta + (size_t)b * l->outputs, net->truth + (size_t)b * net->truth_stride,
+                       net->truth_stride / 5, hw};
+        /* step 1 */
+        for (int a = 0; a < s->num; ++a)
+            for (size_t i = 0; i < hw; ++i) {
+                cell_state *cs = &s->cells[(size_t)a * hw + i];
+                const dn_box pred = pred_box(&c, a, i);
+                float best = 0.f;
+                for (int r = 0; r < c.rows; ++r) {
+                    if (truth_class(&c, r) < 0) continue;
+                    best = fmaxf(best, dn_box_measure(pred, truth_box(&c, r), DN_IOU_PLAIN, NULL));
+                }
+                cs->obj = best > s->thresh ? OBJ_NONE : OBJ_NEG;
+                cs->box = prior ? BOX_PRIOR : BOX_NONE;
+                cs->cls = -1;
+            }
+        /* step 2 */
+        for (int r = 0; r < c.rows; ++r) {
+            const int k = truth_class(&c, r);
+            if (k < 0) continue;
+            const dn_box tb = truth_box(&c, r), shape = {0, 0, tb.w, tb.h};
+            int col = (int)(tb.x * l->w), row = (int)(tb.y * l->h);
+            col = col < 0 ? 0 : col >= l->w ? l->w - 1 : col;
+            row = row < 0 ? 0 : row >= l->h ? l->h - 1 : row;
+            const size_t i = (size_t)row * l->w + col;
+            float best = 0.f;
+            int best_n = 0;
+            for (int a = 0; a < s->num; ++a) {
+                dn_box p = pred_box(&c, a, i);
+                if (s->bias_match) {
+                    p.w = s->anchors[2 * a] / l->w;
+                    p.h = s->anchors[2 * a + 1] / l->h;
+                }
+                p.x = p.y = 0;
+                const float m = dn_box_measure(p, shape, DN_IOU_PLAIN, NULL);
+                if (m > best) {
+                    best = m;
+                    best_n = a;
+                }
+            }
+            cell_state *cs = &s->cells[(size_t)best_n * hw + i];
+            cs->box = BOX_TRUTH;
+            cs->box_truth = r;
+            cs->obj = s->rescore ? OBJ_RESCORE : OBJ_POS;
+            cs->cls = k;
+        }
+        /* the terms */
+        double loss = 0;
+        for (int a = 0; a < s->num; ++a)
+            for (size_t i = 0; i < hw; ++i) {
+                const cell_state *cs = &s->cells[(size_t)a * hw + i];
+                if (cs->box == BOX_PRIOR) {
+                    const float t[4] = {.5f, .5f, 0.f, 0.f};
+                    loss += box_term(&c, a, i, t, .01f);
+                } else if (cs->box == BOX_TRUTH) {
+                    const dn_box tb = truth_box(&c, cs->box_truth);
+                    const float t[4] = {tb.x * l->w - (float)(i % l->w), tb.y * l->h - (float)(i / l->w),
+                                        logf(tb.w * l->w / s->anchors[2 * a]), logf(tb.h * l->h / s->anchors[2 * a + 1])};
+                    loss += box_term(&c, a, i, t, s->coord_scale);
+                }
+                if (cs->obj == OBJ_NEG) {
+                    loss += obj_term(&c, a, i, 0.f, s->noobject_scale, NULL);
+                } else if (cs->obj == OBJ_POS) {
+                    loss += obj_term(&c, a, i, 1.f, s->object_scale, NULL);
+                } else if (cs->obj == OBJ_RESCORE) {
+                    float g[4], dt;
+                    const float m = dn_box_measure(pred_box(&c, a, i), truth_box(&c, cs->box_truth), DN_IOU_PLAIN, g);
+                    loss += obj_term(&c, a, i, m, s->object_scale, &dt);
+                    /* d(bx)/d(z_x) = sigma'/W, d(bw)/d(z_w) = bw */
+                    const dn_box p = pred_box(&c, a, i);
+                    const float px = c.out[entry(&c, a, 0, i)], py = c.out[entry(&c, a, 1, i)];
+                    const float jac[4] = {px * (1.f - px) / l->w, py * (1.f - py) / l->h, p.w, p.h};
+                    for (int q = 0; q < 4; ++q) {
+                        const float v = dt * g[q] * jac[q];
+                        if (isfinite(v)) c.delta[entry(&c, a, q, i)] += v;
+                    }
+                }
+                if (cs->cls >= 0) loss += class_terms(&c, a, i, cs->cls);
+            }
+        total += loss;
+    }
+    net->loss += total;
+    return DN_OK;
+}
+
+/* ---------------------------------------------------------------- passes */
 
 static dn_status region_forward(dn_layer *l, dn_net *net)
 {
@@ -59,6 +381,46 @@ static dn_status region_forward(dn_layer *l, dn_net *net)
             for (size_t i = 0; i < hw; ++i) obj[i] = dn_logistic(obj[i]);
             if (s->softmax)
                 for (size_t i = 0; i < hw; ++i) dn_softmax(obj + hw + i, s->classes, 1.f, (int)hw, obj + hw + i);
+        }
+    if (!net->train) return DN_OK;
+    s->has_loss = net->truth != NULL;
+    return s->has_loss ? region_loss(l, net) : DN_OK;
+}
+
+static dn_status region_backward(dn_layer *l, dn_net *net)
+{
+    region_state *s = l->priv;
+    float *d = dn_layer_input_delta(net, l);
+    if (!d) return DN_OK;
+    const size_t total = (size_t)l->batch * l->outputs;
+    if (s->has_loss) {
+        for (size_t i = 0; i < total; ++i) d[i] += l->delta[i];
+        return DN_OK;
+    }
+    const size_t hw = (size_t)l->h * l->w;
+    const int per = s->coords + 1 + s->classes;
+    for (int b = 0; b < l->batch; ++b)
+        for (int n = 0; n < s->num; ++n) {
+            const size_t base = (size_t)b * l->outputs + (size_t)n * per * hw;
+            const float *y = l->output + base, *g = l->delta + base;
+            float *dd = d + base;
+            for (int k = 0; k < per; ++k)
+                for (size_t i = 0; i < hw; ++i) {
+                    const size_t e = (size_t)k * hw + i;
+                    if (k < 2 || k == s->coords) dd[e] += g[e] * y[e] * (1.f - y[e]);
+                    else if (k < s->coords || !s->softmax) dd[e] += g[e];
+                }
+            if (!s->softmax) continue;
+            /* softmax Jacobian: dz_c = p_c (g_c - sum_j g_j p_j) */
+            const size_t c0 = (size_t)(s->coords + 1) * hw;
+            for (size_t i = 0; i < hw; ++i) {
+                double dot = 0;
+                for (int c = 0; c < s->classes; ++c) dot += (double)g[c0 + c * hw + i] * y[c0 + c * hw + i];
+                for (int c = 0; c < s->classes; ++c) {
+                    const size_t e = c0 + c * hw + i;
+                    dd[e] += (float)(y[e] * (g[e] - dot));
+                }
+            }
         }
     return DN_OK;
 }
@@ -88,11 +450,19 @@ static dn_status region_detections(const dn_layer *l, const dn_net *net, int b, 
     return DN_OK;
 }
 
+static void region_destroy(dn_layer *l)
+{
+    region_state *s = l->priv;
+    if (s) free(s->cells);
+    free(s);
+}
 
 const dn_layer_ops dn_region_ops = {
     .type = "region",
     .make = region_make,
     .setup = region_setup,
     .forward = region_forward,
+    .backward = region_backward,
+    .destroy = region_destroy,
     .detections = region_detections,
 };

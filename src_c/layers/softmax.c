@@ -1,14 +1,32 @@
 /* softmax.c - [softmax]
  *
  * The input's C*H*W values per image are split into `groups` contiguous runs
- * and each run is replaced by softmax(x / temperature). Output shape = input
- * shape. */
+ * and each run is replaced by p = softmax(x / T), T = temperature. Output
+ * shape = input shape.
+ *
+ * Loss: in a training pass with truths (C*H*W values per image, one-hot or
+ * soft, per group) and noloss=0 the layer is a loss head with the
+ * cross-entropy L = -sum_j t_j log p_j, summed over groups and images, whose
+ * gradient per group is dL/dx_j = (p_j * sum_i t_i - t_j) / T ((p - t)/T for
+ * a one-hot group). Darknet's softmax_x_ent logs -log p_j for every t_j != 0
+ * and steps by t - p without the 1/T; the two agree for one-hot truths at
+ * T = 1.
+ * Backward: dL/dx = the cross-entropy gradient (when the pass had one) plus
+ * the softmax Jacobian applied to l->delta (dLoss/d(output) set by the layers
+ * after it, e.g. a [cost]): dx_j += p_j (g_j - sum_i g_i p_i) / T. Darknet
+ * passes a following layer's delta through unchanged, without the Jacobian;
+ * here the gradient is the exact one of the total loss. */
 #include "internal.h"
 
+#include <math.h>
+#include <stdlib.h>
 
 typedef struct {
-    int groups;
+    int groups, noloss;
     float temperature;
+    float *xent; /* gradient of the cross-entropy, kept from a training pass for backward */
+    size_t xent_cap;
+    int has_loss;
 } softmax_state;
 
 static dn_status softmax_make(dn_layer *l, dn_net *net)
@@ -25,6 +43,8 @@ static dn_status softmax_make(dn_layer *l, dn_net *net)
         if ((st = dn_attr_float(l, "spatial", &spatial))) return st;
         if (spatial != 0.f) return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "spatial softmax is not supported");
     }
+    if (dn_attr_has(l, "noloss") && (st = dn_attr_int(l, "noloss", &s->noloss))) return st;
+    l->is_loss = !s->noloss;
     return DN_OK;
 }
 
@@ -40,6 +60,37 @@ static dn_status softmax_setup(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
+/* cross-entropy of every group, gradient into s->xent */
+static dn_status softmax_loss(dn_layer *l, dn_net *net)
+{
+    softmax_state *s = l->priv;
+    if ((size_t)net->truth_stride != l->inputs)
+        return dn_layer_fail(l, DN_ERR_SHAPE, "%d truth values per image; the softmax has %zu", net->truth_stride,
+                             l->inputs);
+    const size_t total = (size_t)l->batch * l->inputs;
+    dn_status st = dn_ensure_floats(&s->xent, &s->xent_cap, total);
+    if (st) return dn_layer_fail(l, st, "out of memory for the loss scratch");
+    const float *in = dn_layer_input(net, l);
+    const size_t n = l->inputs / (size_t)s->groups;
+    const double T = s->temperature;
+    double loss = 0;
+    for (size_t g0 = 0; g0 < total; g0 += n) {
+        const float *x = in + g0, *t = net->truth + g0, *p = l->output + g0;
+        /* log p_j = (x_j - max)/T - log sum_i exp((x_i - max)/T) */
+        double largest = -INFINITY, sum = 0, tsum = 0;
+        for (size_t j = 0; j < n; ++j) largest = fmax(largest, x[j]);
+        for (size_t j = 0; j < n; ++j) sum += exp((x[j] - largest) / T);
+        const double lse = log(sum);
+        for (size_t j = 0; j < n; ++j) {
+            tsum += t[j];
+            if (t[j] != 0.f) loss -= t[j] * ((x[j] - largest) / T - lse);
+        }
+        for (size_t j = 0; j < n; ++j) s->xent[g0 + j] = (float)((p[j] * tsum - t[j]) / T);
+    }
+    net->loss += loss;
+    return DN_OK;
+}
+
 static dn_status softmax_forward(dn_layer *l, dn_net *net)
 {
     softmax_state *s = l->priv;
@@ -50,13 +101,40 @@ static dn_status softmax_forward(dn_layer *l, dn_net *net)
             size_t off = (size_t)b * l->inputs + (size_t)g * n;
             dn_softmax(in + off, n, s->temperature, 1, l->output + off);
         }
+    if (!net->train) return DN_OK;
+    s->has_loss = net->truth && !s->noloss;
+    return s->has_loss ? softmax_loss(l, net) : DN_OK;
+}
+
+static dn_status softmax_backward(dn_layer *l, dn_net *net)
+{
+    softmax_state *s = l->priv;
+    float *d = dn_layer_input_delta(net, l);
+    if (!d) return DN_OK;
+    const size_t total = (size_t)l->batch * l->inputs, n = l->inputs / (size_t)s->groups;
+    for (size_t g0 = 0; g0 < total; g0 += n) {
+        const float *p = l->output + g0, *g = l->delta + g0;
+        double dot = 0;
+        for (size_t j = 0; j < n; ++j) dot += (double)g[j] * p[j];
+        for (size_t j = 0; j < n; ++j) d[g0 + j] += (float)(p[j] * (g[j] - dot) / s->temperature);
+        if (s->has_loss)
+            for (size_t j = 0; j < n; ++j) d[g0 + j] += s->xent[g0 + j];
+    }
     return DN_OK;
 }
 
+static void softmax_destroy(dn_layer *l)
+{
+    softmax_state *s = l->priv;
+    if (s) free(s->xent);
+    free(s);
+}
 
 const dn_layer_ops dn_softmax_ops = {
     .type = "softmax",
     .make = softmax_make,
     .setup = softmax_setup,
     .forward = softmax_forward,
+    .backward = softmax_backward,
+    .destroy = softmax_destroy,
 };

@@ -67,7 +67,7 @@ void dn_backward_bias(float *grad, const float *delta, int batch, int channels, 
 /* Training-mode batch normalization (darknet's): for each channel, over its
  * n = batch*spatial values, mean = sum x / n and the unbiased variance
  * var = sum (x - mean)^2 / (n - 1); x becomes (x - mean) / sqrt(var + .00001)
- * in place and is also copied to x_norm; rolling = .99*rolling + .01*batch
+ * in place and is also copied to x_norm; rolling = .9*rolling + .1*batch
  * statistic. Needs n >= 2 (the caller checks). */
 void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
                                 float *x_norm, float *rolling_mean, float *rolling_variance)
@@ -86,8 +86,8 @@ void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, 
         }
         mean[c] = m;
         variance[c] = (float)(sq / (n - 1));
-        rolling_mean[c] = .99f * rolling_mean[c] + .01f * mean[c];
-        rolling_variance[c] = .99f * rolling_variance[c] + .01f * variance[c];
+        rolling_mean[c] = .9f * rolling_mean[c] + .1f * mean[c];
+        rolling_variance[c] = .9f * rolling_variance[c] + .1f * variance[c];
     }
     dn_normalize(x, mean, variance, batch, channels, spatial);
     memcpy(x_norm, x, (size_t)batch * channels * spatial * sizeof(float));

@@ -1,0 +1,162 @@
+"""Evidence that training learns: a small yolo network trained on synthetic
+shapes detects them afterwards, and a small classifier reaches high accuracy.
+Sizes are kept small so both finish in seconds on two CPU cores."""
+import numpy as np
+
+import pydarknet
+from pydarknet.synthetic import shapes_batch
+from conftest import randomize
+
+DETECTOR = """[net]
+width=64
+height=64
+channels=3
+batch=16
+subdivisions=1
+learning_rate=0.002
+adam=1
+burn_in=20
+policy=constant
+decay=0.0005
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+batch_normalize=1
+filters=64
+size=3
+stride=1
+pad=1
+activation=leaky
+[convolutional]
+filters=24
+size=1
+stride=1
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=8,8, 13,13, 20,20
+classes=3
+num=3
+iou_loss=ciou
+iou_normalizer=0.07
+ignore_thresh=.7
+"""
+
+
+def iou(a, b):
+    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+    w, h = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+    inter = max(w, 0) * max(h, 0)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def test_small_yolo_learns_to_detect_shapes(write_cfg):
+    net = pydarknet.load(write_cfg(DETECTOR))
+    randomize(net, 0)
+    x, t = shapes_batch(64, 64, per_image=(1, 2), seed=7)
+    losses = []
+    for it in range(300):
+        k = (it * 16) % 64
+        losses.append(net.train_batch(x[k:k + 16], t[k:k + 16]))
+    start, end = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert end < 0.25 * start, (start, end)
+    # the trained network finds the shapes it saw, with the right class
+    found = total = 0
+    for i in range(16):
+        img = (x[i].transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
+        dets = net.detect(img, thresh=0.3)
+        for row in t[i]:
+            if row[2] == 0:
+                continue
+            total += 1
+            truth = row[:4] * 64
+            found += any(d.class_id == int(row[4]) and iou((d.x, d.y, d.w, d.h), truth) > 0.5 for d in dets)
+    assert found >= 0.8 * total, f"{found} of {total} shapes found"
+
+
+CLASSIFIER = """[net]
+width=32
+height=32
+channels=3
+batch=32
+learning_rate=0.003
+adam=1
+decay=0.0005
+burn_in=10
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+filters=3
+size=1
+stride=1
+activation=linear
+[avgpool]
+[softmax]
+groups=1
+"""
+
+
+def test_small_classifier_reaches_high_accuracy(write_cfg):
+    net = pydarknet.load(write_cfg(CLASSIFIER))
+    randomize(net, 1)
+    x, t = shapes_batch(128, 32, per_image=(1, 1), seed=3)
+    labels = t[:, 0, 4].astype(int)
+    onehot = np.eye(3, dtype=np.float32)[labels]
+    for it in range(200):
+        k = (it * 32) % 128
+        net.train_batch(x[k:k + 32], onehot[k:k + 32])
+    (probs,) = net.predict(x)
+    accuracy = (probs.reshape(128, 3).argmax(axis=1) == labels).mean()
+    assert accuracy >= 0.9, accuracy
+    # and on shapes it never saw
+    xv, tv = shapes_batch(128, 32, per_image=(1, 1), seed=99)
+    (probs,) = net.predict(xv)
+    assert (probs.reshape(128, 3).argmax(axis=1) == tv[:, 0, 4].astype(int)).mean() >= 0.8

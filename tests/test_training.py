@@ -1,0 +1,138 @@
+"""Training mechanics: subdivisions accumulate to the same step as one big
+mini-batch, training resumes exactly from saved weights and state, and bad
+inputs are refused or reported instead of being trained on."""
+import logging
+
+import numpy as np
+import pytest
+
+import pydarknet
+from pydarknet.synthetic import shapes_batch
+from conftest import randomize
+
+YOLO_NET = """[net]
+width=32
+height=32
+channels=3
+batch=8
+subdivisions={sub}
+learning_rate=0.01
+momentum=0.9
+decay=0.0005
+{extra}
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+filters=24
+size=1
+stride=1
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=4,4, 8,8, 12,12
+classes=3
+num=3
+"""
+
+
+def params(net):
+    return {(l.index, k): v.copy() for l in net.layers for k, v in l.params.items()}
+
+
+def trained(write_cfg, sub, iterations=1, extra="", name="net.cfg"):
+    net = pydarknet.load(write_cfg(YOLO_NET.format(sub=sub, extra=extra), name))
+    randomize(net, 3)
+    x, t = shapes_batch(8, 32, seed=4)
+    losses = [net.train_batch(x, t) for _ in range(iterations)]
+    return net, losses
+
+
+def test_subdivisions_accumulate_to_the_same_update(write_cfg):
+    one, l1 = trained(write_cfg, 1, 2, name="a.cfg")
+    four, l4 = trained(write_cfg, 4, 2, name="b.cfg")
+    assert one.mini_batch == 8 and four.mini_batch == 2
+    np.testing.assert_allclose(l1, l4, rtol=1e-4)
+    a, b = params(one), params(four)
+    for k in a:
+        scale = np.abs(a[k]).max() + 1e-12
+        assert np.abs(a[k] - b[k]).max() <= 1e-5 * scale + 1e-6, k
+
+
+def test_training_changes_weights_and_counts(write_cfg):
+    net, losses = trained(write_cfg, 2, 3)
+    assert net.iteration == 3 and net.seen == 24
+    assert all(np.isfinite(losses))
+
+
+def test_resume_continues_exactly(write_cfg, tmp_path):
+    x, t = shapes_batch(8, 32, seed=5)
+    cfg = write_cfg(YOLO_NET.format(sub=2, extra="burn_in=3\nadam=1"))
+    a = pydarknet.load(cfg)
+    randomize(a, 1)
+    for _ in range(2):
+        a.train_batch(x, t)
+    a.save_weights(tmp_path / "w.weights")
+    a.save_training_state(tmp_path / "w.state")
+    for _ in range(2):
+        a.train_batch(x, t)
+
+    b = pydarknet.load(cfg, tmp_path / "w.weights")
+    assert b.seen == 16 and b.iteration == 2
+    b.load_training_state(tmp_path / "w.state")
+    for _ in range(2):
+        b.train_batch(x, t)
+    assert b.iteration == a.iteration == 4
+    pa, pb = params(a), params(b)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=str(k))
+
+
+def test_nan_input_is_refused(write_cfg):
+    net = pydarknet.load(write_cfg(YOLO_NET.format(sub=1, extra="")))
+    x, t = shapes_batch(8, 32, seed=1)
+    x[3, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="input image 3 of the batch has NaN"):
+        net.train_batch(x, t)
+
+
+def test_bad_truth_rows_are_reported_and_left_out(write_cfg, caplog):
+    net = pydarknet.load(write_cfg(YOLO_NET.format(sub=1, extra="")))
+    randomize(net, 2)
+    x, t = shapes_batch(8, 32, seed=1)
+    t[2, 5] = [0.5, 0.5, 0.2, 0.2, 7]       # class out of range
+    t[4, 6] = [1.4, 0.5, 0.2, 0.2, 1]       # box outside the image
+    t[5, 7] = [0.5, np.nan, 0.2, 0.2, 1]    # NaN
+    clean = t.copy()
+    clean[2, 5] = clean[4, 6] = clean[5, 7] = 0
+    twin = pydarknet.load(write_cfg(YOLO_NET.format(sub=1, extra=""), "twin.cfg"))
+    randomize(twin, 2)
+    with caplog.at_level(logging.WARNING, logger="pydarknet"):
+        loss = net.train_batch(x, t)
+    messages = " ".join(r.message for r in caplog.records)
+    assert "truth row 5 of image 2 has class 7, outside 0..2" in messages
+    assert "truth row 6 of image 4 has a box" in messages and "truth row 7 of image 5 has NaN" in messages
+    assert loss == pytest.approx(twin.train_batch(x, clean), rel=1e-6)
+
+
+def test_non_finite_loss_stops_without_touching_weights(write_cfg):
+    net = pydarknet.load(write_cfg(YOLO_NET.format(sub=1, extra="")))
+    randomize(net, 2)
+    net.layers[2].params["biases"][:] = np.inf  # a diverged head
+    before = params(net)
+    x, t = shapes_batch(8, 32, seed=1)
+    with pytest.raises(pydarknet.DarknetError, match="loss is not finite"):
+        net.train_batch(x, t)
+    after = params(net)
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    assert net.iteration == 0
