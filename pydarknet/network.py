@@ -102,7 +102,8 @@ def _set_attr(ptr, key, value, setters=_LAYER_SETTERS):
 class Network:
     """A network built from a parsed cfg. Use :func:`load` to make one."""
 
-    def __init__(self, spec: NetSpec, batch: Optional[int] = None, threads: Optional[int] = None, names=None):
+    def __init__(self, spec: NetSpec, batch: Optional[int] = None, threads: Optional[int] = None, names=None,
+                 seed: int = 0):
         """`batch`: the full training batch (default: the cfg's); the network
         runs mini-batches of batch / subdivisions images, as darknet does."""
         self.spec = spec
@@ -124,6 +125,8 @@ class Network:
         for layer in spec.layers:
             self._add(layer)
         check(lib.dn_net_finalize(self._ptr), spec.path)
+        # darknet's initial weights, so a cfg trains from scratch; a weights file replaces them
+        check(lib.dn_net_init_params(self._ptr, seed))
         for key, value in spec.options.items():
             check(_set_attr(self._ptr, key, value, _TRAIN_SETTERS), f"{spec.path}: [net] {key}")
         self.set_threads(threads or default_threads())
@@ -359,18 +362,19 @@ def _read_image(image):
 
 
 def load(cfg_path, weights_path=None, batch: Optional[int] = None, threads: Optional[int] = None, names=None,
-         max_layers: Optional[int] = None) -> Network:
+         max_layers: Optional[int] = None, seed: int = 0) -> Network:
     """Builds the network of a darknet cfg and, when given, loads its weights
     (only the first `max_layers` layers' when given). `batch`: the full
     training batch (default: the cfg's; mini-batches are batch / subdivisions;
     predict and detect size the network to what they are given). `names`:
-    class names, a list or the path of a .names file."""
+    class names, a list or the path of a .names file. `seed`: the initial
+    weights' generator (darknet's initialization, for training from scratch)."""
     spec = parse_cfg(cfg_path)
     if isinstance(names, (str, os.PathLike)):
         from .datafiles import read_names
 
         names = read_names(names)
-    net = Network(spec, batch=batch, threads=threads, names=names)
+    net = Network(spec, batch=batch, threads=threads, names=names, seed=seed)
     if weights_path is not None:
         net.load_weights(weights_path, max_layers=max_layers)
     return net

@@ -128,14 +128,15 @@ def test_partial_load_first_layers(tmp_path, write_cfg):
     randomize(net, 7)
     path = tmp_path / "w.weights"
     net.save_weights(path, max_layers=1)
+    fresh = pydarknet.load(write_cfg(CFG))  # layers not read keep their initial values
     other = pydarknet.load(write_cfg(CFG), path, max_layers=1)
     assert np.array_equal(other.layers[0].params["weights"], net.layers[0].params["weights"])
-    assert not other.layers[1].params["weights"].any()
+    assert np.array_equal(other.layers[1].params["weights"], fresh.layers[1].params["weights"])
     # a full file read partially: the rest of the file is allowed
     net.save_weights(path)
     other = pydarknet.load(write_cfg(CFG), path, max_layers=2)
     assert np.array_equal(other.layers[1].params["weights"], net.layers[1].params["weights"])
-    assert not other.layers[2].params["weights"].any()
+    assert np.array_equal(other.layers[2].params["weights"], fresh.layers[2].params["weights"])
 
 
 def test_dontload_layer_is_not_in_the_file(tmp_path, write_cfg):
@@ -163,3 +164,16 @@ def test_save_is_atomic_on_failure(tmp_path, write_cfg, monkeypatch):
         net.save_weights(path)
     assert path.read_bytes() == b"previous checkpoint"
     assert [p.name for p in tmp_path.iterdir() if p.suffix != ".cfg"] == ["w.weights"]
+
+
+def test_initial_weights_follow_darknet(write_cfg):
+    # uniform in +-sqrt(2 / fan_in), zero biases; the same seed gives the same network
+    a, b, c = (pydarknet.load(write_cfg(CFG), seed=s) for s in (1, 1, 2))
+    w = a.layers[0].params["weights"]
+    bound = np.sqrt(2 / (3 * 3 * 3))
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound and abs(w.mean()) < 0.1 * bound
+    assert not a.layers[0].params["biases"].any()
+    assert np.all(a.layers[0].params["scales"] == 1) and np.all(a.layers[0].params["rolling_variance"] == 1)
+    assert np.array_equal(w, b.layers[0].params["weights"]) and not np.array_equal(w, c.layers[0].params["weights"])
+    fc = a.layers[2].params["weights"]
+    assert np.abs(fc).max() <= np.sqrt(2 / (2 * 8 * 8))

@@ -118,6 +118,9 @@ dn_status dn_net_set_train_ints(dn_net *net, const char *key, const int *values,
 dn_status dn_net_set_train_floats(dn_net *net, const char *key, const float *values, int count);
 dn_status dn_net_set_train_string(dn_net *net, const char *key, const char *value);
 dn_status dn_net_enable_training(dn_net *net);
+/* darknet's initial values for training from scratch (uniform weights in
+ * +-sqrt(2/fan_in), zero biases), drawn from `seed`. */
+dn_status dn_net_init_params(dn_net *net, unsigned long long seed);
 /* One mini-batch forward pass in training mode; losses computed from the truths. */
 dn_status dn_net_forward_train(dn_net *net, const float *input, size_t count, const float *truth, size_t truth_count);
 double dn_net_loss(const dn_net *net);   /* summed loss of the last training forward pass */

@@ -1,0 +1,37 @@
+/* init.c - darknet's initial values for a network trained from scratch.
+ *
+ * For every layer with `weights` and `biases` tensors (convolutional,
+ * connected): weights uniform in [-s, s] with s = sqrt(2 / fan_in), fan_in =
+ * weights per output (size*size*channels/groups for a convolution, inputs for
+ * a connected layer), as darknet's make_*_layer draw them; biases 0. Batch-norm
+ * scales start at 1 and rolling statistics at mean 0, variance 1 (set when
+ * the layers are made); shortcut feature weights at 1. Drawn from a generator
+ * seeded here, so the same seed gives the same network. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static dn_param *find_param(dn_layer *l, const char *name)
+{
+    for (int j = 0; j < l->nparams; ++j)
+        if (!strcmp(l->params[j].name, name)) return &l->params[j];
+    return NULL;
+}
+
+dn_status dn_net_init_params(dn_net *net, unsigned long long seed)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    const unsigned long long saved = net->rng;
+    net->rng = seed;
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        dn_param *w = find_param(l, "weights"), *b = find_param(l, "biases");
+        if (!w || !b || !b->count) continue;
+        const float scale = sqrtf(2.f / (float)(w->count / b->count));
+        for (size_t k = 0; k < w->count; ++k) w->data[k] = scale * (2.f * dn_rand_uniform(net) - 1.f);
+        memset(b->data, 0, b->count * sizeof(float));
+    }
+    net->rng = saved;
+    return DN_OK;
+}
