@@ -34,20 +34,10 @@ dn_status dn_push_box_classes(dn_candidates *out, dn_detection box, const float 
     return DN_OK;
 }
 
-static float overlap(float x1, float w1, float x2, float w2)
-{
-    float l1 = x1 - w1 / 2, l2 = x2 - w2 / 2;
-    float r1 = x1 + w1 / 2, r2 = x2 + w2 / 2;
-    float left = l1 > l2 ? l1 : l2, right = r1 < r2 ? r1 : r2;
-    return right - left;
-}
-
 static float iou(const dn_detection *a, const dn_detection *b)
 {
-    float w = overlap(a->x, a->w, b->x, b->w), h = overlap(a->y, a->h, b->y, b->h);
-    if (w <= 0 || h <= 0) return 0.f;
-    float inter = w * h, uni = a->w * a->h + b->w * b->h - inter;
-    return uni > 0 ? inter / uni : 0.f;
+    const dn_box ba = {a->x, a->y, a->w, a->h}, bb = {b->x, b->y, b->w, b->h};
+    return dn_box_measure(ba, bb, DN_IOU_PLAIN, NULL);
 }
 
 static int by_class_then_confidence(const void *pa, const void *pb)
