@@ -70,24 +70,6 @@ typedef struct {
     size_t cells_cap;
 } region_state;
 
-static dn_status opt_float(const dn_layer *l, const char *key, float def, float *out)
-{
-    if (!dn_attr_has(l, key)) {
-        *out = def;
-        return DN_OK;
-    }
-    return dn_attr_float(l, key, out);
-}
-
-static dn_status opt_int(const dn_layer *l, const char *key, int def, int *out)
-{
-    if (!dn_attr_has(l, key)) {
-        *out = def;
-        return DN_OK;
-    }
-    return dn_attr_int(l, key, out);
-}
-
 static dn_status region_make(dn_layer *l, dn_net *net)
 {
     (void)net;
@@ -104,12 +86,12 @@ static dn_status region_make(dn_layer *l, dn_net *net)
                              s->num, s->coords);
     if (nanchors != 2 * s->num)
         return dn_layer_fail(l, DN_ERR_ARG, "%d anchor values given, num=%d needs %d", nanchors, s->num, 2 * s->num);
-    if ((st = opt_float(l, "coord_scale", 1.f, &s->coord_scale)) ||
-        (st = opt_float(l, "object_scale", 1.f, &s->object_scale)) ||
-        (st = opt_float(l, "noobject_scale", 1.f, &s->noobject_scale)) ||
-        (st = opt_float(l, "class_scale", 1.f, &s->class_scale)) || (st = opt_float(l, "thresh", .5f, &s->thresh)) ||
-        (st = opt_int(l, "rescore", 0, &s->rescore)) || (st = opt_int(l, "bias_match", 0, &s->bias_match)) ||
-        (st = opt_int(l, "focal_loss", 0, &s->focal_loss)))
+    if ((st = dn_attr_float(l, "coord_scale", &s->coord_scale)) ||
+        (st = dn_attr_float(l, "object_scale", &s->object_scale)) ||
+        (st = dn_attr_float(l, "noobject_scale", &s->noobject_scale)) ||
+        (st = dn_attr_float(l, "class_scale", &s->class_scale)) || (st = dn_attr_float(l, "thresh", &s->thresh)) ||
+        (st = dn_attr_int(l, "rescore", &s->rescore)) || (st = dn_attr_int(l, "bias_match", &s->bias_match)) ||
+        (st = dn_attr_int(l, "focal_loss", &s->focal_loss)))
         return st;
     l->is_loss = 1;
     return DN_OK;

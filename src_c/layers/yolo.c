@@ -125,32 +125,12 @@ typedef struct {
     size_t terms_cap;
 } yolo_state;
 
-static dn_status opt_float(const dn_layer *l, const char *key, float def, float *out)
-{
-    if (!dn_attr_has(l, key)) {
-        *out = def;
-        return DN_OK;
-    }
-    return dn_attr_float(l, key, out);
-}
-
-static dn_status opt_int(const dn_layer *l, const char *key, int def, int *out)
-{
-    if (!dn_attr_has(l, key)) {
-        *out = def;
-        return DN_OK;
-    }
-    return dn_attr_int(l, key, out);
-}
-
-static dn_status opt_iou_kind(const dn_layer *l, const char *key, const char *def, int allow_mse, int *out)
+static dn_status iou_kind(const dn_layer *l, const char *key, int allow_mse, int *out)
 {
     static const char *names[] = {"iou", "giou", "diou", "ciou"};
-    const char *name = def;
-    if (dn_attr_has(l, key)) {
-        dn_status st = dn_attr_string(l, key, &name);
-        if (st) return st;
-    }
+    const char *name;
+    dn_status st = dn_attr_string(l, key, &name);
+    if (st) return st;
     if (allow_mse && !strcmp(name, "mse")) {
         *out = BOX_MSE;
         return DN_OK;
@@ -166,19 +146,19 @@ static dn_status opt_iou_kind(const dn_layer *l, const char *key, const char *de
 static dn_status yolo_make_training(dn_layer *l, yolo_state *s)
 {
     dn_status st;
-    if ((st = opt_float(l, "ignore_thresh", .5f, &s->ignore_thresh)) ||
-        (st = opt_float(l, "truth_thresh", 1.f, &s->truth_thresh)) ||
-        (st = opt_float(l, "iou_thresh", 1.f, &s->iou_thresh)) ||
-        (st = opt_float(l, "label_smooth_eps", 0.f, &s->label_smooth_eps)) ||
-        (st = opt_float(l, "max_delta", FLT_MAX, &s->max_delta)) ||
-        (st = opt_float(l, "iou_normalizer", .75f, &s->iou_normalizer)) ||
-        (st = opt_float(l, "obj_normalizer", 1.f, &s->obj_normalizer)) ||
-        (st = opt_float(l, "cls_normalizer", 1.f, &s->cls_normalizer)) ||
-        (st = opt_float(l, "delta_normalizer", 1.f, &s->delta_normalizer)) ||
-        (st = opt_int(l, "focal_loss", 0, &s->focal_loss)) ||
-        (st = opt_int(l, "objectness_smooth", 0, &s->objectness_smooth)) ||
-        (st = opt_iou_kind(l, "iou_loss", "mse", 1, &s->iou_loss)) ||
-        (st = opt_iou_kind(l, "iou_thresh_kind", "iou", 0, &s->iou_thresh_kind)))
+    if ((st = dn_attr_float(l, "ignore_thresh", &s->ignore_thresh)) ||
+        (st = dn_attr_float(l, "truth_thresh", &s->truth_thresh)) ||
+        (st = dn_attr_float(l, "iou_thresh", &s->iou_thresh)) ||
+        (st = dn_attr_float(l, "label_smooth_eps", &s->label_smooth_eps)) ||
+        (st = dn_attr_float(l, "max_delta", &s->max_delta)) ||
+        (st = dn_attr_float(l, "iou_normalizer", &s->iou_normalizer)) ||
+        (st = dn_attr_float(l, "obj_normalizer", &s->obj_normalizer)) ||
+        (st = dn_attr_float(l, "cls_normalizer", &s->cls_normalizer)) ||
+        (st = dn_attr_float(l, "delta_normalizer", &s->delta_normalizer)) ||
+        (st = dn_attr_int(l, "focal_loss", &s->focal_loss)) ||
+        (st = dn_attr_int(l, "objectness_smooth", &s->objectness_smooth)) ||
+        (st = iou_kind(l, "iou_loss", 1, &s->iou_loss)) ||
+        (st = iou_kind(l, "iou_thresh_kind", 0, &s->iou_thresh_kind)))
         return st;
     if (dn_attr_has(l, "counters_per_class")) {
         const int *cpc;
