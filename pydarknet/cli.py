@@ -1,6 +1,9 @@
 """The ``pydarknet`` command, shaped after darknet's command line.
 
     pydarknet detector test <data> <cfg> <weights> [image] [-thresh .25] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detector train <data> <cfg> [weights] [-clear] [-map] [--map-every N] [-dont_show] [-gpus 0]
+                             [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
+    pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
     pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
     pydarknet --version
 
@@ -15,9 +18,16 @@ Exit status: 0 when every image was processed, 1 when a file could not be
 used (a missing, malformed or mismatched cfg, data, names, weights or image
 file), 2 for a command line that does not parse.
 
+``detector train`` (pydarknet.train) prints darknet's log line per
+iteration, or shows a progress bar when standard error is a terminal, and
+writes its checkpoints, a JSON-lines log and a chart to the backup folder;
+Ctrl-C saves ``<cfg-name>_last.weights`` (and ``.state``) and exits with
+status 130; giving that file back resumes where it stopped. ``detector map``
+prints darknet's per-class AP lines and the mAP.
+
 The parser is built from subcommands (``detector test``); darknet's other
-commands (``detector train/valid/map``, ``classifier ...``) slot in beside
-them: add a parser in :func:`build_parser` with ``set_defaults(func=...)``.
+commands (``detector valid``, ``classifier ...``) slot in beside them: add a
+parser in :func:`build_parser` with ``set_defaults(func=...)``.
 """
 from __future__ import annotations
 
@@ -104,6 +114,32 @@ def _threshold(text):
     return value
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return value
+
+
+def _map_points(text):
+    if text not in ("0", "11", "101"):
+        raise argparse.ArgumentTypeError(f"expected 0, 11 or 101, got {text!r}")
+    return int(text)
+
+
 def _add_detect_flags(parser, thresh_default):
     _flag(parser, "thresh", type=_threshold, default=thresh_default, metavar="T",
           help=f"confidence threshold for reported detections (default {thresh_default:g})")
@@ -124,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     detector = commands.add_parser(
-        "detector", help="object detectors: test",
+        "detector", help="object detectors: test, train, map",
         description="Object detection with a .data file, a cfg and weights (darknet's 'detector').")
     detector_commands = detector.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
 
@@ -141,6 +177,66 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
     _add_detect_flags(test, 0.25)
     test.set_defaults(func=_cmd_detector_test)
+
+    train = detector_commands.add_parser(
+        "train", help="train a detector",
+        description="Trains the cfg's network on the train= list of the .data file, from the weights when "
+                    "given (a full file, a partial one such as yolov4-tiny.conv.29, or a checkpoint to resume "
+                    "from), up to the cfg's max_batches. Checkpoints go to the backup folder (the .data "
+                    "file's backup=): <cfg-name>_last.weights and .state every 100 iterations (savelast=), "
+                    "_<N>.weights every 1000 (saveweights=) and at the cfg's steps, _final.weights at the "
+                    "end, _best.weights with -map; also <cfg-name>_train.jsonl (one JSON line per iteration) "
+                    "and chart_<cfg-name>.png. Ctrl-C saves _last; giving _last.weights back resumes with the "
+                    "same batches and ends with the same weights as a run never stopped.")
+    train.intermixed = True
+    train.add_argument("data", metavar="data", help="the .data file (train=, valid=, names=, backup=); the "
+                       "cfg may come first instead, the two are told apart by content")
+    train.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    train.add_argument("weights", nargs="?", help="initial weights, or <backup>/<cfg-name>_last.weights to resume")
+    _flag(train, "clear", action="store_true",
+          help="start counting iterations at 0 from the given weights (ignores a .state file)")
+    _flag(train, "map", dest="calc_map", action="store_true",
+          help="compute the mAP on the valid= list every max(100, 4 epochs) iterations (darknet's schedule) "
+               "and keep <cfg-name>_best.weights")
+    train.add_argument("--map-every", dest="map_every", type=_positive_int, metavar="N",
+                       help="compute the mAP every N iterations instead (implies -map)")
+    _flag(train, "mAP_epochs", type=_positive_int, default=4, metavar="N",
+          help="epochs between mAP computations in darknet's schedule (default 4)")
+    _flag(train, "thresh", type=_threshold, default=0.25, metavar="T",
+          help="confidence at which -map counts TP/FP, precision, recall (default .25)")
+    _flag(train, "iou_thresh", type=_threshold, default=0.5, metavar="T",
+          help="IoU for a detection to match a truth in -map (default .5)")
+    _flag(train, "points", type=_map_points, default=0, metavar="N",
+          help="AP by area under the curve (0, default), or at 11 or 101 recall points")
+    _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
+    _flag(train, "gpus", metavar="LIST", help="accepted; training runs on the CPU in this version")
+    _flag(train, "seed", type=int, default=0, metavar="N",
+          help="seed of the batches, augmentation, multi-scale sizes and initial weights (default 0)")
+    train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
+                       help="train up to iteration N instead of the cfg's max_batches")
+    train.add_argument("--backup", metavar="DIR", help="checkpoint folder instead of the .data file's backup=")
+    train.add_argument("--workers", type=_non_negative_int, default=2, metavar="N",
+                       help="background threads making batches (default 2; 0: in the training thread)")
+    train.set_defaults(func=_cmd_detector_train)
+
+    dmap = detector_commands.add_parser(
+        "map", help="mean average precision on the valid= list",
+        description="Detects in every image of the .data file's valid= list (the train= list when there is "
+                    "none) and prints darknet's per-class AP, precision, recall, F1, TP, FP, FN and average "
+                    "IoU at -thresh, and the mAP.")
+    dmap.intermixed = True
+    dmap.add_argument("data", metavar="data", help="the .data file (valid=, names=); the cfg may come first")
+    dmap.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    dmap.add_argument("weights", metavar="weights", help="the .weights file")
+    _flag(dmap, "thresh", type=_threshold, default=0.25, metavar="T",
+          help="confidence at which TP/FP, precision and recall are counted (default .25)")
+    _flag(dmap, "iou_thresh", type=_threshold, default=0.5, metavar="T",
+          help="IoU for a detection to match a truth (default .5)")
+    _flag(dmap, "points", type=_map_points, default=0, metavar="N",
+          help="AP by area under the curve (0, default), or at 11 (VOC 2007) or 101 (COCO) recall points")
+    _flag(dmap, "letter_box", action="store_true",
+          help="letterbox the images (default: as the cfg's [net] letter_box says)")
+    dmap.set_defaults(func=_cmd_detector_map)
 
     detect = commands.add_parser(
         "detect", help="detect objects in images (shortcut without a .data file)",
@@ -187,8 +283,8 @@ def _first_line_kind(head: bytes) -> Optional[str]:
     return None
 
 
-def order_data_cfg(first: str, second: str) -> Tuple[str, str]:
-    """(data, cfg) from the two file arguments of 'detector test', in
+def order_data_cfg(first: str, second: str, command: str = "detector test") -> Tuple[str, str]:
+    """(data, cfg) from the two file arguments of a detector command, in
     darknet's order (data, cfg) or the other way round, told apart by content
     (a cfg opens with a [section]; a .data file holds key = value lines) and
     then by extension."""
@@ -208,8 +304,11 @@ def order_data_cfg(first: str, second: str) -> Tuple[str, str]:
             role = "cfg" if role == "data" else "data"
         raise _cannot_open(path, role, error)
     kinds = (_first_line_kind(heads[0]), _first_line_kind(heads[1]))
+    if kinds == ("data", "data"):
+        raise UsageError(f"{command}: {first} and {second} both look like .data files (key = value lines); "
+                         f"expected a .data file and a .cfg file")
     if kinds == ("cfg", "cfg"):
-        raise UsageError(f"detector test: {first} and {second} both look like cfg files (they open with a "
+        raise UsageError(f"{command}: {first} and {second} both look like cfg files (they open with a "
                          f"[section]); expected a .data file and a .cfg file")
     if kinds[0] == "cfg" or (kinds[1] != "cfg" and first.lower().endswith(".cfg")
                              and not second.lower().endswith(".cfg")):
@@ -452,6 +551,69 @@ def _cmd_detect(args) -> int:
     net = _load_network(args.cfg, args.weights, names)
     _check_names(net, names, names_path, args.cfg)
     return _run_images(net, args.image, args)
+
+
+def _train_errors():
+    """The exceptions of training and mAP that become one error line."""
+    from .data.issues import DataError
+    from .state import StateError
+    from .train import TrainError
+
+    return (TrainError, StateError, DataError)
+
+
+def _cmd_detector_train(args) -> int:
+    data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector train")
+    if args.gpus is not None:
+        _note(f"-gpus {args.gpus}: training runs on the CPU in this version (the CUDA build is not there yet)")
+    from .train import train_detector
+
+    try:
+        train_detector(cfg_path, data_path, args.weights, clear=args.clear, calc_map=args.calc_map,
+                       map_every=args.map_every, map_epochs=args.mAP_epochs, backup=args.backup,
+                       max_batches=args.max_batches, seed=args.seed, dont_show=args.dont_show,
+                       thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers)
+    except KeyboardInterrupt:
+        return 130  # _last was saved and the way to resume printed
+    except _train_errors() as e:
+        raise CliError(str(e)) from None
+    return EXIT_OK
+
+
+def _cmd_detector_map(args) -> int:
+    from .datafiles import load_data_file
+    from .train import compute_map, map_report, warnings_as_notes
+
+    data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector map")
+    names, names_path = _names_from_data(data_path)
+    valid = load_data_file(data_path).valid
+    try:
+        with open(valid, "rb"):
+            pass
+    except OSError as e:
+        raise CliError(f"{valid}: cannot read the validation image list (valid= in {data_path}, or train= when "
+                       f"there is no valid=): {e.strerror or e}") from None
+    net = _load_network(cfg_path, args.weights, names)
+    _check_names(net, names, names_path, cfg_path)
+    classes = _net_classes(net)
+    if classes is None:
+        raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network")
+    print("\n calculation mAP (mean average precision)...", flush=True)
+    try:
+        progress = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        progress = False
+    try:
+        with warnings_as_notes():
+            run = compute_map(net, valid, classes, thresh=args.thresh, iou_thresh=args.iou_thresh,
+                              points=args.points, letterbox=True if args.letter_box else None, progress=progress)
+    except _train_errors() as e:
+        raise CliError(str(e)) from None
+    for line in map_report(run, names):
+        print(line)
+    sys.stdout.flush()
+    _note(f"{run.images} images of {valid} in {run.seconds:.1f} seconds")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- entry point

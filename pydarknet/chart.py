@@ -1,0 +1,102 @@
+"""The training chart: loss and average loss over iterations, with the mAP
+points when they are computed, as darknet's chart.png shows them.
+
+Drawn with matplotlib's Agg canvas directly (no pyplot, so no window and no
+change to the process's matplotlib backend) and written through a temporary
+file renamed into place, so a reader never sees half a PNG.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, Mapping, Optional
+
+__all__ = ["draw_chart", "chart_available"]
+
+
+def chart_available() -> bool:
+    """Whether matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _finite(v):
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def draw_chart(path, records: Iterable[Mapping], max_batches: Optional[int] = None, title: Optional[str] = None,
+               hours_left: Optional[float] = None, size=(10.0, 6.0), dpi=100) -> str:
+    """Writes the chart of `records` (mappings with iteration, loss,
+    avg_loss and, where computed, mAP as a fraction) to `path` as a PNG.
+    The loss axis is cut at 1.1 times the 95th percentile of the loss so a
+    few huge early losses do not flatten the rest (darknet cuts at its
+    max_chart_loss). Raises ImportError without matplotlib. Returns path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = os.fspath(path)
+    its, losses, avgs, map_its, maps = [], [], [], [], []
+    for r in records:
+        it = r.get("iteration")
+        if it is None:
+            continue
+        if _finite(r.get("loss")) and _finite(r.get("avg_loss")):
+            its.append(int(it))
+            losses.append(float(r["loss"]))
+            avgs.append(float(r["avg_loss"]))
+        if _finite(r.get("mAP")):
+            map_its.append(int(it))
+            maps.append(100.0 * float(r["mAP"]))
+
+    fig = Figure(figsize=size, dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(its, losses, color="#9ab8e0", linewidth=0.8, label="loss")
+    ax.plot(its, avgs, color="#1f4fa0", linewidth=1.6, label="avg loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(True, color="#dddddd", linewidth=0.6)
+    right = max_batches if max_batches else (max(its + map_its) if its or map_its else 1)
+    ax.set_xlim(0, max(1, right))
+    if losses:
+        ordered = sorted(losses)
+        p95 = ordered[min(len(ordered) - 1, int(0.95 * (len(ordered) - 1) + 0.5))]
+        top = 1.1 * max(p95, avgs[-1], 1e-6)
+        ax.set_ylim(0, top)
+    handles, labels = ax.get_legend_handles_labels()
+    if maps:
+        ax2 = ax.twinx()
+        ax2.plot(map_its, maps, color="#c02020", marker="o", markersize=4, linewidth=1.0, label="mAP%")
+        ax2.set_ylim(0, 100)
+        ax2.set_ylabel("mAP %", color="#c02020")
+        ax2.tick_params(axis="y", colors="#c02020")
+        best = max(range(len(maps)), key=lambda i: maps[i])
+        ax2.annotate(f"{maps[best]:.1f}%", (map_its[best], maps[best]), textcoords="offset points",
+                     xytext=(0, 6), ha="center", color="#c02020", fontsize=8)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, loc="upper right", fontsize=9)
+    if title is None:
+        title = "training"
+    if its:
+        title += f"   iteration {its[-1]}" + (f"/{max_batches}" if max_batches else "")
+        title += f"   avg loss {avgs[-1]:.4f}"
+    if _finite(hours_left):
+        title += f"   time left {hours_left:.2f} h"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+
+    folder = os.path.dirname(path)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

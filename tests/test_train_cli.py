@@ -1,0 +1,378 @@
+"""`pydarknet detector train` and `detector map`: checkpoints and their names,
+the JSON-lines log, the chart, both argument orders, errors before training,
+Ctrl-C, and a killed-and-resumed run ending with the very weights of a run
+that was never stopped."""
+import json
+import os
+import re
+
+import pytest
+
+import pydarknet
+from pydarknet.cli import main
+from pydarknet.data import MultiScale
+from pydarknet.data.lists import DetectionDataset
+from pydarknet.data.shapes import write_shapes_dataset
+from pydarknet.evaluate import detect_dataset, evaluate
+from pydarknet.train import (TrainError, cfg_base, checkpoint_path, compute_map, state_path,
+                             train_detector)
+
+CFG = """[net]
+width={size}
+height={size}
+channels=3
+batch=4
+subdivisions=2
+learning_rate=0.001
+burn_in=2
+momentum=0.9
+decay=0.0005
+max_batches={max_batches}
+policy=steps
+steps=5
+scales=.1
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+filters=24
+size=1
+stride=1
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=6,6, 12,12, 24,24
+classes=3
+num=3
+random={random}
+"""
+
+LOG_LINE = re.compile(r"^ (\d+): (-?\d+\.\d{6}), (-?\d+\.\d{6}) avg loss, (\d+\.\d{6}) rate, "
+                      r"\d+\.\d{6} seconds, (\d+) images, \d+\.\d{6} hours left$")
+MAP_LINE = re.compile(r"^ mean average precision \(mAP@(\d\.\d\d)\) = (\d\.\d{6}), or (\d+\.\d\d) %$")
+CLASS_LINE = re.compile(r"^class_id = (\d+), name = (\w+), ap = (\d+\.\d\d)%   \t \(TP = (\d+), FP = (\d+)\)$")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A shapes dataset (8 images of 64x64) and a small yolo cfg at 32x32, in
+    a working folder of their own."""
+    monkeypatch.chdir(tmp_path)
+    data = write_shapes_dataset(tmp_path, count=8, width=64, height=64)
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(CFG.format(size=32, max_batches=6, random=0))
+    return {"data": os.path.relpath(data, tmp_path), "cfg": "tiny.cfg", "root": tmp_path}
+
+
+def train(work, backup="bk", **kw):
+    kw.setdefault("log", lambda line: None)
+    kw.setdefault("workers", 1)
+    return train_detector(work["cfg"], work["data"], backup=backup, **kw)
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+# ----------------------------------------------------------------------------- checkpoints, log, chart
+
+def test_checkpoints_log_and_chart(work):
+    lines = []
+    s = train(work, save_every=4, last_every=2, map_every=3, log=lines.append)
+    bk = work["root"] / "bk"
+    names = sorted(os.listdir(bk))
+    assert names == sorted(["tiny_4.weights", "tiny_5.weights", "tiny_best.weights", "tiny_final.weights",
+                            "tiny_last.weights", "tiny_last.state", "tiny_train.jsonl", "chart_tiny.png"])
+    assert s.iteration == 6 and s.start_iteration == 0 and not s.interrupted
+    assert s.saved["final"] == checkpoint_path("bk", "tiny", "final")
+    # the images seen are in each checkpoint's header
+    assert pydarknet.load(work["cfg"], bk / "tiny_4.weights").seen == 16
+    assert pydarknet.load(work["cfg"], bk / "tiny_final.weights").iteration == 6
+
+    records = read_log(bk / "tiny_train.jsonl")
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5, 6]
+    for r in records:
+        assert {"loss", "avg_loss", "learning_rate", "images", "seconds", "images_per_s"} <= set(r)
+        assert r["images"] == 4 * r["iteration"]
+    assert [r["iteration"] for r in records if "mAP" in r] == [3, 6]
+    assert [it for it, _ in s.maps] == [3, 6] and s.best_map == max(m for _, m in s.maps)
+    # darknet's average: starts at the first loss, then avg * .9 + loss * .1
+    avg = records[0]["loss"]
+    for r in records:
+        avg = avg * 0.9 + r["loss"] * 0.1
+        assert r["avg_loss"] == pytest.approx(avg, rel=1e-9)
+    assert records[1]["learning_rate"] == pytest.approx(0.001)          # after burn_in=2
+    assert records[5]["learning_rate"] == pytest.approx(0.0001)         # after steps=5
+
+    log_lines = [m for m in map(LOG_LINE.match, lines) if m]
+    assert [int(m.group(1)) for m in log_lines] == [1, 2, 3, 4, 5, 6]
+    assert [int(m.group(5)) for m in log_lines] == [4, 8, 12, 16, 20, 24]
+    assert any(MAP_LINE.match(line) for line in lines)
+    assert "Saving weights to " + os.path.join("bk", "tiny_4.weights") in lines
+
+    with open(bk / "chart_tiny.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    import cv2
+
+    chart = cv2.imread(str(bk / "chart_tiny.png"))
+    assert chart is not None and chart.shape[0] > 100 and chart.shape[1] > 100
+    assert not [n for n in os.listdir(bk) if ".tmp" in n]
+
+
+def test_darknet_checkpoint_defaults_and_names(work):
+    (work["root"] / "shapes.data").write_text(
+        "classes = 3\ntrain = train.txt\nnames = shapes.names\nbackup = out/\nsavelast = 3\nsaveweights = 100\n")
+    lines = []
+    s = train(work, backup=None, max_batches=4, log=lines.append)
+    assert s.backup == "out/" and os.path.isdir(work["root"] / "out")
+    assert "Weights are saved after: 100 iterations. Last weights (*_last.weights) are stored every 3 " \
+           "iterations." in lines
+    assert set(s.saved) == {"last", "final"}   # neither the step (5) nor 100 reached
+    assert [line for line in lines if line.startswith("Saving")] == [
+        "Saving weights to " + os.path.join("out/", name) for name in
+        ("tiny_last.weights", "tiny_final.weights", "tiny_last.weights")]
+    records = read_log(work["root"] / "out" / "tiny_train.jsonl")
+    assert len(records) == 4
+    assert cfg_base("cfg/yolo-obj.cfg") == "yolo-obj" and state_path("a/x_last.weights") == "a/x_last.state"
+
+
+def test_progress_bar_replaces_the_log_lines(work, capsys):
+    pytest.importorskip("tqdm")
+    lines = []
+    s = train(work, max_batches=3, progress=True, log=lines.append, chart=False)
+    err = capsys.readouterr().err
+    assert s.iteration == 3 and not any(LOG_LINE.match(line) for line in lines)
+    assert "3/3" in err and "avg=" in err
+    assert len(read_log("bk/tiny_train.jsonl")) == 3 and not os.path.exists("bk/chart_tiny.png")
+
+
+# ----------------------------------------------------------------------------- the command line
+
+@pytest.mark.parametrize("order", ["data-cfg", "cfg-data"])
+def test_cli_train_both_orders(work, capsys, order):
+    files = [work["data"], work["cfg"]] if order == "data-cfg" else [work["cfg"], work["data"]]
+    rc = main(["detector", "train", *files, "--max-batches", "3", "--backup", "b", "-dont_show", "-gpus", "0",
+               "-seed", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert [int(m.group(1)) for m in map(LOG_LINE.match, out.splitlines()) if m] == [1, 2, 3]
+    assert "training runs on the CPU" in err
+    assert os.path.exists(os.path.join("b", "tiny_final.weights"))
+    assert "Traceback" not in err
+
+
+def test_cli_same_seed_same_weights_different_seed_not(work, capsys):
+    for seed, backup in ((3, "s1"), (3, "s2"), (4, "s3")):
+        assert main(["detector", "train", work["data"], work["cfg"], "--max-batches", "2", "--backup", backup,
+                     "-seed", str(seed)]) == 0
+    capsys.readouterr()
+    read = lambda b: open(os.path.join(b, "tiny_final.weights"), "rb").read()
+    assert read("s1") == read("s2") != read("s3")
+
+
+def _one_error_line(capsys, rc, *expected):
+    out, err = capsys.readouterr()
+    assert rc == 1, (out, err)
+    lines = [line for line in err.splitlines() if line.startswith("pydarknet: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_error_missing_train_entry(work, capsys):
+    (work["root"] / "bad.data").write_text("classes = 3\nnames = shapes.names\n")
+    rc = main(["detector", "train", "bad.data", work["cfg"], "--backup", "bk"])
+    _one_error_line(capsys, rc, "bad.data", "train")
+    assert not os.path.exists("bk/tiny_train.jsonl")
+
+
+def test_error_unreadable_train_list(work, capsys):
+    (work["root"] / "bad.data").write_text("classes = 3\ntrain = nowhere.txt\n")
+    rc = main(["detector", "train", work["cfg"], "bad.data"])
+    _one_error_line(capsys, rc, "nowhere.txt", "bad.data")
+
+
+def test_error_unwritable_backup_folder(work, capsys):
+    (work["root"] / "afile").write_text("not a folder")
+    rc = main(["detector", "train", work["data"], work["cfg"], "--backup", "afile/sub"])
+    _one_error_line(capsys, rc, "afile/sub", "backup folder")
+
+
+def test_error_missing_weights(work, capsys):
+    rc = main(["detector", "train", work["data"], work["cfg"], "missing.weights", "--backup", "bk"])
+    _one_error_line(capsys, rc, "missing.weights")
+    assert not os.path.exists("bk/tiny_last.weights")
+
+
+def test_error_map_without_names_or_valid_list(work, capsys):
+    (work["root"] / "nonames.data").write_text("classes = 3\ntrain = train.txt\n")
+    rc = main(["detector", "train", "nonames.data", work["cfg"], "-map"])
+    _one_error_line(capsys, rc, "nonames.data", "names")
+    (work["root"] / "novalid.data").write_text("classes = 3\ntrain = train.txt\nvalid = gone.txt\n"
+                                               "names = shapes.names\n")
+    rc = main(["detector", "train", "novalid.data", work["cfg"], "-map"])
+    _one_error_line(capsys, rc, "gone.txt", "novalid.data")
+
+
+def test_error_bad_flag_values(work, capsys):
+    assert main(["detector", "train", work["data"], work["cfg"], "--map-every", "0"]) == 2
+    assert main(["detector", "map", work["data"], work["cfg"], "x.weights", "-points", "7"]) == 2
+    capsys.readouterr()
+
+
+def test_ctrl_c_saves_last_and_exits_130(work, capsys, monkeypatch):
+    calls = []
+    real = pydarknet.Network.train_batch
+
+    def interrupted(self, x, t):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt   # arrives during the third batch: two updates done
+        return real(self, x, t)
+
+    monkeypatch.setattr(pydarknet.Network, "train_batch", interrupted)
+    rc = main(["detector", "train", work["data"], work["cfg"], "--backup", "bk"])
+    out, err = capsys.readouterr()
+    assert rc == 130
+    last = os.path.join("bk", "tiny_last.weights")
+    assert "interrupted at iteration 2" in err and last in err and "Traceback" not in err
+    assert pydarknet.load(work["cfg"], last).iteration == 2
+    assert os.path.exists(os.path.join("bk", "tiny_last.state"))
+    assert not os.path.exists(os.path.join("bk", "tiny_final.weights"))
+
+
+# ----------------------------------------------------------------------------- resume
+
+def _final_bytes(backup):
+    with open(os.path.join(backup, "tiny_final.weights"), "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_killed_and_resumed_run_ends_with_the_same_weights(work, multiscale):
+    """8 iterations straight, against 3 + (Ctrl-C) + 5 resumed from _last;
+    with multi-scale sizes changing every 2 iterations when asked."""
+    sizes = (lambda: MultiScale(32, 32, random=1, seed=5, every=2)) if multiscale else (lambda: False)
+    kw = dict(max_batches=8, seed=7, save_every=4, last_every=2, map_every=4)
+    whole = train(work, backup="whole", multiscale=sizes(), **kw)
+    assert whole.iteration == 8
+    if multiscale:
+        assert len({(r["width"], r["height"]) for r in read_log("whole/tiny_train.jsonl")}) > 1
+
+    with pytest.raises(KeyboardInterrupt):
+        train(work, backup="cut", multiscale=sizes(), stop_after=3, **kw)   # _last was not due at 3
+    first = pydarknet.load(work["cfg"], "cut/tiny_last.weights")
+    assert first.iteration == 3 and os.path.exists("cut/tiny_last.state")
+
+    resumed = train(work, backup="cut", weights="cut/tiny_last.weights", multiscale=sizes(), **kw)
+    assert resumed.start_iteration == 3 and resumed.iteration == 8
+    assert _final_bytes("cut") == _final_bytes("whole")
+
+    a, b = read_log("whole/tiny_train.jsonl"), read_log("cut/tiny_train.jsonl")
+    assert [r["iteration"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["avg_loss"] for r in a] == pytest.approx([r["avg_loss"] for r in b])
+
+
+def test_resume_drops_log_lines_past_the_checkpoint_and_clear_restarts(work, capsys):
+    train(work, backup="bk", max_batches=4, save_every=2, last_every=1)
+    assert [r["iteration"] for r in read_log("bk/tiny_train.jsonl")] == [1, 2, 3, 4]
+    # resuming from the checkpoint at 2 (no .state beside it) keeps lines 1..2 and adds 3..5
+    s = train(work, backup="bk", weights="bk/tiny_2.weights", max_batches=5)
+    assert s.start_iteration == 2 and s.iteration == 5
+    assert [r["iteration"] for r in read_log("bk/tiny_train.jsonl")] == [1, 2, 3, 4, 5]
+    assert "no training state beside it" in capsys.readouterr().err
+    # -clear: the count starts at 0 from the given weights, the state beside them unused
+    s = train(work, backup="bk", weights="bk/tiny_last.weights", max_batches=1, clear=True)
+    assert s.start_iteration == 0 and s.iteration == 1
+    assert [r["iteration"] for r in read_log("bk/tiny_train.jsonl")] == [1]
+
+
+def test_state_from_another_iteration_is_not_used(work, capsys):
+    train(work, backup="bk", max_batches=2, last_every=2, save_every=100)
+    import shutil
+
+    shutil.copy("bk/tiny_last.state", "bk/old.state")
+    train_detector(work["cfg"], work["data"], "bk/tiny_last.weights", backup="bk", max_batches=4,
+                   log=lambda line: None, workers=1)
+    shutil.copy("bk/old.state", "bk/tiny_last.state")   # weights at 4, state at 2
+    s = train_detector(work["cfg"], work["data"], "bk/tiny_last.weights", backup="bk", max_batches=5,
+                       log=lambda line: None, workers=1)
+    assert s.start_iteration == 4 and s.iteration == 5
+    assert "saved at iteration 2" in capsys.readouterr().err
+
+
+def test_partial_weights_start_the_rest_from_random(work, capsys):
+    from pydarknet.weights import save_weights
+
+    net = pydarknet.load(work["cfg"], seed=11)
+    save_weights(net, "part.weights", max_layers=2)
+    s = train_detector(work["cfg"], work["data"], "part.weights", backup="bk", max_batches=1,
+                       log=lambda line: None, workers=1)
+    assert s.iteration == 1
+    assert "holds the first 2 of 4 layers" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- detector map
+
+def test_detector_map_matches_evaluate(work, capsys):
+    train(work, backup="bk", max_batches=3)
+    weights = os.path.join("bk", "tiny_final.weights")
+    for extra, iou, points in (([], 0.5, 0), (["-iou_thresh", ".3", "-points", "11"], 0.3, 11)):
+        rc = main(["detector", "map", work["cfg"], work["data"], weights, "-thresh", ".2", *extra])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        lines = out.splitlines()
+        maps = [MAP_LINE.match(line) for line in lines if MAP_LINE.match(line)]
+        assert len(maps) == 1 and float(maps[0].group(1)) == pytest.approx(iou)
+        classes = [CLASS_LINE.match(line) for line in lines if CLASS_LINE.match(line)]
+        assert [(int(m.group(1)), m.group(2)) for m in classes] == [(0, "square"), (1, "circle"), (2, "triangle")]
+
+        net = pydarknet.load(work["cfg"], weights)
+        ds = DetectionDataset.from_list("train.txt", 3)
+        truths = [ds.labels(i)[0] for i in range(len(ds))]
+        expected = evaluate(detect_dataset(net, ds.images, thresh=0.005, nms=0.45), truths, 3, iou_thresh=iou,
+                            points=points, conf_thresh=0.2)
+        assert float(maps[0].group(2)) == pytest.approx(expected.map, abs=5e-7)
+        for m in classes:
+            c = expected.classes[int(m.group(1))]
+            assert float(m.group(3)) == pytest.approx(c.ap * 100, abs=0.005)
+            assert (int(m.group(4)), int(m.group(5))) == (c.tp, c.fp)
+        assert f" for conf_thresh = 0.20, TP = {expected.tp}, FP = {expected.fp}, FN = {expected.fn}," in out
+        run = compute_map(net, "train.txt", 3, thresh=0.2, iou_thresh=iou, points=points)
+        assert run.map == pytest.approx(expected.map, abs=1e-12)
+
+
+def test_detector_map_errors(work, capsys):
+    rc = main(["detector", "map", work["data"], work["cfg"], "missing.weights"])
+    _one_error_line(capsys, rc, "missing.weights")
+    (work["root"] / "nonames.data").write_text("classes = 3\nvalid = train.txt\nnames = nothere.names\n")
+    train(work, backup="bk", max_batches=1)
+    rc = main(["detector", "map", "nonames.data", work["cfg"], "bk/tiny_final.weights"])
+    _one_error_line(capsys, rc, "nothere.names")
+
+
+def test_library_errors_name_the_file(work):
+    with pytest.raises(TrainError, match="max_batches"):
+        train(work, max_batches=0)
+    (work["root"] / "classifier.cfg").write_text("[net]\nwidth=8\nheight=8\nchannels=3\nbatch=2\nmax_batches=2\n"
+                                                 "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n")
+    with pytest.raises(TrainError, match="classifier.cfg: no \\[yolo\\]"):
+        train_detector("classifier.cfg", work["data"], backup="bk", log=lambda line: None)
