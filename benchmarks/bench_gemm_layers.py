@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """How far pydarknet's forward pass is from a pure-SGEMM lower bound.
 
-pydarknet does not expose per-layer timings, so this script does NOT time
-pydarknet's layers. Instead, for every [convolutional] layer of the cfg (default
+For every [convolutional] layer of the cfg (default
 yolov4-tiny at 416) it takes the GEMM an im2col convolution performs,
 
     M = filters / groups,  N = out_h * out_w,  K = (c / groups) * size * size
@@ -10,7 +9,10 @@ yolov4-tiny at 416) it takes the GEMM an im2col convolution performs,
 
 times NumPy's float32 matmul of an (M x K) by (K x N) matrix (NumPy links its own
 OpenBLAS build, so this is the "SGEMM reference"), and reports
-GFLOP/s = 2*M*N*K*groups / t. It then times the whole pydarknet forward pass
+GFLOP/s = 2*M*N*K*groups / t, and sets against it the layer's own time in
+pydarknet's forward pass (the core's per-layer timers, dn_net_layer_times: the
+whole layer, packing, GEMM or Winograd, batch norm and activation included).
+It also times the whole pydarknet forward pass
 (random weights, batch 1, the same photo as bench_inference.py) and sets it
 against the sum of the per-layer SGEMM times. That sum leaves out im2col, batch
 norm, activations, pooling, routes, upsampling and the heads: it is a lower bound
@@ -51,6 +53,8 @@ def parse_args(argv=None):
     ap.add_argument("--wait-idle", type=float, default=300)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pydarknet-bench"))
     ap.add_argument("--json", default=os.path.join(HERE, "results", "gemm_layers.json"))
+    ap.add_argument("--speed", type=lambda v: int(v, 0), default=None,
+                    help="pydarknet speed paths (dn_net_set_speed bits; default all)")
     return ap.parse_args(argv)
 
 
@@ -62,6 +66,7 @@ if ARGS is not None:
 import numpy as np  # noqa: E402
 
 import pydarknet  # noqa: E402
+from pydarknet._native import check, ffi, lib  # noqa: E402
 
 sys.path.insert(0, HERE)
 from common import (SHARED, Neighbours, load_input, machine_info, random_weights,  # noqa: E402
@@ -86,6 +91,10 @@ def conv_gemms(net):
                      "out_hw": [oh, ow], "M": filters // groups, "N": oh * ow,
                      "K": c_in // groups * size * size})
     return rows
+
+
+def sum_med_tmp(t_gemm):
+    return float(np.median(t_gemm.sum(axis=1)))
 
 
 def main(args):
@@ -121,11 +130,23 @@ def main(args):
             out.append(time.perf_counter() - t)
         return out
 
+    if args.speed is not None:
+        check(lib.dn_net_set_speed(net._ptr, args.speed))
+    f_s, b_s, calls = ffi.new("double *"), ffi.new("double *"), ffi.new("long long *")
+    layer_ms = []
+
     def run_net():
         time.sleep(args.pause)
+        check(lib.dn_net_set_profiling(net._ptr, 1))
         t = time.perf_counter()
         net.predict(x)
         dt = time.perf_counter() - t
+        check(lib.dn_net_set_profiling(net._ptr, 0))
+        per = []
+        for r in rows:
+            check(lib.dn_net_layer_times(net._ptr, r["layer"], f_s, b_s, calls))
+            per.append(f_s[0] * 1e3)
+        layer_ms.append(per)
         time.sleep(args.pause)
         return dt
 
@@ -134,7 +155,7 @@ def main(args):
         run_net()
     if args.wait_idle:
         wait_idle(args.wait_idle)
-    t_gemm, t_net, kept, dropped = [], [], [], []
+    t_gemm, t_net, kept, dropped, kept_layer_ms = [], [], [], [], []
     mon = Neighbours()
     while len(t_net) < args.repeat:
         mon.start()
@@ -149,6 +170,7 @@ def main(args):
         t_gemm.append(g)
         t_net.append(n)
         kept.append(round(load, 3))
+        kept_layer_ms.append(layer_ms[-1])
     if dropped:
         print("  %d round(s) run again: other processes used %s CPU during them"
               % (len(dropped), ", ".join("%.2f" % v for v in dropped)))
@@ -157,22 +179,33 @@ def main(args):
         print("  WARNING: kept rounds during which other processes were busy (up to %.2f CPU)" % max(kept))
 
     t_gemm = np.asarray(t_gemm) * 1e3  # [round, layer] ms
+    t_layer = np.asarray(kept_layer_ms)  # [round, layer] ms, pydarknet's own layer timers
     for i, r in enumerate(rows):
         r["sgemm_ms_median"] = float(np.median(t_gemm[:, i]))
         r["sgemm_ms_min"] = float(np.min(t_gemm[:, i]))
         r["gflops"] = r["gflop"] / r["sgemm_ms_median"] * 1e3
+        r["pydarknet_ms_median"] = float(np.median(t_layer[:, i]))
+        r["pydarknet_gflops"] = r["gflop"] / r["pydarknet_ms_median"] * 1e3
+        r["pydarknet_vs_sgemm"] = r["pydarknet_gflops"] / r["gflops"]
     per_round = t_gemm.sum(axis=1)
     sum_med, sum_min = float(np.median(per_round)), float(np.min(per_round))
     net_ms = np.asarray(t_net) * 1e3
     net_med, net_min = float(np.median(net_ms)), float(np.min(net_ms))
     total = sum(r["gflop"] for r in rows)
 
-    lines = ["| layer | filters | size/stride | groups | M | N | K | GFLOP | SGEMM ms | GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| layer | filters | size/stride | groups | M | N | K | GFLOP | SGEMM ms | SGEMM GFLOP/s "
+             "| pydarknet layer ms | pydarknet GFLOP/s | pydarknet / SGEMM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append("| %d | %d | %dx%d/%d | %d | %d | %d | %d | %.3f | %.2f | %.0f |"
+        lines.append("| %d | %d | %dx%d/%d | %d | %d | %d | %d | %.3f | %.2f | %.0f | %.2f | %.0f | %.2f |"
                      % (r["layer"], r["filters"], r["size"], r["size"], r["stride"], r["groups"],
-                        r["M"], r["N"], r["K"], r["gflop"], r["sgemm_ms_median"], r["gflops"]))
+                        r["M"], r["N"], r["K"], r["gflop"], r["sgemm_ms_median"], r["gflops"],
+                        r["pydarknet_ms_median"], r["pydarknet_gflops"], r["pydarknet_vs_sgemm"]))
+    conv_ms = float(np.median(t_layer.sum(axis=1)))
+    lines.append("| all conv | | | | | | | %.3f | %.2f | %.0f | %.2f | %.0f | %.2f |"
+                 % (sum(r["gflop"] for r in rows), sum_med_tmp(t_gemm), sum(r["gflop"] for r in rows) /
+                    sum_med_tmp(t_gemm) * 1e3, conv_ms, sum(r["gflop"] for r in rows) / conv_ms * 1e3,
+                    sum_med_tmp(t_gemm) / conv_ms))
     table = "\n".join(lines)
     summary = "\n".join([
         "| what | ms (median) | ms (min) | conv GFLOP/s at the median |",
@@ -187,8 +220,9 @@ def main(args):
     print(table)
     print()
     print(summary)
-    print("\nThe SGEMM sum is a lower bound for im2col+GEMM convolution only (no im2col, batch norm,\n"
-          "activations or other layers); pydarknet's own per-layer times are not measured here.")
+    print("\nSGEMM: numpy.matmul of each layer's im2col GEMM shape alone (warm). pydarknet layer ms:\n"
+          "the layer's whole forward (im2col/packing, GEMM or Winograd, batch norm, activation) from\n"
+          "its own timers (dn_net_layer_times); its GFLOP/s counts the direct convolution's 2*M*N*K.")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

@@ -30,6 +30,7 @@ same float32 NCHW input (a real photo resized to size x size, RGB, /255).
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +66,7 @@ def parse_args(argv=None):
                     help="before each model, wait up to this many seconds for other processes to go "
                          "quiet (default 300; 0 to skip)")
     ap.add_argument("--no-check", action="store_true", help="skip the output sanity check")
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak-memory measurement")
     return ap.parse_args(argv)
 
 
@@ -129,6 +131,50 @@ def sanity_check(dn, cv, x):
         if not diff <= 1e-2 * max(1.0, scale):
             print("  WARNING: large difference at layer %d" % (idx - 1))
     return result
+
+
+# ------------------------------------------------------------------ memory
+
+RSS_SCRIPT = r"""
+import os, resource, sys
+import numpy as np
+which, cfg, weights, size, threads, runs = sys.argv[1:7]
+size, threads, runs = int(size), int(threads), int(runs)
+x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if which == "pydarknet":
+    import pydarknet
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    net = pydarknet.load(cfg, weights, threads=threads)
+    for _ in range(runs):
+        net.predict(x)
+elif which == "opencv":
+    import cv2
+    cv2.setNumThreads(threads)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    net = cv2.dnn.readNetFromDarknet(cfg, weights)
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    names = net.getUnconnectedOutLayersNames()
+    for _ in range(runs):
+        net.setInput(x)
+        net.forward(names)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)
+"""
+
+
+def peak_rss(which, cfg, weights, size, threads, runs=3):
+    """Peak resident memory (MiB) of a fresh process that loads the model with
+    `which` (pydarknet or opencv) and runs `runs` forward passes; and the peak
+    before the model was loaded (the interpreter, NumPy and the library)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, which, cfg, weights, str(size), str(threads), str(runs)],
+                         env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.stderr.write(out.stderr)
+        raise SystemExit("peak RSS measurement failed for %s" % which)
+    peak, base = (int(v) for v in out.stdout.split()[-2:])
+    return peak / 1024.0, base / 1024.0
 
 
 # ------------------------------------------------------------------ timing
@@ -206,24 +252,35 @@ def bench_model(cfg, args):
               % max(kept_load))
     s_dn, s_cv = stats(t_dn), stats(t_cv)
     ratio = s_dn["median"] / s_cv["median"]
+    rss = None
+    if not args.no_rss:
+        dn_peak, dn_base = peak_rss("pydarknet", cfg_sized, weights, args.size, args.threads)
+        cv_peak, cv_base = peak_rss("opencv", cfg_sized, weights, args.size, args.threads)
+        rss = {"pydarknet_peak_mib": dn_peak, "pydarknet_before_load_mib": dn_base,
+               "opencv_peak_mib": cv_peak, "opencv_before_load_mib": cv_base}
+        print("  peak RSS (own process, 3 forward passes): pydarknet %.0f MiB (%.0f before loading), "
+              "OpenCV %.0f MiB (%.0f before loading)" % (dn_peak, dn_base, cv_peak, cv_base), flush=True)
     print("  pydarknet median %.1f ms (min %.1f, p90 %.1f); OpenCV median %.1f ms (min %.1f, p90 %.1f); "
           "ratio %.2f" % (s_dn["median"], s_dn["min"], s_dn["p90"], s_cv["median"], s_cv["min"],
                           s_cv["p90"], ratio), flush=True)
     return {"model": name, "cfg": cfg, "size": args.size, "threads": args.threads, "batch": 1,
             "repeat": args.repeat, "warmup": args.warmup, "uses_blas": dn.uses_blas,
             "pause_s": args.pause, "pydarknet_ms": s_dn, "opencv_ms": s_cv, "ratio_median": ratio,
-            "ratio_min": s_dn["min"] / s_cv["min"], "neighbour_cpus_kept_rounds": kept_load,
+            "ratio_min": s_dn["min"] / s_cv["min"], "peak_rss": rss, "neighbour_cpus_kept_rounds": kept_load,
             "neighbour_cpus_dropped_rounds": dropped, "noisy": noisy, "check": check}
 
 
 def markdown(results):
-    rows = ["| model | size | threads | pydarknet ms (min / p90) | OpenCV ms (min / p90) | ratio |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| model | size | threads | pydarknet ms (min / p90) | OpenCV ms (min / p90) | ratio "
+            "| peak RSS MiB pydarknet / OpenCV |",
+            "|---|---|---|---|---|---|---|"]
     for r in results:
         d, c = r["pydarknet_ms"], r["opencv_ms"]
-        rows.append("| %s | %d | %d | %.1f (%.1f / %.1f) | %.1f (%.1f / %.1f) | %.2f |"
+        m = r.get("peak_rss")
+        mem = "%.0f / %.0f" % (m["pydarknet_peak_mib"], m["opencv_peak_mib"]) if m else "-"
+        rows.append("| %s | %d | %d | %.1f (%.1f / %.1f) | %.1f (%.1f / %.1f) | %.2f | %s |"
                     % (r["model"] + (" (noisy)" if r["noisy"] else ""), r["size"], r["threads"], d["median"], d["min"], d["p90"],
-                       c["median"], c["min"], c["p90"], r["ratio_median"]))
+                       c["median"], c["min"], c["p90"], r["ratio_median"], mem))
     return "\n".join(rows)
 
 

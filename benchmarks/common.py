@@ -125,14 +125,22 @@ def machine_info():
 _HZ = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_ticks():
-    """(busy ticks of the whole machine, busy ticks of this process)."""
+def _proc_ticks(pid):
+    """utime + stime of a process (all its threads), 0 if it is gone."""
+    try:
+        with open("/proc/%s/stat" % pid) as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(f[11]) + int(f[12])
+
+
+def _cpu_ticks(pids=()):
+    """(busy ticks of the whole machine, busy ticks of this process and of pids)."""
     with open("/proc/stat") as fh:
         v = [int(t) for t in fh.readline().split()[1:9]]
     busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
-    with open("/proc/self/stat") as fh:
-        f = fh.read().rsplit(")", 1)[1].split()
-    mine = int(f[11]) + int(f[12])  # utime stime, all threads
+    mine = _proc_ticks("self") + sum(_proc_ticks(p) for p in pids)
     return busy, mine
 
 
@@ -142,12 +150,15 @@ class Neighbours:
     Ticks are 1/100 s, so over a window of a second the figure is good to about
     0.02 CPU; shorter windows are coarser."""
 
+    def __init__(self, pids=()):
+        self.pids = list(pids)  # processes of ours (e.g. a child being timed) not to count as others
+
     def start(self):
         self._t = time.perf_counter()
-        self._ticks = _cpu_ticks()
+        self._ticks = _cpu_ticks(self.pids)
 
     def stop(self):
-        busy, mine = _cpu_ticks()
+        busy, mine = _cpu_ticks(self.pids)
         dt = time.perf_counter() - self._t
         others = (busy - self._ticks[0]) - (mine - self._ticks[1])
         return max(0.0, others / _HZ / max(dt, 1e-9))

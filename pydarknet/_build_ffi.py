@@ -5,6 +5,12 @@ The declarations between the DN_CDEF markers of the public header are fed to
 compiler checks the two against each other. OpenBLAS comes from the PyPI
 package scipy-openblas32 when it is importable at build time (set
 PYDARKNET_NO_BLAS=1 to build the portable GEMM only).
+
+Compiler flags: PYDARKNET_CFLAGS (default -O3). The build stays portable:
+the hot loops are compiled for several instruction sets and picked at load
+time (GCC target_clones), and the AVX-512 GEMM kernel is chosen at run time
+(add -DDN_NO_PACKED_GEMM or -DDN_NO_CLONES to leave either out). No
+-ffast-math: results and NaN checks must not change.
 """
 import os
 import re
@@ -64,7 +70,7 @@ def build_ffi():
         include_dirs=[str(SRC / "include"), str(SRC / "core")] + blas.get("include_dirs", []),
         define_macros=[("_GNU_SOURCE", "1")] + blas.get("define_macros", []),
         extra_compile_args=["-std=c11", "-Wall", "-Wno-unused-function"] + opt,
-        libraries=["m"] + blas.get("libraries", []),
+        libraries=["m", "pthread"] + blas.get("libraries", []),
         library_dirs=blas.get("library_dirs", []),
         extra_link_args=blas.get("extra_link_args", []),
     )

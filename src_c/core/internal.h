@@ -14,6 +14,15 @@
 #include "pydarknet.h"
 #include <stddef.h>
 
+/* Hot elementwise loops are compiled for several instruction sets and the
+ * best one the CPU has is picked when the library loads (GCC's target_clones),
+ * so a portable build still uses AVX2/AVX-512 where present. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(DN_NO_CLONES)
+#define DN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DN_VECTOR_CLONES
+#endif
+
 #define DN_MAX_PARAMS 8
 #define DN_MAX_KEY 32
 
@@ -75,6 +84,11 @@ void dn_activate(float *x, int batch, int channels, int spatial, dn_activation a
  * kinds whose derivative needs it, the input x; may be NULL otherwise). */
 void dn_activation_backward(const float *y, const float *x, float *delta, int batch, int channels, int spatial,
                             dn_activation a);
+/* x[i] = 1 / (1 + e^-x[i]) with a vectorized exponential (about 2 ulp from expf). */
+void dn_logistic_vec(float *x, size_t n);
+/* x[i] = f(a * x[i] + b) for n values (the fused epilogue of a convolution tile;
+ * logistic through dn_logistic_vec's exponential). */
+void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act);
 /* 1 when the derivative needs the pre-activation input x. */
 int dn_activation_needs_input(dn_activation a);
 
@@ -122,6 +136,7 @@ struct dn_layer {
     float *delta;                /* batch*outputs: dLoss/d(output) (training only) */
     int is_loss;                 /* computes a loss in training passes */
     size_t workspace;            /* bytes of the shared workspace this layer needs */
+    size_t worker_workspace;     /* and bytes of private scratch per worker thread (dn_scratch) */
     int is_output;               /* a detection head or the last layer */
     dn_param params[DN_MAX_PARAMS];
     int nparams;
@@ -155,6 +170,11 @@ struct dn_net {
     unsigned long long rng;      /* state of the network's random generator (dropout, random policy) */
     int threads;
     int use_blas;
+    unsigned speed;              /* DN_SPEED_* paths in use (dn_net_set_speed) */
+    struct dn_pool *pool;        /* threads - 1 helper threads (core/pool.c); NULL for one thread */
+    int profiling;               /* accumulate per-layer times (core/profile.c) */
+    double *prof_forward, *prof_backward; /* seconds per layer since profiling was switched on */
+    long long *prof_calls;
     dn_log_fn log_fn;
     void *log_user;
 };
@@ -178,6 +198,42 @@ void dn_log(const dn_net *net, int level, const char *fmt, ...)
 
 /* (Re)allocates activations, deltas (when training) and the workspace. */
 dn_status dn_net_allocate(dn_net *net);
+/* (Re)allocates the workspace alone for the layers' current needs and the thread count. */
+dn_status dn_net_allocate_workspace(dn_net *net);
+/* A layer's scratch in the workspace: worker < 0 its shared part (l->workspace
+ * bytes), else that worker's private part (l->worker_workspace bytes), 64-byte aligned. */
+float *dn_scratch(const dn_net *net, const dn_layer *l, int worker);
+
+/* ---- worker threads (core/pool.c) ----
+ * fn(ctx, task, worker) for every task; worker in [0, dn_workers(net)) names
+ * the thread (for its scratch). Tasks run in any order and concurrently, so
+ * each must write its own part of the output; cut the work into tasks by the
+ * shape alone (never by the thread count) so results do not depend on it. */
+typedef void (*dn_task_fn)(void *ctx, int task, int worker);
+struct dn_pool;
+dn_status dn_pool_create(int threads, struct dn_pool **out);
+void dn_pool_free(struct dn_pool *p);
+void dn_pool_run(struct dn_pool *p, int ntasks, dn_task_fn fn, void *ctx);
+int dn_pool_threads(const struct dn_pool *p);
+/* Sets OpenBLAS's thread count for a pass: 1 when the pool splits the GEMMs. */
+void dn_net_prepare_threads(const dn_net *net);
+/* Runs the tasks on the network's pool when DN_SPEED_THREADS is on, else serially. */
+void dn_parallel(const dn_net *net, int ntasks, dn_task_fn fn, void *ctx);
+/* fn(ctx, begin, end) over [0, n) in pieces of `grain` (on the pool, as dn_parallel). */
+typedef void (*dn_range_fn)(void *ctx, size_t begin, size_t end);
+void dn_parallel_range(const dn_net *net, size_t n, size_t grain, dn_range_fn fn, void *ctx);
+/* dst[i] = src[i] and dst[i] += src[i] for n floats, split over the workers when large. */
+void dn_parallel_copy(const dn_net *net, float *dst, const float *src, size_t n);
+void dn_parallel_add(const dn_net *net, float *dst, const float *src, size_t n);
+void dn_parallel_zero(const dn_net *net, float *x, size_t n);
+/* Number of worker indices dn_parallel may hand out. */
+int dn_workers(const dn_net *net);
+/* Splits n items into tasks of `grain` items: task t covers [t*grain, min(n, (t+1)*grain)). */
+static inline int dn_ntasks(size_t n, size_t grain) { return (int)((n + grain - 1) / grain); }
+
+/* ---- per-layer timing (core/profile.c) ---- */
+dn_status dn_layer_run_forward(dn_net *net, dn_layer *l);
+dn_status dn_layer_run_backward(dn_net *net, dn_layer *l);
 
 /* ---- registry (core/registry.c) ---- */
 const dn_layer_ops *dn_find_layer_ops(const char *type);
@@ -217,11 +273,23 @@ dn_status dn_forward_copy(dn_layer *l, dn_net *net);
 /* C[M,N] = alpha * op(A) * op(B) + beta * C, row-major. */
 void dn_gemm(const dn_net *net, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc);
+/* The same as one call in the calling thread (for use inside pool tasks). */
+void dn_gemm_serial(const dn_net *net, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                    int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* Tile sizes dn_gemm uses to split C over the workers (from the shape alone). */
+void dn_gemm_plan(int M, int N, int K, int *mt, int *nt);
 void dn_gemm_portable(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc);
 void dn_blas_set_threads(int threads);
 void dn_im2col(const float *im, int channels, int height, int width, int ksize_h, int ksize_w, int pad_h, int pad_w,
                int stride_h, int stride_w, int dilation_h, int dilation_w, int out_h, int out_w, float *col);
+void dn_im2col_range(const float *im, int channels, int height, int width, int kh, int kw, int pad_h, int pad_w,
+                     int stride_h, int stride_w, int dil_h, int dil_w, int out_h, int out_w, int n0, int n1, float *col);
+void dn_im2col_row(const float *im, int height, int width, int ky, int kx, int pad_h, int pad_w, int stride_h,
+                   int stride_w, int dil_h, int dil_w, int out_w, int n0, int n1, float *dst);
+/* The same row written straight into the packed GEMM's B panels (see dn_pack_b_row), padded with zeros. */
+void dn_im2col_row_panels(const float *im, int height, int width, int ky, int kx, int pad_h, int pad_w, int stride_h,
+                          int stride_w, int dil_h, int dil_w, int out_w, int n0, int n1, int kc, int kk, float *bp);
 void dn_add_bias(float *out, const float *bias, int batch, int channels, int spatial);
 void dn_scale_bias(float *out, const float *scale, int batch, int channels, int spatial);
 void dn_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
@@ -235,12 +303,112 @@ void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, 
  * then delta becomes dLoss/dx in place (exact derivative through mean and unbiased variance). */
 void dn_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
                            float *scale_grad, int batch, int channels, int spatial);
+/* Channel c alone of the functions around (the same arithmetic, for loops
+ * split over channels on the worker threads); bias/scale may be NULL. */
+void dn_batchnorm_forward_train_channel(float *x, int batch, int channels, int spatial, int c, float *mean,
+                                        float *variance, float *x_norm, float *rolling_mean, float *rolling_variance);
+void dn_normalize_channel(float *x, const float *mean, const float *variance, int batch, int channels, int spatial,
+                          int c);
+void dn_scale_add_bias_channel(float *x, const float *scale, const float *bias, int batch, int channels, int spatial,
+                               int c);
+void dn_backward_bias_channel(float *grad, const float *delta, int batch, int channels, int spatial, int c);
+void dn_batchnorm_backward_channel(float *delta, const float *x_norm, const float *variance, const float *scales,
+                                   float *scale_grad, int batch, int channels, int spatial, int c);
 /* grad[c] += sum over batch and spatial of delta (the bias gradient). */
 void dn_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial);
 void dn_col2im(const float *col, int channels, int height, int width, int ksize_h, int ksize_w, int pad_h, int pad_w,
                int stride_h, int stride_w, int dilation_h, int dilation_w, int out_h, int out_w, float *im);
 float dn_logistic(float x);
 void dn_softmax(const float *in, int n, float temp, int stride, float *out);
+
+/* ---- the packed GEMM kernel (ops/gemm_packed.c) ---- */
+#define DN_MR 8    /* rows of a micro-tile (A panel width) */
+#define DN_NR 32   /* columns of a micro-tile (B panel width) */
+#define DN_KC 128  /* K is cut into blocks of this many values */
+typedef struct dn_epilogue {
+    const float *scale, *bias; /* per row of C (NULL: 1 and 0) */
+    dn_activation act;
+} dn_epilogue;
+/* 1 when the CPU runs the AVX-512 kernel (checked at run time). */
+int dn_packed_gemm_available(void);
+/* Panels: ap [kc][DN_MR] from mr rows of A (A[i][k] at a[i*lda+k], or a[k*lda+i]
+ * when trans); bp [panel][kc][DN_NR] from n columns of B (B[k][j] at
+ * b[k*ldb+j], or b[j*ldb+k] when trans); dn_pack_b_row packs one k (the kk-th
+ * of the block) from n contiguous values. Padding is zero. bp 64-byte aligned. */
+void dn_pack_a(const float *a, int trans, int lda, int mr, int kc, float *ap);
+void dn_pack_b(const float *b, int trans, int ldb, int kc, int n, float *bp);
+void dn_pack_b_row(const float *row, int n, int kc, int kk, float *bp);
+/* c[mr x nr] (= or +=) ap * bp over kc; with e, then c = act(scale*c + bias) per row (rows row0...). */
+void dn_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr, int accumulate,
+               const dn_epilogue *e, int row0);
+/* The same reading A in place: row i at a + i*lda (kc <= DN_KC). */
+void dn_kernel_rows(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc, int mr, int nr,
+                    int accumulate, const dn_epilogue *e, int row0);
+/* B panel [n][DN_NR] from DN_NR rows of n values, row i at rows + i*ld: bp[j*DN_NR + i] = rows[i*ld + j]
+ * (bp 64-byte aligned). */
+void dn_transpose_panel(const float *rows, size_t ld, int n, float *bp);
+/* out[j*ld_out + i] = in[i*ld_in + j] for a 16 x 16 block. */
+void dn_transpose16(const float *in, size_t ld_in, float *out, size_t ld_out);
+/* C = op(A) op(B) (+ C) on the kernel, tiles over the workers; scratch per
+ * worker: dn_packed_gemm_scratch(nt) bytes of layer l's worker workspace. */
+void dn_packed_gemm_plan(int M, int N, int *mt, int *nt);
+size_t dn_packed_gemm_scratch(int nt);
+void dn_packed_gemm(const dn_net *net, const dn_layer *l, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                    const float *B, int ldb, int accumulate, float *C, int ldc);
+
+/* ---- convolution forward as tiles over the worker threads (ops/conv_tiled.c) ---- */
+typedef struct dn_conv_desc {
+    int batch, c, h, w, out_h, out_w;      /* input and output per image */
+    int filters, groups, size, stride_x, stride_y, pad, dilation; /* pad: pixels before the image (padding*dilation) */
+    const float *weights;                  /* [filters][c/groups][size][size] */
+} dn_conv_desc;
+/* Scratch the tiled forward needs: shared bytes and bytes per worker. */
+void dn_conv_tiled_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker);
+/* output = W * im2col(input) per image and group; then, when scale and bias are
+ * given (per filter), output = act(scale * output + bias) tile by tile. */
+void dn_conv_tiled_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
+                           float *output, const float *scale, const float *bias, dn_activation act);
+
+/* ---- Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions in inference (ops/winograd.c) ---- */
+/* 1 when the shape suits it (3x3, stride 1, no dilation or groups, enough tiles) and the kernel runs here. */
+int dn_winograd_applies(const dn_conv_desc *d);
+void dn_winograd_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker);
+/* output = act(scale * conv(input) + bias) (scale, bias per filter; NULL: 1 and 0) */
+void dn_winograd_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
+                         float *output, const float *scale, const float *bias, dn_activation act);
+
+/* ---- one channel's batch norm, bias and activation (ops/bn_fused.c) ---- */
+typedef struct dn_bn_channel {
+    int batch, channels, spatial;
+    int train;            /* batch statistics (and x_norm, mean, variance, rolling update) */
+    int batch_normalize;  /* else bias only */
+    int keep_x;           /* keep the pre-activation values in `pre` (forward) / they are there (backward) */
+    int elementwise;      /* the activation is applied per channel (else the caller does it) */
+    dn_activation activation;
+    float *x;             /* [batch][channels][spatial]: forward in place; backward: the output y */
+    float *pre, *x_norm, *mean, *variance, *rolling_mean, *rolling_variance;
+    const float *scales, *biases;
+} dn_bn_channel;
+/* x = act(scale * (x - mean) / sqrt(var + .00001) + bias) for channel c (statistics
+ * of the batch in training, rolling otherwise; bias alone without batch norm). */
+void dn_bn_forward_channel(const dn_bn_channel *p, int c);
+/* delta (dLoss/dy in, dLoss/dz out) of channel c: activation, bias and scale
+ * gradients (either may be NULL), batch norm through the batch statistics. */
+void dn_bn_backward_channel(const dn_bn_channel *p, int c, float *delta, float *bias_grad, float *scale_grad);
+/* an elementwise activation on n values */
+void dn_activate_slice(float *x, size_t n, dn_activation a);
+
+/* ---- a convolution's gradients on the packed kernel (ops/conv_backward.c) ---- */
+void dn_conv_backward_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker);
+/* wgrad[filters][c/groups*size*size] += sum over the batch of delta * im2col(input)^T */
+void dn_conv_weight_grad(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
+                         const float *delta, float *wgrad);
+/* in_delta += col2im(W^T * delta) */
+void dn_conv_input_grad(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *delta,
+                        float *in_delta);
+/* The adjoint of dn_im2col_range: adds col ([channels*kh*kw][n1-n0]) back onto im. */
+void dn_col2im_range(const float *col, int channels, int height, int width, int kh, int kw, int pad_h, int pad_w,
+                     int stride_h, int stride_w, int dil_h, int dil_w, int out_w, int n0, int n1, float *im);
 
 /* ---- box overlap measures (core/box.c) ---- */
 typedef struct dn_box {
@@ -257,6 +425,12 @@ typedef enum { DN_POOL_MAX, DN_POOL_AVG } dn_pool_kind;
 dn_status dn_pool_window(const dn_layer *l, int *size, int *stride_x, int *stride_y, int *padding);
 void dn_pool2d(const float *in, int batch, int channels, int h, int w, int size, int stride_y, int stride_x,
                int padding, int out_h, int out_w, dn_pool_kind kind, float *out);
+
+/* size 2, stride 2, windows inside the image (-padding/2 == 0, 2*out_h <= h, 2*out_w <= w) */
+void dn_maxpool2x2(const float *in, int planes, int h, int w, int out_h, int out_w, float *out);
+/* dn_pool2d's max, row pass then column pass (tmp: h * out_w floats) */
+void dn_maxpool_separable(const float *in, int planes, int h, int w, int size, int stride_y, int stride_x,
+                          int padding, int out_h, int out_w, float *out, float *tmp);
 
 /* ---- image resizing as darknet does it (core/image.c) ---- */
 void dn_letterbox_dims(int img_w, int img_h, int net_w, int net_h, int *new_w, int *new_h);

@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define DN_ALIGN 64
+static size_t round_up(size_t n) { return (n + DN_ALIGN - 1) / DN_ALIGN * DN_ALIGN; }
+
 #define DN_STR2(x) #x
 #define DN_STR(x) DN_STR2(x)
 
@@ -38,6 +41,13 @@ dn_status dn_net_create(int batch, int channels, int height, int width, dn_net *
     net->w = width;
     net->threads = 1;
     net->use_blas = dn_blas_available();
+    net->speed = DN_SPEED_ALL;
+    const char *speed = getenv("PYDARKNET_SPEED");
+    if (speed && *speed) {
+        char *end;
+        const unsigned long v = strtoul(speed, &end, 0);
+        if (*end == 0) net->speed = (unsigned)v & DN_SPEED_ALL;
+    }
     *out = net;
     return DN_OK;
 }
@@ -65,6 +75,10 @@ void dn_net_free(dn_net *net)
     for (int i = 0; i < net->nlayers; ++i) free_layer(net->layers[i]);
     free_layer(net->building);
     free(net->layers);
+    dn_pool_free(net->pool);
+    free(net->prof_forward);
+    free(net->prof_backward);
+    free(net->prof_calls);
     free(net->workspace);
     free(net->input_buf);
     free(net->candidates.items);
@@ -84,9 +98,27 @@ dn_status dn_net_set_threads(dn_net *net, int threads)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
     if (threads < 1) return dn_fail(DN_ERR_ARG, "thread count must be at least 1, got %d", threads);
+    if (threads == net->threads && (threads == 1 || net->pool)) return DN_OK;
+    dn_pool_free(net->pool);
+    net->pool = NULL;
+    net->threads = 1;
+    struct dn_pool *pool = NULL;
+    dn_status s = dn_pool_create(threads, &pool);
+    if (s) return s;
+    net->pool = pool;
     net->threads = threads;
+    return net->finalized ? dn_net_allocate_workspace(net) : DN_OK;
+}
+
+dn_status dn_net_set_speed(dn_net *net, unsigned paths)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (paths & ~(unsigned)DN_SPEED_ALL) return dn_fail(DN_ERR_ARG, "unknown speed path bits 0x%x", paths & ~(unsigned)DN_SPEED_ALL);
+    net->speed = paths;
     return DN_OK;
 }
+
+unsigned dn_net_speed(const dn_net *net) { return net ? net->speed : 0; }
 
 dn_status dn_net_set_blas(dn_net *net, int use_blas)
 {
@@ -168,17 +200,44 @@ dn_status dn_net_end_layer(dn_net *net)
     return DN_OK;
 }
 
+dn_status dn_net_allocate_workspace(dn_net *net)
+{
+    size_t ws = 0;
+    const size_t workers = (size_t)dn_workers(net);
+    for (int i = 0; i < net->nlayers; ++i) {
+        const dn_layer *l = net->layers[i];
+        const size_t need = round_up(l->workspace) + workers * round_up(l->worker_workspace);
+        if (need > ws) ws = need;
+    }
+    if (net->workspace && ws <= net->workspace_size) return DN_OK;
+    free(net->workspace);
+    net->workspace = NULL;
+    net->workspace_size = 0;
+    if (!ws) return DN_OK;
+    void *p = NULL;
+    /* left unzeroed: every user writes before it reads, and pages never touched stay out of memory */
+    if (posix_memalign(&p, DN_ALIGN, ws)) return dn_fail(DN_ERR_NOMEM, "out of memory for the workspace (%zu bytes)", ws);
+    net->workspace = p;
+    net->workspace_size = ws;
+    return DN_OK;
+}
+
+float *dn_scratch(const dn_net *net, const dn_layer *l, int worker)
+{
+    char *base = (char *)net->workspace;
+    if (worker < 0) return (float *)base;
+    return (float *)(base + round_up(l->workspace) + (size_t)worker * round_up(l->worker_workspace));
+}
+
 /* (Re)allocates activations and the workspace to the current sizes. */
 dn_status dn_net_allocate(dn_net *net)
 {
-    size_t ws = 0;
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
         free(l->output);
         l->output = dn_calloc((size_t)net->batch * l->outputs, sizeof(float));
         if (!l->output) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the output (%zu floats)",
                                              (size_t)net->batch * l->outputs);
-        if (l->workspace > ws) ws = l->workspace;
         free(l->delta);
         l->delta = NULL;
         if (net->training) {
@@ -188,11 +247,9 @@ dn_status dn_net_allocate(dn_net *net)
     }
     free(net->workspace);
     net->workspace = NULL;
-    net->workspace_size = ws;
-    if (ws) {
-        net->workspace = dn_calloc(ws / sizeof(float) + 1, sizeof(float));
-        if (!net->workspace) return dn_fail(DN_ERR_NOMEM, "out of memory for the workspace (%zu bytes)", ws);
-    }
+    net->workspace_size = 0;
+    dn_status s = dn_net_allocate_workspace(net);
+    if (s) return s;
     size_t in = (size_t)net->batch * net->c * net->h * net->w;
     free(net->input_buf);
     net->input_buf = dn_calloc(in, sizeof(float));
@@ -321,12 +378,17 @@ dn_status dn_net_workspace_size(const dn_net *net, size_t *bytes)
     return DN_OK;
 }
 
+void dn_net_prepare_threads(const dn_net *net)
+{
+    /* with the worker threads splitting the GEMMs, OpenBLAS runs single-threaded inside them */
+    dn_blas_set_threads((net->speed & DN_SPEED_THREADS) ? 1 : net->threads);
+}
+
 static dn_status run(dn_net *net)
 {
-    dn_blas_set_threads(net->threads);
+    dn_net_prepare_threads(net);
     for (int i = 0; i < net->nlayers; ++i) {
-        dn_layer *l = net->layers[i];
-        dn_status s = l->ops->forward(l, net);
+        dn_status s = dn_layer_run_forward(net, net->layers[i]);
         if (s) return s;
     }
     return DN_OK;

@@ -177,18 +177,19 @@ dn_status dn_net_forward_train(dn_net *net, const float *input, size_t count, co
     if (truth_count % (size_t)net->batch)
         return dn_fail(DN_ERR_SHAPE, "%zu truth values do not split evenly over %d images", truth_count, net->batch);
     if (truth_count && !truth) return dn_fail(DN_ERR_ARG, "truth is NULL");
+    dn_net_prepare_threads(net);
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
-        memset(l->delta, 0, (size_t)net->batch * l->outputs * sizeof(float));
+        dn_parallel_zero(net, l->delta, (size_t)net->batch * l->outputs);
     }
-    memset(net->input_delta, 0, want * sizeof(float));
+    dn_parallel_zero(net, net->input_delta, want);
     net->input = input;
     net->truth = truth_count ? truth : NULL;
     net->truth_stride = (int)(truth_count / (size_t)net->batch);
     net->loss = 0;
     net->train = 1;
-    dn_blas_set_threads(net->threads);
-    for (int i = 0; i < net->nlayers && !s; ++i) s = net->layers[i]->ops->forward(net->layers[i], net);
+    dn_net_prepare_threads(net);
+    for (int i = 0; i < net->nlayers && !s; ++i) s = dn_layer_run_forward(net, net->layers[i]);
     net->train = 0;
     net->truth = NULL;
     return s;
@@ -202,7 +203,8 @@ dn_status dn_net_backward(dn_net *net)
     if (s) return s;
     if (!net->input) return dn_fail(DN_ERR_STATE, "no training forward pass to go back through");
     net->train = 1;
-    for (int i = net->nlayers - 1; i >= 0 && !s; --i) s = net->layers[i]->ops->backward(net->layers[i], net);
+    dn_net_prepare_threads(net);
+    for (int i = net->nlayers - 1; i >= 0 && !s; --i) s = dn_layer_run_backward(net, net->layers[i]);
     net->train = 0;
     return s;
 }

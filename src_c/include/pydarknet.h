@@ -83,6 +83,33 @@ void dn_net_set_log(dn_net *net, dn_log_fn fn, void *user);
 dn_status dn_net_set_threads(dn_net *net, int threads);
 dn_status dn_net_set_blas(dn_net *net, int use_blas);   /* 0 forces the portable GEMM */
 int dn_net_uses_blas(const dn_net *net);
+/* Speed paths, each on by default and each selectable off (the plain code
+ * stays as the reference the tests compare with). DN_SPEED_THREADS: the
+ * network's worker threads split every loop that matters, GEMMs included
+ * (OpenBLAS then runs single-threaded inside them); off: loops run in the
+ * calling thread and each GEMM uses OpenBLAS's own threads. DN_SPEED_FUSE:
+ * inference convolutions fold batch norm into a per-filter scale and bias
+ * applied with the activation right after each GEMM tile. DN_SPEED_WINOGRAD:
+ * 3x3 stride-1 convolutions in inference use Winograd's F(4x4, 3x3).
+ * DN_SPEED_KERNEL: with the worker threads, convolutions run on the
+ * project's packed AVX-512 GEMM kernel (im2col folded into its packing) where
+ * the CPU has AVX-512; off, or elsewhere: OpenBLAS per tile.
+ * The environment variable PYDARKNET_SPEED, read when a network is created,
+ * sets the initial value (a number, e.g. 0 for all plain). */
+typedef enum dn_speed_path {
+    DN_SPEED_THREADS = 1,
+    DN_SPEED_FUSE = 2,
+    DN_SPEED_WINOGRAD = 4,
+    DN_SPEED_KERNEL = 8,
+    DN_SPEED_ALL = 15
+} dn_speed_path;
+dn_status dn_net_set_speed(dn_net *net, unsigned paths);
+unsigned dn_net_speed(const dn_net *net);
+/* Per-layer timing: dn_net_set_profiling(net, 1) zeroes the counters and
+ * starts adding up, per layer, the seconds spent in forward and backward
+ * passes and the number of forward calls; 0 stops. */
+dn_status dn_net_set_profiling(dn_net *net, int on);
+dn_status dn_net_layer_times(const dn_net *net, int layer, double *forward_s, double *backward_s, long long *calls);
 
 /* Building: one layer at a time, options fully resolved by the caller. */
 dn_status dn_net_add_layer(dn_net *net, const char *type);

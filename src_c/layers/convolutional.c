@@ -26,6 +26,7 @@
  * not at all. */
 #include "internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +38,7 @@ typedef struct {
      * activation's derivative needs it), the normalized z, batch statistics */
     float *x, *x_norm, *mean, *variance;
     size_t x_cap, x_norm_cap, mean_cap, variance_cap;
+    float *fold_scale, *fold_bias; /* inference batch norm folded per filter (DN_SPEED_FUSE) */
     int trained; /* the last forward pass was a training pass at the current shape */
 } conv_state;
 
@@ -72,8 +74,135 @@ static dn_status conv_make(dn_layer *l, dn_net *net)
             return st;
         for (size_t i = 0; i < n; ++i) s->scales[i] = s->rolling_variance[i] = 1.f;
     }
+    s->fold_scale = dn_calloc(n, sizeof(float));
+    s->fold_bias = dn_calloc(n, sizeof(float));
+    if (!s->fold_scale || !s->fold_bias) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
     return dn_layer_add_param_flags(l, "weights", n * (size_t)(l->c / s->groups) * s->size * s->size,
                                     DN_PARAM_TRAIN | DN_PARAM_DECAY, &s->weights);
+}
+
+static dn_conv_desc describe(const dn_layer *l, const conv_state *s)
+{
+    dn_conv_desc d;
+    d.batch = l->batch;
+    d.c = l->c;
+    d.h = l->h;
+    d.w = l->w;
+    d.out_h = l->out_h;
+    d.out_w = l->out_w;
+    d.filters = s->filters;
+    d.groups = s->groups;
+    d.size = s->size;
+    d.stride_x = s->stride_x;
+    d.stride_y = s->stride_y;
+    d.pad = s->padding * s->dilation;
+    d.dilation = s->dilation;
+    d.weights = s->weights;
+    return d;
+}
+
+static int elementwise(dn_activation a)
+{
+    return a != DN_ACT_NORM_CHAN && a != DN_ACT_NORM_CHAN_SOFTMAX && a != DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL;
+}
+
+/* ---- the passes with the worker threads (DN_SPEED_THREADS) ---- */
+
+typedef struct {
+    dn_bn_channel p;
+    int grain;
+    float *delta, *bias_grad, *scale_grad;
+} channel_job;
+
+static void channel_forward_task(void *ctx, int task, int worker)
+{
+    (void)worker;
+    const channel_job *j = ctx;
+    const int c0 = task * j->grain, c1 = c0 + j->grain < j->p.channels ? c0 + j->grain : j->p.channels;
+    for (int c = c0; c < c1; ++c) dn_bn_forward_channel(&j->p, c);
+}
+
+static void channel_backward_task(void *ctx, int task, int worker)
+{
+    (void)worker;
+    const channel_job *j = ctx;
+    const int c0 = task * j->grain, c1 = c0 + j->grain < j->p.channels ? c0 + j->grain : j->p.channels;
+    for (int c = c0; c < c1; ++c) dn_bn_backward_channel(&j->p, c, j->delta, j->bias_grad, j->scale_grad);
+}
+
+static channel_job channel_setup(dn_layer *l, conv_state *s, int train)
+{
+    channel_job j;
+    memset(&j, 0, sizeof(j));
+    dn_bn_channel *p = &j.p;
+    p->batch = l->batch;
+    p->channels = l->out_c;
+    p->spatial = l->out_h * l->out_w;
+    p->train = train;
+    p->batch_normalize = s->batch_normalize;
+    p->keep_x = train && dn_activation_needs_input(s->activation);
+    p->elementwise = elementwise(s->activation);
+    p->activation = s->activation;
+    p->x = l->output;
+    p->pre = s->x;
+    p->x_norm = s->x_norm;
+    p->mean = s->mean;
+    p->variance = s->variance;
+    p->rolling_mean = s->rolling_mean;
+    p->rolling_variance = s->rolling_variance;
+    p->scales = s->scales;
+    p->biases = s->biases;
+    /* a few channels per task, enough work each */
+    const size_t per_channel = (size_t)l->batch * p->spatial;
+    j.grain = per_channel >= 16384 ? 1 : (int)(16384 / per_channel);
+    return j;
+}
+
+static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
+{
+    const int N = l->out_h * l->out_w;
+    const size_t total = (size_t)l->batch * l->outputs;
+    const float *input = dn_layer_input(net, l);
+    dn_conv_desc d = describe(l, s);
+    dn_status st;
+    if (!net->train && (net->speed & DN_SPEED_FUSE) && elementwise(s->activation)) {
+        /* y = act(a*z + b): a = scale / sqrt(var + .00001), b = bias - mean*a */
+        for (int f = 0; f < s->filters; ++f) {
+            if (s->batch_normalize) {
+                const float a = s->scales[f] / sqrtf(s->rolling_variance[f] + .00001f);
+                s->fold_scale[f] = a;
+                s->fold_bias[f] = s->biases[f] - s->rolling_mean[f] * a;
+            } else {
+                s->fold_scale[f] = 1.f;
+                s->fold_bias[f] = s->biases[f];
+            }
+        }
+        if ((net->speed & DN_SPEED_WINOGRAD) && dn_winograd_applies(&d))
+            dn_winograd_forward(net, l, &d, input, l->output, s->fold_scale, s->fold_bias, s->activation);
+        else
+            dn_conv_tiled_forward(net, l, &d, input, l->output, s->fold_scale, s->fold_bias, s->activation);
+        return DN_OK;
+    }
+    dn_conv_tiled_forward(net, l, &d, input, l->output, NULL, NULL, s->activation);
+    const int keep_x = net->train && dn_activation_needs_input(s->activation);
+    if (s->batch_normalize && net->train) {
+        if ((size_t)l->batch * N < 2)
+            return dn_layer_fail(l, DN_ERR_SHAPE,
+                                 "batch normalization in training needs at least 2 values per filter "
+                                 "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
+        if ((st = dn_ensure_floats(&s->mean, &s->mean_cap, (size_t)l->out_c)) ||
+            (st = dn_ensure_floats(&s->variance, &s->variance_cap, (size_t)l->out_c)) ||
+            (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
+            return st;
+    }
+    if (keep_x && (st = dn_ensure_floats(&s->x, &s->x_cap, total))) return st;
+    channel_job j = channel_setup(l, s, net->train);
+    dn_parallel(net, dn_ntasks((size_t)l->out_c, (size_t)j.grain), channel_forward_task, &j);
+    if (!elementwise(s->activation)) {
+        if (keep_x) memcpy(s->x, l->output, total * sizeof(float));
+        dn_activate(l->output, l->batch, l->out_c, N, s->activation);
+    }
+    return DN_OK;
 }
 
 static dn_status conv_setup(dn_layer *l, dn_net *net)
@@ -90,6 +219,19 @@ static dn_status conv_setup(dn_layer *l, dn_net *net)
     const int direct = s->size == 1 && s->stride_x == 1 && s->stride_y == 1 && s->padding == 0;
     l->workspace = direct ? 0
                           : (size_t)l->out_h * l->out_w * (size_t)(l->c / s->groups) * s->size * s->size * sizeof(float);
+    size_t shared, per_worker;
+    dn_conv_desc d = describe(l, s);
+    dn_conv_tiled_workspace(&d, &shared, &per_worker);
+    if (shared > l->workspace) l->workspace = shared;
+    l->worker_workspace = per_worker;
+    if (dn_winograd_applies(&d)) {
+        dn_winograd_workspace(&d, &shared, &per_worker);
+        if (shared > l->workspace) l->workspace = shared;
+        if (per_worker > l->worker_workspace) l->worker_workspace = per_worker;
+    }
+    dn_conv_backward_workspace(&d, &shared, &per_worker);
+    if (shared > l->workspace) l->workspace = shared;
+    if (per_worker > l->worker_workspace) l->worker_workspace = per_worker;
     s->trained = 0;
     return DN_OK;
 }
@@ -111,6 +253,11 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
     const size_t total = (size_t)l->batch * l->outputs;
     const float *input = dn_layer_input(net, l);
     s->trained = 0;
+    if (net->speed & DN_SPEED_THREADS) {
+        dn_status st = conv_forward_threaded(l, net, s);
+        s->trained = !st && net->train;
+        return st;
+    }
     for (int b = 0; b < l->batch; ++b) {
         for (int g = 0; g < s->groups; ++g) {
             const float *im = input + ((size_t)b * l->c + (size_t)g * cg) * l->h * l->w;
@@ -159,6 +306,55 @@ static float *grad_of(const dn_layer *l, const float *data)
     return NULL;
 }
 
+static dn_status conv_backward_threaded(dn_layer *l, dn_net *net, conv_state *s)
+{
+    const int M = s->filters / s->groups;
+    const int K = l->c / s->groups * s->size * s->size;
+    const int N = l->out_h * l->out_w;
+    const int cg = l->c / s->groups;
+    const size_t plane = (size_t)l->h * l->w;
+    if (!elementwise(s->activation))
+        dn_activation_backward(l->output, s->x, l->delta, l->batch, l->out_c, N, s->activation);
+    channel_job j = channel_setup(l, s, 1);
+    j.delta = l->delta;
+    j.bias_grad = grad_of(l, s->biases);
+    j.scale_grad = s->batch_normalize ? grad_of(l, s->scales) : NULL;
+    dn_parallel(net, dn_ntasks((size_t)l->out_c, (size_t)j.grain), channel_backward_task, &j);
+    float *weight_grad = grad_of(l, s->weights);
+    const float *input = dn_layer_input(net, l);
+    float *in_delta = dn_layer_input_delta(net, l);
+    dn_conv_desc d = describe(l, s);
+    if ((net->speed & DN_SPEED_KERNEL) && dn_packed_gemm_available()) {
+        if (weight_grad) dn_conv_weight_grad(net, l, &d, input, l->delta, weight_grad);
+        if (in_delta) dn_conv_input_grad(net, l, &d, l->delta, in_delta);
+        return DN_OK;
+    }
+    for (int b = 0; b < l->batch; ++b) {
+        for (int g = 0; g < s->groups; ++g) {
+            const size_t in_off = ((size_t)b * l->c + (size_t)g * cg) * plane;
+            const float *dl = l->delta + ((size_t)b * s->groups + g) * (size_t)M * N;
+            const float *w = s->weights + (size_t)g * M * K;
+            if (weight_grad) {
+                const float *cols = input + in_off;
+                if (d.size != 1 || d.stride_x != 1 || d.stride_y != 1 || d.pad != 0) {
+                    conv_im2col(l, s, cols, net->workspace);
+                    cols = net->workspace;
+                }
+                dn_gemm(net, 0, 1, M, K, N, 1.f, dl, N, cols, N, 1.f, weight_grad + (size_t)g * M * K, K);
+            }
+            if (!in_delta) continue;
+            if (d.size == 1 && d.stride_x == 1 && d.stride_y == 1 && d.pad == 0) {
+                dn_gemm(net, 1, 0, K, N, M, 1.f, w, K, dl, N, 1.f, in_delta + in_off, N);
+            } else {
+                dn_gemm(net, 1, 0, K, N, M, 1.f, w, K, dl, N, 0.f, net->workspace, N);
+                dn_col2im(net->workspace, cg, l->h, l->w, s->size, s->size, d.pad, d.pad, s->stride_y, s->stride_x,
+                          s->dilation, s->dilation, l->out_h, l->out_w, in_delta + in_off);
+            }
+        }
+    }
+    return DN_OK;
+}
+
 static dn_status conv_backward(dn_layer *l, dn_net *net)
 {
     conv_state *s = l->priv;
@@ -168,6 +364,7 @@ static dn_status conv_backward(dn_layer *l, dn_net *net)
     const int cg = l->c / s->groups;
     const size_t plane = (size_t)l->h * l->w;
     if (!s->trained) return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
+    if (net->speed & DN_SPEED_THREADS) return conv_backward_threaded(l, net, s);
     dn_activation_backward(l->output, dn_activation_needs_input(s->activation) ? s->x : NULL, l->delta, l->batch,
                            l->out_c, N, s->activation);
     float *bias_grad = grad_of(l, s->biases), *weight_grad = grad_of(l, s->weights);
@@ -214,6 +411,8 @@ static void conv_destroy(dn_layer *l)
         free(s->x_norm);
         free(s->mean);
         free(s->variance);
+        free(s->fold_scale);
+        free(s->fold_bias);
     }
     free(s);
 }

@@ -48,6 +48,8 @@ static dn_status maxpool_setup(dn_layer *l, dn_net *net)
         l->out_h = (l->h + s->padding - s->size) / s->stride_y + 1;
         l->out_w = (l->w + s->padding - s->size) / s->stride_x + 1;
     }
+    /* the separable path's row maxima of one plane */
+    l->worker_workspace = !s->depth && s->size >= 4 ? (size_t)l->h * l->out_w * sizeof(float) : 0;
     return DN_OK;
 }
 
@@ -61,13 +63,15 @@ static dn_status ensure_argmax(dn_layer *l, maxpool_state *s, size_t n)
     return DN_OK;
 }
 
-/* The spatial max of every window with the index of its argmax in the image. */
-static void pool_argmax(const maxpool_state *s, const dn_layer *l, const float *in, float *out, int *idx)
+/* The spatial max of every window with the index of its argmax in the image,
+ * for the planes (image, channel) p0 <= b*C + c < p1. */
+static void pool_argmax_planes(const maxpool_state *s, const dn_layer *l, const float *in, float *out, int *idx,
+                               int p0, int p1)
 {
     const int off = -s->padding / 2;
     const size_t hw = (size_t)l->h * l->w, ohw = (size_t)l->out_h * l->out_w;
-    for (int b = 0; b < l->batch; ++b)
-        for (int c = 0; c < l->c; ++c) {
+    for (int plane = p0; plane < p1; ++plane) {
+        const int b = plane / l->c, c = plane % l->c;
             const float *src = in + ((size_t)b * l->c + c) * hw;
             const size_t o0 = ((size_t)b * l->out_c + c) * ohw;
             for (int i = 0; i < l->out_h; ++i)
@@ -118,6 +122,89 @@ static void depth_argmax(const dn_layer *l, const float *in, float *out, int *id
         }
 }
 
+/* pool_argmax_planes for 2x2 windows of stride 2 inside the image (the
+ * common case), without bounds checks; the same comparisons in the same order. */
+static void pool2x2_argmax_planes(const dn_layer *l, const float *in, float *out, int *idx, int p0, int p1)
+{
+    const size_t hw = (size_t)l->h * l->w, ohw = (size_t)l->out_h * l->out_w;
+    for (int plane = p0; plane < p1; ++plane) {
+        const int c = plane % l->c;
+        const float *src = in + (size_t)plane * hw;
+        float *o = out + (size_t)plane * ohw;
+        int *ix = idx + (size_t)plane * ohw;
+        for (int i = 0; i < l->out_h; ++i) {
+            const float *r0 = src + (size_t)(2 * i) * l->w, *r1 = r0 + l->w;
+            for (int j = 0; j < l->out_w; ++j) {
+                const float v[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+                const int at[4] = {2 * i * l->w + 2 * j, 2 * i * l->w + 2 * j + 1, (2 * i + 1) * l->w + 2 * j,
+                                   (2 * i + 1) * l->w + 2 * j + 1};
+                float best = -FLT_MAX;
+                int where = -1;
+                for (int q = 0; q < 4; ++q)
+                    if (v[q] > best || where < 0) {
+                        best = v[q] > best ? v[q] : best;
+                        where = at[q];
+                    }
+                o[(size_t)i * l->out_w + j] = best;
+                ix[(size_t)i * l->out_w + j] = (int)(c * hw + (size_t)where);
+            }
+        }
+    }
+}
+
+static void pool_argmax(const maxpool_state *s, const dn_layer *l, const float *in, float *out, int *idx)
+{
+    pool_argmax_planes(s, l, in, out, idx, 0, l->batch * l->c);
+}
+
+/* ---- split over the worker threads (DN_SPEED_THREADS): tasks over planes ---- */
+typedef struct {
+    const maxpool_state *s;
+    const dn_layer *l;
+    const dn_net *net;
+    const float *in;
+    int *idx;
+    int fast;
+} pool_job;
+
+static void pool_planes(void *ctx, int task, int worker)
+{
+    const pool_job *j = ctx;
+    const maxpool_state *s = j->s;
+    const dn_layer *l = j->l;
+    const size_t hw = (size_t)l->h * l->w, ohw = (size_t)l->out_h * l->out_w;
+    dn_maxpool_separable(j->in + (size_t)task * hw, 1, l->h, l->w, s->size, s->stride_y, s->stride_x, s->padding,
+                         l->out_h, l->out_w, l->output + (size_t)task * ohw, dn_scratch(j->net, l, worker));
+}
+
+static void pool_range(void *ctx, size_t p0, size_t p1)
+{
+    const pool_job *j = ctx;
+    const maxpool_state *s = j->s;
+    const dn_layer *l = j->l;
+    const size_t hw = (size_t)l->h * l->w, ohw = (size_t)l->out_h * l->out_w;
+    if (j->idx && j->fast) pool2x2_argmax_planes(l, j->in, l->output, j->idx, (int)p0, (int)p1);
+    else if (j->idx) pool_argmax_planes(s, l, j->in, l->output, j->idx, (int)p0, (int)p1);
+    else if (j->fast) dn_maxpool2x2(j->in + p0 * hw, (int)(p1 - p0), l->h, l->w, l->out_h, l->out_w, l->output + p0 * ohw);
+    else dn_pool2d(j->in + p0 * hw, 1, (int)(p1 - p0), l->h, l->w, s->size, s->stride_y, s->stride_x, s->padding,
+                   l->out_h, l->out_w, DN_POOL_MAX, l->output + p0 * ohw);
+}
+
+static void maxpool_forward_threaded(const maxpool_state *s, const dn_layer *l, dn_net *net, const float *in, int *idx)
+{
+    pool_job j = {s, l, net, in, idx, 0};
+    j.fast = s->size == 2 && s->stride_x == 2 && s->stride_y == 2 && s->padding / 2 == 0 && 2 * l->out_h <= l->h &&
+             2 * l->out_w <= l->w;
+    if (!idx && l->worker_workspace) {
+        /* large windows (SPP blocks): rows then columns, one plane per task */
+        dn_parallel(net, l->batch * l->c, pool_planes, &j);
+        return;
+    }
+    const size_t work = (size_t)l->out_h * l->out_w * s->size * s->size;
+    const size_t grain = work >= 16384 ? 1 : 16384 / work;
+    dn_parallel_range(net, (size_t)l->batch * l->c, grain, pool_range, &j);
+}
+
 static dn_status maxpool_forward(dn_layer *l, dn_net *net)
 {
     maxpool_state *s = l->priv;
@@ -129,6 +216,7 @@ static dn_status maxpool_forward(dn_layer *l, dn_net *net)
         idx = s->argmax;
     }
     if (s->depth) depth_argmax(l, in, l->output, idx);
+    else if (net->speed & DN_SPEED_THREADS) maxpool_forward_threaded(s, l, net, in, idx);
     else if (idx) pool_argmax(s, l, in, l->output, idx);
     else dn_pool2d(in, l->batch, l->c, l->h, l->w, s->size, s->stride_y, s->stride_x, s->padding, l->out_h, l->out_w,
                    DN_POOL_MAX, l->output);

@@ -58,8 +58,8 @@ static dn_status route_forward(dn_layer *l, dn_net *net)
         const dn_layer *p = net->layers[s->src[i]];
         const size_t part = p->outputs / s->groups;
         for (int b = 0; b < l->batch; ++b)
-            memcpy(l->output + (size_t)b * l->outputs + offset, p->output + (size_t)b * p->outputs + part * s->group_id,
-                   part * sizeof(float));
+            dn_parallel_copy(net, l->output + (size_t)b * l->outputs + offset,
+                             p->output + (size_t)b * p->outputs + part * s->group_id, part);
         offset += part;
     }
     return DN_OK;
@@ -75,7 +75,7 @@ static dn_status route_backward(dn_layer *l, dn_net *net)
         for (int b = 0; b < l->batch; ++b) {
             const float *src = l->delta + (size_t)b * l->outputs + offset;
             float *dst = p->delta + (size_t)b * p->outputs + part * s->group_id;
-            for (size_t k = 0; k < part; ++k) dst[k] += src[k];
+            dn_parallel_add(net, dst, src, part);
         }
         offset += part;
     }

@@ -150,11 +150,54 @@ static float normalized_weights(const dn_layer *l, const shortcut_state *s, int 
     return sum;
 }
 
+/* the unweighted sum of same-size sources and an elementwise activation,
+ * split over the worker threads (DN_SPEED_THREADS) */
+typedef struct {
+    dn_layer *l;
+    dn_net *net;
+    const float *in;
+    float *keep; /* pre-activation copy, or NULL */
+} sum_job;
+
+static void sum_range(void *ctx, size_t b, size_t e)
+{
+    const sum_job *j = ctx;
+    const shortcut_state *s = j->l->priv;
+    float *out = j->l->output;
+    memcpy(out + b, j->in + b, (e - b) * sizeof(float));
+    for (int i = 0; i < s->nsrc; ++i) {
+        const float *src = j->net->layers[s->src[i]]->output;
+        for (size_t k = b; k < e; ++k) out[k] += src[k];
+    }
+    if (j->keep) memcpy(j->keep + b, out + b, (e - b) * sizeof(float));
+    dn_activate_slice(out + b, e - b, s->activation);
+}
+
+static int plain_sum(const dn_layer *l, const dn_net *net, const shortcut_state *s)
+{
+    if (s->weights_type != W_NONE || s->activation == DN_ACT_NORM_CHAN || s->activation == DN_ACT_NORM_CHAN_SOFTMAX ||
+        s->activation == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL)
+        return 0;
+    for (int i = 0; i < s->nsrc; ++i)
+        if (!same_size(l, net->layers[s->src[i]])) return 0;
+    return 1;
+}
+
 static dn_status shortcut_forward(dn_layer *l, dn_net *net)
 {
     shortcut_state *s = l->priv;
     const float *in = dn_layer_input(net, l);
     const size_t n = (size_t)l->batch * l->outputs;
+    if ((net->speed & DN_SPEED_THREADS) && plain_sum(l, net, s)) {
+        sum_job j = {l, net, in, NULL};
+        if (net->train && dn_activation_needs_input(s->activation)) {
+            dn_status st = dn_ensure_floats(&s->x, &s->x_cap, n);
+            if (st) return dn_layer_fail(l, st, "out of memory for the pre-activation values");
+            j.keep = s->x;
+        }
+        dn_parallel_range(net, n, 32768, sum_range, &j);
+        return DN_OK;
+    }
     if (s->weights_type == W_NONE) {
         memcpy(l->output, in, n * sizeof(float));
         for (int i = 0; i < s->nsrc; ++i) {
@@ -267,15 +310,14 @@ static dn_status shortcut_backward(dn_layer *l, dn_net *net)
         return DN_OK;
     }
     float *din = dn_layer_input_delta(net, l);
-    if (din)
-        for (size_t k = 0; k < n; ++k) din[k] += g[k];
+    if (din) dn_parallel_add(net, din, g, n);
     for (int i = 0; i < s->nsrc; ++i) {
         dn_layer *p = net->layers[s->src[i]];
         if (!same_size(l, p)) {
             sampled_pairs(l, p, g, NULL, 1);
             continue;
         }
-        for (size_t k = 0; k < n; ++k) p->delta[k] += g[k];
+        dn_parallel_add(net, p->delta, g, n);
     }
     return DN_OK;
 }

@@ -43,11 +43,41 @@ static dn_status upsample_setup(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
+/* nearest-neighbour upsampling of planes [p0, p1) */
+typedef struct {
+    const dn_layer *l;
+    const upsample_state *s;
+    const float *in;
+} up_job;
+
+static void up_range(void *ctx, size_t p0, size_t p1)
+{
+    const up_job *j = ctx;
+    const dn_layer *l = j->l;
+    const int st = j->s->stride;
+    const float scale = j->s->scale;
+    for (size_t k = p0; k < p1; ++k) {
+        const float *src = j->in + k * l->h * l->w;
+        float *dst = l->output + k * l->out_h * l->out_w;
+        for (int y = 0; y < l->out_h; ++y) {
+            const float *r = src + (size_t)(y / st) * l->w;
+            float *d = dst + (size_t)y * l->out_w;
+            for (int x = 0; x < l->out_w; ++x) d[x] = scale * r[x / st];
+        }
+    }
+}
+
 static dn_status upsample_forward(dn_layer *l, dn_net *net)
 {
     upsample_state *s = l->priv;
     const float *in = dn_layer_input(net, l);
     const int st = s->stride;
+    if (!s->reverse && (net->speed & DN_SPEED_THREADS)) {
+        up_job j = {l, s, in};
+        const size_t per = (size_t)l->out_h * l->out_w;
+        dn_parallel_range(net, (size_t)l->batch * l->c, per >= 16384 ? 1 : 16384 / per, up_range, &j);
+        return DN_OK;
+    }
     if (!s->reverse) {
         for (int k = 0; k < l->batch * l->c; ++k) {
             const float *src = in + (size_t)k * l->h * l->w;

@@ -717,12 +717,43 @@ static dn_status yolo_loss(dn_layer *l, dn_net *net)
 
 /* ---------------------------------------------------------------- passes */
 
+/* the activations of anchor entries [e0, e1) (entry = b * n + anchor) */
+typedef struct {
+    dn_layer *l;
+    const yolo_state *s;
+    const float *in;
+} yolo_job;
+
+static void yolo_range(void *ctx, size_t e0, size_t e1)
+{
+    const yolo_job *j = ctx;
+    dn_layer *l = j->l;
+    const yolo_state *s = j->s;
+    const size_t hw = (size_t)l->h * l->w, per = (size_t)(s->classes + 5) * hw;
+    const float a = s->scale_x_y, c = -0.5f * (s->scale_x_y - 1.f);
+    for (size_t e = e0; e < e1; ++e) {
+        const int b = (int)(e / (size_t)s->n), n = (int)(e % (size_t)s->n);
+        const size_t off = (size_t)b * l->outputs + (size_t)n * per;
+        float *p = l->output + off;
+        memcpy(p, j->in + off, per * sizeof(float));
+        if (!s->new_coords) {
+            dn_logistic_vec(p, 2 * hw);
+            dn_logistic_vec(p + 4 * hw, per - 4 * hw);
+        }
+        for (size_t i = 0; i < 2 * hw; ++i) p[i] = p[i] * a + c;
+    }
+}
+
 static dn_status yolo_forward(dn_layer *l, dn_net *net)
 {
     yolo_state *s = l->priv;
-    dn_forward_copy(l, net);
     const size_t hw = (size_t)l->h * l->w;
     const float a = s->scale_x_y, c = -0.5f * (s->scale_x_y - 1.f);
+    if ((net->speed & DN_SPEED_THREADS) && (size_t)s->n * (s->classes + 5) * hw == l->outputs) {
+        yolo_job j = {l, s, dn_layer_input(net, l)};
+        dn_parallel_range(net, (size_t)l->batch * s->n, 1, yolo_range, &j);
+    } else {
+    dn_forward_copy(l, net);
     for (int b = 0; b < l->batch; ++b)
         for (int n = 0; n < s->n; ++n) {
             float *p = l->output + (size_t)b * l->outputs + (size_t)n * (s->classes + 5) * hw;
@@ -732,6 +763,7 @@ static dn_status yolo_forward(dn_layer *l, dn_net *net)
             }
             for (size_t i = 0; i < 2 * hw; ++i) p[i] = p[i] * a + c;
         }
+    }
     if (!net->train) return DN_OK;
     s->has_loss = net->truth != NULL;
     return s->has_loss ? yolo_loss(l, net) : DN_OK;

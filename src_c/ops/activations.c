@@ -121,6 +121,75 @@ void dn_activate(float *x, int batch, int channels, int spatial, dn_activation a
     for (size_t i = 0; i < n; ++i) x[i] = activate1(x[i], a);
 }
 
+DN_VECTOR_CLONES
+static void affine_leaky(float *x, size_t n, float a, float b)
+{
+    for (size_t i = 0; i < n; ++i) {
+        const float v = a * x[i] + b;
+        x[i] = v > 0 ? v : .1f * v;
+    }
+}
+
+DN_VECTOR_CLONES
+static void affine_linear(float *x, size_t n, float a, float b)
+{
+    for (size_t i = 0; i < n; ++i) x[i] = a * x[i] + b;
+}
+
+DN_VECTOR_CLONES
+static void affine_relu(float *x, size_t n, float a, float b)
+{
+    for (size_t i = 0; i < n; ++i) {
+        const float v = a * x[i] + b;
+        x[i] = v > 0 ? v : 0.f;
+    }
+}
+
+/* e^x in a form the compiler vectorizes (Cody-Waite reduction x = k ln2 + r
+ * with k rounded to nearest by the 1.5 * 2^23 trick, Cephes' degree-6
+ * polynomial for e^r, 2^k through the exponent bits): within about 1 ulp of
+ * expf. Arguments are clamped to keep 2^k a normal float; NaN passes through. */
+static inline float exp_vec(float x)
+{
+    float xc = x > 88.3762626647949f ? 88.3762626647949f : x;
+    xc = xc < -87.3365478515625f ? -87.3365478515625f : xc;
+    xc = xc == xc ? xc : 0.f;
+    const float k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
+    const float r = xc - k * 0.693359375f + k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    const int bits = ((int)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    const float v = p * scale;
+    return x == x ? v : x;
+}
+
+DN_VECTOR_CLONES
+static void affine_logistic(float *x, size_t n, float a, float b)
+{
+    for (size_t i = 0; i < n; ++i) x[i] = 1.f / (1.f + exp_vec(-(a * x[i] + b)));
+}
+
+void dn_logistic_vec(float *x, size_t n) { affine_logistic(x, n, 1.f, 0.f); }
+
+void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act)
+{
+    switch (act) {
+    case DN_ACT_LEAKY: affine_leaky(x, n, a, b); return;
+    case DN_ACT_LINEAR: affine_linear(x, n, a, b); return;
+    case DN_ACT_RELU: affine_relu(x, n, a, b); return;
+    case DN_ACT_LOGISTIC: affine_logistic(x, n, a, b); return;
+    default:
+        for (size_t i = 0; i < n; ++i) x[i] = activate1(a * x[i] + b, act);
+    }
+}
+
 int dn_activation_needs_input(dn_activation a)
 {
     return a == DN_ACT_GELU || a == DN_ACT_SWISH || a == DN_ACT_MISH || a == DN_ACT_HARD_MISH || a == DN_ACT_STAIR ||

@@ -123,3 +123,91 @@ void dn_batchnorm_backward(float *delta, const float *x_norm, const float *varia
         }
     }
 }
+
+/* ---- one channel at a time, for loops split over the worker threads ----
+ * Each does, for channel c of [batch][channels][spatial], exactly the
+ * arithmetic the whole-tensor function above does for it, so results match. */
+
+void dn_batchnorm_forward_train_channel(float *x, int batch, int channels, int spatial, int c, float *mean,
+                                        float *variance, float *x_norm, float *rolling_mean, float *rolling_variance)
+{
+    const double n = (double)batch * spatial;
+    double sum = 0, sq = 0;
+    for (int b = 0; b < batch; ++b) {
+        const float *o = x + ((size_t)b * channels + c) * spatial;
+        for (int i = 0; i < spatial; ++i) sum += o[i];
+    }
+    const float m = (float)(sum / n);
+    for (int b = 0; b < batch; ++b) {
+        const float *o = x + ((size_t)b * channels + c) * spatial;
+        for (int i = 0; i < spatial; ++i) sq += ((double)o[i] - m) * ((double)o[i] - m);
+    }
+    mean[c] = m;
+    variance[c] = (float)(sq / (n - 1));
+    rolling_mean[c] = .9f * rolling_mean[c] + .1f * mean[c];
+    rolling_variance[c] = .9f * rolling_variance[c] + .1f * variance[c];
+    const float inv = 1.f / sqrtf(variance[c] + .00001f);
+    for (int b = 0; b < batch; ++b) {
+        float *o = x + ((size_t)b * channels + c) * spatial;
+        float *xn = x_norm + ((size_t)b * channels + c) * spatial;
+        for (int i = 0; i < spatial; ++i) xn[i] = o[i] = (o[i] - m) * inv;
+    }
+}
+
+void dn_normalize_channel(float *x, const float *mean, const float *variance, int batch, int channels, int spatial,
+                          int c)
+{
+    const float m = mean[c];
+    const float inv = 1.f / sqrtf(variance[c] + .00001f);
+    for (int b = 0; b < batch; ++b) {
+        float *o = x + ((size_t)b * channels + c) * spatial;
+        for (int i = 0; i < spatial; ++i) o[i] = (o[i] - m) * inv;
+    }
+}
+
+void dn_scale_add_bias_channel(float *x, const float *scale, const float *bias, int batch, int channels, int spatial,
+                               int c)
+{
+    for (int b = 0; b < batch; ++b) {
+        float *o = x + ((size_t)b * channels + c) * spatial;
+        if (scale) {
+            const float v = scale[c];
+            for (int i = 0; i < spatial; ++i) o[i] *= v;
+        }
+        if (bias) {
+            const float v = bias[c];
+            for (int i = 0; i < spatial; ++i) o[i] += v;
+        }
+    }
+}
+
+void dn_backward_bias_channel(float *grad, const float *delta, int batch, int channels, int spatial, int c)
+{
+    for (int b = 0; b < batch; ++b) {
+        const float *d = delta + ((size_t)b * channels + c) * spatial;
+        float sum = 0.f;
+        for (int i = 0; i < spatial; ++i) sum += d[i];
+        grad[c] += sum;
+    }
+}
+
+void dn_batchnorm_backward_channel(float *delta, const float *x_norm, const float *variance, const float *scales,
+                                   float *scale_grad, int batch, int channels, int spatial, int c)
+{
+    const double n = (double)batch * spatial;
+    double sum_d = 0, sum_dx = 0;
+    for (int b = 0; b < batch; ++b) {
+        const size_t o = ((size_t)b * channels + c) * spatial;
+        for (int i = 0; i < spatial; ++i) {
+            sum_d += delta[o + i];
+            sum_dx += (double)delta[o + i] * x_norm[o + i];
+        }
+    }
+    if (scale_grad) scale_grad[c] += (float)sum_dx;
+    const float s = scales[c], inv = 1.f / sqrtf(variance[c] + .00001f);
+    const float mean_d = (float)(s * sum_d / n), k = (float)(s * sum_dx / (n - 1));
+    for (int b = 0; b < batch; ++b) {
+        const size_t o = ((size_t)b * channels + c) * spatial;
+        for (int i = 0; i < spatial; ++i) delta[o + i] = inv * (s * delta[o + i] - mean_d - x_norm[o + i] * k);
+    }
+}

@@ -1,0 +1,326 @@
+/* winograd.c - 3x3 stride-1 convolutions in inference by Winograd's minimal
+ * filtering F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional
+ * Neural Networks", 2015), on the packed GEMM kernel (gemm_packed.c).
+ *
+ * The output is cut into 4x4 tiles; tile t reads the 6x6 input patch d
+ * starting at (4*ty - pad, 4*tx - pad) of each channel. With the filter g
+ * (3x3) of output channel m and input channel c:
+ *     U = G g G^T,  V = B^T d B  (6x6 each),
+ *     Y = A^T [ sum over c of U (.) V ] A   (4x4: the tile's outputs),
+ * so for each of the 36 positions p of the 6x6 transform domain the sum over
+ * c is a GEMM: M_p[m][t] = sum_c U_p[m][c] V_p[c][t]. That takes 36
+ * multiply-adds per 16 outputs per channel instead of 144.
+ *
+ *   B^T = [4  0 -5  0  1  0]   G = [ 1/4     0     0]   A^T = [1 1  1 1  1 0]
+ *         [0 -4 -4  1  1  0]       [-1/6  -1/6  -1/6]         [0 1 -1 2 -2 0]
+ *         [0  4 -4 -1  1  0]       [-1/6   1/6  -1/6]         [0 1  1 4  4 0]
+ *         [0 -2 -1  2  1  0]       [1/24  1/12   1/6]         [0 1 -1 8 -8 1]
+ *         [0  2 -1 -2  1  0]       [1/24 -1/12   1/6]
+ *         [0  4  0 -5  0  1]       [ 0     0      1 ]
+ *
+ * Passes of a forward call: (1) U for all filters and channels (tasks over
+ * filters) and a copy of the input inside a frame of zeros covering every
+ * tile (tasks over channels); (2) tasks over (32 tiles, up to 256 filters): for
+ * blocks of WG_C channels, V of the block's channels for the 32 tiles goes
+ * straight into the kernel's B panels (lanes = tiles), then 36 kernel calls
+ * per 8 filters add into M_p; finally A^T M A per filter, with the epilogue
+ * act(scale * y + bias), written into the output (tiles past the edge
+ * clipped). Work is cut by the shape alone, so results do not depend on the
+ * thread count. The arithmetic differs from direct convolution by rounding
+ * (transform entries up to 8 and 1/24: about 1e-6 relative in float32). */
+#include "internal.h"
+
+#include <string.h>
+
+#define WG_TILES DN_NR /* tiles per task: one B panel */
+#define WG_M 256       /* filters per task (each task transforms its tiles' input once for them) */
+#define WG_C 64        /* channels per K block */
+
+typedef struct {
+    int C, M, oh, ow, th, tw, T, hp, wp, pad, tpanels, mchunk, mchunks;
+} wino_geom;
+
+static wino_geom geom_of(const dn_conv_desc *d)
+{
+    wino_geom g;
+    g.C = d->c;
+    g.M = d->filters;
+    g.oh = d->out_h;
+    g.ow = d->out_w;
+    g.th = (g.oh + 3) / 4;
+    g.tw = (g.ow + 3) / 4;
+    g.T = g.th * g.tw;
+    g.pad = d->pad;
+    g.hp = 4 * g.th + 2;
+    g.wp = 4 * g.tw + 2;
+    g.tpanels = (g.T + WG_TILES - 1) / WG_TILES;
+    /* filters per task: up to WG_M (each task transforms its tiles' input once
+     * for them), fewer when that leaves under 12 tasks to share */
+    g.mchunk = g.M < WG_M ? (g.M + DN_MR - 1) / DN_MR * DN_MR : WG_M;
+    while (g.mchunk > 32 && g.tpanels * ((g.M + g.mchunk - 1) / g.mchunk) < 12)
+        g.mchunk = (g.mchunk / 2 + DN_MR - 1) / DN_MR * DN_MR;
+    g.mchunks = (g.M + g.mchunk - 1) / g.mchunk;
+    return g;
+}
+
+int dn_winograd_applies(const dn_conv_desc *d)
+{
+    if (d->size != 3 || d->stride_x != 1 || d->stride_y != 1 || d->dilation != 1 || d->groups != 1) return 0;
+    if (d->pad > 2 || d->c < 8) return 0;
+    if (d->out_h != d->h + 2 * d->pad - 2 || d->out_w != d->w + 2 * d->pad - 2) return 0;
+    /* Enough tiles that the GEMMs, not the transformed weights, dominate: U is
+     * 4x the weights, made and read once per tile panel. Measured on
+     * yolov4-tiny (AVX-512, 1-2 threads): 104x104 and 52x52 outputs (676 and
+     * 169 tiles) gain 1.2-1.6x over the direct kernel path; 26x26 (49 tiles,
+     * 256-384 channels) lose under memory pressure. */
+    const wino_geom g = geom_of(d);
+    return g.T >= 128 && dn_packed_gemm_available();
+}
+
+static size_t fb(size_t n) { return (n * sizeof(float) + 63) / 64 * 64; }
+
+void dn_winograd_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker)
+{
+    const wino_geom g = geom_of(d);
+    *shared = fb((size_t)36 * g.M * g.C) + fb((size_t)d->batch * g.C * g.hp * g.wp);
+    *per_worker = fb((size_t)36 * WG_C * WG_TILES) + fb((size_t)36 * WG_M * WG_TILES) + fb(16 * WG_TILES) +
+                  fb(WG_TILES);
+}
+
+/* ---- transforms ---- */
+
+/* U = G g G^T for n (filter, channel) pairs: pair i's 9 taps at w + 9i, its
+ * 36 values to u[p*ustride + i]. Pairs go 16 at a time through a small
+ * transpose so the arithmetic runs across pairs in vector registers and the
+ * stores are contiguous. */
+#define WG_PAIRS 16
+DN_VECTOR_CLONES
+static void filter_transform16(const float (*g)[WG_PAIRS], float *u, size_t ustride, int n)
+{
+    float t[18][WG_PAIRS], o[36][WG_PAIRS];
+    for (int j = 0; j < 3; ++j) /* t = G g, column j */
+        for (int l = 0; l < WG_PAIRS; ++l) {
+            const float g0 = g[j][l], g1 = g[3 + j][l], g2 = g[6 + j][l];
+            t[0 + j][l] = g0 * (1.f / 4);
+            t[3 + j][l] = (g0 + g1 + g2) * (-1.f / 6);
+            t[6 + j][l] = (g0 - g1 + g2) * (-1.f / 6);
+            t[9 + j][l] = g0 * (1.f / 24) + g1 * (1.f / 12) + g2 * (1.f / 6);
+            t[12 + j][l] = g0 * (1.f / 24) - g1 * (1.f / 12) + g2 * (1.f / 6);
+            t[15 + j][l] = g2;
+        }
+    for (int r = 0; r < 6; ++r) /* U = t G^T, row r */
+        for (int l = 0; l < WG_PAIRS; ++l) {
+            const float g0 = t[3 * r][l], g1 = t[3 * r + 1][l], g2 = t[3 * r + 2][l];
+            o[6 * r + 0][l] = g0 * (1.f / 4);
+            o[6 * r + 1][l] = (g0 + g1 + g2) * (-1.f / 6);
+            o[6 * r + 2][l] = (g0 - g1 + g2) * (-1.f / 6);
+            o[6 * r + 3][l] = g0 * (1.f / 24) + g1 * (1.f / 12) + g2 * (1.f / 6);
+            o[6 * r + 4][l] = g0 * (1.f / 24) - g1 * (1.f / 12) + g2 * (1.f / 6);
+            o[6 * r + 5][l] = g2;
+        }
+    for (int p = 0; p < 36; ++p) memcpy(u + (size_t)p * ustride, o[p], (size_t)n * sizeof(float));
+}
+
+static void filter_transform(const float *w, int n, float *u, size_t ustride)
+{
+    float g[9][WG_PAIRS];
+    for (int i0 = 0; i0 < n; i0 += WG_PAIRS) {
+        const int m = n - i0 < WG_PAIRS ? n - i0 : WG_PAIRS;
+        for (int l = 0; l < WG_PAIRS; ++l)
+            for (int k = 0; k < 9; ++k) g[k][l] = l < m ? w[(size_t)(i0 + l) * 9 + k] : 0.f;
+        filter_transform16((const float(*)[WG_PAIRS])g, u + i0, ustride, m);
+    }
+}
+
+/* the 6x6 patches of WG_TILES tiles: d[r*6 + s][lane] = src[base[lane] + r*wp + s] */
+DN_VECTOR_CLONES
+static void gather_patches(const float *src, size_t wp, const int *base, float (*d)[WG_TILES])
+{
+    for (int r = 0; r < 6; ++r)
+        for (int s = 0; s < 6; ++s) {
+            const float *p = src + (size_t)r * wp + s;
+            for (int l = 0; l < WG_TILES; ++l) d[6 * r + s][l] = p[base[l]];
+        }
+}
+
+/* V = B^T d B for WG_TILES tiles side by side (lane = tile): d[(r*6 + c)][lane],
+ * written as row `kk` of the 36 B panels (panel p at vp + p*kc*DN_NR) */
+DN_VECTOR_CLONES
+static void input_transform(const float (*d)[WG_TILES], float *vp, int kc, int kk)
+{
+    float t[36][WG_TILES];
+    for (int c = 0; c < 6; ++c) { /* t = B^T d, column c */
+        const float *d0 = d[c], *d1 = d[6 + c], *d2 = d[12 + c], *d3 = d[18 + c], *d4 = d[24 + c], *d5 = d[30 + c];
+        for (int l = 0; l < WG_TILES; ++l) {
+            t[c][l] = 4.f * d0[l] - 5.f * d2[l] + d4[l];
+            t[6 + c][l] = -4.f * d1[l] - 4.f * d2[l] + d3[l] + d4[l];
+            t[12 + c][l] = 4.f * d1[l] - 4.f * d2[l] - d3[l] + d4[l];
+            t[18 + c][l] = -2.f * d1[l] - d2[l] + 2.f * d3[l] + d4[l];
+            t[24 + c][l] = 2.f * d1[l] - d2[l] - 2.f * d3[l] + d4[l];
+            t[30 + c][l] = 4.f * d1[l] - 5.f * d3[l] + d5[l];
+        }
+    }
+    for (int r = 0; r < 6; ++r) { /* V = t B, row r */
+        const float *t0 = t[6 * r], *t1 = t[6 * r + 1], *t2 = t[6 * r + 2], *t3 = t[6 * r + 3], *t4 = t[6 * r + 4],
+                    *t5 = t[6 * r + 5];
+        float *v0 = vp + ((size_t)(6 * r + 0) * kc + kk) * DN_NR, *v1 = vp + ((size_t)(6 * r + 1) * kc + kk) * DN_NR;
+        float *v2 = vp + ((size_t)(6 * r + 2) * kc + kk) * DN_NR, *v3 = vp + ((size_t)(6 * r + 3) * kc + kk) * DN_NR;
+        float *v4 = vp + ((size_t)(6 * r + 4) * kc + kk) * DN_NR, *v5 = vp + ((size_t)(6 * r + 5) * kc + kk) * DN_NR;
+        for (int l = 0; l < WG_TILES; ++l) {
+            v0[l] = 4.f * t0[l] - 5.f * t2[l] + t4[l];
+            v1[l] = -4.f * t1[l] - 4.f * t2[l] + t3[l] + t4[l];
+            v2[l] = 4.f * t1[l] - 4.f * t2[l] - t3[l] + t4[l];
+            v3[l] = -2.f * t1[l] - t2[l] + 2.f * t3[l] + t4[l];
+            v4[l] = 2.f * t1[l] - t2[l] - 2.f * t3[l] + t4[l];
+            v5[l] = 4.f * t1[l] - 5.f * t3[l] + t5[l];
+        }
+    }
+}
+
+/* Y = A^T M A for WG_TILES tiles (lane = tile): m[p] is position p's row
+ * (stride WG_TILES within m), y[16][WG_TILES]; then y = act(a*y + b) */
+DN_VECTOR_CLONES
+static void output_transform(const float *m, size_t pstride, float (*y)[WG_TILES])
+{
+    float t[24][WG_TILES];
+    for (int c = 0; c < 6; ++c) { /* t = A^T M, column c */
+        const float *m0 = m + (size_t)c * pstride, *m1 = m + (size_t)(6 + c) * pstride, *m2 = m + (size_t)(12 + c) * pstride;
+        const float *m3 = m + (size_t)(18 + c) * pstride, *m4 = m + (size_t)(24 + c) * pstride,
+                    *m5 = m + (size_t)(30 + c) * pstride;
+        for (int l = 0; l < WG_TILES; ++l) {
+            const float a = m1[l] + m2[l], b = m1[l] - m2[l], e = m3[l] + m4[l], f = m3[l] - m4[l];
+            t[c][l] = m0[l] + a + e;
+            t[6 + c][l] = b + 2.f * f;
+            t[12 + c][l] = a + 4.f * e;
+            t[18 + c][l] = b + 8.f * f + m5[l];
+        }
+    }
+    for (int r = 0; r < 4; ++r) { /* Y = t A, row r */
+        const float *t0 = t[6 * r], *t1 = t[6 * r + 1], *t2 = t[6 * r + 2], *t3 = t[6 * r + 3], *t4 = t[6 * r + 4],
+                    *t5 = t[6 * r + 5];
+        for (int l = 0; l < WG_TILES; ++l) {
+            const float a = t1[l] + t2[l], b = t1[l] - t2[l], e = t3[l] + t4[l], f = t3[l] - t4[l];
+            y[4 * r][l] = t0[l] + a + e;
+            y[4 * r + 1][l] = b + 2.f * f;
+            y[4 * r + 2][l] = a + 4.f * e;
+            y[4 * r + 3][l] = b + 8.f * f + t5[l];
+        }
+    }
+}
+
+/* ---- passes ---- */
+
+typedef struct {
+    const dn_net *net;
+    const dn_layer *l;
+    const dn_conv_desc *d;
+    wino_geom g;
+    const float *input;
+    float *output, *u, *padded;
+    const float *scale, *bias;
+    dn_activation act;
+} wino_job;
+
+static void weights_task(void *ctx, int task, int worker)
+{
+    (void)worker;
+    const wino_job *j = ctx;
+    const size_t pairs = (size_t)j->g.M * j->g.C;
+    /* filter m: its C pairs are consecutive in the weights and in U's rows */
+    filter_transform(j->d->weights + (size_t)task * j->g.C * 9, j->g.C, j->u + (size_t)task * j->g.C, pairs);
+}
+
+static void pad_task(void *ctx, int task, int worker)
+{
+    (void)worker;
+    const wino_job *j = ctx;
+    const dn_conv_desc *d = j->d;
+    const wino_geom *g = &j->g;
+    const int b = task / g->C, c = task % g->C;
+    const float *src = j->input + ((size_t)b * d->c + c) * d->h * d->w;
+    float *dst = j->padded + ((size_t)b * g->C + c) * g->hp * g->wp;
+    memset(dst, 0, (size_t)g->hp * g->wp * sizeof(float));
+    /* padded (y, x) holds input (y - pad, x - pad): the patch of tile (ty, tx)
+     * starts at (4ty, 4tx) here, which is input (4ty - pad, 4tx - pad) */
+    for (int y = 0; y < d->h; ++y) {
+        const int py = y + g->pad;
+        if (py >= g->hp) break;
+        const int n = d->w + g->pad <= g->wp ? d->w : g->wp - g->pad;
+        memcpy(dst + (size_t)py * g->wp + g->pad, src + (size_t)y * d->w, (size_t)n * sizeof(float));
+    }
+}
+
+static void tile_task(void *ctx, int task, int worker)
+{
+    const wino_job *j = ctx;
+    const wino_geom *g = &j->g;
+    const int per_image = g->tpanels * g->mchunks;
+    const int b = task / per_image, tp = task % per_image / g->mchunks, mc = task % g->mchunks;
+    const int t0 = tp * WG_TILES, nt = g->T - t0 < WG_TILES ? g->T - t0 : WG_TILES;
+    const int m0 = mc * g->mchunk, mn = g->M - m0 < g->mchunk ? g->M - m0 : g->mchunk;
+    float *vp = dn_scratch(j->net, j->l, worker);
+    float *macc = vp + fb((size_t)36 * WG_C * WG_TILES) / sizeof(float);
+    float(*y)[WG_TILES] = (float(*)[WG_TILES])(macc + fb((size_t)36 * WG_M * WG_TILES) / sizeof(float));
+    int *base = (int *)((float *)y + fb(16 * WG_TILES) / sizeof(float));
+    for (int l = 0; l < WG_TILES; ++l) {
+        const int t = t0 + (l < nt ? l : 0);
+        base[l] = 4 * (t / g->tw) * g->wp + 4 * (t % g->tw);
+    }
+    const float *pimg = j->padded + (size_t)b * g->C * g->hp * g->wp;
+    float d[36][WG_TILES];
+    for (int c0 = 0; c0 < g->C; c0 += WG_C) {
+        const int kc = g->C - c0 < WG_C ? g->C - c0 : WG_C;
+        for (int kk = 0; kk < kc; ++kk) {
+            gather_patches(pimg + (size_t)(c0 + kk) * g->hp * g->wp, (size_t)g->wp, base, d);
+            input_transform((const float(*)[WG_TILES])d, vp, kc, kk);
+        }
+        for (int p = 0; p < 36; ++p)
+            for (int i0 = 0; i0 < mn; i0 += DN_MR) {
+                const int mr = mn - i0 < DN_MR ? mn - i0 : DN_MR;
+                dn_kernel_rows(kc, j->u + ((size_t)p * g->M + m0 + i0) * g->C + c0, (size_t)g->C,
+                               vp + (size_t)p * kc * DN_NR, macc + ((size_t)p * WG_M + i0) * WG_TILES, WG_TILES, mr,
+                               nt, c0 > 0, NULL, 0);
+            }
+    }
+    float *out = j->output + (size_t)b * g->M * g->oh * g->ow;
+    float *yt = (float *)d; /* [WG_TILES][16]: each tile's 4 x 4 outputs together */
+    for (int i = 0; i < mn; ++i) {
+        const int m = m0 + i;
+        output_transform(macc + (size_t)i * WG_TILES, (size_t)WG_M * WG_TILES, y);
+        const float a = j->scale ? j->scale[m] : 1.f, bb = j->bias ? j->bias[m] : 0.f;
+        for (int e = 0; e < 16; ++e) dn_affine_activate(y[e], (size_t)nt, a, bb, j->act);
+        for (int h = 0; h * 16 < nt; ++h) dn_transpose16(&y[0][16 * h], WG_TILES, yt + (size_t)16 * 16 * h, 16);
+        float *o = out + (size_t)m * g->oh * g->ow;
+        for (int l = 0; l < nt; ++l) {
+            const int t = t0 + l, oy = 4 * (t / g->tw), ox = 4 * (t % g->tw);
+            const int rh = g->oh - oy < 4 ? g->oh - oy : 4, rw = g->ow - ox < 4 ? g->ow - ox : 4;
+            const float *src = yt + (size_t)l * 16;
+            if (rw == 4)
+                for (int r = 0; r < rh; ++r) memcpy(o + (size_t)(oy + r) * g->ow + ox, src + 4 * r, 4 * sizeof(float));
+            else
+                for (int r = 0; r < rh; ++r)
+                    for (int s = 0; s < rw; ++s) o[(size_t)(oy + r) * g->ow + ox + s] = src[4 * r + s];
+        }
+    }
+}
+
+void dn_winograd_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
+                         float *output, const float *scale, const float *bias, dn_activation act)
+{
+    wino_job j;
+    memset(&j, 0, sizeof(j));
+    j.net = net;
+    j.l = l;
+    j.d = d;
+    j.g = geom_of(d);
+    j.input = input;
+    j.output = output;
+    j.u = dn_scratch(net, l, -1);
+    j.padded = j.u + fb((size_t)36 * j.g.M * j.g.C) / sizeof(float);
+    j.scale = scale;
+    j.bias = bias;
+    j.act = act;
+    dn_parallel(net, j.g.M, weights_task, &j);
+    dn_parallel(net, d->batch * j.g.C, pad_task, &j);
+    dn_parallel(net, d->batch * j.g.tpanels * j.g.mchunks, tile_task, &j);
+}

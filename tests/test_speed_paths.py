@@ -1,0 +1,223 @@
+"""The speed paths (dn_net_set_speed: worker threads, fused batch norm,
+Winograd, the packed GEMM kernel) against the plain code they replace, and
+their independence from the thread count.
+
+* fast == plain: every layer's output in inference, and after a training
+  forward and backward pass every parameter gradient, the input's delta and
+  the batch-norm rolling statistics, agree within float32 rounding of sums
+  taken in another order: 1e-4 of the tensor's largest magnitude for outputs
+  (as tests/test_layers.py), 2e-4 for gradients (sums over up to 10^5 terms).
+* 1 thread == 2 threads, bit for bit, with every speed path on: work is cut
+  into tasks by the shape alone.
+The convolution shapes are chosen to reach every plan of the tiled code
+(1x1 direct, column tiles with private packing, shared packing, groups,
+stride 2, dilation, filters not a multiple of 8, fewer than 32 positions)
+and Winograd (with and without padding, outputs not a multiple of 4).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pydarknet
+from conftest import randomize, random_input, shared_cfg
+from pydarknet._native import check, ffi, lib
+
+NET = "[net]\nwidth={w}\nheight={h}\nchannels={c}\n"
+ALL = lib.DN_SPEED_ALL
+PLAIN = 0
+
+
+def conv(filters, size=3, stride=1, bn=1, act="leaky", groups=1, dilation=1, pad=None):
+    pad = (size // 2) if pad is None else pad
+    return ("[convolutional]\nfilters=%d\nsize=%d\nstride=%d\npad=%d\nbatch_normalize=%d\nactivation=%s\n"
+            "groups=%d\ndilation=%d\n" % (filters, size, stride, 1 if pad else 0, bn, act, groups, dilation))
+
+
+# (name, c, h, w, body): shapes reaching each plan
+CASES = [
+    ("private-stride1", 3, 48, 48, conv(16) + conv(24, act="logistic")),
+    ("private-stride2", 5, 100, 90, conv(13, stride=2) + conv(32, size=1, act="linear")),
+    ("shared-deep", 40, 9, 11, conv(70, bn=0, act="relu") + conv(33, size=1) + conv(9, act="mish")),
+    ("groups-dilation", 8, 50, 46, conv(16, groups=2) + conv(16, groups=4, dilation=2)),
+    ("tiny", 6, 3, 5, conv(10) + conv(3, size=1, bn=0, act="linear")),
+    ("winograd-edges", 8, 51, 45, conv(12) + conv(20, pad=0, act="logistic") + conv(9, bn=0, act="linear")),
+    ("shortcut", 8, 30, 30, conv(8) + conv(8, act="mish") + "[shortcut]\nfrom=-2\nactivation=leaky\n" + conv(8)
+     + "[shortcut]\nfrom=-3\nactivation=mish\n"),
+    ("spp", 6, 13, 11, conv(8, size=1) + "[maxpool]\nsize=5\nstride=1\n" + "[route]\nlayers=-2\n"
+     + "[maxpool]\nsize=9\nstride=1\n" + "[route]\nlayers=-4\n" + "[maxpool]\nsize=13\nstride=1\n"
+     + "[route]\nlayers=-1,-3,-5,-6\n" + conv(4, size=1, act="logistic")),
+    ("pool-route-up", 4, 40, 40, conv(16) + "[maxpool]\nsize=2\nstride=2\n" + conv(8) + "[route]\nlayers=-1,-2\n"
+     + "[upsample]\nstride=2\n" + conv(4, size=1) + "[maxpool]\nsize=3\nstride=1\n"),
+]
+
+
+def build(write_cfg, c, h, w, body, batch, seed=3, threads=1):
+    net = pydarknet.load(write_cfg(NET.format(c=c, h=h, w=w) + body), batch=batch, threads=threads)
+    randomize(net, seed)
+    return net
+
+
+def set_speed(net, paths):
+    check(lib.dn_net_set_speed(net._ptr, paths))
+
+
+def outputs(net):
+    return [layer.output.copy() for layer in net.layers]
+
+
+def rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-6)
+
+
+def view(ptr, count):
+    return np.frombuffer(ffi.buffer(ptr, count * 4), dtype=np.float32).copy()
+
+
+def train_pass(net, x, seed=5):
+    """A training forward pass, a fixed random delta on the last layer, a
+    backward pass; returns the gradients, input delta and parameters."""
+    net.enable_training()
+    check(lib.dn_net_forward_train(net._ptr, ffi.from_buffer("float[]", x), x.size, ffi.NULL, 0))
+    last = len(net.layers) - 1
+    data, count = ffi.new("float **"), ffi.new("size_t *")
+    check(lib.dn_layer_delta(net._ptr, last, data, count))
+    r = np.random.default_rng(seed).standard_normal(count[0]).astype(np.float32)
+    ffi.memmove(data[0], ffi.from_buffer("float[]", r), r.nbytes)
+    check(lib.dn_net_backward(net._ptr))
+    out = {"input_delta": None, "outputs": outputs(net)}
+    check(lib.dn_net_input_delta(net._ptr, data, count))
+    out["input_delta"] = view(data[0], count[0])
+    for layer in net.layers:
+        for j, (name, values) in enumerate(layer.params.items()):
+            grad = ffi.new("float **")
+            check(lib.dn_layer_param_state(net._ptr, layer.index, j, grad, ffi.NULL, ffi.NULL))
+            if grad[0] != ffi.NULL:
+                out[(layer.index, name, "grad")] = view(grad[0], values.size)
+            out[(layer.index, name)] = values.copy()
+    return out
+
+
+@pytest.mark.parametrize("name,c,h,w,body", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("fast", [ALL, lib.DN_SPEED_THREADS, lib.DN_SPEED_THREADS | lib.DN_SPEED_FUSE,
+                                  lib.DN_SPEED_THREADS | lib.DN_SPEED_KERNEL],
+                         ids=["all", "threads", "threads+fuse", "threads+kernel"])
+def test_inference_fast_matches_plain(write_cfg, name, c, h, w, body, fast):
+    x = random_input((2, c, h, w), 1) * 2 - 1
+    plain = build(write_cfg, c, h, w, body, 2, threads=2)
+    set_speed(plain, PLAIN)
+    plain.forward(x)
+    fastnet = build(write_cfg, c, h, w, body, 2, threads=2)
+    set_speed(fastnet, fast)
+    fastnet.forward(x)
+    for i, (a, b) in enumerate(zip(outputs(fastnet), outputs(plain))):
+        assert rel_err(a, b) < 1e-4, f"layer {i}: relative error {rel_err(a, b):.2e}"
+
+
+@pytest.mark.parametrize("name,c,h,w,body", CASES, ids=[c[0] for c in CASES])
+def test_training_fast_matches_plain(write_cfg, name, c, h, w, body):
+    x = random_input((3, c, h, w), 2) * 2 - 1
+    runs = {}
+    for paths in (PLAIN, ALL):
+        net = build(write_cfg, c, h, w, body, 3, threads=2)
+        set_speed(net, paths)
+        runs[paths] = train_pass(net, x)
+    for key, want in runs[PLAIN].items():
+        got = runs[ALL][key]
+        if key == "outputs":
+            for i, (a, b) in enumerate(zip(got, want)):
+                assert rel_err(a, b) < 1e-4, f"output of layer {i}: {rel_err(a, b):.2e}"
+            continue
+        assert rel_err(got, want) < 2e-4, f"{key}: relative error {rel_err(got, want):.2e}"
+
+
+@pytest.mark.parametrize("name,c,h,w,body", CASES, ids=[c[0] for c in CASES])
+def test_thread_count_does_not_change_results(write_cfg, name, c, h, w, body):
+    x = random_input((3, c, h, w), 4) * 2 - 1
+    runs = []
+    for threads in (1, 2, 3):
+        net = build(write_cfg, c, h, w, body, 3, threads=threads)
+        net.forward(x)
+        inference = outputs(net)
+        runs.append((inference, train_pass(net, x)))
+    for inference, train in runs[1:]:
+        for a, b in zip(inference, runs[0][0]):
+            np.testing.assert_array_equal(a, b)
+        for key, want in runs[0][1].items():
+            if key == "outputs":
+                for a, b in zip(train[key], want):
+                    np.testing.assert_array_equal(a, b)
+            else:
+                np.testing.assert_array_equal(train[key], want, err_msg=str(key))
+
+
+def test_yolov4_tiny_threads_and_plain(tmp_path):
+    """A whole public model: 2 threads == 1 thread exactly, and == the plain paths within tolerance."""
+    from opencv_ref import cfg_with_size
+
+    cfg = cfg_with_size(shared_cfg("yolov4-tiny"), 256, 256, tmp_path)
+    x = random_input((1, 3, 256, 256), 7)
+    outs = {}
+    for threads, paths in ((1, ALL), (2, ALL), (2, PLAIN)):
+        net = pydarknet.load(cfg, threads=threads)
+        randomize(net, 9)
+        set_speed(net, paths)
+        net.forward(x)
+        outs[(threads, paths)] = outputs(net)
+    for a, b in zip(outs[(2, ALL)], outs[(1, ALL)]):
+        np.testing.assert_array_equal(a, b)
+    for i, (a, b) in enumerate(zip(outs[(2, ALL)], outs[(2, PLAIN)])):
+        assert rel_err(a, b) < 1e-4, f"layer {i}: relative error {rel_err(a, b):.2e}"
+
+
+def test_speed_setting_and_environment(write_cfg, monkeypatch):
+    net = build(write_cfg, 3, 8, 8, conv(4), 1)
+    assert lib.dn_net_speed(net._ptr) == ALL
+    assert lib.dn_net_set_speed(net._ptr, 1 << 12) != 0
+    set_speed(net, lib.DN_SPEED_FUSE)
+    assert lib.dn_net_speed(net._ptr) == lib.DN_SPEED_FUSE
+    monkeypatch.setenv("PYDARKNET_SPEED", "0")
+    assert lib.dn_net_speed(build(write_cfg, 3, 8, 8, conv(4), 1)._ptr) == 0
+
+
+def test_layer_times(write_cfg):
+    net = build(write_cfg, 3, 32, 32, conv(8) + "[maxpool]\nsize=2\nstride=2\n", 1, threads=2)
+    x = random_input((1, 3, 32, 32), 1)
+    f, b, n = ffi.new("double *"), ffi.new("double *"), ffi.new("long long *")
+    check(lib.dn_net_set_profiling(net._ptr, 1))
+    for _ in range(3):
+        net.forward(x)
+    for i in range(2):
+        check(lib.dn_net_layer_times(net._ptr, i, f, b, n))
+        assert n[0] == 3 and f[0] > 0 and b[0] == 0
+    check(lib.dn_net_set_profiling(net._ptr, 0))
+    net.forward(x)
+    check(lib.dn_net_layer_times(net._ptr, 0, f, b, n))
+    assert n[0] == 3
+    assert lib.dn_net_layer_times(net._ptr, 5, f, b, n) != 0
+
+
+def test_forked_child_runs_serially(write_cfg):
+    """Worker threads do not survive fork(); a child process still gets results."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    net = build(write_cfg, 3, 40, 40, conv(16) + conv(8), 1, threads=2)
+    x = random_input((1, 3, 40, 40), 3)
+    net.forward(x)
+    want = net.layers[-1].output
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            net.forward(x)
+            ok = np.array_equal(net.layers[-1].output, want)
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert got == b"1"
