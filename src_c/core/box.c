@@ -99,3 +99,12 @@ float dn_box_measure(dn_box a, dn_box b, dn_iou_kind kind, float grad[4])
         for (int k = 0; k < 4; ++k) grad[k] = (float)d[k];
     return (float)v;
 }
+
+int dn_truth_class(const float *row, int classes)
+{
+    for (int k = 0; k < 5; ++k)
+        if (!isfinite(row[k])) return -1;
+    if (!(row[2] > 0) || !(row[3] > 0)) return -1;
+    if (row[4] < 0 || row[4] >= (float)classes) return -1;
+    return (int)row[4];
+}

@@ -418,6 +418,9 @@ typedef enum { DN_IOU_PLAIN, DN_IOU_GIOU, DN_IOU_DIOU, DN_IOU_CIOU } dn_iou_kind
 /* IoU, GIoU, DIoU (rho^2/c^2) or CIoU of a with b; grad (may be NULL) receives
  * d(measure)/d(a.x, a.y, a.w, a.h), exact. */
 float dn_box_measure(dn_box a, dn_box b, dn_iou_kind kind, float grad[4]);
+/* The class of a truth row (x, y, w, h, class), or -1 when the row is
+ * padding or unusable (not finite, empty box, class outside 0..classes-1). */
+int dn_truth_class(const float *row, int classes);
 
 /* ---- pooling shared by maxpool and local_avgpool (ops/pool.c) ---- */
 typedef enum { DN_POOL_MAX, DN_POOL_AVG } dn_pool_kind;

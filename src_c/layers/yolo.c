@@ -240,16 +240,7 @@ static size_t entry(const image_ctx *c, int a, int k, size_t i)
 
 static double softplus(double z) { return (z > 0 ? z : 0) + log1p(exp(-fabs(z))); }
 
-/* class of a usable truth row, or -1 */
-static int truth_class(const image_ctx *c, int r)
-{
-    const float *t = c->truth + 5 * (size_t)r;
-    for (int k = 0; k < 5; ++k)
-        if (!isfinite(t[k])) return -1;
-    if (!(t[2] > 0) || !(t[3] > 0)) return -1;
-    if (t[4] < 0 || t[4] >= (float)c->s->classes) return -1;
-    return (int)t[4];
-}
+static int truth_class(const image_ctx *c, int r) { return dn_truth_class(c->truth + 5 * (size_t)r, c->s->classes); }
 
 static dn_box truth_box(const image_ctx *c, int r)
 {
