@@ -135,18 +135,28 @@ def main(args):
     f_s, b_s, calls = ffi.new("double *"), ffi.new("double *"), ffi.new("long long *")
     layer_ms = []
 
+    warm_ms = []
+
+    def layer_times():
+        per = []
+        for r in rows:
+            check(lib.dn_net_layer_times(net._ptr, r["layer"], f_s, b_s, calls))
+            per.append(f_s[0] * 1e3)
+        return per
+
     def run_net():
+        # cold: after an idle pause, as bench_inference.py times it
         time.sleep(args.pause)
         check(lib.dn_net_set_profiling(net._ptr, 1))
         t = time.perf_counter()
         net.predict(x)
         dt = time.perf_counter() - t
+        layer_ms.append(layer_times())
+        # warm: right after, as the SGEMM reference is timed
+        check(lib.dn_net_set_profiling(net._ptr, 1))
+        net.predict(x)
+        warm_ms.append(layer_times())
         check(lib.dn_net_set_profiling(net._ptr, 0))
-        per = []
-        for r in rows:
-            check(lib.dn_net_layer_times(net._ptr, r["layer"], f_s, b_s, calls))
-            per.append(f_s[0] * 1e3)
-        layer_ms.append(per)
         time.sleep(args.pause)
         return dt
 
@@ -155,7 +165,7 @@ def main(args):
         run_net()
     if args.wait_idle:
         wait_idle(args.wait_idle)
-    t_gemm, t_net, kept, dropped, kept_layer_ms = [], [], [], [], []
+    t_gemm, t_net, kept, dropped, kept_layer_ms, kept_warm_ms = [], [], [], [], [], []
     mon = Neighbours()
     while len(t_net) < args.repeat:
         mon.start()
@@ -171,6 +181,7 @@ def main(args):
         t_net.append(n)
         kept.append(round(load, 3))
         kept_layer_ms.append(layer_ms[-1])
+        kept_warm_ms.append(warm_ms[-1])
     if dropped:
         print("  %d round(s) run again: other processes used %s CPU during them"
               % (len(dropped), ", ".join("%.2f" % v for v in dropped)))
@@ -179,7 +190,8 @@ def main(args):
         print("  WARNING: kept rounds during which other processes were busy (up to %.2f CPU)" % max(kept))
 
     t_gemm = np.asarray(t_gemm) * 1e3  # [round, layer] ms
-    t_layer = np.asarray(kept_layer_ms)  # [round, layer] ms, pydarknet's own layer timers
+    t_layer = np.asarray(kept_layer_ms)  # [round, layer] ms, pydarknet's own layer timers (cold)
+    t_warm = np.asarray(kept_warm_ms)    # the same in the forward pass right after (warm)
     for i, r in enumerate(rows):
         r["sgemm_ms_median"] = float(np.median(t_gemm[:, i]))
         r["sgemm_ms_min"] = float(np.min(t_gemm[:, i]))
@@ -187,25 +199,31 @@ def main(args):
         r["pydarknet_ms_median"] = float(np.median(t_layer[:, i]))
         r["pydarknet_gflops"] = r["gflop"] / r["pydarknet_ms_median"] * 1e3
         r["pydarknet_vs_sgemm"] = r["pydarknet_gflops"] / r["gflops"]
+        r["pydarknet_warm_ms_median"] = float(np.median(t_warm[:, i]))
+        r["pydarknet_warm_gflops"] = r["gflop"] / r["pydarknet_warm_ms_median"] * 1e3
+        r["pydarknet_warm_vs_sgemm"] = r["pydarknet_warm_gflops"] / r["gflops"]
     per_round = t_gemm.sum(axis=1)
     sum_med, sum_min = float(np.median(per_round)), float(np.min(per_round))
     net_ms = np.asarray(t_net) * 1e3
     net_med, net_min = float(np.median(net_ms)), float(np.min(net_ms))
     total = sum(r["gflop"] for r in rows)
 
-    lines = ["| layer | filters | size/stride | groups | M | N | K | GFLOP | SGEMM ms | SGEMM GFLOP/s "
-             "| pydarknet layer ms | pydarknet GFLOP/s | pydarknet / SGEMM |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| layer | filters | size/stride | M | N | K | GFLOP | SGEMM ms | SGEMM GFLOP/s "
+             "| pydarknet warm ms | GFLOP/s | / SGEMM | pydarknet cold ms | GFLOP/s | / SGEMM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append("| %d | %d | %dx%d/%d | %d | %d | %d | %d | %.3f | %.2f | %.0f | %.2f | %.0f | %.2f |"
-                     % (r["layer"], r["filters"], r["size"], r["size"], r["stride"], r["groups"],
+        lines.append("| %d | %d | %dx%d/%d | %d | %d | %d | %.3f | %.2f | %.0f | %.2f | %.0f | %.2f | %.2f | %.0f | %.2f |"
+                     % (r["layer"], r["filters"], r["size"], r["size"], r["stride"],
                         r["M"], r["N"], r["K"], r["gflop"], r["sgemm_ms_median"], r["gflops"],
+                        r["pydarknet_warm_ms_median"], r["pydarknet_warm_gflops"], r["pydarknet_warm_vs_sgemm"],
                         r["pydarknet_ms_median"], r["pydarknet_gflops"], r["pydarknet_vs_sgemm"]))
+    gsum = sum(r["gflop"] for r in rows)
     conv_ms = float(np.median(t_layer.sum(axis=1)))
-    lines.append("| all conv | | | | | | | %.3f | %.2f | %.0f | %.2f | %.0f | %.2f |"
-                 % (sum(r["gflop"] for r in rows), sum_med_tmp(t_gemm), sum(r["gflop"] for r in rows) /
-                    sum_med_tmp(t_gemm) * 1e3, conv_ms, sum(r["gflop"] for r in rows) / conv_ms * 1e3,
-                    sum_med_tmp(t_gemm) / conv_ms))
+    warm_conv_ms = float(np.median(t_warm.sum(axis=1)))
+    lines.append("| all conv | | | | | | %.3f | %.2f | %.0f | %.2f | %.0f | %.2f | %.2f | %.0f | %.2f |"
+                 % (gsum, sum_med_tmp(t_gemm), gsum / sum_med_tmp(t_gemm) * 1e3,
+                    warm_conv_ms, gsum / warm_conv_ms * 1e3, sum_med_tmp(t_gemm) / warm_conv_ms,
+                    conv_ms, gsum / conv_ms * 1e3, sum_med_tmp(t_gemm) / conv_ms))
     table = "\n".join(lines)
     summary = "\n".join([
         "| what | ms (median) | ms (min) | conv GFLOP/s at the median |",
@@ -220,9 +238,11 @@ def main(args):
     print(table)
     print()
     print(summary)
-    print("\nSGEMM: numpy.matmul of each layer's im2col GEMM shape alone (warm). pydarknet layer ms:\n"
-          "the layer's whole forward (im2col/packing, GEMM or Winograd, batch norm, activation) from\n"
-          "its own timers (dn_net_layer_times); its GFLOP/s counts the direct convolution's 2*M*N*K.")
+    print("\nSGEMM: numpy.matmul of each layer's im2col GEMM shape alone, right after an untimed run\n"
+          "(warm). pydarknet: the layer's whole forward (im2col/packing, GEMM or Winograd, batch norm,\n"
+          "activation) from its own timers (dn_net_layer_times), in a forward pass right after\n"
+          "another (warm) and in one after an idle pause (cold, as bench_inference.py times);\n"
+          "its GFLOP/s counts the direct convolution's 2*M*N*K.")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

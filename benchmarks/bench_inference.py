@@ -136,22 +136,33 @@ def sanity_check(dn, cv, x):
 # ------------------------------------------------------------------ memory
 
 RSS_SCRIPT = r"""
-import os, resource, sys
+import os, sys
 import numpy as np
+
+
+def hwm():
+    # peak resident set of this process in KiB (VmHWM; ru_maxrss would carry the
+    # parent's peak over from fork and exec)
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+
+
 which, cfg, weights, size, threads, runs = sys.argv[1:7]
 size, threads, runs = int(size), int(threads), int(runs)
 x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm()
 if which == "pydarknet":
     import pydarknet
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = hwm()
     net = pydarknet.load(cfg, weights, threads=threads)
     for _ in range(runs):
         net.predict(x)
 elif which == "opencv":
     import cv2
     cv2.setNumThreads(threads)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = hwm()
     net = cv2.dnn.readNetFromDarknet(cfg, weights)
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
@@ -159,7 +170,7 @@ elif which == "opencv":
     for _ in range(runs):
         net.setInput(x)
         net.forward(names)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)
+print(hwm(), base)
 """
 
 

@@ -10,7 +10,8 @@ Compiler flags: PYDARKNET_CFLAGS (default -O3). The build stays portable:
 the hot loops are compiled for several instruction sets and picked at load
 time (GCC target_clones), and the AVX-512 GEMM kernel is chosen at run time
 (add -DDN_NO_PACKED_GEMM or -DDN_NO_CLONES to leave either out). No
--ffast-math: results and NaN checks must not change.
+-ffast-math: results and NaN checks must not change (-fno-trapping-math,
+always on, only gives up FP exception flags, which the library never reads).
 """
 import os
 import re
@@ -69,7 +70,10 @@ def build_ffi():
         sources=c_sources(),
         include_dirs=[str(SRC / "include"), str(SRC / "core")] + blas.get("include_dirs", []),
         define_macros=[("_GNU_SOURCE", "1")] + blas.get("define_macros", []),
-        extra_compile_args=["-std=c11", "-Wall", "-Wno-unused-function"] + opt,
+        # -fno-trapping-math: FP exception flags are never read, so conditional
+        # arithmetic (leaky, clamps) can be vectorized; values are unchanged
+        extra_compile_args=["-std=c11", "-Wall", "-Wno-unused-function", "-Werror=implicit-function-declaration",
+                            "-fno-trapping-math"] + opt,
         libraries=["m", "pthread"] + blas.get("libraries", []),
         library_dirs=blas.get("library_dirs", []),
         extra_link_args=blas.get("extra_link_args", []),

@@ -12,8 +12,9 @@
  * thread count to 1 while the pool drives the work), so the two never
  * compete for the CPUs.
  *
- * Between jobs a helper spins for a short while (a layer's next loop usually
- * follows within microseconds), then sleeps on a condition variable. A job
+ * Between jobs a helper spins for up to a millisecond (a layer's next loop
+ * usually follows within microseconds, and waking a sleeping thread costs
+ * far more on a virtual machine), then sleeps on a condition variable. A job
  * started from a forked child (helpers do not survive fork) or from inside a
  * task runs serially in the calling thread.
  *
@@ -41,7 +42,7 @@
 
 /* how long an idle helper spins before sleeping, and how long the caller
  * spins waiting for the last tasks before yielding the CPU */
-#define DN_POOL_SPIN_NS 200000L
+#define DN_POOL_SPIN_NS 1000000L
 #define DN_POOL_WAIT_SPIN_NS 50000L
 
 typedef struct {

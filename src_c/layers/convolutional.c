@@ -23,7 +23,16 @@
  * Parameters in darknet's file order: biases, scales, rolling_mean,
  * rolling_variance (the three only with batch_normalize), weights; weights
  * are trained with decay, biases and scales without, the rolling statistics
- * not at all. */
+ * not at all.
+ *
+ * The code below the plain passes is the reference. With DN_SPEED_THREADS
+ * the passes run split over the network's worker threads: the GEMMs as tiles
+ * (ops/conv_tiled.c; on AVX-512 CPUs the packed kernel with im2col folded
+ * into its packing), inference batch norm folded into a per-filter scale and
+ * bias applied with the activation on each tile (DN_SPEED_FUSE), Winograd for
+ * 3x3 stride-1 layers in inference (ops/winograd.c), per-channel batch norm,
+ * bias and activation forward and backward (ops/bn_fused.c), and the weight
+ * and input gradients (ops/conv_backward.c). */
 #include "internal.h"
 
 #include <math.h>

@@ -223,6 +223,29 @@ static dn_status maxpool_forward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
+/* backward of the spatial mode for the planes [p0, p1): each output plane's
+ * argmax indices point into its own input plane, so planes are independent */
+typedef struct {
+    const dn_layer *l;
+    const maxpool_state *s;
+    float *d;
+} unpool_job;
+
+static void unpool_range(void *ctx, size_t p0, size_t p1)
+{
+    const unpool_job *j = ctx;
+    const dn_layer *l = j->l;
+    const size_t ohw = (size_t)l->out_h * l->out_w;
+    for (size_t plane = p0; plane < p1; ++plane) {
+        const size_t b = plane / (size_t)l->c;
+        const int *idx = j->s->argmax + plane * ohw;
+        const float *delta = l->delta + plane * ohw;
+        float *din = j->d + b * l->inputs;
+        for (size_t o = 0; o < ohw; ++o)
+            if (idx[o] >= 0) din[idx[o]] += delta[o];
+    }
+}
+
 static dn_status maxpool_backward(dn_layer *l, dn_net *net)
 {
     maxpool_state *s = l->priv;
@@ -230,6 +253,12 @@ static dn_status maxpool_backward(dn_layer *l, dn_net *net)
     if (!d) return DN_OK;
     if (!s->argmax || s->argmax_cap < (size_t)l->batch * l->outputs)
         return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass recorded the max indices");
+    if (!s->depth && (net->speed & DN_SPEED_THREADS)) {
+        unpool_job j = {l, s, d};
+        const size_t per = (size_t)l->out_h * l->out_w;
+        dn_parallel_range(net, (size_t)l->batch * l->c, per >= 16384 ? 1 : 16384 / per, unpool_range, &j);
+        return DN_OK;
+    }
     for (int b = 0; b < l->batch; ++b) {
         const int *idx = s->argmax + (size_t)b * l->outputs;
         const float *delta = l->delta + (size_t)b * l->outputs;

@@ -3,7 +3,9 @@
  * it is still in cache.
  *
  * For image b and group g the convolution is C[M x N] = W_g[M x K] * cols[K x N]
- * (convolutional.c explains the shapes). The plan, chosen from the shape alone:
+ * (convolutional.c explains the shapes). Without the packed kernel (CPUs
+ * without AVX-512, or DN_SPEED_KERNEL off) each tile is one OpenBLAS call; the
+ * plan, chosen from the shape alone:
  *
  *   DIRECT   1x1 kernel, stride 1, no padding: the input is the columns;
  *            C is cut into tiles (dn_gemm_plan).
@@ -17,13 +19,18 @@
  *
  * With the packed kernel (gemm_packed.c, DN_SPEED_KERNEL, AVX-512 CPUs) the
  * im2col matrix is never written as such: its rows are generated straight
- * into the kernel's B panels, one K block at a time:
+ * into the kernel's B panels, one K block at a time, and the weights are read
+ * in place (each weight read once per column tile, never copied):
  *
- *   KPRIVATE many output pixels: tasks over column tiles; each packs its own
- *            B block into its worker's scratch and runs all M filters.
- *   KSHARED  few output pixels: the B panels of the whole image are packed
- *            once (tasks over rows), then tasks over (filter chunk, column
- *            tile) read them.
+ *   KPRIVATE 16 or more B panels (512+ output pixels): tasks over column
+ *            tiles of whole panels; each packs its own B block (K block x
+ *            tile, about 256 KiB at most) into its worker's scratch and runs
+ *            all M filters on it. Short output rows (< 64) are packed by
+ *            gathering from a zero-framed copy of each input channel.
+ *   KSHARED  fewer pixels (13 x 13 and so on), usually many filters: the B
+ *            panels of the whole image are packed once (tasks over channels,
+ *            gathering from zero-framed planes), then tasks over (filter
+ *            chunk, column tile) read them.
  *
  * Epilogue (when scale/bias are given): y = act(scale[f] * x + bias[f]) on
  * each tile's rows, i.e. folded inference batch norm, bias and activation in
@@ -320,7 +327,8 @@ static void kernel_block(const kconv_job *j, int g, const float *bp, int k0, int
     const float *w = j->d->weights + (size_t)g * p->M * p->K;
     /* A is read in place from the weights (each weight is read from memory once
      * per call and never copied); a B panel stays in L1 while the filters' rows
-     * stream past it */
+     * stream past it. (Reading a 1x1 convolution's B in place too, rows at the
+     * image's stride, measured slower than packing it.) */
     for (int q = 0; q * DN_NR < n; ++q) {
         const int nr = n - q * DN_NR < DN_NR ? n - q * DN_NR : DN_NR;
         for (int i0 = 0; i0 < m; i0 += DN_MR) {

@@ -4,16 +4,19 @@
  *
  * C[M x N] (row-major, N contiguous) is computed in micro-tiles of
  * DN_MR x DN_NR = 8 x 32: 16 zmm accumulators, per k two loads of B and
- * eight broadcasts of A. Operands are first packed by the caller into
- * panels: A as [kc][8] (rows beyond M zero), B as [kc][32] (columns beyond
- * N zero), one block of kc <= DN_KC values of K at a time. K is always cut
- * at multiples of DN_KC, and each block's products are summed in k order
- * into the accumulators and then added to C, so a value of C never depends
- * on how the caller cuts M and N into tasks (nor on the thread count).
+ * eight broadcasts of A. B is packed by the caller into panels [kc][32]
+ * (columns beyond N zero), one block of kc <= DN_KC values of K at a time; A
+ * either as panels [kc][8] (dn_kernel) or read in place, 8 rows of a
+ * row-major matrix (dn_kernel_rows; rows past M repeat row 0 and are not
+ * stored). Callers cut K at fixed multiples, and each block's products are
+ * summed in k order into the accumulators and then added to C, so a value of
+ * C never depends on how the caller cuts M and N into tasks (nor on the
+ * thread count).
  *
  * The last K block can finish each micro-tile with a per-row epilogue
  * y = act(scale[r] * x + bias[r]) before the store (leaky, relu and linear
- * in vector registers; other activations elementwise after the store).
+ * in vector registers; other activations elementwise after the store,
+ * logistic vectorized).
  * That is how a convolution's batch norm, bias and activation cost no
  * extra pass over memory. */
 #include "internal.h"
@@ -236,6 +239,7 @@ DN_AVX512 static void kernel_rows_avx512(int kc, const float *a, size_t lda, con
     if (has_e && act != DN_ACT_LINEAR && act != DN_ACT_LEAKY && act != DN_ACT_RELU)
         epilogue_rest(c, ldc, mr, nr, row0, e);
 }
+
 #endif
 
 #ifdef DN_HAVE_AVX512_KERNEL

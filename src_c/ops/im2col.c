@@ -120,6 +120,7 @@ static void put_zeros(float *bp, int kc, int kk, int q, int len)
     }
 }
 
+DN_VECTOR_CLONES
 static void put_run(float *bp, int kc, int kk, int q, const float *src, int stride, int len)
 {
     while (len > 0) {
@@ -127,6 +128,8 @@ static void put_run(float *bp, int kc, int kk, int q, const float *src, int stri
         float *d = lane(bp, kc, kk, q);
         if (stride == 1)
             for (int i = 0; i < part; ++i) d[i] = src[i];
+        else if (stride == 2)
+            for (int i = 0; i < part; ++i) d[i] = src[2 * i];
         else
             for (int i = 0; i < part; ++i) d[i] = src[(size_t)i * stride];
         q += part;
