@@ -155,6 +155,7 @@ struct dn_net {
     size_t input_buf_size;
     float *workspace;
     size_t workspace_size;
+    size_t worker_stride;        /* bytes between two workers' private scratch (dn_scratch) */
     dn_candidates candidates;    /* reused by dn_net_detections */
     /* training */
     int training;                /* deltas, gradients and optimizer state are allocated */

@@ -200,15 +200,20 @@ dn_status dn_net_end_layer(dn_net *net)
     return DN_OK;
 }
 
+/* Layout: each worker's private scratch first, at the same place for every
+ * layer (worker w at w * worker_stride, so what one layer leaves in a core's
+ * cache is where the next layer writes), then the layers' shared part. */
 dn_status dn_net_allocate_workspace(dn_net *net)
 {
-    size_t ws = 0;
+    size_t shared = 0, stride = 0;
     const size_t workers = (size_t)dn_workers(net);
     for (int i = 0; i < net->nlayers; ++i) {
         const dn_layer *l = net->layers[i];
-        const size_t need = round_up(l->workspace) + workers * round_up(l->worker_workspace);
-        if (need > ws) ws = need;
+        if (round_up(l->workspace) > shared) shared = round_up(l->workspace);
+        if (round_up(l->worker_workspace) > stride) stride = round_up(l->worker_workspace);
     }
+    net->worker_stride = stride;
+    const size_t ws = workers * stride + shared;
     if (net->workspace && ws <= net->workspace_size) return DN_OK;
     free(net->workspace);
     net->workspace = NULL;
@@ -224,9 +229,10 @@ dn_status dn_net_allocate_workspace(dn_net *net)
 
 float *dn_scratch(const dn_net *net, const dn_layer *l, int worker)
 {
+    (void)l;
     char *base = (char *)net->workspace;
-    if (worker < 0) return (float *)base;
-    return (float *)(base + round_up(l->workspace) + (size_t)worker * round_up(l->worker_workspace));
+    if (worker < 0) return (float *)(base + (size_t)dn_workers(net) * net->worker_stride);
+    return (float *)(base + (size_t)worker * net->worker_stride);
 }
 
 /* (Re)allocates activations and the workspace to the current sizes. */

@@ -90,10 +90,13 @@ int dn_net_uses_blas(const dn_net *net);
  * calling thread and each GEMM uses OpenBLAS's own threads. DN_SPEED_FUSE:
  * inference convolutions fold batch norm into a per-filter scale and bias
  * applied with the activation right after each GEMM tile. DN_SPEED_WINOGRAD:
- * 3x3 stride-1 convolutions in inference use Winograd's F(4x4, 3x3).
- * DN_SPEED_KERNEL: with the worker threads, convolutions run on the
- * project's packed AVX-512 GEMM kernel (im2col folded into its packing) where
- * the CPU has AVX-512; off, or elsewhere: OpenBLAS per tile.
+ * 3x3 stride-1 convolutions in inference with at least 128 output tiles of
+ * 4x4 (and the packed kernel available) use Winograd's F(4x4, 3x3).
+ * DN_SPEED_KERNEL: with the worker threads, convolutions (forward, and the
+ * weight and input gradients) run on the project's packed AVX-512 GEMM kernel
+ * (im2col folded into its packing) where the CPU has AVX-512; off, or
+ * elsewhere: OpenBLAS per tile. The speed paths change results only by
+ * float32 rounding; with them on, results do not depend on the thread count.
  * The environment variable PYDARKNET_SPEED, read when a network is created,
  * sets the initial value (a number, e.g. 0 for all plain). */
 typedef enum dn_speed_path {

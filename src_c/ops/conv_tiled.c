@@ -121,9 +121,9 @@ static kernel_plan make_kernel_plan(const dn_conv_desc *d)
         p.plan = KPLAN_SHARED;
         p.nc = p.N <= 256 ? p.N : 256;
         p.mc = p.M <= 64 ? (p.M + DN_MR - 1) / DN_MR * DN_MR : 64;
-        while (p.mc > 16 && ((p.M + p.mc - 1) / p.mc) * ((p.N + p.nc - 1) / p.nc) < 16)
+        while (p.mc > 16 && ((p.M + p.mc - 1) / p.mc) * ((p.N + p.nc - 1) / p.nc) < 8)
             p.mc = (p.mc / 2 + DN_MR - 1) / DN_MR * DN_MR; /* whole A panels */
-        while (p.nc > 64 && ((p.M + p.mc - 1) / p.mc) * ((p.N + p.nc - 1) / p.nc) < 16)
+        while (p.nc > 64 && ((p.M + p.mc - 1) / p.mc) * ((p.N + p.nc - 1) / p.nc) < 8)
             p.nc = (p.nc / 2 + DN_NR - 1) / DN_NR * DN_NR;
         p.n_tiles = (p.N + p.nc - 1) / p.nc;
     }
@@ -159,8 +159,6 @@ static void fill_padded(const dn_conv_desc *d, const padded_geom *pg, const floa
 }
 
 static size_t floats_bytes(size_t n) { return (n * sizeof(float) + 63) / 64 * 64; }
-
-
 
 /* KPRIVATE packs im2col rows by gathering from a padded plane when the output
  * rows are short (many runs per row), by copying runs otherwise */
@@ -294,10 +292,8 @@ typedef struct {
 
 /* Row k of image im's im2col matrix at columns [n0, n0 + n), packed as the
  * kk-th row of a K block of kc rows into bp. */
-static void pack_conv_row(const kconv_job *j, const float *im, int k, int n0, int n, int kc, int kk, float *bp,
-                          float *tmp)
+static void pack_conv_row(const kconv_job *j, const float *im, int k, int n0, int n, int kc, int kk, float *bp)
 {
-    (void)tmp;
     const dn_conv_desc *d = j->d;
     const size_t plane = (size_t)d->h * d->w;
     if (j->p.direct) {
@@ -387,7 +383,7 @@ static void kprivate_task(void *ctx, int task, int worker)
         for (int kk = 0; kk < kc; ++kk) {
             const int k = k0 + kk;
             if (!gather) {
-                pack_conv_row(j, im, k, n0, n, kc, kk, bp, NULL);
+                pack_conv_row(j, im, k, n0, n, kc, kk, bp);
                 continue;
             }
             const int ch = k / ss, t = k % ss;
@@ -415,7 +411,7 @@ static void kshared_pack_task(void *ctx, int task, int worker)
     if (p->direct) {
         for (int k = c0; k < c1; ++k) {
             const int k0 = k / DN_KC * DN_KC, kc = p->K - k0 < DN_KC ? p->K - k0 : DN_KC;
-            pack_conv_row(j, im, k, 0, p->N, kc, k - k0, j->packed + (size_t)k0 * p->cols, NULL);
+            pack_conv_row(j, im, k, 0, p->N, kc, k - k0, j->packed + (size_t)k0 * p->cols);
         }
         return;
     }
