@@ -114,11 +114,7 @@ void dn_activate(float *x, int batch, int channels, int spatial, dn_activation a
         return;
     }
     const size_t n = (size_t)batch * channels * spatial;
-    if (a == DN_ACT_LEAKY) {
-        for (size_t i = 0; i < n; ++i) x[i] = x[i] > 0 ? x[i] : .1f * x[i];
-        return;
-    }
-    for (size_t i = 0; i < n; ++i) x[i] = activate1(x[i], a);
+    dn_affine_activate(x, n, 1.f, 0.f, a);
 }
 
 DN_VECTOR_CLONES
@@ -178,6 +174,30 @@ static void affine_logistic(float *x, size_t n, float a, float b)
 
 void dn_logistic_vec(float *x, size_t n) { affine_logistic(x, n, 1.f, 0.f); }
 
+DN_VECTOR_CLONES
+static void affine_swish(float *x, size_t n, float a, float b)
+{
+    for (size_t i = 0; i < n; ++i) {
+        const float v = a * x[i] + b;
+        x[i] = v / (1.f + exp_vec(-v));
+    }
+}
+
+/* mish(v) = v tanh(softplus(v)). With e = e^v, tanh(log(1 + e)) =
+ * e (e + 2) / (e (e + 2) + 2), one exponential and no cancellation; above
+ * softplus' threshold 20 darknet's value is v tanh(v) = v in float, below -20
+ * the form gives v e^v as darknet's v tanh(e^v) does. */
+DN_VECTOR_CLONES
+static void affine_mish(float *x, size_t n, float a, float b)
+{
+    for (size_t i = 0; i < n; ++i) {
+        const float v = a * x[i] + b;
+        const float e = exp_vec(v < 20.f ? v : 0.f);
+        const float p = e * (e + 2.f);
+        x[i] = v < 20.f ? v * p / (p + 2.f) : v;
+    }
+}
+
 void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act)
 {
     switch (act) {
@@ -185,6 +205,8 @@ void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act)
     case DN_ACT_LINEAR: affine_linear(x, n, a, b); return;
     case DN_ACT_RELU: affine_relu(x, n, a, b); return;
     case DN_ACT_LOGISTIC: affine_logistic(x, n, a, b); return;
+    case DN_ACT_SWISH: affine_swish(x, n, a, b); return;
+    case DN_ACT_MISH: affine_mish(x, n, a, b); return;
     default:
         for (size_t i = 0; i < n; ++i) x[i] = activate1(a * x[i] + b, act);
     }
