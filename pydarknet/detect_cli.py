@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
