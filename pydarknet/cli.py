@@ -10,7 +10,8 @@
     pydarknet detector train <data> <cfg> [weights] [-clear] [-map] [--map-every N] [-dont_show] [-gpus 0]
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
     pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
-    pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detect <cfg> <weights> [image|list.txt|folder] [-thresh .24] [-names file] [-ext_output]
+                     [-dont_show] [-letter_box]
     pydarknet --version
 
 Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
@@ -314,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.intermixed = True
     detect.add_argument("cfg", help="the network's .cfg file")
     detect.add_argument("weights", help="the .weights file")
-    detect.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
+    detect.add_argument("image", nargs="?", help="image file, list file (.txt, .list) or folder of images; "
+                        "without it paths are read from standard input")
     _add_detect_flags(detect, 0.24)
     _flag(detect, "names", metavar="FILE", help="class names file, one name per line")
     detect.set_defaults(func=_cmd_detect)
@@ -611,14 +613,20 @@ def _run_images(net, image, args) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def _check_image_arg(image):
+    """Fails before the (possibly slow) network build on an image, list or
+    folder that cannot be used."""
+    if image is not None:
+        from .detect_cli import image_inputs
+
+        if image_inputs(image) is None:
+            _read_image(image)
+
+
 def _cmd_detector_test(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg)
     names, names_path = _names_from_data(data_path)
-    if args.image is not None:
-        from .detect_cli import image_inputs
-
-        if image_inputs(args.image) is None:
-            _read_image(args.image)  # fail before the (possibly slow) network build
+    _check_image_arg(args.image)
     net = _load_network(cfg_path, args.weights, names)
     _require_detector(net, cfg_path, "detector test")
     _check_names(net, names, names_path, cfg_path)
@@ -633,8 +641,7 @@ def _cmd_detect(args) -> int:
     if names_path is not None:
         _read_head(names_path, "names", 1)
         names = read_names(names_path)
-    if args.image is not None:
-        _read_image(args.image)
+    _check_image_arg(args.image)
     net = _load_network(args.cfg, args.weights, names)
     _require_detector(net, args.cfg, "detect")
     _check_names(net, names, names_path, args.cfg)
