@@ -1,10 +1,17 @@
 """The ``pydarknet`` command, shaped after darknet's command line.
 
-    pydarknet detector test <data> <cfg> <weights> [image] [-thresh .25] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detector test <data> <cfg> <weights> [image|list.txt|folder] [-thresh .25] [-ext_output] [-dont_show]
+                            [-letter_box] [-out result.json] [-save_labels] [--output-dir DIR]
+    pydarknet detector valid <data> <cfg> <weights> [-out name]
+    pydarknet detector recall <data> <cfg> <weights>
+    pydarknet detector demo <data> <cfg> <weights> [video] [-c 0] [-out_filename out.avi] [-thresh .25]
+                            [-ext_output] [-dont_show] [-letter_box] [-prefix p] [-json_file_output f.json]
+                            [-time_limit_sec N] [-avgframes 3] [--frames all|latest]
     pydarknet detector train <data> <cfg> [weights] [-clear] [-map] [--map-every N] [-dont_show] [-gpus 0]
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
     pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
-    pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detect <cfg> <weights> [image|list.txt|folder] [-thresh .24] [-names file] [-ext_output]
+                     [-dont_show] [-letter_box]
     pydarknet --version
 
 Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
@@ -23,7 +30,9 @@ iteration, or shows a progress bar when standard error is a terminal, and
 writes its checkpoints, a JSON-lines log and a chart to the backup folder;
 Ctrl-C saves ``<cfg-name>_last.weights`` (and ``.state``) and exits with
 status 130; giving that file back resumes where it stopped. ``detector map``
-prints darknet's per-class AP lines and the mAP.
+prints darknet's per-class AP lines and the mAP. ``detector valid``,
+``recall`` and ``demo`` are in pydarknet.detect_cli (their output formats
+are described there).
 
 The parser is built from subcommands (``detector test``); darknet's other
 commands (``detector valid``, ``classifier ...``) slot in beside them: add a
@@ -160,22 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     detector = commands.add_parser(
-        "detector", help="object detectors: test, train, map",
+        "detector", help="object detectors: test, train, map, valid, recall, demo",
         description="Object detection with a .data file, a cfg and weights (darknet's 'detector').")
     detector_commands = detector.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
 
     test = detector_commands.add_parser(
         "test", help="detect objects in images",
         description="Detects objects in one image, or in each image whose path is read from standard "
-                    "input (one per line) when no image is given. Prints darknet's result lines and writes "
-                    f"the annotated image to {PREDICTIONS} in the current folder.")
+                    "input (one per line) when no image is given, or in each image of a list file (.txt, "
+                    ".list) or a folder. Prints darknet's result lines and writes the annotated image to "
+                    f"{PREDICTIONS} in the current folder (or each one to --output-dir). An image that cannot "
+                    "be read is reported and skipped; the exit status is then 1.")
     test.intermixed = True
     test.add_argument("data", metavar="data", help="the .data file (its names= key gives the class names); "
                       "the cfg may come first instead, the two are told apart by content")
     test.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
     test.add_argument("weights", metavar="weights", help="the .weights file")
-    test.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
+    test.add_argument("image", nargs="?", help="image file, list file (.txt, .list) or folder of images; "
+                      "without it paths are read from standard input")
     _add_detect_flags(test, 0.25)
+    _flag(test, "out", metavar="FILE", help="also write the detections of every image to FILE as darknet's JSON")
+    _flag(test, "save_labels", action="store_true",
+          help="write each image's detections as a YOLO label file beside it (<image>.txt)")
+    test.add_argument("--output-dir", dest="output_dir", metavar="DIR",
+                      help=f"write one annotated image per input to DIR (<name>.jpg) instead of {PREDICTIONS}")
     test.set_defaults(func=_cmd_detector_test)
 
     train = detector_commands.add_parser(
@@ -238,6 +255,58 @@ def build_parser() -> argparse.ArgumentParser:
           help="letterbox the images (default: as the cfg's [net] letter_box says)")
     dmap.set_defaults(func=_cmd_detector_map)
 
+    valid = detector_commands.add_parser(
+        "valid", help="write the detections on the valid= list to results files",
+        description="Detects (threshold .001, NMS .6) in every image of the .data file's valid= list and writes "
+                    "the detections to the results= folder (default results/): one "
+                    "comp4_det_test_<class>.txt file per class, or coco_results.json when the .data file says "
+                    "eval=coco.")
+    valid.intermixed = True
+    valid.add_argument("data", metavar="data", help="the .data file (valid=, names=, results=, eval=)")
+    valid.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    valid.add_argument("weights", metavar="weights", help="the .weights file")
+    _flag(valid, "out", metavar="NAME",
+          help="results file name: <NAME><class>.txt, or <NAME>.json with eval=coco")
+    valid.set_defaults(func=_cmd_detector_valid)
+
+    recall = detector_commands.add_parser(
+        "recall", help="recall of the proposals on the valid= list",
+        description="darknet's recall check: for each image of the valid= list, the proposals above .001 "
+                    "objectness (class-agnostic NMS .4) are matched with the label file's boxes; prints the "
+                    "running count of truths found (IoU above .5), proposals per image, mean best IoU and "
+                    "recall.")
+    recall.intermixed = True
+    recall.add_argument("data", metavar="data", help="the .data file (valid=)")
+    recall.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    recall.add_argument("weights", metavar="weights", help="the .weights file")
+    recall.set_defaults(func=_cmd_detector_recall)
+
+    demo = detector_commands.add_parser(
+        "demo", help="detect in a video file or camera",
+        description="Detects in every frame of a video file, or of a camera (-c index) when no video is given. "
+                    "Prints each frame's objects on standard output and the frame rate on standard error; writes "
+                    "the annotated frames to -out_filename and shows them unless -dont_show. From a camera or "
+                    "stream the newest frame is taken each time (frames that arrive meanwhile are dropped) so "
+                    "a slow network never falls behind; from a file every frame is processed.")
+    demo.intermixed = True
+    demo.add_argument("data", metavar="data", help="the .data file (names=)")
+    demo.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    demo.add_argument("weights", metavar="weights", help="the .weights file")
+    demo.add_argument("video", nargs="?", help="video file or stream URL; without it the camera -c is used")
+    _add_detect_flags(demo, 0.25)
+    _flag(demo, "c", type=_non_negative_int, default=0, metavar="N", help="camera index (default 0)")
+    _flag(demo, "out_filename", metavar="FILE", help="write the annotated video to FILE (.avi: Motion JPEG, "
+          ".mp4: MPEG-4), at the source's frame rate")
+    _flag(demo, "prefix", metavar="P", help="write each annotated frame to P_<frame>.jpg")
+    _flag(demo, "json_file_output", metavar="FILE", help="write each frame's detections to FILE as darknet's JSON")
+    _flag(demo, "time_limit_sec", type=_non_negative_int, default=0, metavar="N",
+          help="stop after N seconds (default 0: at the end of the video)")
+    _flag(demo, "avgframes", type=_positive_int, default=3, metavar="N", help="accepted; not used on the CPU")
+    demo.add_argument("--frames", choices=("all", "latest"),
+                      help="every frame, or only the newest one each time (default: latest for a camera or "
+                           "stream URL, all for a file)")
+    demo.set_defaults(func=_cmd_detector_demo)
+
     detect = commands.add_parser(
         "detect", help="detect objects in images (shortcut without a .data file)",
         description="darknet's 'detect' shortcut: 'detector test' without a .data file. Class names come "
@@ -246,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.intermixed = True
     detect.add_argument("cfg", help="the network's .cfg file")
     detect.add_argument("weights", help="the .weights file")
-    detect.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
+    detect.add_argument("image", nargs="?", help="image file, list file (.txt, .list) or folder of images; "
+                        "without it paths are read from standard input")
     _add_detect_flags(detect, 0.24)
     _flag(detect, "names", metavar="FILE", help="class names file, one name per line")
     detect.set_defaults(func=_cmd_detect)
@@ -481,9 +551,10 @@ class _WriteError(CliError):
     """The annotated image could not be written: ends a whole run."""
 
 
-def _detect_image(net, path, args, classes, viewer):
-    """Detects, prints darknet's lines, writes predictions.jpg. CliError for an
-    image that cannot be used."""
+def _detect_image(net, path, args, classes, viewer, outputs):
+    """Detects, prints darknet's lines, writes predictions.jpg (or what
+    `outputs`, a detect_cli.TestOutputs, asks for). CliError for an image
+    that cannot be used."""
     import cv2
 
     image = _read_image(path)
@@ -501,39 +572,63 @@ def _detect_image(net, path, args, classes, viewer):
     sys.stdout.flush()
     annotated = draw_detections(image, shown, classes=classes or 80)
     try:
-        ok = cv2.imwrite(PREDICTIONS, annotated, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    except cv2.error:
-        ok = False
-    if not ok:
-        raise _WriteError(f"{os.path.abspath(PREDICTIONS)}: cannot write the annotated image")
-    _note(f"annotated image written to {os.path.abspath(PREDICTIONS)}")
+        outputs.add(path, image, detections, annotated)
+    except CliError as e:
+        raise _WriteError(str(e)) from None
+    if outputs.output_dir is None:
+        try:
+            ok = cv2.imwrite(PREDICTIONS, annotated, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        except cv2.error:
+            ok = False
+        if not ok:
+            raise _WriteError(f"{os.path.abspath(PREDICTIONS)}: cannot write the annotated image")
+        _note(f"annotated image written to {os.path.abspath(PREDICTIONS)}")
     viewer.show(annotated)
 
 
 def _run_images(net, image, args) -> int:
+    """One image, or each image of a list file, a folder or standard input
+    (those reported and skipped when they cannot be read)."""
+    from .detect_cli import TestOutputs, image_inputs
+
     classes = _net_classes(net)
     viewer = _Viewer(not args.dont_show)
-    if image is not None:
-        _detect_image(net, image, args, classes, viewer)
-        return EXIT_OK
+    outputs = TestOutputs.from_args(args)
+    paths = image_inputs(image) if image is not None else _stdin_paths()
     failed = 0
-    for path in _stdin_paths():
-        try:
-            _detect_image(net, path, args, classes, viewer)
-        except _WriteError:
-            raise
-        except CliError as e:
-            failed += 1
-            _note(f"error: {e}")
+    try:
+        if paths is None:
+            _detect_image(net, image, args, classes, viewer, outputs)
+            return EXIT_OK
+        for path in paths:
+            try:
+                _detect_image(net, path, args, classes, viewer, outputs)
+            except _WriteError:
+                raise
+            except CliError as e:
+                failed += 1
+                _note(f"error: {e}")
+    finally:
+        outputs.close()
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _check_image_arg(image):
+    """Fails before the (possibly slow) network build on an image, list or
+    folder that cannot be used."""
+    if image is not None:
+        from .detect_cli import image_inputs
+
+        if image_inputs(image) is None:
+            _read_image(image)
 
 
 def _cmd_detector_test(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg)
     names, names_path = _names_from_data(data_path)
-    if args.image is not None:
-        _read_image(args.image)  # fail before the (possibly slow) network build
+    _check_image_arg(args.image)
     net = _load_network(cfg_path, args.weights, names)
+    _require_detector(net, cfg_path, "detector test")
     _check_names(net, names, names_path, cfg_path)
     return _run_images(net, args.image, args)
 
@@ -546,11 +641,35 @@ def _cmd_detect(args) -> int:
     if names_path is not None:
         _read_head(names_path, "names", 1)
         names = read_names(names_path)
-    if args.image is not None:
-        _read_image(args.image)
+    _check_image_arg(args.image)
     net = _load_network(args.cfg, args.weights, names)
+    _require_detector(net, args.cfg, "detect")
     _check_names(net, names, names_path, args.cfg)
     return _run_images(net, args.image, args)
+
+
+def _require_detector(net, cfg_path, command):
+    from .detect_cli import require_detector
+
+    require_detector(net, cfg_path, command)
+
+
+def _cmd_detector_valid(args) -> int:
+    from .detect_cli import detector_valid
+
+    return detector_valid(args)
+
+
+def _cmd_detector_recall(args) -> int:
+    from .detect_cli import detector_recall
+
+    return detector_recall(args)
+
+
+def _cmd_detector_demo(args) -> int:
+    from .detect_cli import detector_demo
+
+    return detector_demo(args)
 
 
 def _train_errors():

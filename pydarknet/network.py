@@ -309,17 +309,29 @@ class Network:
         or a path). The image is letterboxed or stretched as the cfg's
         [net] letter_box says (or `letterbox`), every [yolo]/[region] head is
         decoded, and greedy NMS runs per class. Boxes are in image pixels."""
-        img = _read_image(image)
+        return self.detect_batch([image], thresh=thresh, nms=nms, letterbox=letterbox)[0]
+
+    def detect_batch(self, images: Sequence, thresh: float = 0.25, nms: float = 0.45,
+                     letterbox: Optional[bool] = None) -> List[List[Detection]]:
+        """:meth:`detect` for several images (arrays or paths, of any sizes)
+        in one forward pass: the network is sized to a batch of len(images),
+        each image is resized into its own batch entry, and each entry's
+        boxes are mapped back to its own image. Returns one list per image."""
+        imgs = [_read_image(image) for image in images]
+        if not imgs:
+            return []
         if letterbox is None:
             letterbox = bool(self.spec.options.get("letter_box", 0))
-        if self.batch != 1:
-            self.resize(batch=1)
-        h, w = img.shape[:2]
-        ch = 1 if img.ndim == 2 else img.shape[2]
-        check(lib.dn_net_set_input_image(self._ptr, 0, ffi.from_buffer("uint8_t[]", img), w, h, ch,
-                                         img.strides[0], 1, int(letterbox)))
+        if self.batch != len(imgs):
+            self.resize(batch=len(imgs))
+        for b, img in enumerate(imgs):
+            h, w = img.shape[:2]
+            ch = 1 if img.ndim == 2 else img.shape[2]
+            check(lib.dn_net_set_input_image(self._ptr, b, ffi.from_buffer("uint8_t[]", img), w, h, ch,
+                                             img.strides[0], 1, int(letterbox)))
         check(lib.dn_net_forward_input(self._ptr))
-        return self._detections(0, w, h, thresh, nms, letterbox)
+        return [self._detections(b, img.shape[1], img.shape[0], thresh, nms, letterbox)
+                for b, img in enumerate(imgs)]
 
     def _detections(self, b, w, h, thresh, nms, letterbox):
         found = ffi.new("int *")
