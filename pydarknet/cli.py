@@ -556,10 +556,11 @@ def _cmd_detect(args) -> int:
 def _train_errors():
     """The exceptions of training and mAP that become one error line."""
     from .data.issues import DataError
+    from .evaluate import EvaluationError
     from .state import StateError
     from .train import TrainError
 
-    return (TrainError, StateError, DataError)
+    return (TrainError, StateError, DataError, EvaluationError)
 
 
 def _cmd_detector_train(args) -> int:
@@ -581,8 +582,10 @@ def _cmd_detector_train(args) -> int:
 
 
 def _cmd_detector_map(args) -> int:
+    from .cfg import parse_cfg
     from .datafiles import load_data_file
-    from .train import compute_map, map_report, warnings_as_notes
+    from .evaluate import compute_map, map_report
+    from .train import DETECTION_LAYERS, warnings_as_notes
 
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector map")
     names, names_path = _names_from_data(data_path)
@@ -593,11 +596,15 @@ def _cmd_detector_map(args) -> int:
     except OSError as e:
         raise CliError(f"{valid}: cannot read the validation image list (valid= in {data_path}, or train= when "
                        f"there is no valid=): {e.strerror or e}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # _load_network reports the cfg's warnings
+        spec = parse_cfg(cfg_path)
+    if not any(layer.type in DETECTION_LAYERS for layer in spec.layers):
+        raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network "
+                       "(a classifier is evaluated with 'classifier valid')")
     net = _load_network(cfg_path, args.weights, names)
     _check_names(net, names, names_path, cfg_path)
     classes = _net_classes(net)
-    if classes is None:
-        raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network")
     print("\n calculation mAP (mean average precision)...", flush=True)
     try:
         progress = sys.stderr.isatty()
@@ -612,7 +619,8 @@ def _cmd_detector_map(args) -> int:
     for line in map_report(run, names):
         print(line)
     sys.stdout.flush()
-    _note(f"{run.images} images of {valid} in {run.seconds:.1f} seconds")
+    skipped = f" ({run.skipped} unreadable images left out)" if run.skipped else ""
+    _note(f"{run.images} images of {valid} in {run.seconds:.1f} seconds{skipped}")
     return EXIT_OK
 
 
