@@ -4,6 +4,7 @@
     pydarknet detector train <data> <cfg> [weights] [-clear] [-map] [--map-every N] [-dont_show] [-gpus 0]
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
     pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
+    pydarknet detector calc_anchors <data> [-num_of_clusters 9] [-width 416 -height 416] [-cfg in.cfg [-out_cfg out.cfg]]
     pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
     pydarknet --version
 
@@ -23,7 +24,8 @@ iteration, or shows a progress bar when standard error is a terminal, and
 writes its checkpoints, a JSON-lines log and a chart to the backup folder;
 Ctrl-C saves ``<cfg-name>_last.weights`` (and ``.state``) and exits with
 status 130; giving that file back resumes where it stopped. ``detector map``
-prints darknet's per-class AP lines and the mAP.
+prints darknet's per-class AP lines, the mAP and mAP@0.50:0.95
+(pydarknet.evaluate). ``detector calc_anchors`` is pydarknet.anchors.
 
 The parser is built from subcommands (``detector test``); darknet's other
 commands (``detector valid``, ``classifier ...``) slot in beside them: add a
@@ -41,7 +43,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__
+from . import __version__, anchors
 from ._native import DarknetError, blas_available, version as core_version
 from .cfg import CfgError
 from .datafiles import DataFileError, read_data_file, read_names, resolve_path
@@ -237,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(dmap, "letter_box", action="store_true",
           help="letterbox the images (default: as the cfg's [net] letter_box says)")
     dmap.set_defaults(func=_cmd_detector_map)
+    anchors.add_parser(detector_commands)
 
     detect = commands.add_parser(
         "detect", help="detect objects in images (shortcut without a .data file)",
