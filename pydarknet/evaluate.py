@@ -166,38 +166,43 @@ class _Matches:
             raise ValueError(f"{len(detections)} lists of detections for {len(truths)} lists of truths")
         self.matching = matching
         self.counts = np.zeros(classes, np.int64)
-        cls, conf, best, best_iou, groups = [], [], [], [], []
+        cls, conf, best, best_iou = [], [], [], []
+        self.images = []   # (indices of the image's detections, their IoUs with its truths, -1 across classes)
         offset = start = 0   # truths and detections of the images before
         for dets, tru in zip(detections, truths):
             dets = np.asarray(dets, np.float64).reshape(-1, 6)
             tru = np.asarray(tru, np.float64).reshape(-1, 5)
             tcls = tru[:, 0].astype(int)
-            kept = (tcls >= 0) & (tcls < classes)
-            self.counts += np.bincount(tcls[kept], minlength=classes)
+            self.counts += np.bincount(tcls[(tcls >= 0) & (tcls < classes)], minlength=classes)
             dcls = dets[:, 0].astype(int)
-            for k in np.unique(dcls[(dcls >= 0) & (dcls < classes)]):
-                rows = np.nonzero(dcls == k)[0]
-                same = np.nonzero(tcls == k)[0]
-                ious = pairwise_iou(dets[rows, 2:6], tru[same, 1:5]) if same.size else np.zeros((rows.size, 0))
-                cls.append(np.full(rows.size, k))
-                conf.append(dets[rows, 1])
-                if same.size:
-                    j = np.argmax(ious, axis=1)   # the first of equal IoUs, as darknet
-                    best.append(offset + same[j])
-                    best_iou.append(ious[np.arange(rows.size), j])
-                else:
-                    best.append(np.full(rows.size, -1))
-                    best_iou.append(np.zeros(rows.size))
-                groups.append((np.arange(start, start + rows.size), ious))
-                start += rows.size
+            dets = dets[(dcls >= 0) & (dcls < classes)]
+            dcls = dets[:, 0].astype(int)
+            n = len(dets)
+            ious = np.where(dcls[:, None] == tcls[None, :], pairwise_iou(dets[:, 2:6], tru[:, 1:5]), -1.0)
+            if tru.size:
+                j = np.argmax(ious, axis=1)   # the first of equal IoUs, as darknet
+                top = ious[np.arange(n), j]
+                best.append(np.where(top >= 0, offset + j, -1))
+                best_iou.append(np.maximum(top, 0.0))
+            else:
+                best.append(np.full(n, -1))
+                best_iou.append(np.zeros(n))
+            cls.append(dcls)
+            conf.append(dets[:, 1])
+            if matching == "coco":
+                self.images.append((np.arange(start, start + n), ious))
             offset += len(tru)
+            start += n
         cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
         self.cls = cat(cls, np.int64)
         self.conf = cat(conf, np.float64)
         self.best = cat(best, np.int64)
         self.best_iou = cat(best_iou, np.float64)
-        self.groups = groups
-        self.order = np.argsort(-self.conf, kind="stable")   # ties keep image order, then list order
+        # decreasing confidence; ties keep image order, then list order
+        self.order = np.argsort(-self.conf, kind="stable")
+        by_class = self.order[np.argsort(self.cls[self.order], kind="stable")]
+        bounds = np.searchsorted(self.cls[by_class], np.arange(classes + 1))
+        self.ranked = [by_class[bounds[k]:bounds[k + 1]] for k in range(classes)]
 
     def match(self, thresh):
         """(true-positive flags, IoU with the matched truth) per detection."""
@@ -209,7 +214,7 @@ class _Matches:
             tp[ranked[first]] = True
             iou[tp] = self.best_iou[tp]
             return tp, iou
-        for index, ious in self.groups:
+        for index, ious in self.images:
             taken = np.zeros(ious.shape[1], bool)
             for d in np.argsort(-self.conf[index], kind="stable"):
                 free = np.where(taken | (ious[d] < thresh), -1.0, ious[d])
@@ -223,12 +228,10 @@ class _Matches:
     def aps(self, tp, points):
         """AP of every class from the true-positive flags."""
         out = np.zeros(self.counts.size)
-        for k in range(self.counts.size):
-            if not self.counts[k]:
-                continue
-            ranked = self.order[self.cls[self.order] == k]
-            hits = np.cumsum(tp[ranked])
-            out[k] = average_precision(hits / self.counts[k], hits / np.arange(1, ranked.size + 1), points)
+        for k, ranked in enumerate(self.ranked):
+            if self.counts[k]:
+                hits = np.cumsum(tp[ranked])
+                out[k] = average_precision(hits / self.counts[k], hits / np.arange(1, ranked.size + 1), points)
         return out
 
 
