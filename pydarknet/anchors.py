@@ -26,6 +26,7 @@ have the new anchors= and num=.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import List
 
@@ -247,7 +248,7 @@ def plot(wh, anchors, width, height):
 
 def _write(path, text):
     try:
-        with open(path, "w", newline="") as f:
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
     except OSError as e:
         raise AnchorsError(f"{path}: cannot write: {e.strerror or e}") from None
@@ -290,14 +291,19 @@ def _cfg_defaults(cfg_path):
 
 
 def run_command(args) -> int:
-    from .cli import EXIT_OK, CliError, UsageError, _note, _Viewer, _train_errors
+    from .cli import EXIT_OK, CliError, UsageError, _emit_warnings, _note, _Viewer, _train_errors
     from .train import warnings_as_notes
 
     if args.out_cfg is not None and args.cfg is None:
         raise UsageError("detector calc_anchors: -out_cfg needs -cfg, the cfg to copy")
     width, height, count = args.width, args.height, args.num_of_clusters
     if args.cfg is not None:
-        cfg_w, cfg_h, cfg_num = _cfg_defaults(args.cfg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                cfg_w, cfg_h, cfg_num = _cfg_defaults(args.cfg)
+            finally:
+                _emit_warnings(caught)
         width, height = width or cfg_w, height or cfg_h
         count = count or cfg_num
     if width is None or height is None:
@@ -306,7 +312,11 @@ def run_command(args) -> int:
     try:
         with warnings_as_notes():
             result = calc_anchors(args.data, count, width, height, seed=args.seed)
-            new_cfg = cfg_with_anchors(args.cfg, result.text, count) if args.out_cfg is not None else None
+            new_cfg = None
+            if args.out_cfg is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")   # the cfg's warnings were shown above
+                    new_cfg = cfg_with_anchors(args.cfg, result.text, count)
         for line in report(result, count, width, height):
             print(line)
         _write("anchors.txt", result.text)

@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         "map", help="mean average precision on the valid= list",
         description="Detects in every image of the .data file's valid= list (the train= list when there is "
                     "none) and prints darknet's per-class AP, precision, recall, F1, TP, FP, FN and average "
-                    "IoU at -thresh, and the mAP.")
+                    "IoU at -thresh, the mAP at -iou_thresh, and the mAP@0.50:0.95 (the mean over IoU .50, "
+                    ".55, ..., .95; COCO's with -points 101). Images that cannot be read are reported and "
+                    "left out.")
     dmap.intermixed = True
     dmap.add_argument("data", metavar="data", help="the .data file (valid=, names=); the cfg may come first")
     dmap.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
