@@ -10,6 +10,7 @@
     pydarknet detector train <data> <cfg> [weights] [-clear] [-map] [--map-every N] [-dont_show] [-gpus 0]
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
     pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
+    pydarknet detector calc_anchors <data> [-num_of_clusters 9] [-width 416 -height 416] [-cfg in.cfg [-out_cfg out.cfg]]
     pydarknet detect <cfg> <weights> [image|list.txt|folder] [-thresh .24] [-names file] [-ext_output]
                      [-dont_show] [-letter_box]
     pydarknet --version
@@ -30,9 +31,10 @@ iteration, or shows a progress bar when standard error is a terminal, and
 writes its checkpoints, a JSON-lines log and a chart to the backup folder;
 Ctrl-C saves ``<cfg-name>_last.weights`` (and ``.state``) and exits with
 status 130; giving that file back resumes where it stopped. ``detector map``
-prints darknet's per-class AP lines and the mAP. ``detector valid``,
-``recall`` and ``demo`` are in pydarknet.detect_cli (their output formats
-are described there).
+prints darknet's per-class AP lines, the mAP and mAP@0.50:0.95
+(pydarknet.evaluate). ``detector calc_anchors`` is pydarknet.anchors;
+``detector valid``, ``recall`` and ``demo`` are in pydarknet.detect_cli
+(their output formats are described there).
 
 The parser is built from subcommands (``detector test``); darknet's other
 commands (``detector valid``, ``classifier ...``) slot in beside them: add a
@@ -50,7 +52,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__
+from . import __version__, anchors
 from ._native import DarknetError, blas_available, version as core_version
 from .cfg import CfgError
 from .datafiles import DataFileError, read_data_file, read_names, resolve_path
@@ -169,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     detector = commands.add_parser(
-        "detector", help="object detectors: test, train, map, valid, recall, demo",
+        "detector", help="object detectors: test, train, map, valid, recall, demo, calc_anchors",
         description="Object detection with a .data file, a cfg and weights (darknet's 'detector').")
     detector_commands = detector.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
 
@@ -240,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         "map", help="mean average precision on the valid= list",
         description="Detects in every image of the .data file's valid= list (the train= list when there is "
                     "none) and prints darknet's per-class AP, precision, recall, F1, TP, FP, FN and average "
-                    "IoU at -thresh, and the mAP.")
+                    "IoU at -thresh, the mAP at -iou_thresh, and the mAP@0.50:0.95 (the mean over IoU .50, "
+                    ".55, ..., .95; COCO's with -points 101). Images that cannot be read are reported and "
+                    "left out.")
     dmap.intermixed = True
     dmap.add_argument("data", metavar="data", help="the .data file (valid=, names=); the cfg may come first")
     dmap.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
@@ -254,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(dmap, "letter_box", action="store_true",
           help="letterbox the images (default: as the cfg's [net] letter_box says)")
     dmap.set_defaults(func=_cmd_detector_map)
+    anchors.add_parser(detector_commands)
 
     valid = detector_commands.add_parser(
         "valid", help="write the detections on the valid= list to results files",
@@ -675,10 +680,11 @@ def _cmd_detector_demo(args) -> int:
 def _train_errors():
     """The exceptions of training and mAP that become one error line."""
     from .data.issues import DataError
+    from .evaluate import EvaluationError
     from .state import StateError
     from .train import TrainError
 
-    return (TrainError, StateError, DataError)
+    return (TrainError, StateError, DataError, EvaluationError)
 
 
 def _cmd_detector_train(args) -> int:
@@ -700,8 +706,10 @@ def _cmd_detector_train(args) -> int:
 
 
 def _cmd_detector_map(args) -> int:
+    from .cfg import parse_cfg
     from .datafiles import load_data_file
-    from .train import compute_map, map_report, warnings_as_notes
+    from .evaluate import compute_map, map_report
+    from .train import DETECTION_LAYERS, warnings_as_notes
 
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector map")
     names, names_path = _names_from_data(data_path)
@@ -712,11 +720,15 @@ def _cmd_detector_map(args) -> int:
     except OSError as e:
         raise CliError(f"{valid}: cannot read the validation image list (valid= in {data_path}, or train= when "
                        f"there is no valid=): {e.strerror or e}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # _load_network reports the cfg's warnings
+        spec = parse_cfg(cfg_path)
+    if not any(layer.type in DETECTION_LAYERS for layer in spec.layers):
+        raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network "
+                       "(a classifier is evaluated with 'classifier valid')")
     net = _load_network(cfg_path, args.weights, names)
     _check_names(net, names, names_path, cfg_path)
     classes = _net_classes(net)
-    if classes is None:
-        raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network")
     print("\n calculation mAP (mean average precision)...", flush=True)
     try:
         progress = sys.stderr.isatty()
@@ -731,7 +743,8 @@ def _cmd_detector_map(args) -> int:
     for line in map_report(run, names):
         print(line)
     sys.stdout.flush()
-    _note(f"{run.images} images of {valid} in {run.seconds:.1f} seconds")
+    skipped = f" ({run.skipped} unreadable images left out)" if run.skipped else ""
+    _note(f"{run.images} images of {valid} in {run.seconds:.1f} seconds{skipped}")
     return EXIT_OK
 
 

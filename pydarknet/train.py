@@ -52,12 +52,12 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from .datafiles import load_data_file, read_names
-from .evaluate import MapResult, detect_dataset, evaluate
+from .evaluate import MapRun, compute_map, detection_classes as _net_classes, map_report, tqdm_class as _tqdm
 
 __all__ = [
     "train_detector", "TrainSummary", "TrainError", "compute_map", "MapRun", "map_report",
@@ -67,8 +67,6 @@ __all__ = [
 _logger = logging.getLogger("pydarknet")
 
 DETECTION_LAYERS = ("yolo", "region", "Gaussian_yolo", "gaussian_yolo")
-MAP_DETECT_THRESH = 0.005   # validate_detector_map's detection threshold
-MAP_NMS = 0.45
 
 
 class TrainError(ValueError):
@@ -133,104 +131,6 @@ def _peek_state(path):
             return int(meta[1]), int(meta[2])
     except Exception:
         return None
-
-
-# ----------------------------------------------------------------------------- mAP
-
-@dataclass
-class MapRun:
-    """One mAP computation over an image list."""
-    result: MapResult
-    images: int
-    detections: int
-    truths: int
-    seconds: float
-
-    @property
-    def map(self) -> float:
-        return self.result.map
-
-
-def compute_map(net, valid_list, classes=None, *, thresh=0.25, iou_thresh=0.5, points=0, letterbox=None,
-                progress=False) -> MapRun:
-    """darknet's validate_detector_map: detects in every image of
-    `valid_list` (a list file, or a DetectionDataset to reuse across calls:
-    its problems are then reported once) (threshold .005, NMS .45, letterboxed as the cfg says unless
-    `letterbox`), matches the detections with the label files and computes
-    the AP of every class (pydarknet.evaluate.evaluate). `thresh` is the
-    confidence at which TP, FP, precision, recall and average IoU are
-    counted. Unreadable images count as images without detections."""
-    from .data.lists import DetectionDataset
-
-    if classes is None:
-        classes = _net_classes(net)
-        if classes is None:
-            raise TrainError(f"{net.spec.path}: no [yolo] or [region] layer to take the classes from")
-    start = time.perf_counter()
-    if isinstance(valid_list, DetectionDataset):
-        ds = valid_list
-    else:
-        ds = DetectionDataset.from_list(valid_list, classes, channels=net.channels)
-    truths = []
-    for i in range(len(ds)):
-        boxes, issues = ds.labels(i)
-        ds.summary.record_all(issues)
-        truths.append(boxes)
-    detections = []
-    bar = None
-    tqdm = _tqdm() if progress else None
-    if tqdm is not None:
-        bar = tqdm(total=len(ds), desc="mAP", unit="img", leave=False, file=sys.stderr, dynamic_ncols=True)
-    try:
-        for path in ds.images:
-            detections.extend(detect_dataset(net, [path], thresh=MAP_DETECT_THRESH, nms=MAP_NMS,
-                                             letterbox=letterbox))
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    result = evaluate(detections, truths, classes, iou_thresh=iou_thresh, points=points, conf_thresh=thresh)
-    return MapRun(result, len(ds), int(sum(len(d) for d in detections)), int(sum(len(t) for t in truths)),
-                  time.perf_counter() - start)
-
-
-def map_report(run: MapRun, names: Optional[Sequence[str]] = None) -> List[str]:
-    """darknet's lines for a mAP run (validate_detector_map's output)."""
-    r = run.result
-    lines = [f" detections_count = {run.detections}, unique_truth_count = {run.truths}"]
-    for k in sorted(r.classes):
-        c = r.classes[k]
-        name = names[k] if names is not None and k < len(names) else str(k)
-        lines.append(f"class_id = {k}, name = {name}, ap = {c.ap * 100:.2f}%   \t (TP = {c.tp}, FP = {c.fp})")
-    lines += [
-        "",
-        f" for conf_thresh = {r.conf_thresh:.2f}, precision = {r.precision:.2f}, recall = {r.recall:.2f}, "
-        f"F1-score = {r.f1:.2f}",
-        f" for conf_thresh = {r.conf_thresh:.2f}, TP = {r.tp}, FP = {r.fp}, FN = {r.fn}, "
-        f"average IoU = {r.avg_iou * 100:.2f} %",
-        "",
-        f" IoU threshold = {r.iou_thresh * 100:2.0f} %, "
-        + (f"used {r.points} Recall-points" if r.points else "used Area-Under-Curve for each unique Recall"),
-        f" mean average precision (mAP@{r.iou_thresh:.2f}) = {r.map:f}, or {r.map * 100:.2f} %",
-    ]
-    return lines
-
-
-def _tqdm():
-    """tqdm's bar class, or None without tqdm (the log lines are printed then)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm
-
-
-def _net_classes(net):
-    for layer in reversed(net.output_layers):
-        if layer.spec is not None and "classes" in layer.spec.attrs:
-            return int(layer.spec.attrs["classes"])
-    return None
 
 
 def _copy_params(src, dst):
@@ -736,6 +636,7 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
                         out.line(line)
                     out.line(f"\n mean_average_precision (mAP@{iou_thresh:.2f}) = {run.map:f}")
                     record["mAP"] = run.map
+                    record["mAP@0.5:0.95"] = run.result.map_50_95
                     summary.maps.append((it, run.map))
                     if best_map is None or run.map >= best_map:
                         best_map = run.map
