@@ -1,10 +1,10 @@
 """The ``pydarknet`` command, shaped after darknet's command line.
 
-    pydarknet detector test <data> <cfg> <weights> [image] [-thresh .25] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detector test <data> <cfg> <weights> [image] [-thresh .25] [-ext_output] [-dont_show] [-letter_box] [-i 0]
     pydarknet detector train <data> <cfg> [weights] [-clear] [-map] [--map-every N] [-dont_show] [-gpus 0]
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
-    pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
-    pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box] [-i 0]
+    pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box] [-i 0]
     pydarknet --version
 
 Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
@@ -148,6 +148,17 @@ def _add_detect_flags(parser, thresh_default):
           help="never open a window (without it the result is shown when a display is available)")
     _flag(parser, "letter_box", action="store_true",
           help="letterbox the image to the network size (default: as the cfg's [net] letter_box says)")
+    _add_gpu_flag(parser)
+
+
+def _add_gpu_flag(parser):
+    _flag(parser, "i", dest="gpu", type=_non_negative_int, metavar="N",
+          help="run on CUDA device N (a build with PYDARKNET_CUDA=1; default: the CPU)")
+
+
+def _first_gpu(text):
+    """darknet's -gpus list: training uses its first device."""
+    return _non_negative_int(text.split(",")[0].strip())
 
 
 def _version_text():
@@ -209,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "points", type=_map_points, default=0, metavar="N",
           help="AP by area under the curve (0, default), or at 11 or 101 recall points")
     _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
-    _flag(train, "gpus", metavar="LIST", help="accepted; training runs on the CPU in this version")
+    _flag(train, "gpus", type=_first_gpu, metavar="LIST",
+          help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
     _flag(train, "seed", type=int, default=0, metavar="N",
           help="seed of the batches, augmentation, multi-scale sizes and initial weights (default 0)")
     train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
@@ -236,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="AP by area under the curve (0, default), or at 11 (VOC 2007) or 101 (COCO) recall points")
     _flag(dmap, "letter_box", action="store_true",
           help="letterbox the images (default: as the cfg's [net] letter_box says)")
+    _add_gpu_flag(dmap)
     dmap.set_defaults(func=_cmd_detector_map)
 
     detect = commands.add_parser(
@@ -337,7 +350,7 @@ def _emit_warnings(caught):
         _note(f"warning: {w.message}")
 
 
-def _load_network(cfg_path, weights_path, names):
+def _load_network(cfg_path, weights_path, names, gpu=None):
     """The network with its weights; errors name the file (and line or byte offset)."""
     _read_head(cfg_path, "cfg", 1)
     _read_head(weights_path, "weights", 1)
@@ -352,6 +365,12 @@ def _load_network(cfg_path, weights_path, names):
             raise CliError(msg) from None
         finally:
             _emit_warnings(caught)
+    if gpu is not None:
+        try:
+            net.set_device(gpu)
+        except DarknetError as e:
+            raise CliError(f"-i {gpu}: {e}") from None
+        _note(f"running on {net.device_name}")
     return net
 
 
@@ -533,7 +552,7 @@ def _cmd_detector_test(args) -> int:
     names, names_path = _names_from_data(data_path)
     if args.image is not None:
         _read_image(args.image)  # fail before the (possibly slow) network build
-    net = _load_network(cfg_path, args.weights, names)
+    net = _load_network(cfg_path, args.weights, names, args.gpu)
     _check_names(net, names, names_path, cfg_path)
     return _run_images(net, args.image, args)
 
@@ -548,7 +567,7 @@ def _cmd_detect(args) -> int:
         names = read_names(names_path)
     if args.image is not None:
         _read_image(args.image)
-    net = _load_network(args.cfg, args.weights, names)
+    net = _load_network(args.cfg, args.weights, names, args.gpu)
     _check_names(net, names, names_path, args.cfg)
     return _run_images(net, args.image, args)
 
@@ -564,15 +583,14 @@ def _train_errors():
 
 def _cmd_detector_train(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector train")
-    if args.gpus is not None:
-        _note(f"-gpus {args.gpus}: training runs on the CPU in this version (the CUDA build is not there yet)")
     from .train import train_detector
 
     try:
         train_detector(cfg_path, data_path, args.weights, clear=args.clear, calc_map=args.calc_map,
                        map_every=args.map_every, map_epochs=args.mAP_epochs, backup=args.backup,
                        max_batches=args.max_batches, seed=args.seed, dont_show=args.dont_show,
-                       thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers)
+                       thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers,
+                       gpu=args.gpus)
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
     except _train_errors() as e:
@@ -593,7 +611,7 @@ def _cmd_detector_map(args) -> int:
     except OSError as e:
         raise CliError(f"{valid}: cannot read the validation image list (valid= in {data_path}, or train= when "
                        f"there is no valid=): {e.strerror or e}") from None
-    net = _load_network(cfg_path, args.weights, names)
+    net = _load_network(cfg_path, args.weights, names, args.gpu)
     _check_names(net, names, names_path, cfg_path)
     classes = _net_classes(net)
     if classes is None:
