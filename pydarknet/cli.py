@@ -1,18 +1,18 @@
 """The ``pydarknet`` command, shaped after darknet's command line.
 
     pydarknet detector test <data> <cfg> <weights> [image|list.txt|folder] [-thresh .25] [-ext_output] [-dont_show]
-                            [-letter_box] [-out result.json] [-save_labels] [--output-dir DIR]
-    pydarknet detector valid <data> <cfg> <weights> [-out name]
-    pydarknet detector recall <data> <cfg> <weights>
+                            [-letter_box] [-i 0] [-out result.json] [-save_labels] [--output-dir DIR]
+    pydarknet detector valid <data> <cfg> <weights> [-out name] [-i 0]
+    pydarknet detector recall <data> <cfg> <weights> [-i 0]
     pydarknet detector demo <data> <cfg> <weights> [video] [-c 0] [-out_filename out.avi] [-thresh .25]
                             [-ext_output] [-dont_show] [-letter_box] [-prefix p] [-json_file_output f.json]
                             [-time_limit_sec N] [-avgframes 3] [--frames all|latest]
     pydarknet detector train <data> <cfg> [weights] [-clear] [-map] [--map-every N] [-dont_show] [-gpus 0]
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
-    pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
+    pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box] [-i 0]
     pydarknet detector calc_anchors <data> [-num_of_clusters 9] [-width 416 -height 416] [-cfg in.cfg [-out_cfg out.cfg]]
     pydarknet detect <cfg> <weights> [image|list.txt|folder] [-thresh .24] [-names file] [-ext_output]
-                     [-dont_show] [-letter_box]
+                     [-dont_show] [-letter_box] [-i 0]
     pydarknet --version
 
 Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
@@ -159,6 +159,17 @@ def _add_detect_flags(parser, thresh_default):
           help="never open a window (without it the result is shown when a display is available)")
     _flag(parser, "letter_box", action="store_true",
           help="letterbox the image to the network size (default: as the cfg's [net] letter_box says)")
+    _add_gpu_flag(parser)
+
+
+def _add_gpu_flag(parser):
+    _flag(parser, "i", dest="gpu", type=_non_negative_int, metavar="N",
+          help="run on CUDA device N (a build with PYDARKNET_CUDA=1; default: the CPU)")
+
+
+def _first_gpu(text):
+    """darknet's -gpus list: training uses its first device."""
+    return _non_negative_int(text.split(",")[0].strip())
 
 
 def _version_text():
@@ -228,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "points", type=_map_points, default=0, metavar="N",
           help="AP by area under the curve (0, default), or at 11 or 101 recall points")
     _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
-    _flag(train, "gpus", metavar="LIST", help="accepted; training runs on the CPU in this version")
+    _flag(train, "gpus", type=_first_gpu, metavar="LIST",
+          help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
     _flag(train, "seed", type=int, default=0, metavar="N",
           help="seed of the batches, augmentation, multi-scale sizes and initial weights (default 0)")
     train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
@@ -257,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="AP by area under the curve (0, default), or at 11 (VOC 2007) or 101 (COCO) recall points")
     _flag(dmap, "letter_box", action="store_true",
           help="letterbox the images (default: as the cfg's [net] letter_box says)")
+    _add_gpu_flag(dmap)
     dmap.set_defaults(func=_cmd_detector_map)
     anchors.add_parser(detector_commands)
 
@@ -272,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     valid.add_argument("weights", metavar="weights", help="the .weights file")
     _flag(valid, "out", metavar="NAME",
           help="results file name: <NAME><class>.txt, or <NAME>.json with eval=coco")
+    _add_gpu_flag(valid)
     valid.set_defaults(func=_cmd_detector_valid)
 
     recall = detector_commands.add_parser(
@@ -284,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("data", metavar="data", help="the .data file (valid=)")
     recall.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
     recall.add_argument("weights", metavar="weights", help="the .weights file")
+    _add_gpu_flag(recall)
     recall.set_defaults(func=_cmd_detector_recall)
 
     demo = detector_commands.add_parser(
@@ -412,7 +427,7 @@ def _emit_warnings(caught):
         _note(f"warning: {w.message}")
 
 
-def _load_network(cfg_path, weights_path, names):
+def _load_network(cfg_path, weights_path, names, gpu=None):
     """The network with its weights; errors name the file (and line or byte offset)."""
     _read_head(cfg_path, "cfg", 1)
     _read_head(weights_path, "weights", 1)
@@ -427,6 +442,12 @@ def _load_network(cfg_path, weights_path, names):
             raise CliError(msg) from None
         finally:
             _emit_warnings(caught)
+    if gpu is not None:
+        try:
+            net.set_device(gpu)
+        except DarknetError as e:
+            raise CliError(f"-i {gpu}: {e}") from None
+        _note(f"running on {net.device_name}")
     return net
 
 
@@ -632,7 +653,7 @@ def _cmd_detector_test(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg)
     names, names_path = _names_from_data(data_path)
     _check_image_arg(args.image)
-    net = _load_network(cfg_path, args.weights, names)
+    net = _load_network(cfg_path, args.weights, names, args.gpu)
     _require_detector(net, cfg_path, "detector test")
     _check_names(net, names, names_path, cfg_path)
     return _run_images(net, args.image, args)
@@ -647,7 +668,7 @@ def _cmd_detect(args) -> int:
         _read_head(names_path, "names", 1)
         names = read_names(names_path)
     _check_image_arg(args.image)
-    net = _load_network(args.cfg, args.weights, names)
+    net = _load_network(args.cfg, args.weights, names, args.gpu)
     _require_detector(net, args.cfg, "detect")
     _check_names(net, names, names_path, args.cfg)
     return _run_images(net, args.image, args)
@@ -689,15 +710,14 @@ def _train_errors():
 
 def _cmd_detector_train(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector train")
-    if args.gpus is not None:
-        _note(f"-gpus {args.gpus}: training runs on the CPU in this version (the CUDA build is not there yet)")
     from .train import train_detector
 
     try:
         train_detector(cfg_path, data_path, args.weights, clear=args.clear, calc_map=args.calc_map,
                        map_every=args.map_every, map_epochs=args.mAP_epochs, backup=args.backup,
                        max_batches=args.max_batches, seed=args.seed, dont_show=args.dont_show,
-                       thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers)
+                       thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers,
+                       gpu=args.gpus)
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
     except _train_errors() as e:
@@ -726,7 +746,7 @@ def _cmd_detector_map(args) -> int:
     if not any(layer.type in DETECTION_LAYERS for layer in spec.layers):
         raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network "
                        "(a classifier is evaluated with 'classifier valid')")
-    net = _load_network(cfg_path, args.weights, names)
+    net = _load_network(cfg_path, args.weights, names, args.gpu)
     _check_names(net, names, names_path, cfg_path)
     classes = _net_classes(net)
     print("\n calculation mAP (mean average precision)...", flush=True)

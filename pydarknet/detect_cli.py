@@ -265,7 +265,7 @@ class _Readable:
 def _load_detector(args, command):
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, command)
     names, names_path = _names_from_data(data_path)
-    net = _load_network(cfg_path, args.weights, names)
+    net = _load_network(cfg_path, args.weights, names, args.gpu)
     require_detector(net, cfg_path, command)
     _check_names(net, names, names_path, cfg_path)
     return data_path, cfg_path, net, names

@@ -189,6 +189,31 @@ class Network:
         return [self.layers[i] for i in self._outputs]
 
     @property
+    def gpu(self) -> Optional[int]:
+        """The CUDA device the network runs on, or None for the CPU."""
+        d = lib.dn_net_device(self._ptr)
+        return None if d < 0 else int(d)
+
+    @property
+    def device_name(self) -> str:
+        """'CPU', or the CUDA device's name as nvidia-smi gives it, with its index."""
+        gpu = self.gpu
+        if gpu is None:
+            return "CPU"
+        buf = ffi.new("char[256]")
+        check(lib.dn_cuda_device_name(gpu, buf, 256))
+        return f"GPU {gpu} ({ffi.string(buf).decode('utf-8', 'replace')})"
+
+    def set_device(self, gpu: Optional[int]):
+        """Runs the network on CUDA device `gpu` (darknet's -i / -gpus) or,
+        with None, on the CPU. Raises DarknetError when the build has no CUDA
+        (rebuild with PYDARKNET_CUDA=1) or the device does not exist. On a
+        device, read `Layer.params` again after passes that change them; the
+        arrays are host copies brought up to date when they are handed out."""
+        check(lib.dn_net_set_device(self._ptr, -1 if gpu is None else int(gpu)),
+              "CPU" if gpu is None else f"GPU {gpu}")
+
+    @property
     def uses_blas(self):
         return bool(lib.dn_net_uses_blas(self._ptr))
 
@@ -374,13 +399,14 @@ def _read_image(image):
 
 
 def load(cfg_path, weights_path=None, batch: Optional[int] = None, threads: Optional[int] = None, names=None,
-         max_layers: Optional[int] = None, seed: int = 0) -> Network:
+         max_layers: Optional[int] = None, seed: int = 0, gpu: Optional[int] = None) -> Network:
     """Builds the network of a darknet cfg and, when given, loads its weights
     (only the first `max_layers` layers' when given). `batch`: the full
     training batch (default: the cfg's; mini-batches are batch / subdivisions;
     predict and detect size the network to what they are given). `names`:
     class names, a list or the path of a .names file. `seed`: the initial
-    weights' generator (darknet's initialization, for training from scratch)."""
+    weights' generator (darknet's initialization, for training from scratch).
+    `gpu`: the CUDA device to run on (None: the CPU); see Network.set_device."""
     spec = parse_cfg(cfg_path)
     if isinstance(names, (str, os.PathLike)):
         from .datafiles import read_names
@@ -389,4 +415,6 @@ def load(cfg_path, weights_path=None, batch: Optional[int] = None, threads: Opti
     net = Network(spec, batch=batch, threads=threads, names=names, seed=seed)
     if weights_path is not None:
         net.load_weights(weights_path, max_layers=max_layers)
+    if gpu is not None:
+        net.set_device(gpu)
     return net

@@ -308,7 +308,8 @@ def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_
                    backup=None, max_batches=None, seed=0, dont_show=True, thresh=0.25, iou_thresh=0.5,
                    points=0, save_every=None, last_every=None, chart=None, chart_every=10, multiscale=None,
                    workers=2, threads=None, log: Optional[Callable[[str], None]] = None, progress=None,
-                   stop_after=None, callback: Optional[Callable[[dict], None]] = None) -> TrainSummary:
+                   stop_after=None, callback: Optional[Callable[[dict], None]] = None,
+                   gpu: Optional[int] = None) -> TrainSummary:
     """Trains the detector of `cfg` on the `train=` list of the .data file
     `data`, from `weights` when given (a full or partial weights file), up
     to the cfg's max_batches (or `max_batches`). See the module notes.
@@ -318,6 +319,7 @@ def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_
       every max(map_epochs epochs, 100) iterations, not before burn_in, and at
       the end (darknet's schedule), or every `map_every` iterations when
       given (which implies calc_map); keep _best.weights.
+    gpu: train on this CUDA device (darknet's -gpus; None: the CPU).
     backup: the checkpoint folder (default: the .data file's backup=, else
       ./backup); created when missing.
     save_every / last_every: checkpoint intervals (default: .data
@@ -344,12 +346,12 @@ def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_
                       map_epochs=map_epochs, backup=backup, max_batches=max_batches, seed=seed, thresh=thresh,
                       iou_thresh=iou_thresh, points=points, save_every=save_every, last_every=last_every,
                       chart=chart, chart_every=chart_every, multiscale=multiscale, workers=workers,
-                      threads=threads, progress=progress, stop_after=stop_after, callback=callback)
+                      threads=threads, progress=progress, stop_after=stop_after, callback=callback, gpu=gpu)
 
 
 def _train(out, cfg, data, weights, *, clear, calc_map, map_every, map_epochs, backup, max_batches, seed, thresh,
            iou_thresh, points, save_every, last_every, chart, chart_every, multiscale, workers, threads, progress,
-           stop_after, callback):
+           stop_after, callback, gpu=None):
     from .cfg import parse_cfg
     from .network import Network
 
@@ -472,6 +474,13 @@ def _train(out, cfg, data, weights, *, clear, calc_map, map_every, map_epochs, b
     save_every = interval(save_every, "saveweights", 1000 if max_b < 10000 else 10000)
     last_every = interval(last_every, "savelast", 100)
     steps = set(int(s) for s in (opts.get("steps") or [])) if opts.get("policy") == "steps" else set()
+    if gpu is not None:
+        from ._native import DarknetError
+
+        try:
+            net.set_device(gpu)
+        except DarknetError as e:
+            raise TrainError(f"-gpus {gpu}: {e}") from None
     burn_in = int(opts.get("burn_in") or 0)
 
     map_net = valid_ds = None
@@ -538,7 +547,8 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
                    else " (no training state beside it: the optimizer starts afresh)"))
     out.note(f"training {base} on {n_train} images of {train_list}: batch {full_batch} "
              f"(mini-batches of {net.mini_batch}), {init_w}x{init_h}, iterations {start} -> {max_b}{resumed}; "
-             f"checkpoints in {backup_dir}; on the CPU with {net.threads} threads")
+             f"checkpoints in {backup_dir}; " +
+             (f"on {net.device_name}" if net.gpu is not None else f"on the CPU with {net.threads} threads"))
 
     if progress is None:
         try:
