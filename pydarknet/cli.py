@@ -5,6 +5,7 @@
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
     pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
     pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet classifier train|predict|valid <data> <cfg> [weights] ...   (pydarknet.classifier)
     pydarknet --version
 
 Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
@@ -250,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detect_flags(detect, 0.24)
     _flag(detect, "names", metavar="FILE", help="class names file, one name per line")
     detect.set_defaults(func=_cmd_detect)
+
+    from .classifier import add_classifier_parser
+
+    add_classifier_parser(commands)
     return parser
 
 
