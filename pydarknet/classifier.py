@@ -30,12 +30,15 @@ Output, standard output as darknet's (notes and warnings on standard error):
 * train: ``<cfg-name>``, the learning-rate line, the number of training
   images, then per iteration
   ``<iteration>, <epoch>: <loss>, <avg> avg, <rate> rate, <s> seconds, <images> images, <h> hours left``
-  and with -topk ``accuracy top<k> = <fraction>`` every max(2 epochs,
+  and with -topk ``accuracy top1 = <fraction>`` and darknet's
+  ``accuracy top<k> = <fraction>`` every max(2 epochs,
   burn_in, 100) iterations and at the end. Checkpoints, the .state file,
   resume, the JSON log and the chart are detector train's
   (pydarknet.train).
 * predict: ``<path>: Predicted in <ms> milli-seconds.``, then one
-  ``%5.2f%%: <name>`` line per class, most probable first.
+  ``%5.2f%%: <name>`` line per class, most probable first (the original
+  darknet's line; AlexeyAB's fork prints ``<name>: <probability>`` and two
+  debugging lines, which are left out).
 * valid: `` TOP calculation...``, a blank line, then after each image the
   running accuracies ``<i>: top 1: <fraction>, top <k>: <fraction>``.
 """
@@ -259,6 +262,7 @@ class _ClassifierTask(TrainTask):
         result = validate(self.eval_net, self.valid_ds, self.k)
         k = result.k
         out.line("")
+        out.line(f" accuracy top1 = {result.top1:f} ")
         out.line(f" accuracy top{k} = {result.topk:f} ")
         record["top1"], record[f"top{k}"] = result.top1, result.topk
         summary.accuracies.append((record["iteration"], result.top1, result.topk))

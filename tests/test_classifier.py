@@ -164,6 +164,7 @@ def test_training_learns_and_writes_darknets_files(trained):
     assert [r["iteration"] for r in evaluated] == [40] and evaluated[0]["top3"] == 1.0
     assert f" accuracy top3 = {1.0:f} " in lines
     assert evaluated[0]["top1"] >= 0.6   # chance is 1/3
+    assert f" accuracy top1 = {evaluated[0]['top1']:f} " in lines
 
 
 def test_predict_prints_top_classes_with_names(trained, capsys):
