@@ -13,6 +13,7 @@
     pydarknet detector calc_anchors <data> [-num_of_clusters 9] [-width 416 -height 416] [-cfg in.cfg [-out_cfg out.cfg]]
     pydarknet detect <cfg> <weights> [image|list.txt|folder] [-thresh .24] [-names file] [-ext_output]
                      [-dont_show] [-letter_box] [-i 0]
+    pydarknet classifier train|predict|valid <data> <cfg> [weights] ...   (pydarknet.classifier)
     pydarknet --version
 
 Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
@@ -36,9 +37,9 @@ prints darknet's per-class AP lines, the mAP and mAP@0.50:0.95
 ``detector valid``, ``recall`` and ``demo`` are in pydarknet.detect_cli
 (their output formats are described there).
 
-The parser is built from subcommands (``detector test``); darknet's other
-commands (``detector valid``, ``classifier ...``) slot in beside them: add a
-parser in :func:`build_parser` with ``set_defaults(func=...)``.
+The parser is built from subcommands (``detector test``); each command's
+parser is added in :func:`build_parser` (or by its module's ``add_parser``)
+with ``set_defaults(func=...)``.
 """
 from __future__ import annotations
 
@@ -340,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detect_flags(detect, 0.24)
     _flag(detect, "names", metavar="FILE", help="class names file, one name per line")
     detect.set_defaults(func=_cmd_detect)
+
+    from .classifier import add_classifier_parser
+
+    add_classifier_parser(commands)
     return parser
 
 

@@ -358,6 +358,28 @@ class Network:
         return [self._detections(b, img.shape[1], img.shape[0], thresh, nms, letterbox)
                 for b, img in enumerate(imgs)]
 
+    def classify(self, image, top: int = 5):
+        """The `top` most probable classes of one image (a BGR uint8 array as
+        OpenCV reads it, or a path) as pydarknet.classifier.Classification
+        (class_id, name, probability), most probable first. The image is
+        prepared as darknet's classifier predict and valid prepare it: resized
+        (darknet's bilinear) so its shorter side is the network width, then
+        the centred network-size crop. The probabilities are the output of
+        the last layer before any [cost] (a [softmax] in darknet's classifier
+        cfgs)."""
+        from .classifier import classify_output, require_classifier
+
+        require_classifier(self.spec)
+        img = _read_image(image)
+        if self.batch != 1:
+            self.resize(batch=1)
+        h, w = img.shape[:2]
+        ch = 1 if img.ndim == 2 else img.shape[2]
+        check(lib.dn_net_set_input_image_crop(self._ptr, 0, ffi.from_buffer("uint8_t[]", img), w, h, ch,
+                                              img.strides[0], 1))
+        check(lib.dn_net_forward_input(self._ptr))
+        return classify_output(self.output_layers[0].output.reshape(-1), top, self.names)
+
     def _detections(self, b, w, h, thresh, nms, letterbox):
         found = ffi.new("int *")
         while True:

@@ -200,6 +200,12 @@ dn_status dn_layer_param_state(dn_net *net, int layer, int index, float **grad, 
  * does: plain stretch (letterbox=0) or aspect-preserving letterbox on grey. */
 dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
                                  int channels, int stride, int bgr, int letterbox);
+/* As dn_net_set_input_image, prepared as darknet's classifier predict and
+ * valid prepare an image: resized (darknet's bilinear) so its shorter side is
+ * the network width, the other side in proportion (rounded down), then the
+ * centred width x height crop (edge pixels repeated where the crop is larger). */
+dn_status dn_net_set_input_image_crop(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
+                                      int channels, int stride, int bgr);
 dn_status dn_net_forward_input(dn_net *net);
 
 /* Detections from every [yolo] and [region] head after a forward pass, boxes
