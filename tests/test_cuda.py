@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 import pydarknet
-from pydarknet import _build_ffi
 from pydarknet._native import DarknetError, check, cuda_devices, ffi, lib
 from pydarknet.synthetic import shapes_batch
-from conftest import randomize, random_input
+from conftest import build_module, randomize, random_input
 from test_layers import ACT, NET, ONE, YOLO
 from test_training import YOLO_NET
+
+_build_ffi = build_module()
 
 
 # ----------------------------------------------------------------------------- compiling
