@@ -11,7 +11,8 @@ import pytest
 from pydarknet.anchors import AnchorsError, average_iou, cfg_with_anchors, kmeans_anchors, wh_iou
 from pydarknet.cfg import parse_cfg
 from pydarknet.cli import main
-from pydarknet.data.shapes import make_shapes_dataset
+from pydarknet.data.shapes import default_backgrounds, make_shapes_dataset
+from conftest import ROOT
 
 CFG = """[net]
 width=96
@@ -103,7 +104,8 @@ def test_kmeans_refuses_too_few_sizes():
 @pytest.fixture
 def shapes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    make_shapes_dataset(tmp_path, train=12, valid=2, width=64, height=64, sample=None)
+    make_shapes_dataset(tmp_path, train=12, valid=2, width=64, height=64, sample=None,
+                        backgrounds=default_backgrounds(ROOT / "data"))
     (tmp_path / "tiny.cfg").write_text(CFG)
     return tmp_path
 
