@@ -12,10 +12,18 @@ time (GCC target_clones), and the AVX-512 GEMM kernel is chosen at run time
 (add -DDN_NO_PACKED_GEMM or -DDN_NO_CLONES to leave either out). No
 -ffast-math: results and NaN checks must not change (-fno-trapping-math,
 always on, only gives up FP exception flags, which the library never reads).
+
+The same sources and flags also make the C library for C programs:
+setup.py builds it beside the extension from the extension's settings, and
+the top-level Makefile reads them from ``python3 pydarknet/_build_ffi.py
+--print-make``.
 """
+import contextlib
+import io
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from cffi import FFI
@@ -83,5 +91,36 @@ def build_ffi():
 
 ffibuilder = build_ffi()
 
+
+def library_extension():
+    """The extension's sources and compiler/linker settings as cffi hands
+    them to setuptools, for building the same code as a plain C library."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        return ffibuilder.distutils_extension(tmp, verbose=False)
+
+
+def make_variables():
+    """Makefile assignments for the C library (``--print-make``): the sources
+    and flags of the extension (the generated cffi glue left out), the
+    directories the linked libraries live in (also as run-time paths), and
+    the library version from the header."""
+    ext = library_extension()
+    sources = [s for s in ext.sources if not os.path.isabs(s)]
+    macros = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
+    dirs = ext.library_dirs
+    version = ".".join(re.search(rf"#define DN_VERSION_{part} (\d+)", HEADER.read_text()).group(1)
+                       for part in ("MAJOR", "MINOR"))
+    return {
+        "DN_VERSION": version,
+        "DN_SOURCES": " ".join(sources),
+        "DN_CFLAGS": " ".join(ext.extra_compile_args + macros + [f"-I{d}" for d in ext.include_dirs]),
+        "DN_LDFLAGS": " ".join([f"-L{d}" for d in dirs] + [f"-Wl,-rpath,{d}" for d in dirs]),
+        "DN_LDLIBS": " ".join(f"-l{name}" for name in ext.libraries),
+    }
+
+
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    if sys.argv[1:] == ["--print-make"]:
+        print("\n".join(f"{k} = {v}" for k, v in make_variables().items()))
+    else:
+        ffibuilder.compile(verbose=True)

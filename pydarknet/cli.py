@@ -5,6 +5,8 @@
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
     pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
     pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet export <cfg> <weights> [-o model.pdn] [-names file]
+    pydarknet --cflags --libs [--static]
     pydarknet --version
 
 Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
@@ -155,7 +157,9 @@ def _version_text():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="A Darknet-compatible deep-learning framework.")
+    parser = _Parser(prog=PROG, description="A Darknet-compatible deep-learning framework.",
+                     epilog="pydarknet --cflags --libs [--static]: the flags that build a C program against "
+                            "the installed C library")
     parser.add_argument("--version", action="version", version=_version_text())
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
@@ -250,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detect_flags(detect, 0.24)
     _flag(detect, "names", metavar="FILE", help="class names file, one name per line")
     detect.set_defaults(func=_cmd_detect)
+
+    from .export import add_parser as add_export
+
+    add_export(commands)
     return parser
 
 
@@ -621,6 +629,10 @@ def _cmd_detector_map(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line `argv` (default sys.argv[1:]); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--cflags", "--libs"):  # compiler flags for C programs (pydarknet.embed)
+        from .embed import main as print_flags
+
+        return print_flags(argv)
     try:
         try:
             args = build_parser().parse_args(argv)

@@ -178,6 +178,8 @@ struct dn_net {
     long long *prof_calls;
     dn_log_fn log_fn;
     void *log_user;
+    char **names;                /* class names from a model file (core/model.c) */
+    int nnames;
 };
 
 /* ---- errors and logs (core/error.c) ---- */
@@ -196,6 +198,9 @@ void dn_log(const dn_net *net, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+
+/* ---- model files (core/model.c) ---- */
+void dn_net_free_names(dn_net *net);
 
 /* (Re)allocates activations, deltas (when training) and the workspace. */
 dn_status dn_net_allocate(dn_net *net);
