@@ -399,14 +399,15 @@ static dn_status read_tensors(const source *src, uint64_t offset, dn_net *net)
 static dn_status load(const source *src, dn_net **out)
 {
     uint8_t head[MODEL_HEADER];
-    if (src->size < MODEL_HEADER)
-        return dn_fail(DN_ERR_FORMAT, "%s: the file is %llu bytes, too short for a model file header (%u bytes)",
-                       src->name, (unsigned long long)src->size, MODEL_HEADER);
-    dn_status s = read_at(src, 0, head, MODEL_HEADER);
+    const size_t have = src->size < MODEL_HEADER ? (size_t)src->size : MODEL_HEADER;
+    dn_status s = read_at(src, 0, head, have);
     if (s) return s;
-    if (memcmp(head, MODEL_MAGIC, 8) != 0)
+    if (memcmp(head, MODEL_MAGIC, have < 8 ? have : 8) != 0 || have == 0)
         return dn_fail(DN_ERR_FORMAT, "%s: byte offset 0: not a pydarknet model file (no \"%s\" magic; "
                        "`pydarknet export <cfg> <weights> -o <file>` writes one)", src->name, MODEL_MAGIC);
+    if (have < MODEL_HEADER)
+        return dn_fail(DN_ERR_FORMAT, "%s: the file is %zu bytes, too short for a model file header (%u bytes)",
+                       src->name, have, MODEL_HEADER);
     const uint32_t version = le32(head + 8), meta_size = le32(head + 12), crc = le32(head + 24);
     const uint64_t data_size = le64(head + 16);
     if (version != MODEL_VERSION)
