@@ -33,7 +33,7 @@ $(BUILD)/obj/%.o: %.c $(HEADERS)
 	$(CC) $(DN_CFLAGS) -fPIC -fvisibility=hidden $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libpydarknet.so: $(OBJS)
-	$(CC) -shared -o $@ $(OBJS) $(DN_LDFLAGS) $(LDFLAGS) $(DN_LDLIBS)
+	$(CC) -shared -o $@ $(OBJS) $(DN_OBJECTS) $(DN_LDFLAGS) $(LDFLAGS) $(DN_LDLIBS)
 
 $(BUILD)/libpydarknet.a: $(OBJS)
 	rm -f $@

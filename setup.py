@@ -12,13 +12,16 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join("src_c", "include", "pydarknet.h")
-# found at run time next to the package in site-packages (the extension's own
-# rpath reaches the same folder from one level higher)
-BLAS_RPATH = "$ORIGIN/../../scipy_openblas32/lib"
 
 # cffi's builder module lives inside the package; make it importable from a
 # source checkout during the build.
 sys.path.insert(0, ROOT)
+
+
+def library_rpath(arg):
+    """A link argument of the extension for the library one folder deeper
+    (pydarknet/lib/): run-time paths relative to $ORIGIN reach one level higher."""
+    return arg.replace("-Wl,-rpath,$ORIGIN/", "-Wl,-rpath,$ORIGIN/../")
 
 
 class BuildExtAndLibrary(build_ext):
@@ -46,7 +49,7 @@ class BuildExtAndLibrary(build_ext):
         objects += list(ext.extra_objects or [])
         os.makedirs(libdir, exist_ok=True)
         self.compiler.create_static_lib(objects, "pydarknet", output_dir=libdir)
-        rpaths = [f"-Wl,-rpath,{d}" for d in list(ext.library_dirs) + [BLAS_RPATH]]
+        rpaths = [f"-Wl,-rpath,{d}" for d in ext.library_dirs] + [library_rpath(a) for a in ext.extra_link_args]
         self.compiler.link_shared_object(objects, shared, libraries=ext.libraries, library_dirs=ext.library_dirs,
                                          extra_postargs=rpaths)
 

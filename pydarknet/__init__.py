@@ -10,12 +10,14 @@ from .cfg import CfgError, CfgWarning, parse_cfg
 from .detection import Detection, draw_detections
 from .modelfile import ModelFileError, load_model, write_model
 from .network import Layer, Network, load
+from .video import VideoError, VideoSource, video_frames
 from .weights import WeightsError, WeightsHeader
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "Network", "Layer", "Detection", "draw_detections", "parse_cfg", "CfgError", "CfgWarning",
+    "load", "Network", "Layer", "Detection", "draw_detections", "video_frames", "VideoSource", "VideoError",
+    "parse_cfg", "CfgError", "CfgWarning",
     "DarknetError", "WeightsError", "WeightsHeader", "blas_available", "version",
     "load_model", "write_model", "ModelFileError",
 ]

@@ -52,6 +52,19 @@ def check(status, context=None):
         raise DarknetError(f"{context}: {msg}" if context else msg, status)
 
 
+def cuda_devices():
+    """Names of the CUDA devices this build can use (empty without CUDA or devices)."""
+    n = ffi.new("int *")
+    if lib.dn_cuda_device_count(n) != lib.DN_OK:
+        return []
+    buf = ffi.new("char[256]")
+    names = []
+    for i in range(n[0]):
+        check(lib.dn_cuda_device_name(i, buf, 256))
+        names.append(ffi.string(buf).decode("utf-8", "replace"))
+    return names
+
+
 def blas_available():
     return bool(lib.dn_blas_available())
 

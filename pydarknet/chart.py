@@ -1,5 +1,6 @@
 """The training chart: loss and average loss over iterations, with the mAP
-points when they are computed, as darknet's chart.png shows them.
+(or a classifier's top-k accuracy) points when they are computed, as
+darknet's chart.png shows them.
 
 Drawn with matplotlib's Agg canvas directly (no pyplot, so no window and no
 change to the process's matplotlib backend) and written through a temporary
@@ -28,9 +29,10 @@ def _finite(v):
 
 
 def draw_chart(path, records: Iterable[Mapping], max_batches: Optional[int] = None, title: Optional[str] = None,
-               hours_left: Optional[float] = None, size=(10.0, 6.0), dpi=100) -> str:
+               hours_left: Optional[float] = None, size=(10.0, 6.0), dpi=100, metric: str = "mAP") -> str:
     """Writes the chart of `records` (mappings with iteration, loss,
-    avg_loss and, where computed, mAP as a fraction) to `path` as a PNG.
+    avg_loss and, where computed, `metric` (mAP, top5 ...) as a fraction)
+    to `path` as a PNG.
     The loss axis is cut at 1.1 times the 95th percentile of the loss so a
     few huge early losses do not flatten the rest (darknet cuts at its
     max_chart_loss). Raises ImportError without matplotlib. Returns path."""
@@ -47,9 +49,9 @@ def draw_chart(path, records: Iterable[Mapping], max_batches: Optional[int] = No
             its.append(int(it))
             losses.append(float(r["loss"]))
             avgs.append(float(r["avg_loss"]))
-        if _finite(r.get("mAP")):
+        if _finite(r.get(metric)):
             map_its.append(int(it))
-            maps.append(100.0 * float(r["mAP"]))
+            maps.append(100.0 * float(r[metric]))
 
     fig = Figure(figsize=size, dpi=dpi)
     FigureCanvasAgg(fig)
@@ -69,9 +71,9 @@ def draw_chart(path, records: Iterable[Mapping], max_batches: Optional[int] = No
     handles, labels = ax.get_legend_handles_labels()
     if maps:
         ax2 = ax.twinx()
-        ax2.plot(map_its, maps, color="#c02020", marker="o", markersize=4, linewidth=1.0, label="mAP%")
+        ax2.plot(map_its, maps, color="#c02020", marker="o", markersize=4, linewidth=1.0, label=f"{metric}%")
         ax2.set_ylim(0, 100)
-        ax2.set_ylabel("mAP %", color="#c02020")
+        ax2.set_ylabel(f"{metric} %", color="#c02020")
         ax2.tick_params(axis="y", colors="#c02020")
         best = max(range(len(maps)), key=lambda i: maps[i])
         ax2.annotate(f"{maps[best]:.1f}%", (map_its[best], maps[best]), textcoords="offset points",

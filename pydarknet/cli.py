@@ -1,10 +1,19 @@
 """The ``pydarknet`` command, shaped after darknet's command line.
 
-    pydarknet detector test <data> <cfg> <weights> [image] [-thresh .25] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detector test <data> <cfg> <weights> [image|list.txt|folder] [-thresh .25] [-ext_output] [-dont_show]
+                            [-letter_box] [-i 0] [-out result.json] [-save_labels] [--output-dir DIR]
+    pydarknet detector valid <data> <cfg> <weights> [-out name] [-i 0]
+    pydarknet detector recall <data> <cfg> <weights> [-i 0]
+    pydarknet detector demo <data> <cfg> <weights> [video] [-c 0] [-out_filename out.avi] [-thresh .25]
+                            [-ext_output] [-dont_show] [-letter_box] [-prefix p] [-json_file_output f.json]
+                            [-time_limit_sec N] [-avgframes 3] [--frames all|latest]
     pydarknet detector train <data> <cfg> [weights] [-clear] [-map] [--map-every N] [-dont_show] [-gpus 0]
                              [-seed 0] [--max-batches N] [--backup DIR] [-thresh .25] [-iou_thresh .5]
-    pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box]
-    pydarknet detect <cfg> <weights> [image] [-thresh .24] [-names file] [-ext_output] [-dont_show] [-letter_box]
+    pydarknet detector map <data> <cfg> <weights> [-thresh .25] [-iou_thresh .5] [-points 0|11|101] [-letter_box] [-i 0]
+    pydarknet detector calc_anchors <data> [-num_of_clusters 9] [-width 416 -height 416] [-cfg in.cfg [-out_cfg out.cfg]]
+    pydarknet detect <cfg> <weights> [image|list.txt|folder] [-thresh .24] [-names file] [-ext_output]
+                     [-dont_show] [-letter_box] [-i 0]
+    pydarknet classifier train|predict|valid <data> <cfg> [weights] ...   (pydarknet.classifier)
     pydarknet export <cfg> <weights> [-o model.pdn] [-names file]
     pydarknet --cflags --libs [--static]
     pydarknet --version
@@ -25,11 +34,14 @@ iteration, or shows a progress bar when standard error is a terminal, and
 writes its checkpoints, a JSON-lines log and a chart to the backup folder;
 Ctrl-C saves ``<cfg-name>_last.weights`` (and ``.state``) and exits with
 status 130; giving that file back resumes where it stopped. ``detector map``
-prints darknet's per-class AP lines and the mAP.
+prints darknet's per-class AP lines, the mAP and mAP@0.50:0.95
+(pydarknet.evaluate). ``detector calc_anchors`` is pydarknet.anchors;
+``detector valid``, ``recall`` and ``demo`` are in pydarknet.detect_cli
+(their output formats are described there).
 
-The parser is built from subcommands (``detector test``); darknet's other
-commands (``detector valid``, ``classifier ...``) slot in beside them: add a
-parser in :func:`build_parser` with ``set_defaults(func=...)``.
+The parser is built from subcommands (``detector test``); each command's
+parser is added in :func:`build_parser` (or by its module's ``add_parser``)
+with ``set_defaults(func=...)``.
 """
 from __future__ import annotations
 
@@ -43,7 +55,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__
+from . import __version__, anchors
 from ._native import DarknetError, blas_available, version as core_version
 from .cfg import CfgError
 from .datafiles import DataFileError, read_data_file, read_names, resolve_path
@@ -150,6 +162,17 @@ def _add_detect_flags(parser, thresh_default):
           help="never open a window (without it the result is shown when a display is available)")
     _flag(parser, "letter_box", action="store_true",
           help="letterbox the image to the network size (default: as the cfg's [net] letter_box says)")
+    _add_gpu_flag(parser)
+
+
+def _add_gpu_flag(parser):
+    _flag(parser, "i", dest="gpu", type=_non_negative_int, metavar="N",
+          help="run on CUDA device N (a build with PYDARKNET_CUDA=1; default: the CPU)")
+
+
+def _first_gpu(text):
+    """darknet's -gpus list: training uses its first device."""
+    return _non_negative_int(text.split(",")[0].strip())
 
 
 def _version_text():
@@ -164,22 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     detector = commands.add_parser(
-        "detector", help="object detectors: test, train, map",
+        "detector", help="object detectors: test, train, map, valid, recall, demo, calc_anchors",
         description="Object detection with a .data file, a cfg and weights (darknet's 'detector').")
     detector_commands = detector.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
 
     test = detector_commands.add_parser(
         "test", help="detect objects in images",
         description="Detects objects in one image, or in each image whose path is read from standard "
-                    "input (one per line) when no image is given. Prints darknet's result lines and writes "
-                    f"the annotated image to {PREDICTIONS} in the current folder.")
+                    "input (one per line) when no image is given, or in each image of a list file (.txt, "
+                    ".list) or a folder. Prints darknet's result lines and writes the annotated image to "
+                    f"{PREDICTIONS} in the current folder (or each one to --output-dir). An image that cannot "
+                    "be read is reported and skipped; the exit status is then 1.")
     test.intermixed = True
     test.add_argument("data", metavar="data", help="the .data file (its names= key gives the class names); "
                       "the cfg may come first instead, the two are told apart by content")
     test.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
     test.add_argument("weights", metavar="weights", help="the .weights file")
-    test.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
+    test.add_argument("image", nargs="?", help="image file, list file (.txt, .list) or folder of images; "
+                      "without it paths are read from standard input")
     _add_detect_flags(test, 0.25)
+    _flag(test, "out", metavar="FILE", help="also write the detections of every image to FILE as darknet's JSON")
+    _flag(test, "save_labels", action="store_true",
+          help="write each image's detections as a YOLO label file beside it (<image>.txt)")
+    test.add_argument("--output-dir", dest="output_dir", metavar="DIR",
+                      help=f"write one annotated image per input to DIR (<name>.jpg) instead of {PREDICTIONS}")
     test.set_defaults(func=_cmd_detector_test)
 
     train = detector_commands.add_parser(
@@ -213,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "points", type=_map_points, default=0, metavar="N",
           help="AP by area under the curve (0, default), or at 11 or 101 recall points")
     _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
-    _flag(train, "gpus", metavar="LIST", help="accepted; training runs on the CPU in this version")
+    _flag(train, "gpus", type=_first_gpu, metavar="LIST",
+          help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
     _flag(train, "seed", type=int, default=0, metavar="N",
           help="seed of the batches, augmentation, multi-scale sizes and initial weights (default 0)")
     train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
@@ -227,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         "map", help="mean average precision on the valid= list",
         description="Detects in every image of the .data file's valid= list (the train= list when there is "
                     "none) and prints darknet's per-class AP, precision, recall, F1, TP, FP, FN and average "
-                    "IoU at -thresh, and the mAP.")
+                    "IoU at -thresh, the mAP at -iou_thresh, and the mAP@0.50:0.95 (the mean over IoU .50, "
+                    ".55, ..., .95; COCO's with -points 101). Images that cannot be read are reported and "
+                    "left out.")
     dmap.intermixed = True
     dmap.add_argument("data", metavar="data", help="the .data file (valid=, names=); the cfg may come first")
     dmap.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
@@ -240,7 +274,63 @@ def build_parser() -> argparse.ArgumentParser:
           help="AP by area under the curve (0, default), or at 11 (VOC 2007) or 101 (COCO) recall points")
     _flag(dmap, "letter_box", action="store_true",
           help="letterbox the images (default: as the cfg's [net] letter_box says)")
+    _add_gpu_flag(dmap)
     dmap.set_defaults(func=_cmd_detector_map)
+    anchors.add_parser(detector_commands)
+
+    valid = detector_commands.add_parser(
+        "valid", help="write the detections on the valid= list to results files",
+        description="Detects (threshold .001, NMS .6) in every image of the .data file's valid= list and writes "
+                    "the detections to the results= folder (default results/): one "
+                    "comp4_det_test_<class>.txt file per class, or coco_results.json when the .data file says "
+                    "eval=coco.")
+    valid.intermixed = True
+    valid.add_argument("data", metavar="data", help="the .data file (valid=, names=, results=, eval=)")
+    valid.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    valid.add_argument("weights", metavar="weights", help="the .weights file")
+    _flag(valid, "out", metavar="NAME",
+          help="results file name: <NAME><class>.txt, or <NAME>.json with eval=coco")
+    _add_gpu_flag(valid)
+    valid.set_defaults(func=_cmd_detector_valid)
+
+    recall = detector_commands.add_parser(
+        "recall", help="recall of the proposals on the valid= list",
+        description="darknet's recall check: for each image of the valid= list, the proposals above .001 "
+                    "objectness (class-agnostic NMS .4) are matched with the label file's boxes; prints the "
+                    "running count of truths found (IoU above .5), proposals per image, mean best IoU and "
+                    "recall.")
+    recall.intermixed = True
+    recall.add_argument("data", metavar="data", help="the .data file (valid=)")
+    recall.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    recall.add_argument("weights", metavar="weights", help="the .weights file")
+    _add_gpu_flag(recall)
+    recall.set_defaults(func=_cmd_detector_recall)
+
+    demo = detector_commands.add_parser(
+        "demo", help="detect in a video file or camera",
+        description="Detects in every frame of a video file, or of a camera (-c index) when no video is given. "
+                    "Prints each frame's objects on standard output and the frame rate on standard error; writes "
+                    "the annotated frames to -out_filename and shows them unless -dont_show. From a camera or "
+                    "stream the newest frame is taken each time (frames that arrive meanwhile are dropped) so "
+                    "a slow network never falls behind; from a file every frame is processed.")
+    demo.intermixed = True
+    demo.add_argument("data", metavar="data", help="the .data file (names=)")
+    demo.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
+    demo.add_argument("weights", metavar="weights", help="the .weights file")
+    demo.add_argument("video", nargs="?", help="video file or stream URL; without it the camera -c is used")
+    _add_detect_flags(demo, 0.25)
+    _flag(demo, "c", type=_non_negative_int, default=0, metavar="N", help="camera index (default 0)")
+    _flag(demo, "out_filename", metavar="FILE", help="write the annotated video to FILE (.avi: Motion JPEG, "
+          ".mp4: MPEG-4), at the source's frame rate")
+    _flag(demo, "prefix", metavar="P", help="write each annotated frame to P_<frame>.jpg")
+    _flag(demo, "json_file_output", metavar="FILE", help="write each frame's detections to FILE as darknet's JSON")
+    _flag(demo, "time_limit_sec", type=_non_negative_int, default=0, metavar="N",
+          help="stop after N seconds (default 0: at the end of the video)")
+    _flag(demo, "avgframes", type=_positive_int, default=3, metavar="N", help="accepted; not used on the CPU")
+    demo.add_argument("--frames", choices=("all", "latest"),
+                      help="every frame, or only the newest one each time (default: latest for a camera or "
+                           "stream URL, all for a file)")
+    demo.set_defaults(func=_cmd_detector_demo)
 
     detect = commands.add_parser(
         "detect", help="detect objects in images (shortcut without a .data file)",
@@ -250,10 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     detect.intermixed = True
     detect.add_argument("cfg", help="the network's .cfg file")
     detect.add_argument("weights", help="the .weights file")
-    detect.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
+    detect.add_argument("image", nargs="?", help="image file, list file (.txt, .list) or folder of images; "
+                        "without it paths are read from standard input")
     _add_detect_flags(detect, 0.24)
     _flag(detect, "names", metavar="FILE", help="class names file, one name per line")
     detect.set_defaults(func=_cmd_detect)
+
+    from .classifier import add_classifier_parser
+
+    add_classifier_parser(commands)
 
     from .export import add_parser as add_export
 
@@ -345,7 +440,7 @@ def _emit_warnings(caught):
         _note(f"warning: {w.message}")
 
 
-def _load_network(cfg_path, weights_path, names):
+def _load_network(cfg_path, weights_path, names, gpu=None):
     """The network with its weights; errors name the file (and line or byte offset)."""
     _read_head(cfg_path, "cfg", 1)
     _read_head(weights_path, "weights", 1)
@@ -360,6 +455,12 @@ def _load_network(cfg_path, weights_path, names):
             raise CliError(msg) from None
         finally:
             _emit_warnings(caught)
+    if gpu is not None:
+        try:
+            net.set_device(gpu)
+        except DarknetError as e:
+            raise CliError(f"-i {gpu}: {e}") from None
+        _note(f"running on {net.device_name}")
     return net
 
 
@@ -489,9 +590,10 @@ class _WriteError(CliError):
     """The annotated image could not be written: ends a whole run."""
 
 
-def _detect_image(net, path, args, classes, viewer):
-    """Detects, prints darknet's lines, writes predictions.jpg. CliError for an
-    image that cannot be used."""
+def _detect_image(net, path, args, classes, viewer, outputs):
+    """Detects, prints darknet's lines, writes predictions.jpg (or what
+    `outputs`, a detect_cli.TestOutputs, asks for). CliError for an image
+    that cannot be used."""
     import cv2
 
     image = _read_image(path)
@@ -509,39 +611,63 @@ def _detect_image(net, path, args, classes, viewer):
     sys.stdout.flush()
     annotated = draw_detections(image, shown, classes=classes or 80)
     try:
-        ok = cv2.imwrite(PREDICTIONS, annotated, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    except cv2.error:
-        ok = False
-    if not ok:
-        raise _WriteError(f"{os.path.abspath(PREDICTIONS)}: cannot write the annotated image")
-    _note(f"annotated image written to {os.path.abspath(PREDICTIONS)}")
+        outputs.add(path, image, detections, annotated)
+    except CliError as e:
+        raise _WriteError(str(e)) from None
+    if outputs.output_dir is None:
+        try:
+            ok = cv2.imwrite(PREDICTIONS, annotated, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        except cv2.error:
+            ok = False
+        if not ok:
+            raise _WriteError(f"{os.path.abspath(PREDICTIONS)}: cannot write the annotated image")
+        _note(f"annotated image written to {os.path.abspath(PREDICTIONS)}")
     viewer.show(annotated)
 
 
 def _run_images(net, image, args) -> int:
+    """One image, or each image of a list file, a folder or standard input
+    (those reported and skipped when they cannot be read)."""
+    from .detect_cli import TestOutputs, image_inputs
+
     classes = _net_classes(net)
     viewer = _Viewer(not args.dont_show)
-    if image is not None:
-        _detect_image(net, image, args, classes, viewer)
-        return EXIT_OK
+    outputs = TestOutputs.from_args(args)
+    paths = image_inputs(image) if image is not None else _stdin_paths()
     failed = 0
-    for path in _stdin_paths():
-        try:
-            _detect_image(net, path, args, classes, viewer)
-        except _WriteError:
-            raise
-        except CliError as e:
-            failed += 1
-            _note(f"error: {e}")
+    try:
+        if paths is None:
+            _detect_image(net, image, args, classes, viewer, outputs)
+            return EXIT_OK
+        for path in paths:
+            try:
+                _detect_image(net, path, args, classes, viewer, outputs)
+            except _WriteError:
+                raise
+            except CliError as e:
+                failed += 1
+                _note(f"error: {e}")
+    finally:
+        outputs.close()
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _check_image_arg(image):
+    """Fails before the (possibly slow) network build on an image, list or
+    folder that cannot be used."""
+    if image is not None:
+        from .detect_cli import image_inputs
+
+        if image_inputs(image) is None:
+            _read_image(image)
 
 
 def _cmd_detector_test(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg)
     names, names_path = _names_from_data(data_path)
-    if args.image is not None:
-        _read_image(args.image)  # fail before the (possibly slow) network build
-    net = _load_network(cfg_path, args.weights, names)
+    _check_image_arg(args.image)
+    net = _load_network(cfg_path, args.weights, names, args.gpu)
+    _require_detector(net, cfg_path, "detector test")
     _check_names(net, names, names_path, cfg_path)
     return _run_images(net, args.image, args)
 
@@ -554,33 +680,57 @@ def _cmd_detect(args) -> int:
     if names_path is not None:
         _read_head(names_path, "names", 1)
         names = read_names(names_path)
-    if args.image is not None:
-        _read_image(args.image)
-    net = _load_network(args.cfg, args.weights, names)
+    _check_image_arg(args.image)
+    net = _load_network(args.cfg, args.weights, names, args.gpu)
+    _require_detector(net, args.cfg, "detect")
     _check_names(net, names, names_path, args.cfg)
     return _run_images(net, args.image, args)
+
+
+def _require_detector(net, cfg_path, command):
+    from .detect_cli import require_detector
+
+    require_detector(net, cfg_path, command)
+
+
+def _cmd_detector_valid(args) -> int:
+    from .detect_cli import detector_valid
+
+    return detector_valid(args)
+
+
+def _cmd_detector_recall(args) -> int:
+    from .detect_cli import detector_recall
+
+    return detector_recall(args)
+
+
+def _cmd_detector_demo(args) -> int:
+    from .detect_cli import detector_demo
+
+    return detector_demo(args)
 
 
 def _train_errors():
     """The exceptions of training and mAP that become one error line."""
     from .data.issues import DataError
+    from .evaluate import EvaluationError
     from .state import StateError
     from .train import TrainError
 
-    return (TrainError, StateError, DataError)
+    return (TrainError, StateError, DataError, EvaluationError)
 
 
 def _cmd_detector_train(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector train")
-    if args.gpus is not None:
-        _note(f"-gpus {args.gpus}: training runs on the CPU in this version (the CUDA build is not there yet)")
     from .train import train_detector
 
     try:
         train_detector(cfg_path, data_path, args.weights, clear=args.clear, calc_map=args.calc_map,
                        map_every=args.map_every, map_epochs=args.mAP_epochs, backup=args.backup,
                        max_batches=args.max_batches, seed=args.seed, dont_show=args.dont_show,
-                       thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers)
+                       thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers,
+                       gpu=args.gpus)
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
     except _train_errors() as e:
@@ -589,8 +739,10 @@ def _cmd_detector_train(args) -> int:
 
 
 def _cmd_detector_map(args) -> int:
+    from .cfg import parse_cfg
     from .datafiles import load_data_file
-    from .train import compute_map, map_report, warnings_as_notes
+    from .evaluate import compute_map, map_report
+    from .train import DETECTION_LAYERS, warnings_as_notes
 
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector map")
     names, names_path = _names_from_data(data_path)
@@ -601,11 +753,15 @@ def _cmd_detector_map(args) -> int:
     except OSError as e:
         raise CliError(f"{valid}: cannot read the validation image list (valid= in {data_path}, or train= when "
                        f"there is no valid=): {e.strerror or e}") from None
-    net = _load_network(cfg_path, args.weights, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # _load_network reports the cfg's warnings
+        spec = parse_cfg(cfg_path)
+    if not any(layer.type in DETECTION_LAYERS for layer in spec.layers):
+        raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network "
+                       "(a classifier is evaluated with 'classifier valid')")
+    net = _load_network(cfg_path, args.weights, names, args.gpu)
     _check_names(net, names, names_path, cfg_path)
     classes = _net_classes(net)
-    if classes is None:
-        raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network")
     print("\n calculation mAP (mean average precision)...", flush=True)
     try:
         progress = sys.stderr.isatty()
@@ -620,7 +776,8 @@ def _cmd_detector_map(args) -> int:
     for line in map_report(run, names):
         print(line)
     sys.stdout.flush()
-    _note(f"{run.images} images of {valid} in {run.seconds:.1f} seconds")
+    skipped = f" ({run.skipped} unreadable images left out)" if run.skipped else ""
+    _note(f"{run.images} images of {valid} in {run.seconds:.1f} seconds{skipped}")
     return EXIT_OK
 
 

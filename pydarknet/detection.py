@@ -43,6 +43,11 @@ class Detection:
         """(left, top, right, bottom)."""
         return (self.left, self.top, self.right, self.bottom)
 
+    def relative(self, width, height):
+        """(x, y, w, h) as fractions of an image of width x height pixels,
+        the form of YOLO label files and darknet's JSON output."""
+        return (self.x / width, self.y / height, self.w / width, self.h / height)
+
     @property
     def label(self):
         return self.name if self.name is not None else str(self.class_id)

@@ -213,6 +213,31 @@ class Network:
         return [self.layers[i] for i in self._outputs]
 
     @property
+    def gpu(self) -> Optional[int]:
+        """The CUDA device the network runs on, or None for the CPU."""
+        d = lib.dn_net_device(self._ptr)
+        return None if d < 0 else int(d)
+
+    @property
+    def device_name(self) -> str:
+        """'CPU', or the CUDA device's name as nvidia-smi gives it, with its index."""
+        gpu = self.gpu
+        if gpu is None:
+            return "CPU"
+        buf = ffi.new("char[256]")
+        check(lib.dn_cuda_device_name(gpu, buf, 256))
+        return f"GPU {gpu} ({ffi.string(buf).decode('utf-8', 'replace')})"
+
+    def set_device(self, gpu: Optional[int]):
+        """Runs the network on CUDA device `gpu` (darknet's -i / -gpus) or,
+        with None, on the CPU. Raises DarknetError when the build has no CUDA
+        (rebuild with PYDARKNET_CUDA=1) or the device does not exist. On a
+        device, read `Layer.params` again after passes that change them; the
+        arrays are host copies brought up to date when they are handed out."""
+        check(lib.dn_net_set_device(self._ptr, -1 if gpu is None else int(gpu)),
+              "CPU" if gpu is None else f"GPU {gpu}")
+
+    @property
     def uses_blas(self):
         return bool(lib.dn_net_uses_blas(self._ptr))
 
@@ -333,17 +358,51 @@ class Network:
         or a path). The image is letterboxed or stretched as the cfg's
         [net] letter_box says (or `letterbox`), every [yolo]/[region] head is
         decoded, and greedy NMS runs per class. Boxes are in image pixels."""
-        img = _read_image(image)
+        return self.detect_batch([image], thresh=thresh, nms=nms, letterbox=letterbox)[0]
+
+    def detect_batch(self, images: Sequence, thresh: float = 0.25, nms: float = 0.45,
+                     letterbox: Optional[bool] = None) -> List[List[Detection]]:
+        """:meth:`detect` for several images (arrays or paths, of any sizes)
+        in one forward pass: the network is sized to a batch of len(images),
+        each image is resized into its own batch entry, and each entry's
+        boxes are mapped back to its own image. Returns one list per image."""
+        imgs = [_read_image(image) for image in images]
+        if not imgs:
+            return []
         if letterbox is None:
             letterbox = bool(self.spec.options.get("letter_box", 0))
+        if self.batch != len(imgs):
+            self.resize(batch=len(imgs))
+        for b, img in enumerate(imgs):
+            h, w = img.shape[:2]
+            ch = 1 if img.ndim == 2 else img.shape[2]
+            check(lib.dn_net_set_input_image(self._ptr, b, ffi.from_buffer("uint8_t[]", img), w, h, ch,
+                                             img.strides[0], 1, int(letterbox)))
+        check(lib.dn_net_forward_input(self._ptr))
+        return [self._detections(b, img.shape[1], img.shape[0], thresh, nms, letterbox)
+                for b, img in enumerate(imgs)]
+
+    def classify(self, image, top: int = 5):
+        """The `top` most probable classes of one image (a BGR uint8 array as
+        OpenCV reads it, or a path) as pydarknet.classifier.Classification
+        (class_id, name, probability), most probable first. The image is
+        prepared as darknet's classifier predict and valid prepare it: resized
+        (darknet's bilinear) so its shorter side is the network width, then
+        the centred network-size crop. The probabilities are the output of
+        the last layer before any [cost] (a [softmax] in darknet's classifier
+        cfgs)."""
+        from .classifier import classify_output, require_classifier
+
+        require_classifier(self.spec)
+        img = _read_image(image)
         if self.batch != 1:
             self.resize(batch=1)
         h, w = img.shape[:2]
         ch = 1 if img.ndim == 2 else img.shape[2]
-        check(lib.dn_net_set_input_image(self._ptr, 0, ffi.from_buffer("uint8_t[]", img), w, h, ch,
-                                         img.strides[0], 1, int(letterbox)))
+        check(lib.dn_net_set_input_image_crop(self._ptr, 0, ffi.from_buffer("uint8_t[]", img), w, h, ch,
+                                              img.strides[0], 1))
         check(lib.dn_net_forward_input(self._ptr))
-        return self._detections(0, w, h, thresh, nms, letterbox)
+        return classify_output(self.output_layers[0].output.reshape(-1), top, self.names)
 
     def _detections(self, b, w, h, thresh, nms, letterbox):
         found = ffi.new("int *")
@@ -386,13 +445,14 @@ def _read_image(image):
 
 
 def load(cfg_path, weights_path=None, batch: Optional[int] = None, threads: Optional[int] = None, names=None,
-         max_layers: Optional[int] = None, seed: int = 0) -> Network:
+         max_layers: Optional[int] = None, seed: int = 0, gpu: Optional[int] = None) -> Network:
     """Builds the network of a darknet cfg and, when given, loads its weights
     (only the first `max_layers` layers' when given). `batch`: the full
     training batch (default: the cfg's; mini-batches are batch / subdivisions;
     predict and detect size the network to what they are given). `names`:
     class names, a list or the path of a .names file. `seed`: the initial
-    weights' generator (darknet's initialization, for training from scratch)."""
+    weights' generator (darknet's initialization, for training from scratch).
+    `gpu`: the CUDA device to run on (None: the CPU); see Network.set_device."""
     spec = parse_cfg(cfg_path)
     if isinstance(names, (str, os.PathLike)):
         from .datafiles import read_names
@@ -401,4 +461,6 @@ def load(cfg_path, weights_path=None, batch: Optional[int] = None, threads: Opti
     net = Network(spec, batch=batch, threads=threads, names=names, seed=seed)
     if weights_path is not None:
         net.load_weights(weights_path, max_layers=max_layers)
+    if gpu is not None:
+        net.set_device(gpu)
     return net

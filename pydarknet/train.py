@@ -1,7 +1,12 @@
-"""Training a detector as darknet's ``detector train`` does, and its mAP.
+"""Training a detector as darknet's ``detector train`` does, and its mAP;
+the training run itself, which classifiers share (pydarknet.classifier).
 
     from pydarknet.train import train_detector
     summary = train_detector("yolo-obj.cfg", "obj.data", "yolov4-tiny.conv.29", calc_map=True)
+
+What differs between detectors and classifiers (the checks of the files,
+the loader, darknet's log lines, the evaluation during training: mAP or
+top-k accuracy) is a TrainTask; train_network runs the rest once for both.
 
 One iteration trains on the loader's batch k (k = the network's iteration
 count before the update; pydarknet.data makes batch k the same whenever it
@@ -52,23 +57,22 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from .datafiles import load_data_file, read_names
-from .evaluate import MapResult, detect_dataset, evaluate
+from .evaluate import MapRun, compute_map, detection_classes as _net_classes, map_report, tqdm_class as _tqdm
 
 __all__ = [
-    "train_detector", "TrainSummary", "TrainError", "compute_map", "MapRun", "map_report",
+    "train_detector", "train_network", "TrainTask", "TrainSummary", "TrainError", "compute_map", "MapRun",
+    "map_report",
     "cfg_base", "checkpoint_path", "state_path", "warnings_as_notes",
 ]
 
 _logger = logging.getLogger("pydarknet")
 
 DETECTION_LAYERS = ("yolo", "region", "Gaussian_yolo", "gaussian_yolo")
-MAP_DETECT_THRESH = 0.005   # validate_detector_map's detection threshold
-MAP_NMS = 0.45
 
 
 class TrainError(ValueError):
@@ -133,104 +137,6 @@ def _peek_state(path):
             return int(meta[1]), int(meta[2])
     except Exception:
         return None
-
-
-# ----------------------------------------------------------------------------- mAP
-
-@dataclass
-class MapRun:
-    """One mAP computation over an image list."""
-    result: MapResult
-    images: int
-    detections: int
-    truths: int
-    seconds: float
-
-    @property
-    def map(self) -> float:
-        return self.result.map
-
-
-def compute_map(net, valid_list, classes=None, *, thresh=0.25, iou_thresh=0.5, points=0, letterbox=None,
-                progress=False) -> MapRun:
-    """darknet's validate_detector_map: detects in every image of
-    `valid_list` (a list file, or a DetectionDataset to reuse across calls:
-    its problems are then reported once) (threshold .005, NMS .45, letterboxed as the cfg says unless
-    `letterbox`), matches the detections with the label files and computes
-    the AP of every class (pydarknet.evaluate.evaluate). `thresh` is the
-    confidence at which TP, FP, precision, recall and average IoU are
-    counted. Unreadable images count as images without detections."""
-    from .data.lists import DetectionDataset
-
-    if classes is None:
-        classes = _net_classes(net)
-        if classes is None:
-            raise TrainError(f"{net.spec.path}: no [yolo] or [region] layer to take the classes from")
-    start = time.perf_counter()
-    if isinstance(valid_list, DetectionDataset):
-        ds = valid_list
-    else:
-        ds = DetectionDataset.from_list(valid_list, classes, channels=net.channels)
-    truths = []
-    for i in range(len(ds)):
-        boxes, issues = ds.labels(i)
-        ds.summary.record_all(issues)
-        truths.append(boxes)
-    detections = []
-    bar = None
-    tqdm = _tqdm() if progress else None
-    if tqdm is not None:
-        bar = tqdm(total=len(ds), desc="mAP", unit="img", leave=False, file=sys.stderr, dynamic_ncols=True)
-    try:
-        for path in ds.images:
-            detections.extend(detect_dataset(net, [path], thresh=MAP_DETECT_THRESH, nms=MAP_NMS,
-                                             letterbox=letterbox))
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    result = evaluate(detections, truths, classes, iou_thresh=iou_thresh, points=points, conf_thresh=thresh)
-    return MapRun(result, len(ds), int(sum(len(d) for d in detections)), int(sum(len(t) for t in truths)),
-                  time.perf_counter() - start)
-
-
-def map_report(run: MapRun, names: Optional[Sequence[str]] = None) -> List[str]:
-    """darknet's lines for a mAP run (validate_detector_map's output)."""
-    r = run.result
-    lines = [f" detections_count = {run.detections}, unique_truth_count = {run.truths}"]
-    for k in sorted(r.classes):
-        c = r.classes[k]
-        name = names[k] if names is not None and k < len(names) else str(k)
-        lines.append(f"class_id = {k}, name = {name}, ap = {c.ap * 100:.2f}%   \t (TP = {c.tp}, FP = {c.fp})")
-    lines += [
-        "",
-        f" for conf_thresh = {r.conf_thresh:.2f}, precision = {r.precision:.2f}, recall = {r.recall:.2f}, "
-        f"F1-score = {r.f1:.2f}",
-        f" for conf_thresh = {r.conf_thresh:.2f}, TP = {r.tp}, FP = {r.fp}, FN = {r.fn}, "
-        f"average IoU = {r.avg_iou * 100:.2f} %",
-        "",
-        f" IoU threshold = {r.iou_thresh * 100:2.0f} %, "
-        + (f"used {r.points} Recall-points" if r.points else "used Area-Under-Curve for each unique Recall"),
-        f" mean average precision (mAP@{r.iou_thresh:.2f}) = {r.map:f}, or {r.map * 100:.2f} %",
-    ]
-    return lines
-
-
-def _tqdm():
-    """tqdm's bar class, or None without tqdm (the log lines are printed then)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm
-
-
-def _net_classes(net):
-    for layer in reversed(net.output_layers):
-        if layer.spec is not None and "classes" in layer.spec.attrs:
-            return int(layer.spec.attrs["classes"])
-    return None
 
 
 def _copy_params(src, dst):
@@ -360,6 +266,7 @@ class TrainSummary:
     avg_loss: Optional[float] = None
     best_map: Optional[float] = None
     maps: List[tuple] = field(default_factory=list)         # (iteration, mAP)
+    accuracies: List[tuple] = field(default_factory=list)   # classifiers: (iteration, top-1, top-k)
     saved: Dict[str, str] = field(default_factory=dict)     # last, final, best, <N> -> path
     log_path: Optional[str] = None
     chart_path: Optional[str] = None
@@ -402,13 +309,179 @@ def _positive(value, what):
     return None if value is None else int(value)
 
 
+# ----------------------------------------------------------------------------- what differs by network kind
+
+class TrainTask:
+    """What a kind of network adds to the shared training run
+    (:func:`train_network`): its checks of the files and the cfg, its
+    loader, darknet's lines for it, and its evaluation during training. The
+    detector's is below; the classifier's is in pydarknet.classifier."""
+
+    command = "detector"   # in the resume hint: 'pydarknet <command> train ...'
+    names = None           # class names for the network, when read before it is built
+    chart_metric = "mAP"   # the record key the chart plots beside the loss
+
+    def check_data(self, out, df, data):
+        """Before anything slow: what else the .data file must name."""
+
+    def check_cfg(self, spec, cfg):
+        """Raises TrainError when the cfg is not a network of this kind."""
+
+    def check_network(self, out, net, df, cfg, data):
+        """The built network against the .data file; evaluation set up."""
+
+    def make_loader(self, data, net, seed, workers):
+        raise NotImplementedError
+
+    def header(self, base, opts, n_train, save_every, last_every):
+        """darknet's first lines."""
+        return [base]
+
+    def log_line(self, it, loss, avg_loss, rate, seconds, seen, n_train, hours_left):
+        """darknet's line for one iteration."""
+        raise NotImplementedError
+
+    def resume(self, trainlog, summary):
+        """Picks up what the log of the run being resumed says."""
+
+    def evaluation_due(self, it, last, max_b, n_train, full_batch, burn_in):
+        """Whether to evaluate after iteration `it` (last: the previous one)."""
+        return False
+
+    def evaluate(self, net, record, out, summary, save, bar):
+        """Evaluates the trained network, adding the result to `record`
+        (the iteration's log record) and `summary`; save(tag) writes a
+        checkpoint."""
+
+    def finished(self, summary):
+        """What the 'Training finished' line adds."""
+        return ""
+
+
+class _DetectorTask(TrainTask):
+    """darknet's detector train: a [yolo] or [region] head, DetectionLoader
+    (multi-scale), the mAP on the valid= list with -map and _best.weights."""
+
+    def __init__(self, calc_map, map_every, map_epochs, thresh, iou_thresh, points, multiscale):
+        if map_every is not None:
+            map_every = _positive(map_every, "the mAP interval")
+            calc_map = True
+        self.map_epochs = _positive(map_epochs, "mAP_epochs")
+        if not (isinstance(points, int) and (points == 0 or points > 1)):
+            raise TrainError(f"points must be 0 (area under the curve) or a number of recall points (11, 101), "
+                             f"got {points!r}")
+        self.calc_map, self.map_every = calc_map, map_every
+        self.thresh, self.iou_thresh, self.points = thresh, iou_thresh, points
+        self.multiscale = multiscale
+        self.valid_list = self.map_net = self.valid_ds = self.net_classes = self.best = None
+
+    def check_data(self, out, df, data):
+        if not self.calc_map:
+            return
+        names_path = df.names_path
+        if "names" not in df.options and not os.path.exists(names_path):
+            raise TrainError(f"{data}: no 'names = <file>' entry; -map needs the class names")
+        _check_readable(names_path, "the names file", f" (names= in {data})")
+        self.names = read_names(names_path)
+        self.valid_list = df.valid
+        if "valid" not in df.options:
+            out.note(f"{data} has no 'valid = <image list>' entry; the mAP is computed on the training "
+                     f"list {df.train} (as darknet does)")
+        _check_readable(self.valid_list, "the validation image list for -map", f" (valid= in {data})")
+
+    def check_cfg(self, spec, cfg):
+        self.heads = [l for l in spec.layers if l.type in DETECTION_LAYERS]
+        if not self.heads:
+            raise TrainError(f"{cfg}: no [yolo] or [region] layer; 'detector train' needs a detection network")
+
+    def check_network(self, out, net, df, cfg, data):
+        from .network import Network
+
+        names = self.names
+        self.net_classes = net_classes = _net_classes(net)
+        data_classes = df.classes
+        if net_classes is not None and net_classes != data_classes:
+            out.note(f"warning: {data} has classes = {data_classes} but the last [{self.heads[-1].type}] layer of "
+                     f"{cfg} has classes={net_classes}")
+        if names is not None and net_classes is not None and len(names) != net_classes:
+            out.note(f"warning: {df.names_path} has {len(names)} class names but {cfg} has classes={net_classes}")
+        if self.calc_map:
+            from .data.lists import DetectionDataset
+
+            self.map_net = Network(net.spec, threads=net.threads, names=names)
+            self.valid_ds = DetectionDataset.from_list(self.valid_list, net_classes or data_classes,
+                                                       channels=net.channels)
+
+    def make_loader(self, data, net, seed, workers):
+        from .data import DetectionLoader
+
+        kw = {}
+        if self.multiscale is False:
+            kw["multiscale"] = False
+        elif self.multiscale is not None:
+            kw["sizes"] = self.multiscale
+        return DetectionLoader.from_files(data, net, seed=seed, workers=workers, **kw)
+
+    def header(self, base, opts, n_train, save_every, last_every):
+        return [base, f"Weights are saved after: {save_every} iterations. Last weights (*_last.weights) are stored "
+                      f"every {last_every} iterations.", _rate_line(opts)]
+
+    def log_line(self, it, loss, avg_loss, rate, seconds, seen, n_train, hours_left):
+        return (f" {it}: {loss:f}, {avg_loss:f} avg loss, {rate:f} rate, {seconds:f} seconds, {seen} images, "
+                f"{hours_left:f} hours left")
+
+    def resume(self, trainlog, summary):
+        self.best = summary.best_map = trainlog.best("mAP")
+
+    def evaluation_due(self, it, last, max_b, n_train, full_batch, burn_in):
+        if not self.calc_map:
+            return False
+        if self.map_every is not None:
+            next_map = last + self.map_every
+        else:
+            next_map = max(last + max(self.map_epochs * n_train // full_batch, 100), burn_in)
+        return it >= next_map or it == max_b
+
+    def evaluate(self, net, record, out, summary, save, bar):
+        it, iou = record["iteration"], self.iou_thresh
+        _copy_params(net, self.map_net)
+        out.line("")
+        out.line(" calculation mAP (mean average precision)...")
+        run = compute_map(self.map_net, self.valid_ds, self.net_classes, thresh=self.thresh, iou_thresh=iou,
+                          points=self.points, progress=bar is not None)
+        for line in map_report(run, self.names):
+            out.line(line)
+        out.line(f"\n mean_average_precision (mAP@{iou:.2f}) = {run.map:f}")
+        record["mAP"] = run.map
+        record["mAP@0.5:0.95"] = run.result.map_50_95
+        summary.maps.append((it, run.map))
+        if self.best is None or run.map >= self.best:
+            self.best = summary.best_map = run.map
+            out.line("New best mAP!")
+            save("best")
+        if bar is not None:
+            bar.set_description(f"{cfg_base(summary.cfg)} mAP {run.map * 100:.1f}% best {self.best * 100:.1f}%",
+                                refresh=False)
+
+    def finished(self, summary):
+        if self.best is None or "best" not in summary.saved:
+            return ""
+        return f" (best mAP@{self.iou_thresh:.2f} = {self.best * 100:.2f} % in {summary.saved['best']})"
+
+
+def _rate_line(opts):
+    return (f"Learning Rate: {opts.get('learning_rate', 0.001):g}, Momentum: {opts.get('momentum', 0.9):g}, "
+            f"Decay: {opts.get('decay', 0.0005):g}")
+
+
 # ----------------------------------------------------------------------------- training
 
 def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_every=None, map_epochs=4,
                    backup=None, max_batches=None, seed=0, dont_show=True, thresh=0.25, iou_thresh=0.5,
                    points=0, save_every=None, last_every=None, chart=None, chart_every=10, multiscale=None,
                    workers=2, threads=None, log: Optional[Callable[[str], None]] = None, progress=None,
-                   stop_after=None, callback: Optional[Callable[[dict], None]] = None) -> TrainSummary:
+                   stop_after=None, callback: Optional[Callable[[dict], None]] = None,
+                   gpu: Optional[int] = None) -> TrainSummary:
     """Trains the detector of `cfg` on the `train=` list of the .data file
     `data`, from `weights` when given (a full or partial weights file), up
     to the cfg's max_batches (or `max_batches`). See the module notes.
@@ -418,52 +491,60 @@ def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_
       every max(map_epochs epochs, 100) iterations, not before burn_in, and at
       the end (darknet's schedule), or every `map_every` iterations when
       given (which implies calc_map); keep _best.weights.
+    gpu: train on this CUDA device (darknet's -gpus; None: the CPU).
+    multiscale: None (as the cfg's [yolo] random says), False (never), or a
+      callable batch index -> (width, height).
+    dont_show: accepted for darknet's flag; no window is ever opened.
+    The other arguments are train_network's.
+
+    Raises TrainError (or the DataFileError / CfgError / WeightsError /
+    DataError of the file at fault) before training when something it needs
+    is missing; KeyboardInterrupt after saving _last when interrupted."""
+    max_batches = _positive(max_batches, "max_batches")
+    task = _DetectorTask(calc_map, map_every, map_epochs, thresh, iou_thresh, points, multiscale)
+    return train_network(task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches, seed=seed,
+                         save_every=save_every, last_every=last_every, chart=chart, chart_every=chart_every,
+                         workers=workers, threads=threads, log=log, progress=progress, stop_after=stop_after,
+                         callback=callback, gpu=gpu)
+
+
+def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, backup=None, max_batches=None, seed=0,
+                  save_every=None, last_every=None, chart=None, chart_every=10, workers=2, threads=None,
+                  log: Optional[Callable[[str], None]] = None, progress=None, stop_after=None,
+                  callback: Optional[Callable[[dict], None]] = None, gpu: Optional[int] = None) -> TrainSummary:
+    """The training run that detectors and classifiers share, `task` saying
+    what differs (see TrainTask and the module notes).
+
     backup: the checkpoint folder (default: the .data file's backup=, else
       ./backup); created when missing.
     save_every / last_every: checkpoint intervals (default: .data
       saveweights / savelast, else darknet's).
     chart: the chart's path (default <backup>/chart_<cfg-name>.png), or False
-      for none; redrawn every `chart_every` iterations, at each mAP and at
-      the end.
-    multiscale: None (as the cfg's [yolo] random says), False (never), or a
-      callable batch index -> (width, height).
+      for none; redrawn every `chart_every` iterations, at each evaluation
+      and at the end.
     log: receives darknet's stdout lines instead of print.
     progress: a tqdm bar instead of the log lines (default: when standard
       error is a terminal).
     stop_after: stop as Ctrl-C does once this iteration is done (saves
       _last and raises KeyboardInterrupt).
-    callback: called with each iteration's log record (may raise).
-    dont_show: accepted for darknet's flag; no window is ever opened.
-
-    Raises TrainError (or the DataFileError / CfgError / WeightsError /
-    DataError of the file at fault) before training when something it needs
-    is missing; KeyboardInterrupt after saving _last when interrupted."""
+    callback: called with each iteration's log record (may raise)."""
     out = _Output(log)
     with warnings_as_notes(out):
-        return _train(out, cfg, data, weights, clear=clear, calc_map=calc_map, map_every=map_every,
-                      map_epochs=map_epochs, backup=backup, max_batches=max_batches, seed=seed, thresh=thresh,
-                      iou_thresh=iou_thresh, points=points, save_every=save_every, last_every=last_every,
-                      chart=chart, chart_every=chart_every, multiscale=multiscale, workers=workers,
-                      threads=threads, progress=progress, stop_after=stop_after, callback=callback)
+        return _train(out, task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches, seed=seed,
+                      save_every=save_every, last_every=last_every, chart=chart, chart_every=chart_every,
+                      workers=workers, threads=threads, progress=progress, stop_after=stop_after,
+                      callback=callback, gpu=gpu)
 
 
-def _train(out, cfg, data, weights, *, clear, calc_map, map_every, map_epochs, backup, max_batches, seed, thresh,
-           iou_thresh, points, save_every, last_every, chart, chart_every, multiscale, workers, threads, progress,
-           stop_after, callback):
+def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, save_every, last_every, chart,
+           chart_every, workers, threads, progress, stop_after, callback, gpu=None):
     from .cfg import parse_cfg
     from .network import Network
 
     cfg, data = os.fspath(cfg), os.fspath(data)
     weights = None if weights is None else os.fspath(weights)
     base = cfg_base(cfg)
-    if map_every is not None:
-        map_every = _positive(map_every, "the mAP interval")
-        calc_map = True
     max_batches = _positive(max_batches, "max_batches")
-    map_epochs = _positive(map_epochs, "mAP_epochs")
-    if not (isinstance(points, int) and (points == 0 or points > 1)):
-        raise TrainError(f"points must be 0 (area under the curve) or a number of recall points (11, 101), "
-                         f"got {points!r}")
 
     # ---- the .data file and what it names (before anything slow)
     df = load_data_file(data)
@@ -471,19 +552,7 @@ def _train(out, cfg, data, weights, *, clear, calc_map, map_every, map_epochs, b
         raise TrainError(f"{data}: no 'train = <image list>' entry naming the training images")
     train_list = df.train
     _check_readable(train_list, "the training image list", f" (train= in {data})")
-    names = None
-    valid_list = None
-    if calc_map:
-        names_path = df.names_path
-        if "names" not in df.options and not os.path.exists(names_path):
-            raise TrainError(f"{data}: no 'names = <file>' entry; -map needs the class names")
-        _check_readable(names_path, "the names file", f" (names= in {data})")
-        names = read_names(names_path)
-        valid_list = df.valid
-        if "valid" not in df.options:
-            out.note(f"{data} has no 'valid = <image list>' entry; the mAP is computed on the training "
-                     f"list {train_list} (as darknet does)")
-        _check_readable(valid_list, "the validation image list for -map", f" (valid= in {data})")
+    task.check_data(out, df, data)
     if backup is not None:
         backup_dir, origin = os.fspath(backup), ""
     elif "backup" in df.options:
@@ -509,10 +578,8 @@ def _train(out, cfg, data, weights, *, clear, calc_map, map_every, map_epochs, b
     max_b = int(spec.options.get("max_batches") or 0)
     if max_b < 1:
         raise TrainError(f"{cfg}: [net] max_batches={max_b}: nothing to train (set max_batches= or --max-batches)")
-    heads = [l for l in spec.layers if l.type in DETECTION_LAYERS]
-    if not heads:
-        raise TrainError(f"{cfg}: no [yolo] or [region] layer; 'detector train' needs a detection network")
-    net = Network(spec, threads=threads, names=names, seed=seed)  # darknet's initialization, seeded
+    task.check_cfg(spec, cfg)
+    net = Network(spec, threads=threads, names=task.names, seed=seed)  # darknet's initialization, seeded
     if net.full_batch < 2:
         raise TrainError(f"{cfg}: batch={net.full_batch} in [net]; training needs a batch of several images "
                          f"(e.g. batch=64 subdivisions=16)")
@@ -545,15 +612,7 @@ def _train(out, cfg, data, weights, *, clear, calc_map, map_every, map_epochs, b
                 net.load_training_state(state_file)
             except StateError as e:
                 raise TrainError(str(e)) from None
-    opts = spec.options
-
-    net_classes = _net_classes(net)
-    data_classes = df.classes
-    if net_classes is not None and net_classes != data_classes:
-        out.note(f"warning: {data} has classes = {data_classes} but the last [{heads[-1].type}] layer of {cfg} "
-                 f"has classes={net_classes}")
-    if names is not None and net_classes is not None and len(names) != net_classes:
-        out.note(f"warning: {df.names_path} has {len(names)} class names but {cfg} has classes={net_classes}")
+    task.check_network(out, net, df, cfg, data)
 
     # ---- schedule
     def interval(value, key, default):
@@ -569,41 +628,32 @@ def _train(out, cfg, data, weights, *, clear, calc_map, map_every, map_epochs, b
             raise TrainError(f"{key} must be at least 1, got {value}")
         return int(value)
 
+    opts = spec.options
     save_every = interval(save_every, "saveweights", 1000 if max_b < 10000 else 10000)
     last_every = interval(last_every, "savelast", 100)
     steps = set(int(s) for s in (opts.get("steps") or [])) if opts.get("policy") == "steps" else set()
+    if gpu is not None:
+        from ._native import DarknetError
+
+        try:
+            net.set_device(gpu)
+        except DarknetError as e:
+            raise TrainError(f"-gpus {gpu}: {e}") from None
     burn_in = int(opts.get("burn_in") or 0)
 
-    map_net = valid_ds = None
-    if calc_map:
-        from .data.lists import DetectionDataset
-
-        map_net = Network(spec, threads=threads, names=names)
-        valid_ds = DetectionDataset.from_list(valid_list, net_classes or data_classes, channels=net.channels)
-
     # ---- data
-    from .data import DetectionLoader
-
-    kw = {}
-    if multiscale is False:
-        kw["multiscale"] = False
-    elif multiscale is not None:
-        kw["sizes"] = multiscale
-    loader = DetectionLoader.from_files(data, net, seed=seed, workers=workers, **kw)
+    loader = task.make_loader(data, net, seed, workers)
     try:
-        return _loop(out, net, loader, cfg=cfg, data=data, df=df, base=base, backup_dir=backup_dir,
-                     weights=weights, state_file=state_file, train_list=train_list, names=names, calc_map=calc_map,
-                     map_every=map_every, map_epochs=map_epochs, thresh=thresh, iou_thresh=iou_thresh,
-                     points=points, save_every=save_every, last_every=last_every, steps=steps, burn_in=burn_in,
-                     chart=chart, chart_every=chart_every, progress=progress, stop_after=stop_after,
-                     callback=callback, map_net=map_net, valid_ds=valid_ds, net_classes=net_classes)
+        return _loop(out, task, net, loader, cfg=cfg, data=data, base=base, backup_dir=backup_dir, weights=weights,
+                     state_file=state_file, train_list=train_list, save_every=save_every, last_every=last_every,
+                     steps=steps, burn_in=burn_in, chart=chart, chart_every=chart_every, progress=progress,
+                     stop_after=stop_after, callback=callback)
     finally:
         loader.close()
 
 
-def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_file, train_list, names, calc_map,
-          map_every, map_epochs, thresh, iou_thresh, points, save_every, last_every, steps, burn_in, chart,
-          chart_every, progress, stop_after, callback, map_net, valid_ds, net_classes):
+def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state_file, train_list, save_every,
+          last_every, steps, burn_in, chart, chart_every, progress, stop_after, callback):
     start = net.iteration
     full_batch = net.full_batch
     opts = net.spec.options
@@ -623,22 +673,21 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
     summary = TrainSummary(cfg=cfg, data=data, backup=backup_dir, start_iteration=start, iteration=start,
                            max_batches=max_b, log_path=log_path, chart_path=chart_path,
                            data_problems=loader.summary)
-    best_map = trainlog.best("mAP") if start > 0 else None
-    summary.best_map = best_map
-    avg_loss = trainlog.last("avg_loss") if start > 0 else None
+    avg_loss = None
+    if start > 0:
+        task.resume(trainlog, summary)
+        avg_loss = trainlog.last("avg_loss")
 
-    out.line(base)
-    out.line(f"Weights are saved after: {save_every} iterations. Last weights (*_last.weights) are stored "
-             f"every {last_every} iterations.")
-    out.line(f"Learning Rate: {opts.get('learning_rate', 0.001):g}, Momentum: {opts.get('momentum', 0.9):g}, "
-             f"Decay: {opts.get('decay', 0.0005):g}")
+    for line in task.header(base, opts, n_train, save_every, last_every):
+        out.line(line)
     resumed = ""
     if weights is not None and start > 0:
         resumed = (f"; resuming from {weights}" + (f" with the training state in {state_file}" if state_file
                    else " (no training state beside it: the optimizer starts afresh)"))
     out.note(f"training {base} on {n_train} images of {train_list}: batch {full_batch} "
              f"(mini-batches of {net.mini_batch}), {init_w}x{init_h}, iterations {start} -> {max_b}{resumed}; "
-             f"checkpoints in {backup_dir}; on the CPU with {net.threads} threads")
+             f"checkpoints in {backup_dir}; " +
+             (f"on {net.device_name}" if net.gpu is not None else f"on the CPU with {net.threads} threads"))
 
     if progress is None:
         try:
@@ -654,7 +703,7 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
         try:
             from .chart import draw_chart
 
-            draw_chart(chart_path, trainlog.records, max_b, title=base, hours_left=hours)
+            draw_chart(chart_path, trainlog.records, max_b, title=base, hours_left=hours, metric=task.chart_metric)
         except ImportError:
             chart_ok[0] = False
             out.note("warning: matplotlib is not installed; no training chart is drawn (pip install matplotlib)")
@@ -673,7 +722,7 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
         return path
 
     t0 = time.perf_counter()
-    iter_save = iter_save_last = iter_map = start
+    iter_save = iter_save_last = iter_eval = start
     hours_left = None
     it = start
     if start >= max_b:
@@ -707,8 +756,7 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
             ips = full_batch / step_time if step_time > 0 else float("inf")
             summary.iteration, summary.loss, summary.avg_loss = it, loss, avg_loss
             if bar is None:
-                out.line(f" {it}: {loss:f}, {avg_loss:f} avg loss, {rate:f} rate, {train_time:f} seconds, "
-                         f"{it * full_batch} images, {hours_left:f} hours left")
+                out.line(task.log_line(it, loss, avg_loss, rate, train_time, it * full_batch, n_train, hours_left))
             else:
                 bar.set_postfix_str(f"loss={loss:.3f} avg={avg_loss:.3f} lr={rate:.3g} {ips:.1f} img/s {w}x{h}",
                                     refresh=False)
@@ -718,33 +766,11 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
                       "load_seconds": round(load_time, 6), "images_per_s": round(ips, 3),
                       "width": w, "height": h, "time": round(time.time(), 3)}
 
-            # ---- mAP
-            if calc_map:
-                if map_every is not None:
-                    next_map = iter_map + map_every
-                else:
-                    each = max(map_epochs * n_train // full_batch, 100)
-                    next_map = max(iter_map + each, burn_in)
-                if it >= next_map or it == max_b:
-                    iter_map = it
-                    _copy_params(net, map_net)
-                    out.line("")
-                    out.line(" calculation mAP (mean average precision)...")
-                    run = compute_map(map_net, valid_ds, net_classes, thresh=thresh, iou_thresh=iou_thresh,
-                                      points=points, progress=bar is not None)
-                    for line in map_report(run, names):
-                        out.line(line)
-                    out.line(f"\n mean_average_precision (mAP@{iou_thresh:.2f}) = {run.map:f}")
-                    record["mAP"] = run.map
-                    summary.maps.append((it, run.map))
-                    if best_map is None or run.map >= best_map:
-                        best_map = run.map
-                        summary.best_map = best_map
-                        out.line("New best mAP!")
-                        save("best")
-                    if bar is not None:
-                        bar.set_description(f"{base} mAP {run.map * 100:.1f}% best {best_map * 100:.1f}%",
-                                            refresh=False)
+            # ---- evaluation (-map, -topk)
+            evaluated = task.evaluation_due(it, iter_eval, max_b, n_train, full_batch, burn_in)
+            if evaluated:
+                iter_eval = it
+                task.evaluate(net, record, out, summary, save, bar)
             trainlog.append(record)
 
             # ---- checkpoints (darknet's conditions, plus the steps)
@@ -754,7 +780,7 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
             if save_every > last_every and (it >= iter_save_last + last_every or (it % last_every == 0 and it > 1)):
                 iter_save_last = it
                 save("last", with_state=True)
-            if chart_every and (it % chart_every == 0 or "mAP" in record):
+            if chart_every and (it % chart_every == 0 or evaluated):
                 redraw(hours_left)
             if callback is not None:
                 callback(record)
@@ -771,7 +797,7 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
             last = save("last", with_state=True, quiet=True)
             redraw(hours_left)
             out.note(f"interrupted at iteration {net.iteration}: saved {last} and {state_path(last)}; resume with "
-                     f"'pydarknet detector train {data} {cfg} {last}'")
+                     f"'pydarknet {task.command} train {data} {cfg} {last}'")
         else:
             out.note(f"interrupted at iteration {net.iteration}, before any update; no checkpoint written")
         raise
@@ -800,8 +826,6 @@ def _loop(out, net, loader, *, cfg, data, df, base, backup_dir, weights, state_f
     redraw(0.0)
     if loader.summary.total:
         out.note(f"data problems met (each counted once, the samples skipped or repaired):\n{loader.summary.report()}")
-    out.line(f"Training finished at iteration {net.iteration}: {summary.saved['final']}"
-             + (f" (best mAP@{iou_thresh:.2f} = {best_map * 100:.2f} % in {summary.saved['best']})"
-                if best_map is not None and "best" in summary.saved else ""))
+    out.line(f"Training finished at iteration {net.iteration}: {summary.saved['final']}" + task.finished(summary))
     out.line("If you want to train from the beginning, then use flag in the end of training command: -clear")
     return summary

@@ -13,11 +13,21 @@ SHARED_CFG = SHARED / "cfg"
 SHARED_IMAGES = SHARED / "images"
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+def _load_source(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_script(name):
+    return _load_source(name, ROOT / "scripts" / f"{name}.py")
+
+
+def build_module():
+    """The checkout's build module (pydarknet/_build_ffi.py), whose paths
+    point at this source tree even when the tests run an installed package."""
+    return _load_source("pydarknet_build_ffi", ROOT / "pydarknet" / "_build_ffi.py")
 
 
 randomize = _load_script("make_random_weights").randomize

@@ -318,6 +318,11 @@ def _garbage_image(tmp_path, f):
     return [f["data"], f["cfg"], f["weights"], p]
 
 
+def _empty_folder(tmp_path, f):
+    (tmp_path / "empty").mkdir()
+    return [f["data"], f["cfg"], f["weights"], tmp_path / "empty"]
+
+
 def _data_with(text):
     def make(tmp_path, f):
         p = tmp_path / "other.data"
@@ -338,7 +343,7 @@ FAILURES = {  # name: (argv maker, words the one error line must hold)
     "missing data": (_replace("data", "nope.data"), ["nope.data", "cannot open data file"]),
     "missing weights": (_replace("weights", "nope.weights"), ["nope.weights", "cannot open weights file"]),
     "missing image": (_replace("image", "nope.jpg"), ["nope.jpg", "cannot open image file"]),
-    "image is a folder": (_replace("image", "."), ["cannot open image file", "Is a directory"]),
+    "folder without images": (_empty_folder, ["empty", "no image files"]),
     "malformed cfg": (_bad_cfg, ["bad.cfg:6:", "bogus"]),
     "cfg that cannot be built": (_wrong_filters, ["filters.cfg:", "yolo", "channels"]),
     "weights too short": (_short_weights, ["short.weights", "byte offset", "does not match"]),

@@ -199,3 +199,16 @@ def test_make_install_and_pkg_config(case, tmp_path):
     assert f"-I{prefix / 'include'}" in flags
     exe = build(tmp_path / "detect", flags)
     assert_matches(detect(exe, case).stdout, case.expected)
+
+
+def test_flags_command_line(capsys):
+    from pydarknet.cli import main
+
+    assert main(["--cflags"]) == 0
+    out = capsys.readouterr().out.split()
+    assert len(out) == 1 and out[0].startswith("-I") and out[0].endswith("include")
+    assert main(["--libs", "--cflags"]) == 0
+    assert "-lpydarknet" in capsys.readouterr().out.split()
+    assert main(["--cflags", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pydarknet: error: usage") and "--bogus" in err

@@ -65,6 +65,8 @@ random={random}
 LOG_LINE = re.compile(r"^ (\d+): (-?\d+\.\d{6}), (-?\d+\.\d{6}) avg loss, (\d+\.\d{6}) rate, "
                       r"\d+\.\d{6} seconds, (\d+) images, \d+\.\d{6} hours left$")
 MAP_LINE = re.compile(r"^ mean average precision \(mAP@(\d\.\d\d)\) = (\d\.\d{6}), or (\d+\.\d\d) %$")
+MAP_RANGE_LINE = re.compile(r"^ mean average precision \(mAP@0\.50:0\.95\) = (\d\.\d{6}), or \d+\.\d\d %   "
+                            r"\(mean over IoU thresholds 0\.50, 0\.55, \.\.\., 0\.95; (.*)\)$")
 CLASS_LINE = re.compile(r"^class_id = (\d+), name = (\w+), ap = (\d+\.\d\d)%   \t \(TP = (\d+), FP = (\d+)\)$")
 
 
@@ -125,6 +127,11 @@ def test_checkpoints_log_and_chart(work):
     assert [int(m.group(5)) for m in log_lines] == [4, 8, 12, 16, 20, 24]
     assert any(MAP_LINE.match(line) for line in lines)
     assert "Saving weights to " + os.path.join("bk", "tiny_4.weights") in lines
+    # training's -map and `detector map` are one computation: the final weights give the last mAPs again
+    final = compute_map(pydarknet.load(work["cfg"], bk / "tiny_final.weights"), "train.txt", 3)
+    assert records[-1]["mAP"] == pytest.approx(final.map, abs=1e-12)
+    assert records[-1]["mAP@0.5:0.95"] == pytest.approx(final.result.map_50_95, abs=1e-12)
+    assert sum(bool(MAP_RANGE_LINE.match(line)) for line in lines) == 2
 
     with open(bk / "chart_tiny.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -167,12 +174,11 @@ def test_progress_bar_replaces_the_log_lines(work, capsys):
 @pytest.mark.parametrize("order", ["data-cfg", "cfg-data"])
 def test_cli_train_both_orders(work, capsys, order):
     files = [work["data"], work["cfg"]] if order == "data-cfg" else [work["cfg"], work["data"]]
-    rc = main(["detector", "train", *files, "--max-batches", "3", "--backup", "b", "-dont_show", "-gpus", "0",
-               "-seed", "2"])
+    rc = main(["detector", "train", *files, "--max-batches", "3", "--backup", "b", "-dont_show", "-seed", "2"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert [int(m.group(1)) for m in map(LOG_LINE.match, out.splitlines()) if m] == [1, 2, 3]
-    assert "training runs on the CPU" in err
+    assert "on the CPU with" in err
     assert os.path.exists(os.path.join("b", "tiny_final.weights"))
     assert "Traceback" not in err
 
@@ -355,7 +361,13 @@ def test_detector_map_matches_evaluate(work, capsys):
             c = expected.classes[int(m.group(1))]
             assert float(m.group(3)) == pytest.approx(c.ap * 100, abs=0.005)
             assert (int(m.group(4)), int(m.group(5))) == (c.tp, c.fp)
-        assert f" for conf_thresh = 0.20, TP = {expected.tp}, FP = {expected.fp}, FN = {expected.fn}," in out
+        assert (f" for conf_thresh = 0.20, TP = {expected.tp}, FP = {expected.fp}, FN = {expected.fn}, "
+                f"average IoU = {expected.avg_iou * 100:.2f} %") in lines
+        assert (f" for conf_thresh = 0.20, precision = {expected.precision:.2f}, recall = {expected.recall:.2f}, "
+                f"F1-score = {expected.f1:.2f}") in lines
+        coco = [MAP_RANGE_LINE.match(line) for line in lines if MAP_RANGE_LINE.match(line)]
+        assert len(coco) == 1 and float(coco[0].group(1)) == pytest.approx(expected.map_50_95, abs=5e-7)
+        assert coco[0].group(2) == ("used 11 Recall-points" if points else "used Area-Under-Curve for each unique Recall")
         run = compute_map(net, "train.txt", 3, thresh=0.2, iou_thresh=iou, points=points)
         assert run.map == pytest.approx(expected.map, abs=1e-12)
 
@@ -367,6 +379,49 @@ def test_detector_map_errors(work, capsys):
     train(work, backup="bk", max_batches=1)
     rc = main(["detector", "map", "nonames.data", work["cfg"], "bk/tiny_final.weights"])
     _one_error_line(capsys, rc, "nothere.names")
+
+
+def _random_weights(work, path="random.weights"):
+    from pydarknet.weights import save_weights
+
+    save_weights(pydarknet.load(work["cfg"], seed=3), path)
+    return path
+
+
+def test_detector_map_refuses_a_network_without_detection_head(work, capsys):
+    (work["root"] / "classifier.cfg").write_text("[net]\nwidth=8\nheight=8\nchannels=3\n"
+                                                 "[convolutional]\nfilters=3\nsize=1\nactivation=linear\n"
+                                                 "[avgpool]\n[softmax]\n")
+    rc = main(["detector", "map", work["data"], "classifier.cfg", "any.weights"])
+    _one_error_line(capsys, rc, "classifier.cfg", "no [yolo] or [region] layer")
+
+
+def test_detector_map_reports_and_skips_bad_images_and_label_lines(work, capsys, caplog):
+    weights = _random_weights(work)
+    images = [line for line in (work["root"] / "train.txt").read_text().splitlines() if line]
+    (work["root"] / "obj" / "broken.jpg").write_bytes(b"not a jpeg")
+    label = work["root"] / "obj" / "shape_0002.txt"
+    label.write_text(label.read_text() + "2 0.5 0.5 0.1\n")
+    bad_line = len(label.read_text().splitlines())
+    (work["root"] / "valid.txt").write_text("\n".join(images[:3] + ["obj/gone.jpg", "obj/broken.jpg"] + images[3:]))
+    (work["root"] / "v.data").write_text("classes = 3\ntrain = train.txt\nvalid = valid.txt\nnames = shapes.names\n")
+    rc = main(["detector", "map", "v.data", work["cfg"], weights, "-points", "101"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("valid.txt:4: image obj/gone.jpg not found" in w for w in warned), warned
+    assert any("broken.jpg: cannot decode image" in w for w in warned), warned
+    assert any(f"shape_0002.txt:{bad_line}: expected 'class x y w h'" in w for w in warned), warned
+    assert f"{len(images)} images of valid.txt" in err and "(1 unreadable images left out)" in err
+    # the same numbers as the readable images alone
+    net = pydarknet.load(work["cfg"], weights)
+    ds = DetectionDataset.from_list("train.txt", 3)
+    expected = evaluate(detect_dataset(net, ds.images, thresh=0.005, nms=0.45),
+                        [ds.labels(i)[0] for i in range(len(ds))], 3, points=101)
+    found = [MAP_LINE.match(line) for line in out.splitlines() if MAP_LINE.match(line)]
+    assert float(found[0].group(2)) == pytest.approx(expected.map, abs=5e-7)
+    truths = sum(len(ds.labels(i)[0]) for i in range(len(ds)))
+    assert f"unique_truth_count = {truths}" in out
 
 
 def test_library_errors_name_the_file(work):

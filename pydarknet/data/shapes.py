@@ -6,6 +6,8 @@ file), for tests, demos, benchmarks and the bundled training example.
 * :func:`make_shapes_dataset`: shapes drawn over random crops of real photos,
   with a training and a held-out validation split, made deterministically
   from a seed (what ``scripts/make_dataset.py`` writes).
+* :func:`make_shapes_classification`: one shape per small image, its class
+  in its file name, for darknet's classifier (``cfg/shapes-classifier.cfg``).
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ import numpy as np
 
 from ..synthetic import SHAPES, _draw, draw_shapes
 
-__all__ = ["write_shapes_dataset", "make_shapes_dataset", "shapes_on_photo", "default_backgrounds",
-           "BACKGROUNDS", "SHAPES"]
+__all__ = ["write_shapes_dataset", "make_shapes_dataset", "make_shapes_classification", "shapes_on_photo",
+           "default_backgrounds", "BACKGROUNDS", "SHAPES"]
 
 
 def write_shapes_dataset(folder, count=16, width=320, height=240, per_image=(1, 4), seed=0, ext=".jpg",
@@ -213,4 +215,47 @@ def make_shapes_dataset(folder, train=2000, valid=200, width=128, height=128, se
     with open(data, "w") as f:
         f.write(f"classes = {len(SHAPES)}\ntrain = train.txt\nvalid = valid.txt\nnames = shapes.names\n"
                 f"backup = backup/\n")
+    return data
+
+
+# ----------------------------------------------------------------------------- classification
+
+def make_shapes_classification(folder, train=300, valid=60, size=32, seed=0):
+    """Writes a classification dataset in darknet's layout, one filled shape
+    (square, circle or triangle, radius size/6..2*size/5, a bright colour)
+    on a plain dark background per size x size PNG image, its class in its
+    name, which is how darknet's classifier finds it:
+
+        folder/train/square_00012.png ...   folder/valid/circle_00003.png ...
+        folder/train.txt, folder/valid.txt  (image paths relative to folder)
+        folder/labels.txt                   (square, circle, triangle)
+        folder/shapes.data                  (classes, train, valid, labels, backup, top = 5)
+
+    The splits come from two generators seeded from `seed`; the same seed
+    gives the same bytes. Returns the .data file's path. (The class names
+    must not occur in `folder` itself: darknet takes every name found in an
+    image's path.)"""
+    import cv2
+
+    folder = os.fspath(folder)
+    size = int(size)
+    for split, count in (("train", int(train)), ("valid", int(valid))):
+        rng = _split_rng(seed, split)
+        os.makedirs(os.path.join(folder, split), exist_ok=True)
+        lines = []
+        for i in range(count):
+            img, labels = draw_shapes(size, 1, rng, min_r=max(2, size // 6), max_r=max(3, 2 * size // 5))
+            name = f"{split}/{SHAPES[int(labels[0, 0])]}_{i:05d}.png"
+            if not cv2.imwrite(os.path.join(folder, name), img):
+                raise OSError(f"{os.path.join(folder, name)}: cannot write image")
+            lines.append(name)
+        with open(os.path.join(folder, f"{split}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    with open(os.path.join(folder, "labels.txt"), "w") as f:
+        f.write("\n".join(SHAPES) + "\n")
+    os.makedirs(os.path.join(folder, "backup"), exist_ok=True)
+    data = os.path.join(folder, "shapes.data")
+    with open(data, "w") as f:
+        f.write(f"classes = {len(SHAPES)}\ntrain = train.txt\nvalid = valid.txt\nlabels = labels.txt\n"
+                f"backup = backup/\ntop = 5\n")
     return data

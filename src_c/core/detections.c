@@ -3,6 +3,7 @@
  * boxes in decreasing confidence each remove the later ones whose IoU with it
  * exceeds the threshold. */
 #include "internal.h"
+#include "cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,8 @@ dn_status dn_net_detections(dn_net *net, int batch_index, int img_w, int img_h, 
         return dn_fail(DN_ERR_ARG, "batch index %d out of range (batch %d)", batch_index, net->batch);
     if (img_w < 1 || img_h < 1) return dn_fail(DN_ERR_ARG, "bad image size %d x %d", img_w, img_h);
     if (capacity < 0 || (capacity > 0 && !out) || !found) return dn_fail(DN_ERR_ARG, "bad output buffer");
+    dn_status s;
+    if (net->cuda && (s = dn_gpu_pull_outputs(net))) return s;
     dn_candidates *c = &net->candidates;
     c->count = 0;
     int heads = 0;

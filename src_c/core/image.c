@@ -2,9 +2,11 @@
  * resizes: values scaled to 0..1, RGB planes, then darknet's two-pass
  * bilinear resize (columns first, then rows, sampling at x * (in-1)/(out-1)),
  * either stretched to the network size or letterboxed: scaled to fit with
- * the aspect kept, centred on a 0.5 grey canvas. */
+ * the aspect kept, centred on a 0.5 grey canvas; for classifiers, scaled to
+ * a shorter side of the network width and centre-cropped. */
 #include "internal.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 
 void dn_letterbox_dims(int img_w, int img_h, int net_w, int net_h, int *new_w, int *new_h)
@@ -73,8 +75,9 @@ static dn_status resize_into(const uint8_t *pixels, int w, int h, int channels, 
     return DN_OK;
 }
 
-dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
-                                 int channels, int stride, int bgr, int letterbox)
+/* the checks both input functions make; *dst: the batch entry's input */
+static dn_status check_image(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height, int channels,
+                             int stride, float **dst)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
     if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
@@ -86,7 +89,16 @@ dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pi
         return dn_fail(DN_ERR_ARG, "images must have 1 or 3 channels, got %d", channels);
     if (net->c != 3) return dn_fail(DN_ERR_SHAPE, "the network takes %d channels; images give 3", net->c);
     if (stride < width * channels) return dn_fail(DN_ERR_ARG, "row stride %d is less than width*channels", stride);
-    float *dst = net->input_buf + (size_t)batch_index * net->c * net->h * net->w;
+    *dst = net->input_buf + (size_t)batch_index * net->c * net->h * net->w;
+    return DN_OK;
+}
+
+dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
+                                 int channels, int stride, int bgr, int letterbox)
+{
+    float *dst = NULL;
+    dn_status st = check_image(net, batch_index, pixels, width, height, channels, stride, &dst);
+    if (st) return st;
     if (!letterbox) return resize_into(pixels, width, height, channels, stride, bgr, net->w, net->h, dst, net->w, net->h, 0, 0);
     int nw, nh;
     dn_letterbox_dims(width, height, net->w, net->h, &nw, &nh);
@@ -95,4 +107,47 @@ dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pi
     for (size_t i = 0; i < n; ++i) dst[i] = .5f;
     return resize_into(pixels, width, height, channels, stride, bgr, nw, nh, dst, net->w, net->h, (net->w - nw) / 2,
                        (net->h - nh) / 2);
+}
+
+/* darknet's classifier input (resize_min, then crop_image): the shorter side
+ * scaled to the network width (the other side in proportion, rounded down),
+ * then the centred net w x h window, whose rows and columns outside the
+ * resized image repeat its edge. */
+dn_status dn_net_set_input_image_crop(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
+                                      int channels, int stride, int bgr)
+{
+    float *dst = NULL;
+    dn_status st = check_image(net, batch_index, pixels, width, height, channels, stride, &dst);
+    if (st) return st;
+    const int side = net->w;
+    int rw, rh;
+    if (width < height) {
+        rw = side;
+        rh = (int)(((int64_t)height * side) / width);
+    } else {
+        rh = side;
+        rw = (int)(((int64_t)width * side) / height);
+    }
+    if ((int64_t)rw * rh > ((int64_t)1 << 25))
+        return dn_fail(DN_ERR_ARG, "image %d x %d is too elongated to resize to a shorter side of %d", width, height,
+                       side);
+    float *resized = malloc(sizeof(float) * (size_t)rw * rh * 3);
+    if (!resized) return dn_fail(DN_ERR_NOMEM, "out of memory resizing a %d x %d image", width, height);
+    st = resize_into(pixels, width, height, channels, stride, bgr, rw, rh, resized, rw, rh, 0, 0);
+    if (!st) {
+        const int dx = (rw - net->w) / 2, dy = (rh - net->h) / 2;   /* C division: towards zero, as darknet */
+        const size_t plane = (size_t)net->w * net->h, rplane = (size_t)rw * rh;
+        for (int k = 0; k < 3; ++k)
+            for (int y = 0; y < net->h; ++y) {
+                int r = y + dy < 0 ? 0 : (y + dy >= rh ? rh - 1 : y + dy);
+                const float *row = resized + k * rplane + (size_t)r * rw;
+                float *out = dst + k * plane + (size_t)y * net->w;
+                for (int x = 0; x < net->w; ++x) {
+                    int c = x + dx < 0 ? 0 : (x + dx >= rw ? rw - 1 : x + dx);
+                    out[x] = row[c];
+                }
+            }
+    }
+    free(resized);
+    return st;
 }

@@ -12,21 +12,16 @@
 #include <math.h>
 #include <string.h>
 
-static dn_param *find_param(dn_layer *l, const char *name)
-{
-    for (int j = 0; j < l->nparams; ++j)
-        if (!strcmp(l->params[j].name, name)) return &l->params[j];
-    return NULL;
-}
-
 dn_status dn_net_init_params(dn_net *net, unsigned long long seed)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    dn_status s = dn_net_params_to_host(net);
+    if (s) return s;
     const unsigned long long saved = net->rng;
     net->rng = seed;
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
-        dn_param *w = find_param(l, "weights"), *b = find_param(l, "biases");
+        dn_param *w = dn_layer_find_param(l, "weights"), *b = dn_layer_find_param(l, "biases");
         if (!w || !b || !b->count) continue;
         const float scale = sqrtf(2.f / (float)(w->count / b->count));
         for (size_t k = 0; k < w->count; ++k) w->data[k] = scale * (2.f * dn_rand_uniform(net) - 1.f);

@@ -14,6 +14,10 @@
 #include "pydarknet.h"
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Hot elementwise loops are compiled for several instruction sets and the
  * best one the CPU has is picked when the library loads (GCC's target_clones),
  * so a portable build still uses AVX2/AVX-512 where present. */
@@ -25,6 +29,7 @@
 
 #define DN_MAX_PARAMS 8
 #define DN_MAX_KEY 32
+#define DN_GPU_BUFS 4
 
 typedef struct dn_layer dn_layer;
 
@@ -103,6 +108,11 @@ typedef struct dn_param {
     size_t count;
     int flags;       /* DN_PARAM_TRAIN: updated by the optimizer (not rolling statistics);
                         DN_PARAM_DECAY: weight decay applies (weights, not biases or scales) */
+    /* with a CUDA device (core/cuda.h): the device copies, which then hold
+     * the current values; host_dirty: the host copy was handed out (it may
+     * have been written) and goes to the device before the next device pass */
+    float *data_gpu, *grad_gpu, *m_gpu, *v_gpu;
+    int host_dirty;
 } dn_param;
 
 /* ---- layers ---- */
@@ -122,6 +132,11 @@ typedef struct dn_layer_ops {
     /* detection heads only: boxes of batch entry b with objectness above
      * thresh, coordinates relative to the network input (0..1) */
     dn_status (*detections)(const dn_layer *l, const dn_net *net, int b, float thresh, struct dn_candidates *out);
+    /* The same passes on the CUDA device (layer.cu beside layer.c, set with
+     * DN_GPU_OPS from core/cuda.h); NULL: the network runs the CPU pass on
+     * host copies of what the layer reads and writes (core/cuda.cu). */
+    dn_status (*forward_gpu)(dn_layer *l, dn_net *net);
+    dn_status (*backward_gpu)(dn_layer *l, dn_net *net);
 } dn_layer_ops;
 
 struct dn_layer {
@@ -141,6 +156,14 @@ struct dn_layer {
     dn_param params[DN_MAX_PARAMS];
     int nparams;
     void *priv;
+    /* with a CUDA device: output and delta on the device, the layer's device
+     * scratch kept from a training forward pass to its backward pass (slots
+     * the layer's .cu assigns), all freed by the network; host_stale: the
+     * host output is older than the device's */
+    float *output_gpu, *delta_gpu;
+    float *gpu_buf[DN_GPU_BUFS];
+    size_t gpu_cap[DN_GPU_BUFS];
+    int host_stale;
 };
 
 /* ---- the network ---- */
@@ -178,6 +201,7 @@ struct dn_net {
     long long *prof_calls;
     dn_log_fn log_fn;
     void *log_user;
+    struct dn_cuda *cuda;        /* the CUDA device context (core/cuda.cu); NULL: the network runs on the CPU */
     char **names;                /* class names from a model file (core/model.c) */
     int nnames;
 };
@@ -255,6 +279,11 @@ float dn_rand_uniform(dn_net *net);
  * the optimizer (no weight decay); the _flags form sets DN_PARAM_* itself. */
 dn_status dn_layer_add_param(dn_layer *l, const char *name, size_t count, float **data);
 dn_status dn_layer_add_param_flags(dn_layer *l, const char *name, size_t count, int flags, float **data);
+/* The parameter registered under `name`, or NULL. */
+dn_param *dn_layer_find_param(dn_layer *l, const char *name);
+/* With the network on a CUDA device: brings every parameter's host copy up
+ * to date before the caller rewrites some (they go back before the next pass). */
+dn_status dn_net_params_to_host(dn_net *net);
 /* Reads the `from`/`layers` index list and checks each is an earlier layer. */
 dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key, const int **idx, int *count);
 void *dn_calloc(size_t n, size_t size);
@@ -444,4 +473,7 @@ void dn_maxpool_separable(const float *in, int planes, int h, int w, int size, i
 /* ---- image resizing as darknet does it (core/image.c) ---- */
 void dn_letterbox_dims(int img_w, int img_h, int net_w, int net_h, int *new_w, int *new_h);
 
+#ifdef __cplusplus
+}
+#endif
 #endif /* DN_INTERNAL_H */

@@ -7,6 +7,7 @@
  * and the one shared workspace are allocated by dn_net_finalize, and again by
  * dn_net_resize, so a forward pass allocates nothing. */
 #include "internal.h"
+#include "cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,7 @@ static void free_layer(dn_layer *l)
 void dn_net_free(dn_net *net)
 {
     if (!net) return;
+    dn_gpu_close(net);
     for (int i = 0; i < net->nlayers; ++i) free_layer(net->layers[i]);
     free_layer(net->building);
     free(net->layers);
@@ -268,7 +270,7 @@ dn_status dn_net_allocate(dn_net *net)
         net->input_delta = dn_calloc(in, sizeof(float));
         if (!net->input_delta) return dn_fail(DN_ERR_NOMEM, "out of memory for the input delta");
     }
-    return DN_OK;
+    return net->cuda ? dn_gpu_allocate(net) : DN_OK;
 }
 
 dn_status dn_net_finalize(dn_net *net)
@@ -355,6 +357,7 @@ dn_status dn_layer_output(const dn_net *net, int i, const float **data, size_t *
     dn_status s = get_layer(net, i, &l);
     if (s) return s;
     if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
+    if (net->cuda && (s = dn_gpu_pull_output(net, l))) return s;
     *data = l->output;
     *count = (size_t)net->batch * l->outputs;
     return DN_OK;
@@ -372,6 +375,7 @@ dn_status dn_layer_param(dn_net *net, int i, int j, const char **name, float **d
     dn_status s = get_layer(net, i, &l);
     if (s) return s;
     if (j < 0 || j >= l->nparams) return dn_layer_fail(l, DN_ERR_ARG, "parameter index %d out of range", j);
+    if (net->cuda && (s = dn_gpu_pull_param(net, &l->params[j]))) return s;
     if (name) *name = l->params[j].name;
     if (data) *data = l->params[j].data;
     if (count) *count = l->params[j].count;
@@ -411,7 +415,7 @@ dn_status dn_net_forward(dn_net *net, const float *input, size_t count)
         return dn_fail(DN_ERR_SHAPE, "input has %zu floats, the network takes %zu (batch %d x %d x %d x %d)", count, want,
                        net->batch, net->c, net->h, net->w);
     net->input = input;
-    dn_status s = run(net);
+    dn_status s = net->cuda ? dn_gpu_forward(net) : run(net);
     net->input = NULL;
     return s;
 }
@@ -461,6 +465,21 @@ dn_status dn_layer_add_param_flags(dn_layer *l, const char *name, size_t count, 
     prm->flags = flags;
     if (data) *data = p;
     return DN_OK;
+}
+
+dn_param *dn_layer_find_param(dn_layer *l, const char *name)
+{
+    for (int j = 0; j < l->nparams; ++j)
+        if (!strcmp(l->params[j].name, name)) return &l->params[j];
+    return NULL;
+}
+
+dn_status dn_net_params_to_host(dn_net *net)
+{
+    dn_status s = DN_OK;
+    for (int i = 0; i < net->nlayers && net->cuda && !s; ++i)
+        for (int j = 0; j < net->layers[i]->nparams && !s; ++j) s = dn_gpu_pull_param(net, &net->layers[i]->params[j]);
+    return s;
 }
 
 dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key, const int **idx, int *count)

@@ -13,6 +13,7 @@
  * iteration being made (1 for the first update). Learning-rate policies as
  * darknet's get_current_rate, burn_in first: rate * (t / burn_in)^power. */
 #include "internal.h"
+#include "cuda.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -161,6 +162,7 @@ static void zero_grads(dn_net *net)
             dn_param *p = &net->layers[i]->params[j];
             if (p->grad) memset(p->grad, 0, p->count * sizeof(float));
         }
+    if (net->cuda) dn_gpu_zero_grads(net);
     net->images_since_update = 0;
 }
 
@@ -189,7 +191,8 @@ dn_status dn_net_forward_train(dn_net *net, const float *input, size_t count, co
     net->loss = 0;
     net->train = 1;
     dn_net_prepare_threads(net);
-    for (int i = 0; i < net->nlayers && !s; ++i) s = dn_layer_run_forward(net, net->layers[i]);
+    if (net->cuda) s = dn_gpu_forward(net);
+    for (int i = 0; i < net->nlayers && !s && !net->cuda; ++i) s = dn_layer_run_forward(net, net->layers[i]);
     net->train = 0;
     net->truth = NULL;
     return s;
@@ -204,7 +207,8 @@ dn_status dn_net_backward(dn_net *net)
     if (!net->input) return dn_fail(DN_ERR_STATE, "no training forward pass to go back through");
     net->train = 1;
     dn_net_prepare_threads(net);
-    for (int i = net->nlayers - 1; i >= 0 && !s; --i) s = dn_layer_run_backward(net, net->layers[i]);
+    if (net->cuda) s = dn_gpu_backward(net);
+    for (int i = net->nlayers - 1; i >= 0 && !s && !net->cuda; --i) s = dn_layer_run_backward(net, net->layers[i]);
     net->train = 0;
     return s;
 }
@@ -233,6 +237,11 @@ dn_status dn_net_update(dn_net *net)
             dn_param *p = &l->params[j];
             if (!p->grad) continue;
             const float decay = (p->flags & DN_PARAM_DECAY) ? c.decay * B : 0.f;
+            if (net->cuda) {
+                const dn_update_args a = {c.adam, rate, decay, B, c.momentum, c.B1, c.B2, c.eps, b1t, b2t};
+                if ((s = dn_gpu_update(net, p, &a))) return s;
+                continue;
+            }
             float *w = p->data, *g = p->grad, *m = p->m, *v = p->v;
             if (c.adam) {
                 for (size_t k = 0; k < p->count; ++k) {
@@ -308,6 +317,7 @@ dn_status dn_layer_delta(dn_net *net, int layer, float **data, size_t *count)
     dn_status s = need_training(net);
     if (s) return s;
     if (layer < 0 || layer >= net->nlayers) return dn_fail(DN_ERR_ARG, "layer index %d out of range", layer);
+    if (net->cuda && (s = dn_gpu_pull_delta(net, layer))) return s;
     *data = net->layers[layer]->delta;
     *count = (size_t)net->batch * net->layers[layer]->outputs;
     return DN_OK;
@@ -317,6 +327,7 @@ dn_status dn_net_input_delta(dn_net *net, float **data, size_t *count)
 {
     dn_status s = need_training(net);
     if (s) return s;
+    if (net->cuda && (s = dn_gpu_pull_delta(net, net->nlayers))) return s;
     *data = net->input_delta;
     *count = (size_t)net->batch * net->c * net->h * net->w;
     return DN_OK;
@@ -328,6 +339,8 @@ dn_status dn_layer_param_state(dn_net *net, int layer, int index, float **grad, 
     if (layer < 0 || layer >= net->nlayers) return dn_fail(DN_ERR_ARG, "layer index %d out of range", layer);
     dn_layer *l = net->layers[layer];
     if (index < 0 || index >= l->nparams) return dn_layer_fail(l, DN_ERR_ARG, "parameter index %d out of range", index);
+    dn_status s;
+    if (net->cuda && (s = dn_gpu_pull_param(net, &l->params[index]))) return s;
     if (grad) *grad = l->params[index].grad;
     if (m) *m = l->params[index].m;
     if (v) *v = l->params[index].v;

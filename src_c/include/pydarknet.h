@@ -135,6 +135,22 @@ unsigned dn_net_speed(const dn_net *net);
 dn_status dn_net_set_profiling(dn_net *net, int on);
 dn_status dn_net_layer_times(const dn_net *net, int layer, double *forward_s, double *backward_s, long long *calls);
 
+/* CUDA devices. The default build has no CUDA (PYDARKNET_CUDA=1 at install
+ * time builds it); there dn_cuda_device_count gives 0 and DN_ERR_UNSUPPORTED.
+ * dn_net_set_device moves a finalized network to CUDA device `gpu` (its
+ * parameters and optimizer state go to the device and are kept there; every
+ * pass then runs there) or back to the CPU with -1. On a device, the host
+ * buffers the inspection calls hand out (outputs, parameters and their
+ * optimizer state, deltas) are brought up to date by those calls, and
+ * parameters or deltas handed out go back to the device before the next pass,
+ * so write them right after getting them. dn_net_sync_to_host brings every
+ * output and parameter up to date at once. */
+dn_status dn_cuda_device_count(int *count);
+dn_status dn_cuda_device_name(int index, char *buf, int size);
+dn_status dn_net_set_device(dn_net *net, int gpu);
+int dn_net_device(const dn_net *net);   /* the CUDA device, -1 for the CPU */
+dn_status dn_net_sync_to_host(dn_net *net);
+
 /* Building: one layer at a time, options fully resolved by the caller. */
 dn_status dn_net_add_layer(dn_net *net, const char *type);
 dn_status dn_net_set_ints(dn_net *net, const char *key, const int *values, int count);
@@ -205,6 +221,12 @@ dn_status dn_layer_param_state(dn_net *net, int layer, int index, float **grad, 
  * does: plain stretch (letterbox=0) or aspect-preserving letterbox on grey. */
 dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
                                  int channels, int stride, int bgr, int letterbox);
+/* As dn_net_set_input_image, prepared as darknet's classifier predict and
+ * valid prepare an image: resized (darknet's bilinear) so its shorter side is
+ * the network width, the other side in proportion (rounded down), then the
+ * centred width x height crop (edge pixels repeated where the crop is larger). */
+dn_status dn_net_set_input_image_crop(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
+                                      int channels, int stride, int bgr);
 dn_status dn_net_forward_input(dn_net *net);
 
 /* Detections from every [yolo] and [region] head after a forward pass, boxes

@@ -34,6 +34,7 @@
  * bias and activation forward and backward (ops/bn_fused.c), and the weight
  * and input gradients (ops/conv_backward.c). */
 #include "internal.h"
+#include "cuda.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -433,4 +434,5 @@ const dn_layer_ops dn_convolutional_ops = {
     .forward = conv_forward,
     .backward = conv_backward,
     .destroy = conv_destroy,
+    DN_GPU_OPS(dn_convolutional_forward_gpu, dn_convolutional_backward_gpu),
 };

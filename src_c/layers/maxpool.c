@@ -12,6 +12,7 @@
  * pass records, per output, the index of its argmax within the image (-1 for
  * a window wholly outside the image, which passes no gradient). */
 #include "internal.h"
+#include "cuda.h"
 
 #include <float.h>
 #include <stdlib.h>
@@ -283,4 +284,5 @@ const dn_layer_ops dn_maxpool_ops = {
     .forward = maxpool_forward,
     .backward = maxpool_backward,
     .destroy = maxpool_destroy,
+    DN_GPU_OPS(dn_maxpool_forward_gpu, dn_maxpool_backward_gpu),
 };

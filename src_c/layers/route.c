@@ -7,6 +7,7 @@
  * Backward: each source's slice of the delta is added back into that
  * source's delta at the channels it came from (group_id * C_i/G onwards). */
 #include "internal.h"
+#include "cuda.h"
 
 #include <string.h>
 
@@ -88,4 +89,5 @@ const dn_layer_ops dn_route_ops = {
     .setup = route_setup,
     .forward = route_forward,
     .backward = route_backward,
+    DN_GPU_OPS(dn_route_forward_gpu, dn_route_backward_gpu),
 };

@@ -23,6 +23,7 @@
  *     softmax: dL/dw_u = w'_u (G_u - D), plus -eps D / S to the largest weight
  *              (through the shift by the max, which eps makes visible). */
 #include "internal.h"
+#include "cuda.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -341,4 +342,5 @@ const dn_layer_ops dn_shortcut_ops = {
     .forward = shortcut_forward,
     .backward = shortcut_backward,
     .destroy = shortcut_destroy,
+    DN_GPU_OPS(dn_shortcut_forward_gpu, dn_shortcut_backward_gpu),
 };

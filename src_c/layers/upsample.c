@@ -10,6 +10,7 @@
  * a block gets scale times the delta of the block's output (pixels left out
  * get nothing). */
 #include "internal.h"
+#include "cuda.h"
 
 #include <string.h>
 
@@ -127,4 +128,5 @@ const dn_layer_ops dn_upsample_ops = {
     .setup = upsample_setup,
     .forward = upsample_forward,
     .backward = upsample_backward,
+    DN_GPU_OPS(dn_upsample_forward_gpu, dn_upsample_backward_gpu),
 };

@@ -7,6 +7,7 @@
  * each pixel: normalize_channels y = max(x,0) / (eps + sum max(x,0)); the
  * softmax kinds y = exp(x - m) / (eps + sum exp(x - m)) with m = 0 or the max. */
 #include "internal.h"
+#include "activation_math.h"
 
 #include <float.h>
 #include <math.h>
@@ -33,45 +34,6 @@ dn_status dn_activation_from_name(const char *name, dn_activation *out)
             return DN_OK;
         }
     return dn_fail(DN_ERR_ARG, "unknown activation '%s'", name);
-}
-
-static inline float softplus(float x)
-{
-    if (x > 20.f) return x;
-    if (x < -20.f) return expf(x);
-    return logf(expf(x) + 1.f);
-}
-
-static inline float tanh_dn(float x) { return 2.f / (1.f + expf(-2.f * x)) - 1.f; }
-
-static inline float activate1(float x, dn_activation a)
-{
-    switch (a) {
-    case DN_ACT_LINEAR: return x;
-    case DN_ACT_LOGISTIC: return 1.f / (1.f + expf(-x));
-    case DN_ACT_LOGGY: return 2.f / (1.f + expf(-x)) - 1.f;
-    case DN_ACT_RELU: return x > 0 ? x : 0.f;
-    case DN_ACT_RELU6: return x < 0 ? 0.f : (x > 6.f ? 6.f : x);
-    case DN_ACT_ELU: return x >= 0 ? x : expf(x) - 1.f;
-    case DN_ACT_SELU: return x >= 0 ? 1.0507f * x : 1.0507f * 1.6732f * (expf(x) - 1.f);
-    case DN_ACT_GELU: return 0.5f * x * (1.f + tanhf(0.797885f * x + 0.035677f * x * x * x));
-    case DN_ACT_RELIE: return x > 0 ? x : .01f * x;
-    case DN_ACT_RAMP: return (x > 0 ? x : 0.f) + .1f * x;
-    case DN_ACT_LEAKY:
-    case DN_ACT_REVLEAKY: return x > 0 ? x : .1f * x;
-    case DN_ACT_TANH: return tanh_dn(x);
-    case DN_ACT_PLSE: return x < -4 ? .01f * (x + 4) : (x > 4 ? .01f * (x - 4) + 1 : .125f * x + .5f);
-    case DN_ACT_STAIR: {
-        int n = (int)floorf(x);
-        return (n % 2 == 0) ? floorf(x / 2.f) : (x - n) + floorf(x / 2.f);
-    }
-    case DN_ACT_HARDTAN: return x < -1 ? -1.f : (x > 1 ? 1.f : x);
-    case DN_ACT_LHTAN: return x < 0 ? .001f * x : (x > 1 ? .001f * (x - 1) + 1 : x);
-    case DN_ACT_SWISH: return x / (1.f + expf(-x));
-    case DN_ACT_MISH: return x * tanh_dn(softplus(x));
-    case DN_ACT_HARD_MISH: return x > 0 ? x : (x > -2 ? x * x / 2 + x : 0.f);
-    default: return x;
-    }
 }
 
 static void across_channels(float *x, int batch, int channels, int spatial, dn_activation a)
@@ -114,11 +76,7 @@ void dn_activate(float *x, int batch, int channels, int spatial, dn_activation a
         return;
     }
     const size_t n = (size_t)batch * channels * spatial;
-    if (a == DN_ACT_LEAKY) {
-        for (size_t i = 0; i < n; ++i) x[i] = x[i] > 0 ? x[i] : .1f * x[i];
-        return;
-    }
-    for (size_t i = 0; i < n; ++i) x[i] = activate1(x[i], a);
+    dn_affine_activate(x, n, 1.f, 0.f, a);
 }
 
 DN_VECTOR_CLONES
@@ -178,6 +136,30 @@ static void affine_logistic(float *x, size_t n, float a, float b)
 
 void dn_logistic_vec(float *x, size_t n) { affine_logistic(x, n, 1.f, 0.f); }
 
+DN_VECTOR_CLONES
+static void affine_swish(float *x, size_t n, float a, float b)
+{
+    for (size_t i = 0; i < n; ++i) {
+        const float v = a * x[i] + b;
+        x[i] = v / (1.f + exp_vec(-v));
+    }
+}
+
+/* mish(v) = v tanh(softplus(v)). With e = e^v, tanh(log(1 + e)) =
+ * e (e + 2) / (e (e + 2) + 2), one exponential and no cancellation; above
+ * softplus' threshold 20 darknet's value is v tanh(v) = v in float, below -20
+ * the form gives v e^v as darknet's v tanh(e^v) does. */
+DN_VECTOR_CLONES
+static void affine_mish(float *x, size_t n, float a, float b)
+{
+    for (size_t i = 0; i < n; ++i) {
+        const float v = a * x[i] + b;
+        const float e = exp_vec(v < 20.f ? v : 0.f);
+        const float p = e * (e + 2.f);
+        x[i] = v < 20.f ? v * p / (p + 2.f) : v;
+    }
+}
+
 void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act)
 {
     switch (act) {
@@ -185,6 +167,8 @@ void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act)
     case DN_ACT_LINEAR: affine_linear(x, n, a, b); return;
     case DN_ACT_RELU: affine_relu(x, n, a, b); return;
     case DN_ACT_LOGISTIC: affine_logistic(x, n, a, b); return;
+    case DN_ACT_SWISH: affine_swish(x, n, a, b); return;
+    case DN_ACT_MISH: affine_mish(x, n, a, b); return;
     default:
         for (size_t i = 0; i < n; ++i) x[i] = activate1(a * x[i] + b, act);
     }
@@ -194,44 +178,6 @@ int dn_activation_needs_input(dn_activation a)
 {
     return a == DN_ACT_GELU || a == DN_ACT_SWISH || a == DN_ACT_MISH || a == DN_ACT_HARD_MISH || a == DN_ACT_STAIR ||
            a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL;
-}
-
-/* f'(x) from y = f(x) (and x where the kind needs it) */
-static inline float gradient1(float y, float x, dn_activation a)
-{
-    switch (a) {
-    case DN_ACT_LINEAR: return 1.f;
-    case DN_ACT_LOGISTIC: return y * (1.f - y);
-    case DN_ACT_LOGGY: return (1.f - y * y) / 2.f;
-    case DN_ACT_RELU: return y > 0 ? 1.f : 0.f;
-    case DN_ACT_RELU6: return y > 0 && y < 6.f ? 1.f : 0.f;
-    case DN_ACT_ELU: return y >= 0 ? 1.f : y + 1.f;
-    case DN_ACT_SELU: return y >= 0 ? 1.0507f : y + 1.0507f * 1.6732f;
-    case DN_ACT_RELIE: return y > 0 ? 1.f : .01f;
-    case DN_ACT_RAMP: return (y > 0 ? 1.f : 0.f) + .1f;
-    case DN_ACT_LEAKY:
-    case DN_ACT_REVLEAKY: return y > 0 ? 1.f : .1f;
-    case DN_ACT_TANH: return 1.f - y * y;
-    case DN_ACT_PLSE: return (y < 0 || y > 1) ? .01f : .125f;
-    case DN_ACT_HARDTAN: return (y > -1 && y < 1) ? 1.f : 0.f;
-    case DN_ACT_LHTAN: return (y > 0 && y < 1) ? 1.f : .001f;
-    case DN_ACT_STAIR: return ((int)floorf(x) % 2 == 0) ? 0.f : 1.f;
-    case DN_ACT_GELU: {
-        const float t = tanhf(0.797885f * x + 0.035677f * x * x * x);
-        return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * (0.797885f + 3.f * 0.035677f * x * x);
-    }
-    case DN_ACT_SWISH: {
-        const float s = 1.f / (1.f + expf(-x));
-        return s + x * s * (1.f - s);
-    }
-    case DN_ACT_MISH: {
-        const float sp = softplus(x), t = tanh_dn(sp);
-        const float dsp = x > 20.f ? 1.f : (x < -20.f ? expf(x) : 1.f / (1.f + expf(-x)));
-        return t + x * (1.f - t * t) * dsp;
-    }
-    case DN_ACT_HARD_MISH: return x > 0 ? 1.f : (x > -2 ? x + 1.f : 0.f);
-    default: return 1.f;
-    }
 }
 
 /* normalize_channels kinds: dL/dx_j = s_j * (g_j - sum_k g_k y_k) with

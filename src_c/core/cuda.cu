@@ -1,0 +1,487 @@
+/* cuda.cu - the network on a CUDA device: the device context (device id,
+ * cuBLAS handle, device input, input delta and workspace), the device copies
+ * of every layer's output and delta and every parameter's tensors, the
+ * forward, backward and update passes, the host pass for layers without
+ * device ops, and the copies between host and device (see cuda.h for the
+ * rules of which copy is current).
+ *
+ * Everything runs on the device's default stream, so kernels, cuBLAS calls
+ * and copies happen in the order they are issued and a copy to the host
+ * waits for the work before it. With PYDARKNET_CUDA_SYNC=1 in the
+ * environment, every layer is followed by a device synchronization, so an
+ * error in a kernel is reported by the layer that caused it. */
+#include "cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dn_cuda {
+    int device;
+    int sync_each;            /* synchronize after every layer (PYDARKNET_CUDA_SYNC) */
+    cublasHandle_t blas;
+    float *input, *input_delta;
+    size_t input_n;
+    float *workspace;
+    size_t workspace_n;
+    int *delta_dirty;         /* per layer, and [nlayers] for the input: the host delta was handed out */
+};
+
+static dn_status cuda_fail(cudaError_t e, const char *what)
+{
+    const dn_status s = e == cudaErrorMemoryAllocation ? DN_ERR_NOMEM : DN_ERR_STATE;
+    return dn_fail(s, "CUDA: %s: %s", what, cudaGetErrorString(e));
+}
+
+static dn_status dev_alloc(float **p, size_t n, const char *what)
+{
+    void *q = NULL;
+    *p = NULL;
+    cudaError_t e = cudaMalloc(&q, (n ? n : 1) * sizeof(float));
+    if (e == cudaSuccess) e = cudaMemset(q, 0, (n ? n : 1) * sizeof(float));
+    if (e != cudaSuccess) {
+        if (q) cudaFree(q);
+        char msg[160];
+        snprintf(msg, sizeof(msg), "allocating %zu floats for %s", n, what);
+        return cuda_fail(e, msg);
+    }
+    *p = (float *)q;
+    return DN_OK;
+}
+
+static void dev_free(float **p)
+{
+    if (*p) cudaFree(*p);
+    *p = NULL;
+}
+
+static dn_status push(float *dev, const float *host, size_t n)
+{
+    if (!dev || !host || !n) return DN_OK;
+    const cudaError_t e = cudaMemcpy(dev, host, n * sizeof(float), cudaMemcpyHostToDevice);
+    return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying to the device");
+}
+
+static dn_status pull(float *host, const float *dev, size_t n)
+{
+    if (!dev || !host || !n) return DN_OK;
+    const cudaError_t e = cudaMemcpy(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying to the host");
+}
+
+static dn_status use_device(const dn_net *net)
+{
+    const cudaError_t e = cudaSetDevice(net->cuda->device);
+    return e == cudaSuccess ? DN_OK : cuda_fail(e, "selecting the device");
+}
+
+/* ---- devices ---- */
+static int count_devices(cudaError_t *why)
+{
+    int n = 0;
+    *why = cudaGetDeviceCount(&n);
+    if (*why != cudaSuccess) {
+        cudaGetLastError(); /* clear it: no device is not a sticky error */
+        return 0;
+    }
+    return n;
+}
+
+dn_status dn_gpu_device_count(int *count)
+{
+    cudaError_t why;
+    *count = count_devices(&why);
+    return DN_OK;
+}
+
+dn_status dn_gpu_device_name(int index, char *buf, int size)
+{
+    cudaError_t why;
+    const int n = count_devices(&why);
+    if (index < 0 || index >= n) return dn_fail(DN_ERR_ARG, "CUDA device %d does not exist (%d found)", index, n);
+    cudaDeviceProp prop;
+    const cudaError_t e = cudaGetDeviceProperties(&prop, index);
+    if (e != cudaSuccess) return cuda_fail(e, "reading the device properties");
+    snprintf(buf, (size_t)size, "%s", prop.name);
+    return DN_OK;
+}
+
+int dn_gpu_device(const dn_net *net) { return net->cuda ? net->cuda->device : -1; }
+
+/* ---- the network's device memory ---- */
+static dn_status alloc_param(dn_param *p)
+{
+    dn_status s;
+    if (!p->data_gpu && ((s = dev_alloc(&p->data_gpu, p->count, p->name)) || (s = push(p->data_gpu, p->data, p->count))))
+        return s;
+    if (p->grad && !p->grad_gpu && ((s = dev_alloc(&p->grad_gpu, p->count, p->name)) ||
+                                    (s = push(p->grad_gpu, p->grad, p->count))))
+        return s;
+    if (p->m && !p->m_gpu && ((s = dev_alloc(&p->m_gpu, p->count, p->name)) || (s = push(p->m_gpu, p->m, p->count))))
+        return s;
+    if (p->v && !p->v_gpu && ((s = dev_alloc(&p->v_gpu, p->count, p->name)) || (s = push(p->v_gpu, p->v, p->count))))
+        return s;
+    return DN_OK;
+}
+
+dn_status dn_gpu_allocate(dn_net *net)
+{
+    dn_cuda *ctx = net->cuda;
+    dn_status s = use_device(net);
+    if (s) return s;
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        const size_t n = (size_t)net->batch * l->outputs;
+        dev_free(&l->output_gpu);
+        dev_free(&l->delta_gpu);
+        if ((s = dev_alloc(&l->output_gpu, n, "a layer output"))) return dn_layer_fail(l, s, "%s", dn_last_error());
+        if (net->training && (s = dev_alloc(&l->delta_gpu, n, "a layer delta")))
+            return dn_layer_fail(l, s, "%s", dn_last_error());
+        l->host_stale = 0;
+        for (int j = 0; j < l->nparams; ++j)
+            if ((s = alloc_param(&l->params[j]))) return dn_layer_fail(l, s, "%s", dn_last_error());
+    }
+    ctx->input_n = (size_t)net->batch * net->c * net->h * net->w;
+    dev_free(&ctx->input);
+    dev_free(&ctx->input_delta);
+    if ((s = dev_alloc(&ctx->input, ctx->input_n, "the input"))) return s;
+    if (net->training && (s = dev_alloc(&ctx->input_delta, ctx->input_n, "the input delta"))) return s;
+    if (!ctx->delta_dirty) {
+        ctx->delta_dirty = (int *)calloc((size_t)net->nlayers + 1, sizeof(int));
+        if (!ctx->delta_dirty) return dn_fail(DN_ERR_NOMEM, "out of memory");
+    }
+    return DN_OK;
+}
+
+dn_status dn_gpu_open(dn_net *net, int device)
+{
+    cudaError_t why;
+    const int n = count_devices(&why);
+    if (n == 0)
+        return dn_fail(DN_ERR_UNSUPPORTED, "no CUDA device found (%s)",
+                       why == cudaSuccess ? "none present" : cudaGetErrorString(why));
+    if (device < 0 || device >= n) return dn_fail(DN_ERR_ARG, "CUDA device %d does not exist (%d found)", device, n);
+    cudaError_t e = cudaSetDevice(device);
+    if (e != cudaSuccess) return cuda_fail(e, "selecting the device");
+    dn_cuda *ctx = (dn_cuda *)calloc(1, sizeof(dn_cuda));
+    if (!ctx) return dn_fail(DN_ERR_NOMEM, "out of memory");
+    ctx->device = device;
+    const char *sync = getenv("PYDARKNET_CUDA_SYNC");
+    ctx->sync_each = sync && *sync && strcmp(sync, "0") != 0;
+    if (cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) {
+        free(ctx);
+        return dn_fail(DN_ERR_STATE, "CUDA: cuBLAS could not be initialized on device %d", device);
+    }
+    net->cuda = ctx;
+    const dn_status s = dn_gpu_allocate(net);
+    if (s) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", dn_last_error());
+        dn_gpu_close(net);
+        return dn_fail(s, "%s", msg);
+    }
+    return DN_OK;
+}
+
+void dn_gpu_close(dn_net *net)
+{
+    dn_cuda *ctx = net->cuda;
+    if (!ctx) return;
+    cudaSetDevice(ctx->device);
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        for (int j = 0; j < l->nparams; ++j) {
+            dn_param *p = &l->params[j];
+            /* the device holds the current values unless the host copy was handed out since */
+            if (!p->host_dirty) {
+                pull(p->data, p->data_gpu, p->count);
+                pull(p->grad, p->grad_gpu, p->count);
+                pull(p->m, p->m_gpu, p->count);
+                pull(p->v, p->v_gpu, p->count);
+            }
+            p->host_dirty = 0;
+            dev_free(&p->data_gpu);
+            dev_free(&p->grad_gpu);
+            dev_free(&p->m_gpu);
+            dev_free(&p->v_gpu);
+        }
+        if (l->host_stale) pull(l->output, l->output_gpu, (size_t)net->batch * l->outputs);
+        l->host_stale = 0;
+        dev_free(&l->output_gpu);
+        dev_free(&l->delta_gpu);
+        for (int k = 0; k < DN_GPU_BUFS; ++k) {
+            dev_free(&l->gpu_buf[k]);
+            l->gpu_cap[k] = 0;
+        }
+    }
+    dev_free(&ctx->input);
+    dev_free(&ctx->input_delta);
+    dev_free(&ctx->workspace);
+    cublasDestroy(ctx->blas);
+    free(ctx->delta_dirty);
+    free(ctx);
+    net->cuda = NULL;
+}
+
+/* ---- helpers for the layers ---- */
+const float *dn_gpu_input(const dn_net *net, const dn_layer *l)
+{
+    return l->index == 0 ? net->cuda->input : net->layers[l->index - 1]->output_gpu;
+}
+
+float *dn_gpu_input_delta(const dn_net *net, const dn_layer *l)
+{
+    return l->index == 0 ? net->cuda->input_delta : net->layers[l->index - 1]->delta_gpu;
+}
+
+dn_status dn_gpu_buffer(dn_layer *l, int slot, size_t n, float **out)
+{
+    if (l->gpu_buf[slot] && l->gpu_cap[slot] >= n) {
+        *out = l->gpu_buf[slot];
+        return DN_OK;
+    }
+    dev_free(&l->gpu_buf[slot]);
+    l->gpu_cap[slot] = 0;
+    dn_status s = dev_alloc(&l->gpu_buf[slot], n, "layer scratch");
+    if (s) return dn_layer_fail(l, s, "%s", dn_last_error());
+    l->gpu_cap[slot] = n;
+    *out = l->gpu_buf[slot];
+    return DN_OK;
+}
+
+dn_status dn_gpu_workspace(dn_net *net, size_t n, float **out)
+{
+    dn_cuda *ctx = net->cuda;
+    if (!ctx->workspace || ctx->workspace_n < n) {
+        dev_free(&ctx->workspace);
+        ctx->workspace_n = 0;
+        dn_status s = dev_alloc(&ctx->workspace, n, "the workspace");
+        if (s) return s;
+        ctx->workspace_n = n;
+    }
+    *out = ctx->workspace;
+    return DN_OK;
+}
+
+dn_status dn_gpu_check(const dn_layer *l, const char *what)
+{
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return dn_layer_fail(l, DN_ERR_STATE, "CUDA %s: %s", what, cudaGetErrorString(e));
+    return DN_OK;
+}
+
+static dn_status layer_done(const dn_net *net, const dn_layer *l, const char *what)
+{
+    if (net->cuda->sync_each) {
+        const cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) return dn_layer_fail(l, DN_ERR_STATE, "CUDA %s: %s", what, cudaGetErrorString(e));
+    }
+    return dn_gpu_check(l, what);
+}
+
+dn_status dn_gpu_gemm(const dn_net *net, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc)
+{
+    /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the
+     * row-major buffers read as column-major are the transposes */
+    const cublasStatus_t st = cublasSgemm(net->cuda->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                          N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return dn_fail(DN_ERR_STATE, "cuBLAS sgemm failed (status %d) for M=%d N=%d K=%d", (int)st, M, N, K);
+    return DN_OK;
+}
+
+/* ---- host copies ---- */
+dn_status dn_gpu_pull_output(const dn_net *net, dn_layer *l)
+{
+    if (!l->host_stale) return DN_OK;
+    dn_status s = use_device(net);
+    if (!s) s = pull(l->output, l->output_gpu, (size_t)net->batch * l->outputs);
+    if (!s) l->host_stale = 0;
+    return s;
+}
+
+dn_status dn_gpu_pull_outputs(const dn_net *net)
+{
+    dn_status s = DN_OK;
+    for (int i = 0; i < net->nlayers && !s; ++i) s = dn_gpu_pull_output(net, net->layers[i]);
+    return s;
+}
+
+static float *host_delta(dn_net *net, int layer) { return layer == net->nlayers ? net->input_delta : net->layers[layer]->delta; }
+static float *device_delta(dn_net *net, int layer)
+{
+    return layer == net->nlayers ? net->cuda->input_delta : net->layers[layer]->delta_gpu;
+}
+static size_t delta_count(const dn_net *net, int layer)
+{
+    return layer == net->nlayers ? net->cuda->input_n : (size_t)net->batch * net->layers[layer]->outputs;
+}
+
+dn_status dn_gpu_pull_delta(dn_net *net, int layer)
+{
+    dn_status s = use_device(net);
+    if (!s) s = pull(host_delta(net, layer), device_delta(net, layer), delta_count(net, layer));
+    if (!s) net->cuda->delta_dirty[layer] = 1;
+    return s;
+}
+
+dn_status dn_gpu_pull_param(dn_net *net, dn_param *p)
+{
+    if (p->host_dirty) return DN_OK; /* already handed out: the host copy is the current one */
+    dn_status s = use_device(net);
+    if (!s) s = pull(p->data, p->data_gpu, p->count);
+    if (!s) s = pull(p->grad, p->grad_gpu, p->count);
+    if (!s) s = pull(p->m, p->m_gpu, p->count);
+    if (!s) s = pull(p->v, p->v_gpu, p->count);
+    if (!s) p->host_dirty = 1;
+    return s;
+}
+
+/* Parameters and deltas handed out to the caller go back to the device. */
+static dn_status push_dirty(dn_net *net)
+{
+    dn_status s = DN_OK;
+    for (int i = 0; i < net->nlayers && !s; ++i) {
+        dn_layer *l = net->layers[i];
+        for (int j = 0; j < l->nparams && !s; ++j) {
+            dn_param *p = &l->params[j];
+            if (!p->host_dirty) continue;
+            if ((s = alloc_param(p))) break;
+            if (!s) s = push(p->data_gpu, p->data, p->count);
+            if (!s) s = push(p->grad_gpu, p->grad, p->count);
+            if (!s) s = push(p->m_gpu, p->m, p->count);
+            if (!s) s = push(p->v_gpu, p->v, p->count);
+            if (!s) p->host_dirty = 0;
+        }
+    }
+    for (int i = 0; i <= net->nlayers && !s; ++i) {
+        if (!net->cuda->delta_dirty[i]) continue;
+        s = push(device_delta(net, i), host_delta(net, i), delta_count(net, i));
+        if (!s) net->cuda->delta_dirty[i] = 0;
+    }
+    return s;
+}
+
+/* ---- the host pass of a layer ---- */
+/* Calls fn(net, layer index) for every layer l reads from besides its own
+ * output: the previous layer (or the network input, index nlayers) and the
+ * layers its `layers` or `from` option names. */
+static dn_status for_sources(dn_net *net, dn_layer *l, dn_status (*fn)(dn_net *, int))
+{
+    dn_status s = fn(net, l->index == 0 ? net->nlayers : l->index - 1);
+    static const char *const keys[] = {"layers", "from"};
+    for (int k = 0; k < 2 && !s; ++k) {
+        if (!dn_attr_has(l, keys[k])) continue;
+        const int *idx;
+        int n;
+        if ((s = dn_attr_ints(l, keys[k], &idx, &n))) return s;
+        for (int i = 0; i < n && !s; ++i)
+            if (idx[i] >= 0 && idx[i] < l->index) s = fn(net, idx[i]);
+    }
+    return s;
+}
+
+static dn_status pull_source_output(dn_net *net, int i)
+{
+    return i == net->nlayers ? DN_OK : dn_gpu_pull_output(net, net->layers[i]); /* the input is on the host */
+}
+
+static dn_status pull_source_delta(dn_net *net, int i)
+{
+    return pull(host_delta(net, i), device_delta(net, i), delta_count(net, i));
+}
+
+static dn_status push_source_delta(dn_net *net, int i)
+{
+    return push(device_delta(net, i), host_delta(net, i), delta_count(net, i));
+}
+
+dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l)
+{
+    const size_t n = (size_t)net->batch * l->outputs;
+    dn_status s = for_sources(net, l, pull_source_output);
+    for (int j = 0; j < l->nparams && !s; ++j) s = pull(l->params[j].data, l->params[j].data_gpu, l->params[j].count);
+    if (!s) s = dn_layer_run_forward(net, l);
+    if (!s) s = push(l->output_gpu, l->output, n);
+    if (!s) l->host_stale = 0;
+    if (!s && net->train) {
+        /* loss heads leave their delta; training passes move rolling statistics */
+        if (l->is_loss) s = push(l->delta_gpu, l->delta, n);
+        for (int j = 0; j < l->nparams && !s; ++j) s = push(l->params[j].data_gpu, l->params[j].data, l->params[j].count);
+    }
+    return s;
+}
+
+dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l)
+{
+    dn_status s = pull(l->delta, l->delta_gpu, (size_t)net->batch * l->outputs);
+    if (!s) s = for_sources(net, l, pull_source_delta);
+    for (int j = 0; j < l->nparams && !s; ++j) s = pull(l->params[j].grad, l->params[j].grad_gpu, l->params[j].count);
+    if (!s) s = dn_layer_run_backward(net, l);
+    if (!s) s = for_sources(net, l, push_source_delta);
+    for (int j = 0; j < l->nparams && !s; ++j) s = push(l->params[j].grad_gpu, l->params[j].grad, l->params[j].count);
+    return s;
+}
+
+/* ---- passes ---- */
+dn_status dn_gpu_forward(dn_net *net)
+{
+    dn_cuda *ctx = net->cuda;
+    dn_status s = use_device(net);
+    if (!s) s = push_dirty(net);
+    if (!s) s = push(ctx->input, net->input, ctx->input_n);
+    if (s) return s;
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        l->host_stale = 1;
+        if (net->train && l->delta_gpu) dn_gpu_fill(l->delta_gpu, (size_t)net->batch * l->outputs, 0.f);
+    }
+    if (net->train && ctx->input_delta) dn_gpu_fill(ctx->input_delta, ctx->input_n, 0.f);
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        s = l->ops->forward_gpu ? l->ops->forward_gpu(l, net) : dn_gpu_host_forward(net, l);
+        if (!s) s = layer_done(net, l, "forward");
+        if (s) return s;
+    }
+    return DN_OK;
+}
+
+dn_status dn_gpu_backward(dn_net *net)
+{
+    dn_status s = use_device(net);
+    if (!s) s = push_dirty(net);
+    for (int i = net->nlayers - 1; i >= 0 && !s; --i) {
+        dn_layer *l = net->layers[i];
+        s = l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l);
+        if (!s) s = layer_done(net, l, "backward");
+    }
+    return s;
+}
+
+dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a)
+{
+    dn_status s = use_device(net);
+    if (!s) s = push_dirty(net);
+    if (s) return s;
+    if (!p->grad_gpu || !p->m_gpu || (a->adam && !p->v_gpu))
+        return dn_fail(DN_ERR_STATE, "parameter '%s' has no optimizer state on the device", p->name);
+    dn_gpu_update_kernel(p->data_gpu, p->grad_gpu, p->m_gpu, p->v_gpu, p->count, a);
+    const cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? DN_OK : cuda_fail(e, "the optimizer update");
+}
+
+dn_status dn_gpu_zero_grads(dn_net *net)
+{
+    dn_status s = use_device(net);
+    for (int i = 0; i < net->nlayers && !s; ++i)
+        for (int j = 0; j < net->layers[i]->nparams; ++j) {
+            dn_param *p = &net->layers[i]->params[j];
+            if (p->grad_gpu) dn_gpu_fill(p->grad_gpu, p->count, 0.f);
+        }
+    const cudaError_t e = cudaGetLastError();
+    return s ? s : (e == cudaSuccess ? DN_OK : cuda_fail(e, "zeroing the gradients"));
+}

@@ -1,0 +1,189 @@
+/* cuda.h - the CUDA backend's private interface.
+ *
+ * Built with DN_CUDA (PYDARKNET_CUDA=1), the network can move to a device
+ * (dn_net_set_device): every layer output and delta, every parameter with its
+ * gradient and optimizer state, the input and its delta get a device copy,
+ * owned by the network and freed with it. While on the device, the device
+ * copies hold the current values; the host copies are brought up to date
+ * where the public API hands them out (outputs, parameters, deltas,
+ * detections), and parameters handed out go back to the device before the
+ * next device pass (the caller may have written them).
+ *
+ * A layer runs on the device through its ops table's forward_gpu and
+ * backward_gpu (layer.cu beside layer.c); a layer without them (or a case its
+ * .cu leaves to the host, dn_gpu_host_forward/backward) runs its CPU pass on
+ * host copies of what it reads and writes. The loss heads ([yolo], [region],
+ * [cost]) run that way on purpose: one implementation of the loss code,
+ * which reads the head's output on the host, as darknet does for [yolo].
+ *
+ * Device pointers are plain float pointers; no CUDA type appears here, so C
+ * files include this header in either build. Without DN_CUDA the network-level
+ * calls are stubs (never reached: net->cuda stays NULL) and the device queries
+ * report that the build has no CUDA. This header and network.c's dispatch are
+ * the only places that look at DN_CUDA. */
+#ifndef DN_CUDA_H
+#define DN_CUDA_H
+
+#include "internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The optimizer step of train.c for one parameter (see there for the formulas). */
+typedef struct dn_update_args {
+    int adam;
+    float rate, decay, batch, momentum, B1, B2, eps, b1t, b2t;
+} dn_update_args;
+
+#ifdef DN_CUDA
+
+#define DN_GPU_OPS(fwd, bwd) .forward_gpu = fwd, .backward_gpu = bwd
+
+#ifdef __CUDACC__
+/* Launch shape of the elementwise kernels: blocks of DN_BLOCK threads, each
+ * thread striding over the range (DN_KERNEL_LOOP), so any n fits one launch. */
+#define DN_BLOCK 256
+static inline unsigned dn_grid(size_t n)
+{
+    const size_t b = (n + DN_BLOCK - 1) / DN_BLOCK;
+    return b < 1 ? 1u : (b > 1048576 ? 1048576u : (unsigned)b);
+}
+#define DN_KERNEL_LOOP(i, n) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)(n); i += (size_t)blockDim.x * gridDim.x)
+#endif
+
+/* ---- devices (core/cuda.cu) ---- */
+dn_status dn_gpu_device_count(int *count);
+dn_status dn_gpu_device_name(int index, char *buf, int size);
+
+/* ---- the network on a device (core/cuda.cu) ---- */
+dn_status dn_gpu_open(dn_net *net, int device);   /* allocates the device copies and moves the parameters */
+void dn_gpu_close(dn_net *net);                   /* parameters back to the host, device memory freed */
+int dn_gpu_device(const dn_net *net);
+dn_status dn_gpu_allocate(dn_net *net);           /* after dn_net_allocate: device copies at the new sizes */
+/* A pass over every layer with the input at net->input (host); in training,
+ * deltas are zeroed first. */
+dn_status dn_gpu_forward(dn_net *net);
+dn_status dn_gpu_backward(dn_net *net);
+dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a);
+dn_status dn_gpu_zero_grads(dn_net *net);
+/* Host copies brought up to date: one layer's output, every stale output,
+ * one layer's delta or the input delta (the caller may write it: it goes back
+ * before the next backward pass), a parameter with its optimizer state
+ * (marked host_dirty). */
+dn_status dn_gpu_pull_output(const dn_net *net, dn_layer *l);
+dn_status dn_gpu_pull_outputs(const dn_net *net);
+dn_status dn_gpu_pull_delta(dn_net *net, int layer);
+dn_status dn_gpu_pull_param(dn_net *net, dn_param *p);
+
+/* ---- for the layers' .cu files ---- */
+/* The device input of layer l (the previous output or the network input) and
+ * where dLoss/d(input) goes (NULL when the pass needs none). */
+const float *dn_gpu_input(const dn_net *net, const dn_layer *l);
+float *dn_gpu_input_delta(const dn_net *net, const dn_layer *l);
+/* The layer's device scratch slot (0 .. DN_GPU_BUFS-1), grown to n floats. */
+dn_status dn_gpu_buffer(dn_layer *l, int slot, size_t n, float **out);
+/* The network's device workspace, grown to n floats (shared by all layers). */
+dn_status dn_gpu_workspace(dn_net *net, size_t n, float **out);
+/* The CPU pass of layer l on host copies (for cases a .cu leaves to the host). */
+dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l);
+dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l);
+/* The status of the kernels launched so far (DN_ERR_STATE naming the layer and `what` on failure). */
+dn_status dn_gpu_check(const dn_layer *l, const char *what);
+/* C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, device pointers (cuBLAS). */
+dn_status dn_gpu_gemm(const dn_net *net, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                      int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* ---- device kernels (the .cu files in ops), the twins of the CPU functions in internal.h ---- */
+void dn_gpu_activate(float *x, int batch, int channels, int spatial, dn_activation a);
+void dn_gpu_activation_backward(const float *y, const float *x, float *delta, int batch, int channels, int spatial,
+                                dn_activation a);
+void dn_gpu_im2col(const float *im, int channels, int height, int width, int ksize, int pad, int stride_h,
+                   int stride_w, int dilation, int out_h, int out_w, float *col);
+/* im += the adjoint of im2col applied to col */
+void dn_gpu_col2im(const float *col, int channels, int height, int width, int ksize, int pad, int stride_h,
+                   int stride_w, int dilation, int out_h, int out_w, float *im);
+void dn_gpu_fill(float *x, size_t n, float value);
+void dn_gpu_copy(float *dst, const float *src, size_t n);
+void dn_gpu_axpy(float *y, const float *x, size_t n, float a);  /* y += a * x */
+void dn_gpu_add_bias(float *out, const float *bias, int batch, int channels, int spatial);
+void dn_gpu_scale_bias(float *out, const float *scale, int batch, int channels, int spatial);
+void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial);
+void dn_gpu_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
+void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
+                                    float *x_norm, float *rolling_mean, float *rolling_variance);
+void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
+                               float *scale_grad, int batch, int channels, int spatial);
+void dn_gpu_update_kernel(float *w, float *g, float *m, float *v, size_t n, const dn_update_args *a);
+
+/* ---- the layers with device passes (layers/<type>.cu) ---- */
+#define DN_GPU_LAYER(type)                                     \
+    dn_status dn_##type##_forward_gpu(dn_layer *l, dn_net *net); \
+    dn_status dn_##type##_backward_gpu(dn_layer *l, dn_net *net);
+DN_GPU_LAYER(convolutional)
+DN_GPU_LAYER(maxpool)
+DN_GPU_LAYER(route)
+DN_GPU_LAYER(shortcut)
+DN_GPU_LAYER(upsample)
+
+#else /* no CUDA: never reached, net->cuda stays NULL */
+
+#define DN_GPU_OPS(fwd, bwd) .forward_gpu = NULL, .backward_gpu = NULL
+
+static inline dn_status dn_gpu_device_count(int *count)
+{
+    *count = 0;
+    return dn_fail(DN_ERR_UNSUPPORTED, "this build has no CUDA; rebuild with PYDARKNET_CUDA=1 pip install .");
+}
+static inline dn_status dn_gpu_device_name(int index, char *buf, int size)
+{
+    (void)index;
+    if (buf && size > 0) buf[0] = 0;
+    return dn_gpu_device_count(&size);
+}
+static inline dn_status dn_gpu_open(dn_net *net, int device)
+{
+    (void)net;
+    (void)device;
+    return dn_gpu_device_count(&device);
+}
+static inline void dn_gpu_close(dn_net *net) { (void)net; }
+static inline int dn_gpu_device(const dn_net *net) { (void)net; return -1; }
+static inline dn_status dn_gpu_allocate(dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
+static inline dn_status dn_gpu_forward(dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
+static inline dn_status dn_gpu_backward(dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
+static inline dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a)
+{
+    (void)net;
+    (void)p;
+    (void)a;
+    return DN_ERR_UNSUPPORTED;
+}
+static inline dn_status dn_gpu_zero_grads(dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
+static inline dn_status dn_gpu_pull_output(const dn_net *net, dn_layer *l)
+{
+    (void)net;
+    (void)l;
+    return DN_ERR_UNSUPPORTED;
+}
+static inline dn_status dn_gpu_pull_outputs(const dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
+static inline dn_status dn_gpu_pull_delta(dn_net *net, int layer)
+{
+    (void)net;
+    (void)layer;
+    return DN_ERR_UNSUPPORTED;
+}
+static inline dn_status dn_gpu_pull_param(dn_net *net, dn_param *p)
+{
+    (void)net;
+    (void)p;
+    return DN_ERR_UNSUPPORTED;
+}
+
+#endif /* DN_CUDA */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DN_CUDA_H */

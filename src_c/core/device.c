@@ -1,0 +1,38 @@
+/* device.c - the public calls that choose where a network runs: CUDA device
+ * queries and moving a network between the CPU and a device. The work is in
+ * core/cuda.cu; a build without CUDA answers through cuda.h's stubs. */
+#include "internal.h"
+#include "cuda.h"
+
+dn_status dn_cuda_device_count(int *count)
+{
+    if (!count) return dn_fail(DN_ERR_ARG, "count pointer is NULL");
+    return dn_gpu_device_count(count);
+}
+
+dn_status dn_cuda_device_name(int index, char *buf, int size)
+{
+    if (!buf || size < 1) return dn_fail(DN_ERR_ARG, "name buffer is NULL or empty");
+    buf[0] = 0;
+    return dn_gpu_device_name(index, buf, size);
+}
+
+dn_status dn_net_set_device(dn_net *net, int gpu)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
+    if (gpu < -1) return dn_fail(DN_ERR_ARG, "device %d: give a CUDA device index, or -1 for the CPU", gpu);
+    if (gpu == dn_gpu_device(net)) return DN_OK;
+    dn_gpu_close(net);
+    return gpu < 0 ? DN_OK : dn_gpu_open(net, gpu);
+}
+
+int dn_net_device(const dn_net *net) { return net ? dn_gpu_device(net) : -1; }
+
+dn_status dn_net_sync_to_host(dn_net *net)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    if (!net->cuda) return DN_OK;
+    dn_status s = dn_gpu_pull_outputs(net);
+    return s ? s : dn_net_params_to_host(net);
+}

@@ -1,0 +1,144 @@
+/* convolutional.cu - [convolutional] on the device: the plain passes of
+ * convolutional.c (im2col + cuBLAS GEMM per image and group, batch norm with
+ * the batch's statistics in training and the rolling ones otherwise, bias,
+ * activation; backward through the activation, bias, batch norm, then the
+ * weight gradient and col2im of W^T * delta).
+ *
+ * Device scratch slots: 0 batch mean, 1 batch variance, 2 x_norm, 3 the
+ * pre-activation values (kept when the activation's derivative needs them).
+ * The options are read back from the layer's resolved attributes (make
+ * checked them). */
+#include "cuda.h"
+
+typedef struct {
+    int filters, size, stride_x, stride_y, padding, groups, dilation, batch_normalize;
+    dn_activation activation;
+    int M, K, N, cg, pad, direct;
+} conv_gpu;
+
+static dn_status read_options(dn_layer *l, conv_gpu *c)
+{
+    const char *act;
+    dn_status s;
+    if ((s = dn_attr_int(l, "filters", &c->filters)) || (s = dn_attr_int(l, "size", &c->size)) ||
+        (s = dn_attr_int(l, "stride_x", &c->stride_x)) || (s = dn_attr_int(l, "stride_y", &c->stride_y)) ||
+        (s = dn_attr_int(l, "padding", &c->padding)) || (s = dn_attr_int(l, "groups", &c->groups)) ||
+        (s = dn_attr_int(l, "dilation", &c->dilation)) || (s = dn_attr_int(l, "batch_normalize", &c->batch_normalize)) ||
+        (s = dn_attr_string(l, "activation", &act)) || (s = dn_activation_from_name(act, &c->activation)))
+        return s;
+    c->M = c->filters / c->groups;
+    c->cg = l->c / c->groups;
+    c->K = c->cg * c->size * c->size;
+    c->N = l->out_h * l->out_w;
+    c->pad = c->padding * c->dilation;
+    c->direct = c->size == 1 && c->stride_x == 1 && c->stride_y == 1 && c->padding == 0;
+    return DN_OK;
+}
+
+static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
+{
+    conv_gpu c;
+    dn_status s = read_options(l, &c);
+    if (s) return s;
+    const size_t total = (size_t)l->batch * l->outputs, plane = (size_t)l->h * l->w;
+    const float *input = dn_gpu_input(net, l);
+    const float *weights = dn_layer_find_param(l, "weights")->data_gpu;
+    float *cols = NULL;
+    if (!c.direct && (s = dn_gpu_workspace(net, (size_t)c.K * c.N, &cols))) return s;
+    for (int b = 0; b < l->batch; ++b)
+        for (int g = 0; g < c.groups; ++g) {
+            const float *im = input + ((size_t)b * l->c + (size_t)g * c.cg) * plane;
+            float *out = l->output_gpu + ((size_t)b * c.groups + g) * (size_t)c.M * c.N;
+            if (!c.direct)
+                dn_gpu_im2col(im, c.cg, l->h, l->w, c.size, c.pad, c.stride_y, c.stride_x, c.dilation, l->out_h,
+                              l->out_w, cols);
+            if ((s = dn_gpu_gemm(net, 0, 0, c.M, c.N, c.K, 1.f, weights + (size_t)g * c.M * c.K, c.K,
+                                 c.direct ? im : cols, c.N, 0.f, out, c.N)))
+                return dn_layer_fail(l, s, "%s", dn_last_error());
+        }
+    if (c.batch_normalize) {
+        const float *mean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
+        float *rvar = dn_layer_find_param(l, "rolling_variance")->data_gpu;
+        if (net->train) {
+            float *bm, *bv, *xn;
+            if ((size_t)l->batch * c.N < 2)
+                return dn_layer_fail(l, DN_ERR_SHAPE,
+                                     "batch normalization in training needs at least 2 values per filter "
+                                     "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
+            if ((s = dn_gpu_buffer(l, 0, (size_t)l->out_c, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)l->out_c, &bv)) ||
+                (s = dn_gpu_buffer(l, 2, total, &xn)))
+                return s;
+            dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, c.N, bm, bv, xn,
+                                           dn_layer_find_param(l, "rolling_mean")->data_gpu, rvar);
+        } else {
+            dn_gpu_normalize(l->output_gpu, mean, rvar, l->batch, l->out_c, c.N);
+        }
+        dn_gpu_scale_bias(l->output_gpu, dn_layer_find_param(l, "scales")->data_gpu, l->batch, l->out_c, c.N);
+    }
+    dn_gpu_add_bias(l->output_gpu, dn_layer_find_param(l, "biases")->data_gpu, l->batch, l->out_c, c.N);
+    if (net->train && dn_activation_needs_input(c.activation)) {
+        float *x;
+        if ((s = dn_gpu_buffer(l, 3, total, &x))) return s;
+        dn_gpu_copy(x, l->output_gpu, total);
+    }
+    dn_gpu_activate(l->output_gpu, l->batch, l->out_c, c.N, c.activation);
+    return DN_OK;
+}
+
+static dn_status conv_backward_gpu(dn_layer *l, dn_net *net)
+{
+    conv_gpu c;
+    dn_status s = read_options(l, &c);
+    if (s) return s;
+    const size_t total = (size_t)l->batch * l->outputs, plane = (size_t)l->h * l->w;
+    const int needs_x = dn_activation_needs_input(c.activation);
+    if ((c.batch_normalize && l->gpu_cap[2] < total) || (needs_x && l->gpu_cap[3] < total))
+        return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
+    dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, l->delta_gpu, l->batch, l->out_c, c.N,
+                               c.activation);
+    dn_param *bias = dn_layer_find_param(l, "biases"), *w = dn_layer_find_param(l, "weights");
+    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, l->out_c, c.N);
+    if (c.batch_normalize) {
+        dn_param *scales = dn_layer_find_param(l, "scales");
+        dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu,
+                                  l->batch, l->out_c, c.N);
+    }
+    const float *input = dn_gpu_input(net, l);
+    float *in_delta = dn_gpu_input_delta(net, l);
+    float *cols = NULL;
+    if (!c.direct && (s = dn_gpu_workspace(net, (size_t)c.K * c.N, &cols))) return s;
+    for (int b = 0; b < l->batch; ++b)
+        for (int g = 0; g < c.groups; ++g) {
+            const size_t in_off = ((size_t)b * l->c + (size_t)g * c.cg) * plane;
+            const float *d = l->delta_gpu + ((size_t)b * c.groups + g) * (size_t)c.M * c.N;
+            const float *wg = w->data_gpu + (size_t)g * c.M * c.K;
+            if (w->grad_gpu) {
+                const float *x = input + in_off;
+                if (!c.direct) {
+                    dn_gpu_im2col(x, c.cg, l->h, l->w, c.size, c.pad, c.stride_y, c.stride_x, c.dilation, l->out_h,
+                                  l->out_w, cols);
+                    x = cols;
+                }
+                /* dW_g [M x K] += d [M x N] * cols [K x N]^T */
+                if ((s = dn_gpu_gemm(net, 0, 1, c.M, c.K, c.N, 1.f, d, c.N, x, c.N, 1.f,
+                                     w->grad_gpu + (size_t)g * c.M * c.K, c.K)))
+                    return dn_layer_fail(l, s, "%s", dn_last_error());
+            }
+            if (!in_delta) continue;
+            /* the columns' delta [K x N] = W_g^T * d, added straight in for 1x1, else through col2im */
+            if (c.direct) {
+                s = dn_gpu_gemm(net, 1, 0, c.K, c.N, c.M, 1.f, wg, c.K, d, c.N, 1.f, in_delta + in_off, c.N);
+            } else {
+                s = dn_gpu_gemm(net, 1, 0, c.K, c.N, c.M, 1.f, wg, c.K, d, c.N, 0.f, cols, c.N);
+                dn_gpu_col2im(cols, c.cg, l->h, l->w, c.size, c.pad, c.stride_y, c.stride_x, c.dilation, l->out_h,
+                              l->out_w, in_delta + in_off);
+            }
+            if (s) return dn_layer_fail(l, s, "%s", dn_last_error());
+        }
+    return DN_OK;
+}
+
+extern "C" {
+dn_status dn_convolutional_forward_gpu(dn_layer *l, dn_net *net) { return conv_forward_gpu(l, net); }
+dn_status dn_convolutional_backward_gpu(dn_layer *l, dn_net *net) { return conv_backward_gpu(l, net); }
+}

@@ -1,0 +1,276 @@
+"""The CUDA path: its sources compile with nvcc, the device API reports
+clearly where there is no CUDA, and (where a device is present) every layer
+case of the CPU test table runs on the GPU and agrees with the CPU.
+
+GPU against CPU tolerances: forward outputs within 1e-4 of the tensor's
+largest magnitude (float32 sums of a few hundred terms in another order, as
+the CPU layer tests allow against float64); gradients and weights after a
+training step within 1e-3, since cuBLAS, the per-channel reductions and the
+atomic adds of the pooling backward sum thousands of float32 terms in an
+order of their own, and batch normalization divides by a batch deviation that
+amplifies those differences."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pydarknet
+from pydarknet._native import DarknetError, check, cuda_devices, ffi, lib
+from pydarknet.synthetic import shapes_batch
+from conftest import build_module, randomize, random_input
+from test_layers import ACT, NET, ONE, YOLO
+from test_training import YOLO_NET
+
+_build_ffi = build_module()
+
+
+# ----------------------------------------------------------------------------- compiling
+
+def _nvcc_and_cublas():
+    nvcc = _build_ffi.find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc is not installed")
+    blas = _build_ffi.cublas_dirs(_build_ffi.cuda_toolkit(nvcc))
+    if blas is None:
+        pytest.skip("the cuBLAS headers are not installed (pip install nvidia-cublas)")
+    return nvcc, blas[0]
+
+
+@pytest.mark.parametrize("source", [os.path.relpath(s, _build_ffi.SRC) for s in _build_ffi.cuda_sources()])
+def test_cuda_source_compiles(tmp_path, source):
+    """Each .cu file compiles with the build's flags (one architecture, to stay quick)."""
+    nvcc, include = _nvcc_and_cublas()
+    cmd = _build_ffi.nvcc_command(nvcc, str(_build_ffi.SRC / source), str(tmp_path / "out.o"), include,
+                                  ["-arch=sm_80"])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.o").stat().st_size > 0
+
+
+def test_every_gpu_layer_has_its_cuda_file():
+    """The layers that name device passes in their ops table have layer.cu beside layer.c."""
+    for c_file in (_build_ffi.SRC / "layers").glob("*.c"):
+        if "DN_GPU_OPS(" in c_file.read_text():
+            assert c_file.with_suffix(".cu").exists(), c_file
+
+
+@pytest.mark.parametrize("name", ["core/network.c", "core/train.c", "core/device.c", "layers/convolutional.c"])
+def test_c_side_compiles_for_cuda(tmp_path, name):
+    """The C files that dispatch to the device compile with DN_CUDA too (no CUDA headers needed)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = _build_ffi.SRC
+    r = subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-Wno-unused-function", "-D_GNU_SOURCE", "-DDN_CUDA=1",
+                        f"-I{src / 'include'}", f"-I{src / 'core'}", "-c", str(src / name), "-o",
+                        str(tmp_path / "out.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+# ----------------------------------------------------------------------------- the API without a device
+
+def _status_and_count():
+    n = ffi.new("int *")
+    return lib.dn_cuda_device_count(n), n[0]
+
+
+def test_device_count_and_errors_without_a_device(write_cfg):
+    status, count = _status_and_count()
+    if count:
+        pytest.skip("a CUDA device is present")
+    assert count == 0 and cuda_devices() == []
+    net = pydarknet.load(write_cfg(NET.format(c=3, h=4, w=4) + ONE.format(f=2)))
+    with pytest.raises(DarknetError) as e:
+        net.set_device(0)
+    if status == lib.DN_ERR_UNSUPPORTED:
+        assert "this build has no CUDA" in str(e.value) and "PYDARKNET_CUDA=1" in str(e.value)
+    else:
+        assert "no CUDA device found" in str(e.value)
+    assert net.gpu is None and net.device_name == "CPU"
+    net.set_device(None)  # the CPU is always there
+    with pytest.raises(DarknetError, match="device -2"):
+        check(lib.dn_net_set_device(net._ptr, -2))
+    # the network still runs on the CPU after the refusal
+    net.forward(random_input((1, 3, 4, 4)))
+
+
+def test_cli_gpu_flag_without_a_device_is_one_error_line(write_cfg, tmp_path, capsys):
+    if _status_and_count()[1]:
+        pytest.skip("a CUDA device is present")
+    from pydarknet.cli import main
+
+    cfg = write_cfg(NET.format(c=3, h=8, w=8) + ONE.format(f=14) + YOLO)
+    net = pydarknet.load(cfg)
+    weights = tmp_path / "w.weights"
+    net.save_weights(str(weights))
+    image = tmp_path / "img.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    rc = main(["detect", str(cfg), str(weights), str(image), "-dont_show", "-i", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    lines = [l for l in err.splitlines() if l.startswith("pydarknet: error:")]
+    assert len(lines) == 1 and "-i 0:" in lines[0] and "CUDA" in lines[0], err
+
+
+# ----------------------------------------------------------------------------- GPU against CPU
+
+def _gpu():
+    if not _status_and_count()[1]:
+        pytest.skip("no CUDA device (or a build without CUDA: PYDARKNET_CUDA=1 pip install .)")
+    return 0
+
+
+CONV = ["filters=4\nsize=3\nstride=1\npad=1", "filters=6\nsize=3\nstride=2\npad=1", "filters=4\nsize=1\nstride=1\npad=0",
+        "filters=4\nsize=3\nstride_x=2\nstride_y=1\npadding=1", "filters=6\nsize=3\nstride=1\npad=1\ngroups=3",
+        "filters=4\nsize=3\nstride=1\npad=1\ndilation=2", "filters=4\nsize=5\nstride=3\npadding=1"]
+ACTS = sorted(ACT) + ["stair", "normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval"]
+
+# (cfg body, channels, height, width): the cases of tests/test_layers.py
+CASES = (
+    [(f"[convolutional]\n{o}\nbatch_normalize={bn}\nactivation=linear\n", 6, 9, 8) for o in CONV for bn in (0, 1)]
+    + [(f"[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\nactivation={a}\n", 3, 6, 6) for a in ACTS]
+    + [(f"[connected]\noutput=7\nbatch_normalize={bn}\nactivation=leaky\n", 2, 3, 4) for bn in (0, 1)]
+    + [(f"[maxpool]\n{o}\n", 3, 9, 8) for o in ["size=2\nstride=2", "size=2\nstride=1", "size=3\nstride=2",
+                                                "size=3\nstride=1\npadding=2", "size=5\nstride=1",
+                                                "size=2\nstride_x=2\nstride_y=1"]]
+    + [("[maxpool]\nmaxpool_depth=1\nout_channels=2\n", 6, 4, 4)]
+    + [(f"[local_avgpool]\n{o}\n", 3, 7, 8) for o in ["size=2\nstride=2", "size=3\nstride=2\npadding=1"]]
+    + [("[avgpool]\n", 4, 5, 3)]
+    + [(ONE.format(f=4) + ONE.format(f=6) + "[route]\nlayers=-1,-2\n[route]\nlayers=1,0\ngroups=2\ngroup_id=1\n", 3, 4, 5),
+       (ONE.format(f=4) * 3 + "[shortcut]\nfrom=-2,-3\nactivation=leaky\n", 3, 4, 5),
+       (ONE.format(f=4) * 3 + "[shortcut]\nfrom=-2\nactivation=swish\n", 3, 4, 5),
+       (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_channel\nweights_normalization=softmax\n", 3, 3, 3),
+       (ONE.format(f=4) + "[convolutional]\nfilters=6\nsize=1\nstride=2\nactivation=linear\n[shortcut]\nfrom=-2\n", 3, 4, 4)]
+    + [(f"[upsample]\nstride={s}\nscale={k}\n", 2, 4, 6) for s, k in [(2, 1.0), (3, 0.5), (-2, 1.0)]]
+    + [("[reorg]\nstride=2\n", 3, 4, 6), ("[softmax]\ngroups=4\ntemperature=0.5\nnoloss=1\n", 8, 1, 1),
+       (ONE.format(f=4) + "[avgpool]\n[scale_channels]\nfrom=-2\nactivation=logistic\n", 3, 4, 5),
+       (ONE.format(f=4) + ONE.format(f=1) + "[scale_channels]\nfrom=-2\nscale_wh=1\n", 3, 4, 5),
+       (ONE.format(f=4) * 2 + "[sam]\nfrom=-2\n", 3, 4, 5), ("[batchnorm]\n", 3, 4, 4),
+       ("[dropout]\nprobability=.5\n", 3, 4, 4), ("[empty]\n", 3, 4, 4)]
+)
+IDS = [f"{i}-" + body.split("\n")[0].strip("[]") for i, (body, *_) in enumerate(CASES)]
+
+
+def _pair(write_cfg, body, c, h, w, batch=2):
+    """The same network with the same weights on the CPU and on the GPU."""
+    nets = []
+    for name in ("cpu.cfg", "gpu.cfg"):
+        net = pydarknet.load(write_cfg(NET.format(c=c, h=h, w=w) + body, name), batch=batch)
+        randomize(net, 0)
+        nets.append(net)
+    nets[1].set_device(_gpu())
+    return nets
+
+
+def close(got, want, tol):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-6)
+    assert err < tol, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("body,c,h,w", CASES, ids=IDS)
+def test_forward_matches_cpu(write_cfg, body, c, h, w):
+    cpu, gpu = _pair(write_cfg, body, c, h, w)
+    x = random_input((2, c, h, w), 1) * 2 - 1
+    cpu.forward(x)
+    gpu.forward(x)
+    for a, b in zip(cpu.layers, gpu.layers):
+        close(b.output, a.output, 1e-4)
+
+
+def _grads(net, x, R, truth=None):
+    """Input delta and every parameter gradient of one training pass whose
+    loss is sum(R * last output) (or the loss heads' with truths)."""
+    net.enable_training()
+    net.resize(batch=x.shape[0])
+    x = np.ascontiguousarray(x, np.float32)
+    check(lib.dn_net_seed(net._ptr, 5))
+    t = ffi.NULL if truth is None else ffi.from_buffer("float[]", truth)
+    check(lib.dn_net_forward_train(net._ptr, ffi.from_buffer("float[]", x), x.size, t, 0 if truth is None else truth.size))
+    if truth is None:
+        data, count = ffi.new("float **"), ffi.new("size_t *")
+        check(lib.dn_layer_delta(net._ptr, len(net.layers) - 1, data, count))
+        np.frombuffer(ffi.buffer(data[0], count[0] * 4), np.float32)[:] = R
+    check(lib.dn_net_backward(net._ptr))
+    data, count = ffi.new("float **"), ffi.new("size_t *")
+    check(lib.dn_net_input_delta(net._ptr, data, count))
+    out = {"input": np.frombuffer(ffi.buffer(data[0], count[0] * 4), np.float32).copy(),
+           "loss": float(lib.dn_net_loss(net._ptr))}
+    for layer in net.layers:
+        for j, (name, values) in enumerate(layer.params.items()):
+            grad = ffi.new("float **")
+            check(lib.dn_layer_param_state(net._ptr, layer.index, j, grad, ffi.NULL, ffi.NULL))
+            if grad[0] != ffi.NULL:
+                out[(layer.index, name)] = np.frombuffer(ffi.buffer(grad[0], values.size * 4), np.float32).copy()
+            out[(layer.index, name, "value")] = values.copy()  # rolling statistics move in training
+    return out
+
+
+@pytest.mark.parametrize("body,c,h,w", CASES, ids=IDS)
+def test_gradients_match_cpu(write_cfg, body, c, h, w):
+    cpu, gpu = _pair(write_cfg, body, c, h, w)
+    x = random_input((2, c, h, w), 1) * 2 - 1
+    R = np.random.default_rng(2).standard_normal(2 * int(np.prod(cpu.layers[-1].shape))).astype(np.float32)
+    want, got = _grads(cpu, x, R), _grads(gpu, x, R)
+    assert want.keys() == got.keys()
+    for k in want:
+        if k != "loss":
+            close(got[k], want[k], 1e-3)
+
+
+@pytest.mark.parametrize("head,c", [(YOLO, 14), ("[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", 16),
+                                    ("[cost]\ntype=sse\n", 14)])
+def test_loss_heads_match_cpu(write_cfg, head, c):
+    body = f"[convolutional]\nfilters={c}\nsize=3\npad=1\nactivation=linear\n" + head
+    cpu, gpu = _pair(write_cfg, body, 3, 8, 8)
+    x = random_input((2, 3, 8, 8), 1)
+    if head.startswith("[cost]"):
+        truth = random_input((2, c * 8 * 8), 3).reshape(-1)
+    else:
+        truth = np.zeros((2, 4, 5), np.float32)
+        truth[:, 0] = [0.4, 0.5, 0.3, 0.4, 1]
+        truth[:, 1] = [0.7, 0.3, 0.2, 0.2, 0]
+        truth = truth.reshape(-1)
+    want, got = _grads(cpu, x, None, truth), _grads(gpu, x, None, truth)
+    assert abs(got["loss"] - want["loss"]) <= 1e-4 * abs(want["loss"])
+    for k in want:
+        if k != "loss":
+            close(got[k], want[k], 1e-3)
+
+
+@pytest.mark.parametrize("extra", ["", "adam=1\nB1=0.9\nB2=0.999\neps=0.000001"])
+def test_training_iterations_match_cpu(write_cfg, extra):
+    """Two iterations of batch 8 in mini-batches of 4: accumulation, batch-norm
+    statistics, the yolo loss and the optimizer (SGD with momentum and decay, or Adam)."""
+    nets = []
+    for name in ("cpu.cfg", "gpu.cfg"):
+        net = pydarknet.load(write_cfg(YOLO_NET.format(sub=2, extra=extra), name))
+        randomize(net, 3)
+        nets.append(net)
+    nets[1].set_device(_gpu())
+    x, t = shapes_batch(8, 32, seed=4)
+    losses = [[net.train_batch(x, t) for _ in range(2)] for net in nets]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    for a, b in zip(nets[0].layers, nets[1].layers):
+        pa, pb = a.params, b.params
+        for k in pa:
+            close(pb[k], pa[k], 1e-3)
+    assert nets[1].iteration == nets[0].iteration == 2
+
+
+def test_device_name_and_move_back(write_cfg):
+    gpu = _gpu()
+    net = pydarknet.load(write_cfg(NET.format(c=3, h=8, w=8) + ONE.format(f=4)), gpu=gpu)
+    assert net.gpu == gpu and net.device_name == f"GPU {gpu} ({cuda_devices()[gpu]})"
+    x = random_input((1, 3, 8, 8))
+    net.forward(x)
+    on_gpu = net.layers[0].output
+    net.set_device(None)
+    net.forward(x)
+    close(net.layers[0].output, on_gpu, 1e-5)
