@@ -8,6 +8,7 @@
 from ._native import DarknetError, blas_available, version
 from .cfg import CfgError, CfgWarning, parse_cfg
 from .detection import Detection, draw_detections
+from .modelfile import ModelFileError, load_model, write_model
 from .network import Layer, Network, load
 from .video import VideoError, VideoSource, video_frames
 from .weights import WeightsError, WeightsHeader
@@ -18,4 +19,5 @@ __all__ = [
     "load", "Network", "Layer", "Detection", "draw_detections", "video_frames", "VideoSource", "VideoError",
     "parse_cfg", "CfgError", "CfgWarning",
     "DarknetError", "WeightsError", "WeightsHeader", "blas_available", "version",
+    "load_model", "write_model", "ModelFileError",
 ]

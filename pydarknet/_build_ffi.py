@@ -19,12 +19,20 @@ the extension, with the CUDA runtime (static, from the toolkit) and cuBLAS
 (from the PyPI wheel nvidia-cublas, or the toolkit). Target architectures:
 PYDARKNET_CUDA_ARCH, a comma-separated list of compute capabilities, default
 80,90 (machine code for each, and PTX for the last so newer GPUs can run it).
+
+The same sources and flags also make the C library for C programs:
+setup.py builds it beside the extension from the extension's settings, and
+the top-level Makefile reads them from ``python3 pydarknet/_build_ffi.py
+--print-make``.
 """
+import contextlib
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -203,5 +211,39 @@ def build_ffi():
 
 ffibuilder = build_ffi()
 
+
+def library_extension():
+    """The extension's sources and compiler/linker settings as cffi hands
+    them to setuptools, for building the same code as a plain C library."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        return ffibuilder.distutils_extension(tmp, verbose=False)
+
+
+def make_variables():
+    """Makefile assignments for the C library (``--print-make``): the sources
+    and flags of the extension (the generated cffi glue left out), objects
+    it links (the CUDA build's), the directories the linked libraries live
+    in (also as run-time paths, with the absolute ones the extension names),
+    and the library version from the header."""
+    ext = library_extension()
+    sources = [s for s in ext.sources if not os.path.isabs(s)]
+    macros = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
+    dirs = ext.library_dirs
+    version = ".".join(re.search(rf"#define DN_VERSION_{part} (\d+)", HEADER.read_text()).group(1)
+                       for part in ("MAJOR", "MINOR"))
+    return {
+        "DN_VERSION": version,
+        "DN_SOURCES": " ".join(sources),
+        "DN_CFLAGS": " ".join(ext.extra_compile_args + macros + [f"-I{d}" for d in ext.include_dirs]),
+        "DN_OBJECTS": " ".join(ext.extra_objects or []),
+        "DN_LDFLAGS": " ".join([f"-L{d}" for d in dirs] + [f"-Wl,-rpath,{d}" for d in dirs]
+                               + [a for a in ext.extra_link_args if "$ORIGIN" not in a]),
+        "DN_LDLIBS": " ".join(f"-l{name}" for name in ext.libraries),
+    }
+
+
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    if sys.argv[1:] == ["--print-make"]:
+        print("\n".join(f"{k} = {v}" for k, v in make_variables().items()))
+    else:
+        ffibuilder.compile(verbose=True)

@@ -14,6 +14,8 @@
     pydarknet detect <cfg> <weights> [image|list.txt|folder] [-thresh .24] [-names file] [-ext_output]
                      [-dont_show] [-letter_box] [-i 0]
     pydarknet classifier train|predict|valid <data> <cfg> [weights] ...   (pydarknet.classifier)
+    pydarknet export <cfg> <weights> [-o model.pdn] [-names file]
+    pydarknet --cflags --libs [--static]
     pydarknet --version
 
 Flags take darknet's single-dash spelling (``-thresh``) or the double-dash
@@ -178,7 +180,9 @@ def _version_text():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="A Darknet-compatible deep-learning framework.")
+    parser = _Parser(prog=PROG, description="A Darknet-compatible deep-learning framework.",
+                     epilog="pydarknet --cflags --libs [--static]: the flags that build a C program against "
+                            "the installed C library")
     parser.add_argument("--version", action="version", version=_version_text())
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
@@ -345,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .classifier import add_classifier_parser
 
     add_classifier_parser(commands)
+
+    from .export import add_parser as add_export
+
+    add_export(commands)
     return parser
 
 
@@ -778,6 +786,10 @@ def _cmd_detector_map(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line `argv` (default sys.argv[1:]); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--cflags", "--libs"):  # compiler flags for C programs (pydarknet.embed)
+        from .embed import main as print_flags
+
+        return print_flags(argv)
     try:
         try:
             args = build_parser().parse_args(argv)

@@ -80,32 +80,49 @@ _LAYER_SETTERS = (lib.dn_net_set_ints, lib.dn_net_set_floats, lib.dn_net_set_str
 _TRAIN_SETTERS = (lib.dn_net_set_train_ints, lib.dn_net_set_train_floats, lib.dn_net_set_train_string)
 
 
+def option_kind(value):
+    """(kind, value) of a resolved option as the C builder takes it: kind
+    'int', 'float', 'str', 'ints' or 'floats' (model files store the same)."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        return "int", value
+    if isinstance(value, float):
+        return "float", value
+    if isinstance(value, str):
+        return "str", value
+    values = list(value)
+    if all(isinstance(v, int) for v in values):
+        return "ints", [int(v) for v in values]
+    return "floats", [float(v) for v in values]
+
+
 def _set_attr(ptr, key, value, setters=_LAYER_SETTERS):
     """Hands one resolved option to the C builder (a layer's, or with
     _TRAIN_SETTERS the network's training options)."""
     set_ints, set_floats, set_string = setters
     k = key.encode()
-    if isinstance(value, bool):
-        value = int(value)
-    if isinstance(value, int):
+    kind, value = option_kind(value)
+    if kind == "int":
         return set_ints(ptr, k, ffi.new("int[1]", [value]), 1)
-    if isinstance(value, float):
+    if kind == "float":
         return set_floats(ptr, k, ffi.new("float[1]", [value]), 1)
-    if isinstance(value, str):
+    if kind == "str":
         return set_string(ptr, k, value.encode())
-    values = list(value)
-    if all(isinstance(v, int) for v in values):
-        return set_ints(ptr, k, ffi.new("int[]", values or [0]), len(values))
-    return set_floats(ptr, k, ffi.new("float[]", [float(v) for v in values]), len(values))
+    if kind == "ints":
+        return set_ints(ptr, k, ffi.new("int[]", value or [0]), len(value))
+    return set_floats(ptr, k, ffi.new("float[]", value), len(value))
 
 
 class Network:
     """A network built from a parsed cfg. Use :func:`load` to make one."""
 
     def __init__(self, spec: NetSpec, batch: Optional[int] = None, threads: Optional[int] = None, names=None,
-                 seed: int = 0):
+                 seed: int = 0, handle=None):
         """`batch`: the full training batch (default: the cfg's); the network
-        runs mini-batches of batch / subdivisions images, as darknet does."""
+        runs mini-batches of batch / subdivisions images, as darknet does.
+        `handle`: a finalized C network already built from `spec` with its
+        parameters and [net] options set (a model file's), taken over."""
         self.spec = spec
         subdivisions = max(1, int(spec.options.get("subdivisions", 1) or 1))
         self.full_batch = int(batch if batch is not None else max(1, spec.batch))
@@ -116,6 +133,20 @@ class Network:
         self._training = False
         self.names = list(names) if names is not None else None
         self.weights_header = None
+        if handle is not None:
+            self._ptr = ffi.gc(handle, lib.dn_net_free)
+            lib.dn_net_set_log(self._ptr, lib._pydarknet_log, ffi.NULL)
+        else:
+            self._build(spec, seed)
+        self.set_threads(threads or default_threads())
+        if os.environ.get("PYDARKNET_GEMM", "").lower() == "portable":
+            check(lib.dn_net_set_blas(self._ptr, 0))
+        self.layers: List[Layer] = [Layer(self, i, s) for i, s in enumerate(spec.layers)]
+        self._outputs = self._output_indices()
+        self._det_cap = 0
+        self._det_buf = None
+
+    def _build(self, spec: NetSpec, seed: int):
         c, h, w = spec.channels, spec.height, spec.width
         out = ffi.new("dn_net **")
         # activations for one image until a call needs more (training sizes it to the mini-batch)
@@ -129,13 +160,6 @@ class Network:
         check(lib.dn_net_init_params(self._ptr, seed))
         for key, value in spec.options.items():
             check(_set_attr(self._ptr, key, value, _TRAIN_SETTERS), f"{spec.path}: [net] {key}")
-        self.set_threads(threads or default_threads())
-        if os.environ.get("PYDARKNET_GEMM", "").lower() == "portable":
-            check(lib.dn_net_set_blas(self._ptr, 0))
-        self.layers: List[Layer] = [Layer(self, i, s) for i, s in enumerate(spec.layers)]
-        self._outputs = self._output_indices()
-        self._det_cap = 0
-        self._det_buf = None
 
     def _add(self, layer: LayerSpec):
         ptr = self._ptr

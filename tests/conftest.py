@@ -61,3 +61,25 @@ def write_cfg(tmp_path):
 
 def random_input(shape, seed=0):
     return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def small_detector(folder, size=160, seed=1):
+    """The bundled yolov4-tiny cfg at size x size with seeded random weights,
+    its two head convolutions scaled down so boxes stay near their anchors and
+    confidences spread around 0.3; returns (network, cfg path, weights path)."""
+    import pydarknet
+
+    text = (ROOT / "cfg" / "yolov4-tiny.cfg").read_text()
+    text = "\n".join(f"width={size}" if l.startswith("width=") else f"height={size}" if l.startswith("height=")
+                     else l for l in text.splitlines())
+    cfg = Path(folder) / f"yolov4-tiny-{size}.cfg"
+    cfg.write_text(text + "\n")
+    net = pydarknet.load(cfg, names=ROOT / "data" / "coco.names")
+    randomize(net, seed)
+    for layer in net.layers[:-1]:
+        if net.layers[layer.index + 1].type == "yolo":
+            for name in ("weights", "biases"):
+                layer.params[name][:] *= 0.1
+    weights = Path(folder) / f"yolov4-tiny-{size}.weights"
+    net.save_weights(weights)
+    return net, cfg, weights

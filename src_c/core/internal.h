@@ -202,6 +202,8 @@ struct dn_net {
     dn_log_fn log_fn;
     void *log_user;
     struct dn_cuda *cuda;        /* the CUDA device context (core/cuda.cu); NULL: the network runs on the CPU */
+    char **names;                /* class names from a model file (core/model.c) */
+    int nnames;
 };
 
 /* ---- errors and logs (core/error.c) ---- */
@@ -220,6 +222,9 @@ void dn_log(const dn_net *net, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+
+/* ---- model files (core/model.c) ---- */
+void dn_net_free_names(dn_net *net);
 
 /* (Re)allocates activations, deltas (when training) and the workspace. */
 dn_status dn_net_allocate(dn_net *net);

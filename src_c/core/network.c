@@ -86,6 +86,7 @@ void dn_net_free(dn_net *net)
     free(net->candidates.items);
     free(net->input_delta);
     dn_attrs_free(&net->train_opts);
+    dn_net_free_names(net);
     free(net);
 }
 

@@ -1,12 +1,41 @@
 /*
  * pydarknet.h - the public C interface of the pydarknet core.
  *
- * A network is an opaque handle built layer by layer from fully resolved
- * options (the Python cfg parser, or a model file reader, resolves darknet's
- * defaults; the builder here checks the values, infers every layer's shape and
- * allocates). Every function that can fail returns a dn_status; the message
- * of the last failure on the calling thread is dn_last_error(). The library
- * never prints, exits or aborts; log lines go to a callback set per network.
+ * A network is an opaque handle (dn_net) built layer by layer from fully
+ * resolved options, or loaded whole from a model file that `pydarknet export
+ * <cfg> <weights> -o model.pdn` wrote (the Python cfg parser resolves
+ * darknet's defaults once; the builder here checks the values, infers every
+ * layer's shape and allocates). Every function that can fail returns a
+ * dn_status; the message of the last failure on the calling thread is
+ * dn_last_error(). The library never prints, exits or aborts; log lines go to
+ * a callback set per network (dn_net_set_log). No CUDA or BLAS types appear
+ * here. Link with the shared or static library (`make lib`, or `python -m
+ * pydarknet --cflags --libs` after `pip install`; see README).
+ *
+ * Detecting objects in a C program:
+ *     dn_net *net = NULL;
+ *     const dn_detection *dets;
+ *     int n;
+ *     if (dn_net_load("yolov4-tiny.pdn", &net) != DN_OK) { fprintf(stderr, "%s\n", dn_last_error()); return 1; }
+ *     dn_net_set_threads(net, 4);
+ *     if (dn_net_detect(net, pixels, size, width, height, 3, 0, 1, -1, .25f, .45f, &dets, &n) == DN_OK)
+ *         for (int i = 0; i < n; ++i)
+ *             printf("%d %.3f %.1f %.1f %.1f %.1f\n", dets[i].class_id, dets[i].confidence,
+ *                    dets[i].x, dets[i].y, dets[i].w, dets[i].h);
+ *     dn_net_free(net);
+ * (pixels: `size` bytes of 8-bit B,G,R rows; examples/detect.c is a complete program.)
+ *
+ * Building a network by hand:
+ *     dn_net_create(1, 3, 416, 416, &net);
+ *     dn_net_add_layer(net, "convolutional");
+ *     int filters = 16; dn_net_set_ints(net, "filters", &filters, 1);
+ *     ...                              (every option the layer reads)
+ *     dn_net_end_layer(net);           (validates, infers the output shape)
+ *     ...                              (more layers)
+ *     dn_net_finalize(net);            (allocates activations and workspace)
+ *     dn_net_forward(net, input, n);   (input: batch*c*h*w floats)
+ *     dn_layer_output(net, i, &data, &count);
+ *     dn_net_free(net);
  *
  * Tensor layout: NCHW float32, batch-major, as darknet stores it.
  * Gradient convention: a layer's delta holds the true derivative
@@ -14,21 +43,10 @@
  * gradients are dLoss/d(param) summed over the images since the last update;
  * the optimizer subtracts. The loss of a batch is the sum over its images.
  *
- * Usage:
- *     dn_net *net;
- *     if (dn_net_create(1, 3, 416, 416, &net) != DN_OK) puts(dn_last_error());
- *     dn_net_add_layer(net, "convolutional");
- *     int filters = 16; dn_net_set_ints(net, "filters", &filters, 1);
- *     ...                              (every option the layer reads)
- *     dn_net_end_layer(net);           (validates, infers the output shape)
- *     ...                              (more layers)
- *     dn_net_finalize(net);            (allocates activations and workspace)
- *     dn_net_forward(net, input);      (input: batch*c*h*w floats)
- *     dn_layer_output(net, i, &data, &count);
- *     dn_net_free(net);
- *
  * Everything between the DN_CDEF markers is plain C declarations, fed as is to
  * cffi's cdef by the Python build, so the compiler checks both sides agree.
+ * Functions declared there are the library's exported symbols (the shared
+ * library hides everything else).
  */
 #ifndef PYDARKNET_H
 #define PYDARKNET_H
@@ -43,6 +61,9 @@ extern "C" {
 #define DN_VERSION_MAJOR 0
 #define DN_VERSION_MINOR 1
 
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
 /* DN_CDEF_BEGIN */
 typedef enum dn_status {
     DN_OK = 0,
@@ -215,7 +236,38 @@ dn_status dn_net_forward_input(dn_net *net);
  * found (which may exceed capacity) to *found. */
 dn_status dn_net_detections(dn_net *net, int batch_index, int img_w, int img_h, float thresh, float nms,
                             int letterbox, dn_detection *out, int capacity, int *found);
+/* Model files (written by `pydarknet export`; format in src_c/core/model.c):
+ * the resolved layers, the [net] options, class names and every parameter
+ * tensor. The network is rebuilt through the builder above, finalized for
+ * batch 1 at the stored input size, and ready to run (one thread; see
+ * dn_net_set_threads). A file that is malformed, truncated, corrupt or made
+ * for another build fails with DN_ERR_FORMAT (DN_ERR_IO when it cannot be
+ * read), the message naming the file and byte offset, and *out stays NULL.
+ * dn_net_load_memory reads the same bytes from memory (the caller keeps them). */
+dn_status dn_net_load(const char *path, dn_net **out);
+dn_status dn_net_load_memory(const void *data, size_t size, dn_net **out);
+/* Class names stored in the model file: how many (0 for none, or a network
+ * not loaded from a file), and the name of one class. */
+int dn_net_num_names(const dn_net *net);
+dn_status dn_net_name(const dn_net *net, int class_id, const char **name);
+
+/* Pixels in, detections out, in one call: an image of width x height 8-bit
+ * pixels with 1 or 3 interleaved channels (bgr=1: B,G,R order as OpenCV
+ * keeps it, 0: R,G,B), rows `stride` bytes apart (0: width*channels), `size`
+ * bytes in all, is resized into the network input (letterbox < 0: as the
+ * model's [net] letter_box says; 0: stretched; 1: letterboxed), the network
+ * runs, and its [yolo]/[region] heads are decoded as dn_net_detections does
+ * (confidence above `thresh`, per-class NMS at IoU `nms`, boxes in image
+ * pixels, sorted by confidence). *dets points to the *count detections; the
+ * network owns them until its next dn_net_detect, dn_net_detections or
+ * dn_net_free. */
+dn_status dn_net_detect(dn_net *net, const uint8_t *pixels, size_t size, int width, int height, int channels,
+                        int stride, int bgr, int letterbox, float thresh, float nms, const dn_detection **dets,
+                        int *count);
 /* DN_CDEF_END */
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }
