@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+import pydarknet
 from pydarknet import write_model
 
 from conftest import ROOT, randomize, small_detector
@@ -42,7 +43,10 @@ def case(tmp_path_factory):
 
 
 def pydarknet_flags(*flags):
-    r = subprocess.run([sys.executable, "-m", "pydarknet", *flags], capture_output=True, text=True)
+    # run from beside the package the tests import (the installed one in CI,
+    # not the source folder that the current directory would put first)
+    beside = os.path.dirname(os.path.dirname(os.path.abspath(pydarknet.__file__)))
+    r = subprocess.run([sys.executable, "-m", "pydarknet", *flags], capture_output=True, text=True, cwd=beside)
     assert r.returncode == 0, r.stderr
     return r.stdout.split()
 
