@@ -12,6 +12,8 @@ import math
 import os
 from typing import Iterable, Mapping, Optional
 
+from .fileio import replacing
+
 __all__ = ["draw_chart", "chart_available"]
 
 
@@ -92,13 +94,6 @@ def draw_chart(path, records: Iterable[Mapping], max_batches: Optional[int] = No
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
 
-    folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}.png")
-    try:
+    with replacing(path, mode=None, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

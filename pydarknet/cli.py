@@ -740,19 +740,13 @@ def _cmd_detector_train(args) -> int:
 
 def _cmd_detector_map(args) -> int:
     from .cfg import parse_cfg
-    from .datafiles import load_data_file
+    from .detect_cli import valid_list
     from .evaluate import compute_map, map_report
     from .train import DETECTION_LAYERS, warnings_as_notes
 
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector map")
     names, names_path = _names_from_data(data_path)
-    valid = load_data_file(data_path).valid
-    try:
-        with open(valid, "rb"):
-            pass
-    except OSError as e:
-        raise CliError(f"{valid}: cannot read the validation image list (valid= in {data_path}, or train= when "
-                       f"there is no valid=): {e.strerror or e}") from None
+    valid = valid_list(data_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # _load_network reports the cfg's warnings
         spec = parse_cfg(cfg_path)

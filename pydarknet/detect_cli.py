@@ -39,6 +39,7 @@ from .cli import (DETECTOR_NMS, EXIT_FAILURE, EXIT_OK, JPEG_QUALITY, CliError, _
                   _load_network, _names_from_data, _net_classes, _note, _read_image, format_detections,
                   order_data_cfg, visible)
 from .detection import Detection, draw_detections
+from .fileio import replacing, temporary_path
 
 VALID_THRESH = 0.001     # darknet's validate_detector: every box above .001 ...
 VALID_NMS = 0.6          # ... after NMS at .6
@@ -60,20 +61,11 @@ COCO_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 2
 def write_atomic(path, data):
     """Writes text or bytes to `path` through a temporary file renamed into place."""
     path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    mode = "wb" if isinstance(data, bytes) else "w"
     try:
-        with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": "\n"})) as f:
+        with replacing(path, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
-        os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise CliError(f"{path}: cannot write: {e.strerror or e}") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def list_paths(list_path) -> List[str]:
@@ -230,7 +222,8 @@ def label_lines(detections: Sequence[Detection], width, height) -> List[str]:
 
 # ----------------------------------------------------------------------------- running over a list
 
-def _valid_list(data_path, command):
+def valid_list(data_path):
+    """The valid= list of a .data file (train= when there is none), checked readable."""
     from .datafiles import load_data_file
 
     valid = load_data_file(data_path).valid
@@ -330,7 +323,7 @@ def detector_valid(args) -> int:
         raise CliError(f"{data_path}: eval = {kind} is not supported (voc or coco)")
     if df.get("map") is not None:
         raise CliError(f"{data_path}: map = {df.get('map')} (class remapping) is not supported")
-    valid = _valid_list(data_path, "detector valid")
+    valid = valid_list(data_path)
     folder = df.path_of("results", "results")
     _, _, net, names = _load_detector(args, "detector valid")
     classes = _net_classes(net)
@@ -425,7 +418,7 @@ def detector_recall(args) -> int:
     from .evaluate import box_iou
 
     data_path, _ = order_data_cfg(args.data, args.cfg, "detector recall")
-    valid = _valid_list(data_path, "detector recall")
+    valid = valid_list(data_path)
     _, _, net, _ = _load_detector(args, "detector recall")
     paths = list_paths(valid)
     total = correct = proposal_count = done = 0
@@ -454,7 +447,7 @@ class _JsonFrames:
 
     def __init__(self, path):
         self.path = path
-        self.tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp.{os.getpid()}")
+        self.tmp = temporary_path(path)
         try:
             self.f = open(self.tmp, "w", encoding="utf-8", newline="\n")
         except OSError as e:

@@ -40,6 +40,7 @@ from typing import List, Optional
 import numpy as np
 
 from ._native import check, ffi, lib
+from .fileio import replacing
 from .cfg import LayerSpec, NetSpec
 from .network import Network, option_kind
 
@@ -114,18 +115,11 @@ def write_model(net: Network, path, names: Optional[List[str]] = None):
     meta = _metadata(net, names)
     tensors = [arr for layer in net.layers for arr in layer.params.values()]
     data_size = sum(arr.size * 4 for arr in tensors)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, VERSION, len(meta), data_size, zlib.crc32(meta), 0))
-            f.write(meta)
-            for arr in tensors:
-                f.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as f:
+        f.write(HEADER.pack(MAGIC, VERSION, len(meta), data_size, zlib.crc32(meta), 0))
+        f.write(meta)
+        for arr in tensors:
+            f.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
 
 
 # ----------------------------------------------------------------------------- reading

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ._native import check, ffi, lib
+from .fileio import replacing
 
 FORMAT = 1
 
@@ -34,15 +35,8 @@ def save_state(net, path):
     net.enable_training()
     arrays = {k: v.copy() for k, v in _buffers(net).items()}
     meta = np.array([FORMAT, net.iteration, net.seen, lib.dn_net_rng_state(net._ptr)], dtype=np.uint64)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, __meta__=meta, __layers__=np.array(len(net.layers)), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as f:
+        np.savez(f, __meta__=meta, __layers__=np.array(len(net.layers)), **arrays)
 
 
 def load_state(net, path):

@@ -62,6 +62,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .datafiles import load_data_file, read_names
+from .fileio import replacing
 from .evaluate import MapRun, compute_map, detection_classes as _net_classes, map_report, tqdm_class as _tqdm
 
 __all__ = [
@@ -228,11 +229,9 @@ class _TrainLog:
                             self.records.append(rec)
             except OSError:
                 self.records = []
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with replacing(path, "w") as f:
             for rec in self.records:
                 f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, path)
 
     def append(self, rec):
         self.records.append(rec)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .fileio import replacing
+
 
 class WeightsError(ValueError):
     """A weights file that does not fit the network (names the file, layer, byte offset)."""
@@ -125,17 +127,10 @@ def save_weights(net, path, header=None, max_layers=None):
     current format (0.2.5, 64-bit seen)."""
     path = os.fspath(path)
     header = header or getattr(net, "weights_header", None) or WeightsHeader()
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.pack())
-            for layer, name, arr in _tensors(net, max_layers):
-                if name == "weights" and layer.type == "connected" and header.transposed:
-                    n_out = len(layer.params["biases"])
-                    arr = np.ascontiguousarray(arr.reshape(n_out, -1).T)
-                f.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as f:
+        f.write(header.pack())
+        for layer, name, arr in _tensors(net, max_layers):
+            if name == "weights" and layer.type == "connected" and header.transposed:
+                n_out = len(layer.params["biases"])
+                arr = np.ascontiguousarray(arr.reshape(n_out, -1).T)
+            f.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
