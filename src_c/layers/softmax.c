@@ -17,6 +17,8 @@
  * passes a following layer's delta through unchanged, without the Jacobian;
  * here the gradient is the exact one of the total loss. */
 #include "internal.h"
+#include "cuda.h"
+#include "../ops/layer_math.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -113,10 +115,7 @@ static dn_status softmax_backward(dn_layer *l, dn_net *net)
     if (!d) return DN_OK;
     const size_t total = (size_t)l->batch * l->inputs, n = l->inputs / (size_t)s->groups;
     for (size_t g0 = 0; g0 < total; g0 += n) {
-        const float *p = l->output + g0, *g = l->delta + g0;
-        double dot = 0;
-        for (size_t j = 0; j < n; ++j) dot += (double)g[j] * p[j];
-        for (size_t j = 0; j < n; ++j) d[g0 + j] += (float)(p[j] * (g[j] - dot) / s->temperature);
+        dn_softmax_group_backward(l->output + g0, l->delta + g0, (int)n, s->temperature, 1, d + g0);
         if (s->has_loss)
             for (size_t j = 0; j < n; ++j) d[g0 + j] += s->xent[g0 + j];
     }
