@@ -358,10 +358,18 @@ static dn_status region_forward(dn_layer *l, dn_net *net)
             if (s->softmax)
                 for (size_t i = 0; i < hw; ++i) dn_softmax(obj + hw + i, s->classes, 1.f, (int)hw, obj + hw + i);
         }
+    return dn_region_train_loss(l, net);
+}
+
+dn_status dn_region_train_loss(dn_layer *l, dn_net *net)
+{
+    region_state *s = l->priv;
     if (!net->train) return DN_OK;
     s->has_loss = net->truth != NULL;
     return s->has_loss ? region_loss(l, net) : DN_OK;
 }
+
+int dn_region_has_loss(const dn_layer *l) { return ((const region_state *)l->priv)->has_loss; }
 
 static dn_status region_backward(dn_layer *l, dn_net *net)
 {
@@ -434,4 +442,5 @@ const dn_layer_ops dn_region_ops = {
     .backward = region_backward,
     .destroy = region_destroy,
     .detections = region_detections,
+    DN_GPU_OPS(dn_region_forward_gpu, dn_region_backward_gpu),
 };

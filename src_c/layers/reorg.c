@@ -85,4 +85,5 @@ const dn_layer_ops dn_reorg_ops = {
     .setup = reorg_setup,
     .forward = reorg_forward,
     .backward = reorg_backward,
+    DN_GPU_OPS(dn_reorg_forward_gpu, dn_reorg_backward_gpu),
 };

@@ -150,8 +150,8 @@ static void sum_range(void *ctx, size_t b, size_t e)
 
 static int plain_sum(const dn_layer *l, const dn_net *net, const shortcut_state *s)
 {
-    if (s->weights_type != W_NONE || s->activation == DN_ACT_NORM_CHAN || s->activation == DN_ACT_NORM_CHADN_WNORM_SOFTMAX ||
-        s->activation == DN_ACT_NORM_CHADN_WNORM_SOFTMAX_MAXVAL)
+    if (s->weights_type != W_NONE || s->activation == DN_ACT_NORM_CHAN || s->activation == DN_ACT_NORM_CHAN_SOFTMAX ||
+        s->activation == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL)
         return 0;
     for (int i = 0; i < s->nsrc; ++i)
         if (!same_size(l, net->layers[s->src[i]])) return 0;

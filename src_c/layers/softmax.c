@@ -103,9 +103,21 @@ static dn_status softmax_forward(dn_layer *l, dn_net *net)
             size_t off = (size_t)b * l->inputs + (size_t)g * n;
             dn_softmax(in + off, n, s->temperature, 1, l->output + off);
         }
+    return dn_softmax_train_loss(l, net);
+}
+
+dn_status dn_softmax_train_loss(dn_layer *l, dn_net *net)
+{
+    softmax_state *s = l->priv;
     if (!net->train) return DN_OK;
     s->has_loss = net->truth && !s->noloss;
     return s->has_loss ? softmax_loss(l, net) : DN_OK;
+}
+
+const float *dn_softmax_xent(const dn_layer *l)
+{
+    const softmax_state *s = l->priv;
+    return s->has_loss ? s->xent : NULL;
 }
 
 static dn_status softmax_backward(dn_layer *l, dn_net *net)
@@ -136,4 +148,5 @@ const dn_layer_ops dn_softmax_ops = {
     .forward = softmax_forward,
     .backward = softmax_backward,
     .destroy = softmax_destroy,
+    DN_GPU_OPS(dn_softmax_forward_gpu, dn_softmax_backward_gpu),
 };
