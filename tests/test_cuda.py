@@ -57,7 +57,9 @@ def test_every_gpu_layer_has_its_cuda_file():
             assert c_file.with_suffix(".cu").exists(), c_file
 
 
-@pytest.mark.parametrize("name", ["core/network.c", "core/train.c", "core/device.c", "layers/convolutional.c"])
+@pytest.mark.parametrize("name", ["core/network.c", "core/train.c", "core/device.c"] +
+                         sorted(os.path.relpath(c, _build_ffi.SRC) for c in (_build_ffi.SRC / "layers").glob("*.c")
+                                if "DN_GPU_OPS(" in c.read_text()))
 def test_c_side_compiles_for_cuda(tmp_path, name):
     """The C files that dispatch to the device compile with DN_CUDA too (no CUDA headers needed)."""
     cc = shutil.which("gcc") or shutil.which("cc")
@@ -145,13 +147,24 @@ CASES = (
        (ONE.format(f=4) * 3 + "[shortcut]\nfrom=-2,-3\nactivation=leaky\n", 3, 4, 5),
        (ONE.format(f=4) * 3 + "[shortcut]\nfrom=-2\nactivation=swish\n", 3, 4, 5),
        (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_channel\nweights_normalization=softmax\n", 3, 3, 3),
+       (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_feature\nweights_normalization=none\n", 3, 3, 3),
+       (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_feature\nweights_normalization=relu\n", 3, 3, 3),
+       (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_channel\nweights_normalization=none\n"
+        "activation=leaky\n", 3, 3, 3),
        (ONE.format(f=4) + "[convolutional]\nfilters=6\nsize=1\nstride=2\nactivation=linear\n[shortcut]\nfrom=-2\n", 3, 4, 4)]
     + [(f"[upsample]\nstride={s}\nscale={k}\n", 2, 4, 6) for s, k in [(2, 1.0), (3, 0.5), (-2, 1.0)]]
-    + [("[reorg]\nstride=2\n", 3, 4, 6), ("[softmax]\ngroups=4\ntemperature=0.5\nnoloss=1\n", 8, 1, 1),
+    + [("[reorg]\nstride=2\n", 3, 4, 6), ("[reorg]\nstride=2\nreverse=1\n", 16, 2, 2),
+       ("[softmax]\ngroups=1\n", 5, 1, 1),
+       ("[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", 16, 3, 4),
+       (YOLO, 14, 3, 4), (YOLO.replace("classes=2", "classes=2\nnew_coords=1\nscale_x_y=1.1"), 14, 3, 4),
+       (ONE.format(f=8) + "[maxpool]\nmaxpool_depth=1\nout_channels=3\n[connected]\noutput=5\nactivation=logistic\n"
+        "[dropout]\nprobability=.3\n", 3, 4, 4), ("[softmax]\ngroups=4\ntemperature=0.5\nnoloss=1\n", 8, 1, 1),
        (ONE.format(f=4) + "[avgpool]\n[scale_channels]\nfrom=-2\nactivation=logistic\n", 3, 4, 5),
        (ONE.format(f=4) + ONE.format(f=1) + "[scale_channels]\nfrom=-2\nscale_wh=1\n", 3, 4, 5),
        (ONE.format(f=4) * 2 + "[sam]\nfrom=-2\n", 3, 4, 5), ("[batchnorm]\n", 3, 4, 4),
-       ("[dropout]\nprobability=.5\n", 3, 4, 4), ("[empty]\n", 3, 4, 4)]
+       (ONE.format(f=4) * 2 + "[sam]\nfrom=-2\nactivation=swish\n", 3, 4, 5)]
+    + [(f"[activation]\nactivation={a}\n", 5, 3, 4) for a in ACTS]
+    + [("[dropout]\nprobability=.5\n", 3, 4, 4), ("[empty]\n", 3, 4, 4)]
 )
 IDS = [f"{i}-" + body.split("\n")[0].strip("[]") for i, (body, *_) in enumerate(CASES)]
 
@@ -225,12 +238,12 @@ def test_gradients_match_cpu(write_cfg, body, c, h, w):
 
 
 @pytest.mark.parametrize("head,c", [(YOLO, 14), ("[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", 16),
-                                    ("[cost]\ntype=sse\n", 14)])
+                                    ("[cost]\ntype=sse\n", 14), ("[softmax]\ngroups=4\ntemperature=0.5\n", 4)])
 def test_loss_heads_match_cpu(write_cfg, head, c):
     body = f"[convolutional]\nfilters={c}\nsize=3\npad=1\nactivation=linear\n" + head
     cpu, gpu = _pair(write_cfg, body, 3, 8, 8)
     x = random_input((2, 3, 8, 8), 1)
-    if head.startswith("[cost]"):
+    if head.startswith(("[cost]", "[softmax]")):
         truth = random_input((2, c * 8 * 8), 3).reshape(-1)
     else:
         truth = np.zeros((2, 4, 5), np.float32)

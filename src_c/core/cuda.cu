@@ -9,7 +9,18 @@
  * and copies happen in the order they are issued and a copy to the host
  * waits for the work before it. With PYDARKNET_CUDA_SYNC=1 in the
  * environment, every layer is followed by a device synchronization, so an
- * error in a kernel is reported by the layer that caused it. */
+ * error in a kernel is reported by the layer that caused it.
+ *
+ * Which layers run where (their ops tables' forward_gpu/backward_gpu):
+ *   on the device: convolutional, connected, batchnorm, activation, maxpool
+ *     (spatial and maxpool_depth), avgpool, local_avgpool, upsample, reorg
+ *     (both directions), route, shortcut (every case: weighted, sources of
+ *     another size), scale_channels, sam, dropout (the mask drawn on the host
+ *     from the network's generator and copied), softmax, yolo and region;
+ *   their loss on host copies: softmax, yolo and region compute their output
+ *     on the device, then copy their input and output to the host for the
+ *     loss (one implementation, the CPU's) and copy its gradient back;
+ *   wholly on host copies (dn_gpu_host_forward/backward): cost and empty. */
 #include "cuda.h"
 
 #include <cublas_v2.h>
@@ -71,6 +82,9 @@ static dn_status pull(float *host, const float *dev, size_t n)
     const cudaError_t e = cudaMemcpy(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost);
     return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying to the host");
 }
+
+dn_status dn_gpu_push(float *dev, const float *host, size_t n) { return push(dev, host, n); }
+dn_status dn_gpu_pull(float *host, const float *dev, size_t n) { return pull(host, dev, n); }
 
 static dn_status use_device(const dn_net *net)
 {
@@ -398,6 +412,12 @@ static dn_status pull_source_delta(dn_net *net, int i)
 static dn_status push_source_delta(dn_net *net, int i)
 {
     return push(device_delta(net, i), host_delta(net, i), delta_count(net, i));
+}
+
+dn_status dn_gpu_pull_sources(dn_net *net, dn_layer *l)
+{
+    dn_status s = for_sources(net, l, pull_source_output);
+    return s ? s : dn_gpu_pull_output(net, l);
 }
 
 dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l)

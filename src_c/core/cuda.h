@@ -12,9 +12,11 @@
  * A layer runs on the device through its ops table's forward_gpu and
  * backward_gpu (layer.cu beside layer.c); a layer without them (or a case its
  * .cu leaves to the host, dn_gpu_host_forward/backward) runs its CPU pass on
- * host copies of what it reads and writes. The loss heads ([yolo], [region],
- * [cost]) run that way on purpose: one implementation of the loss code,
- * which reads the head's output on the host, as darknet does for [yolo].
+ * host copies of what it reads and writes. The loss heads keep one
+ * implementation of their loss code, on the host, as darknet does for
+ * [yolo]: [yolo], [region] and [softmax] compute their output on the device
+ * and their loss on host copies (see the host parts below); [cost] runs
+ * wholly on the host.
  *
  * Device pointers are plain float pointers; no CUDA type appears here, so C
  * files include this header in either build. Without DN_CUDA the network-level
@@ -35,6 +37,20 @@ typedef struct dn_update_args {
     int adam;
     float rate, decay, batch, momentum, B1, B2, eps, b1t, b2t;
 } dn_update_args;
+
+/* ---- the host parts of device passes (layers/<type>.c, in either build) ----
+ * The loss heads keep one implementation of their loss, on the host: after
+ * the device forward, the .cu brings the head's input and output to the host
+ * and calls *_train_loss (a training pass: the loss into net->loss and, when
+ * the pass has truths, the head's gradient; *_has_loss tells backward). */
+dn_status dn_softmax_train_loss(dn_layer *l, dn_net *net);
+const float *dn_softmax_xent(const dn_layer *l);  /* the cross-entropy gradient of the last training pass, or NULL */
+dn_status dn_yolo_train_loss(dn_layer *l, dn_net *net);
+int dn_yolo_has_loss(const dn_layer *l);
+dn_status dn_region_train_loss(dn_layer *l, dn_net *net);
+int dn_region_has_loss(const dn_layer *l);
+/* Draws a training pass's dropout mask from the network's generator (the CPU pass's stream and order). */
+dn_status dn_dropout_mask(dn_layer *l, dn_net *net, const float **mask);
 
 #ifdef DN_CUDA
 
@@ -89,6 +105,13 @@ dn_status dn_gpu_workspace(dn_net *net, size_t n, float **out);
 /* The CPU pass of layer l on host copies (for cases a .cu leaves to the host). */
 dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l);
 dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l);
+/* Copies of n floats between a host and a device buffer (nothing for NULL or n = 0). */
+dn_status dn_gpu_push(float *dev, const float *host, size_t n);
+dn_status dn_gpu_pull(float *host, const float *dev, size_t n);
+/* Host copies brought up to date of the outputs layer l reads (the previous
+ * layer's and those its `layers`/`from` name) and of its own output, for a
+ * part of its pass that runs on the host (a loss). */
+dn_status dn_gpu_pull_sources(dn_net *net, dn_layer *l);
 /* The status of the kernels launched so far (DN_ERR_STATE naming the layer and `what` on failure). */
 dn_status dn_gpu_check(const dn_layer *l, const char *what);
 /* C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, device pointers (cuBLAS). */
@@ -115,6 +138,16 @@ void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spati
                                     float *x_norm, float *rolling_mean, float *rolling_variance);
 void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
                                float *scale_grad, int batch, int channels, int spatial);
+void dn_gpu_mul(float *y, const float *a, const float *b, size_t n);     /* y = a * b */
+void dn_gpu_mul_add(float *y, const float *a, const float *b, size_t n); /* y += a * b */
+/* The softmax with temperature of `groups` groups of n values `stride` apart;
+ * group g starts at (g / inner) * outer + g % inner (ops/layer_math.h's
+ * dn_softmax_group per thread). The backward adds the Jacobian applied to g
+ * into d (dn_softmax_group_backward), p the softmax output. */
+void dn_gpu_softmax(const float *in, float *out, size_t groups, int n, size_t stride, int inner, size_t outer,
+                    float temp);
+void dn_gpu_softmax_backward(const float *p, const float *g, float *d, size_t groups, int n, size_t stride, int inner,
+                             size_t outer, float temp);
 void dn_gpu_update_kernel(float *w, float *g, float *m, float *v, size_t n, const dn_update_args *a);
 
 /* ---- the layers with device passes (layers/<type>.cu) ---- */
@@ -126,6 +159,18 @@ DN_GPU_LAYER(maxpool)
 DN_GPU_LAYER(route)
 DN_GPU_LAYER(shortcut)
 DN_GPU_LAYER(upsample)
+DN_GPU_LAYER(avgpool)
+DN_GPU_LAYER(local_avgpool)
+DN_GPU_LAYER(reorg)
+DN_GPU_LAYER(softmax)
+DN_GPU_LAYER(scale_channels)
+DN_GPU_LAYER(sam)
+DN_GPU_LAYER(dropout)
+DN_GPU_LAYER(batchnorm)
+DN_GPU_LAYER(activation)
+DN_GPU_LAYER(connected)
+DN_GPU_LAYER(yolo)
+DN_GPU_LAYER(region)
 
 #else /* no CUDA: never reached, net->cuda stays NULL */
 

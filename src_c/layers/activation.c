@@ -2,6 +2,7 @@
  * Backward: dL/d(in) += dL/d(out) * f'(in) (for the normalize_channels kinds,
  * the Jacobian across channels at each pixel). */
 #include "internal.h"
+#include "cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -74,4 +75,5 @@ const dn_layer_ops dn_activation_ops = {
     .forward = activation_forward,
     .backward = activation_backward,
     .destroy = activation_destroy,
+    DN_GPU_OPS(dn_activation_forward_gpu, dn_activation_backward_gpu),
 };

@@ -2,6 +2,7 @@
  * Input [B][C][H][W], output [B][C][1][1], out[c] = mean over H*W of in[c].
  * Backward: dL/d(in[c][y][x]) += dL/d(out[c]) / (H*W). */
 #include "internal.h"
+#include "cuda.h"
 
 static dn_status avgpool_make(dn_layer *l, dn_net *net)
 {
@@ -48,4 +49,5 @@ const dn_layer_ops dn_avgpool_ops = {
     .setup = avgpool_setup,
     .forward = avgpool_forward,
     .backward = avgpool_backward,
+    DN_GPU_OPS(dn_avgpool_forward_gpu, dn_avgpool_backward_gpu),
 };

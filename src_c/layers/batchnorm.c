@@ -12,6 +12,7 @@
  * darknet's file order: scales (trained, no decay), rolling_mean,
  * rolling_variance (not trained). */
 #include "internal.h"
+#include "cuda.h"
 
 #include <stdlib.h>
 
@@ -105,4 +106,5 @@ const dn_layer_ops dn_batchnorm_ops = {
     .forward = batchnorm_forward,
     .backward = batchnorm_backward,
     .destroy = batchnorm_destroy,
+    DN_GPU_OPS(dn_batchnorm_forward_gpu, dn_batchnorm_backward_gpu),
 };

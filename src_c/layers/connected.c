@@ -20,6 +20,7 @@
  * scales, rolling_mean, rolling_variance; weights are trained with decay,
  * biases and scales without, the rolling statistics not at all. */
 #include "internal.h"
+#include "cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -156,4 +157,5 @@ const dn_layer_ops dn_connected_ops = {
     .forward = connected_forward,
     .backward = connected_backward,
     .destroy = connected_destroy,
+    DN_GPU_OPS(dn_connected_forward_gpu, dn_connected_backward_gpu),
 };

@@ -6,6 +6,7 @@
  * m = 1/(1-p) otherwise. Backward: dL/d(in) += dL/d(out) * m with the same m.
  * DropBlock (dropblock=1) is not supported. */
 #include "internal.h"
+#include "cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -36,19 +37,27 @@ static dn_status dropout_make(dn_layer *l, dn_net *net)
 
 static dn_status dropout_forward(dn_layer *l, dn_net *net)
 {
-    dropout_state *s = l->priv;
     const float *in = dn_layer_input(net, l);
     const size_t n = (size_t)l->batch * l->outputs;
     if (!net->train) {
         memcpy(l->output, in, n * sizeof(float));
         return DN_OK;
     }
+    const float *mask;
+    dn_status st = dn_dropout_mask(l, net, &mask);
+    if (st) return st;
+    for (size_t i = 0; i < n; ++i) l->output[i] = in[i] * mask[i];
+    return DN_OK;
+}
+
+dn_status dn_dropout_mask(dn_layer *l, dn_net *net, const float **mask)
+{
+    dropout_state *s = l->priv;
+    const size_t n = (size_t)l->batch * l->outputs;
     dn_status st = dn_ensure_floats(&s->mask, &s->mask_cap, n);
     if (st) return dn_layer_fail(l, st, "out of memory for the dropout mask");
-    for (size_t i = 0; i < n; ++i) {
-        s->mask[i] = dn_rand_uniform(net) < s->probability ? 0.f : s->scale;
-        l->output[i] = in[i] * s->mask[i];
-    }
+    for (size_t i = 0; i < n; ++i) s->mask[i] = dn_rand_uniform(net) < s->probability ? 0.f : s->scale;
+    *mask = s->mask;
     return DN_OK;
 }
 
@@ -77,4 +86,5 @@ const dn_layer_ops dn_dropout_ops = {
     .forward = dropout_forward,
     .backward = dropout_backward,
     .destroy = dropout_destroy,
+    DN_GPU_OPS(dn_dropout_forward_gpu, dn_dropout_backward_gpu),
 };

@@ -7,6 +7,7 @@
  * Backward: each output o averages the n_o pixels of its window inside the
  * image, so each of them gets dL/d(in) += dL/d(out[o]) / n_o. */
 #include "internal.h"
+#include "cuda.h"
 
 typedef struct {
     int size, stride_x, stride_y, padding;
@@ -71,4 +72,5 @@ const dn_layer_ops dn_local_avgpool_ops = {
     .setup = local_avgpool_setup,
     .forward = local_avgpool_forward,
     .backward = local_avgpool_backward,
+    DN_GPU_OPS(dn_local_avgpool_forward_gpu, dn_local_avgpool_backward_gpu),
 };

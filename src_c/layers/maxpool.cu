@@ -3,7 +3,10 @@
  * equal maxima wins, as maxpool.c) and, in training, records the index of its
  * argmax within the image (device slot 0, ints; -1 for a window wholly
  * outside the image). Backward adds each output's delta at its argmax
- * (atomically: windows may overlap). maxpool_depth=1 runs on the host. */
+ * (atomically: windows may overlap). maxpool_depth=1: one thread per output
+ * pixel takes the max across channels g, g + out_c, ... (the first of equal
+ * maxima wins, as maxpool.c's depth_argmax) with its index within the image;
+ * the same backward. */
 #include "cuda.h"
 
 #include <float.h>
@@ -37,6 +40,25 @@ __global__ static void maxpool_kernel(const float *in, int batch, int c, int h, 
     }
 }
 
+__global__ static void depth_kernel(const float *in, int batch, int c, int hw, int out_c, float *out, int *idx)
+{
+    DN_KERNEL_LOOP(o, (size_t)batch * out_c * hw) {
+        const int i = (int)(o % hw), g = (int)(o / hw % out_c);
+        const size_t b = o / ((size_t)hw * out_c);
+        float best = -FLT_MAX;
+        int where = -1;
+        for (int k = g; k < c; k += out_c) {
+            const float v = in[(b * c + k) * hw + i];
+            if (v > best || where < 0) {
+                best = v > best ? v : best;
+                where = k * hw + i;
+            }
+        }
+        out[o] = best;
+        if (idx) idx[o] = where;
+    }
+}
+
 __global__ static void unpool_kernel(const int *idx, const float *delta, size_t outputs, size_t inputs, size_t n,
                                      float *in_delta)
 {
@@ -50,10 +72,14 @@ static dn_status maxpool_forward_gpu(dn_layer *l, dn_net *net)
     int size, sx, sy, padding, depth;
     dn_status s;
     if ((s = dn_pool_window(l, &size, &sx, &sy, &padding)) || (s = dn_attr_int(l, "maxpool_depth", &depth))) return s;
-    if (depth) return dn_gpu_host_forward(net, l);
     const size_t n = (size_t)l->batch * l->outputs;
     float *idx = NULL;
     if (net->train && (s = dn_gpu_buffer(l, 0, n, &idx))) return s;
+    if (depth) {
+        depth_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), l->batch, l->c, l->h * l->w, l->out_c,
+                                               l->output_gpu, (int *)idx);
+        return DN_OK;
+    }
     maxpool_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), l->batch, l->c, l->h, l->w, size, sy, sx, padding,
                                              l->out_h, l->out_w, l->output_gpu, (int *)idx);
     return DN_OK;
@@ -61,10 +87,6 @@ static dn_status maxpool_forward_gpu(dn_layer *l, dn_net *net)
 
 static dn_status maxpool_backward_gpu(dn_layer *l, dn_net *net)
 {
-    int depth;
-    dn_status s = dn_attr_int(l, "maxpool_depth", &depth);
-    if (s) return s;
-    if (depth) return dn_gpu_host_backward(net, l);
     float *d = dn_gpu_input_delta(net, l);
     if (!d) return DN_OK;
     const size_t n = (size_t)l->batch * l->outputs;

@@ -43,6 +43,8 @@
  * is no loss: l->delta is dLoss/d(output) and backward applies the forward's
  * Jacobian (sigma' for x, y and objectness, the softmax's for the classes). */
 #include "internal.h"
+#include "cuda.h"
+#include "../ops/layer_math.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -356,10 +358,18 @@ static dn_status region_forward(dn_layer *l, dn_net *net)
             if (s->softmax)
                 for (size_t i = 0; i < hw; ++i) dn_softmax(obj + hw + i, s->classes, 1.f, (int)hw, obj + hw + i);
         }
+    return dn_region_train_loss(l, net);
+}
+
+dn_status dn_region_train_loss(dn_layer *l, dn_net *net)
+{
+    region_state *s = l->priv;
     if (!net->train) return DN_OK;
     s->has_loss = net->truth != NULL;
     return s->has_loss ? region_loss(l, net) : DN_OK;
 }
+
+int dn_region_has_loss(const dn_layer *l) { return ((const region_state *)l->priv)->has_loss; }
 
 static dn_status region_backward(dn_layer *l, dn_net *net)
 {
@@ -387,14 +397,7 @@ static dn_status region_backward(dn_layer *l, dn_net *net)
             if (!s->softmax) continue;
             /* softmax Jacobian: dz_c = p_c (g_c - sum_j g_j p_j) */
             const size_t c0 = (size_t)(s->coords + 1) * hw;
-            for (size_t i = 0; i < hw; ++i) {
-                double dot = 0;
-                for (int c = 0; c < s->classes; ++c) dot += (double)g[c0 + c * hw + i] * y[c0 + c * hw + i];
-                for (int c = 0; c < s->classes; ++c) {
-                    const size_t e = c0 + c * hw + i;
-                    dd[e] += (float)(y[e] * (g[e] - dot));
-                }
-            }
+            for (size_t i = 0; i < hw; ++i) dn_softmax_group_backward(y + c0 + i, g + c0 + i, s->classes, 1.f, hw, dd + c0 + i);
         }
     return DN_OK;
 }
@@ -439,4 +442,5 @@ const dn_layer_ops dn_region_ops = {
     .backward = region_backward,
     .destroy = region_destroy,
     .detections = region_detections,
+    DN_GPU_OPS(dn_region_forward_gpu, dn_region_backward_gpu),
 };

@@ -9,7 +9,8 @@
  * backward pass is the inverse permutation applied to the delta, added into
  * the input delta. */
 #include "internal.h"
-
+#include "cuda.h"
+#include "../ops/layer_math.h"
 
 typedef struct {
     int stride, reverse;
@@ -49,23 +50,17 @@ static dn_status reorg_setup(dn_layer *l, dn_net *net)
 
 /* darknet's reorg index map over an (oc, oh, ow) index space: position
  * (k, j, i) pairs with (k % ic, j*s + (k/ic)/s, i*s + (k/ic)%s) in a tensor of
- * ic channels and (oh*s) x (ow*s) pixels, ic = oc / (s*s). to_z: out[z] = x[a],
- * else out[a] = x[z]; accumulate: += instead of =. */
+ * ic channels and (oh*s) x (ow*s) pixels, ic = oc / (s*s) (dn_reorg_pair).
+ * to_z: out[z] = x[a], else out[a] = x[z]; accumulate: += instead of =. */
 static void reorg_map(const float *x, int ow, int oh, int oc, int batch, int s, int to_z, int accumulate, float *out)
 {
-    const int ic = oc / (s * s);
-    for (int b = 0; b < batch; ++b)
-        for (int k = 0; k < oc; ++k)
-            for (int j = 0; j < oh; ++j)
-                for (int i = 0; i < ow; ++i) {
-                    size_t a = (size_t)i + (size_t)ow * (j + (size_t)oh * (k + (size_t)oc * b));
-                    int c2 = k % ic, off = k / ic;
-                    size_t w2 = (size_t)i * s + off % s, h2 = (size_t)j * s + off / s;
-                    size_t z = w2 + (size_t)ow * s * (h2 + (size_t)oh * s * (c2 + (size_t)ic * b));
-                    const size_t dst = to_z ? z : a, src = to_z ? a : z;
-                    if (accumulate) out[dst] += x[src];
-                    else out[dst] = x[src];
-                }
+    const size_t n = (size_t)batch * oc * oh * ow;
+    for (size_t a = 0; a < n; ++a) {
+        const size_t z = dn_reorg_pair(a, ow, oh, oc, s);
+        const size_t dst = to_z ? z : a, src = to_z ? a : z;
+        if (accumulate) out[dst] += x[src];
+        else out[dst] = x[src];
+    }
 }
 
 static dn_status reorg_forward(dn_layer *l, dn_net *net)
@@ -90,4 +85,5 @@ const dn_layer_ops dn_reorg_ops = {
     .setup = reorg_setup,
     .forward = reorg_forward,
     .backward = reorg_backward,
+    DN_GPU_OPS(dn_reorg_forward_gpu, dn_reorg_backward_gpu),
 };

@@ -4,6 +4,7 @@
  * Backward, with g = dL/d(out) * act'(in * F):
  *   dL/d(in) += g * F and dL/dF += g * in. */
 #include "internal.h"
+#include "cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -91,4 +92,5 @@ const dn_layer_ops dn_sam_ops = {
     .forward = sam_forward,
     .backward = sam_backward,
     .destroy = sam_destroy,
+    DN_GPU_OPS(dn_sam_forward_gpu, dn_sam_backward_gpu),
 };

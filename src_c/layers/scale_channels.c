@@ -10,6 +10,7 @@
  *   per channel: dL/d(in[c]) += sum over y, x of g[c][y][x] * F[c][y][x];
  *   scale_wh:    dL/d(in[y][x]) += sum over c of g[c][y][x] * F[c][y][x]. */
 #include "internal.h"
+#include "cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -131,4 +132,5 @@ const dn_layer_ops dn_scale_channels_ops = {
     .forward = scale_channels_forward,
     .backward = scale_channels_backward,
     .destroy = scale_channels_destroy,
+    DN_GPU_OPS(dn_scale_channels_forward_gpu, dn_scale_channels_backward_gpu),
 };

@@ -24,16 +24,13 @@
  *              (through the shift by the max, which eps makes visible). */
 #include "internal.h"
 #include "cuda.h"
+#include "../ops/layer_math.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 enum { W_NONE, W_PER_FEATURE, W_PER_CHANNEL };
-enum { N_NONE, N_RELU, N_SOFTMAX };
-
-#define NORM_EPS .0001f
-
 typedef struct {
     const int *src;
     int nsrc, weights_type, normalization;
@@ -59,9 +56,9 @@ static dn_status shortcut_make(dn_layer *l, dn_net *net)
     else if (!strcmp(wt, "per_feature")) s->weights_type = W_PER_FEATURE;
     else if (!strcmp(wt, "per_channel")) s->weights_type = W_PER_CHANNEL;
     else return dn_layer_fail(l, DN_ERR_ARG, "weights_type must be none, per_feature or per_channel, got '%s'", wt);
-    if (!strcmp(wn, "none")) s->normalization = N_NONE;
-    else if (!strcmp(wn, "relu")) s->normalization = N_RELU;
-    else if (!strcmp(wn, "softmax")) s->normalization = N_SOFTMAX;
+    if (!strcmp(wn, "none")) s->normalization = DN_WNORM_NONE;
+    else if (!strcmp(wn, "relu")) s->normalization = DN_WNORM_RELU;
+    else if (!strcmp(wn, "softmax")) s->normalization = DN_WNORM_SOFTMAX;
     else return dn_layer_fail(l, DN_ERR_ARG, "weights_normalization must be none, relu or softmax, got '%s'", wn);
     if (s->weights_type != W_NONE) {
         size_t n = (size_t)(s->nsrc + 1) * (s->weights_type == W_PER_CHANNEL ? (size_t)l->c : 1);
@@ -109,21 +106,14 @@ static int same_size(const dn_layer *l, const dn_layer *p)
  * over the sampled pairs (o, a), or in the backward direction p->delta[a] += g[o]. */
 static void sampled_pairs(const dn_layer *l, dn_layer *p, const float *g, float *out, int backward)
 {
-    int stride = p->out_w / l->out_w, sample = l->out_w / p->out_w;
-    if (stride < 1) stride = 1;
-    if (sample < 1) sample = 1;
-    const int minw = p->out_w < l->out_w ? p->out_w : l->out_w;
-    const int minh = p->out_h < l->out_h ? p->out_h : l->out_h;
-    const int minc = p->out_c < l->out_c ? p->out_c : l->out_c;
-    for (int b = 0; b < l->batch; ++b)
-        for (int k = 0; k < minc; ++k)
-            for (int j = 0; j < minh; ++j)
-                for (int i = 0; i < minw; ++i) {
-                    size_t o = (size_t)i * sample + (size_t)l->out_w * ((size_t)j * sample + (size_t)l->out_h * (k + (size_t)l->out_c * b));
-                    size_t a = (size_t)i * stride + (size_t)p->out_w * ((size_t)j * stride + (size_t)p->out_h * (k + (size_t)p->out_c * b));
-                    if (backward) p->delta[a] += g[o];
-                    else out[o] += p->output[a];
-                }
+    const dn_sample_shape q = {l->out_c, l->out_h, l->out_w, p->out_c, p->out_h, p->out_w};
+    const size_t n = dn_sample_count(&q, l->batch);
+    for (size_t t = 0; t < n; ++t) {
+        size_t o, a;
+        dn_sample_pair(&q, t, &o, &a);
+        if (backward) p->delta[a] += g[o];
+        else out[o] += p->output[a];
+    }
 }
 
 /* The normalized weights of every term for channel c into s->wn; returns the
@@ -131,24 +121,8 @@ static void sampled_pairs(const dn_layer *l, dn_layer *p, const float *g, float 
 static float normalized_weights(const dn_layer *l, const shortcut_state *s, int c, int *imax)
 {
     const int per_channel = s->weights_type == W_PER_CHANNEL;
-    const int terms = s->nsrc + 1, step = per_channel ? l->c : 1, wi = per_channel ? c : 0;
-    float *w = s->wn;
-    float sum = 1.f, mx = -INFINITY;
-    *imax = 0;
-    for (int t = 0; t < terms; ++t) {
-        w[t] = s->weights[wi + t * step];
-        if (w[t] > mx) {
-            mx = w[t];
-            *imax = t;
-        }
-    }
-    if (s->normalization != N_NONE) {
-        sum = NORM_EPS;
-        for (int t = 0; t < terms; ++t) sum += s->normalization == N_RELU ? (w[t] > 0 ? w[t] : 0.f) : expf(w[t] - mx);
-        for (int t = 0; t < terms; ++t)
-            w[t] = (s->normalization == N_RELU ? (w[t] > 0 ? w[t] : 0.f) : expf(w[t] - mx)) / sum;
-    }
-    return sum;
+    return dn_shortcut_weights(s->weights, s->nsrc + 1, per_channel ? l->c : 1, per_channel ? c : 0, s->normalization,
+                               s->wn, imax);
 }
 
 /* the unweighted sum of same-size sources and an elementwise activation,
@@ -274,19 +248,8 @@ static void weighted_backward(dn_layer *l, dn_net *net, const float *g)
                 }
             }
         if (!grad) continue;
-        float *gw = grad + (per_channel ? gi : 0);
-        if (s->normalization == N_NONE) {
-            for (int t = 0; t < terms; ++t) gw[t * step] += (float)G[t];
-            continue;
-        }
-        double dot = 0;
-        for (int t = 0; t < terms; ++t) dot += G[t] * w[t];
-        for (int t = 0; t < terms; ++t) {
-            if (s->normalization == N_RELU)
-                gw[t * step] += s->weights[(per_channel ? gi : 0) + t * step] > 0 ? (float)((G[t] - dot) / S) : 0.f;
-            else gw[t * step] += (float)(w[t] * (G[t] - dot));
-        }
-        if (s->normalization == N_SOFTMAX) gw[imax * step] += (float)(-NORM_EPS * dot / S);
+        dn_shortcut_weight_grad(G, w, s->weights, S, imax, terms, step, per_channel ? gi : 0, s->normalization,
+                                grad + (per_channel ? gi : 0));
     }
 }
 

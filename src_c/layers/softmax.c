@@ -17,6 +17,8 @@
  * passes a following layer's delta through unchanged, without the Jacobian;
  * here the gradient is the exact one of the total loss. */
 #include "internal.h"
+#include "cuda.h"
+#include "../ops/layer_math.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -101,9 +103,21 @@ static dn_status softmax_forward(dn_layer *l, dn_net *net)
             size_t off = (size_t)b * l->inputs + (size_t)g * n;
             dn_softmax(in + off, n, s->temperature, 1, l->output + off);
         }
+    return dn_softmax_train_loss(l, net);
+}
+
+dn_status dn_softmax_train_loss(dn_layer *l, dn_net *net)
+{
+    softmax_state *s = l->priv;
     if (!net->train) return DN_OK;
     s->has_loss = net->truth && !s->noloss;
     return s->has_loss ? softmax_loss(l, net) : DN_OK;
+}
+
+const float *dn_softmax_xent(const dn_layer *l)
+{
+    const softmax_state *s = l->priv;
+    return s->has_loss ? s->xent : NULL;
 }
 
 static dn_status softmax_backward(dn_layer *l, dn_net *net)
@@ -113,10 +127,7 @@ static dn_status softmax_backward(dn_layer *l, dn_net *net)
     if (!d) return DN_OK;
     const size_t total = (size_t)l->batch * l->inputs, n = l->inputs / (size_t)s->groups;
     for (size_t g0 = 0; g0 < total; g0 += n) {
-        const float *p = l->output + g0, *g = l->delta + g0;
-        double dot = 0;
-        for (size_t j = 0; j < n; ++j) dot += (double)g[j] * p[j];
-        for (size_t j = 0; j < n; ++j) d[g0 + j] += (float)(p[j] * (g[j] - dot) / s->temperature);
+        dn_softmax_group_backward(l->output + g0, l->delta + g0, (int)n, s->temperature, 1, d + g0);
         if (s->has_loss)
             for (size_t j = 0; j < n; ++j) d[g0 + j] += s->xent[g0 + j];
     }
@@ -137,4 +148,5 @@ const dn_layer_ops dn_softmax_ops = {
     .forward = softmax_forward,
     .backward = softmax_backward,
     .destroy = softmax_destroy,
+    DN_GPU_OPS(dn_softmax_forward_gpu, dn_softmax_backward_gpu),
 };

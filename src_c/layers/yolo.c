@@ -82,6 +82,7 @@
  * Jacobian: s*sigma'(z) for x, y (new_coords: s), sigma'(z) for objectness
  * and classes (new_coords: 1), 1 for w, h. */
 #include "internal.h"
+#include "cuda.h"
 
 #include <float.h>
 #include <math.h>
@@ -755,10 +756,18 @@ static dn_status yolo_forward(dn_layer *l, dn_net *net)
             for (size_t i = 0; i < 2 * hw; ++i) p[i] = p[i] * a + c;
         }
     }
+    return dn_yolo_train_loss(l, net);
+}
+
+dn_status dn_yolo_train_loss(dn_layer *l, dn_net *net)
+{
+    yolo_state *s = l->priv;
     if (!net->train) return DN_OK;
     s->has_loss = net->truth != NULL;
     return s->has_loss ? yolo_loss(l, net) : DN_OK;
 }
+
+int dn_yolo_has_loss(const dn_layer *l) { return ((const yolo_state *)l->priv)->has_loss; }
 
 static dn_status yolo_backward(dn_layer *l, dn_net *net)
 {
@@ -841,4 +850,5 @@ const dn_layer_ops dn_yolo_ops = {
     .backward = yolo_backward,
     .destroy = yolo_destroy,
     .detections = yolo_detections,
+    DN_GPU_OPS(dn_yolo_forward_gpu, dn_yolo_backward_gpu),
 };

@@ -1,6 +1,7 @@
 /* blas.c - per-channel helpers on [batch][channels][spatial] tensors: bias,
  * scale, inference and training batch normalization and their gradients. */
 #include "internal.h"
+#include "layer_math.h"
 
 #include <math.h>
 #include <string.h>
@@ -42,15 +43,7 @@ float dn_logistic(float x) { return 1.f / (1.f + expf(-x)); }
 /* Softmax of n values `stride` apart, with temperature. */
 void dn_softmax(const float *in, int n, float temp, int stride, float *out)
 {
-    float largest = -INFINITY, sum = 0.f;
-    for (int i = 0; i < n; ++i)
-        if (in[(size_t)i * stride] > largest) largest = in[(size_t)i * stride];
-    for (int i = 0; i < n; ++i) {
-        float e = expf((in[(size_t)i * stride] - largest) / temp);
-        sum += e;
-        out[(size_t)i * stride] = e;
-    }
-    for (int i = 0; i < n; ++i) out[(size_t)i * stride] /= sum;
+    dn_softmax_group(in, n, temp, (size_t)stride, out);
 }
 
 void dn_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial)

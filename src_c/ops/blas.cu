@@ -1,11 +1,13 @@
 /* blas.cu - the per-channel helpers of blas.c on the device (bias, scale,
- * batch normalization forward and backward), elementwise fill/copy/axpy, and
+ * batch normalization forward and backward), elementwise fill/copy/axpy/mul,
+ * the softmax of groups (one thread per group, layer_math.h's formulas) and
  * the optimizer step of train.c.
  *
  * Per-channel sums run one block per channel, each thread summing a strided
  * part in double (as blas.c sums in double) and the block adding the parts in
  * shared memory; the arithmetic after the sums is blas.c's. */
 #include "cuda.h"
+#include "layer_math.h"
 
 #include <math.h>
 
@@ -29,6 +31,49 @@ __global__ static void axpy_kernel(float *y, const float *x, size_t n, float a)
 }
 
 void dn_gpu_axpy(float *y, const float *x, size_t n, float a) { axpy_kernel<<<dn_grid(n), DN_BLOCK>>>(y, x, n, a); }
+
+__global__ static void mul_kernel(float *y, const float *a, const float *b, size_t n, int add)
+{
+    DN_KERNEL_LOOP(i, n) y[i] = add ? y[i] + a[i] * b[i] : a[i] * b[i];
+}
+
+void dn_gpu_mul(float *y, const float *a, const float *b, size_t n) { mul_kernel<<<dn_grid(n), DN_BLOCK>>>(y, a, b, n, 0); }
+void dn_gpu_mul_add(float *y, const float *a, const float *b, size_t n)
+{
+    mul_kernel<<<dn_grid(n), DN_BLOCK>>>(y, a, b, n, 1);
+}
+
+static __device__ size_t group_start(size_t g, int inner, size_t outer) { return g / inner * outer + g % inner; }
+
+__global__ static void softmax_kernel(const float *in, float *out, size_t groups, int n, size_t stride, int inner,
+                                      size_t outer, float temp)
+{
+    DN_KERNEL_LOOP(g, groups) {
+        const size_t o = group_start(g, inner, outer);
+        dn_softmax_group(in + o, n, temp, stride, out + o);
+    }
+}
+
+void dn_gpu_softmax(const float *in, float *out, size_t groups, int n, size_t stride, int inner, size_t outer,
+                    float temp)
+{
+    softmax_kernel<<<dn_grid(groups), DN_BLOCK>>>(in, out, groups, n, stride, inner, outer, temp);
+}
+
+__global__ static void softmax_backward_kernel(const float *p, const float *g, float *d, size_t groups, int n,
+                                               size_t stride, int inner, size_t outer, float temp)
+{
+    DN_KERNEL_LOOP(k, groups) {
+        const size_t o = group_start(k, inner, outer);
+        dn_softmax_group_backward(p + o, g + o, n, temp, stride, d + o);
+    }
+}
+
+void dn_gpu_softmax_backward(const float *p, const float *g, float *d, size_t groups, int n, size_t stride, int inner,
+                             size_t outer, float temp)
+{
+    softmax_backward_kernel<<<dn_grid(groups), DN_BLOCK>>>(p, g, d, groups, n, stride, inner, outer, temp);
+}
 
 /* mode 0: out += v[c]; 1: out *= v[c]; 2: out = (out - mean[c]) / sqrt(var[c] + .00001) */
 __global__ static void channel_kernel(float *out, const float *v, const float *var, size_t n, int channels,

@@ -1,0 +1,49 @@
+/* batchnorm.cu - [batchnorm] on the device, as batchnorm.c: the input
+ * copied, normalized per channel (the batch's statistics in training, which
+ * move the rolling ones, else the rolling ones) and scaled; backward through
+ * the scale and the batch statistics (blas.cu's batch-norm kernels), then
+ * added into the input delta. Device slots: 0 batch mean, 1 batch variance,
+ * 2 x_norm. */
+#include "cuda.h"
+
+static dn_status batchnorm_forward_gpu(dn_layer *l, dn_net *net)
+{
+    const int hw = l->out_h * l->out_w;
+    const size_t total = (size_t)l->batch * l->outputs;
+    float *rmean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
+    float *rvar = dn_layer_find_param(l, "rolling_variance")->data_gpu;
+    dn_status s;
+    dn_gpu_copy(l->output_gpu, dn_gpu_input(net, l), total);
+    if (net->train) {
+        float *bm, *bv, *xn;
+        if ((size_t)l->batch * hw < 2)
+            return dn_layer_fail(l, DN_ERR_SHAPE,
+                                 "batch normalization in training needs at least 2 values per channel "
+                                 "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
+        if ((s = dn_gpu_buffer(l, 0, (size_t)l->out_c, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)l->out_c, &bv)) ||
+            (s = dn_gpu_buffer(l, 2, total, &xn)))
+            return s;
+        dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, hw, bm, bv, xn, rmean, rvar);
+    } else {
+        dn_gpu_normalize(l->output_gpu, rmean, rvar, l->batch, l->out_c, hw);
+    }
+    dn_gpu_scale_bias(l->output_gpu, dn_layer_find_param(l, "scales")->data_gpu, l->batch, l->out_c, hw);
+    return DN_OK;
+}
+
+static dn_status batchnorm_backward_gpu(dn_layer *l, dn_net *net)
+{
+    const size_t total = (size_t)l->batch * l->outputs;
+    if (l->gpu_cap[2] < total) return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
+    dn_param *scales = dn_layer_find_param(l, "scales");
+    dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu, l->batch,
+                              l->out_c, l->out_h * l->out_w);
+    float *d = dn_gpu_input_delta(net, l);
+    if (d) dn_gpu_axpy(d, l->delta_gpu, total, 1.f);
+    return DN_OK;
+}
+
+extern "C" {
+dn_status dn_batchnorm_forward_gpu(dn_layer *l, dn_net *net) { return batchnorm_forward_gpu(l, net); }
+dn_status dn_batchnorm_backward_gpu(dn_layer *l, dn_net *net) { return batchnorm_backward_gpu(l, net); }
+}

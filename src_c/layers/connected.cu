@@ -1,0 +1,87 @@
+/* connected.cu - [connected] on the device, as connected.c: z[B][N] =
+ * x[B][K] W^T (cuBLAS), batch norm over the batch per output (the batch's
+ * statistics in training, else the rolling ones) and scale, bias,
+ * activation; backward through the activation, bias, batch norm, then
+ * weight grad [N][K] += dz^T x and input delta [B][K] += dz W.
+ * Device slots: 0 batch mean, 1 batch variance, 2 z_norm, 3 the
+ * pre-activation values (kept when the activation's derivative needs them). */
+#include "cuda.h"
+
+static dn_status read_options(const dn_layer *l, int *bn, dn_activation *act)
+{
+    const char *name;
+    dn_status s;
+    if ((s = dn_attr_int(l, "batch_normalize", bn)) || (s = dn_attr_string(l, "activation", &name))) return s;
+    return dn_activation_from_name(name, act);
+}
+
+static dn_status connected_forward_gpu(dn_layer *l, dn_net *net)
+{
+    int bn;
+    dn_activation act;
+    dn_status s = read_options(l, &bn, &act);
+    if (s) return s;
+    const int K = (int)l->inputs, N = l->out_c;
+    const size_t total = (size_t)l->batch * N;
+    if ((s = dn_gpu_gemm(net, 0, 1, l->batch, N, K, 1.f, dn_gpu_input(net, l), K,
+                         dn_layer_find_param(l, "weights")->data_gpu, K, 0.f, l->output_gpu, N)))
+        return dn_layer_fail(l, s, "%s", dn_last_error());
+    if (bn) {
+        float *rmean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
+        float *rvar = dn_layer_find_param(l, "rolling_variance")->data_gpu;
+        if (net->train) {
+            float *bm, *bv, *xn;
+            if (l->batch < 2)
+                return dn_layer_fail(l, DN_ERR_SHAPE,
+                                     "batch normalization in training needs a mini-batch of at least 2 images");
+            if ((s = dn_gpu_buffer(l, 0, (size_t)N, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)N, &bv)) ||
+                (s = dn_gpu_buffer(l, 2, total, &xn)))
+                return s;
+            dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, N, 1, bm, bv, xn, rmean, rvar);
+        } else {
+            dn_gpu_normalize(l->output_gpu, rmean, rvar, l->batch, N, 1);
+        }
+        dn_gpu_scale_bias(l->output_gpu, dn_layer_find_param(l, "scales")->data_gpu, l->batch, N, 1);
+    }
+    dn_gpu_add_bias(l->output_gpu, dn_layer_find_param(l, "biases")->data_gpu, l->batch, N, 1);
+    if (net->train && dn_activation_needs_input(act)) {
+        float *x;
+        if ((s = dn_gpu_buffer(l, 3, total, &x))) return s;
+        dn_gpu_copy(x, l->output_gpu, total);
+    }
+    dn_gpu_activate(l->output_gpu, l->batch, N, 1, act);
+    return DN_OK;
+}
+
+static dn_status connected_backward_gpu(dn_layer *l, dn_net *net)
+{
+    int bn;
+    dn_activation act;
+    dn_status s = read_options(l, &bn, &act);
+    if (s) return s;
+    const int K = (int)l->inputs, N = l->out_c;
+    const size_t total = (size_t)l->batch * N;
+    const int needs_x = dn_activation_needs_input(act);
+    if ((bn && l->gpu_cap[2] < total) || (needs_x && l->gpu_cap[3] < total))
+        return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
+    dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, l->delta_gpu, l->batch, N, 1, act);
+    dn_param *bias = dn_layer_find_param(l, "biases"), *w = dn_layer_find_param(l, "weights");
+    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, N, 1);
+    if (bn) {
+        dn_param *scales = dn_layer_find_param(l, "scales");
+        dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu,
+                                  l->batch, N, 1);
+    }
+    if (w->grad_gpu && (s = dn_gpu_gemm(net, 1, 0, N, K, l->batch, 1.f, l->delta_gpu, N, dn_gpu_input(net, l), K, 1.f,
+                                        w->grad_gpu, K)))
+        return dn_layer_fail(l, s, "%s", dn_last_error());
+    float *d = dn_gpu_input_delta(net, l);
+    if (d && (s = dn_gpu_gemm(net, 0, 0, l->batch, K, N, 1.f, l->delta_gpu, N, w->data_gpu, K, 1.f, d, K)))
+        return dn_layer_fail(l, s, "%s", dn_last_error());
+    return DN_OK;
+}
+
+extern "C" {
+dn_status dn_connected_forward_gpu(dn_layer *l, dn_net *net) { return connected_forward_gpu(l, net); }
+dn_status dn_connected_backward_gpu(dn_layer *l, dn_net *net) { return connected_backward_gpu(l, net); }
+}

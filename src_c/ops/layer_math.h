@@ -1,0 +1,132 @@
+/* layer_math.h - small formulas of the layers, one value or one group at a
+ * time, shared by the CPU passes (layers/<type>.c, ops/blas.c) and their
+ * device twins (layers/<type>.cu) so both compute the same arithmetic:
+ * the softmax of one group and its Jacobian, reorg's index map, the
+ * sampled pairs of a shortcut between layers of different sizes, and the
+ * normalization of a weighted shortcut's weights with its gradient. */
+#ifndef DN_LAYER_MATH_H
+#define DN_LAYER_MATH_H
+
+#include <math.h>
+#include <stddef.h>
+
+#ifndef DN_HD
+#ifdef __CUDACC__
+#define DN_HD __host__ __device__
+#else
+#define DN_HD
+#endif
+#endif
+
+/* out = softmax(in / temp) over n values `stride` apart (in and out may be the same). */
+static inline DN_HD void dn_softmax_group(const float *in, int n, float temp, size_t stride, float *out)
+{
+    float largest = -INFINITY, sum = 0.f;
+    for (int i = 0; i < n; ++i)
+        if (in[i * stride] > largest) largest = in[i * stride];
+    for (int i = 0; i < n; ++i) {
+        const float e = expf((in[i * stride] - largest) / temp);
+        sum += e;
+        out[i * stride] = e;
+    }
+    for (int i = 0; i < n; ++i) out[i * stride] /= sum;
+}
+
+/* d += the softmax Jacobian applied to g, for p = softmax(x / temp) of n values
+ * `stride` apart: d_j += p_j (g_j - sum_i g_i p_i) / temp. */
+static inline DN_HD void dn_softmax_group_backward(const float *p, const float *g, int n, float temp, size_t stride,
+                                                   float *d)
+{
+    double dot = 0;
+    for (int j = 0; j < n; ++j) dot += (double)g[j * stride] * p[j * stride];
+    for (int j = 0; j < n; ++j) d[j * stride] += (float)(p[j * stride] * (g[j * stride] - dot) / temp);
+}
+
+/* darknet's reorg map for position a of an (oc, oh, ow) index space per image
+ * (a counts over the batch too): the position z it pairs with in a tensor of
+ * oc/(s*s) channels and (oh*s) x (ow*s) pixels (see layers/reorg.c). */
+static inline DN_HD size_t dn_reorg_pair(size_t a, int ow, int oh, int oc, int s)
+{
+    const int ic = oc / (s * s);
+    const size_t i = a % ow, j = a / ow % oh, k = a / ((size_t)ow * oh) % oc, b = a / ((size_t)ow * oh * oc);
+    const int c2 = (int)(k % ic), off = (int)(k / ic);
+    const size_t w2 = i * s + off % s, h2 = j * s + off / s;
+    return w2 + (size_t)ow * s * (h2 + (size_t)oh * s * (c2 + (size_t)ic * b));
+}
+
+/* The shape of a shortcut from layer p (pc, ph, pw) onto the output (c, h, w)
+ * of another size: pairs t = 0 .. batch*minc*minh*minw - 1, each the output
+ * value *o and the source value *a it adds (see layers/shortcut.c). */
+typedef struct dn_sample_shape {
+    int c, h, w, pc, ph, pw;
+} dn_sample_shape;
+
+static inline DN_HD size_t dn_sample_count(const dn_sample_shape *q, int batch)
+{
+    const int minw = q->pw < q->w ? q->pw : q->w, minh = q->ph < q->h ? q->ph : q->h, minc = q->pc < q->c ? q->pc : q->c;
+    return (size_t)batch * minc * minh * minw;
+}
+
+static inline DN_HD void dn_sample_pair(const dn_sample_shape *q, size_t t, size_t *o, size_t *a)
+{
+    int stride = q->pw / q->w, sample = q->w / q->pw;
+    if (stride < 1) stride = 1;
+    if (sample < 1) sample = 1;
+    const int minw = q->pw < q->w ? q->pw : q->w, minh = q->ph < q->h ? q->ph : q->h, minc = q->pc < q->c ? q->pc : q->c;
+    const size_t i = t % minw, j = t / minw % minh, k = t / ((size_t)minw * minh) % minc;
+    const size_t b = t / ((size_t)minw * minh * minc);
+    *o = i * sample + (size_t)q->w * (j * sample + (size_t)q->h * (k + (size_t)q->c * b));
+    *a = i * stride + (size_t)q->pw * (j * stride + (size_t)q->ph * (k + (size_t)q->pc * b));
+}
+
+/* A weighted shortcut's weight normalization across its terms. */
+enum { DN_WNORM_NONE, DN_WNORM_RELU, DN_WNORM_SOFTMAX };
+#define DN_WNORM_EPS .0001f
+
+/* The normalized weights w[t] = weights[wi + t*step] of the `terms` terms:
+ * none: as they are; relu: relu(w)/S; softmax: exp(w - max)/S, with
+ * S = eps + the sum of the numerators. Returns S (1 without normalization)
+ * and in *imax the term of the largest weight. */
+static inline DN_HD float dn_shortcut_weights(const float *weights, int terms, int step, int wi, int normalization,
+                                              float *w, int *imax)
+{
+    float sum = 1.f, mx = -INFINITY;
+    *imax = 0;
+    for (int t = 0; t < terms; ++t) {
+        w[t] = weights[wi + t * step];
+        if (w[t] > mx) {
+            mx = w[t];
+            *imax = t;
+        }
+    }
+    if (normalization != DN_WNORM_NONE) {
+        sum = DN_WNORM_EPS;
+        for (int t = 0; t < terms; ++t) sum += normalization == DN_WNORM_RELU ? (w[t] > 0 ? w[t] : 0.f) : expf(w[t] - mx);
+        for (int t = 0; t < terms; ++t)
+            w[t] = (normalization == DN_WNORM_RELU ? (w[t] > 0 ? w[t] : 0.f) : expf(w[t] - mx)) / sum;
+    }
+    return sum;
+}
+
+/* The weights' gradient of one weight group (gw[t*step] for term t) given
+ * G[t] = the sum of g * term_t over the group, the normalized weights w, S
+ * and imax of dn_shortcut_weights and the raw weights (weights[wi + t*step]):
+ *   none: G_t; relu: [w_t > 0] (G_t - D) / S; softmax: w'_t (G_t - D), and
+ *   -eps D / S to the largest weight; D = sum_t G_t w'_t. */
+static inline DN_HD void dn_shortcut_weight_grad(const double *G, const float *w, const float *weights, float S,
+                                                 int imax, int terms, int step, int wi, int normalization, float *gw)
+{
+    if (normalization == DN_WNORM_NONE) {
+        for (int t = 0; t < terms; ++t) gw[t * step] += (float)G[t];
+        return;
+    }
+    double dot = 0;
+    for (int t = 0; t < terms; ++t) dot += G[t] * w[t];
+    for (int t = 0; t < terms; ++t) {
+        if (normalization == DN_WNORM_RELU) gw[t * step] += weights[wi + t * step] > 0 ? (float)((G[t] - dot) / S) : 0.f;
+        else gw[t * step] += (float)(w[t] * (G[t] - dot));
+    }
+    if (normalization == DN_WNORM_SOFTMAX) gw[imax * step] += (float)(-DN_WNORM_EPS * dot / S);
+}
+
+#endif /* DN_LAYER_MATH_H */
