@@ -3,6 +3,7 @@ from the same sources compiled with the same compiler and flags, the C
 library for C programs: pydarknet/lib/libpydarknet.so and libpydarknet.a
 beside the public header, copied to pydarknet/include/pydarknet.h
 (``python -m pydarknet --cflags --libs`` gives the flags to use them)."""
+import hashlib
 import os
 import shutil
 import sys
@@ -24,8 +25,21 @@ def library_rpath(arg):
     return arg.replace("-Wl,-rpath,$ORIGIN/", "-Wl,-rpath,$ORIGIN/../")
 
 
+def build_variant():
+    """The build settings that change what the C sources compile to. Objects
+    are kept per variant, so switching (e.g. PYDARKNET_CUDA=1 after a CPU
+    build in the same checkout) never links objects of the other one."""
+    keys = ("PYDARKNET_CUDA", "PYDARKNET_CUDA_ARCH", "PYDARKNET_NO_BLAS", "PYDARKNET_CFLAGS")
+    text = ";".join(f"{k}={os.environ.get(k, '')}" for k in keys)
+    return "variant-" + hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 class BuildExtAndLibrary(build_ext):
     """build_ext, then the C library from the extension's C sources and settings."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(self.build_temp, build_variant())
 
     def run(self):
         super().run()
@@ -40,7 +54,8 @@ class BuildExtAndLibrary(build_ext):
         sources = [s for s in ext.sources if s.replace(os.sep, "/").startswith("src_c/")]
         shared = os.path.join(libdir, "libpydarknet.so")
         inputs = sources + [HEADER, os.path.join("src_c", "core", "internal.h")]
-        if not self.force and os.path.exists(shared) and \
+        stamp = os.path.join(libdir, ".variant")
+        if not self.force and os.path.exists(shared) and _read(stamp) == build_variant() and \
                 os.path.getmtime(shared) >= max(os.path.getmtime(p) for p in inputs):
             return
         objects = self.compiler.compile(
@@ -52,6 +67,16 @@ class BuildExtAndLibrary(build_ext):
         rpaths = [f"-Wl,-rpath,{d}" for d in ext.library_dirs] + [library_rpath(a) for a in ext.extra_link_args]
         self.compiler.link_shared_object(objects, shared, libraries=ext.libraries, library_dirs=ext.library_dirs,
                                          extra_postargs=rpaths)
+        with open(stamp, "w") as f:
+            f.write(build_variant())
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 setup(cffi_modules=["pydarknet/_build_ffi.py:ffibuilder"], cmdclass={"build_ext": BuildExtAndLibrary})

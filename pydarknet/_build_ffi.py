@@ -172,7 +172,9 @@ def cuda_config():
                    for p in [toolkit / lib / "libcudart_static.a"] if p.exists()), None)
     if cudart is None:
         raise RuntimeError(f"PYDARKNET_CUDA=1 but libcudart_static.a was not found under {toolkit}")
-    objects = compile_cuda(nvcc, cublas_include, ROOT / "build" / "cuda")
+    # one object folder per architecture list, so changing it never reuses objects
+    archs = os.environ.get("PYDARKNET_CUDA_ARCH", "80,90").replace(",", "-").replace(" ", "")
+    objects = compile_cuda(nvcc, cublas_include, ROOT / "build" / "cuda" / f"sm-{archs}")
     libdir = os.path.dirname(cublas_lib)
     return dict(
         define_macros=[("DN_CUDA", "1")],
