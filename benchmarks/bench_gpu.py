@@ -65,8 +65,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = "/work/shared"
 
-# per device: (batch, warm-up runs, latency rounds, batch rounds, threads, pause s)
-DEFAULTS = {"cuda": (64, 10, 50, 10, None, 0.0), "cpu": (16, 2, 10, 3, 2, 0.3)}
+# per device: (batch, warm-up runs, latency rounds, batch rounds, threads, pause s, wait-idle s)
+DEFAULTS = {"cuda": (64, 10, 50, 10, None, 0.0, 0.0), "cpu": (16, 2, 10, 3, 2, 0.3, 120.0)}
 
 
 def parse_args(argv=None):
@@ -87,6 +87,9 @@ def parse_args(argv=None):
     ap.add_argument("--pause", type=float, default=None,
                     help="seconds idle before each timed run (default cpu 0.3: lets the other system's "
                          "worker threads stop spinning; cuda 0)")
+    ap.add_argument("--wait-idle", type=float, default=None,
+                    help="before each part, wait up to this many seconds for other processes to go quiet "
+                         "(default cpu 120, cuda 0)")
     ap.add_argument("--check-only", action="store_true", help="run the correctness check, time nothing")
     ap.add_argument("--no-real-loss", action="store_true", help="skip pydarknet's train_batch reference row")
     ap.add_argument("--image", default=os.path.join(SHARED, "images", "dog.jpg"))
@@ -95,12 +98,13 @@ def parse_args(argv=None):
                     help="folder for the generated weights and cfg copies")
     ap.add_argument("--json", default=None, help="default benchmarks/results/torch_<device>.json")
     args = ap.parse_args(argv)
-    batch, warmup, repeat, batch_repeat, threads, pause = DEFAULTS[args.device]
+    batch, warmup, repeat, batch_repeat, threads, pause, wait = DEFAULTS[args.device]
     args.batch = batch if args.batch is None else args.batch
     args.warmup = warmup if args.warmup is None else args.warmup
     args.repeat = repeat if args.repeat is None else args.repeat
     args.batch_repeat = batch_repeat if args.batch_repeat is None else args.batch_repeat
     args.pause = pause if args.pause is None else args.pause
+    args.wait_idle = wait if args.wait_idle is None else args.wait_idle
     if args.threads is None:
         args.threads = threads or len(os.sched_getaffinity(0))
     if args.json is None:
@@ -125,7 +129,8 @@ import pydarknet  # noqa: E402
 from pydarknet._native import check, cuda_devices, ffi, lib  # noqa: E402
 
 sys.path.insert(0, HERE)
-from common import Neighbours, load_input, machine_info, random_weights, resolve_cfg, sized_cfg  # noqa: E402
+from common import (Neighbours, load_input, machine_info, random_weights, resolve_cfg, sized_cfg,  # noqa: E402
+                    wait_idle)
 
 try:
     import torch  # noqa: E402
@@ -232,8 +237,8 @@ def dn_grads(net):
     """{(layer, name): copy of the parameter's gradient} of every trained parameter."""
     out = {}
     for layer in net.layers:
-        for j, name in enumerate(layer.params):
-            grad, count = ffi.new("float **"), layer.params[name].size
+        for j, (name, values) in enumerate(layer.params.items()):
+            grad, count = ffi.new("float **"), values.size
             check(lib.dn_layer_param_state(net._ptr, layer.index, j, grad, ffi.NULL, ffi.NULL))
             if grad[0] != ffi.NULL:
                 out[(layer.index, name)] = np.frombuffer(ffi.buffer(grad[0], count * 4), np.float32).copy()
@@ -310,7 +315,8 @@ def check_inference(net, model, dev, x):
     print("  check, inference: heads %s, max abs difference / max magnitude %s"
           % (", ".join("x".join(map(str, h.shape[1:])) for h in a), ", ".join("%.1e" % e for e in errs)))
     if max(errs) >= TOLERANCE:
-        raise SystemExit("check failed: the heads differ by %.2e of their magnitude (limit %g)" % (max(errs), TOLERANCE))
+        raise SystemExit("check failed: the heads differ by %.2e of their magnitude (limit %g)"
+                         % (max(errs), TOLERANCE))
     return errs
 
 
@@ -347,14 +353,17 @@ def check_training(net, model, opt, dev, x):
 
 # ------------------------------------------------------------------ timing
 
-def compare(parts, warmup, repeat, sync, pause):
-    """parts: [(name, fn)]. Warm-up, then `repeat` rounds alternating the parts
-    (the order flips every round). Returns name -> seconds per timed call and
+def compare(parts, warmup, repeat, sync, pause, wait):
+    """parts: [(name, fn)]. Warm-up, then (after waiting up to `wait` s for
+    other processes to go quiet) `repeat` rounds alternating the parts (the
+    order flips every round). Returns name -> seconds per timed call and
     name -> other processes' CPU use during each."""
     for _, fn in parts:
         for _ in range(warmup):
             fn()
         sync()
+    if wait:
+        wait_idle(wait)
     times = {name: [] for name, _ in parts}
     loads = {name: [] for name, _ in parts}
     mon = Neighbours()
@@ -410,7 +419,8 @@ def main(args):
     xb = rng.random((args.batch, 3, args.size, args.size), dtype=np.float32)
     result = {"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "cfg": cfg,
               "device": args.device, "batch": args.batch, "subdivisions": args.subdivisions,
-              "threads": args.threads, "pause_s": args.pause, "tolerance": TOLERANCE}
+              "threads": args.threads, "pause_s": args.pause, "tolerance": TOLERANCE,
+              "grad_tolerance": GRAD_TOLERANCE}
 
     result["check_inference"] = check_inference(net, model, dev, photo)
     opt = torch_optimizer(model, net)
@@ -423,24 +433,26 @@ def main(args):
     print("timing latency (batch 1)...", flush=True)
     times, loads = compare([("pydarknet", lambda: dn_predict(net, photo)),
                             ("PyTorch", lambda: torch_predict(model, dev, photo))],
-                           args.warmup, args.repeat, sync, args.pause)
+                           args.warmup, args.repeat, sync, args.pause, args.wait_idle)
     rows += [("latency", k, 1, summary(times[k], 1), max(loads[k])) for k in times]
     result["latency"] = {k: dict(summary(times[k], 1), neighbour_cpus=loads[k]) for k in times}
 
     print("timing throughput (batch %d)..." % args.batch, flush=True)
     times, loads = compare([("pydarknet", lambda: dn_predict(net, xb)),
                             ("PyTorch", lambda: torch_predict(model, dev, xb))],
-                           max(1, args.warmup // 5), args.batch_repeat, sync, args.pause)
+                           max(1, args.warmup // 5), args.batch_repeat, sync, args.pause,
+                           args.wait_idle)
     rows += [("throughput", k, args.batch, summary(times[k], args.batch), max(loads[k])) for k in times]
     result["throughput"] = {k: dict(summary(times[k], args.batch), neighbour_cpus=loads[k]) for k in times}
 
     print("timing training iterations (batch %d, subdivisions %d)..." % (args.batch, args.subdivisions), flush=True)
     parts = [("pydarknet", lambda: dn_stand_in_iteration(net, xb)),
              ("PyTorch", lambda: torch_stand_in_iteration(model, opt, dev, xb, net.mini_batch))]
-    if not args.no_real_loss:
-        truths = random_truths(args.batch, model.specs[model.heads[0]].attrs.get("classes", 1), rng)
+    if not args.no_real_loss and model.specs[model.heads[0]].type == "yolo":
+        truths = random_truths(args.batch, model.specs[model.heads[0]].attrs["classes"], rng)
         parts.append(("pydarknet train_batch ([yolo] loss)", lambda: net.train_batch(xb, truths)))
-    times, loads = compare(parts, max(1, args.warmup // 5), args.batch_repeat, sync, args.pause)
+    times, loads = compare(parts, max(1, args.warmup // 5), args.batch_repeat, sync, args.pause,
+                           args.wait_idle)
     rows += [("training iteration", k, args.batch, summary(times[k], args.batch), max(loads[k])) for k in times]
     result["training"] = {k: dict(summary(times[k], args.batch), neighbour_cpus=loads[k]) for k in times}
 
@@ -449,7 +461,8 @@ def main(args):
               for part in ("latency", "throughput", "training")}
     result["ratio_pydarknet_over_torch"] = ratios
     print("\npydarknet / PyTorch time (medians; below 1: pydarknet faster): latency %.2f, throughput %.2f, "
-          "training iteration %.2f (stand-in loss on both)" % (ratios["latency"], ratios["throughput"], ratios["training"]))
+          "training iteration %.2f (stand-in loss on both)"
+          % (ratios["latency"], ratios["throughput"], ratios["training"]))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
