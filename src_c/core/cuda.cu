@@ -266,6 +266,23 @@ dn_status dn_gpu_buffer(dn_layer *l, int slot, size_t n, float **out)
     return DN_OK;
 }
 
+dn_status dn_gpu_activation_delta(dn_layer *l, dn_activation act, int channels, int spatial, const float **out)
+{
+    *out = l->delta_gpu;
+    if (act == DN_ACT_LINEAR) return DN_OK;
+    const size_t n = (size_t)l->batch * channels * spatial;
+    const int needs_x = dn_activation_needs_input(act);
+    if (needs_x && l->gpu_cap[0] < n)
+        return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
+    float *g;
+    dn_status s = dn_gpu_buffer(l, 1, n, &g);
+    if (s) return s;
+    dn_gpu_copy(g, l->delta_gpu, n);
+    dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[0] : NULL, g, l->batch, channels, spatial, act);
+    *out = g;
+    return DN_OK;
+}
+
 dn_status dn_gpu_workspace(dn_net *net, size_t n, float **out)
 {
     dn_cuda *ctx = net->cuda;

@@ -100,6 +100,11 @@ const float *dn_gpu_input(const dn_net *net, const dn_layer *l);
 float *dn_gpu_input_delta(const dn_net *net, const dn_layer *l);
 /* The layer's device scratch slot (0 .. DN_GPU_BUFS-1), grown to n floats. */
 dn_status dn_gpu_buffer(dn_layer *l, int slot, size_t n, float **out);
+/* dLoss/d(pre-activation) of a layer whose output is act(pre-activation):
+ * its delta itself for a linear act, else a copy in scratch slot 1 times
+ * f'(.) (from the output, and from the pre-activation values a training
+ * forward pass kept in slot 0 when the kind needs them). */
+dn_status dn_gpu_activation_delta(dn_layer *l, dn_activation act, int channels, int spatial, const float **out);
 /* The network's device workspace, grown to n floats (shared by all layers). */
 dn_status dn_gpu_workspace(dn_net *net, size_t n, float **out);
 /* The CPU pass of layer l on host copies (for cases a .cu leaves to the host). */

@@ -34,15 +34,9 @@ static dn_status activation_backward_gpu(dn_layer *l, dn_net *net)
     if (s) return s;
     float *d = dn_gpu_input_delta(net, l);
     if (!d) return DN_OK;
-    const size_t n = (size_t)l->batch * l->outputs;
-    const int needs_x = dn_activation_needs_input(act);
-    if (needs_x && l->gpu_cap[0] < n) return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the input values");
-    float *g;
-    if ((s = dn_gpu_buffer(l, 1, n, &g))) return s;
-    dn_gpu_copy(g, l->delta_gpu, n);
-    dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[0] : NULL, g, l->batch, l->out_c,
-                               l->out_h * l->out_w, act);
-    dn_gpu_axpy(d, g, n, 1.f);
+    const float *g;
+    if ((s = dn_gpu_activation_delta(l, act, l->out_c, l->out_h * l->out_w, &g))) return s;
+    dn_gpu_axpy(d, g, (size_t)l->batch * l->outputs, 1.f);
     return DN_OK;
 }
 

@@ -27,18 +27,8 @@ static dn_status sam_backward_gpu(dn_layer *l, dn_net *net)
     dn_status s = dn_layer_from_and_activation(l, net, &from, &act);
     if (s) return s;
     const size_t n = (size_t)l->batch * l->outputs;
-    const float *g = l->delta_gpu;
-    if (act != DN_ACT_LINEAR) {
-        const int needs_x = dn_activation_needs_input(act);
-        if (needs_x && l->gpu_cap[0] < n)
-            return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
-        float *gb;
-        if ((s = dn_gpu_buffer(l, 1, n, &gb))) return s;
-        dn_gpu_copy(gb, l->delta_gpu, n);
-        dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[0] : NULL, gb, l->batch, l->out_c,
-                                   l->out_h * l->out_w, act);
-        g = gb;
-    }
+    const float *g;
+    if ((s = dn_gpu_activation_delta(l, act, l->out_c, l->out_h * l->out_w, &g))) return s;
     dn_layer *f = net->layers[from];
     float *din = dn_gpu_input_delta(net, l);
     if (din) dn_gpu_mul_add(din, g, f->output_gpu, n);

@@ -91,17 +91,8 @@ static dn_status scale_channels_backward_gpu(dn_layer *l, dn_net *net)
     dn_status s = read_options(l, net, &from, &act, &q);
     if (s) return s;
     const size_t n = (size_t)l->batch * l->outputs;
-    const float *g = l->delta_gpu;
-    if (act != DN_ACT_LINEAR) {
-        const int needs_x = dn_activation_needs_input(act);
-        if (needs_x && l->gpu_cap[0] < n)
-            return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
-        float *gb;
-        if ((s = dn_gpu_buffer(l, 1, n, &gb))) return s;
-        dn_gpu_copy(gb, l->delta_gpu, n);
-        dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[0] : NULL, gb, l->batch, l->out_c, (int)q.hw, act);
-        g = gb;
-    }
+    const float *g;
+    if ((s = dn_gpu_activation_delta(l, act, l->out_c, (int)q.hw, &g))) return s;
     const float *in = dn_gpu_input(net, l);
     const dn_layer *f = net->layers[from];
     float *din = dn_gpu_input_delta(net, l);

@@ -203,18 +203,8 @@ static dn_status shortcut_backward_gpu(dn_layer *l, dn_net *net)
     dn_status s = read_options(l, &o);
     if (s) return s;
     const size_t n = (size_t)l->batch * l->outputs;
-    const float *g = l->delta_gpu;
-    if (o.act != DN_ACT_LINEAR) {
-        const int needs_x = dn_activation_needs_input(o.act);
-        if (needs_x && l->gpu_cap[0] < n)
-            return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
-        float *gb;
-        if ((s = dn_gpu_buffer(l, 1, n, &gb))) return s;
-        dn_gpu_copy(gb, l->delta_gpu, n);
-        dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[0] : NULL, gb, l->batch, l->out_c,
-                                   l->out_h * l->out_w, o.act);
-        g = gb;
-    }
+    const float *g;
+    if ((s = dn_gpu_activation_delta(l, o.act, l->out_c, l->out_h * l->out_w, &g))) return s;
     if (o.weighted) return weighted_backward(l, net, &o, g);
     float *d = dn_gpu_input_delta(net, l);
     if (d) dn_gpu_axpy(d, g, n, 1.f);
