@@ -5,7 +5,7 @@
     for d in net.detect("dog.jpg"):
         print(d.name, d.confidence, d.corners)
 """
-from ._native import DarknetError, blas_available, version
+from ._native import DarknetError, blas_available, cuda_devices, version
 from .cfg import CfgError, CfgWarning, parse_cfg
 from .detection import Detection, draw_detections
 from .modelfile import ModelFileError, load_model, write_model
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "load", "Network", "Layer", "Detection", "draw_detections", "video_frames", "VideoSource", "VideoError",
     "parse_cfg", "CfgError", "CfgWarning",
-    "DarknetError", "WeightsError", "WeightsHeader", "blas_available", "version",
+    "DarknetError", "WeightsError", "WeightsHeader", "blas_available", "cuda_devices", "version",
     "load_model", "write_model", "ModelFileError",
 ]
