@@ -315,6 +315,32 @@ void dn_transpose_panel(const float *rows, size_t ld, int n, float *bp)
         for (int i = 0; i < DN_NR; ++i) bp[(size_t)j * DN_NR + i] = rows[(size_t)i * ld + j];
 }
 
+#ifdef DN_HAVE_AVX512_KERNEL
+/* every line a row of DN_NR floats can touch at any alignment: its first,
+ * 64 bytes on (the middle of three), and its last */
+__attribute__((target("prfchw"))) static void prefetch_tile_prfchw(const float *c, size_t ldc, int rows)
+{
+    for (int i = 0; i < rows; ++i) {
+        const char *r = (const char *)(c + (size_t)i * ldc);
+        __builtin_prefetch(r, 1, 3);
+        __builtin_prefetch(r + 64, 1, 3);
+        __builtin_prefetch(r + DN_NR * sizeof(float) - 4, 1, 3);
+    }
+}
+#endif
+
+void dn_prefetch_tile_for_write(const float *c, size_t ldc, int rows)
+{
+#ifdef DN_HAVE_AVX512_KERNEL
+    /* reached only with the kernel: every AVX-512 CPU has PREFETCHW */
+    prefetch_tile_prfchw(c, ldc, rows);
+#else
+    (void)c;
+    (void)ldc;
+    (void)rows;
+#endif
+}
+
 void dn_kernel_rows(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc, int mr, int nr,
                     int accumulate, const dn_epilogue *e, int row0)
 {
