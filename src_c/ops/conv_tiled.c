@@ -336,7 +336,9 @@ static const float *kimage_of(const kconv_job *j, int b, int g)
  *    sequential streams the hardware prefetchers follow, rather than column
  *    panel by column panel (all M rows side by side, B from L1), which stays
  *    the order for larger K, where B's reuse in L1 measured faster.
- * Neither changes any value computed. */
+ * Neither changes any value computed. Both are for KPRIVATE tiles (output
+ * rows of 512 pixels or more); the KSHARED layers (13 x 13, small outputs)
+ * measured no better with them (cold forward passes slower). */
 static void kernel_block(const kconv_job *j, int g, const float *bp, int k0, int kc, int m0, int m, int n0, int n,
                          float *c)
 {
@@ -345,7 +347,8 @@ static void kernel_block(const kconv_job *j, int g, const float *bp, int k0, int
     const dn_epilogue *e = j->has_epi && last ? &j->epi : NULL;
     const float *w = j->d->weights + (size_t)g * p->M * p->K;
     const int panels = (n + DN_NR - 1) / DN_NR;
-    const int rows_outer = p->K <= ROWS_OUTER_MAX_K;
+    const int private_tile = p->plan == KPLAN_PRIVATE;
+    const int rows_outer = private_tile && p->K <= ROWS_OUTER_MAX_K;
     const int ahead = rows_outer ? 2 : 1; /* panels ahead to prefetch */
     const int outer = rows_outer ? (m + DN_MR - 1) / DN_MR : panels, inner = rows_outer ? panels : (m + DN_MR - 1) / DN_MR;
     for (int o = 0; o < outer; ++o)
@@ -354,7 +357,7 @@ static void kernel_block(const kconv_job *j, int g, const float *bp, int k0, int
             const int nr = n - q * DN_NR < DN_NR ? n - q * DN_NR : DN_NR;
             const int mr = m - i0 < DN_MR ? m - i0 : DN_MR;
             float *ct = c + (size_t)(m0 + i0) * p->N + n0 + q * DN_NR;
-            if (k0 == 0 && q + ahead < panels) dn_prefetch_tile_for_write(ct + ahead * DN_NR, (size_t)p->N, mr);
+            if (private_tile && k0 == 0 && q + ahead < panels) dn_prefetch_tile_for_write(ct + ahead * DN_NR, (size_t)p->N, mr);
             dn_kernel_rows(kc, w + (size_t)(m0 + i0) * p->K + k0, (size_t)p->K, bp + (size_t)q * kc * DN_NR, ct,
                            (size_t)p->N, mr, nr, k0 > 0, e, g * p->M + m0 + i0);
         }
