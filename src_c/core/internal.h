@@ -379,6 +379,10 @@ void dn_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, i
 /* The same reading A in place: row i at a + i*lda (kc <= DN_KC). */
 void dn_kernel_rows(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc, int mr, int nr,
                     int accumulate, const dn_epilogue *e, int row0);
+/* Prefetches for writing (prefetchw) the lines of `rows` rows of a micro-tile
+ * (DN_NR floats each, row i at c + i*ldc) that a kernel call will store next;
+ * nothing on CPUs without the kernel. */
+void dn_prefetch_tile_for_write(const float *c, size_t ldc, int rows);
 /* B panel [n][DN_NR] from DN_NR rows of n values, row i at rows + i*ld: bp[j*DN_NR + i] = rows[i*ld + j]
  * (bp 64-byte aligned). */
 void dn_transpose_panel(const float *rows, size_t ld, int n, float *bp);

@@ -199,13 +199,17 @@ DN_AVX512 static void kernel_avx512(int kc, const float *ap, const float *bp, fl
     do {                                                                                                              \
         const __m512 t = _mm512_set1_ps(r##i[k]);                                                                     \
         c##i##0 = _mm512_fmadd_ps(t, b0, c##i##0);                                                                    \
-        c##i##1 = _mm512_fmadd_ps(t, b1, c##i##1);                                                                    \
+        if (wide) c##i##1 = _mm512_fmadd_ps(t, b1, c##i##1);                                                          \
     } while (0)
 
 /* The same with A read in place: row i of the micro-tile at a + i*lda (rows
- * past mr repeat row 0 and are not stored). */
-DN_AVX512 static void kernel_rows_avx512(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc,
-                                         int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
+ * past mr repeat row 0 and are not stored). With wide = 0 (a caller's last
+ * panel of at most 16 columns) only the first 16 columns are computed: a
+ * 13 x 13 layer's 169 columns are 5 whole panels and 9 columns, so that
+ * panel costs half; the values computed are the same. */
+DN_AVX512 static inline __attribute__((always_inline)) void
+kernel_rows_body(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc, int mr, int nr,
+                 int accumulate, const dn_epilogue *e, int row0, const int wide)
 {
     const float *r0 = a, *r1 = mr > 1 ? a + lda : a, *r2 = mr > 2 ? a + 2 * lda : a, *r3 = mr > 3 ? a + 3 * lda : a;
     const float *r4 = mr > 4 ? a + 4 * lda : a, *r5 = mr > 5 ? a + 5 * lda : a, *r6 = mr > 6 ? a + 6 * lda : a;
@@ -213,7 +217,7 @@ DN_AVX512 static void kernel_rows_avx512(int kc, const float *a, size_t lda, con
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
     __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     for (int k = 0; k < kc; ++k) {
-        const __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+        const __m512 b0 = _mm512_load_ps(bp), b1 = wide ? _mm512_load_ps(bp + 16) : b0;
         ROW_FMA_DIRECT(0);
         ROW_FMA_DIRECT(1);
         ROW_FMA_DIRECT(2);
@@ -238,6 +242,15 @@ DN_AVX512 static void kernel_rows_avx512(int kc, const float *a, size_t lda, con
     ROW_STORE(7);
     if (has_e && act != DN_ACT_LINEAR && act != DN_ACT_LEAKY && act != DN_ACT_RELU)
         epilogue_rest(c, ldc, mr, nr, row0, e);
+}
+
+DN_AVX512 static void kernel_rows_avx512(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc,
+                                         int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
+{
+    if (nr > 16)
+        kernel_rows_body(kc, a, lda, bp, c, ldc, mr, nr, accumulate, e, row0, 1);
+    else
+        kernel_rows_body(kc, a, lda, bp, c, ldc, mr, nr, accumulate, e, row0, 0);
 }
 
 #endif
@@ -313,6 +326,32 @@ void dn_transpose_panel(const float *rows, size_t ld, int n, float *bp)
 #endif
     for (int j = 0; j < n; ++j)
         for (int i = 0; i < DN_NR; ++i) bp[(size_t)j * DN_NR + i] = rows[(size_t)i * ld + j];
+}
+
+#ifdef DN_HAVE_AVX512_KERNEL
+/* every line a row of DN_NR floats can touch at any alignment: its first,
+ * 64 bytes on (the middle of three), and its last */
+__attribute__((target("prfchw"))) static void prefetch_tile_prfchw(const float *c, size_t ldc, int rows)
+{
+    for (int i = 0; i < rows; ++i) {
+        const char *r = (const char *)(c + (size_t)i * ldc);
+        __builtin_prefetch(r, 1, 3);
+        __builtin_prefetch(r + 64, 1, 3);
+        __builtin_prefetch(r + DN_NR * sizeof(float) - 4, 1, 3);
+    }
+}
+#endif
+
+void dn_prefetch_tile_for_write(const float *c, size_t ldc, int rows)
+{
+#ifdef DN_HAVE_AVX512_KERNEL
+    /* reached only with the kernel: every AVX-512 CPU has PREFETCHW */
+    prefetch_tile_prfchw(c, ldc, rows);
+#else
+    (void)c;
+    (void)ldc;
+    (void)rows;
+#endif
 }
 
 void dn_kernel_rows(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc, int mr, int nr,
