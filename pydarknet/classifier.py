@@ -417,7 +417,7 @@ def _top(args, df, classes):
 def _predict_image(net, path, top):
     from .cli import _read_image
 
-    image = _read_image(path)
+    image = _read_image(path, net.channels)
     start = time.perf_counter()
     result = net.classify(image, top=top)
     elapsed_ms = (time.perf_counter() - start) * 1000.0

@@ -548,7 +548,9 @@ class _Viewer:
 
 # ----------------------------------------------------------------------------- running
 
-def _read_image(path):
+def _read_image(path, channels=3):
+    """The image at `path` as darknet's load_image reads it for a network of
+    `channels` channels: BGR, or grey (IMREAD_GRAYSCALE) for one channel."""
     import cv2
 
     if not os.path.exists(path):
@@ -556,7 +558,7 @@ def _read_image(path):
     if os.path.isdir(path):
         raise CliError(f"{path}: cannot open image file: Is a directory")
     _read_head(path, "image", 1)
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
     if image is None:
         raise CliError(f"{path}: cannot decode image (not an image format OpenCV reads, or corrupt)")
     return image
@@ -596,7 +598,7 @@ def _detect_image(net, path, args, classes, viewer, outputs):
     that cannot be used."""
     import cv2
 
-    image = _read_image(path)
+    image = _read_image(path, net.channels)
     start = time.perf_counter()
     try:
         detections = net.detect(image, thresh=args.thresh, nms=DETECTOR_NMS,

@@ -240,14 +240,15 @@ class _Readable:
     """(index, path, image) for each path whose image can be read; the
     others are reported on standard error, skipped and kept in `failed`."""
 
-    def __init__(self, paths):
+    def __init__(self, paths, channels=3):
         self.paths = paths
+        self.channels = channels
         self.failed: List[str] = []
 
     def __iter__(self):
         for i, path in enumerate(self.paths):
             try:
-                image = _read_image(path)
+                image = _read_image(path, self.channels)
             except CliError as e:
                 self.failed.append(path)
                 _note(f"error: {e}; skipped")
@@ -335,7 +336,7 @@ def detector_valid(args) -> int:
     paths = list_paths(valid)
     per_class: List[List[str]] = [[] for _ in range(classes)]
     coco: List[str] = []
-    images = _Readable(paths)
+    images = _Readable(paths, net.channels)
     start = time.perf_counter()
     for i, path, image in images:
         h, w = image.shape[:2]
@@ -423,7 +424,7 @@ def detector_recall(args) -> int:
     paths = list_paths(valid)
     total = correct = proposal_count = done = 0
     iou_sum = 0.0
-    images = _Readable(paths)
+    images = _Readable(paths, net.channels)
     for i, path, image in images:
         h, w = image.shape[:2]
         boxes = proposals(net.detect(image, thresh=RECALL_THRESH, nms=0, letterbox=False))

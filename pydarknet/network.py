@@ -357,7 +357,10 @@ class Network:
         """Detects objects in one image (a BGR uint8 array as OpenCV reads it,
         or a path). The image is letterboxed or stretched as the cfg's
         [net] letter_box says (or `letterbox`), every [yolo]/[region] head is
-        decoded, and greedy NMS runs per class. Boxes are in image pixels."""
+        decoded, and greedy NMS runs per class. Boxes are in image pixels.
+        A network of one channel takes the image grey, as darknet does: a
+        path is read with OpenCV's IMREAD_GRAYSCALE, a colour array made grey
+        as cvtColor(BGR2GRAY) makes it."""
         return self.detect_batch([image], thresh=thresh, nms=nms, letterbox=letterbox)[0]
 
     def detect_batch(self, images: Sequence, thresh: float = 0.25, nms: float = 0.45,
@@ -366,7 +369,7 @@ class Network:
         in one forward pass: the network is sized to a batch of len(images),
         each image is resized into its own batch entry, and each entry's
         boxes are mapped back to its own image. Returns one list per image."""
-        imgs = [_read_image(image) for image in images]
+        imgs = [_read_image(image, self.channels) for image in images]
         if not imgs:
             return []
         if letterbox is None:
@@ -390,11 +393,11 @@ class Network:
         (darknet's bilinear) so its shorter side is the network width, then
         the centred network-size crop. The probabilities are the output of
         the last layer before any [cost] (a [softmax] in darknet's classifier
-        cfgs)."""
+        cfgs). A network of one channel takes the image grey, as :meth:`detect`."""
         from .classifier import classify_output, require_classifier
 
         require_classifier(self.spec)
-        img = _read_image(image)
+        img = _read_image(image, self.channels)
         if self.batch != 1:
             self.resize(batch=1)
         h, w = img.shape[:2]
@@ -425,12 +428,14 @@ class Network:
         return out
 
 
-def _read_image(image):
+def _read_image(image, channels=3):
+    """A uint8 image from an array or a path; a path is read grey for a
+    network of one channel (darknet's load_image with c = 1)."""
     import cv2
 
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        img = cv2.imread(path, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
         if img is None:
             raise DarknetError(f"{path}: cannot read image (missing, unreadable or not an image)")
         return img

@@ -478,13 +478,15 @@ dn_status dn_gpu_forward(dn_net *net)
         if (net->train && l->delta_gpu) dn_gpu_fill(l->delta_gpu, (size_t)net->batch * l->outputs, 0.f);
     }
     if (net->train && ctx->input_delta) dn_gpu_fill(ctx->input_delta, ctx->input_n, 0.f);
-    for (int i = 0; i < net->nlayers; ++i) {
+    const int train = net->train;
+    for (int i = 0; i < net->nlayers && !s; ++i) {
         dn_layer *l = net->layers[i];
+        net->train = train && !l->sw.infer;
         s = l->ops->forward_gpu ? l->ops->forward_gpu(l, net) : dn_gpu_host_forward(net, l);
         if (!s) s = layer_done(net, l, "forward");
-        if (s) return s;
     }
-    return DN_OK;
+    net->train = train;
+    return s;
 }
 
 dn_status dn_gpu_backward(dn_net *net)
@@ -493,6 +495,9 @@ dn_status dn_gpu_backward(dn_net *net)
     if (!s) s = push_dirty(net);
     for (int i = net->nlayers - 1; i >= 0 && !s; --i) {
         dn_layer *l = net->layers[i];
+        const int step = dn_backward_step(net, l);
+        if (step < 0) break;
+        if (!step) continue;
         s = l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l);
         if (!s) s = layer_done(net, l, "backward");
     }
@@ -511,14 +516,13 @@ dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a)
     return e == cudaSuccess ? DN_OK : cuda_fail(e, "the optimizer update");
 }
 
-dn_status dn_gpu_zero_grads(dn_net *net)
+dn_status dn_gpu_zero_grads(dn_net *net, dn_layer *l)
 {
     dn_status s = use_device(net);
-    for (int i = 0; i < net->nlayers && !s; ++i)
-        for (int j = 0; j < net->layers[i]->nparams; ++j) {
-            dn_param *p = &net->layers[i]->params[j];
-            if (p->grad_gpu) dn_gpu_fill(p->grad_gpu, p->count, 0.f);
-        }
+    for (int j = 0; j < l->nparams && !s; ++j) {
+        dn_param *p = &l->params[j];
+        if (p->grad_gpu) dn_gpu_fill(p->grad_gpu, p->count, 0.f);
+    }
     const cudaError_t e = cudaGetLastError();
     return s ? s : (e == cudaSuccess ? DN_OK : cuda_fail(e, "zeroing the gradients"));
 }

@@ -36,6 +36,7 @@ extern "C" {
 typedef struct dn_update_args {
     int adam;
     float rate, decay, batch, momentum, B1, B2, eps, b1t, b2t;
+    float clip;   /* then w clamped to [-clip, clip] (0: not) */
 } dn_update_args;
 
 /* ---- the host parts of device passes (layers/<type>.c, in either build) ----
@@ -83,7 +84,7 @@ dn_status dn_gpu_allocate(dn_net *net);           /* after dn_net_allocate: devi
 dn_status dn_gpu_forward(dn_net *net);
 dn_status dn_gpu_backward(dn_net *net);
 dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a);
-dn_status dn_gpu_zero_grads(dn_net *net);
+dn_status dn_gpu_zero_grads(dn_net *net, dn_layer *l);  /* the layer's parameter gradients */
 /* Host copies brought up to date: one layer's output, every stale output,
  * one layer's delta or the input delta (the caller may write it: it goes back
  * before the next backward pass), a parameter with its optimizer state
@@ -210,7 +211,12 @@ static inline dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_
     (void)a;
     return DN_ERR_UNSUPPORTED;
 }
-static inline dn_status dn_gpu_zero_grads(dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
+static inline dn_status dn_gpu_zero_grads(dn_net *net, dn_layer *l)
+{
+    (void)net;
+    (void)l;
+    return DN_ERR_UNSUPPORTED;
+}
 static inline dn_status dn_gpu_pull_output(const dn_net *net, dn_layer *l)
 {
     (void)net;

@@ -115,6 +115,32 @@ typedef struct dn_param {
     int host_dirty;
 } dn_param;
 
+/* ---- darknet's per-layer training switches ----
+ * The cfg keys every layer section takes, resolved for the whole network when
+ * training is enabled (core/train.c), as darknet's parser and its GPU training
+ * loop use them:
+ *   stopbackward=1: the backward pass stops before this layer (neither it nor
+ *     any earlier layer runs backward) and every earlier layer is frozen;
+ *     stopbackward=N > 1: the same stop while fewer than N iterations are done,
+ *     the earlier layers not frozen (their update, without gradients, still
+ *     applies decay and momentum);
+ *   onlyforward=1: the layer's backward is skipped (nothing passes through it);
+ *   dont_update=N: no update of the layer's parameters in iterations 1..N;
+ *   burnin_update=K: none while K * burn_in > the iteration;
+ *   train_only_bn=1: this layer and every earlier one compute no parameter
+ *     gradients and are never updated; batch norm keeps its training-mode
+ *     statistics, so only the rolling mean and variance move;
+ *   clip=C (convolutional): weights clamped to [-C, C] after each update.
+ * A skipped update keeps the layer's gradients, which go into its next update
+ * (darknet's update buffer holds them until then). */
+typedef struct dn_switches {
+    int stopbackward, onlyforward, dont_update, burnin_update;
+    int frozen;      /* before the last stopbackward=1 layer: no backward, no gradients, no update */
+    int infer;       /* a frozen convolutional layer: its forward runs as in inference in training passes */
+    int only_bn;     /* train_only_bn here or in a later layer: no gradients, no update */
+    float clip;      /* convolutional weights' bound after an update (0: none) */
+} dn_switches;
+
 /* ---- layers ---- */
 typedef struct dn_layer_ops {
     const char *type;                               /* canonical cfg section name */
@@ -164,6 +190,7 @@ struct dn_layer {
     float *gpu_buf[DN_GPU_BUFS];
     size_t gpu_cap[DN_GPU_BUFS];
     int host_stale;
+    dn_switches sw;
 };
 
 /* ---- the network ---- */
@@ -260,6 +287,11 @@ void dn_parallel_zero(const dn_net *net, float *x, size_t n);
 int dn_workers(const dn_net *net);
 /* Splits n items into tasks of `grain` items: task t covers [t*grain, min(n, (t+1)*grain)). */
 static inline int dn_ntasks(size_t n, size_t grain) { return (int)((n + grain - 1) / grain); }
+
+/* ---- training passes (core/train.c) ---- */
+/* The backward pass at layer l (the switches above): 1 runs it, 0 skips it,
+ * -1 stops the pass before it. */
+int dn_backward_step(const dn_net *net, const dn_layer *l);
 
 /* ---- per-layer timing (core/profile.c) ---- */
 dn_status dn_layer_run_forward(dn_net *net, dn_layer *l);

@@ -11,7 +11,10 @@
  *         w += rate * (m / (1 - B1^t)) / (sqrt(v / (1 - B2^t)) + eps)
  * with rate = learning_rate(t) * the layer's learning_rate scale, t the
  * iteration being made (1 for the first update). Learning-rate policies as
- * darknet's get_current_rate, burn_in first: rate * (t / burn_in)^power. */
+ * darknet's get_current_rate, burn_in first: rate * (t / burn_in)^power.
+ * The per-layer switches (stopbackward, onlyforward, dont_update,
+ * burnin_update, train_only_bn, clip; see dn_switches in internal.h) decide
+ * which layers run backward, get gradients and are updated. */
 #include "internal.h"
 #include "cuda.h"
 
@@ -119,6 +122,60 @@ dn_status dn_net_seed(dn_net *net, unsigned long long seed)
 
 unsigned long long dn_net_rng_state(const dn_net *net) { return net ? net->rng : 0; }
 
+/* ---- the per-layer switches ---- */
+/* An integer switch of layer l (absent: 0). */
+static dn_status switch_int(const dn_layer *l, const char *key, int *out)
+{
+    *out = 0;
+    return dn_attr_has(l, key) ? dn_attr_int(l, key, out) : DN_OK;
+}
+
+/* Fills every layer's sw from its options, as darknet's parser does for a
+ * network loaded for training: stopbackward=1 freezes the layers before the
+ * last layer that has it; train_only_bn reaches back to the first layer. */
+static dn_status resolve_switches(dn_net *net)
+{
+    int last_stop = -1, only_bn = 0;
+    dn_status s = DN_OK;
+    for (int i = 0; i < net->nlayers && !s; ++i) {
+        dn_layer *l = net->layers[i];
+        dn_switches *w = &l->sw;
+        int train_only_bn = 0;
+        memset(w, 0, sizeof(*w));
+        if ((s = switch_int(l, "stopbackward", &w->stopbackward)) || (s = switch_int(l, "onlyforward", &w->onlyforward)) ||
+            (s = switch_int(l, "dont_update", &w->dont_update)) ||
+            (s = switch_int(l, "burnin_update", &w->burnin_update)) ||
+            (s = switch_int(l, "train_only_bn", &train_only_bn)))
+            break;
+        w->only_bn = train_only_bn;
+        if (!strcmp(l->ops->type, "convolutional") && dn_attr_has(l, "clip")) s = dn_attr_float(l, "clip", &w->clip);
+        if (w->stopbackward == 1) last_stop = i;
+    }
+    for (int i = net->nlayers - 1; i >= 0 && !s; --i) {
+        dn_switches *w = &net->layers[i]->sw;
+        only_bn |= w->only_bn;
+        w->only_bn = only_bn;
+        w->frozen = i < last_stop;
+        w->infer = w->frozen && !strcmp(net->layers[i]->ops->type, "convolutional");
+    }
+    return s;
+}
+
+int dn_backward_step(const dn_net *net, const dn_layer *l)
+{
+    const dn_switches *w = &l->sw;
+    if (w->stopbackward == 1 || w->stopbackward > net->iteration) return -1;
+    return w->onlyforward || w->frozen ? 0 : 1;
+}
+
+/* Whether iteration t updates layer l (dont_update, burnin_update). */
+static int layer_updates(const dn_layer *l, long long t, int burn_in)
+{
+    const dn_switches *w = &l->sw;
+    if (w->burnin_update && (long long)w->burnin_update * burn_in > t) return 0;
+    return t > w->dont_update;
+}
+
 /* ---- enabling ---- */
 dn_status dn_net_enable_training(dn_net *net)
 {
@@ -127,6 +184,7 @@ dn_status dn_net_enable_training(dn_net *net)
     if (net->training) return DN_OK;
     train_config c;
     dn_status s = read_config(net, &c);
+    if (!s) s = resolve_switches(net);
     if (s) return s;
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
@@ -134,7 +192,7 @@ dn_status dn_net_enable_training(dn_net *net)
             return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "training (backward) is not implemented for this layer type");
         for (int j = 0; j < l->nparams; ++j) {
             dn_param *p = &l->params[j];
-            if (!(p->flags & DN_PARAM_TRAIN)) continue;
+            if (!(p->flags & DN_PARAM_TRAIN) || l->sw.frozen || l->sw.only_bn) continue;
             p->grad = dn_calloc(p->count, sizeof(float));
             p->m = dn_calloc(p->count, sizeof(float));
             p->v = c.adam ? dn_calloc(p->count, sizeof(float)) : NULL;
@@ -155,14 +213,18 @@ static dn_status need_training(const dn_net *net)
     return DN_OK;
 }
 
+static void zero_layer_grads(dn_net *net, dn_layer *l)
+{
+    for (int j = 0; j < l->nparams; ++j) {
+        dn_param *p = &l->params[j];
+        if (p->grad) memset(p->grad, 0, p->count * sizeof(float));
+    }
+    if (net->cuda) dn_gpu_zero_grads(net, l);
+}
+
 static void zero_grads(dn_net *net)
 {
-    for (int i = 0; i < net->nlayers; ++i)
-        for (int j = 0; j < net->layers[i]->nparams; ++j) {
-            dn_param *p = &net->layers[i]->params[j];
-            if (p->grad) memset(p->grad, 0, p->count * sizeof(float));
-        }
-    if (net->cuda) dn_gpu_zero_grads(net);
+    for (int i = 0; i < net->nlayers; ++i) zero_layer_grads(net, net->layers[i]);
     net->images_since_update = 0;
 }
 
@@ -192,7 +254,10 @@ dn_status dn_net_forward_train(dn_net *net, const float *input, size_t count, co
     net->train = 1;
     dn_net_prepare_threads(net);
     if (net->cuda) s = dn_gpu_forward(net);
-    for (int i = 0; i < net->nlayers && !s && !net->cuda; ++i) s = dn_layer_run_forward(net, net->layers[i]);
+    for (int i = 0; i < net->nlayers && !s && !net->cuda; ++i) {
+        net->train = !net->layers[i]->sw.infer;
+        s = dn_layer_run_forward(net, net->layers[i]);
+    }
     net->train = 0;
     net->truth = NULL;
     return s;
@@ -208,7 +273,11 @@ dn_status dn_net_backward(dn_net *net)
     net->train = 1;
     dn_net_prepare_threads(net);
     if (net->cuda) s = dn_gpu_backward(net);
-    for (int i = net->nlayers - 1; i >= 0 && !s && !net->cuda; --i) s = dn_layer_run_backward(net, net->layers[i]);
+    for (int i = net->nlayers - 1; i >= 0 && !s && !net->cuda; --i) {
+        const int step = dn_backward_step(net, net->layers[i]);
+        if (step < 0) break;
+        if (step) s = dn_layer_run_backward(net, net->layers[i]);
+    }
     net->train = 0;
     return s;
 }
@@ -232,13 +301,15 @@ dn_status dn_net_update(dn_net *net)
     const float b1t = 1.f - powf(c.B1, (float)t), b2t = 1.f - powf(c.B2, (float)t);
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
+        if (!layer_updates(l, t, c.burn_in)) continue;
         const float rate = base * layer_rate_scale(l);
         for (int j = 0; j < l->nparams; ++j) {
             dn_param *p = &l->params[j];
             if (!p->grad) continue;
             const float decay = (p->flags & DN_PARAM_DECAY) ? c.decay * B : 0.f;
+            const float clip = !strcmp(p->name, "weights") ? l->sw.clip : 0.f;
             if (net->cuda) {
-                const dn_update_args a = {c.adam, rate, decay, B, c.momentum, c.B1, c.B2, c.eps, b1t, b2t};
+                const dn_update_args a = {c.adam, rate, decay, B, c.momentum, c.B1, c.B2, c.eps, b1t, b2t, clip};
                 if ((s = dn_gpu_update(net, p, &a))) return s;
                 continue;
             }
@@ -257,9 +328,12 @@ dn_status dn_net_update(dn_net *net)
                     m[k] *= c.momentum;
                 }
             }
+            if (clip > 0.f)
+                for (size_t k = 0; k < p->count; ++k) w[k] = fminf(clip, fmaxf(-clip, w[k]));
         }
+        zero_layer_grads(net, l);
     }
-    zero_grads(net);
+    net->images_since_update = 0;
     return DN_OK;
 }
 

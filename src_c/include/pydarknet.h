@@ -212,13 +212,17 @@ dn_status dn_net_seed(dn_net *net, unsigned long long seed);
 unsigned long long dn_net_rng_state(const dn_net *net);
 dn_status dn_layer_delta(dn_net *net, int layer, float **data, size_t *count);
 dn_status dn_net_input_delta(dn_net *net, float **data, size_t *count);
-/* The gradient and optimizer buffers of a parameter (NULL before training is enabled). */
+/* The gradient and optimizer buffers of a parameter (NULL before training is
+ * enabled, and for layers that are never updated: frozen by a later
+ * stopbackward=1, or up to a train_only_bn=1 layer). */
 dn_status dn_layer_param_state(dn_net *net, int layer, int index, float **grad, float **m, float **v);
 
 /* Images: 8-bit interleaved pixels (rows of width*channels bytes, `stride`
  * bytes apart; channels 1 or 3; bgr=1 for OpenCV's order) to the network's
- * planar RGB float input for batch entry `batch_index`, resized as darknet
- * does: plain stretch (letterbox=0) or aspect-preserving letterbox on grey. */
+ * planar RGB float input for batch entry `batch_index` (one grey plane for a
+ * network of one channel, colour pixels made grey as OpenCV's BGR2GRAY
+ * does), resized as darknet does: plain stretch (letterbox=0) or
+ * aspect-preserving letterbox on grey. */
 dn_status dn_net_set_input_image(dn_net *net, int batch_index, const uint8_t *pixels, int width, int height,
                                  int channels, int stride, int bgr, int letterbox);
 /* As dn_net_set_input_image, prepared as darknet's classifier predict and

@@ -217,6 +217,7 @@ __global__ static void update_kernel(float *w, const float *g, float *m, float *
             w[k] += a.rate / a.batch * m[k];
             m[k] *= a.momentum;
         }
+        if (a.clip > 0.f) w[k] = fminf(a.clip, fmaxf(-a.clip, w[k]));
     }
 }
 
