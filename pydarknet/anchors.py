@@ -256,7 +256,7 @@ def _write(path, text):
 
 def add_parser(subcommands):
     """The ``calc_anchors`` subcommand, added to ``detector``."""
-    from .cli import _flag, _non_negative_int, _positive_int
+    from .cli import _flag, _positive_int, _seed
 
     p = subcommands.add_parser(
         "calc_anchors", help="anchors for the labels of the train= list (k-means, 1 - IoU distance)",
@@ -276,7 +276,7 @@ def add_parser(subcommands):
           help="draw the box sizes and anchors to anchors.png, and show it when a display is available")
     _flag(p, "cfg", metavar="FILE", help="a cfg giving the default size and number of anchors")
     _flag(p, "out_cfg", metavar="FILE", help="write a copy of -cfg with the new anchors here")
-    _flag(p, "seed", type=_non_negative_int, default=0, metavar="N", help="seed of the k-means++ start (default 0)")
+    _flag(p, "seed", type=_seed, default=0, metavar="N", help="seed of the k-means++ start (default 0)")
     p.set_defaults(func=run_command)
     return p
 

@@ -298,7 +298,7 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
 
 def add_classifier_parser(commands):
     """Adds `classifier train|predict|valid` to the top-level subparsers."""
-    from .cli import _flag, _non_negative_int, _positive_int
+    from .cli import _flag, _non_negative_int, _positive_int, _seed
 
     classifier = commands.add_parser(
         "classifier", help="image classifiers: train, predict, valid",
@@ -330,7 +330,7 @@ def add_classifier_parser(commands):
                "every max(2 epochs, burn_in, 100) iterations and at the end")
     _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
     _flag(train, "gpus", metavar="LIST", help="accepted; training runs on the CPU in this version")
-    _flag(train, "seed", type=int, default=0, metavar="N",
+    _flag(train, "seed", type=_seed, default=0, metavar="N",
           help="seed of the batches, augmentation and initial weights (default 0)")
     train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
                        help="train up to iteration N instead of the cfg's max_batches")

@@ -128,24 +128,32 @@ def _threshold(text):
     return value
 
 
-def _positive_int(text):
+INT_MAX = 2**31 - 1       # numeric flags reach the C core as a C int
+SEED_MAX = 2**32 - 1      # seeds reach it as an unsigned integer
+
+
+def _whole_number(text, least, most=INT_MAX):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+        value = None
+    if value is None or value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {least}, got {text!r}")
+    if value > most:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at most {most}, got {text!r}")
     return value
+
+
+def _positive_int(text):
+    return _whole_number(text, 1)
 
 
 def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
-    return value
+    return _whole_number(text, 0)
+
+
+def _seed(text):
+    return _whole_number(text, 0, SEED_MAX)
 
 
 def _map_points(text):
@@ -246,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
     _flag(train, "gpus", type=_first_gpu, metavar="LIST",
           help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
-    _flag(train, "seed", type=int, default=0, metavar="N",
+    _flag(train, "seed", type=_seed, default=0, metavar="N",
           help="seed of the batches, augmentation, multi-scale sizes and initial weights (default 0)")
     train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
                        help="train up to iteration N instead of the cfg's max_batches")

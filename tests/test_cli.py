@@ -408,6 +408,15 @@ USAGE = {  # name: (argv after "detector test <data> <cfg>" or a whole argv, wor
                             ["-thresh", "high"]),
     "thresh out of range": (["detect", "{cfg}", "{weights}", "-thresh", "1.5"], ["detect", "-thresh", "1.5"]),
     "two cfgs": (["detector", "test", "{cfg}", "{cfg}", "{weights}", "{image}"], ["net.cfg", "both look like cfg"]),
+    # numbers past a C int are refused by the parser, not met as an OverflowError in the core
+    "device index past a C int": (["detector", "test", "{data}", "{cfg}", "{weights}", "{image}", "-i",
+                                   "99999999999999999999"], ["-i", "at most 2147483647"]),
+    "max batches past a C int": (["detector", "train", "{data}", "{cfg}", "--max-batches", "2147483648"],
+                                 ["--max-batches", "at most 2147483647"]),
+    "negative seed": (["detector", "train", "{data}", "{cfg}", "-seed", "-5"], ["-seed", "at least 0", "'-5'"]),
+    "seed past 32 bits": (["classifier", "train", "{data}", "{cfg}", "-seed", "4294967296"],
+                          ["-seed", "at most 4294967295"]),
+    "anchors seed negative": (["detector", "calc_anchors", "{data}", "-seed", "-1"], ["-seed", "at least 0"]),
 }
 
 
