@@ -181,9 +181,15 @@ class TestOutputs:
         write_atomic(target, buf.tobytes())
 
     def close(self):
-        if self.json_path is not None:
-            write_atomic(self.json_path, json.dumps(self._entries, indent=1) + "\n")
-            _note(f"detections of {len(self._entries)} images written to {self.json_path}")
+        """Writes the -out JSON; when no image was processed a file already
+        there is left as it was (a failed run never replaces a good result)."""
+        if self.json_path is None:
+            return
+        if not self._entries:
+            _note(f"no image was processed; {self.json_path} not written")
+            return
+        write_atomic(self.json_path, json.dumps(self._entries, indent=1) + "\n")
+        _note(f"detections of {len(self._entries)} images written to {self.json_path}")
 
 
 def json_entry(frame_id, filename, detections: Sequence[Detection], width, height) -> dict:
@@ -461,9 +467,14 @@ class _JsonFrames:
         self.count += 1
 
     def close(self):
+        """Renames the file into place when it holds a frame; without one
+        (a video that yields none) a file already there is left as it was."""
         self.f.write("\n]\n")
         self.f.close()
-        os.replace(self.tmp, self.path)
+        if self.count:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
 
 
 def _frame_mode(args, source):

@@ -125,6 +125,19 @@ def test_corrupt_image_in_list_is_skipped(model, capsys):
         assert [r["filename"] for r in json.load(f)] == ["imgs/a.png"]
 
 
+def test_out_json_is_kept_when_no_image_could_be_read(model, capsys):
+    with open("result.json", "w") as f:
+        f.write('[{"frame_id": 1}]\n')            # an earlier run's result
+    with open("list.txt", "w") as f:
+        f.write("imgs/gone1.jpg\nimgs/gone2.jpg\n")
+    code, out, err = run(capsys, "detector", "test", model["data"], model["cfg"], model["weights"], "list.txt",
+                         "-dont_show", "-out", "result.json")
+    assert code == 1
+    assert "no image was processed; result.json not written" in err
+    with open("result.json") as f:
+        assert f.read() == '[{"frame_id": 1}]\n'
+
+
 # ----------------------------------------------------------------------------- detector valid
 
 def _valid_setup(model, lines, extra=""):
@@ -267,6 +280,19 @@ def test_demo_bad_video(model, capsys):
         assert code == 1
         line = _one_error_line(err)
         assert video in line and words in line
+
+
+def test_demo_video_without_frames_keeps_an_earlier_json(model, capsys):
+    _write_video("empty.avi", frames=0)          # opens, yields no frame
+    with open("frames.json", "w") as f:
+        f.write("[{}]\n")
+    code, out, err = run(capsys, "detector", "demo", model["data"], model["cfg"], model["weights"], "empty.avi",
+                         "-dont_show", "-json_file_output", "frames.json")
+    assert code == 1
+    assert "empty.avi: no frame could be read" in _one_error_line(err)
+    with open("frames.json") as f:
+        assert f.read() == "[{}]\n"
+    assert not [n for n in os.listdir(".") if ".tmp." in n]
 
 
 # ----------------------------------------------------------------------------- networks without a detection head
