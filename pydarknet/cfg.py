@@ -21,6 +21,8 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
+from .fileio import not_text
+
 __all__ = [
     "CfgError", "CfgWarning", "LayerSpec", "NetSpec", "parse_cfg", "parse_cfg_text",
     "ACTIVATIONS", "SECTION_ALIASES", "SUPPORTED_LAYERS", "KNOWN_SECTIONS", "SCHEMA",
@@ -533,6 +535,9 @@ def parse_cfg(path) -> NetSpec:
             data = f.read()
     except OSError as e:
         raise CfgError(name, None, f"cannot read cfg file: {e.strerror or e}") from None
+    problem = not_text(data)
+    if problem:
+        raise CfgError(name, None, f"cfg file: {problem}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

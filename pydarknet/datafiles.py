@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .fileio import not_text
+
 
 class DataFileError(ValueError):
     """A .data or .names file that cannot be used (names file and line)."""
@@ -14,11 +16,7 @@ def read_data_file(path):
     names, backup, ...). Paths in it are returned as written; see
     resolve_path."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise DataFileError(f"{path}: cannot read data file: {e.strerror}") from None
+    lines = _text_lines(path, "data")
     out = {}
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -49,11 +47,21 @@ def resolve_path(value, data_path):
 
 def read_names(path):
     path = os.fspath(path)
+    return [line.strip() for line in _text_lines(path, "names") if line.strip()]
+
+
+def _text_lines(path, what):
+    """The lines of a text file; DataFileError naming it when it cannot be
+    read or is not text."""
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            return [line.strip() for line in f.read().splitlines() if line.strip()]
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
-        raise DataFileError(f"{path}: cannot read names file: {e.strerror}") from None
+        raise DataFileError(f"{path}: cannot read {what} file: {e.strerror}") from None
+    problem = not_text(data)
+    if problem:
+        raise DataFileError(f"{path}: {what} file: {problem}")
+    return data.decode("utf-8-sig", errors="replace").splitlines()
 
 
 # darknet's defaults for keys a .data file leaves out (detector.c / classifier.c)

@@ -39,7 +39,7 @@ from .cli import (DETECTOR_NMS, EXIT_FAILURE, EXIT_OK, JPEG_QUALITY, CliError, _
                   _load_network, _names_from_data, _net_classes, _note, _read_image, format_detections,
                   order_data_cfg, visible)
 from .detection import Detection, draw_detections
-from .fileio import replacing, temporary_path
+from .fileio import not_text, replacing, temporary_path
 
 VALID_THRESH = 0.001     # darknet's validate_detector: every box above .001 ...
 VALID_NMS = 0.6          # ... after NMS at .6
@@ -80,6 +80,9 @@ def list_paths(list_path) -> List[str]:
             data = f.read()
     except OSError as e:
         raise CliError(f"{list_path}: cannot read image list: {e.strerror or e}") from None
+    problem = not_text(data)
+    if problem:
+        raise CliError(f"{list_path}: image list: {problem}")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     folder = os.path.dirname(os.fspath(list_path))
@@ -110,11 +113,16 @@ def image_inputs(image) -> Optional[List[str]]:
             raise CliError(f"{image}: no image files in this folder ({', '.join(IMAGE_EXTS)})")
         return paths
     if image.lower().endswith(LIST_EXTS):
-        paths = list_paths(image)
-        if not paths:
-            raise CliError(f"{image}: no image paths in this list file")
-        return paths
+        return listed_images(image)
     return None
+
+
+def listed_images(list_path) -> List[str]:
+    """list_paths, CliError when the list names no image."""
+    paths = list_paths(list_path)
+    if not paths:
+        raise CliError(f"{list_path}: no image paths in this list file")
+    return paths
 
 
 def require_detector(net, cfg_path, command):
@@ -331,6 +339,7 @@ def detector_valid(args) -> int:
     if df.get("map") is not None:
         raise CliError(f"{data_path}: map = {df.get('map')} (class remapping) is not supported")
     valid = valid_list(data_path)
+    paths = listed_images(valid)
     folder = df.path_of("results", "results")
     _, _, net, names = _load_detector(args, "detector valid")
     classes = _net_classes(net)
@@ -339,7 +348,6 @@ def detector_valid(args) -> int:
     except OSError as e:
         raise CliError(f"{folder}: cannot make the results folder (results= in {data_path}): "
                        f"{e.strerror or e}") from None
-    paths = list_paths(valid)
     per_class: List[List[str]] = [[] for _ in range(classes)]
     coco: List[str] = []
     images = _Readable(paths, net.channels)
@@ -356,6 +364,8 @@ def detector_valid(args) -> int:
                 per_class[d.class_id].append(voc_line(stem, d, w, h))
         if (i + 1) % 100 == 0:
             _note(f"{i + 1} of {len(paths)} images")
+    if len(images.failed) == len(paths):
+        raise CliError(f"{valid}: none of its {len(paths)} images could be read; no results written")
     if kind == "coco":
         target = os.path.join(folder, f"{args.out or 'coco_results'}.json")
         write_atomic(target, "[\n" + ",\n".join(coco) + ("\n]\n" if coco else "]\n"))
@@ -426,8 +436,8 @@ def detector_recall(args) -> int:
 
     data_path, _ = order_data_cfg(args.data, args.cfg, "detector recall")
     valid = valid_list(data_path)
+    paths = listed_images(valid)
     _, _, net, _ = _load_detector(args, "detector recall")
-    paths = list_paths(valid)
     total = correct = proposal_count = done = 0
     iou_sum = 0.0
     images = _Readable(paths, net.channels)

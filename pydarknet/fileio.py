@@ -1,4 +1,4 @@
-"""Files written whole or not at all.
+"""Files written whole or not at all, and text files told from binary ones.
 
 Every file the project writes that a user may already have a good copy of
 (weights, checkpoints, training state, model files, result files, charts,
@@ -6,11 +6,16 @@ logs) goes through :func:`replacing`: the data is written to a temporary
 file in the same folder, which is renamed over the target only once it is
 complete, so an interrupted or failed write never leaves a half-written file
 and never loses the previous one.
+
+The project's text inputs (cfg, .data, names and list files) are checked with
+:func:`not_text` before they are parsed, so a binary or UTF-16 file given in
+their place is named as such instead of being read as lines of garbage.
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from typing import Optional
 
 
 def temporary_path(path, suffix="") -> str:
@@ -42,3 +47,14 @@ def replacing(path, mode="wb", suffix="", **open_kwargs):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def not_text(data: bytes) -> Optional[str]:
+    """None when `data` can be a text file (UTF-8, ASCII or another 8-bit
+    encoding); otherwise why not, to follow the file's name in an error."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "the file is UTF-16 encoded; save it as UTF-8 or ASCII text"
+    at = data.find(b"\0")
+    if at >= 0:
+        return f"not a text file (byte offset {at} is a NUL byte; a binary file?)"
+    return None

@@ -244,6 +244,20 @@ def test_error_missing_file(tmp_path):
     assert str(e.value).startswith(f"{p}: ")
 
 
+@pytest.mark.parametrize("data,words", [
+    ((NET + "[maxpool]\n").encode("utf-16"), ["UTF-16", "save it as UTF-8"]),    # Windows Notepad's "Unicode"
+    (b"\x1f\x8b\x08\x00" + bytes(range(256)), ["not a text file", "byte offset 3 is a NUL"]),   # a gzip file
+])
+def test_error_file_that_is_not_text(tmp_path, data, words):
+    p = tmp_path / "odd.cfg"
+    p.write_bytes(data)
+    with pytest.raises(CfgError) as e:
+        parse_cfg(p)
+    assert (e.value.path, e.value.line) == (str(p), None)
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
 def test_error_empty_file(tmp_path):
     (tmp_path / "e.cfg").write_text("# nothing\n")
     with pytest.raises(CfgError):

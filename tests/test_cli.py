@@ -326,8 +326,15 @@ def _empty_folder(tmp_path, f):
 def _data_with(text):
     def make(tmp_path, f):
         p = tmp_path / "other.data"
-        p.write_text(text)
+        p.write_bytes(text if isinstance(text, bytes) else text.encode())
         return [p, f["cfg"], f["weights"], f["image"]]
+    return make
+
+
+def _names_with(data):
+    def make(tmp_path, f):
+        (tmp_path / "bin.names").write_bytes(data)
+        return _data_with("classes = 2\nnames = bin.names\n")(tmp_path, f)
     return make
 
 
@@ -352,6 +359,9 @@ FAILURES = {  # name: (argv maker, words the one error line must hold)
     "names file missing": (_data_with("classes = 2\nnames = absent.names\n"), ["absent.names", "other.data"]),
     "no names key": (_data_with("classes = 2\ntrain = t.txt\n"), ["other.data", "names"]),
     "malformed data": (_data_with("classes = 2\nnames = net.names\nnot a key value line\n"), ["other.data:3:"]),
+    "UTF-16 data": (_data_with("classes = 2\nnames = net.names\n".encode("utf-16")),
+                    ["other.data: data file: the file is UTF-16 encoded"]),
+    "binary names": (_names_with(b"cat\ndog\n\0\x01\x02"), ["bin.names: names file: not a text file", "offset 8"]),
 }
 
 

@@ -201,6 +201,38 @@ def test_valid_unsupported_eval_is_refused(model, capsys):
     assert code == 1 and "eval = kitti is not supported" in _one_error_line(err)
 
 
+@pytest.mark.parametrize("command", ["valid", "recall"])
+@pytest.mark.parametrize("lines,words", [
+    (["", "# nothing listed", "  "], ["valid.txt: no image paths in this list file"]),
+    (["imgs/gone.png", "imgs/gone2.png"], ["valid.txt: none of its 2 images could be read", "no results written"]),
+])
+def test_valid_and_recall_with_no_usable_image_keep_earlier_results(model, capsys, command, lines, words):
+    _valid_setup(model, lines)
+    os.makedirs("results")
+    for name in NAMES:
+        with open(f"results/comp4_det_test_{name}.txt", "w") as f:
+            f.write("earlier 0.9 1 1 5 5\n")
+    code, out, err = run(capsys, "detector", command, model["data"], model["cfg"], model["weights"])
+    assert code == 1 and "Traceback" not in err
+    if command == "valid" or not lines[0].startswith("imgs/"):   # recall reports each missing image instead
+        line = [l for l in err.splitlines() if l.startswith("pydarknet: error:")][-1]
+        for w in words:
+            assert w in line, line
+    for name in NAMES:
+        with open(f"results/comp4_det_test_{name}.txt") as f:
+            assert f.read() == "earlier 0.9 1 1 5 5\n"
+
+
+@pytest.mark.parametrize("command", ["valid", "recall"])
+def test_binary_valid_list_is_refused(model, capsys, command):
+    with open(model["data"], "a") as f:
+        f.write(f"valid = {model['weights']}\n")      # the weights file named by mistake
+    code, out, err = run(capsys, "detector", command, model["data"], model["cfg"], model["weights"])
+    assert code == 1 and out == []
+    line = _one_error_line(err)
+    assert line.startswith(f"pydarknet: error: {model['weights']}: image list: not a text file"), line
+
+
 # ----------------------------------------------------------------------------- detector recall
 
 def test_recall_lines(model, capsys):

@@ -31,6 +31,7 @@ import os
 import numpy as np
 
 from ..datafiles import DataFileError, load_data_file, read_names
+from ..fileio import not_text
 from .issues import DataError, DataSummary, Issue
 
 __all__ = [
@@ -73,6 +74,9 @@ def read_image_list(path, summary=None, check=True):
             data = f.read()
     except OSError as e:
         raise DataFileError(f"{path}: cannot read image list: {e.strerror}") from None
+    problem = not_text(data)
+    if problem:
+        raise DataFileError(f"{path}: image list: {problem}")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     text = data.decode("utf-8", "surrogateescape")
