@@ -181,8 +181,11 @@ def read_model(path) -> ModelInfo:
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER.size)
-            if len(head) < HEADER.size or not head.startswith(MAGIC):
+            if not head.startswith(MAGIC):
                 raise ModelFileError(f"{path}: not a pydarknet model file (no {MAGIC.decode()} header)")
+            if len(head) < HEADER.size:
+                raise ModelFileError(f"{path}: the file is {len(head)} bytes, too short for a model file header "
+                                     f"({HEADER.size} bytes)")
             _, version, meta_size, data_size, crc, _ = HEADER.unpack(head)
             if version != VERSION:
                 raise ModelFileError(f"{path}: byte offset 8: model format version {version}; "

@@ -65,7 +65,12 @@ def _tensors(net, max_layers=None):
 
 
 def read_header(f, path):
+    from .modelfile import MAGIC
+
     raw = f.read(12)
+    if raw.startswith(MAGIC):
+        raise WeightsError(f"{path}: a pydarknet model file (.pdn), not a darknet weights file; it holds the "
+                           f"network itself and is loaded with pydarknet.load_model or dn_net_load")
     if len(raw) < 12:
         raise WeightsError(f"{path}: file is {len(raw)} bytes, too short for a darknet weights header")
     major, minor, revision = struct.unpack("<iii", raw)

@@ -179,6 +179,16 @@ def test_truncated_files_fail_with_the_place(detector, tmp_path):
         _c_load(cut)
     with pytest.raises(ModelFileError, match=r"cut\.pdn: byte offset 12"):
         read_model(cut)
+    cut.write_bytes(data[:20])        # the magic, then the header cut short
+    with pytest.raises(ModelFileError, match=r"cut\.pdn: the file is 20 bytes, too short for a model file header"):
+        read_model(cut)
+
+
+def test_model_file_given_as_weights_is_named(detector):
+    _, cfg, _, path = detector
+    with pytest.raises(pydarknet.WeightsError, match=r"\.pdn: a pydarknet model file \(\.pdn\), not a darknet "
+                                                     r"weights file"):
+        pydarknet.load(cfg, path)
 
 
 def _c_load(path):
