@@ -247,8 +247,12 @@ def plot(wh, anchors, width, height):
 
 
 def _write(path, text):
+    """Writes through a temporary file renamed into place: a failed write
+    (of -out_cfg over the cfg itself, say) leaves the old file whole."""
+    from .fileio import replacing
+
     try:
-        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with replacing(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
     except OSError as e:
         raise AnchorsError(f"{path}: cannot write: {e.strerror or e}") from None

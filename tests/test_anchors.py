@@ -214,6 +214,24 @@ def test_errors(shapes, capsys):
                              "-num_of_clusters", "3"]), 1, "empty.cfg: no [yolo] section")
 
 
+def test_failed_cfg_write_keeps_the_cfg(shapes, capsys, monkeypatch):
+    # -out_cfg over the cfg itself, the write failing at the last step: the cfg stays whole
+    before = (shapes / "tiny.cfg").read_bytes()
+
+    real_replace = os.replace
+
+    def fail(src, dst):
+        if os.path.basename(dst) != "tiny.cfg":
+            return real_replace(src, dst)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    rc = main(["detector", "calc_anchors", "shapes.data", "-cfg", "tiny.cfg", "-out_cfg", "tiny.cfg"])
+    _one_error(capsys, rc, 1, "tiny.cfg: cannot write: No space left on device")
+    assert (shapes / "tiny.cfg").read_bytes() == before
+    assert not [p.name for p in shapes.iterdir() if ".tmp." in p.name]
+
+
 def test_bad_label_lines_and_missing_images_are_reported(shapes, capsys, caplog):
     label = shapes / "images" / "train" / "train_00003.txt"
     label.write_text(label.read_text() + "1 0.5 0.5 wide 0.2\n7 0.5 0.5 0.1 0.1\n")
