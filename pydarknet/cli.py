@@ -662,20 +662,27 @@ def _run_images(net, image, args) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _check_image_arg(image):
+def _check_image_arg(image, weights):
     """Fails before the (possibly slow) network build on an image, list or
-    folder that cannot be used."""
+    folder that cannot be used (with a hint when it and the weights look
+    given the other way round)."""
     if image is not None:
         from .detect_cli import image_inputs
 
         if image_inputs(image) is None:
-            _read_image(image)
+            try:
+                _read_image(image)
+            except CliError as e:
+                if weights.lower().endswith(_IMAGE_EXTS):
+                    raise CliError(f"{e} (the weights file comes before the image: ... {image} {weights})") \
+                        from None
+                raise
 
 
 def _cmd_detector_test(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg)
     names, names_path = _names_from_data(data_path)
-    _check_image_arg(args.image)
+    _check_image_arg(args.image, args.weights)
     net = _load_network(cfg_path, args.weights, names, args.gpu)
     _require_detector(net, cfg_path, "detector test")
     _check_names(net, names, names_path, cfg_path)
@@ -690,7 +697,7 @@ def _cmd_detect(args) -> int:
     if names_path is not None:
         _read_head(names_path, "names", 1)
         names = read_names(names_path)
-    _check_image_arg(args.image)
+    _check_image_arg(args.image, args.weights)
     net = _load_network(args.cfg, args.weights, names, args.gpu)
     _require_detector(net, args.cfg, "detect")
     _check_names(net, names, names_path, args.cfg)

@@ -393,6 +393,18 @@ def test_weights_given_an_image_gets_a_hint(exact, capsys):
     assert "dog.jpg" in _one_error_line(err) and "weights file comes before the image" in err
 
 
+@pytest.mark.parametrize("command", ["detector test", "detect"])
+def test_image_and_weights_swapped_gets_a_hint(exact, capsys, command):
+    f = exact
+    Path("dog.jpg").write_bytes(Path(f["image"]).read_bytes())
+    files = [f["data"], f["cfg"]] if command == "detector test" else [f["cfg"]]
+    code, out, err = run(capsys, *command.split(), *files, "dog.jpg", f["weights"], "-dont_show")
+    assert code == 1 and out == []
+    line = _one_error_line(err)
+    assert line.startswith(f"pydarknet: error: {f['weights']}: cannot decode image"), line
+    assert line.endswith(f"(the weights file comes before the image: ... {f['weights']} dog.jpg)"), line
+
+
 def test_missing_names_file_for_detect(exact, capsys):
     f = exact
     code, out, err = run(capsys, "detect", f["cfg"], f["weights"], f["image"], "-names", "nope.names")
