@@ -8,6 +8,7 @@ when they are float32 and C-contiguous; outputs come back as NumPy arrays.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import List, Optional, Sequence
 
@@ -369,6 +370,7 @@ class Network:
         in one forward pass: the network is sized to a batch of len(images),
         each image is resized into its own batch entry, and each entry's
         boxes are mapped back to its own image. Returns one list per image."""
+        thresh, nms = _fraction("thresh", thresh), _fraction("nms", nms)
         imgs = [_read_image(image, self.channels) for image in images]
         if not imgs:
             return []
@@ -428,13 +430,28 @@ class Network:
         return out
 
 
+def _fraction(name, value) -> float:
+    """A threshold as a float from 0 to 1; ValueError otherwise (NaN included,
+    which would silently drop every detection)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
+    return v
+
+
 def _read_image(image, channels=3):
     """A uint8 image from an array or a path; a path is read grey for a
     network of one channel (darknet's load_image with c = 1)."""
     import cv2
 
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
+    if isinstance(image, (str, bytes, os.PathLike)):
+        path = os.fsdecode(image)
+        if not os.path.isfile(path):
+            reason = "Is a directory" if os.path.isdir(path) else "No such file or directory"
+            raise DarknetError(f"{path}: cannot read image: {reason}")
         img = cv2.imread(path, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
         if img is None:
             raise DarknetError(f"{path}: cannot read image (missing, unreadable or not an image)")

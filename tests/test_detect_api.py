@@ -89,6 +89,21 @@ def test_detect_batch_takes_paths_and_reports_unreadable_ones(tiny, tmp_path):
         net.detect_batch([img, str(tmp_path / "nope.png")])
 
 
+def test_detect_refuses_thresholds_outside_0_1_and_names_why_a_path_fails(tiny, tmp_path):
+    net = tiny()
+    img = _images()[0]
+    for kw in ({"thresh": float("nan")}, {"thresh": -0.5}, {"nms": 1.5}, {"thresh": "high"}):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))} must be a number from 0 to 1"):
+            net.detect(img, **kw)
+    assert net.detect(img, thresh=0.0, nms=0.0) is not None       # the ends of the range are fine
+    with pytest.raises(pydarknet.DarknetError, match=r"nope\.png: cannot read image: No such file or directory"):
+        net.detect(str(tmp_path / "nope.png"))
+    with pytest.raises(pydarknet.DarknetError, match="cannot read image: Is a directory"):
+        net.detect(tmp_path)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    assert _rows(net.detect(os.fsencode(tmp_path / "a.png"))) == _rows(net.detect(img))   # a bytes path
+
+
 def test_detection_record():
     d = pydarknet.Detection(class_id=1, confidence=0.8, x=50, y=20, w=40, h=10, objectness=0.9, name="dog")
     assert (d.left, d.top, d.right, d.bottom) == (30, 15, 70, 25)
