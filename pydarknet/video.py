@@ -27,6 +27,7 @@ import numpy as np
 __all__ = ["VideoError", "VideoSource", "video_frames", "open_video_writer", "is_live_source"]
 
 DEFAULT_FPS = 25.0      # darknet's demo writes at 25 frames per second when the source does not say
+_MAX_CAMERA = 2**31 - 1  # camera indices reach OpenCV as a C int
 _CLOSE_WAIT_S = 5.0     # how long close() waits for the reader thread to finish its current read
 
 
@@ -57,6 +58,8 @@ def _open_capture(source):
         return source, getattr(source, "name", type(source).__name__)
     index = _camera_index(source)
     if index is not None:
+        if not 0 <= index <= _MAX_CAMERA:   # OpenCV crashes on some (-1 with no camera) and overflows on others
+            raise VideoError(f"camera {index}: a camera index is a whole number from 0 to {_MAX_CAMERA}")
         cap = cv2.VideoCapture(index)
         if not cap.isOpened():
             cap.release()

@@ -206,6 +206,10 @@ def test_video_errors_name_the_source(tmp_path):
     bad.write_bytes(b"garbage" * 100)
     with pytest.raises(pydarknet.VideoError, match="bad.avi.*cannot open video"):
         next(pydarknet.video_frames(str(bad)))
+    # OpenCV itself crashes on camera -1 when there is no camera: refused before it is asked
+    for index in (-1, 2**40):
+        with pytest.raises(pydarknet.VideoError, match=f"camera {index}: a camera index is a whole number from 0"):
+            next(pydarknet.video_frames(index))
     assert is_live_source(0) and is_live_source("2") and is_live_source("rtsp://cam/stream")
     assert not is_live_source("clip.mp4") and not is_live_source("file:///clip.mp4")
 
