@@ -80,6 +80,15 @@ class TrainError(ValueError):
     """Training cannot start or go on (the message names the file)."""
 
 
+def _write_checkpoint(write, path):
+    """write(path) (a checkpoint, written through a temporary file); an
+    OSError (disk full, a folder in the way) becomes a TrainError naming it."""
+    try:
+        write(path)
+    except OSError as e:
+        raise TrainError(f"{path}: cannot write the checkpoint: {e.strerror or e}") from None
+
+
 # ----------------------------------------------------------------------------- names of things
 
 def cfg_base(cfg) -> str:
@@ -218,7 +227,7 @@ class _TrainLog:
         self.records: List[dict] = []
         if start > 0 and os.path.exists(path):
             try:
-                with open(path, encoding="utf-8") as f:
+                with open(path, encoding="utf-8", errors="replace") as f:   # a damaged line is dropped
                     for line in f:
                         try:
                             rec = json.loads(line)
@@ -714,9 +723,9 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
         path = checkpoint_path(backup_dir, base, tag)
         if not quiet:
             out.line(f"Saving weights to {path}")
-        net.save_weights(path)
+        _write_checkpoint(net.save_weights, path)
         if with_state:
-            net.save_training_state(state_path(path))
+            _write_checkpoint(net.save_training_state, state_path(path))
         summary.saved[str(tag)] = path
         return path
 

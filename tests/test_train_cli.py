@@ -311,6 +311,22 @@ def test_resume_drops_log_lines_past_the_checkpoint_and_clear_restarts(work, cap
     assert [r["iteration"] for r in read_log("bk/tiny_train.jsonl")] == [1]
 
 
+def test_resume_with_a_damaged_log_line_drops_it(work, capsys):
+    train(work, backup="bk", max_batches=2, last_every=1)
+    with open("bk/tiny_train.jsonl", "ab") as f:
+        f.write(b"\xff\xfe\x00 half a line from a crash\n")      # not UTF-8, not JSON
+    s = train(work, backup="bk", weights="bk/tiny_last.weights", max_batches=3)
+    assert s.start_iteration == 2 and s.iteration == 3
+    assert [r["iteration"] for r in read_log("bk/tiny_train.jsonl")] == [1, 2, 3]
+
+
+def test_error_checkpoint_that_cannot_be_written(work, capsys):
+    os.makedirs("bk/tiny_last.state")                  # a folder where the training state goes
+    rc = main(["detector", "train", work["data"], work["cfg"], "--backup", "bk", "--max-batches", "1",
+               "--workers", "0"])
+    _one_error_line(capsys, rc, "bk/tiny_last.state: cannot write the checkpoint: Is a directory")
+
+
 def test_state_from_another_iteration_is_not_used(work, capsys):
     train(work, backup="bk", max_batches=2, last_every=2, save_every=100)
     import shutil
