@@ -465,6 +465,16 @@ dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l)
 }
 
 /* ---- passes ---- */
+/* A failed pass of layer l reported as the layer's (copies and allocations
+ * fail with messages of their own that do not say which layer was running). */
+static dn_status named(const dn_layer *l, dn_status s)
+{
+    char prefix[48];
+    snprintf(prefix, sizeof(prefix), "layer %d [", l->index);
+    if (!s || !strncmp(dn_last_error(), prefix, strlen(prefix))) return s;
+    return dn_layer_fail(l, s, "%s", dn_last_error());
+}
+
 dn_status dn_gpu_forward(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
@@ -482,7 +492,7 @@ dn_status dn_gpu_forward(dn_net *net)
     for (int i = 0; i < net->nlayers && !s; ++i) {
         dn_layer *l = net->layers[i];
         net->train = train && !l->sw.infer;
-        s = l->ops->forward_gpu ? l->ops->forward_gpu(l, net) : dn_gpu_host_forward(net, l);
+        s = named(l, l->ops->forward_gpu ? l->ops->forward_gpu(l, net) : dn_gpu_host_forward(net, l));
         if (!s) s = layer_done(net, l, "forward");
     }
     net->train = train;
@@ -498,7 +508,7 @@ dn_status dn_gpu_backward(dn_net *net)
         const int step = dn_backward_step(net, l);
         if (step < 0) break;
         if (!step) continue;
-        s = l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l);
+        s = named(l, l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l));
         if (!s) s = layer_done(net, l, "backward");
     }
     return s;
