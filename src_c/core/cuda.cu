@@ -141,6 +141,17 @@ static dn_status alloc_param(dn_param *p)
     return DN_OK;
 }
 
+/* The layer's scratch slots freed: what a training forward pass kept there
+ * (batch statistics, max indices, masks) no longer fits the layer's new shape,
+ * and a backward pass must find none, as the CPU layers' setup forgets theirs. */
+static void free_scratch(dn_layer *l)
+{
+    for (int k = 0; k < DN_GPU_BUFS; ++k) {
+        dev_free(&l->gpu_buf[k]);
+        l->gpu_cap[k] = 0;
+    }
+}
+
 dn_status dn_gpu_allocate(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
@@ -151,6 +162,7 @@ dn_status dn_gpu_allocate(dn_net *net)
         const size_t n = (size_t)net->batch * l->outputs;
         dev_free(&l->output_gpu);
         dev_free(&l->delta_gpu);
+        free_scratch(l);
         if ((s = dev_alloc(&l->output_gpu, n, "a layer output"))) return dn_layer_fail(l, s, "%s", dn_last_error());
         if (net->training && (s = dev_alloc(&l->delta_gpu, n, "a layer delta")))
             return dn_layer_fail(l, s, "%s", dn_last_error());
@@ -226,10 +238,7 @@ void dn_gpu_close(dn_net *net)
         l->host_stale = 0;
         dev_free(&l->output_gpu);
         dev_free(&l->delta_gpu);
-        for (int k = 0; k < DN_GPU_BUFS; ++k) {
-            dev_free(&l->gpu_buf[k]);
-            l->gpu_cap[k] = 0;
-        }
+        free_scratch(l);
     }
     dev_free(&ctx->input);
     dev_free(&ctx->input_delta);
