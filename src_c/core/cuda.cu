@@ -363,6 +363,7 @@ static size_t delta_count(const dn_net *net, int layer)
 
 dn_status dn_gpu_pull_delta(dn_net *net, int layer)
 {
+    if (net->cuda->delta_dirty[layer]) return DN_OK; /* already handed out: the caller may have written it */
     dn_status s = use_device(net);
     if (!s) s = pull(host_delta(net, layer), device_delta(net, layer), delta_count(net, layer));
     if (!s) net->cuda->delta_dirty[layer] = 1;
