@@ -57,7 +57,7 @@ def test_every_gpu_layer_has_its_cuda_file():
             assert c_file.with_suffix(".cu").exists(), c_file
 
 
-@pytest.mark.parametrize("name", ["core/network.c", "core/train.c", "core/device.c"] +
+@pytest.mark.parametrize("name", ["core/network.c", "core/train.c", "core/device.c", "core/detections.c"] +
                          sorted(os.path.relpath(c, _build_ffi.SRC) for c in (_build_ffi.SRC / "layers").glob("*.c")
                                 if "DN_GPU_OPS(" in c.read_text()))
 def test_c_side_compiles_for_cuda(tmp_path, name):

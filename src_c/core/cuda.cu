@@ -141,6 +141,17 @@ static dn_status alloc_param(dn_param *p)
     return DN_OK;
 }
 
+/* The layer's scratch slots freed: what a training forward pass kept there
+ * (batch statistics, max indices, masks) no longer fits the layer's new shape,
+ * and a backward pass must find none, as the CPU layers' setup forgets theirs. */
+static void free_scratch(dn_layer *l)
+{
+    for (int k = 0; k < DN_GPU_BUFS; ++k) {
+        dev_free(&l->gpu_buf[k]);
+        l->gpu_cap[k] = 0;
+    }
+}
+
 dn_status dn_gpu_allocate(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
@@ -151,6 +162,7 @@ dn_status dn_gpu_allocate(dn_net *net)
         const size_t n = (size_t)net->batch * l->outputs;
         dev_free(&l->output_gpu);
         dev_free(&l->delta_gpu);
+        free_scratch(l);
         if ((s = dev_alloc(&l->output_gpu, n, "a layer output"))) return dn_layer_fail(l, s, "%s", dn_last_error());
         if (net->training && (s = dev_alloc(&l->delta_gpu, n, "a layer delta")))
             return dn_layer_fail(l, s, "%s", dn_last_error());
@@ -226,10 +238,7 @@ void dn_gpu_close(dn_net *net)
         l->host_stale = 0;
         dev_free(&l->output_gpu);
         dev_free(&l->delta_gpu);
-        for (int k = 0; k < DN_GPU_BUFS; ++k) {
-            dev_free(&l->gpu_buf[k]);
-            l->gpu_cap[k] = 0;
-        }
+        free_scratch(l);
     }
     dev_free(&ctx->input);
     dev_free(&ctx->input_delta);
@@ -354,6 +363,7 @@ static size_t delta_count(const dn_net *net, int layer)
 
 dn_status dn_gpu_pull_delta(dn_net *net, int layer)
 {
+    if (net->cuda->delta_dirty[layer]) return DN_OK; /* already handed out: the caller may have written it */
     dn_status s = use_device(net);
     if (!s) s = pull(host_delta(net, layer), device_delta(net, layer), delta_count(net, layer));
     if (!s) net->cuda->delta_dirty[layer] = 1;
@@ -465,6 +475,16 @@ dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l)
 }
 
 /* ---- passes ---- */
+/* A failed pass of layer l reported as the layer's (copies and allocations
+ * fail with messages of their own that do not say which layer was running). */
+static dn_status named(const dn_layer *l, dn_status s)
+{
+    char prefix[48];
+    snprintf(prefix, sizeof(prefix), "layer %d [", l->index);
+    if (!s || !strncmp(dn_last_error(), prefix, strlen(prefix))) return s;
+    return dn_layer_fail(l, s, "%s", dn_last_error());
+}
+
 dn_status dn_gpu_forward(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
@@ -482,7 +502,7 @@ dn_status dn_gpu_forward(dn_net *net)
     for (int i = 0; i < net->nlayers && !s; ++i) {
         dn_layer *l = net->layers[i];
         net->train = train && !l->sw.infer;
-        s = l->ops->forward_gpu ? l->ops->forward_gpu(l, net) : dn_gpu_host_forward(net, l);
+        s = named(l, l->ops->forward_gpu ? l->ops->forward_gpu(l, net) : dn_gpu_host_forward(net, l));
         if (!s) s = layer_done(net, l, "forward");
     }
     net->train = train;
@@ -498,7 +518,7 @@ dn_status dn_gpu_backward(dn_net *net)
         const int step = dn_backward_step(net, l);
         if (step < 0) break;
         if (!step) continue;
-        s = l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l);
+        s = named(l, l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l));
         if (!s) s = layer_done(net, l, "backward");
     }
     return s;

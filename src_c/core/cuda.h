@@ -87,8 +87,9 @@ dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a);
 dn_status dn_gpu_zero_grads(dn_net *net, dn_layer *l);  /* the layer's parameter gradients */
 /* Host copies brought up to date: one layer's output, every stale output,
  * one layer's delta or the input delta (the caller may write it: it goes back
- * before the next backward pass), a parameter with its optimizer state
- * (marked host_dirty). */
+ * before the next pass), a parameter with its optimizer state (marked
+ * host_dirty). A delta or parameter already handed out since the last pass is
+ * the current copy and is left as the caller wrote it. */
 dn_status dn_gpu_pull_output(const dn_net *net, dn_layer *l);
 dn_status dn_gpu_pull_outputs(const dn_net *net);
 dn_status dn_gpu_pull_delta(dn_net *net, int layer);

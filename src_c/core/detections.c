@@ -66,16 +66,16 @@ dn_status dn_net_detections(dn_net *net, int batch_index, int img_w, int img_h, 
         return dn_fail(DN_ERR_ARG, "batch index %d out of range (batch %d)", batch_index, net->batch);
     if (img_w < 1 || img_h < 1) return dn_fail(DN_ERR_ARG, "bad image size %d x %d", img_w, img_h);
     if (capacity < 0 || (capacity > 0 && !out) || !found) return dn_fail(DN_ERR_ARG, "bad output buffer");
-    dn_status s;
-    if (net->cuda && (s = dn_gpu_pull_outputs(net))) return s;
     dn_candidates *c = &net->candidates;
     c->count = 0;
     int heads = 0;
     for (int i = 0; i < net->nlayers; ++i) {
-        const dn_layer *l = net->layers[i];
+        dn_layer *l = net->layers[i];
         if (!l->ops->detections) continue;
         ++heads;
-        dn_status s = l->ops->detections(l, net, batch_index, thresh, c);
+        /* on a device only the heads' outputs come to the host: the others are not read */
+        dn_status s = net->cuda ? dn_gpu_pull_output(net, l) : DN_OK;
+        if (!s) s = l->ops->detections(l, net, batch_index, thresh, c);
         if (s) return s;
     }
     if (!heads) return dn_fail(DN_ERR_STATE, "the network has no [yolo] or [region] layer");
