@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(dmap, "letter_box", action="store_true",
           help="letterbox the images (default: as the cfg's [net] letter_box says)")
     _add_gpu_flag(dmap)
+    _flag(dmap, "dont_show", action="store_true", help="accepted as darknet accepts it; this command opens no window")
     dmap.set_defaults(func=_cmd_detector_map)
     anchors.add_parser(detector_commands)
 
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(valid, "out", metavar="NAME",
           help="results file name: <NAME><class>.txt, or <NAME>.json with eval=coco")
     _add_gpu_flag(valid)
+    _flag(valid, "dont_show", action="store_true", help="accepted as darknet accepts it; this command opens no window")
     valid.set_defaults(func=_cmd_detector_valid)
 
     recall = detector_commands.add_parser(
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
     recall.add_argument("weights", metavar="weights", help="the .weights file")
     _add_gpu_flag(recall)
+    _flag(recall, "dont_show", action="store_true", help="accepted as darknet accepts it; this command opens no window")
     recall.set_defaults(func=_cmd_detector_recall)
 
     demo = detector_commands.add_parser(

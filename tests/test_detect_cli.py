@@ -149,7 +149,7 @@ def _valid_setup(model, lines, extra=""):
 
 def test_valid_writes_per_class_files(model, capsys):
     _valid_setup(model, ["imgs/a.png", "imgs/nope.png", "imgs/b.jpg"])
-    code, out, err = run(capsys, "detector", "valid", model["data"], model["cfg"], model["weights"])
+    code, out, err = run(capsys, "detector", "valid", model["data"], model["cfg"], model["weights"], "-dont_show")
     assert code == 1 and "imgs/nope.png" in _one_error_line(err)
     assert sorted(os.listdir("results")) == ["comp4_det_test_cat.txt", "comp4_det_test_dog.txt"]
     sizes = {"a": (200, 100), "b": (80, 50)}
@@ -241,7 +241,7 @@ def test_recall_lines(model, capsys):
     with open("imgs/a.txt", "w") as f:
         f.write("0 0.5 0.5 1 1\n1 0.2 0.2 0.1 0.1\n")
     _valid_setup(model, ["imgs/a.png", "imgs/gone.png", "imgs/b.jpg"])
-    code, out, err = run(capsys, "detector", "recall", model["data"], model["cfg"], model["weights"])
+    code, out, err = run(capsys, "detector", "recall", model["data"], model["cfg"], model["weights"], "-dont_show")
     assert code == 1 and "imgs/gone.png" in _one_error_line(err)
     # the three boxes' objectness exceed .001 and no two overlap by more than .4: 3 proposals per image
     assert out == ["    0     1     2\tRPs/Img: 3.00\tIOU: 50.50%\tRecall:50.00%",

@@ -357,7 +357,7 @@ def test_partial_weights_start_the_rest_from_random(work, capsys):
 def test_detector_map_matches_evaluate(work, capsys):
     train(work, backup="bk", max_batches=3)
     weights = os.path.join("bk", "tiny_final.weights")
-    for extra, iou, points in (([], 0.5, 0), (["-iou_thresh", ".3", "-points", "11"], 0.3, 11)):
+    for extra, iou, points in (([], 0.5, 0), (["-iou_thresh", ".3", "-points", "11", "-dont_show"], 0.3, 11)):
         rc = main(["detector", "map", work["cfg"], work["data"], weights, "-thresh", ".2", *extra])
         out, err = capsys.readouterr()
         assert rc == 0, err
