@@ -314,6 +314,16 @@ static const float *kimage_of(const kconv_job *j, int b, int g)
     return j->input + ((size_t)b * d->c + (size_t)g * (d->c / d->groups)) * d->h * d->w;
 }
 
+/* Share t of `shares` of the lines of A that rows [m0, m0 + m), K block
+ * k1 read (row-major weights, K values a row), prefetched into all caches. */
+static void prefetch_next_a(const float *w, int K, int m0, int m, int k1, int t, int shares)
+{
+    const int kc = K - k1 < DN_KC ? K - k1 : DN_KC;
+    const int per_row = (kc + 15) / 16, lines = m * per_row; /* 16 floats a line */
+    for (int i = t * lines / shares; i < (t + 1) * lines / shares; ++i)
+        __builtin_prefetch(w + (size_t)(m0 + i / per_row) * K + k1 + (i % per_row) * 16, 0, 3);
+}
+
 /* K up to this many values: the output is written in rows of micro-tiles
  * (see kernel_block) */
 #define ROWS_OUTER_MAX_K (2 * DN_KC)
@@ -349,16 +359,6 @@ static const float *kimage_of(const kconv_job *j, int b, int g)
  * read 512 bytes at a time are short streams the hardware prefetchers barely
  * start on. In-process alternating runs (yolov4-tiny, 2 threads): layers 27
  * and 29 3-5 % faster, 26 and 28 (3x3, K 4608 and 2304) 4-7 %. */
-/* Share t of `shares` of the lines of A that rows [m0, m0 + m), K block
- * k1 read (row-major weights, K values a row), prefetched into all caches. */
-static void prefetch_next_a(const float *w, int K, int m0, int m, int k1, int t, int shares)
-{
-    const int kc = K - k1 < DN_KC ? K - k1 : DN_KC;
-    const int per_row = (kc + 15) / 16, lines = m * per_row; /* 16 floats a line */
-    for (int i = t * lines / shares; i < (t + 1) * lines / shares; ++i)
-        __builtin_prefetch(w + (size_t)(m0 + i / per_row) * K + k1 + (i % per_row) * 16, 0, 3);
-}
-
 static void kernel_block(const kconv_job *j, int g, const float *bp, int k0, int kc, int m0, int m, int n0, int n,
                          float *c)
 {
