@@ -96,6 +96,14 @@ void dn_logistic_vec(float *x, size_t n);
 void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act);
 /* 1 when the derivative needs the pre-activation input x. */
 int dn_activation_needs_input(dn_activation a);
+/* The activation that ends a layer whose output is act(pre-activation)
+ * (shortcut, sam, scale_channels). Forward: in a training pass, keeps the
+ * pre-activation output in *x (grown as needed) when f' needs it, then
+ * applies act to the layer's output. Backward: *out = dLoss/d(pre-activation),
+ * the layer's delta itself for a linear act, else a copy in *g times f'(.). */
+dn_status dn_activate_output(dn_layer *l, const dn_net *net, dn_activation act, float **x, size_t *x_cap);
+dn_status dn_activation_delta(dn_layer *l, dn_activation act, const float *x, size_t x_cap, float **g,
+                              size_t *g_cap, const float **out);
 
 /* ---- parameters ---- */
 enum { DN_PARAM_TRAIN = 1, DN_PARAM_DECAY = 2 };

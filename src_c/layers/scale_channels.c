@@ -51,7 +51,7 @@ static dn_status scale_channels_forward(dn_layer *l, dn_net *net)
     scale_channels_state *s = l->priv;
     const float *in = dn_layer_input(net, l);
     const float *f = net->layers[s->from]->output;
-    const size_t hw = (size_t)l->out_h * l->out_w, n = (size_t)l->batch * l->outputs;
+    const size_t hw = (size_t)l->out_h * l->out_w;
     for (int b = 0; b < l->batch; ++b)
         for (int c = 0; c < l->out_c; ++c) {
             const size_t off = ((size_t)b * l->out_c + c) * hw;
@@ -63,30 +63,16 @@ static dn_status scale_channels_forward(dn_layer *l, dn_net *net)
                 for (size_t i = 0; i < hw; ++i) l->output[off + i] = sc * f[off + i];
             }
         }
-    if (net->train && dn_activation_needs_input(s->activation)) {
-        dn_status st = dn_ensure_floats(&s->x, &s->x_cap, n);
-        if (st) return dn_layer_fail(l, st, "out of memory for the pre-activation values");
-        memcpy(s->x, l->output, n * sizeof(float));
-    }
-    dn_activate(l->output, l->batch, l->out_c, (int)hw, s->activation);
-    return DN_OK;
+    return dn_activate_output(l, net, s->activation, &s->x, &s->x_cap);
 }
 
 static dn_status scale_channels_backward(dn_layer *l, dn_net *net)
 {
     scale_channels_state *s = l->priv;
-    const size_t hw = (size_t)l->out_h * l->out_w, n = (size_t)l->batch * l->outputs;
-    const float *g = l->delta;
-    if (s->activation != DN_ACT_LINEAR) {
-        const int needs_x = dn_activation_needs_input(s->activation);
-        if (needs_x && (!s->x || s->x_cap < n))
-            return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
-        dn_status st = dn_ensure_floats(&s->g, &s->g_cap, n);
-        if (st) return dn_layer_fail(l, st, "out of memory for the activation gradient");
-        memcpy(s->g, l->delta, n * sizeof(float));
-        dn_activation_backward(l->output, needs_x ? s->x : NULL, s->g, l->batch, l->out_c, (int)hw, s->activation);
-        g = s->g;
-    }
+    const size_t hw = (size_t)l->out_h * l->out_w;
+    const float *g;
+    dn_status st = dn_activation_delta(l, s->activation, s->x, s->x_cap, &s->g, &s->g_cap, &g);
+    if (st) return st;
     const float *in = dn_layer_input(net, l);
     float *din = dn_layer_input_delta(net, l);
     dn_layer *from = net->layers[s->from];

@@ -199,13 +199,7 @@ static dn_status shortcut_forward(dn_layer *l, dn_net *net)
             }
         }
     }
-    if (net->train && dn_activation_needs_input(s->activation)) {
-        dn_status st = dn_ensure_floats(&s->x, &s->x_cap, n);
-        if (st) return dn_layer_fail(l, st, "out of memory for the pre-activation values");
-        memcpy(s->x, l->output, n * sizeof(float));
-    }
-    dn_activate(l->output, l->batch, l->out_c, l->out_h * l->out_w, s->activation);
-    return DN_OK;
+    return dn_activate_output(l, net, s->activation, &s->x, &s->x_cap);
 }
 
 /* Weighted backward: the terms' deltas and the weights' gradient, one weight
@@ -257,18 +251,9 @@ static dn_status shortcut_backward(dn_layer *l, dn_net *net)
 {
     shortcut_state *s = l->priv;
     const size_t n = (size_t)l->batch * l->outputs;
-    const float *g = l->delta;
-    if (s->activation != DN_ACT_LINEAR) {
-        const int needs_x = dn_activation_needs_input(s->activation);
-        if (needs_x && (!s->x || s->x_cap < n))
-            return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
-        dn_status st = dn_ensure_floats(&s->g, &s->g_cap, n);
-        if (st) return dn_layer_fail(l, st, "out of memory for the activation gradient");
-        memcpy(s->g, l->delta, n * sizeof(float));
-        dn_activation_backward(l->output, needs_x ? s->x : NULL, s->g, l->batch, l->out_c, l->out_h * l->out_w,
-                               s->activation);
-        g = s->g;
-    }
+    const float *g;
+    dn_status st = dn_activation_delta(l, s->activation, s->x, s->x_cap, &s->g, &s->g_cap, &g);
+    if (st) return st;
     if (s->weights_type != W_NONE) {
         weighted_backward(l, net, g);
         return DN_OK;

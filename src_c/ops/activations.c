@@ -204,6 +204,35 @@ static void across_channels_backward(const float *y, const float *x, float *delt
     }
 }
 
+dn_status dn_activate_output(dn_layer *l, const dn_net *net, dn_activation act, float **x, size_t *x_cap)
+{
+    const size_t n = (size_t)l->batch * l->outputs;
+    if (net->train && dn_activation_needs_input(act)) {
+        dn_status st = dn_ensure_floats(x, x_cap, n);
+        if (st) return dn_layer_fail(l, st, "out of memory for the pre-activation values");
+        memcpy(*x, l->output, n * sizeof(float));
+    }
+    dn_activate(l->output, l->batch, l->out_c, l->out_h * l->out_w, act);
+    return DN_OK;
+}
+
+dn_status dn_activation_delta(dn_layer *l, dn_activation act, const float *x, size_t x_cap, float **g,
+                              size_t *g_cap, const float **out)
+{
+    *out = l->delta;
+    if (act == DN_ACT_LINEAR) return DN_OK;
+    const size_t n = (size_t)l->batch * l->outputs;
+    const int needs_x = dn_activation_needs_input(act);
+    if (needs_x && (!x || x_cap < n))
+        return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass kept the pre-activation values");
+    dn_status st = dn_ensure_floats(g, g_cap, n);
+    if (st) return dn_layer_fail(l, st, "out of memory for the activation gradient");
+    memcpy(*g, l->delta, n * sizeof(float));
+    dn_activation_backward(l->output, needs_x ? x : NULL, *g, l->batch, l->out_c, l->out_h * l->out_w, act);
+    *out = *g;
+    return DN_OK;
+}
+
 void dn_activation_backward(const float *y, const float *x, float *delta, int batch, int channels, int spatial,
                             dn_activation a)
 {
