@@ -29,13 +29,7 @@ void dn_scale_bias(float *out, const float *scale, int batch, int channels, int 
 /* darknet's inference batch norm: (x - mean) / sqrt(variance + .00001) */
 void dn_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial)
 {
-    for (int b = 0; b < batch; ++b)
-        for (int c = 0; c < channels; ++c) {
-            float *o = x + ((size_t)b * channels + c) * spatial;
-            const float m = mean[c];
-            const float inv = 1.f / sqrtf(variance[c] + .00001f);
-            for (int i = 0; i < spatial; ++i) o[i] = (o[i] - m) * inv;
-        }
+    for (int c = 0; c < channels; ++c) dn_normalize_channel(x, mean, variance, batch, channels, spatial, c);
 }
 
 float dn_logistic(float x) { return 1.f / (1.f + expf(-x)); }
@@ -48,13 +42,7 @@ void dn_softmax(const float *in, int n, float temp, int stride, float *out)
 
 void dn_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial)
 {
-    for (int b = 0; b < batch; ++b)
-        for (int c = 0; c < channels; ++c) {
-            const float *d = delta + ((size_t)b * channels + c) * spatial;
-            float sum = 0.f;
-            for (int i = 0; i < spatial; ++i) sum += d[i];
-            grad[c] += sum;
-        }
+    for (int c = 0; c < channels; ++c) dn_backward_bias_channel(grad, delta, batch, channels, spatial, c);
 }
 
 /* Training-mode batch normalization (darknet's): for each channel, over its
@@ -65,25 +53,9 @@ void dn_backward_bias(float *grad, const float *delta, int batch, int channels, 
 void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
                                 float *x_norm, float *rolling_mean, float *rolling_variance)
 {
-    const double n = (double)batch * spatial;
-    for (int c = 0; c < channels; ++c) {
-        double sum = 0, sq = 0;
-        for (int b = 0; b < batch; ++b) {
-            const float *o = x + ((size_t)b * channels + c) * spatial;
-            for (int i = 0; i < spatial; ++i) sum += o[i];
-        }
-        const float m = (float)(sum / n);
-        for (int b = 0; b < batch; ++b) {
-            const float *o = x + ((size_t)b * channels + c) * spatial;
-            for (int i = 0; i < spatial; ++i) sq += ((double)o[i] - m) * ((double)o[i] - m);
-        }
-        mean[c] = m;
-        variance[c] = (float)(sq / (n - 1));
-        rolling_mean[c] = .9f * rolling_mean[c] + .1f * mean[c];
-        rolling_variance[c] = .9f * rolling_variance[c] + .1f * variance[c];
-    }
-    dn_normalize(x, mean, variance, batch, channels, spatial);
-    memcpy(x_norm, x, (size_t)batch * channels * spatial * sizeof(float));
+    for (int c = 0; c < channels; ++c)
+        dn_batchnorm_forward_train_channel(x, batch, channels, spatial, c, mean, variance, x_norm, rolling_mean,
+                                           rolling_variance);
 }
 
 /* Backward of y = scale * x_norm (+ bias) with x_norm from
@@ -97,29 +69,13 @@ void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, 
 void dn_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
                            float *scale_grad, int batch, int channels, int spatial)
 {
-    const double n = (double)batch * spatial;
-    for (int c = 0; c < channels; ++c) {
-        double sum_d = 0, sum_dx = 0;
-        for (int b = 0; b < batch; ++b) {
-            const size_t o = ((size_t)b * channels + c) * spatial;
-            for (int i = 0; i < spatial; ++i) {
-                sum_d += delta[o + i];
-                sum_dx += (double)delta[o + i] * x_norm[o + i];
-            }
-        }
-        if (scale_grad) scale_grad[c] += (float)sum_dx;
-        const float s = scales[c], inv = 1.f / sqrtf(variance[c] + .00001f);
-        const float mean_d = (float)(s * sum_d / n), k = (float)(s * sum_dx / (n - 1));
-        for (int b = 0; b < batch; ++b) {
-            const size_t o = ((size_t)b * channels + c) * spatial;
-            for (int i = 0; i < spatial; ++i) delta[o + i] = inv * (s * delta[o + i] - mean_d - x_norm[o + i] * k);
-        }
-    }
+    for (int c = 0; c < channels; ++c)
+        dn_batchnorm_backward_channel(delta, x_norm, variance, scales, scale_grad, batch, channels, spatial, c);
 }
 
 /* ---- one channel at a time, for loops split over the worker threads ----
- * Each does, for channel c of [batch][channels][spatial], exactly the
- * arithmetic the whole-tensor function above does for it, so results match. */
+ * The whole-tensor functions above are loops over these, so the threaded and
+ * serial paths do the same arithmetic for each channel. */
 
 void dn_batchnorm_forward_train_channel(float *x, int batch, int channels, int spatial, int c, float *mean,
                                         float *variance, float *x_norm, float *rolling_mean, float *rolling_variance)
