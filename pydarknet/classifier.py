@@ -272,7 +272,7 @@ class _ClassifierTask(TrainTask):
 
 def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup=None, max_batches=None, seed=0,
                      save_every=None, last_every=None, chart=None, chart_every=10, workers=2, threads=None,
-                     log=None, progress=None, stop_after=None, callback=None):
+                     log=None, progress=None, stop_after=None, callback=None, gpu=None):
     """Trains the classifier of `cfg` (ending in [softmax]) on the train=
     list of the .data file `data` (classes from the labels= names in the
     image paths, augmented as the cfg's [net] asks), from `weights` when
@@ -283,6 +283,7 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
       file's top=, default 5) on the valid= list every max(2 epochs,
       burn_in, 100) iterations and at the end (records top1, top<k>;
       summary.accuracies).
+    gpu: train on this CUDA device (darknet's -gpus; None: the CPU).
     The other arguments are pydarknet.train.train_network's.
 
     Raises ClassifierError / TrainError (or the DataFileError, CfgError,
@@ -291,14 +292,14 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
     return train_network(_ClassifierTask(topk), cfg, data, weights, clear=clear, backup=backup,
                          max_batches=max_batches, seed=seed, save_every=save_every, last_every=last_every,
                          chart=chart, chart_every=chart_every, workers=workers, threads=threads, log=log,
-                         progress=progress, stop_after=stop_after, callback=callback)
+                         progress=progress, stop_after=stop_after, callback=callback, gpu=gpu)
 
 
 # ----------------------------------------------------------------------------- command line
 
 def add_classifier_parser(commands):
     """Adds `classifier train|predict|valid` to the top-level subparsers."""
-    from .cli import _flag, _non_negative_int, _positive_int, _seed
+    from .cli import _add_gpu_flag, _first_gpu, _flag, _non_negative_int, _positive_int, _seed
 
     classifier = commands.add_parser(
         "classifier", help="image classifiers: train, predict, valid",
@@ -329,7 +330,8 @@ def add_classifier_parser(commands):
           help="compute the top-1 and top-k accuracy (k: the .data file's top=, default 5) on the valid= list "
                "every max(2 epochs, burn_in, 100) iterations and at the end")
     _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
-    _flag(train, "gpus", metavar="LIST", help="accepted; training runs on the CPU in this version")
+    _flag(train, "gpus", type=_first_gpu, metavar="LIST",
+          help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
     _flag(train, "seed", type=_seed, default=0, metavar="N",
           help="seed of the batches, augmentation and initial weights (default 0)")
     train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
@@ -347,6 +349,7 @@ def add_classifier_parser(commands):
     files(predict, "the .weights file")
     predict.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
     top_flag(predict)
+    _add_gpu_flag(predict)
     predict.set_defaults(func=_cmd_predict)
 
     valid = sub.add_parser(
@@ -356,6 +359,7 @@ def add_classifier_parser(commands):
                     "crop). Images that are missing or name no class are reported and left out.")
     files(valid, "the .weights file")
     top_flag(valid)
+    _add_gpu_flag(valid)
     valid.set_defaults(func=_cmd_valid)
     return classifier
 
@@ -367,14 +371,12 @@ def _errors():
 
 
 def _cmd_train(args) -> int:
-    from .cli import CliError, _note, order_data_cfg
+    from .cli import CliError, order_data_cfg
 
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "classifier train")
-    if args.gpus is not None:
-        _note(f"-gpus {args.gpus}: training runs on the CPU in this version (the CUDA build is not there yet)")
     try:
         train_classifier(cfg_path, data_path, args.weights, topk=args.topk, clear=args.clear, backup=args.backup,
-                         max_batches=args.max_batches, seed=args.seed, workers=args.workers)
+                         max_batches=args.max_batches, seed=args.seed, workers=args.workers, gpu=args.gpus)
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
     except _errors() as e:
@@ -397,7 +399,7 @@ def _open(args, command, name_keys):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # noted once, when the network is built
             require_classifier(parse_cfg(cfg_path), cfg_path)
-        net = _load_network(cfg_path, args.weights, names)
+        net = _load_network(cfg_path, args.weights, names, args.gpu)
         _check_classes(df, names, names_path, net, cfg_path)
     except ClassifierError as e:
         raise CliError(str(e)) from None

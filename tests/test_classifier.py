@@ -325,3 +325,23 @@ def test_classes_that_do_not_fit(small, capsys):
     data.write_text(data.read_text().replace("labels.txt", "four.txt"))
     assert main(["classifier", "train", str(data), str(CFG)]) == 1
     assert "the last layer gives 3 outputs but there are 4 classes" in error_line(capsys)
+
+
+def test_gpu_flags_without_a_device_are_one_error_line(trained, capsys, monkeypatch):
+    """-gpus (train) and -i (predict, valid) reach the device choice; with no
+    CUDA build or no device each command ends with one error line naming the
+    flag, before any training or output."""
+    if pydarknet.cuda_devices():
+        pytest.skip("a CUDA device is present")
+    monkeypatch.chdir(trained["root"])
+    image = str(trained["root"] / "set" / "valid" / sorted(os.listdir(trained["root"] / "set" / "valid"))[0])
+    cases = [(["classifier", "train", trained["data"], str(CFG), "--max-batches", "1", "-gpus", "0,1",
+              "--backup", "gpu-backup"], "-gpus 0:"),
+             (["classifier", "predict", trained["data"], str(CFG), trained["weights"], image, "-i", "0"], "-i 0:"),
+             (["classifier", "valid", trained["data"], str(CFG), trained["weights"], "-i", "0"], "-i 0:")]
+    for argv, flag in cases:
+        assert main(argv) == 1
+        out, err = capsys.readouterr()
+        errors = [l for l in err.splitlines() if l.startswith("pydarknet: error:")]
+        assert len(errors) == 1 and flag in errors[0] and "CUDA" in errors[0], err
+        assert "%" not in out and "top 1" not in out
