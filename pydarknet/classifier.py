@@ -299,7 +299,7 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
 
 def add_classifier_parser(commands):
     """Adds `classifier train|predict|valid` to the top-level subparsers."""
-    from .cli import _add_gpu_flag, _first_gpu, _flag, _non_negative_int, _positive_int, _seed
+    from .cli import _add_gpu_flag, _add_model_files, _add_training_flags, _flag, _positive_int
 
     classifier = commands.add_parser(
         "classifier", help="image classifiers: train, predict, valid",
@@ -308,11 +308,10 @@ def add_classifier_parser(commands):
     sub = classifier.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
 
     def files(p, weights_help, weights_optional=False):
-        p.intermixed = True
-        p.add_argument("data", metavar="data", help="the .data file (classes=, train=, valid=, labels=, top=); "
-                       "the cfg may come first instead, the two are told apart by content")
-        p.add_argument("cfg", metavar="cfg", help="the network's .cfg file (ending in [softmax])")
-        p.add_argument("weights", nargs="?" if weights_optional else None, help=weights_help)
+        _add_model_files(p, "the .data file (classes=, train=, valid=, labels=, top=); the cfg may come first "
+                            "instead, the two are told apart by content",
+                         cfg_help="the network's .cfg file (ending in [softmax])", weights_help=weights_help,
+                         weights_optional=weights_optional)
 
     def top_flag(p):
         p.add_argument("-t", "-top", "--top", dest="top", type=_positive_int, metavar="N",
@@ -329,16 +328,7 @@ def add_classifier_parser(commands):
     _flag(train, "topk", action="store_true",
           help="compute the top-1 and top-k accuracy (k: the .data file's top=, default 5) on the valid= list "
                "every max(2 epochs, burn_in, 100) iterations and at the end")
-    _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
-    _flag(train, "gpus", type=_first_gpu, metavar="LIST",
-          help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
-    _flag(train, "seed", type=_seed, default=0, metavar="N",
-          help="seed of the batches, augmentation and initial weights (default 0)")
-    train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
-                       help="train up to iteration N instead of the cfg's max_batches")
-    train.add_argument("--backup", metavar="DIR", help="checkpoint folder instead of the .data file's backup=")
-    train.add_argument("--workers", type=_non_negative_int, default=2, metavar="N",
-                       help="background threads making batches (default 2; 0: in the training thread)")
+    _add_training_flags(train, "seed of the batches, augmentation and initial weights (default 0)")
     train.set_defaults(func=_cmd_train)
 
     predict = sub.add_parser(

@@ -178,6 +178,29 @@ def _add_gpu_flag(parser):
           help="run on CUDA device N (a build with PYDARKNET_CUDA=1; default: the CPU)")
 
 
+def _add_model_files(parser, data_help, cfg_help="the network's .cfg file", weights_help="the .weights file",
+                     weights_optional=False):
+    """darknet's <data> <cfg> <weights> arguments (data and cfg in either
+    order, told apart by content; flags allowed between them)."""
+    parser.intermixed = True
+    parser.add_argument("data", metavar="data", help=data_help)
+    parser.add_argument("cfg", metavar="cfg", help=cfg_help)
+    parser.add_argument("weights", metavar="weights", nargs="?" if weights_optional else None, help=weights_help)
+
+
+def _add_training_flags(parser, seed_help):
+    """The flags detector and classifier training share."""
+    _flag(parser, "dont_show", action="store_true", help="accepted; training never opens a window")
+    _flag(parser, "gpus", type=_first_gpu, metavar="LIST",
+          help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
+    _flag(parser, "seed", type=_seed, default=0, metavar="N", help=seed_help)
+    parser.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
+                        help="train up to iteration N instead of the cfg's max_batches")
+    parser.add_argument("--backup", metavar="DIR", help="checkpoint folder instead of the .data file's backup=")
+    parser.add_argument("--workers", type=_non_negative_int, default=2, metavar="N",
+                        help="background threads making batches (default 2; 0: in the training thread)")
+
+
 def _first_gpu(text):
     """darknet's -gpus list: training uses its first device."""
     return _non_negative_int(text.split(",")[0].strip())
@@ -206,11 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                     ".list) or a folder. Prints darknet's result lines and writes the annotated image to "
                     f"{PREDICTIONS} in the current folder (or each one to --output-dir). An image that cannot "
                     "be read is reported and skipped; the exit status is then 1.")
-    test.intermixed = True
-    test.add_argument("data", metavar="data", help="the .data file (its names= key gives the class names); "
-                      "the cfg may come first instead, the two are told apart by content")
-    test.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
-    test.add_argument("weights", metavar="weights", help="the .weights file")
+    _add_model_files(test, "the .data file (its names= key gives the class names); "
+                           "the cfg may come first instead, the two are told apart by content")
     test.add_argument("image", nargs="?", help="image file, list file (.txt, .list) or folder of images; "
                       "without it paths are read from standard input")
     _add_detect_flags(test, 0.25)
@@ -231,11 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "end, _best.weights with -map; also <cfg-name>_train.jsonl (one JSON line per iteration) "
                     "and chart_<cfg-name>.png. Ctrl-C saves _last; giving _last.weights back resumes with the "
                     "same batches and ends with the same weights as a run never stopped.")
-    train.intermixed = True
-    train.add_argument("data", metavar="data", help="the .data file (train=, valid=, names=, backup=); the "
-                       "cfg may come first instead, the two are told apart by content")
-    train.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
-    train.add_argument("weights", nargs="?", help="initial weights, or <backup>/<cfg-name>_last.weights to resume")
+    _add_model_files(train, "the .data file (train=, valid=, names=, backup=); the cfg may come first instead, "
+                            "the two are told apart by content",
+                     weights_help="initial weights, or <backup>/<cfg-name>_last.weights to resume",
+                     weights_optional=True)
     _flag(train, "clear", action="store_true",
           help="start counting iterations at 0 from the given weights (ignores a .state file)")
     _flag(train, "map", dest="calc_map", action="store_true",
@@ -251,16 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="IoU for a detection to match a truth in -map (default .5)")
     _flag(train, "points", type=_map_points, default=0, metavar="N",
           help="AP by area under the curve (0, default), or at 11 or 101 recall points")
-    _flag(train, "dont_show", action="store_true", help="accepted; training never opens a window")
-    _flag(train, "gpus", type=_first_gpu, metavar="LIST",
-          help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
-    _flag(train, "seed", type=_seed, default=0, metavar="N",
-          help="seed of the batches, augmentation, multi-scale sizes and initial weights (default 0)")
-    train.add_argument("--max-batches", dest="max_batches", type=_positive_int, metavar="N",
-                       help="train up to iteration N instead of the cfg's max_batches")
-    train.add_argument("--backup", metavar="DIR", help="checkpoint folder instead of the .data file's backup=")
-    train.add_argument("--workers", type=_non_negative_int, default=2, metavar="N",
-                       help="background threads making batches (default 2; 0: in the training thread)")
+    _add_training_flags(train, "seed of the batches, augmentation, multi-scale sizes and initial weights (default 0)")
     train.set_defaults(func=_cmd_detector_train)
 
     dmap = detector_commands.add_parser(
@@ -270,10 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "IoU at -thresh, the mAP at -iou_thresh, and the mAP@0.50:0.95 (the mean over IoU .50, "
                     ".55, ..., .95; COCO's with -points 101). Images that cannot be read are reported and "
                     "left out.")
-    dmap.intermixed = True
-    dmap.add_argument("data", metavar="data", help="the .data file (valid=, names=); the cfg may come first")
-    dmap.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
-    dmap.add_argument("weights", metavar="weights", help="the .weights file")
+    _add_model_files(dmap, "the .data file (valid=, names=); the cfg may come first")
     _flag(dmap, "thresh", type=_threshold, default=0.25, metavar="T",
           help="confidence at which TP/FP, precision and recall are counted (default .25)")
     _flag(dmap, "iou_thresh", type=_threshold, default=0.5, metavar="T",
@@ -293,10 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the detections to the results= folder (default results/): one "
                     "comp4_det_test_<class>.txt file per class, or coco_results.json when the .data file says "
                     "eval=coco.")
-    valid.intermixed = True
-    valid.add_argument("data", metavar="data", help="the .data file (valid=, names=, results=, eval=)")
-    valid.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
-    valid.add_argument("weights", metavar="weights", help="the .weights file")
+    _add_model_files(valid, "the .data file (valid=, names=, results=, eval=)")
     _flag(valid, "out", metavar="NAME",
           help="results file name: <NAME><class>.txt, or <NAME>.json with eval=coco")
     _add_gpu_flag(valid)
@@ -309,10 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "objectness (class-agnostic NMS .4) are matched with the label file's boxes; prints the "
                     "running count of truths found (IoU above .5), proposals per image, mean best IoU and "
                     "recall.")
-    recall.intermixed = True
-    recall.add_argument("data", metavar="data", help="the .data file (valid=)")
-    recall.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
-    recall.add_argument("weights", metavar="weights", help="the .weights file")
+    _add_model_files(recall, "the .data file (valid=)")
     _add_gpu_flag(recall)
     _flag(recall, "dont_show", action="store_true", help="accepted as darknet accepts it; this command opens no window")
     recall.set_defaults(func=_cmd_detector_recall)
@@ -324,10 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the annotated frames to -out_filename and shows them unless -dont_show. From a camera or "
                     "stream the newest frame is taken each time (frames that arrive meanwhile are dropped) so "
                     "a slow network never falls behind; from a file every frame is processed.")
-    demo.intermixed = True
-    demo.add_argument("data", metavar="data", help="the .data file (names=)")
-    demo.add_argument("cfg", metavar="cfg", help="the network's .cfg file")
-    demo.add_argument("weights", metavar="weights", help="the .weights file")
+    _add_model_files(demo, "the .data file (names=)")
     demo.add_argument("video", nargs="?", help="video file or stream URL; without it the camera -c is used")
     _add_detect_flags(demo, 0.25)
     _flag(demo, "c", type=_non_negative_int, default=0, metavar="N", help="camera index (default 0)")
