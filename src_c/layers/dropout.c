@@ -43,7 +43,7 @@ static dn_status dropout_forward(dn_layer *l, dn_net *net)
         memcpy(l->output, in, n * sizeof(float));
         return DN_OK;
     }
-    const float *mask;
+    const float *mask = NULL;
     dn_status st = dn_dropout_mask(l, net, &mask);
     if (st) return st;
     for (size_t i = 0; i < n; ++i) l->output[i] = in[i] * mask[i];

@@ -161,6 +161,28 @@ DN_AVX512 static inline __m512 finish(__m512 v, int has_e, __m512 sc, __m512 bi,
         }                                                                                                             \
     } while (0)
 
+/* The micro-tile's 8 x nr values to C (masked past nr, rows past mr left
+ * alone by ROW_STORE), then the epilogue for the activations ROW_STORE does
+ * not fuse. */
+#define STORE_TILE()                                                                                                  \
+    do {                                                                                                              \
+        const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);                             \
+        const __mmask16 m1 =                                                                                          \
+            nr >= 32 ? (__mmask16)0xFFFF : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));           \
+        const int has_e = e != NULL;                                                                                  \
+        const int act = e ? (int)e->act : DN_ACT_LINEAR;                                                             \
+        ROW_STORE(0);                                                                                                 \
+        ROW_STORE(1);                                                                                                 \
+        ROW_STORE(2);                                                                                                 \
+        ROW_STORE(3);                                                                                                 \
+        ROW_STORE(4);                                                                                                 \
+        ROW_STORE(5);                                                                                                 \
+        ROW_STORE(6);                                                                                                 \
+        ROW_STORE(7);                                                                                                 \
+        if (has_e && act != DN_ACT_LINEAR && act != DN_ACT_LEAKY && act != DN_ACT_RELU)                              \
+            epilogue_rest(c, ldc, mr, nr, row0, e);                                                                   \
+    } while (0)
+
 DN_AVX512 static void kernel_avx512(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr,
                                     int accumulate, const dn_epilogue *e, int row0)
 {
@@ -179,20 +201,7 @@ DN_AVX512 static void kernel_avx512(int kc, const float *ap, const float *bp, fl
         ap += DN_MR;
         bp += DN_NR;
     }
-    const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
-    const __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
-    const int has_e = e != NULL;
-    const int act = e ? (int)e->act : DN_ACT_LINEAR;
-    ROW_STORE(0);
-    ROW_STORE(1);
-    ROW_STORE(2);
-    ROW_STORE(3);
-    ROW_STORE(4);
-    ROW_STORE(5);
-    ROW_STORE(6);
-    ROW_STORE(7);
-    if (has_e && act != DN_ACT_LINEAR && act != DN_ACT_LEAKY && act != DN_ACT_RELU)
-        epilogue_rest(c, ldc, mr, nr, row0, e);
+    STORE_TILE();
 }
 
 #define ROW_FMA_DIRECT(i)                                                                                             \
@@ -228,20 +237,7 @@ kernel_rows_body(int kc, const float *a, size_t lda, const float *bp, float *c, 
         ROW_FMA_DIRECT(7);
         bp += DN_NR;
     }
-    const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
-    const __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1u));
-    const int has_e = e != NULL;
-    const int act = e ? (int)e->act : DN_ACT_LINEAR;
-    ROW_STORE(0);
-    ROW_STORE(1);
-    ROW_STORE(2);
-    ROW_STORE(3);
-    ROW_STORE(4);
-    ROW_STORE(5);
-    ROW_STORE(6);
-    ROW_STORE(7);
-    if (has_e && act != DN_ACT_LINEAR && act != DN_ACT_LEAKY && act != DN_ACT_RELU)
-        epilogue_rest(c, ldc, mr, nr, row0, e);
+    STORE_TILE();
 }
 
 DN_AVX512 static void kernel_rows_avx512(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc,
