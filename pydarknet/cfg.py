@@ -72,14 +72,15 @@ SECTION_ALIASES = {
 
 SUPPORTED_LAYERS = (
     "convolutional", "connected", "maxpool", "avgpool", "local_avgpool", "route", "shortcut",
-    "upsample", "reorg", "dropout", "softmax", "cost", "scale_channels", "sam", "batchnorm",
+    "upsample", "reorg", "reorg3d", "dropout", "softmax", "cost", "scale_channels", "sam", "batchnorm",
     "yolo", "region", "activation", "empty",
 )
 
 # every canonical section name darknet's string_to_layer_type recognises ([reorg3d] is a
-# different layer from [reorg] in darknet, so it is its own name, not an alias)
+# different layer from [reorg] in darknet, so it is its own name, not an alias: [reorg] is
+# darknet's old reorg of yolov2, [reorg3d] the true space-to-depth; layers/reorg.c)
 KNOWN_SECTIONS = ("net",) + SUPPORTED_LAYERS + (
-    "reorg3d", "crop", "detection", "Gaussian_yolo", "local", "lrn", "implicit", "contrastive",
+    "crop", "detection", "Gaussian_yolo", "local", "lrn", "implicit", "contrastive",
     "rnn", "gru", "lstm", "conv_lstm", "crnn", "history",
 )
 
@@ -171,6 +172,7 @@ SCHEMA = {
     "sam": (("from", REFS, REQUIRED), ("activation", ACT, "linear")) + _COMMON,
     "upsample": (("stride", INT, 2), ("scale", FLOAT, 1.0)) + _COMMON,
     "reorg": (("stride", INT, 1), ("reverse", INT, 0)) + _COMMON,
+    "reorg3d": (("stride", INT, 1), ("reverse", INT, 0)) + _COMMON,
     "dropout": (
         ("probability", FLOAT, 0.2), ("dropblock", INT, 0), ("dropblock_size_rel", FLOAT, 0.0),
         ("dropblock_size_abs", FLOAT, 0.0),
@@ -489,7 +491,8 @@ def _region(ctx, a):
 _RULES = {
     "net": _net, "convolutional": _convolutional, "connected": _connected, "maxpool": _pool,
     "local_avgpool": _pool, "route": _route, "shortcut": _shortcut, "scale_channels": _single_from,
-    "sam": _single_from, "upsample": _upsample, "reorg": _reorg, "dropout": _dropout, "softmax": _softmax,
+    "sam": _single_from, "upsample": _upsample, "reorg": _reorg, "reorg3d": _reorg,
+    "dropout": _dropout, "softmax": _softmax,
     "yolo": _yolo, "region": _region,
 }
 

@@ -153,7 +153,8 @@ CASES = (
         "activation=leaky\n", 3, 3, 3),
        (ONE.format(f=4) + "[convolutional]\nfilters=6\nsize=1\nstride=2\nactivation=linear\n[shortcut]\nfrom=-2\n", 3, 4, 4)]
     + [(f"[upsample]\nstride={s}\nscale={k}\n", 2, 4, 6) for s, k in [(2, 1.0), (3, 0.5), (-2, 1.0)]]
-    + [("[reorg]\nstride=2\n", 3, 4, 6), ("[reorg]\nstride=2\nreverse=1\n", 16, 2, 2),
+    + [("[reorg]\nstride=2\n", 4, 4, 6), ("[reorg]\nstride=2\nreverse=1\n", 8, 3, 2),
+       ("[reorg3d]\nstride=2\n", 3, 4, 6), ("[reorg3d]\nstride=2\nreverse=1\n", 16, 2, 2),
        ("[softmax]\ngroups=1\n", 5, 1, 1),
        ("[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", 16, 3, 4),
        (YOLO, 14, 3, 4), (YOLO.replace("classes=2", "classes=2\nnew_coords=1\nscale_x_y=1.1"), 14, 3, 4),

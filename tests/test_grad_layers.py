@@ -128,13 +128,16 @@ def test_upsample(write_cfg, opts, h, w):
     grad(write_cfg, f"[upsample]\n{opts}\n", c=3, h=h, w=w)
 
 
-@pytest.mark.parametrize("opts,c,h,w", [
-    ("stride=2", 3, 8, 6),
-    ("stride=3", 2, 6, 9),
-    ("stride=2\nreverse=1", 16, 3, 2),
+@pytest.mark.parametrize("section,opts,c,h,w", [
+    ("reorg", "stride=2", 4, 8, 6),
+    ("reorg", "stride=3", 9, 6, 9),
+    ("reorg", "stride=2\nreverse=1", 4, 3, 2),
+    ("reorg3d", "stride=2", 3, 8, 6),
+    ("reorg3d", "stride=3", 2, 6, 9),
+    ("reorg3d", "stride=2\nreverse=1", 16, 3, 2),
 ])
-def test_reorg(write_cfg, opts, c, h, w):
-    grad(write_cfg, f"[reorg]\n{opts}\n", c=c, h=h, w=w)
+def test_reorg(write_cfg, section, opts, c, h, w):
+    grad(write_cfg, f"[{section}]\n{opts}\n", c=c, h=h, w=w)
 
 
 # ---------------------------------------------------------------- scale_channels, sam

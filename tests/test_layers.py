@@ -271,8 +271,8 @@ def test_upsample(write_cfg, stride, scale):
     close(net.layers[0].output, want)
 
 
-def test_reorg(write_cfg):
-    net = build(write_cfg, "[reorg]\nstride=2\n", c=3, h=4, w=6)
+def test_reorg3d_is_space_to_depth(write_cfg):
+    net = build(write_cfg, "[reorg3d]\nstride=2\n", c=3, h=4, w=6)
     x = run(net)
     s, C = 2, 3
     out = net.layers[0].output
@@ -284,14 +284,60 @@ def test_reorg(write_cfg):
     close(out, want)
 
 
-def test_reorg_reverse_inverts_the_map(write_cfg):
+def test_reorg3d_reverse_is_a_permutation(write_cfg):
     # darknet's reverse mode runs the same index map with source and
     # destination exchanged; check it is a permutation of the input
-    net = build(write_cfg, "[reorg]\nstride=2\nreverse=1\n", c=16, h=2, w=2)
+    net = build(write_cfg, "[reorg3d]\nstride=2\nreverse=1\n", c=16, h=2, w=2)
     x = run(net)
     out = net.layers[0].output
     assert out.shape == (2, 4, 4, 4)
     assert np.array_equal(np.sort(out.reshape(2, -1), axis=1), np.sort(x.astype(np.float32).reshape(2, -1), axis=1))
+
+
+def old_reorg_ref(x, s, reverse):
+    """darknet's reorg_old_layer in NumPy: its reorg map runs over the INPUT's
+    shape (C, H, W); the other side of each pair is a (C/s^2, H*s, W*s) view of
+    the input buffer (forward) or of the output buffer (reverse)."""
+    B, C, H, W = x.shape
+    ic = C // (s * s)
+    if not reverse:
+        view = x.reshape(B, ic, H * s, W * s)
+        y = np.zeros_like(x)
+        for k in range(C):
+            off = k // ic
+            y[:, k] = view[:, k % ic, off // s::s, off % s::s]
+        return y.reshape(B, C * s * s, H // s, W // s)
+    out = np.zeros((B, ic, H * s, W * s), x.dtype)
+    for k in range(C):
+        off = k // ic
+        out[:, k % ic, off // s::s, off % s::s] = x[:, k]
+    return out
+
+
+@pytest.mark.parametrize("opts,c,h,w,shape", [
+    ("stride=2", 4, 4, 6, (16, 2, 3)),
+    ("stride=2", 12, 2, 2, (48, 1, 1)),
+    ("stride=3", 9, 3, 6, (81, 1, 2)),
+    ("stride=2\nreverse=1", 8, 3, 2, (2, 6, 4)),
+])
+def test_reorg_is_darknets_old_reorg(write_cfg, opts, c, h, w, shape):
+    net = build(write_cfg, f"[reorg]\n{opts}\n", c=c, h=h, w=w)
+    x = run(net)
+    out = net.layers[0].output
+    assert out.shape == (2,) + shape
+    close(out, old_reorg_ref(x, 3 if "stride=3" in opts else 2, "reverse" in opts))
+
+
+@pytest.mark.parametrize("section,c,h,w,msg", [
+    ("[reorg]\nstride=2", 6, 4, 4, "not divisible by stride\\^2=4"),
+    ("[reorg]\nstride=2", 4, 5, 4, "not divisible by stride 2"),
+    ("[reorg]\nstride=2\nreverse=1", 6, 4, 4, "not divisible by stride\\^2=4"),
+    ("[reorg3d]\nstride=2\nreverse=1", 8, 4, 4, "not divisible by stride\\^4=16"),
+    ("[reorg3d]\nstride=2", 3, 5, 4, "not divisible by stride 2"),
+])
+def test_reorg_shape_rules(write_cfg, section, c, h, w, msg):
+    with pytest.raises(pydarknet.cfg.CfgError, match="net.cfg:5: layer 0 .*" + msg):
+        build(write_cfg, section + "\n", c=c, h=h, w=w)
 
 
 @pytest.mark.parametrize("groups,temp", [(1, 1.0), (4, 1.0), (2, 0.5)])

@@ -50,6 +50,8 @@ dn_status dn_yolo_train_loss(dn_layer *l, dn_net *net);
 int dn_yolo_has_loss(const dn_layer *l);
 dn_status dn_region_train_loss(dn_layer *l, dn_net *net);
 int dn_region_has_loss(const dn_layer *l);
+/* [reorg] and [reorg3d] share their passes: the index space of their permutation (layers/reorg.c) */
+void dn_reorg_space(const dn_layer *l, int *w, int *h, int *c);
 /* Draws a training pass's dropout mask from the network's generator (the CPU pass's stream and order). */
 dn_status dn_dropout_mask(dn_layer *l, dn_net *net, const float **mask);
 

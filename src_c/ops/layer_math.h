@@ -42,16 +42,16 @@ static inline DN_HD void dn_softmax_group_backward(const float *p, const float *
     for (int j = 0; j < n; ++j) d[j * stride] += (float)(p[j * stride] * (g[j * stride] - dot) / temp);
 }
 
-/* darknet's reorg map for position a of an (oc, oh, ow) index space per image
+/* darknet's reorg map for position a of a (c, h, w) index space per image
  * (a counts over the batch too): the position z it pairs with in a tensor of
- * oc/(s*s) channels and (oh*s) x (ow*s) pixels (see layers/reorg.c). */
-static inline DN_HD size_t dn_reorg_pair(size_t a, int ow, int oh, int oc, int s)
+ * c/(s*s) channels and (h*s) x (w*s) pixels (see layers/reorg.c). */
+static inline DN_HD size_t dn_reorg_pair(size_t a, int w, int h, int c, int s)
 {
-    const int ic = oc / (s * s);
-    const size_t i = a % ow, j = a / ow % oh, k = a / ((size_t)ow * oh) % oc, b = a / ((size_t)ow * oh * oc);
+    const int ic = c / (s * s);
+    const size_t i = a % w, j = a / w % h, k = a / ((size_t)w * h) % c, b = a / ((size_t)w * h * c);
     const int c2 = (int)(k % ic), off = (int)(k / ic);
     const size_t w2 = i * s + off % s, h2 = j * s + off / s;
-    return w2 + (size_t)ow * s * (h2 + (size_t)oh * s * (c2 + (size_t)ic * b));
+    return w2 + (size_t)w * s * (h2 + (size_t)h * s * (c2 + (size_t)ic * b));
 }
 
 /* The shape of a shortcut from layer p (pc, ph, pw) onto the output (c, h, w)
