@@ -55,12 +55,24 @@ class Layer:
         return (c[0], h[0], w[0])
 
     @property
+    def output_shape(self):
+        """The shape of one image's output as darknet lays it out in memory:
+        (C, H, W), except [region]: (H, W, num, 5 + classes), cell-major as
+        darknet's region layer writes it."""
+        if self.type == "region":
+            c, h, w = self.shape
+            num = self.spec.attrs["num"]
+            return (h, w, num, c // num)
+        return self.shape
+
+    @property
     def output(self) -> np.ndarray:
-        """A copy of this layer's output from the last forward pass, [B, C, H, W]."""
+        """A copy of this layer's output from the last forward pass,
+        [B] + output_shape: [B, C, H, W] ([region]: [B, H, W, num, 5 + classes])."""
         data, count = ffi.new("const float **"), ffi.new("size_t *")
         check(lib.dn_layer_output(self._net._ptr, self.index, data, count))
         arr = np.frombuffer(ffi.buffer(data[0], count[0] * 4), dtype=np.float32)
-        return arr.reshape((self._net.batch,) + self.shape).copy()
+        return arr.reshape((self._net.batch,) + self.output_shape).copy()
 
     @property
     def params(self) -> dict:
@@ -349,7 +361,8 @@ class Network:
 
     def predict(self, x: np.ndarray) -> List[np.ndarray]:
         """Forward pass; returns one array per output layer ([yolo]/[region]
-        heads, or the last layer), each [B, C, H, W] in darknet's layout."""
+        heads, or the last layer), each in darknet's layout: [B, C, H, W]
+        ([region]: [B, H, W, num, 5 + classes], see Layer.output_shape)."""
         self.forward(x)
         return [self.layers[i].output for i in self._outputs]
 

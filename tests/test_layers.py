@@ -402,9 +402,14 @@ def test_yolo_forward(write_cfg, extra):
 
 def test_region_forward(write_cfg):
     net = build(write_cfg, "[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", c=16, h=3, w=3)
+    # darknet's forward_region_layer: the input flattened to cell-major
+    # [B][H*W][num][5 + classes], the logistic on objectness only (x, y, w, h
+    # stay raw), the softmax over each cell's and anchor's classes
     x = run(net).reshape(2, 2, 8, 3, 3)
     y = x.copy()
-    y[:, :, [0, 1, 4]] = ACT["logistic"](x[:, :, [0, 1, 4]])
+    y[:, :, 4] = ACT["logistic"](x[:, :, 4])
     e = np.exp(x[:, :, 5:] - x[:, :, 5:].max(axis=2, keepdims=True))
     y[:, :, 5:] = e / e.sum(axis=2, keepdims=True)
-    close(net.layers[0].output, y.reshape(2, 16, 3, 3))
+    out = net.layers[0].output
+    assert out.shape == (2, 3, 3, 2, 8)
+    close(out, y.transpose(0, 3, 4, 1, 2))

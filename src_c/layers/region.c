@@ -1,11 +1,14 @@
 /* region.c - [region] detection head (yolov2)
  *
- * Input and output [B][num*(coords+1+classes)][H][W]; for anchor a the channels
- * are x, y, w, h (coords=4), objectness, then class scores. Forward
- * (inference): output = input with the logistic on x, y and objectness, and,
- * with softmax=1, a softmax over the class channels at each cell. Decoding
- * (anchor sizes in grid cells):
- *     bx = (col + x) / W,  by = (row + y) / H,  bw = exp(w) * anchor_w / W,  bh likewise,
+ * Input [B][num*per][H][W] (NCHW, per = coords+1+classes); for anchor a the
+ * channels a*per .. are x, y, w, h (coords=4), objectness, then class scores.
+ * Output, as darknet lays it out (its forward_region_layer flattens the
+ * input): cell-major [B][H*W][num][per], i.e. output[b][(i*num + a)*per + k] =
+ * f_k(input[b][a*per + k][i]) for cell i = row*W + col, where f is the
+ * identity for x, y, w, h, the logistic for objectness, and, with softmax=1,
+ * the softmax over the classes of that cell and anchor (raw otherwise).
+ * Decoding (darknet's get_region_box; anchor sizes in grid cells):
+ *     bx = (col + sigma(x)) / W,  by = (row + sigma(y)) / H,  bw = exp(w) * anchor_w / W,  bh likewise,
  *     confidence of class k = objectness * class_k, kept when it exceeds thresh.
  *
  * Training loss (a training pass with truths), following darknet's
@@ -38,10 +41,12 @@
  * (core/box.c) is included (darknet leaves it out). classfix, tree and map
  * are not supported in training; focal_loss needs softmax.
  * Loss = the sum of the terms over the images, added to net->loss; l->delta =
- * its gradient with respect to the input.
+ * its gradient with respect to the input, in the input's layout (as darknet's
+ * delta after it flattens it back).
  * Backward: input delta += l->delta. In a training pass without truths there
- * is no loss: l->delta is dLoss/d(output) and backward applies the forward's
- * Jacobian (sigma' for x, y and objectness, the softmax's for the classes). */
+ * is no loss: l->delta is dLoss/d(output) in the output's layout and backward
+ * applies the forward's Jacobian (sigma' for objectness, the softmax's for
+ * the classes, 1 for the rest) and the layout change. */
 #include "internal.h"
 #include "cuda.h"
 #include "../ops/layer_math.h"
@@ -121,10 +126,20 @@ typedef struct {
     size_t hw;
 } image_ctx;
 
+/* input and delta: value k of anchor a at cell i, NCHW */
 static size_t entry(const image_ctx *c, int a, int k, size_t i)
 {
     return ((size_t)a * (c->s->coords + 1 + c->s->classes) + (size_t)k) * c->hw + i;
 }
+
+/* output: value k of anchor a at cell i, cell-major */
+static float out_at(const image_ctx *c, int a, int k, size_t i)
+{
+    return c->out[((i * c->s->num + (size_t)a) * (c->s->coords + 1 + c->s->classes)) + (size_t)k];
+}
+
+/* sigma(z) of the x (k=0) or y (k=1) input of anchor a at cell i */
+static float xy_at(const image_ctx *c, int a, int k, size_t i) { return dn_region_logistic(c->in[entry(c, a, k, i)]); }
 
 static int truth_class(const image_ctx *c, int r) { return dn_truth_class(c->truth + 5 * (size_t)r, c->s->classes); }
 
@@ -139,8 +154,8 @@ static dn_box pred_box(const image_ctx *c, int a, size_t i)
 {
     const dn_layer *l = c->l;
     dn_box b;
-    b.x = ((float)(i % l->w) + c->out[entry(c, a, 0, i)]) / l->w;
-    b.y = ((float)(i / l->w) + c->out[entry(c, a, 1, i)]) / l->h;
+    b.x = ((float)(i % l->w) + xy_at(c, a, 0, i)) / l->w;
+    b.y = ((float)(i / l->w) + xy_at(c, a, 1, i)) / l->h;
     b.w = expf(c->in[entry(c, a, 2, i)]) * c->s->anchors[2 * a] / l->w;
     b.h = expf(c->in[entry(c, a, 3, i)]) * c->s->anchors[2 * a + 1] / l->h;
     return b;
@@ -153,7 +168,7 @@ static double box_term(image_ctx *c, int a, size_t i, const float t[4], float k)
     for (int q = 0; q < 4; ++q) {
         const size_t e = entry(c, a, q, i);
         if (q < 2) {
-            const float p = c->out[e], d = p - t[q];
+            const float p = xy_at(c, a, q, i), d = p - t[q];
             c->delta[e] += k * d * p * (1.f - p);
             loss += 0.5 * k * (double)d * d;
         } else {
@@ -169,7 +184,7 @@ static double box_term(image_ctx *c, int a, size_t i, const float t[4], float k)
 static double obj_term(image_ctx *c, int a, size_t i, float t, float scale, float *dt)
 {
     const size_t e = entry(c, a, c->s->coords, i);
-    const float p = c->out[e], d = p - t;
+    const float p = out_at(c, a, c->s->coords, i), d = p - t;
     c->delta[e] += scale * d * p * (1.f - p);
     if (dt) *dt = -scale * d;
     return 0.5 * scale * (double)d * d;
@@ -181,7 +196,8 @@ static double class_terms(image_ctx *c, int a, size_t i, int k)
     const float scale = s->class_scale;
     const size_t e0 = entry(c, a, s->coords + 1, i);
     float *d = c->delta + e0;
-    const float *z = c->in + e0, *p = c->out + e0;
+    const float *z = c->in + e0; /* z and d: hw apart; p: side by side */
+    const float *p = c->out + (i * s->num + (size_t)a) * (s->coords + 1 + s->classes) + s->coords + 1;
     const size_t hw = c->hw;
     if (!s->softmax) {
         double loss = 0;
@@ -198,13 +214,13 @@ static double class_terms(image_ctx *c, int a, size_t i, int k)
     for (int n = 0; n < s->classes; ++n) sum += exp(z[n * hw] - largest);
     const double lp = z[k * hw] - largest - log(sum), pt = exp(lp);
     if (!s->focal_loss) {
-        for (int n = 0; n < s->classes; ++n) d[n * hw] += scale * (p[n * hw] - (n == k ? 1.f : 0.f));
+        for (int n = 0; n < s->classes; ++n) d[n * hw] += scale * (p[n] - (n == k ? 1.f : 0.f));
         return -scale * lp;
     }
     /* d(-(1-pt)^2 log pt)/dz_n = g(pt) (p_n - [n == k]), g = (1-pt)(1 - pt - 2 pt log pt) */
     const double g = (1 - pt) * (1 - pt - 2 * pt * lp);
     for (int n = 0; n < s->classes; ++n)
-        d[n * hw] += (float)(scale * FOCAL_ALPHA * g * (p[n * hw] - (n == k ? 1.f : 0.f)));
+        d[n * hw] += (float)(scale * FOCAL_ALPHA * g * (p[n] - (n == k ? 1.f : 0.f)));
     return -scale * FOCAL_ALPHA * (1 - pt) * (1 - pt) * lp;
 }
 
@@ -326,7 +342,7 @@ static dn_status region_loss(dn_layer *l, dn_net *net)
                     loss += obj_term(&c, a, i, m, s->object_scale, &dt);
                     /* d(bx)/d(z_x) = sigma'/W, d(bw)/d(z_w) = bw */
                     const dn_box p = pred_box(&c, a, i);
-                    const float px = c.out[entry(&c, a, 0, i)], py = c.out[entry(&c, a, 1, i)];
+                    const float px = xy_at(&c, a, 0, i), py = xy_at(&c, a, 1, i);
                     const float jac[4] = {px * (1.f - px) / l->w, py * (1.f - py) / l->h, p.w, p.h};
                     for (int q = 0; q < 4; ++q) {
                         const float v = dt * g[q] * jac[q];
@@ -346,18 +362,14 @@ static dn_status region_loss(dn_layer *l, dn_net *net)
 static dn_status region_forward(dn_layer *l, dn_net *net)
 {
     region_state *s = l->priv;
-    dn_forward_copy(l, net);
+    const float *input = dn_layer_input(net, l);
     const size_t hw = (size_t)l->h * l->w;
     const int per = s->coords + 1 + s->classes;
     for (int b = 0; b < l->batch; ++b)
-        for (int n = 0; n < s->num; ++n) {
-            float *p = l->output + (size_t)b * l->outputs + (size_t)n * per * hw;
-            for (size_t i = 0; i < 2 * hw; ++i) p[i] = dn_logistic(p[i]);
-            float *obj = p + (size_t)s->coords * hw;
-            for (size_t i = 0; i < hw; ++i) obj[i] = dn_logistic(obj[i]);
-            if (s->softmax)
-                for (size_t i = 0; i < hw; ++i) dn_softmax(obj + hw + i, s->classes, 1.f, (int)hw, obj + hw + i);
-        }
+        for (size_t i = 0; i < hw; ++i)
+            for (int a = 0; a < s->num; ++a)
+                dn_region_cell_forward(input + (size_t)b * l->inputs + (size_t)a * per * hw + i, hw, per, s->coords,
+                                       s->softmax, l->output + (size_t)b * l->outputs + (i * s->num + a) * per);
     return dn_region_train_loss(l, net);
 }
 
@@ -384,21 +396,12 @@ static dn_status region_backward(dn_layer *l, dn_net *net)
     const size_t hw = (size_t)l->h * l->w;
     const int per = s->coords + 1 + s->classes;
     for (int b = 0; b < l->batch; ++b)
-        for (int n = 0; n < s->num; ++n) {
-            const size_t base = (size_t)b * l->outputs + (size_t)n * per * hw;
-            const float *y = l->output + base, *g = l->delta + base;
-            float *dd = d + base;
-            for (int k = 0; k < per; ++k)
-                for (size_t i = 0; i < hw; ++i) {
-                    const size_t e = (size_t)k * hw + i;
-                    if (k < 2 || k == s->coords) dd[e] += g[e] * y[e] * (1.f - y[e]);
-                    else if (k < s->coords || !s->softmax) dd[e] += g[e];
-                }
-            if (!s->softmax) continue;
-            /* softmax Jacobian: dz_c = p_c (g_c - sum_j g_j p_j) */
-            const size_t c0 = (size_t)(s->coords + 1) * hw;
-            for (size_t i = 0; i < hw; ++i) dn_softmax_group_backward(y + c0 + i, g + c0 + i, s->classes, 1.f, hw, dd + c0 + i);
-        }
+        for (size_t i = 0; i < hw; ++i)
+            for (int a = 0; a < s->num; ++a) {
+                const size_t o = (size_t)b * l->outputs + (i * s->num + a) * per;
+                dn_region_cell_backward(l->output + o, l->delta + o, hw, per, s->coords, s->softmax,
+                                        d + (size_t)b * l->inputs + (size_t)a * per * hw + i);
+            }
     return DN_OK;
 }
 
@@ -408,22 +411,20 @@ static dn_status region_detections(const dn_layer *l, const dn_net *net, int b, 
     const region_state *s = l->priv;
     const size_t hw = (size_t)l->h * l->w;
     const int per = s->coords + 1 + s->classes;
-    for (int n = 0; n < s->num; ++n) {
-        const float *p = l->output + (size_t)b * l->outputs + (size_t)n * per * hw;
+    for (int n = 0; n < s->num; ++n) /* darknet's order of candidates: anchor by anchor */
         for (size_t i = 0; i < hw; ++i) {
-            const float obj = p[(size_t)s->coords * hw + i];
+            const float *p = l->output + (size_t)b * l->outputs + (i * s->num + n) * per;
             const int col = (int)(i % l->w), row = (int)(i / l->w);
             dn_detection d = {0};
-            d.x = (col + p[i]) / l->w;
-            d.y = (row + p[hw + i]) / l->h;
-            d.w = expf(p[2 * hw + i]) * s->anchors[2 * n] / l->w;
-            d.h = expf(p[3 * hw + i]) * s->anchors[2 * n + 1] / l->h;
-            d.objectness = obj;
+            d.x = (col + dn_region_logistic(p[0])) / l->w;
+            d.y = (row + dn_region_logistic(p[1])) / l->h;
+            d.w = expf(p[2]) * s->anchors[2 * n] / l->w;
+            d.h = expf(p[3]) * s->anchors[2 * n + 1] / l->h;
+            d.objectness = p[s->coords];
             d.batch_index = b;
-            dn_status st = dn_push_box_classes(out, d, p + (size_t)(s->coords + 1) * hw + i, hw, s->classes, thresh);
+            dn_status st = dn_push_box_classes(out, d, p + s->coords + 1, 1, s->classes, thresh);
             if (st) return st;
         }
-    }
     return DN_OK;
 }
 

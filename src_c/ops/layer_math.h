@@ -1,7 +1,7 @@
 /* layer_math.h - small formulas of the layers, one value or one group at a
  * time, shared by the CPU passes (layers/<type>.c, ops/blas.c) and their
  * device twins (layers/<type>.cu) so both compute the same arithmetic:
- * the softmax of one group and its Jacobian, reorg's index map, the
+ * the softmax of one group and its Jacobian, a [region] cell, reorg's index map, the
  * sampled pairs of a shortcut between layers of different sizes, and the
  * normalization of a weighted shortcut's weights with its gradient. */
 #ifndef DN_LAYER_MATH_H
@@ -33,13 +33,48 @@ static inline DN_HD void dn_softmax_group(const float *in, int n, float temp, si
 }
 
 /* d += the softmax Jacobian applied to g, for p = softmax(x / temp) of n values
- * `stride` apart: d_j += p_j (g_j - sum_i g_i p_i) / temp. */
-static inline DN_HD void dn_softmax_group_backward(const float *p, const float *g, int n, float temp, size_t stride,
-                                                   float *d)
+ * `stride` apart (d's values `dstride` apart): d_j += p_j (g_j - sum_i g_i p_i) / temp. */
+static inline DN_HD void dn_softmax_group_backward_to(const float *p, const float *g, int n, float temp, size_t stride,
+                                                      float *d, size_t dstride)
 {
     double dot = 0;
     for (int j = 0; j < n; ++j) dot += (double)g[j * stride] * p[j * stride];
-    for (int j = 0; j < n; ++j) d[j * stride] += (float)(p[j * stride] * (g[j * stride] - dot) / temp);
+    for (int j = 0; j < n; ++j) d[j * dstride] += (float)(p[j * stride] * (g[j * stride] - dot) / temp);
+}
+
+static inline DN_HD void dn_softmax_group_backward(const float *p, const float *g, int n, float temp, size_t stride,
+                                                   float *d)
+{
+    dn_softmax_group_backward_to(p, g, n, temp, stride, d, stride);
+}
+
+/* darknet's [region] head, one cell and anchor at a time (layers/region.c):
+ * the group's `per` input values sit hw apart (the input is NCHW), its output
+ * values side by side (darknet's cell-major [h*w][num][per] layout). x, y, w, h
+ * stay raw, objectness (entry `coords`) gets the logistic, the classes the
+ * softmax when `softmax` is set. */
+static inline DN_HD float dn_region_logistic(float x) { return 1.f / (1.f + expf(-x)); }
+
+static inline DN_HD void dn_region_cell_forward(const float *in, size_t hw, int per, int coords, int softmax,
+                                                float *out)
+{
+    for (int k = 0; k < per; ++k) out[k] = in[(size_t)k * hw];
+    out[coords] = dn_region_logistic(out[coords]);
+    if (softmax) dn_softmax_group(out + coords + 1, per - coords - 1, 1.f, 1, out + coords + 1);
+}
+
+/* its backward: d (input layout, hw apart) += the forward's Jacobian applied
+ * to g (output layout); y is the cell's output */
+static inline DN_HD void dn_region_cell_backward(const float *y, const float *g, size_t hw, int per, int coords,
+                                                 int softmax, float *d)
+{
+    for (int k = 0; k < per; ++k) {
+        if (k == coords) d[(size_t)k * hw] += g[k] * y[k] * (1.f - y[k]);
+        else if (k < coords || !softmax) d[(size_t)k * hw] += g[k];
+    }
+    if (softmax)
+        dn_softmax_group_backward_to(y + coords + 1, g + coords + 1, per - coords - 1, 1.f, 1,
+                                     d + (size_t)(coords + 1) * hw, hw);
 }
 
 /* darknet's reorg map for position a of a (c, h, w) index space per image
