@@ -37,11 +37,15 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from paths import add_cfg_dir_arg, add_image_arg  # noqa: E402
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cfg", default="yolov4-tiny", help="cfg path or model name (default yolov4-tiny)")
+    add_cfg_dir_arg(ap)
+    add_image_arg(ap)
     ap.add_argument("--size", type=int, default=416)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=15, help="timed rounds (default 15)")
@@ -69,7 +73,7 @@ import pydarknet  # noqa: E402
 from pydarknet._native import check, ffi, lib  # noqa: E402
 
 sys.path.insert(0, HERE)
-from common import (SHARED, Neighbours, load_input, machine_info, random_weights,  # noqa: E402
+from common import (Neighbours, load_input, machine_info, random_weights,  # noqa: E402
                     resolve_cfg, sized_cfg, wait_idle)
 
 
@@ -98,7 +102,7 @@ def sum_med_tmp(t_gemm):
 
 
 def main(args):
-    cfg = resolve_cfg(args.cfg)
+    cfg = resolve_cfg(args.cfg, args.cfg_dir)
     name = os.path.splitext(os.path.basename(cfg))[0]
     weights = random_weights(cfg, args.seed, args.cache, args.threads)
     cfg_sized = sized_cfg(cfg, args.size, args.cache)
@@ -106,7 +110,7 @@ def main(args):
     net.set_threads(args.threads)
     info = machine_info()
     info["pydarknet_blas"] = net.uses_blas
-    x = load_input(os.path.join(SHARED, "images", "dog.jpg"), args.size)
+    x = load_input(args.image, args.size)
     print("%s at %d, %d thread(s); SGEMM reference = numpy.matmul float32 (OpenBLAS), per conv layer"
           % (name, args.size, args.threads), flush=True)
 

@@ -63,7 +63,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = "/work/shared"
+sys.path.insert(0, HERE)
+from paths import add_cfg_dir_arg, add_image_arg  # noqa: E402
 
 # per device: (batch, warm-up runs, latency rounds, batch rounds, threads, pause s, wait-idle s)
 DEFAULTS = {"cuda": (64, 10, 50, 10, None, 0.0, 0.0), "cpu": (16, 2, 10, 3, 2, 0.3, 120.0)}
@@ -73,7 +74,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda (default) or cpu")
     ap.add_argument("--gpu", type=int, default=0, help="CUDA device index (default 0)")
-    ap.add_argument("--cfg", default="yolov4-tiny", help="cfg path or a model name from %s/cfg" % SHARED)
+    ap.add_argument("--cfg", default="yolov4-tiny", help="cfg path or a model name from --cfg-dir")
+    add_cfg_dir_arg(ap)
     ap.add_argument("--size", type=int, default=416, help="input width and height (default 416)")
     ap.add_argument("--batch", type=int, default=None,
                     help="images of the throughput run and of a training iteration (default 64; cpu 16)")
@@ -92,7 +94,7 @@ def parse_args(argv=None):
                          "(default cpu 120, cuda 0)")
     ap.add_argument("--check-only", action="store_true", help="run the correctness check, time nothing")
     ap.add_argument("--no-real-loss", action="store_true", help="skip pydarknet's train_batch reference row")
-    ap.add_argument("--image", default=os.path.join(SHARED, "images", "dog.jpg"))
+    add_image_arg(ap)
     ap.add_argument("--seed", type=int, default=1, help="seed of the random weights and inputs (default 1)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pydarknet-bench"),
                     help="folder for the generated weights and cfg copies")
@@ -174,7 +176,7 @@ def build(args):
     """(pydarknet Network, PyTorch model, torch device, cfg path) with the same weights."""
     from torch_darknet import DarknetTorch
 
-    cfg = sized_cfg(resolve_cfg(args.cfg), args.size, args.cache)
+    cfg = sized_cfg(resolve_cfg(args.cfg, args.cfg_dir), args.size, args.cache)
     weights = random_weights(cfg, args.seed, args.cache, args.threads)
     spec = pydarknet.parse_cfg(cfg)
     spec.options["subdivisions"] = args.subdivisions

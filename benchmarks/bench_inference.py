@@ -36,20 +36,23 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = "/work/shared"
+sys.path.insert(0, HERE)
+from paths import add_cfg_dir_arg, add_image_arg, shown_path  # noqa: E402
+
 ALL_MODELS = ["yolov3-tiny", "yolov4-tiny", "yolov7-tiny", "yolov4"]
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cfg", action="append", default=[],
-                    help="cfg path or a model name from %s/cfg (repeatable; default yolov4-tiny)" % SHARED)
+                    help="cfg path or a model name from --cfg-dir (repeatable; default yolov4-tiny)")
+    add_cfg_dir_arg(ap)
     ap.add_argument("--all", action="store_true", help="run " + ", ".join(ALL_MODELS))
     ap.add_argument("--size", type=int, default=416, help="input width and height (default 416)")
     ap.add_argument("--threads", type=int, default=2, help="threads for both systems (default 2)")
     ap.add_argument("--repeat", type=int, default=15, help="timed rounds per system (default 15)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs per system first (default 3)")
-    ap.add_argument("--image", default=os.path.join(SHARED, "images", "dog.jpg"))
+    add_image_arg(ap)
     ap.add_argument("--seed", type=int, default=1, help="seed of the random weights (default 1)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pydarknet-bench"),
                     help="folder for the generated weights and cfg copies")
@@ -274,7 +277,7 @@ def bench_model(cfg, args):
     print("  pydarknet median %.1f ms (min %.1f, p90 %.1f); OpenCV median %.1f ms (min %.1f, p90 %.1f); "
           "ratio %.2f" % (s_dn["median"], s_dn["min"], s_dn["p90"], s_cv["median"], s_cv["min"],
                           s_cv["p90"], ratio), flush=True)
-    return {"model": name, "cfg": cfg, "size": args.size, "threads": args.threads, "batch": 1,
+    return {"model": name, "cfg": shown_path(cfg), "size": args.size, "threads": args.threads, "batch": 1,
             "repeat": args.repeat, "warmup": args.warmup, "uses_blas": dn.uses_blas,
             "pause_s": args.pause, "pydarknet_ms": s_dn, "opencv_ms": s_cv, "ratio_median": ratio,
             "ratio_min": s_dn["min"] / s_cv["min"], "peak_rss": rss, "neighbour_cpus_kept_rounds": kept_load,
@@ -301,7 +304,7 @@ def main(args):
         names += [m for m in ALL_MODELS if m not in names]
     if not names:
         names = ["yolov4-tiny"]
-    cfgs = [resolve_cfg(n) for n in names]
+    cfgs = [resolve_cfg(n, args.cfg_dir) for n in names]
     info = machine_info()
     print("machine: %s, %s usable CPU(s); python %s, numpy %s, cv2 %s"
           % (info["cpu_model"], info["cpus_usable"], info["python"], info["numpy"], info["cv2"]))

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Training data loader throughput against what a training step consumes.
 
-Builds a small detection set in a temp folder (the photos of
-/work/shared/images, or synthetic shapes with --images shapes, 640x480, with
-random YOLO labels), then times pydarknet.data.DetectionLoader making batches
+Builds a small detection set in a temp folder (the .jpg photos of --photo-dir,
+default the checkout's data/, or synthetic shapes with --images shapes, 640x480,
+with random YOLO labels), then times pydarknet.data.DetectionLoader making batches
 at --size (416) with yolov4-tiny's augmentation (jitter .3, resize 1.5, hue .1,
 saturation and exposure 1.5), mosaic off and on, for each --workers count and
 backend. Reported: images per second delivered (after one warm-up batch) and
@@ -30,18 +30,21 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
-SHARED_IMAGES = "/work/shared/images"
+sys.path.insert(0, HERE)
+from paths import CFG_DIR, DATA_DIR  # noqa: E402
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cfg", default=os.path.join(REPO, "cfg", "yolov4-tiny.cfg"))
+    ap.add_argument("--cfg", default=os.path.join(CFG_DIR, "yolov4-tiny.cfg"))
     ap.add_argument("--size", type=int, default=416)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=6, help="timed loader batches per row (default 6)")
     ap.add_argument("--workers", type=int, action="append", help="worker counts (default 1 and 2)")
     ap.add_argument("--backend", action="append", choices=("thread", "process"), help="default thread")
     ap.add_argument("--images", choices=("photos", "shapes"), default="photos")
+    ap.add_argument("--photo-dir", default=DATA_DIR,
+                    help="folder of the .jpg photos of --images photos (default: the checkout's data/)")
     ap.add_argument("--train-steps", type=int, default=2, help="timed training steps (default 2)")
     ap.add_argument("--no-train", action="store_true", help="time the loader only")
     ap.add_argument("--seed", type=int, default=1)
@@ -49,21 +52,23 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def make_dataset(folder, kind, count=64, seed=0):
+def make_dataset(folder, kind, photo_dir=DATA_DIR, count=64, seed=0):
     """An image list of `count` entries with label files; returns its path."""
     import cv2
     import numpy as np
 
     from pydarknet.data.shapes import write_shapes_dataset
 
-    if kind == "shapes" or not os.path.isdir(SHARED_IMAGES):
+    if kind == "shapes":
         data = write_shapes_dataset(folder, count=count, width=640, height=480, seed=seed)
         return os.path.join(os.path.dirname(data), "train.txt")
     rng = np.random.default_rng(seed)
-    photos = sorted(f for f in os.listdir(SHARED_IMAGES) if f.lower().endswith(".jpg"))
+    photos = sorted(f for f in os.listdir(photo_dir) if f.lower().endswith(".jpg")) if os.path.isdir(photo_dir) else []
+    if not photos:
+        raise SystemExit("no .jpg photos in %s (use --photo-dir, or --images shapes)" % photo_dir)
     lines = []
     for name in photos:
-        shutil.copy(os.path.join(SHARED_IMAGES, name), os.path.join(folder, name))
+        shutil.copy(os.path.join(photo_dir, name), os.path.join(folder, name))
         with open(os.path.join(folder, os.path.splitext(name)[0] + ".txt"), "w") as f:
             for _ in range(int(rng.integers(2, 8))):
                 x, y = rng.uniform(0.2, 0.8, 2)
@@ -106,7 +111,7 @@ def main(argv=None):
     try:
         cfg = sized_cfg(args.cfg, args.size, tmp)
         spec = pydarknet.parse_cfg(cfg)
-        lst = make_dataset(tmp, args.images)
+        lst = make_dataset(tmp, args.images, args.photo_dir)
         base = DetectionAugment.from_spec(spec)
         ds = DetectionDataset.from_list(lst, 80)
         print(f"dataset: {len(ds)} entries ({args.images}) in {tmp}; augmentation from {os.path.basename(args.cfg)}: "

@@ -42,11 +42,14 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from paths import add_cfg_dir_arg  # noqa: E402
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cfg", default="yolov4-tiny", help="cfg path or model name (default yolov4-tiny)")
+    add_cfg_dir_arg(ap)
     ap.add_argument("--data", default=None, help="darknet .data file (default: a synthetic shapes set)")
     ap.add_argument("--size", type=int, default=416)
     ap.add_argument("--batch", type=int, default=16)
@@ -230,7 +233,7 @@ def time_darknet(binary, data, cfg, args, iterations):
 
 
 def main(args):
-    cfg_src = resolve_cfg(args.cfg)
+    cfg_src = resolve_cfg(args.cfg, args.cfg_dir)
     os.makedirs(args.work, exist_ok=True)
     data = os.path.abspath(args.data) if args.data else synthetic_data(os.path.join(args.work, "shapes"), args.size)
     classes = int(read_data_file(data)["classes"])

@@ -16,21 +16,11 @@ import time
 import cv2
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-SHARED = "/work/shared"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from paths import CFG_DIR, DATA_DIR, HERE, IMAGE, REPO, resolve_cfg  # noqa: E402,F401  (re-exported)
 
 
 # ------------------------------------------------------------------ files
-
-def resolve_cfg(name):
-    """A cfg path, or a model name looked up in /work/shared/cfg."""
-    if os.path.isfile(name):
-        return os.path.abspath(name)
-    for cand in (os.path.join(SHARED, "cfg", name), os.path.join(SHARED, "cfg", name + ".cfg")):
-        if os.path.isfile(cand):
-            return cand
-    raise SystemExit("cfg not found: %s" % name)
 
 
 def sized_cfg(cfg, size, folder):

@@ -19,11 +19,15 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from paths import add_cfg_dir_arg, add_image_arg  # noqa: E402
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cfg", default="yolov4-tiny")
+    ap.add_argument("--cfg", default="yolov4-tiny", help="cfg path or a model name from --cfg-dir")
+    add_cfg_dir_arg(ap)
+    add_image_arg(ap)
     ap.add_argument("--size", type=int, default=416)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -70,7 +74,7 @@ def describe(layer):
 
 
 def make_net(args):
-    cfg = resolve_cfg(args.cfg)
+    cfg = resolve_cfg(args.cfg, args.cfg_dir)
     weights = random_weights(cfg, args.seed, args.cache, args.threads)
     net = pydarknet.load(sized_cfg(cfg, args.size, args.cache), weights, threads=args.threads,
                          batch=args.batch if args.train else None)
@@ -119,7 +123,7 @@ def main(args):
     net = make_net(args)
     rng = np.random.default_rng(0)
     n = args.batch if args.train else 1
-    x = np.ascontiguousarray(np.repeat(load_input(os.path.join("/work/shared/images", "dog.jpg"), args.size), n, 0))
+    x = np.ascontiguousarray(np.repeat(load_input(args.image, args.size), n, 0))
     t = truths(net, n, rng) if args.train else None
     fast = lib.DN_SPEED_ALL if args.speed is None else args.speed
     speeds = [0, fast] if args.compare else [fast]

@@ -1,16 +1,21 @@
-"""Shared fixtures: where the shared model files and photos live, a way to
-write small cfgs, and seeded random weights."""
+"""Common fixtures: the project's own model files (cfg/) and photos (data/),
+a way to write small cfgs, and seeded random weights."""
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PYDARKNET_SHARED", ROOT.parent / "shared"))
-SHARED_CFG = SHARED / "cfg"
-SHARED_IMAGES = SHARED / "images"
+CFG_DIR = ROOT / "cfg"      # public darknet model files, unchanged (cfg/README.md)
+DATA_DIR = ROOT / "data"    # photos and class names
+
+# the public darknet models in cfg/ (AlexeyAB/darknet's cfg folder, unchanged)
+PUBLIC_MODELS = (
+    "yolov3-tiny", "yolov4-tiny", "yolov7-tiny", "yolov3", "yolov4", "darknet19", "resnet50",
+    "csdarknet53-omega", "yolov2", "yolov2-tiny", "yolov4-csp", "yolov3-spp", "yolov4-tiny-3l",
+    "yolov3-tiny-prn",
+)
 
 
 def _load_source(name, path):
@@ -33,17 +38,19 @@ def build_module():
 randomize = _load_script("make_random_weights").randomize
 
 
-def shared_cfg(name):
-    path = SHARED_CFG / f"{name}.cfg"
-    if not path.exists():
-        pytest.skip(f"shared model file {path} is not present")
+def model_cfg(name):
+    """cfg/<name>.cfg of the checkout; a missing file fails the test."""
+    path = CFG_DIR / f"{name}.cfg"
+    if not path.is_file():
+        pytest.fail(f"model file {path} is missing from the checkout")
     return path
 
 
-def shared_image(name="dog.jpg"):
-    path = SHARED_IMAGES / name
-    if not path.exists():
-        pytest.skip(f"shared photo {path} is not present")
+def data_image(name="dog.jpg"):
+    """data/<name> of the checkout; a missing file fails the test."""
+    path = DATA_DIR / name
+    if not path.is_file():
+        pytest.fail(f"photo {path} is missing from the checkout")
     return path
 
 
@@ -69,12 +76,12 @@ def small_detector(folder, size=160, seed=1):
     confidences spread around 0.3; returns (network, cfg path, weights path)."""
     import pydarknet
 
-    text = (ROOT / "cfg" / "yolov4-tiny.cfg").read_text()
+    text = (CFG_DIR / "yolov4-tiny.cfg").read_text()
     text = "\n".join(f"width={size}" if l.startswith("width=") else f"height={size}" if l.startswith("height=")
                      else l for l in text.splitlines())
     cfg = Path(folder) / f"yolov4-tiny-{size}.cfg"
     cfg.write_text(text + "\n")
-    net = pydarknet.load(cfg, names=ROOT / "data" / "coco.names")
+    net = pydarknet.load(cfg, names=DATA_DIR / "coco.names")
     randomize(net, seed)
     for layer in net.layers[:-1]:
         if net.layers[layer.index + 1].type == "yolo":

@@ -102,14 +102,20 @@ anchors, C classes) on a network input of W x H pixels, OpenCV returns ``[B, h*w
   layer, zeroing suppressed class scores.  ``opencv_detections`` overrides both (defaults
   0.0: every class score kept, no NMS) in an in-memory copy of the cfg.
   Boxes are relative to the network input (no letterbox correction to an image size).
-* ``[region]`` (YOLOv2, not in the shared cfgs) differs: sizes are ``exp(t) * anchor / grid``
-  (anchors in grid units), classes are ``softmax * objectness``, and OpenCV always runs its
+* ``[region]`` (yolov2, yolov2-tiny) differs: sizes are ``exp(t) * anchor / grid`` (anchors
+  in grid units; OpenCV divides the width by the grid's rows and the height by its columns,
+  the same on a square grid), the centre is ``(cx + sig(tx)) / w`` (no scale_x_y), classes are
+  ``softmax * objectness``, zeroed unless ``> thresh`` (OpenCV's default for [region] is 0.001;
+  the yolov2 cfgs say .6, which ``opencv_detections`` overrides), and OpenCV always runs its
   per-class NMS at 0.4 (the cfg cannot switch it off), so suppressed class scores read 0.
+  darknet's own [region] layer output is not decoded: cell-major ``[B][h*w][num][5+C]`` with
+  x, y, w, h raw, the logistic on objectness and a softmax over the classes.
 
-cfgs in /work/shared/cfg with OpenCV 4.14.0
--------------------------------------------
-yolov3-tiny, yolov4-tiny, yolov3, yolov4, yolov7-tiny, darknet19, csdarknet53-omega load and
-run.  resnet50 loads but every forward fails in shape inference at ``shortcut_17`` (a
+The public cfgs in the project's cfg/ with OpenCV 4.14.0
+--------------------------------------------------------
+yolov3-tiny, yolov4-tiny, yolov3, yolov4, yolov7-tiny, darknet19, csdarknet53-omega, yolov2,
+yolov2-tiny (darknet's old [reorg] included), yolov4-csp, yolov3-spp, yolov4-tiny-3l and
+yolov3-tiny-prn (shortcuts from a layer with more channels) load and run.  resnet50 loads but every forward fails in shape inference at ``shortcut_17`` (a
 shortcut joining 512x20x20 with 256x40x40 at 160x160 input, which darknet allows):
 ``OpenCV(4.14.0) .../eltwise_layer.cpp:258: error: (-215:Assertion failed)
 inputs[vecIdx][j] == inputs[i][j] in function 'getMemoryShapes'`` -- ``cfg_prefix(cfg, 17,
@@ -311,7 +317,7 @@ def _read_text(cfg_path):
 def cfg_with_size(cfg_path, width, height, out_dir):
     """Write a copy of cfg_path with only [net] width/height changed; return its path.
 
-    For detectors the size should be a multiple of the total stride (32 for the shared cfgs).
+    For detectors the size should be a multiple of the total stride (32 for the public cfgs).
     """
     width, height = int(width), int(height)
     if width <= 0 or height <= 0:

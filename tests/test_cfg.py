@@ -1,15 +1,14 @@
 import re
 import warnings
-from pathlib import Path
 
 import pytest
 
 from pydarknet.cfg import (ACTIVATIONS, SECTION_ALIASES, SUPPORTED_LAYERS, CfgError, CfgWarning, LayerSpec,
                            NetSpec, parse_cfg, parse_cfg_text)
 
-CFG_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "cfg"
-SHARED_CFGS = sorted(CFG_DIR.glob("*.cfg")) if CFG_DIR.is_dir() else []
-needs_shared = pytest.mark.skipif(not SHARED_CFGS, reason=f"shared cfg folder {CFG_DIR} is absent")
+from conftest import CFG_DIR, PUBLIC_MODELS
+
+PROJECT_CFGS = sorted(CFG_DIR.glob("*.cfg"))   # the public models and the project's own (shapes*.cfg)
 
 NET = "[net]\nwidth=32\nheight=32\nchannels=3\n"
 
@@ -42,11 +41,15 @@ def warns(text, line, *words, path="w.cfg"):
     return spec
 
 
-# ---------------------------------------------------------------- shared cfgs
+# ---------------------------------------------------------------- the project's cfgs
 
-@needs_shared
-@pytest.mark.parametrize("path", SHARED_CFGS, ids=lambda p: p.name)
-def test_shared_cfg_parses_without_warnings(path):
+def test_every_public_model_is_in_cfg():
+    present = {p.stem for p in PROJECT_CFGS}
+    assert not set(PUBLIC_MODELS) - present, f"missing from {CFG_DIR}: {sorted(set(PUBLIC_MODELS) - present)}"
+
+
+@pytest.mark.parametrize("path", PROJECT_CFGS, ids=lambda p: p.name)
+def test_project_cfg_parses_without_warnings(path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CfgWarning)
         spec = parse_cfg(path)
@@ -58,14 +61,12 @@ def test_shared_cfg_parses_without_warnings(path):
     assert spec.width > 0 and spec.height > 0 and spec.channels > 0
 
 
-def shared(name):
-    if not (CFG_DIR / name).is_file():
-        pytest.skip(f"{CFG_DIR / name} is absent")
-    return parse_cfg(CFG_DIR / name)
+def project(name):
+    return parse_cfg(CFG_DIR / name)   # a missing file is a CfgError: the test fails
 
 
 def test_yolov4_tiny_values():
-    spec = shared("yolov4-tiny.cfg")
+    spec = project("yolov4-tiny.cfg")
     assert (spec.width, spec.height, spec.channels, spec.batch, spec.subdivisions) == (416, 416, 3, 64, 1)
     assert spec.options["steps"] == [1600000, 1800000] and spec.options["scales"] == [0.1, 0.1]
     assert spec.options["policy"] == "steps" and spec.options["sgdr_cycle"] == spec.options["max_batches"]
@@ -85,12 +86,24 @@ def test_yolov4_tiny_values():
 
 
 def test_darknet19_values():
-    spec = shared("darknet19.cfg")
+    spec = project("darknet19.cfg")
     types = [l.type for l in spec.layers]
     assert types[-3:] == ["avgpool", "softmax", "cost"]
     mp = next(l.attrs for l in spec.layers if l.type == "maxpool")
     assert (mp["size"], mp["stride_x"], mp["padding"]) == (2, 2, 1)
     assert spec.layers[-1].attrs["type"] == "sse" and spec.options["max_crop"] == 448
+
+
+def test_yolov2_values():
+    spec = project("yolov2.cfg")
+    assert (spec.width, spec.height, len(spec.layers)) == (416, 416, 32)
+    assert [l.type for l in spec.layers[25:]] == ["route", "convolutional", "reorg", "route", "convolutional",
+                                                  "convolutional", "region"]
+    assert spec.layers[25].attrs["layers"] == [16] and spec.layers[28].attrs["layers"] == [27, 24]
+    assert spec.layers[27].attrs["stride"] == 2 and spec.layers[27].attrs["reverse"] == 0
+    r = spec.layers[31].attrs
+    assert (r["classes"], r["coords"], r["num"], r["softmax"], r["thresh"]) == (80, 4, 5, 1, 0.6)
+    assert r["anchors"] == [0.57273, 0.677385, 1.87446, 2.06253, 3.33843, 5.47434, 7.88282, 3.52778, 9.77052, 9.16828]
 
 
 # ---------------------------------------------------------------- syntax

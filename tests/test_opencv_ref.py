@@ -1,7 +1,7 @@
 """Tests of the OpenCV reference harness (tests/opencv_ref.py) itself.
 
 They check the harness against NumPy re-implementations of darknet's formulas on tiny
-hand-made cfgs, and its layer-name mapping against the shared cfgs.  They do not import
+hand-made cfgs, and its layer-name mapping against the public cfgs in the project's cfg/.  They do not import
 pydarknet.  Skipped when cv2 is missing or is OpenCV >= 5 (no darknet importer).
 """
 
@@ -27,15 +27,12 @@ if _OK:
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _shared_cfg(name):
-    folders = [os.path.join(_REPO, "shared", "cfg"), os.path.join(os.path.dirname(_REPO), "shared", "cfg")]
-    if os.environ.get("PYDARKNET_SHARED"):
-        folders.insert(0, os.path.join(os.environ["PYDARKNET_SHARED"], "cfg"))
-    for folder in folders:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path
-    pytest.skip("shared cfg %s not found" % name)
+def _project_cfg(name):
+    """cfg/<name> of the checkout; a missing file fails the test."""
+    path = os.path.join(_REPO, "cfg", name)
+    if not os.path.isfile(path):
+        pytest.fail("model file %s is missing from the checkout" % path)
+    return path
 
 
 def _write_cfg(path, net, layers):
@@ -119,7 +116,7 @@ def _sigmoid(v):
 
 
 def test_mapping_yolov4_tiny_covers_every_conv_layer():
-    cfg = _shared_cfg("yolov4-tiny.cfg")
+    cfg = _project_cfg("yolov4-tiny.cfg")
     sections = ref.read_cfg_sections(cfg)[1:]
     mapping = ref.opencv_mapping(cfg)
     for i, (stype, opts) in enumerate(sections):
@@ -150,10 +147,16 @@ def test_mapping_yolov4_tiny_covers_every_conv_layer():
         "darknet19.cfg",
         "resnet50.cfg",
         "csdarknet53-omega.cfg",
+        "yolov2.cfg",
+        "yolov2-tiny.cfg",
+        "yolov4-csp.cfg",
+        "yolov3-spp.cfg",
+        "yolov4-tiny-3l.cfg",
+        "yolov3-tiny-prn.cfg",
     ],
 )
-def test_mapping_covers_shared_cfgs(name):
-    cfg = _shared_cfg(name)
+def test_mapping_covers_public_cfgs(name):
+    cfg = _project_cfg(name)
     sections = ref.read_cfg_sections(cfg)[1:]
     mapping = ref.opencv_mapping(cfg)
     expected = {i for i, (t, _) in enumerate(sections) if t not in ("yolo", "region", "cost")}
@@ -164,7 +167,7 @@ def test_mapping_covers_shared_cfgs(name):
 def test_mapping_matches_opencv_graph_edges(tmp_path):
     """Each darknet layer's first OpenCV layer reads exactly the mapped outputs darknet says
     it reads (previous layer, route `layers`, shortcut `from`)."""
-    cfg = ref.cfg_with_size(_shared_cfg("yolov4-tiny.cfg"), 64, 64, str(tmp_path))
+    cfg = ref.cfg_with_size(_project_cfg("yolov4-tiny.cfg"), 64, 64, str(tmp_path))
     weights = _random_weights(cfg, tmp_path / "w.weights", np.random.default_rng(0))
     net = ref.opencv_net(cfg, weights)
     net.setInput(np.zeros((1, 3, 64, 64), np.float32))
@@ -193,7 +196,7 @@ def test_mapping_matches_opencv_graph_edges(tmp_path):
 
 
 def test_resnet50_shortcut_across_sizes_is_refused(tmp_path):
-    full = _shared_cfg("resnet50.cfg")
+    full = _project_cfg("resnet50.cfg")
     sized = ref.cfg_with_size(full, 64, 64, str(tmp_path))
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     cfg18 = ref.cfg_prefix(sized, 18, str(tmp_path))
@@ -361,11 +364,104 @@ def test_yolo_detections_layout(tmp_path, new_coords):
     np.testing.assert_array_equal(default[..., 5:], np.where(det[..., 5:] > 0.2, det[..., 5:], 0))
 
 
+def _np_reorg_old(x, stride):
+    """darknet's [reorg] (AlexeyAB's reorg_old layer, pjreddie's reorg): reorg_cpu(input, w, h,
+    c, batch, stride, forward=0, output) with the input's w, h, c, index for index."""
+    b, c, h, w = x.shape
+    out_c = c // (stride * stride)
+    k, j, i = (v.ravel() for v in np.meshgrid(np.arange(c), np.arange(h), np.arange(w), indexing="ij"))
+    c2, offset = k % out_c, k // out_c
+    w2, h2 = i * stride + offset % stride, j * stride + offset // stride
+    in_index = i + w * (j + h * k)
+    out_index = w2 + w * stride * (h2 + h * stride * c2)
+    flat = x.reshape(b, -1)
+    out = np.empty_like(flat)
+    out[:, in_index] = flat[:, out_index]
+    return out.reshape(b, c * stride * stride, h // stride, w // stride)
+
+
+def test_reorg_matches_darknets_old_reorg(tmp_path):
+    cfg = _write_cfg(tmp_path / "r.cfg", {"width": 8, "height": 6, "channels": 8}, [("reorg", {"stride": 2})])
+    weights = _write_weights(tmp_path / "r.weights", [])
+    x = np.random.default_rng(6).random((2, 8, 6, 8), dtype=np.float32)
+    out = ref.opencv_layer_outputs(cfg, weights, x)
+    assert ref.opencv_mapping(cfg) == {0: "reorg_0"}
+    want = _np_reorg_old(x, 2)
+    assert out[0].shape == (2, 32, 3, 4)
+    np.testing.assert_array_equal(out[0], want)
+    # not a space-to-depth: darknet's reorg reads its input as if it were [c/4, 2h, 2w]
+    assert not np.array_equal(want, x.reshape(2, 8, 3, 2, 4, 2).transpose(0, 3, 5, 1, 2, 4).reshape(2, 32, 3, 4))
+
+
+def _np_nms(boxes, scores, thresh, nms):
+    """Greedy NMS of one class: indices kept, by decreasing score, among scores > thresh."""
+    x0, y0 = boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2
+    x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
+    kept = []
+    for i in sorted(np.nonzero(scores > thresh)[0], key=lambda i: -scores[i]):
+        iw = np.clip(np.minimum(x1[i], x1[kept]) - np.maximum(x0[i], x0[kept]), 0, None)
+        ih = np.clip(np.minimum(y1[i], y1[kept]) - np.maximum(y0[i], y0[kept]), 0, None)
+        inter = iw * ih
+        iou = inter / (boxes[i, 2] * boxes[i, 3] + boxes[kept, 2] * boxes[kept, 3] - inter)
+        if not (iou > nms).any():
+            kept.append(i)
+    return kept
+
+
+def test_region_detections_layout(tmp_path):
+    """Documents OpenCV's decoded [region] output: rows (cell, anchor), cx cy w h obj
+    softmax*obj, class scores zeroed by a per-class NMS at 0.4 that the cfg cannot turn off."""
+    rng = np.random.default_rng(7)
+    classes, num, anchors = 3, 2, [0.6, 0.7, 1.9, 2.1]
+    cfg = _write_cfg(
+        tmp_path / "r.cfg",
+        {"width": 48, "height": 48, "channels": 3},
+        [
+            ("convolutional", {"filters": num * (5 + classes), "size": 3, "stride": 8, "pad": 1,
+                               "activation": "linear"}),
+            ("region", {"anchors": ",".join(map(str, anchors)), "classes": classes, "coords": 4, "num": num,
+                        "softmax": 1, "thresh": 0.6}),
+        ],
+    )
+    weights = _write_weights(
+        tmp_path / "r.weights", [rng.normal(0, 0.5, num * (5 + classes)), rng.normal(0, 0.5, (num * (5 + classes), 3, 3, 3))]
+    )
+    x = rng.random((2, 3, 48, 48), dtype=np.float32)
+    raw = ref.opencv_layer_outputs(cfg, weights, x, layers=[0])[0]  # [B, num*(5+C), h, w]
+    assert ref.opencv_yolo_layers(cfg) == {1: {"region": "detection_out", "input": "conv_0", "input_index": 0}}
+    det = ref.opencv_detections(cfg, weights, x)[1]
+    b, _, h, w = raw.shape
+    assert (h, w) == (6, 6) and det.shape == (b, h * w * num, 5 + classes)
+
+    t = raw.reshape(b, num, 5 + classes, h, w).astype(np.float64).transpose(0, 3, 4, 1, 2)  # [B, h, w, num, 5+C]
+    t = t.reshape(b, h * w * num, 5 + classes)  # row = (y*w+x)*num+n
+    gy, gx, n = (v.ravel() for v in np.meshgrid(np.arange(h), np.arange(w), np.arange(num), indexing="ij"))
+    an = np.array(anchors).reshape(num, 2)
+    obj = _sigmoid(t[..., 4])
+    e = np.exp(t[..., 5:] - t[..., 5:].max(axis=-1, keepdims=True))
+    cls = e / e.sum(axis=-1, keepdims=True) * obj[..., None]
+    box = np.stack([(gx + _sigmoid(t[..., 0])) / w, (gy + _sigmoid(t[..., 1])) / h,
+                    np.exp(t[..., 2]) * an[n, 0] / w, np.exp(t[..., 3]) * an[n, 1] / h], axis=-1)
+    np.testing.assert_allclose(det[..., :4], box, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(det[..., 4], obj, rtol=1e-5, atol=1e-6)
+    for thresh in (0.0, 0.05):
+        det = ref.opencv_detections(cfg, weights, x, thresh=thresh)[1]
+        n_kept = 0
+        for i in range(b):
+            for k in range(classes):
+                want = np.zeros(h * w * num)
+                kept = _np_nms(box[i], cls[i, :, k], thresh, 0.4)
+                want[kept] = cls[i, kept, k]
+                n_kept += len(kept)
+                np.testing.assert_allclose(det[i, :, 5 + k], want, rtol=1e-5, atol=1e-6)
+        assert 0 < n_kept < (cls > thresh).sum()  # the NMS removed some scores and kept some
+
+
 # ----------------------------------------------------------------- helpers and errors
 
 
 def test_cfg_with_size_changes_only_net_size(tmp_path):
-    src = _shared_cfg("yolov4-tiny.cfg")
+    src = _project_cfg("yolov4-tiny.cfg")
     path = ref.cfg_with_size(src, 160, 96, str(tmp_path))
     a, b = ref.read_cfg_sections(src), ref.read_cfg_sections(path)
     assert b[0][1]["width"] == "160" and b[0][1]["height"] == "96"

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import pydarknet
-from conftest import randomize, random_input, shared_cfg
+from conftest import randomize, random_input, model_cfg
 from pydarknet._native import check, ffi, lib
 
 NET = "[net]\nwidth={w}\nheight={h}\nchannels={c}\n"
@@ -158,7 +158,7 @@ def test_yolov4_tiny_threads_and_plain(tmp_path):
     """A whole public model: 2 threads == 1 thread exactly, and == the plain paths within tolerance."""
     from opencv_ref import cfg_with_size
 
-    cfg = cfg_with_size(shared_cfg("yolov4-tiny"), 256, 256, tmp_path)
+    cfg = cfg_with_size(model_cfg("yolov4-tiny"), 256, 256, tmp_path)
     x = random_input((1, 3, 256, 256), 7)
     outs = {}
     for threads, paths in ((1, ALL), (2, ALL), (2, PLAIN)):
