@@ -152,6 +152,10 @@ BN_LAYERS = [
     ("[connected]\noutput=3\nbatch_normalize=1\nactivation=linear\n", "connected"),
     ("[batchnorm]\n", "batchnorm"),
 ]
+# how a training pass moves the rolling statistics, darknet's CPU constants:
+# rolling = keep * rolling + share * batch statistic (forward_convolutional_layer and
+# forward_batchnorm_layer: .9/.1; forward_connected_layer: .95/.05)
+ROLLING = {"conv": (.9, .1), "connected": (.95, .05), "batchnorm": (.9, .1)}
 
 
 def pre_norm(net, x):
@@ -180,8 +184,9 @@ def test_rolling_statistics(write_cfg, body, kind):
     Checker(net, x).forward()
     z = pre_norm(net, x)
     mean, var = z.mean(axis=(0, 2, 3)), z.var(axis=(0, 2, 3), ddof=1)
-    np.testing.assert_allclose(p["rolling_mean"], .9 * old_mean + .1 * mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(p["rolling_variance"], .9 * old_var + .1 * var, rtol=1e-5, atol=1e-6)
+    keep, share = ROLLING[kind]
+    np.testing.assert_allclose(p["rolling_mean"], keep * old_mean + share * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p["rolling_variance"], keep * old_var + share * var, rtol=1e-5, atol=1e-6)
     # the training output uses the batch statistics
     want = (z - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
     want = want * p["scales"][None, :, None, None]
@@ -204,8 +209,9 @@ def test_inference_after_training_pass_uses_rolling_statistics(write_cfg, body, 
     after = net.layers[0].output
     assert not np.allclose(training, before, atol=1e-3)
     # the only change is the rolling statistics' update: undo it on `before`
-    old_mean = (p["rolling_mean"] - .1 * pre_norm(net, x).mean(axis=(0, 2, 3))) / .9
-    old_var = (p["rolling_variance"] - .1 * pre_norm(net, x).var(axis=(0, 2, 3), ddof=1)) / .9
+    keep, share = ROLLING[kind]
+    old_mean = (p["rolling_mean"] - share * pre_norm(net, x).mean(axis=(0, 2, 3))) / keep
+    old_var = (p["rolling_variance"] - share * pre_norm(net, x).var(axis=(0, 2, 3), ddof=1)) / keep
     s = (np.sqrt(old_var + 1e-5) / np.sqrt(p["rolling_variance"] + 1e-5))[None, :, None, None]
     shift = (p["scales"] * (old_mean - p["rolling_mean"]) / np.sqrt(p["rolling_variance"] + 1e-5))[None, :, None, None]
     b = p["biases"][None, :, None, None] if "biases" in p else 0
@@ -232,7 +238,7 @@ def test_rolling_statistics_are_not_trained(write_cfg, body, kind):
     net.enable_training()
     trained = {name for (_, name) in param_grads(net)}
     want = {"conv": {"biases", "scales", "weights"}, "connected": {"biases", "scales", "weights"},
-            "batchnorm": {"scales"}}[kind]
+            "batchnorm": {"biases", "scales"}}[kind]
     assert trained == want
     for j, name in enumerate(net.layers[0].params):
         grad = ffi.new("float **")

@@ -374,7 +374,9 @@ def test_sam(write_cfg):
 def test_batchnorm(write_cfg):
     net = build(write_cfg, "[batchnorm]\n", c=3, h=4, w=4)
     x = run(net)
-    close(net.layers[0].output, bn_ref(x, net.layers[0].params))
+    p = net.layers[0].params
+    # darknet's [batchnorm]: normalized, scaled, then its own biases added
+    close(net.layers[0].output, bn_ref(x, p) + np.asarray(p["biases"], np.float64)[None, :, None, None])
 
 
 @pytest.mark.parametrize("section", ["[dropout]\nprobability=.5", "[empty]", "[cost]\ntype=sse"])

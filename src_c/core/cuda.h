@@ -144,7 +144,8 @@ void dn_gpu_scale_bias(float *out, const float *scale, int batch, int channels, 
 void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial);
 void dn_gpu_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
 void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                    float *x_norm, float *rolling_mean, float *rolling_variance);
+                                    float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
+                                    float share);
 void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
                                float *scale_grad, int batch, int channels, int spatial);
 void dn_gpu_mul(float *y, const float *a, const float *b, size_t n);     /* y = a * b */

@@ -370,10 +370,14 @@ void dn_scale_bias(float *out, const float *scale, int batch, int channels, int 
 void dn_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
 /* Training-mode batch normalization, darknet's: per channel over its n = batch*spatial
  * values, mean and unbiased variance (1/(n-1)); x normalized in place with .00001
- * epsilon, copied to x_norm; rolling = .9*rolling + .1*batch statistic (darknet's
- * CPU constants; its GPU path uses .99/.01). Needs n >= 2. */
+ * epsilon, copied to x_norm; rolling = keep*rolling + share*batch statistic, darknet's
+ * CPU constants: DN_BN_ROLLING (.9, .1) in convolutional and [batchnorm] layers,
+ * DN_BN_ROLLING_CONNECTED (.95, .05) in forward_connected_layer (its GPU path uses
+ * .99/.01). Needs n >= 2. */
+#define DN_BN_ROLLING .9f, .1f
+#define DN_BN_ROLLING_CONNECTED .95f, .05f
 void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                float *x_norm, float *rolling_mean, float *rolling_variance);
+                                float *x_norm, float *rolling_mean, float *rolling_variance, float keep, float share);
 /* Backward of y = scale*x_norm (+ bias): scale_grad[c] += sum delta*x_norm (unless NULL),
  * then delta becomes dLoss/dx in place (exact derivative through mean and unbiased variance). */
 void dn_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
@@ -381,7 +385,8 @@ void dn_batchnorm_backward(float *delta, const float *x_norm, const float *varia
 /* Channel c alone of the functions around (the same arithmetic, for loops
  * split over channels on the worker threads); bias/scale may be NULL. */
 void dn_batchnorm_forward_train_channel(float *x, int batch, int channels, int spatial, int c, float *mean,
-                                        float *variance, float *x_norm, float *rolling_mean, float *rolling_variance);
+                                        float *variance, float *x_norm, float *rolling_mean, float *rolling_variance,
+                                        float keep, float share);
 void dn_normalize_channel(float *x, const float *mean, const float *variance, int batch, int channels, int spatial,
                           int c);
 void dn_scale_add_bias_channel(float *x, const float *scale, const float *bias, int batch, int channels, int spatial,

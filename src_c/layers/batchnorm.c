@@ -1,23 +1,24 @@
 /* batchnorm.c - [batchnorm]: a standalone batch normalization, same shape
  * as its input [B][C][H][W]. Per channel c:
- *     y = scale * (x - mean) / sqrt(var + .00001)
+ *     y = scale * (x - mean) / sqrt(var + .00001) + bias
  * with mean and var the rolling statistics in inference, and in a training
  * pass the batch's (over the B*H*W values of the channel, the variance
  * unbiased; see dn_batchnorm_forward_train), which also move the rolling
  * ones (.9*rolling + .1*batch, darknet's CPU constants).
  *
- * Backward, given delta = dLoss/dy: scale grad += sum delta * x_norm; the
- * input delta gets the exact derivative through the batch statistics
- * (dn_batchnorm_backward; l->delta becomes dLoss/dx in place). Parameters in
- * darknet's file order: scales (trained, no decay), rolling_mean,
- * rolling_variance (not trained). */
+ * Backward, given delta = dLoss/dy: bias grad += sum delta, scale grad +=
+ * sum delta * x_norm; the input delta gets the exact derivative through the
+ * batch statistics (dn_batchnorm_backward; l->delta becomes dLoss/dx in
+ * place). Parameters in darknet's file order (its batchnorm_layer): biases
+ * and scales (trained, no decay), rolling_mean, rolling_variance (not
+ * trained). */
 #include "internal.h"
 #include "cuda.h"
 
 #include <stdlib.h>
 
 typedef struct {
-    float *scales, *mean, *variance;
+    float *biases, *scales, *mean, *variance;
     /* kept by a training pass for backward */
     float *x_norm, *batch_mean, *batch_variance;
     size_t x_norm_cap, batch_mean_cap, batch_variance_cap;
@@ -31,7 +32,8 @@ static dn_status batchnorm_make(dn_layer *l, dn_net *net)
     if (!s) return DN_ERR_NOMEM;
     dn_status st;
     const size_t n = (size_t)l->c;
-    if ((st = dn_layer_add_param_flags(l, "scales", n, DN_PARAM_TRAIN, &s->scales)) ||
+    if ((st = dn_layer_add_param_flags(l, "biases", n, DN_PARAM_TRAIN, &s->biases)) ||
+        (st = dn_layer_add_param_flags(l, "scales", n, DN_PARAM_TRAIN, &s->scales)) ||
         (st = dn_layer_add_param_flags(l, "rolling_mean", n, 0, &s->mean)) ||
         (st = dn_layer_add_param_flags(l, "rolling_variance", n, 0, &s->variance)))
         return st;
@@ -66,11 +68,12 @@ static dn_status batchnorm_forward(dn_layer *l, dn_net *net)
             (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, (size_t)l->batch * l->outputs)))
             return st;
         dn_batchnorm_forward_train(l->output, l->batch, l->out_c, hw, s->batch_mean, s->batch_variance, s->x_norm,
-                                   s->mean, s->variance);
+                                   s->mean, s->variance, DN_BN_ROLLING);
     } else {
         dn_normalize(l->output, s->mean, s->variance, l->batch, l->out_c, hw);
     }
     dn_scale_bias(l->output, s->scales, l->batch, l->out_c, hw);
+    dn_add_bias(l->output, s->biases, l->batch, l->out_c, hw);
     s->trained = net->train;
     return DN_OK;
 }
@@ -80,7 +83,9 @@ static dn_status batchnorm_backward(dn_layer *l, dn_net *net)
     batchnorm_state *s = l->priv;
     const int hw = l->out_h * l->out_w;
     if (!s->trained) return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
-    dn_batchnorm_backward(l->delta, s->x_norm, s->batch_variance, s->scales, l->params[0].grad, l->batch, l->out_c, hw);
+    dn_backward_bias(dn_layer_find_param(l, "biases")->grad, l->delta, l->batch, l->out_c, hw);
+    dn_batchnorm_backward(l->delta, s->x_norm, s->batch_variance, s->scales, dn_layer_find_param(l, "scales")->grad,
+                          l->batch, l->out_c, hw);
     float *in_delta = dn_layer_input_delta(net, l);
     if (!in_delta) return DN_OK;
     const size_t n = (size_t)l->batch * l->outputs;

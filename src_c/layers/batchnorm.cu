@@ -1,7 +1,7 @@
 /* batchnorm.cu - [batchnorm] on the device, as batchnorm.c: the input
  * copied, normalized per channel (the batch's statistics in training, which
- * move the rolling ones, else the rolling ones) and scaled; backward through
- * the scale and the batch statistics (blas.cu's batch-norm kernels), then
+ * move the rolling ones, else the rolling ones), scaled and biased; backward
+ * through the bias, the scale and the batch statistics (blas.cu's batch-norm kernels), then
  * added into the input delta. Device slots: 0 batch mean, 1 batch variance,
  * 2 x_norm. */
 #include "cuda.h"
@@ -23,11 +23,12 @@ static dn_status batchnorm_forward_gpu(dn_layer *l, dn_net *net)
         if ((s = dn_gpu_buffer(l, 0, (size_t)l->out_c, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)l->out_c, &bv)) ||
             (s = dn_gpu_buffer(l, 2, total, &xn)))
             return s;
-        dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, hw, bm, bv, xn, rmean, rvar);
+        dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, hw, bm, bv, xn, rmean, rvar, DN_BN_ROLLING);
     } else {
         dn_gpu_normalize(l->output_gpu, rmean, rvar, l->batch, l->out_c, hw);
     }
     dn_gpu_scale_bias(l->output_gpu, dn_layer_find_param(l, "scales")->data_gpu, l->batch, l->out_c, hw);
+    dn_gpu_add_bias(l->output_gpu, dn_layer_find_param(l, "biases")->data_gpu, l->batch, l->out_c, hw);
     return DN_OK;
 }
 
@@ -36,6 +37,8 @@ static dn_status batchnorm_backward_gpu(dn_layer *l, dn_net *net)
     const size_t total = (size_t)l->batch * l->outputs;
     if (l->gpu_cap[2] < total) return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
     dn_param *scales = dn_layer_find_param(l, "scales");
+    dn_gpu_backward_bias(dn_layer_find_param(l, "biases")->grad_gpu, l->delta_gpu, l->batch, l->out_c,
+                         l->out_h * l->out_w);
     dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu, l->batch,
                               l->out_c, l->out_h * l->out_w);
     float *d = dn_gpu_input_delta(net, l);

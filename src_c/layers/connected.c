@@ -7,7 +7,8 @@
  * and var per output the rolling statistics in inference and the batch's in
  * a training pass (over the B values, unbiased variance; see
  * dn_batchnorm_forward_train), which also move the rolling ones
- * (.9*rolling + .1*batch, darknet's CPU constants). Output y = activation(a).
+ * (.95*rolling + .05*batch, darknet's forward_connected_layer; convolutions
+ * use .9/.1). Output y = activation(a).
  *
  * Backward, given delta = dLoss/dy (turned in place into dLoss/da, then
  * dLoss/dz): dLoss/da = delta * f'(a); bias grad += sum over images of
@@ -96,7 +97,7 @@ static dn_status connected_forward(dn_layer *l, dn_net *net)
                 (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
                 return st;
             dn_batchnorm_forward_train(l->output, l->batch, N, 1, s->batch_mean, s->batch_variance, s->x_norm, s->mean,
-                                       s->variance);
+                                       s->variance, DN_BN_ROLLING_CONNECTED);
         } else {
             dn_normalize(l->output, s->mean, s->variance, l->batch, N, 1);
         }

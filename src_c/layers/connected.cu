@@ -37,7 +37,8 @@ static dn_status connected_forward_gpu(dn_layer *l, dn_net *net)
             if ((s = dn_gpu_buffer(l, 0, (size_t)N, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)N, &bv)) ||
                 (s = dn_gpu_buffer(l, 2, total, &xn)))
                 return s;
-            dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, N, 1, bm, bv, xn, rmean, rvar);
+            dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, N, 1, bm, bv, xn, rmean, rvar,
+                                           DN_BN_ROLLING_CONNECTED);
         } else {
             dn_gpu_normalize(l->output_gpu, rmean, rvar, l->batch, N, 1);
         }

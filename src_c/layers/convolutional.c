@@ -293,7 +293,7 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
                 (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
                 return st;
             dn_batchnorm_forward_train(l->output, l->batch, l->out_c, N, s->mean, s->variance, s->x_norm,
-                                       s->rolling_mean, s->rolling_variance);
+                                       s->rolling_mean, s->rolling_variance, DN_BN_ROLLING);
         } else {
             dn_normalize(l->output, s->rolling_mean, s->rolling_variance, l->batch, l->out_c, N);
         }

@@ -69,7 +69,7 @@ static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
                 (s = dn_gpu_buffer(l, 2, total, &xn)))
                 return s;
             dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, c.N, bm, bv, xn,
-                                           dn_layer_find_param(l, "rolling_mean")->data_gpu, rvar);
+                                           dn_layer_find_param(l, "rolling_mean")->data_gpu, rvar, DN_BN_ROLLING);
         } else {
             dn_gpu_normalize(l->output_gpu, mean, rvar, l->batch, l->out_c, c.N);
         }

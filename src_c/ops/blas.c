@@ -48,14 +48,14 @@ void dn_backward_bias(float *grad, const float *delta, int batch, int channels, 
 /* Training-mode batch normalization (darknet's): for each channel, over its
  * n = batch*spatial values, mean = sum x / n and the unbiased variance
  * var = sum (x - mean)^2 / (n - 1); x becomes (x - mean) / sqrt(var + .00001)
- * in place and is also copied to x_norm; rolling = .9*rolling + .1*batch
+ * in place and is also copied to x_norm; rolling = keep*rolling + share*batch
  * statistic. Needs n >= 2 (the caller checks). */
 void dn_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                float *x_norm, float *rolling_mean, float *rolling_variance)
+                                float *x_norm, float *rolling_mean, float *rolling_variance, float keep, float share)
 {
     for (int c = 0; c < channels; ++c)
         dn_batchnorm_forward_train_channel(x, batch, channels, spatial, c, mean, variance, x_norm, rolling_mean,
-                                           rolling_variance);
+                                           rolling_variance, keep, share);
 }
 
 /* Backward of y = scale * x_norm (+ bias) with x_norm from
@@ -78,7 +78,8 @@ void dn_batchnorm_backward(float *delta, const float *x_norm, const float *varia
  * serial paths do the same arithmetic for each channel. */
 
 void dn_batchnorm_forward_train_channel(float *x, int batch, int channels, int spatial, int c, float *mean,
-                                        float *variance, float *x_norm, float *rolling_mean, float *rolling_variance)
+                                        float *variance, float *x_norm, float *rolling_mean, float *rolling_variance,
+                                        float keep, float share)
 {
     const double n = (double)batch * spatial;
     double sum = 0, sq = 0;
@@ -93,8 +94,8 @@ void dn_batchnorm_forward_train_channel(float *x, int batch, int channels, int s
     }
     mean[c] = m;
     variance[c] = (float)(sq / (n - 1));
-    rolling_mean[c] = .9f * rolling_mean[c] + .1f * mean[c];
-    rolling_variance[c] = .9f * rolling_variance[c] + .1f * variance[c];
+    rolling_mean[c] = keep * rolling_mean[c] + share * mean[c];
+    rolling_variance[c] = keep * rolling_variance[c] + share * variance[c];
     const float inv = 1.f / sqrtf(variance[c] + .00001f);
     for (int b = 0; b < batch; ++b) {
         float *o = x + ((size_t)b * channels + c) * spatial;

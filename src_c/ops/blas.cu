@@ -142,7 +142,8 @@ void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channe
 }
 
 __global__ static void bn_train_kernel(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                       float *x_norm, float *rolling_mean, float *rolling_variance)
+                                       float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
+                                       float share)
 {
     __shared__ double shared[DN_BLOCK];
     const int c = blockIdx.x;
@@ -158,8 +159,8 @@ __global__ static void bn_train_kernel(float *x, int batch, int channels, int sp
     if (threadIdx.x == 0) {
         mean[c] = m;
         variance[c] = var;
-        rolling_mean[c] = .9f * rolling_mean[c] + .1f * m;
-        rolling_variance[c] = .9f * rolling_variance[c] + .1f * var;
+        rolling_mean[c] = keep * rolling_mean[c] + share * m;
+        rolling_variance[c] = keep * rolling_variance[c] + share * var;
     }
     const float inv = 1.f / sqrtf(var + .00001f);
     for (size_t j = threadIdx.x; j < n; j += blockDim.x) {
@@ -169,10 +170,11 @@ __global__ static void bn_train_kernel(float *x, int batch, int channels, int sp
 }
 
 void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                    float *x_norm, float *rolling_mean, float *rolling_variance)
+                                    float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
+                                    float share)
 {
     bn_train_kernel<<<channels, DN_BLOCK>>>(x, batch, channels, spatial, mean, variance, x_norm, rolling_mean,
-                                            rolling_variance);
+                                            rolling_variance, keep, share);
 }
 
 __global__ static void bn_backward_kernel(float *delta, const float *x_norm, const float *variance,
