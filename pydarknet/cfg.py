@@ -396,6 +396,22 @@ def _net(ctx, a):
         a[k] = a[k][:n]
 
 
+# Options darknet implements that change what a layer computes or how its
+# weights are read, which pydarknet does not implement: refused when set, so a
+# cfg is never run as something other than what darknet would run.
+NOT_IMPLEMENTED = {
+    "convolutional": ("antialiasing", "binary", "xnor", "bin_output", "sway", "rotate", "stretch", "stretch_sway",
+                      "coordconv", "flipped", "assisted_excitation"),
+    "maxpool": ("antialiasing", "maxpool_zero_nonmax"),
+}
+
+
+def _not_implemented(ctx, a):
+    for key in NOT_IMPLEMENTED.get(ctx.kind, ()):
+        ctx.check(not a[key], key, f"[{ctx.kind}] {key}={a[key]} is not supported by pydarknet (darknet would "
+                                   f"compute something else than the plain layer); remove it or set it to 0")
+
+
 def _convolutional(ctx, a):
     if a["stride_x"] < 1:
         a["stride_x"] = a["stride"]
@@ -409,15 +425,9 @@ def _convolutional(ctx, a):
         a["batch_normalize"] = 2
     _positive(ctx, a, "filters", "size", "stride", "stride_x", "stride_y", "groups", "dilation")
     ctx.check(a["padding"] >= 0, "padding", f"[convolutional] padding must be >= 0, got {a['padding']}")
-    deform = [k for k in ("sway", "rotate", "stretch", "stretch_sway") if a[k]]
-    ctx.check(len(deform) <= 1, deform[-1] if deform else None,
-              "[convolutional] only one of sway, rotate, stretch, stretch_sway may be set")
-    ctx.check(not deform or a["size"] > 1, "size", f"[convolutional] {''.join(deform[:1])}=1 needs size >= 3")
-    if a["share_index"] != -1000000000:
-        j = a["share_index"] + ctx.index if a["share_index"] < 0 else a["share_index"]
-        ctx.check(0 <= j < ctx.index, "share_index",
-                  f"convolutional share_index {a['share_index']} out of range at layer {ctx.index}")
-        a["share_index"] = j
+    _not_implemented(ctx, a)
+    ctx.check(a["share_index"] == -1000000000, "share_index",
+              "[convolutional] share_index (weights shared with another layer) is not supported by pydarknet")
 
 
 def _connected(ctx, a):
@@ -426,6 +436,7 @@ def _connected(ctx, a):
 
 def _pool(ctx, a):
     _positive(ctx, a, "size", "stride", "stride_x", "stride_y")
+    _not_implemented(ctx, a)
     ctx.check(a["padding"] >= 0, "padding", f"[{ctx.kind}] padding must be >= 0, got {a['padding']}")
 
 

@@ -275,3 +275,17 @@ def test_error_empty_file(tmp_path):
     (tmp_path / "e.cfg").write_text("# nothing\n")
     with pytest.raises(CfgError):
         parse_cfg(tmp_path / "e.cfg")
+
+
+# ---------------------------------------------------------------- options pydarknet does not compute
+@pytest.mark.parametrize("section,option", [
+    ("convolutional", "antialiasing=1"), ("convolutional", "xnor=1"), ("convolutional", "binary=1"),
+    ("convolutional", "sway=1"), ("convolutional", "rotate=1"), ("convolutional", "stretch=1"),
+    ("convolutional", "stretch_sway=1"), ("convolutional", "coordconv=1"), ("convolutional", "flipped=1"),
+    ("convolutional", "assisted_excitation=0.5"), ("convolutional", "share_index=0"),
+    ("maxpool", "antialiasing=1"), ("maxpool", "maxpool_zero_nonmax=1"),
+])
+def test_options_that_would_change_the_result_are_refused(section, option):
+    key = option.split("=")[0]
+    body = "[convolutional]\nfilters=4\nsize=3\n\n" + f"[{section}]\nsize=3\n{option}\n"
+    fails(NET + body, NET.count("\n") + 7, f"[{section}]", key, "not supported")
