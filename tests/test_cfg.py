@@ -289,3 +289,14 @@ def test_options_that_would_change_the_result_are_refused(section, option):
     key = option.split("=")[0]
     body = "[convolutional]\nfilters=4\nsize=3\n\n" + f"[{section}]\nsize=3\n{option}\n"
     fails(NET + body, NET.count("\n") + 7, f"[{section}]", key, "not supported")
+
+
+def test_supported_sections_are_the_c_registry():
+    """The parser accepts exactly the sections the C builder has a layer for."""
+    from pydarknet._native import ffi, lib
+    from pydarknet.cfg import SCHEMA, SUPPORTED_LAYERS
+
+    registry = {ffi.string(lib.dn_layer_type_name(i)).decode() for i in range(lib.dn_num_layer_types())}
+    assert lib.dn_layer_type_name(lib.dn_num_layer_types()) == ffi.NULL
+    assert set(SUPPORTED_LAYERS) == registry
+    assert set(SCHEMA) - {"net"} == registry

@@ -160,27 +160,14 @@ void dn_gpu_softmax_backward(const float *p, const float *g, float *d, size_t gr
                              size_t outer, float temp);
 void dn_gpu_update_kernel(float *w, float *g, float *m, float *v, size_t n, const dn_update_args *a);
 
-/* ---- the layers with device passes (layers/<type>.cu) ---- */
-#define DN_GPU_LAYER(type)                                     \
-    dn_status dn_##type##_forward_gpu(dn_layer *l, dn_net *net); \
-    dn_status dn_##type##_backward_gpu(dn_layer *l, dn_net *net);
-DN_GPU_LAYER(convolutional)
-DN_GPU_LAYER(maxpool)
-DN_GPU_LAYER(route)
-DN_GPU_LAYER(shortcut)
-DN_GPU_LAYER(upsample)
-DN_GPU_LAYER(avgpool)
-DN_GPU_LAYER(local_avgpool)
-DN_GPU_LAYER(reorg)
-DN_GPU_LAYER(softmax)
-DN_GPU_LAYER(scale_channels)
-DN_GPU_LAYER(sam)
-DN_GPU_LAYER(dropout)
-DN_GPU_LAYER(batchnorm)
-DN_GPU_LAYER(activation)
-DN_GPU_LAYER(connected)
-DN_GPU_LAYER(yolo)
-DN_GPU_LAYER(region)
+/* ---- the layers with device passes (layers/<type>.cu; core/layer_list.h) ---- */
+#define DN_LAYER(name)
+#define DN_LAYER_GPU(name)                                     \
+    dn_status dn_##name##_forward_gpu(dn_layer *l, dn_net *net); \
+    dn_status dn_##name##_backward_gpu(dn_layer *l, dn_net *net);
+#include "layer_list.h"
+#undef DN_LAYER
+#undef DN_LAYER_GPU
 
 #else /* no CUDA: never reached, net->cuda stays NULL */
 

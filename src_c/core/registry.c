@@ -1,25 +1,33 @@
-/* registry.c - the table from cfg section names to layer implementations.
- * Section aliases (conv, max, ...) are resolved by the cfg parser; this table
- * holds the canonical names only. */
+/* registry.c - the table from cfg section names to layer implementations
+ * (core/layer_list.h). Section aliases (conv, max, ...) are resolved by the
+ * cfg parser; this table holds the canonical names only. */
 #include "internal.h"
 
 #include <string.h>
 
-extern const dn_layer_ops dn_activation_ops, dn_avgpool_ops, dn_batchnorm_ops, dn_connected_ops,
-    dn_convolutional_ops, dn_cost_ops, dn_dropout_ops, dn_empty_ops, dn_local_avgpool_ops, dn_maxpool_ops,
-    dn_region_ops, dn_reorg_ops, dn_reorg3d_ops, dn_route_ops, dn_sam_ops, dn_scale_channels_ops, dn_shortcut_ops,
-    dn_softmax_ops, dn_upsample_ops, dn_yolo_ops;
+#define DN_LAYER(name) extern const dn_layer_ops dn_##name##_ops;
+#define DN_LAYER_GPU(name) DN_LAYER(name)
+#include "layer_list.h"
+#undef DN_LAYER
+#undef DN_LAYER_GPU
 
 static const dn_layer_ops *const registry[] = {
-    &dn_convolutional_ops, &dn_connected_ops, &dn_maxpool_ops, &dn_avgpool_ops, &dn_local_avgpool_ops,
-    &dn_route_ops, &dn_shortcut_ops, &dn_upsample_ops, &dn_reorg_ops, &dn_reorg3d_ops, &dn_dropout_ops,
-    &dn_softmax_ops, &dn_cost_ops, &dn_scale_channels_ops, &dn_sam_ops, &dn_batchnorm_ops, &dn_activation_ops,
-    &dn_empty_ops, &dn_yolo_ops, &dn_region_ops,
+#define DN_LAYER(name) &dn_##name##_ops,
+#define DN_LAYER_GPU(name) DN_LAYER(name)
+#include "layer_list.h"
+#undef DN_LAYER
+#undef DN_LAYER_GPU
 };
+
+#define NTYPES ((int)(sizeof(registry) / sizeof(registry[0])))
 
 const dn_layer_ops *dn_find_layer_ops(const char *type)
 {
-    for (size_t i = 0; i < sizeof(registry) / sizeof(registry[0]); ++i)
+    for (int i = 0; i < NTYPES; ++i)
         if (strcmp(registry[i]->type, type) == 0) return registry[i];
     return NULL;
 }
+
+int dn_num_layer_types(void) { return NTYPES; }
+
+const char *dn_layer_type_name(int i) { return i >= 0 && i < NTYPES ? registry[i]->type : NULL; }

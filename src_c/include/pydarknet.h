@@ -96,6 +96,8 @@ typedef struct dn_detection {
 const char *dn_version(void);
 const char *dn_last_error(void);
 int dn_blas_available(void);       /* 1 when built against a BLAS */
+int dn_num_layer_types(void);      /* the cfg sections the library builds: */
+const char *dn_layer_type_name(int i); /* the i-th of them, NULL when out of range */
 
 /* Network lifetime and settings */
 dn_status dn_net_create(int batch, int channels, int height, int width, dn_net **out);
