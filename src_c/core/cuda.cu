@@ -1,9 +1,10 @@
-/* cuda.cu - the network on a CUDA device: the device context (device id,
- * cuBLAS handle, device input, input delta and workspace), the device copies
- * of every layer's output and delta and every parameter's tensors, the
- * forward, backward and update passes, the host pass for layers without
- * device ops, and the copies between host and device (see cuda.h for the
- * rules of which copy is current).
+/* cuda.cu - the CUDA backend (core/backend.h): the device context (device
+ * id, cuBLAS handle, device input, input delta and workspace), the device
+ * copies of every layer's output and delta and every parameter's tensors,
+ * each layer's device pass (or its host pass on host copies for layers
+ * without device ops), the optimizer step, and the copies between host and
+ * device (see cuda.h for the rules of which copy is current). The layer loop
+ * itself is core/loop.c's.
  *
  * Everything runs on the device's default stream, so kernels, cuBLAS calls
  * and copies happen in the order they are issued and a copy to the host
@@ -11,16 +12,13 @@
  * environment, every layer is followed by a device synchronization, so an
  * error in a kernel is reported by the layer that caused it.
  *
- * Which layers run where (their ops tables' forward_gpu/backward_gpu):
- *   on the device: convolutional, connected, batchnorm, activation, maxpool
- *     (spatial and maxpool_depth), avgpool, local_avgpool, upsample, reorg
- *     (both directions), route, shortcut (every case: weighted, sources of
- *     another size), scale_channels, sam, dropout (the mask drawn on the host
- *     from the network's generator and copied), softmax, yolo and region;
- *   their loss on host copies: softmax, yolo and region compute their output
- *     on the device, then copy their input and output to the host for the
- *     loss (one implementation, the CPU's) and copy its gradient back;
- *   wholly on host copies (dn_gpu_host_forward/backward): cost and empty. */
+ * Which layers run where: every layer listed with DN_LAYER_GPU in
+ * core/layer_list.h runs on the device through its ops table's forward_gpu
+ * and backward_gpu; the loss heads (softmax, yolo, region) compute their
+ * output there, then copy their input and output to the host for the loss
+ * (one implementation, the CPU's) and copy its gradient back; cost and empty
+ * run wholly on host copies (dn_gpu_host_forward and _backward). reorg3d,
+ * listed with DN_LAYER, runs on the device with reorg's device passes. */
 #include "cuda.h"
 
 #include <cublas_v2.h>
@@ -29,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+extern const dn_backend dn_cuda_backend; /* the table at the end */
 
 struct dn_cuda {
     int device;
@@ -152,7 +152,7 @@ static void free_scratch(dn_layer *l)
     }
 }
 
-dn_status dn_gpu_allocate(dn_net *net)
+static dn_status gpu_allocate(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
     dn_status s = use_device(net);
@@ -202,7 +202,8 @@ dn_status dn_gpu_open(dn_net *net, int device)
         return dn_fail(DN_ERR_STATE, "CUDA: cuBLAS could not be initialized on device %d", device);
     }
     net->cuda = ctx;
-    const dn_status s = dn_gpu_allocate(net);
+    net->backend = &dn_cuda_backend;
+    const dn_status s = gpu_allocate(net);
     if (s) {
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", dn_last_error());
@@ -247,6 +248,7 @@ void dn_gpu_close(dn_net *net)
     free(ctx->delta_dirty);
     free(ctx);
     net->cuda = NULL;
+    net->backend = &dn_cpu_backend;
 }
 
 /* ---- helpers for the layers ---- */
@@ -313,7 +315,7 @@ dn_status dn_gpu_check(const dn_layer *l, const char *what)
     return DN_OK;
 }
 
-static dn_status layer_done(const dn_net *net, const dn_layer *l, const char *what)
+static dn_status layer_done(dn_net *net, dn_layer *l, const char *what)
 {
     if (net->cuda->sync_each) {
         const cudaError_t e = cudaDeviceSynchronize();
@@ -335,19 +337,12 @@ dn_status dn_gpu_gemm(const dn_net *net, int ta, int tb, int M, int N, int K, fl
 }
 
 /* ---- host copies ---- */
-dn_status dn_gpu_pull_output(const dn_net *net, dn_layer *l)
+static dn_status pull_output(dn_net *net, dn_layer *l)
 {
     if (!l->host_stale) return DN_OK;
     dn_status s = use_device(net);
     if (!s) s = pull(l->output, l->output_gpu, (size_t)net->batch * l->outputs);
     if (!s) l->host_stale = 0;
-    return s;
-}
-
-dn_status dn_gpu_pull_outputs(const dn_net *net)
-{
-    dn_status s = DN_OK;
-    for (int i = 0; i < net->nlayers && !s; ++i) s = dn_gpu_pull_output(net, net->layers[i]);
     return s;
 }
 
@@ -361,7 +356,7 @@ static size_t delta_count(const dn_net *net, int layer)
     return layer == net->nlayers ? net->cuda->input_n : (size_t)net->batch * net->layers[layer]->outputs;
 }
 
-dn_status dn_gpu_pull_delta(dn_net *net, int layer)
+static dn_status pull_delta(dn_net *net, int layer)
 {
     if (net->cuda->delta_dirty[layer]) return DN_OK; /* already handed out: the caller may have written it */
     dn_status s = use_device(net);
@@ -370,7 +365,7 @@ dn_status dn_gpu_pull_delta(dn_net *net, int layer)
     return s;
 }
 
-dn_status dn_gpu_pull_param(dn_net *net, dn_param *p)
+static dn_status pull_param(dn_net *net, dn_param *p)
 {
     if (p->host_dirty) return DN_OK; /* already handed out: the host copy is the current one */
     dn_status s = use_device(net);
@@ -428,7 +423,7 @@ static dn_status for_sources(dn_net *net, dn_layer *l, dn_status (*fn)(dn_net *,
 
 static dn_status pull_source_output(dn_net *net, int i)
 {
-    return i == net->nlayers ? DN_OK : dn_gpu_pull_output(net, net->layers[i]); /* the input is on the host */
+    return i == net->nlayers ? DN_OK : pull_output(net, net->layers[i]); /* the input is on the host */
 }
 
 static dn_status pull_source_delta(dn_net *net, int i)
@@ -444,7 +439,7 @@ static dn_status push_source_delta(dn_net *net, int i)
 dn_status dn_gpu_pull_sources(dn_net *net, dn_layer *l)
 {
     dn_status s = for_sources(net, l, pull_source_output);
-    return s ? s : dn_gpu_pull_output(net, l);
+    return s ? s : pull_output(net, l);
 }
 
 dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l)
@@ -452,7 +447,7 @@ dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l)
     const size_t n = (size_t)net->batch * l->outputs;
     dn_status s = for_sources(net, l, pull_source_output);
     for (int j = 0; j < l->nparams && !s; ++j) s = pull(l->params[j].data, l->params[j].data_gpu, l->params[j].count);
-    if (!s) s = dn_layer_run_forward(net, l);
+    if (!s) s = l->ops->forward(l, net);
     if (!s) s = push(l->output_gpu, l->output, n);
     if (!s) l->host_stale = 0;
     if (!s && net->train) {
@@ -468,24 +463,17 @@ dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l)
     dn_status s = pull(l->delta, l->delta_gpu, (size_t)net->batch * l->outputs);
     if (!s) s = for_sources(net, l, pull_source_delta);
     for (int j = 0; j < l->nparams && !s; ++j) s = pull(l->params[j].grad, l->params[j].grad_gpu, l->params[j].count);
-    if (!s) s = dn_layer_run_backward(net, l);
+    if (!s) s = l->ops->backward(l, net);
     if (!s) s = for_sources(net, l, push_source_delta);
     for (int j = 0; j < l->nparams && !s; ++j) s = push(l->params[j].grad_gpu, l->params[j].grad, l->params[j].count);
     return s;
 }
 
 /* ---- passes ---- */
-/* A failed pass of layer l reported as the layer's (copies and allocations
- * fail with messages of their own that do not say which layer was running). */
-static dn_status named(const dn_layer *l, dn_status s)
-{
-    char prefix[48];
-    snprintf(prefix, sizeof(prefix), "layer %d [", l->index);
-    if (!s || !strncmp(dn_last_error(), prefix, strlen(prefix))) return s;
-    return dn_layer_fail(l, s, "%s", dn_last_error());
-}
-
-dn_status dn_gpu_forward(dn_net *net)
+/* Before a forward pass: what the caller wrote goes back to the device, the
+ * input goes there, every host output is stale, and a training pass zeroes
+ * the deltas. */
+static dn_status begin_forward(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
     dn_status s = use_device(net);
@@ -498,33 +486,26 @@ dn_status dn_gpu_forward(dn_net *net)
         if (net->train && l->delta_gpu) dn_gpu_fill(l->delta_gpu, (size_t)net->batch * l->outputs, 0.f);
     }
     if (net->train && ctx->input_delta) dn_gpu_fill(ctx->input_delta, ctx->input_n, 0.f);
-    const int train = net->train;
-    for (int i = 0; i < net->nlayers && !s; ++i) {
-        dn_layer *l = net->layers[i];
-        net->train = train && !l->sw.infer;
-        s = named(l, l->ops->forward_gpu ? l->ops->forward_gpu(l, net) : dn_gpu_host_forward(net, l));
-        if (!s) s = layer_done(net, l, "forward");
-    }
-    net->train = train;
-    return s;
+    return DN_OK;
 }
 
-dn_status dn_gpu_backward(dn_net *net)
+static dn_status layer_forward(dn_net *net, dn_layer *l)
+{
+    return l->ops->forward_gpu ? l->ops->forward_gpu(l, net) : dn_gpu_host_forward(net, l);
+}
+
+static dn_status begin_backward(dn_net *net)
 {
     dn_status s = use_device(net);
-    if (!s) s = push_dirty(net);
-    for (int i = net->nlayers - 1; i >= 0 && !s; --i) {
-        dn_layer *l = net->layers[i];
-        const int step = dn_backward_step(net, l);
-        if (step < 0) break;
-        if (!step) continue;
-        s = named(l, l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l));
-        if (!s) s = layer_done(net, l, "backward");
-    }
-    return s;
+    return s ? s : push_dirty(net);
 }
 
-dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a)
+static dn_status layer_backward(dn_net *net, dn_layer *l)
+{
+    return l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l);
+}
+
+static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
 {
     dn_status s = use_device(net);
     if (!s) s = push_dirty(net);
@@ -536,7 +517,7 @@ dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a)
     return e == cudaSuccess ? DN_OK : cuda_fail(e, "the optimizer update");
 }
 
-dn_status dn_gpu_zero_grads(dn_net *net, dn_layer *l)
+static dn_status zero_grads(dn_net *net, dn_layer *l)
 {
     dn_status s = use_device(net);
     for (int j = 0; j < l->nparams && !s; ++j) {
@@ -546,3 +527,26 @@ dn_status dn_gpu_zero_grads(dn_net *net, dn_layer *l)
     const cudaError_t e = cudaGetLastError();
     return s ? s : (e == cudaSuccess ? DN_OK : cuda_fail(e, "zeroing the gradients"));
 }
+
+static dn_status synchronize(dn_net *net)
+{
+    dn_status s = use_device(net);
+    const cudaError_t e = s ? cudaSuccess : cudaDeviceSynchronize();
+    return s ? s : (e == cudaSuccess ? DN_OK : cuda_fail(e, "synchronizing"));
+}
+
+const dn_backend dn_cuda_backend = {
+    "CUDA",
+    gpu_allocate,
+    begin_forward,
+    layer_forward,
+    begin_backward,
+    layer_backward,
+    layer_done,
+    pull_output,
+    pull_delta,
+    pull_param,
+    zero_grads,
+    update,
+    synchronize,
+};

@@ -18,26 +18,22 @@
  * and their loss on host copies (see the host parts below); [cost] runs
  * wholly on the host.
  *
- * Device pointers are plain float pointers; no CUDA type appears here, so C
- * files include this header in either build. Without DN_CUDA the network-level
- * calls are stubs (never reached: net->cuda stays NULL) and the device queries
- * report that the build has no CUDA. This header and network.c's dispatch are
- * the only places that look at DN_CUDA. */
+ * The network-level work is the CUDA backend of core/backend.h (net->backend
+ * while the network is on a device); this header holds what opens and closes
+ * it and what the layers' .cu files use. Device pointers are plain float
+ * pointers; no CUDA type appears here, so C files include this header in
+ * either build. Without DN_CUDA the device queries report that the build has
+ * no CUDA and dn_gpu_open fails, so a network stays on the CPU backend. This
+ * header is the only place that looks at DN_CUDA. */
 #ifndef DN_CUDA_H
 #define DN_CUDA_H
 
 #include "internal.h"
+#include "backend.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* The optimizer step of train.c for one parameter (see there for the formulas). */
-typedef struct dn_update_args {
-    int adam;
-    float rate, decay, batch, momentum, B1, B2, eps, b1t, b2t;
-    float clip;   /* then w clamped to [-clip, clip] (0: not) */
-} dn_update_args;
 
 /* ---- the host parts of device passes (layers/<type>.c, in either build) ----
  * The loss heads keep one implementation of their loss, on the host: after
@@ -80,22 +76,8 @@ dn_status dn_gpu_device_name(int index, char *buf, int size);
 dn_status dn_gpu_open(dn_net *net, int device);   /* allocates the device copies and moves the parameters */
 void dn_gpu_close(dn_net *net);                   /* parameters back to the host, device memory freed */
 int dn_gpu_device(const dn_net *net);
-dn_status dn_gpu_allocate(dn_net *net);           /* after dn_net_allocate: device copies at the new sizes */
-/* A pass over every layer with the input at net->input (host); in training,
- * deltas are zeroed first. */
-dn_status dn_gpu_forward(dn_net *net);
-dn_status dn_gpu_backward(dn_net *net);
-dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a);
-dn_status dn_gpu_zero_grads(dn_net *net, dn_layer *l);  /* the layer's parameter gradients */
-/* Host copies brought up to date: one layer's output, every stale output,
- * one layer's delta or the input delta (the caller may write it: it goes back
- * before the next pass), a parameter with its optimizer state (marked
- * host_dirty). A delta or parameter already handed out since the last pass is
- * the current copy and is left as the caller wrote it. */
-dn_status dn_gpu_pull_output(const dn_net *net, dn_layer *l);
-dn_status dn_gpu_pull_outputs(const dn_net *net);
-dn_status dn_gpu_pull_delta(dn_net *net, int layer);
-dn_status dn_gpu_pull_param(dn_net *net, dn_param *p);
+/* While open, the network's backend is the CUDA one (core/backend.h):
+ * every pass, hand-out and update goes through it. */
 
 /* ---- for the layers' .cu files ---- */
 /* The device input of layer l (the previous output or the network input) and
@@ -192,41 +174,6 @@ static inline dn_status dn_gpu_open(dn_net *net, int device)
 }
 static inline void dn_gpu_close(dn_net *net) { (void)net; }
 static inline int dn_gpu_device(const dn_net *net) { (void)net; return -1; }
-static inline dn_status dn_gpu_allocate(dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
-static inline dn_status dn_gpu_forward(dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
-static inline dn_status dn_gpu_backward(dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
-static inline dn_status dn_gpu_update(dn_net *net, dn_param *p, const dn_update_args *a)
-{
-    (void)net;
-    (void)p;
-    (void)a;
-    return DN_ERR_UNSUPPORTED;
-}
-static inline dn_status dn_gpu_zero_grads(dn_net *net, dn_layer *l)
-{
-    (void)net;
-    (void)l;
-    return DN_ERR_UNSUPPORTED;
-}
-static inline dn_status dn_gpu_pull_output(const dn_net *net, dn_layer *l)
-{
-    (void)net;
-    (void)l;
-    return DN_ERR_UNSUPPORTED;
-}
-static inline dn_status dn_gpu_pull_outputs(const dn_net *net) { (void)net; return DN_ERR_UNSUPPORTED; }
-static inline dn_status dn_gpu_pull_delta(dn_net *net, int layer)
-{
-    (void)net;
-    (void)layer;
-    return DN_ERR_UNSUPPORTED;
-}
-static inline dn_status dn_gpu_pull_param(dn_net *net, dn_param *p)
-{
-    (void)net;
-    (void)p;
-    return DN_ERR_UNSUPPORTED;
-}
 
 #endif /* DN_CUDA */
 

@@ -74,7 +74,7 @@ dn_status dn_net_detections(dn_net *net, int batch_index, int img_w, int img_h, 
         if (!l->ops->detections) continue;
         ++heads;
         /* on a device only the heads' outputs come to the host: the others are not read */
-        dn_status s = net->cuda ? dn_gpu_pull_output(net, l) : DN_OK;
+        dn_status s = net->backend->pull_output(net, l);
         if (!s) s = l->ops->detections(l, net, batch_index, thresh, c);
         if (s) return s;
     }

@@ -3,6 +3,7 @@
  * core/cuda.cu; a build without CUDA answers through cuda.h's stubs. */
 #include "internal.h"
 #include "cuda.h"
+#include "backend.h"
 
 dn_status dn_cuda_device_count(int *count)
 {
@@ -32,7 +33,5 @@ int dn_net_device(const dn_net *net) { return net ? dn_gpu_device(net) : -1; }
 dn_status dn_net_sync_to_host(dn_net *net)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
-    if (!net->cuda) return DN_OK;
-    dn_status s = dn_gpu_pull_outputs(net);
-    return s ? s : dn_net_params_to_host(net);
+    return dn_net_to_host(net, 1);
 }

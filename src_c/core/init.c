@@ -8,6 +8,7 @@
  * the layers are made); shortcut feature weights at 1. Drawn from a generator
  * seeded here, so the same seed gives the same network. */
 #include "internal.h"
+#include "backend.h"
 
 #include <math.h>
 #include <string.h>
@@ -15,7 +16,7 @@
 dn_status dn_net_init_params(dn_net *net, unsigned long long seed)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
-    dn_status s = dn_net_params_to_host(net);
+    dn_status s = dn_net_to_host(net, 0);
     if (s) return s;
     const unsigned long long saved = net->rng;
     net->rng = seed;

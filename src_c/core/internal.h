@@ -32,6 +32,7 @@ extern "C" {
 #define DN_GPU_BUFS 4
 
 typedef struct dn_layer dn_layer;
+typedef struct dn_backend dn_backend; /* where the network runs (core/backend.h) */
 
 /* A growable list of detections; the network keeps one and reuses it. */
 typedef struct dn_candidates {
@@ -236,7 +237,8 @@ struct dn_net {
     long long *prof_calls;
     dn_log_fn log_fn;
     void *log_user;
-    struct dn_cuda *cuda;        /* the CUDA device context (core/cuda.cu); NULL: the network runs on the CPU */
+    const dn_backend *backend;   /* where the passes run: dn_cpu_backend, or CUDA's (core/backend.h) */
+    struct dn_cuda *cuda;        /* the CUDA backend's device context (core/cuda.cu); NULL on the CPU */
     char **names;                /* class names from a model file (core/model.c) */
     int nnames;
 };
@@ -301,10 +303,6 @@ static inline int dn_ntasks(size_t n, size_t grain) { return (int)((n + grain - 
  * -1 stops the pass before it. */
 int dn_backward_step(const dn_net *net, const dn_layer *l);
 
-/* ---- per-layer timing (core/profile.c) ---- */
-dn_status dn_layer_run_forward(dn_net *net, dn_layer *l);
-dn_status dn_layer_run_backward(dn_net *net, dn_layer *l);
-
 /* ---- registry (core/registry.c) ---- */
 const dn_layer_ops *dn_find_layer_ops(const char *type);
 
@@ -321,9 +319,6 @@ dn_status dn_layer_add_param(dn_layer *l, const char *name, size_t count, float 
 dn_status dn_layer_add_param_flags(dn_layer *l, const char *name, size_t count, int flags, float **data);
 /* The parameter registered under `name`, or NULL. */
 dn_param *dn_layer_find_param(dn_layer *l, const char *name);
-/* With the network on a CUDA device: brings every parameter's host copy up
- * to date before the caller rewrites some (they go back before the next pass). */
-dn_status dn_net_params_to_host(dn_net *net);
 /* Reads the `from`/`layers` index list and checks each is an earlier layer. */
 dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key, const int **idx, int *count);
 void *dn_calloc(size_t n, size_t size);

@@ -7,6 +7,7 @@
  * and the one shared workspace are allocated by dn_net_finalize, and again by
  * dn_net_resize, so a forward pass allocates nothing. */
 #include "internal.h"
+#include "backend.h"
 #include "cuda.h"
 
 #include <stdlib.h>
@@ -43,6 +44,7 @@ dn_status dn_net_create(int batch, int channels, int height, int width, dn_net *
     net->threads = 1;
     net->use_blas = dn_blas_available();
     net->speed = DN_SPEED_ALL;
+    net->backend = &dn_cpu_backend;
     const char *speed = getenv("PYDARKNET_SPEED");
     if (speed && *speed) {
         char *end;
@@ -270,7 +272,7 @@ dn_status dn_net_allocate(dn_net *net)
         net->input_delta = dn_calloc(in, sizeof(float));
         if (!net->input_delta) return dn_fail(DN_ERR_NOMEM, "out of memory for the input delta");
     }
-    return net->cuda ? dn_gpu_allocate(net) : DN_OK;
+    return net->backend->allocate(net);
 }
 
 dn_status dn_net_finalize(dn_net *net)
@@ -357,7 +359,7 @@ dn_status dn_layer_output(const dn_net *net, int i, const float **data, size_t *
     dn_status s = get_layer(net, i, &l);
     if (s) return s;
     if (!net->finalized) return dn_fail(DN_ERR_STATE, "the network is not finalized");
-    if (net->cuda && (s = dn_gpu_pull_output(net, l))) return s;
+    if ((s = net->backend->pull_output((dn_net *)net, l))) return s;
     *data = l->output;
     *count = (size_t)net->batch * l->outputs;
     return DN_OK;
@@ -375,7 +377,7 @@ dn_status dn_layer_param(dn_net *net, int i, int j, const char **name, float **d
     dn_status s = get_layer(net, i, &l);
     if (s) return s;
     if (j < 0 || j >= l->nparams) return dn_layer_fail(l, DN_ERR_ARG, "parameter index %d out of range", j);
-    if (net->cuda && (s = dn_gpu_pull_param(net, &l->params[j]))) return s;
+    if ((s = net->backend->pull_param(net, &l->params[j]))) return s;
     if (name) *name = l->params[j].name;
     if (data) *data = l->params[j].data;
     if (count) *count = l->params[j].count;
@@ -395,16 +397,6 @@ void dn_net_prepare_threads(const dn_net *net)
     dn_blas_set_threads((net->speed & DN_SPEED_THREADS) ? 1 : net->threads);
 }
 
-static dn_status run(dn_net *net)
-{
-    dn_net_prepare_threads(net);
-    for (int i = 0; i < net->nlayers; ++i) {
-        dn_status s = dn_layer_run_forward(net, net->layers[i]);
-        if (s) return s;
-    }
-    return DN_OK;
-}
-
 dn_status dn_net_forward(dn_net *net, const float *input, size_t count)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
@@ -415,7 +407,7 @@ dn_status dn_net_forward(dn_net *net, const float *input, size_t count)
         return dn_fail(DN_ERR_SHAPE, "input has %zu floats, the network takes %zu (batch %d x %d x %d x %d)", count, want,
                        net->batch, net->c, net->h, net->w);
     net->input = input;
-    dn_status s = net->cuda ? dn_gpu_forward(net) : run(net);
+    dn_status s = dn_run_forward(net);
     net->input = NULL;
     return s;
 }
@@ -472,14 +464,6 @@ dn_param *dn_layer_find_param(dn_layer *l, const char *name)
     for (int j = 0; j < l->nparams; ++j)
         if (!strcmp(l->params[j].name, name)) return &l->params[j];
     return NULL;
-}
-
-dn_status dn_net_params_to_host(dn_net *net)
-{
-    dn_status s = DN_OK;
-    for (int i = 0; i < net->nlayers && net->cuda && !s; ++i)
-        for (int j = 0; j < net->layers[i]->nparams && !s; ++j) s = dn_gpu_pull_param(net, &net->layers[i]->params[j]);
-    return s;
 }
 
 dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key, const int **idx, int *count)

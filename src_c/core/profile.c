@@ -1,40 +1,13 @@
-/* profile.c - per-layer timing of forward and backward passes.
- *
- * With profiling on (dn_net_set_profiling), every layer's forward and
- * backward call is timed with the monotonic clock (wall time: with worker
- * threads a layer's time is how long the caller waited for it) and added to
- * that layer's counters; off, the passes call the layers directly. */
+/* profile.c - per-layer timing of forward and backward passes: the
+ * counters and the public calls. With profiling on (dn_net_set_profiling),
+ * the layer loop (core/loop.c) times every layer's forward and backward pass
+ * with the monotonic clock (wall time: with worker threads a layer's time is
+ * how long the caller waited for it; on a device the backend is synchronized
+ * around the layer) and adds it to that layer's counters. */
 #include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double seconds(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-dn_status dn_layer_run_forward(dn_net *net, dn_layer *l)
-{
-    if (!net->profiling) return l->ops->forward(l, net);
-    const double t = seconds();
-    const dn_status s = l->ops->forward(l, net);
-    net->prof_forward[l->index] += seconds() - t;
-    net->prof_calls[l->index] += 1;
-    return s;
-}
-
-dn_status dn_layer_run_backward(dn_net *net, dn_layer *l)
-{
-    if (!net->profiling) return l->ops->backward(l, net);
-    const double t = seconds();
-    const dn_status s = l->ops->backward(l, net);
-    net->prof_backward[l->index] += seconds() - t;
-    return s;
-}
 
 dn_status dn_net_set_profiling(dn_net *net, int on)
 {

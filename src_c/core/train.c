@@ -16,7 +16,7 @@
  * burnin_update, train_only_bn, clip; see dn_switches in internal.h) decide
  * which layers run backward, get gradients and are updated. */
 #include "internal.h"
-#include "cuda.h"
+#include "backend.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -219,7 +219,7 @@ static void zero_layer_grads(dn_net *net, dn_layer *l)
         dn_param *p = &l->params[j];
         if (p->grad) memset(p->grad, 0, p->count * sizeof(float));
     }
-    if (net->cuda) dn_gpu_zero_grads(net, l);
+    net->backend->zero_grads(net, l);
 }
 
 static void zero_grads(dn_net *net)
@@ -252,12 +252,7 @@ dn_status dn_net_forward_train(dn_net *net, const float *input, size_t count, co
     net->truth_stride = (int)(truth_count / (size_t)net->batch);
     net->loss = 0;
     net->train = 1;
-    dn_net_prepare_threads(net);
-    if (net->cuda) s = dn_gpu_forward(net);
-    for (int i = 0; i < net->nlayers && !s && !net->cuda; ++i) {
-        net->train = !net->layers[i]->sw.infer;
-        s = dn_layer_run_forward(net, net->layers[i]);
-    }
+    s = dn_run_forward(net);
     net->train = 0;
     net->truth = NULL;
     return s;
@@ -271,13 +266,7 @@ dn_status dn_net_backward(dn_net *net)
     if (s) return s;
     if (!net->input) return dn_fail(DN_ERR_STATE, "no training forward pass to go back through");
     net->train = 1;
-    dn_net_prepare_threads(net);
-    if (net->cuda) s = dn_gpu_backward(net);
-    for (int i = net->nlayers - 1; i >= 0 && !s && !net->cuda; --i) {
-        const int step = dn_backward_step(net, net->layers[i]);
-        if (step < 0) break;
-        if (step) s = dn_layer_run_backward(net, net->layers[i]);
-    }
+    s = dn_run_backward(net);
     net->train = 0;
     return s;
 }
@@ -308,28 +297,8 @@ dn_status dn_net_update(dn_net *net)
             if (!p->grad) continue;
             const float decay = (p->flags & DN_PARAM_DECAY) ? c.decay * B : 0.f;
             const float clip = !strcmp(p->name, "weights") ? l->sw.clip : 0.f;
-            if (net->cuda) {
-                const dn_update_args a = {c.adam, rate, decay, B, c.momentum, c.B1, c.B2, c.eps, b1t, b2t, clip};
-                if ((s = dn_gpu_update(net, p, &a))) return s;
-                continue;
-            }
-            float *w = p->data, *g = p->grad, *m = p->m, *v = p->v;
-            if (c.adam) {
-                for (size_t k = 0; k < p->count; ++k) {
-                    const float d = -g[k] - decay * w[k];
-                    m[k] = c.B1 * m[k] + (1.f - c.B1) * d;
-                    v[k] = c.B2 * v[k] + (1.f - c.B2) * d * d;
-                    w[k] += rate * (m[k] / b1t) / (sqrtf(v[k] / b2t) + c.eps);
-                }
-            } else {
-                for (size_t k = 0; k < p->count; ++k) {
-                    m[k] += -g[k] - decay * w[k];
-                    w[k] += rate / B * m[k];
-                    m[k] *= c.momentum;
-                }
-            }
-            if (clip > 0.f)
-                for (size_t k = 0; k < p->count; ++k) w[k] = fminf(clip, fmaxf(-clip, w[k]));
+            const dn_update_args a = {c.adam, rate, decay, B, c.momentum, c.B1, c.B2, c.eps, b1t, b2t, clip};
+            if ((s = net->backend->update(net, p, &a))) return s;
         }
         zero_layer_grads(net, l);
     }
@@ -391,7 +360,7 @@ dn_status dn_layer_delta(dn_net *net, int layer, float **data, size_t *count)
     dn_status s = need_training(net);
     if (s) return s;
     if (layer < 0 || layer >= net->nlayers) return dn_fail(DN_ERR_ARG, "layer index %d out of range", layer);
-    if (net->cuda && (s = dn_gpu_pull_delta(net, layer))) return s;
+    if ((s = net->backend->pull_delta(net, layer))) return s;
     *data = net->layers[layer]->delta;
     *count = (size_t)net->batch * net->layers[layer]->outputs;
     return DN_OK;
@@ -401,7 +370,7 @@ dn_status dn_net_input_delta(dn_net *net, float **data, size_t *count)
 {
     dn_status s = need_training(net);
     if (s) return s;
-    if (net->cuda && (s = dn_gpu_pull_delta(net, net->nlayers))) return s;
+    if ((s = net->backend->pull_delta(net, net->nlayers))) return s;
     *data = net->input_delta;
     *count = (size_t)net->batch * net->c * net->h * net->w;
     return DN_OK;
@@ -414,7 +383,7 @@ dn_status dn_layer_param_state(dn_net *net, int layer, int index, float **grad, 
     dn_layer *l = net->layers[layer];
     if (index < 0 || index >= l->nparams) return dn_layer_fail(l, DN_ERR_ARG, "parameter index %d out of range", index);
     dn_status s;
-    if (net->cuda && (s = dn_gpu_pull_param(net, &l->params[index]))) return s;
+    if ((s = net->backend->pull_param(net, &l->params[index]))) return s;
     if (grad) *grad = l->params[index].grad;
     if (m) *m = l->params[index].m;
     if (v) *v = l->params[index].v;

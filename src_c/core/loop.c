@@ -1,0 +1,92 @@
+/* loop.c - the one layer loop: every forward and backward pass of every
+ * network, whatever its backend (core/backend.h), runs here.
+ *
+ * Per layer: the training flag (net->train; a layer frozen by stopbackward
+ * runs as in inference, so its convolutions use the rolling batch-norm
+ * statistics), the pass itself through the backend, its time when profiling
+ * is on (core/profile.c keeps the counters; on a device the backend is
+ * synchronized around the layer so its time is its own), a failure named
+ * after the layer, and the backend's completion check. Backward stops where
+ * the per-layer switches say (dn_backward_step). */
+#include "internal.h"
+#include "backend.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static double seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* A failed pass of layer l reported as the layer's (copies and allocations
+ * fail with messages of their own that do not say which layer was running). */
+static dn_status named(const dn_layer *l, dn_status s)
+{
+    char prefix[48];
+    snprintf(prefix, sizeof(prefix), "layer %d [", l->index);
+    if (!s || !strncmp(dn_last_error(), prefix, strlen(prefix))) return s;
+    return dn_layer_fail(l, s, "%s", dn_last_error());
+}
+
+/* one layer's pass, its time added to the layer's counter when profiling */
+static dn_status pass(dn_net *net, dn_layer *l, int backward)
+{
+    const dn_backend *b = net->backend;
+    dn_status (*run)(dn_net *, dn_layer *) = backward ? b->layer_backward : b->layer_forward;
+    if (!net->profiling) return run(net, l);
+    dn_status s = b->synchronize(net);
+    const double t = seconds();
+    if (!s) s = run(net, l);
+    if (!s) s = b->synchronize(net);
+    (backward ? net->prof_backward : net->prof_forward)[l->index] += seconds() - t;
+    if (!backward) net->prof_calls[l->index] += 1;
+    return s;
+}
+
+dn_status dn_run_forward(dn_net *net)
+{
+    const dn_backend *b = net->backend;
+    dn_net_prepare_threads(net);
+    dn_status s = b->begin_forward(net);
+    const int train = net->train;
+    for (int i = 0; i < net->nlayers && !s; ++i) {
+        dn_layer *l = net->layers[i];
+        net->train = train && !l->sw.infer;
+        s = named(l, pass(net, l, 0));
+        if (!s) s = b->layer_done(net, l, "forward");
+    }
+    net->train = train;
+    return s;
+}
+
+dn_status dn_run_backward(dn_net *net)
+{
+    const dn_backend *b = net->backend;
+    dn_net_prepare_threads(net);
+    dn_status s = b->begin_backward(net);
+    for (int i = net->nlayers - 1; i >= 0 && !s; --i) {
+        dn_layer *l = net->layers[i];
+        const int step = dn_backward_step(net, l);
+        if (step < 0) break;
+        if (!step) continue;
+        s = named(l, pass(net, l, 1));
+        if (!s) s = b->layer_done(net, l, "backward");
+    }
+    return s;
+}
+
+dn_status dn_net_to_host(dn_net *net, int outputs)
+{
+    const dn_backend *b = net->backend;
+    dn_status s = DN_OK;
+    for (int i = 0; i < net->nlayers && !s; ++i) {
+        dn_layer *l = net->layers[i];
+        if (outputs) s = b->pull_output(net, l);
+        for (int j = 0; j < l->nparams && !s; ++j) s = b->pull_param(net, &l->params[j]);
+    }
+    return s;
+}
