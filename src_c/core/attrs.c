@@ -1,6 +1,6 @@
 /* attrs.c - the resolved options a layer is built from: typed key/value
  * pairs set by the caller between dn_net_add_layer and dn_net_end_layer. */
-#include "internal.h"
+#include "layer.h"
 
 #include <stdio.h>
 #include <stdlib.h>

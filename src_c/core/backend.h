@@ -29,7 +29,7 @@
 #ifndef DN_BACKEND_H
 #define DN_BACKEND_H
 
-#include "internal.h"
+#include "layer.h"
 
 #ifdef __cplusplus
 extern "C" {

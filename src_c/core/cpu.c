@@ -2,7 +2,7 @@
  * copies, so hand-outs and synchronization are no-ops; a layer runs its ops
  * table's forward and backward; the optimizer step is train.c's formulas on
  * the host. */
-#include "internal.h"
+#include "layer.h"
 #include "backend.h"
 
 #include <math.h>

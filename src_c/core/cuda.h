@@ -28,7 +28,7 @@
 #ifndef DN_CUDA_H
 #define DN_CUDA_H
 
-#include "internal.h"
+#include "layer.h"
 #include "backend.h"
 
 #ifdef __cplusplus

@@ -3,7 +3,7 @@
  * the network runs, and dn_net_detections decodes and suppresses. The image
  * buffer's size is checked against its dimensions, so a wrong size or
  * channel count is an error status, not a read past the buffer. */
-#include "internal.h"
+#include "layer.h"
 
 dn_status dn_net_detect(dn_net *net, const uint8_t *pixels, size_t size, int width, int height, int channels,
                         int stride, int bgr, int letterbox, float thresh, float nms, const dn_detection **dets,

@@ -2,7 +2,7 @@
  * darknet's greedy per-class non-maximum suppression: within each class,
  * boxes in decreasing confidence each remove the later ones whose IoU with it
  * exceeds the threshold. */
-#include "internal.h"
+#include "layer.h"
 #include "cuda.h"
 
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* device.c - the public calls that choose where a network runs: CUDA device
  * queries and moving a network between the CPU and a device. The work is in
  * core/cuda.cu; a build without CUDA answers through cuda.h's stubs. */
-#include "internal.h"
+#include "layer.h"
 #include "cuda.h"
 #include "backend.h"
 

@@ -1,7 +1,7 @@
 /* error.c - per-thread last error message and the log callback. The library
  * never prints: failures set a message here and return a status; log lines
  * go to the callback the network owner installed, or nowhere. */
-#include "internal.h"
+#include "layer.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -7,7 +7,7 @@
  * scales start at 1 and rolling statistics at mean 0, variance 1 (set when
  * the layers are made); shortcut feature weights at 1. Drawn from a generator
  * seeded here, so the same seed gives the same network. */
-#include "internal.h"
+#include "layer.h"
 #include "backend.h"
 
 #include <math.h>

@@ -8,7 +8,7 @@
  * synchronized around the layer so its time is its own), a failure named
  * after the layer, and the backend's completion check. Backward stops where
  * the per-layer switches say (dn_backward_step). */
-#include "internal.h"
+#include "layer.h"
 #include "backend.h"
 
 #include <stdio.h>

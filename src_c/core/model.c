@@ -41,7 +41,7 @@
  * tensors checked against what the builder made), finalized, and the
  * tensor data read straight into the parameters. Errors name the file and
  * byte offset. */
-#include "internal.h"
+#include "layer.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -8,9 +8,9 @@
  * returns when every task is done. How work is cut into tasks never depends
  * on the thread count, so results are the same for any T.
  *
- * GEMMs run inside tasks with OpenBLAS single-threaded (network.c sets its
- * thread count to 1 while the pool drives the work), so the two never
- * compete for the CPUs.
+ * GEMMs run inside tasks with OpenBLAS single-threaded (dn_net_prepare_threads,
+ * network.c, sets its thread count to 1 while the pool drives the work; the
+ * setter is here, dn_blas_set_threads), so the two never compete for the CPUs.
  *
  * Between jobs a helper spins for up to a millisecond (a layer's next loop
  * usually follows within microseconds, and waking a sleeping thread costs
@@ -23,7 +23,8 @@
  * done, closes with seq + 2, and waits until no helper is still inside. A
  * helper that saw an odd seq registers in `inside`, re-reads seq, and takes
  * tasks only if the job it saw is still open. */
-#include "internal.h"
+#include "layer.h"
+#include "blas_link.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -304,4 +305,23 @@ void dn_parallel_zero(const dn_net *net, float *x, size_t n)
 {
     if (n < 2 * DN_COPY_GRAIN || !(net->speed & DN_SPEED_THREADS)) memset(x, 0, n * sizeof(float));
     else dn_parallel_range(net, n, 4 * DN_COPY_GRAIN, zero_range, x);
+}
+
+/* ---- OpenBLAS's own threads ---- */
+int dn_blas_available(void)
+{
+#ifdef DN_USE_BLAS
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void dn_blas_set_threads(int threads)
+{
+#ifdef DN_USE_BLAS
+    if (DN_BLAS(openblas_get_num_threads)() != threads) DN_BLAS(openblas_set_num_threads)(threads);
+#else
+    (void)threads;
+#endif
 }

@@ -4,7 +4,7 @@
  * with the monotonic clock (wall time: with worker threads a layer's time is
  * how long the caller waited for it; on a device the backend is synchronized
  * around the layer) and adds it to that layer's counters. */
-#include "internal.h"
+#include "layer.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /* registry.c - the table from cfg section names to layer implementations
  * (core/layer_list.h). Section aliases (conv, max, ...) are resolved by the
  * cfg parser; this table holds the canonical names only. */
-#include "internal.h"
+#include "layer.h"
 
 #include <string.h>
 

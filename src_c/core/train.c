@@ -15,7 +15,7 @@
  * The per-layer switches (stopbackward, onlyforward, dont_update,
  * burnin_update, train_only_bn, clip; see dn_switches in internal.h) decide
  * which layers run backward, get gradients and are updated. */
-#include "internal.h"
+#include "layer.h"
 #include "backend.h"
 
 #include <math.h>

@@ -1,7 +1,7 @@
 /* activation.c - [activation]: out = f(in), same shape [B][C][H][W], f by name.
  * Backward: dL/d(in) += dL/d(out) * f'(in) (for the normalize_channels kinds,
  * the Jacobian across channels at each pixel). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <stdlib.h>

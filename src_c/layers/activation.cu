@@ -2,6 +2,7 @@
  * (activations.cu); backward the input delta += delta * f' (device slot 1;
  * slot 0 keeps the input when f' needs it). */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 static dn_status read_activation(const dn_layer *l, dn_activation *act)
 {

@@ -1,7 +1,7 @@
 /* avgpool.c - [avgpool]: global average pooling.
  * Input [B][C][H][W], output [B][C][1][1], out[c] = mean over H*W of in[c].
  * Backward: dL/d(in[c][y][x]) += dL/d(out[c]) / (H*W). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 static dn_status avgpool_make(dn_layer *l, dn_net *net)

@@ -3,6 +3,7 @@
  * values in order and dividing by H*W; backward one thread per input value,
  * adding its plane's delta / (H*W). */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 __global__ static void avgpool_kernel(const float *in, size_t planes, size_t hw, float *out)
 {

@@ -12,7 +12,7 @@
  * place). Parameters in darknet's file order (its batchnorm_layer): biases
  * and scales (trained, no decay), rolling_mean, rolling_variance (not
  * trained). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <stdlib.h>

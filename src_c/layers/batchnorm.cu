@@ -5,6 +5,7 @@
  * added into the input delta. Device slots: 0 batch mean, 1 batch variance,
  * 2 x_norm. */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 static dn_status batchnorm_forward_gpu(dn_layer *l, dn_net *net)
 {

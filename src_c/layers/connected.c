@@ -20,7 +20,7 @@
  * Parameters in darknet's file order for this layer: biases, weights, then
  * scales, rolling_mean, rolling_variance; weights are trained with decay,
  * biases and scales without, the rolling statistics not at all. */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <stdlib.h>

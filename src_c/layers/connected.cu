@@ -6,6 +6,7 @@
  * Device slots: 0 batch mean, 1 batch variance, 2 z_norm, 3 the
  * pre-activation values (kept when the activation's derivative needs them). */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 static dn_status read_options(const dn_layer *l, int *bn, dn_activation *act)
 {

@@ -33,7 +33,7 @@
  * 3x3 stride-1 layers in inference (ops/winograd.c), per-channel batch norm,
  * bias and activation forward and backward (ops/bn_fused.c), and the weight
  * and input gradients (ops/conv_backward.c). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <math.h>

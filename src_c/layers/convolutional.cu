@@ -9,6 +9,7 @@
  * The options are read back from the layer's resolved attributes (make
  * checked them). */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 typedef struct {
     int filters, size, stride_x, stride_y, padding, groups, dilation, batch_normalize;

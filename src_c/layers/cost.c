@@ -14,7 +14,7 @@
  * overwriting its input with -1234, where we skip the value instead.
  * Backward: input delta += l->delta. Since the output is the input, a
  * gradient a later layer adds into l->delta passes through as well. */
-#include "internal.h"
+#include "../ops/ops.h"
 
 #include <math.h>
 #include <string.h>

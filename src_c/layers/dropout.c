@@ -5,7 +5,7 @@
  * network's generator is below p (one draw per element, in memory order) and
  * m = 1/(1-p) otherwise. Backward: dL/d(in) += dL/d(out) * m with the same m.
  * DropBlock (dropblock=1) is not supported. */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <stdlib.h>

@@ -5,6 +5,7 @@
  * and the generator's state moves the same way; it is copied to device
  * slot 0. Backward: the input delta += delta * m. */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 static dn_status dropout_forward_gpu(dn_layer *l, dn_net *net)
 {

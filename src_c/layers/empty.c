@@ -1,6 +1,6 @@
 /* empty.c - [empty] (alias [silence]): output = input, same shape; backward
  * passes the delta through. */
-#include "internal.h"
+#include "../ops/ops.h"
 
 static dn_status empty_make(dn_layer *l, dn_net *net)
 {

@@ -6,7 +6,7 @@
  *
  * Backward: each output o averages the n_o pixels of its window inside the
  * image, so each of them gets dL/d(in) += dL/d(out[o]) / n_o. */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 typedef struct {

@@ -5,6 +5,7 @@
  * from every output o whose window covers it (n_o: the window's pixels
  * inside the image), so no two threads write the same place. */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 typedef struct {
     int h, w, out_h, out_w, size, sy, sx, off;

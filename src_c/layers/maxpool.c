@@ -11,7 +11,7 @@
  * dL/d(out[o]) and every other input gets nothing from o. A training forward
  * pass records, per output, the index of its argmax within the image (-1 for
  * a window wholly outside the image, which passes no gradient). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <float.h>

@@ -8,6 +8,7 @@
  * maxima wins, as maxpool.c's depth_argmax) with its index within the image;
  * the same backward. */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 #include <float.h>
 

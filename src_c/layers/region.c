@@ -47,7 +47,7 @@
  * is no loss: l->delta is dLoss/d(output) in the output's layout and backward
  * applies the forward's Jacobian (sigma' for objectness, the softmax's for
  * the classes, 1 for the rest) and the layout change. */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 #include "../ops/layer_math.h"
 

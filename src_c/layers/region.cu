@@ -10,6 +10,7 @@
  * (dn_region_cell_backward, one thread per image, cell and anchor: each
  * writes its own input positions). */
 #include "cuda.h"
+#include "../ops/ops.h"
 #include "../ops/layer_math.h"
 
 typedef struct {

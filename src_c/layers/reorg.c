@@ -21,7 +21,7 @@
  * inverse permutation applied to the delta, added into the input delta
  * (darknet assigns it, which drops what other consumers of the input added
  * before; the sum is the true derivative). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 #include "../ops/layer_math.h"
 

@@ -6,6 +6,7 @@
  * permutation, added into the input delta. A permutation: no two threads
  * write the same place. */
 #include "cuda.h"
+#include "../ops/ops.h"
 #include "../ops/layer_math.h"
 
 __global__ static void reorg_kernel(const float *x, size_t n, int w, int h, int c, int s, int to_z, int accumulate,

@@ -6,7 +6,7 @@
  * Output [B][sum C_i/G][H][W].
  * Backward: each source's slice of the delta is added back into that
  * source's delta at the channels it came from (group_id * C_i/G onwards). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <string.h>

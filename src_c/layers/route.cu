@@ -2,6 +2,7 @@
  * its place along the channels (per image), and in backward the matching
  * slice of the delta added back into the source's delta, as route.c. */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 typedef struct {
     const int *src;

@@ -3,7 +3,7 @@
  *
  * Backward, with g = dL/d(out) * act'(in * F):
  *   dL/d(in) += g * F and dL/dF += g * in. */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <stdlib.h>

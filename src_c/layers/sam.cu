@@ -2,6 +2,7 @@
  * backward with g = delta * act' (device slot 1; slot 0 keeps in * F when
  * act' needs it): the input delta += g * F and F's delta += g * in. */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 static dn_status sam_forward_gpu(dn_layer *l, dn_net *net)
 {

@@ -9,7 +9,7 @@
  *   dL/dF[c][y][x] += g[c][y][x] * scale, the scale that multiplied it;
  *   per channel: dL/d(in[c]) += sum over y, x of g[c][y][x] * F[c][y][x];
  *   scale_wh:    dL/d(in[y][x]) += sum over c of g[c][y][x] * F[c][y][x]. */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <stdlib.h>

@@ -7,6 +7,7 @@
  * thread per image and channel, summed in double as the CPU), or with
  * scale_wh the sum over channels per pixel (one thread per image and pixel). */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 typedef struct {
     size_t hw, outputs;

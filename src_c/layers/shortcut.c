@@ -22,7 +22,7 @@
  *     relu:    dL/dw_u = [w_u > 0] (G_u - D) / S   with S = eps + sum relu(w), D = sum_t G_t w'_t
  *     softmax: dL/dw_u = w'_u (G_u - D), plus -eps D / S to the largest weight
  *              (through the shift by the max, which eps makes visible). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 #include "../ops/layer_math.h"
 

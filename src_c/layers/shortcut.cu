@@ -15,6 +15,7 @@
  * and one thread per weight group adds the weights' gradient
  * (dn_shortcut_weight_grad). */
 #include "cuda.h"
+#include "../ops/ops.h"
 #include "../ops/layer_math.h"
 
 #include <string.h>

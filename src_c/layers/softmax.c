@@ -16,7 +16,7 @@
  * after it, e.g. a [cost]): dx_j += p_j (g_j - sum_i g_i p_i) / T. Darknet
  * passes a following layer's delta through unchanged, without the Jacobian;
  * here the gradient is the exact one of the total loss. */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 #include "../ops/layer_math.h"
 

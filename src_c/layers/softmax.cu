@@ -6,6 +6,7 @@
  * gradient, which goes to device slot 0. Backward adds the softmax Jacobian
  * applied to the delta (dn_softmax_group_backward) and that gradient. */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 static dn_status read_options(const dn_layer *l, int *groups, float *temp)
 {

@@ -9,7 +9,7 @@
  * the sum of the delta over its s x s copies; for s < 0 every input pixel of
  * a block gets scale times the delta of the block's output (pixels left out
  * get nothing). */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <string.h>

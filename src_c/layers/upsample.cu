@@ -4,6 +4,7 @@
  * deltas of its copies, or its block's delta in reverse mode), so no two
  * threads write the same place. */
 #include "cuda.h"
+#include "../ops/ops.h"
 
 __global__ static void upsample_kernel(const float *in, int planes, int h, int w, int st, int reverse, float scale,
                                        int out_h, int out_w, float *out)

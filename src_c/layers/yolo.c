@@ -81,7 +81,7 @@
  * is no loss: l->delta is dLoss/d(output) and backward applies the forward's
  * Jacobian: s*sigma'(z) for x, y (new_coords: s), sigma'(z) for objectness
  * and classes (new_coords: 1), 1 for w, h. */
-#include "internal.h"
+#include "../ops/ops.h"
 #include "cuda.h"
 
 #include <float.h>

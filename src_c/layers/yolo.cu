@@ -7,6 +7,7 @@
  * input), which is copied back. Backward adds that delta into the input
  * delta, or without a loss applies the forward's Jacobian on the device. */
 #include "cuda.h"
+#include "../ops/ops.h"
 #include "../ops/activation_math.h"
 
 typedef struct {

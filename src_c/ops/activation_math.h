@@ -4,7 +4,7 @@
 #ifndef DN_ACTIVATION_MATH_H
 #define DN_ACTIVATION_MATH_H
 
-#include "internal.h"
+#include "layer.h"
 
 #include <math.h>
 

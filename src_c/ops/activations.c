@@ -6,35 +6,12 @@
  * hard_mish from 0 below -2 through x^2/2+x to x above 0). Across channels at
  * each pixel: normalize_channels y = max(x,0) / (eps + sum max(x,0)); the
  * softmax kinds y = exp(x - m) / (eps + sum exp(x - m)) with m = 0 or the max. */
-#include "internal.h"
+#include "ops.h"
 #include "activation_math.h"
 
 #include <float.h>
 #include <math.h>
 #include <string.h>
-
-static const struct {
-    const char *name;
-    dn_activation act;
-} names[] = {
-    {"linear", DN_ACT_LINEAR}, {"logistic", DN_ACT_LOGISTIC}, {"loggy", DN_ACT_LOGGY}, {"relu", DN_ACT_RELU},
-    {"relu6", DN_ACT_RELU6}, {"elu", DN_ACT_ELU}, {"selu", DN_ACT_SELU}, {"gelu", DN_ACT_GELU},
-    {"relie", DN_ACT_RELIE}, {"ramp", DN_ACT_RAMP}, {"leaky", DN_ACT_LEAKY}, {"revleaky", DN_ACT_REVLEAKY},
-    {"tanh", DN_ACT_TANH}, {"plse", DN_ACT_PLSE}, {"stair", DN_ACT_STAIR}, {"hardtan", DN_ACT_HARDTAN},
-    {"lhtan", DN_ACT_LHTAN}, {"swish", DN_ACT_SWISH}, {"mish", DN_ACT_MISH}, {"hard_mish", DN_ACT_HARD_MISH},
-    {"normalize_channels", DN_ACT_NORM_CHAN}, {"normalize_channels_softmax", DN_ACT_NORM_CHAN_SOFTMAX},
-    {"normalize_channels_softmax_maxval", DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL},
-};
-
-dn_status dn_activation_from_name(const char *name, dn_activation *out)
-{
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); ++i)
-        if (strcmp(names[i].name, name) == 0) {
-            *out = names[i].act;
-            return DN_OK;
-        }
-    return dn_fail(DN_ERR_ARG, "unknown activation '%s'", name);
-}
 
 static void across_channels(float *x, int batch, int channels, int spatial, dn_activation a)
 {
@@ -172,12 +149,6 @@ void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act)
     default:
         for (size_t i = 0; i < n; ++i) x[i] = activate1(a * x[i] + b, act);
     }
-}
-
-int dn_activation_needs_input(dn_activation a)
-{
-    return a == DN_ACT_GELU || a == DN_ACT_SWISH || a == DN_ACT_MISH || a == DN_ACT_HARD_MISH || a == DN_ACT_STAIR ||
-           a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL;
 }
 
 /* normalize_channels kinds: dL/dx_j = s_j * (g_j - sum_k g_k y_k) with

@@ -1,6 +1,6 @@
 /* blas.c - per-channel helpers on [batch][channels][spatial] tensors: bias,
  * scale, inference and training batch normalization and their gradients. */
-#include "internal.h"
+#include "ops.h"
 #include "layer_math.h"
 
 #include <math.h>

@@ -8,7 +8,7 @@
  * turns into vector code. The order is fixed by the shape, so results never
  * depend on the thread count; they differ from the plain path only by
  * rounding. Elementwise work is the same arithmetic as the plain path. */
-#include "internal.h"
+#include "ops.h"
 
 #include <math.h>
 #include <string.h>

@@ -18,7 +18,7 @@
  * are a plain GEMM into the input's delta.
  *
  * Every sum runs in an order fixed by the shape alone. */
-#include "internal.h"
+#include "ops.h"
 
 #include <string.h>
 

@@ -37,7 +37,7 @@
  * one pass. Every output element is computed the same way (one serial GEMM
  * call over the full K, or the kernel's fixed K blocks) whatever the thread
  * count, so results do not depend on it. */
-#include "internal.h"
+#include "ops.h"
 
 #include <string.h>
 

@@ -11,39 +11,8 @@
  * DN_BLAS_PREFIX). The portable path is a plain cache-friendly loop nest that
  * keeps the core buildable and testable without any BLAS; a network chooses
  * between them at run time (dn_net_set_blas). */
-#include "internal.h"
-
-#ifdef DN_USE_BLAS
-#ifndef DN_BLAS_PREFIX
-#define DN_BLAS_PREFIX scipy_
-#endif
-#define DN_CAT2(a, b) a##b
-#define DN_CAT(a, b) DN_CAT2(a, b)
-#define DN_BLAS(name) DN_CAT(DN_BLAS_PREFIX, name)
-enum { DN_ROW_MAJOR = 101, DN_NO_TRANS = 111, DN_TRANS = 112 };
-void DN_BLAS(cblas_sgemm)(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
-                          int lda, const float *B, int ldb, float beta, float *C, int ldc);
-void DN_BLAS(openblas_set_num_threads)(int n);
-int DN_BLAS(openblas_get_num_threads)(void);
-#endif
-
-int dn_blas_available(void)
-{
-#ifdef DN_USE_BLAS
-    return 1;
-#else
-    return 0;
-#endif
-}
-
-void dn_blas_set_threads(int threads)
-{
-#ifdef DN_USE_BLAS
-    if (DN_BLAS(openblas_get_num_threads)() != threads) DN_BLAS(openblas_set_num_threads)(threads);
-#else
-    (void)threads;
-#endif
-}
+#include "ops.h"
+#include "blas_link.h"
 
 void dn_gemm_portable(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc)

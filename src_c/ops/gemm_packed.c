@@ -19,7 +19,7 @@
  * logistic vectorized).
  * That is how a convolution's batch norm, bias and activation cost no
  * extra pass over memory. */
-#include "internal.h"
+#include "ops.h"
 
 #include <string.h>
 

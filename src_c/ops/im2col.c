@@ -4,7 +4,7 @@
  * r = (c*kh + ky)*kw + kx holds, for every output position (oy, ox), the input
  * pixel at (oy*stride_h - pad_h + ky*dilation_h, ox*stride_w - pad_w +
  * kx*dilation_w), or 0 outside the image. */
-#include "internal.h"
+#include "ops.h"
 
 #include <string.h>
 

@@ -2,7 +2,7 @@
  * local_avgpool compute them: window `size`, strides, and `padding` split so
  * the window starts padding/2 pixels before the image; pixels outside the
  * image are skipped (max ignores them, average divides by the count inside). */
-#include "internal.h"
+#include "ops.h"
 
 #include <float.h>
 

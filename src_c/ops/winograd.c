@@ -28,7 +28,7 @@
  * clipped). Work is cut by the shape alone, so results do not depend on the
  * thread count. The arithmetic differs from direct convolution by rounding
  * (transform entries up to 8 and 1/24: about 1e-6 relative in float32). */
-#include "internal.h"
+#include "ops.h"
 
 #include <string.h>
 
