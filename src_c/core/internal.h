@@ -129,9 +129,7 @@ void dn_log(const dn_net *net, int level, const char *fmt, ...)
 #endif
     ;
 
-/* ---- model files (core/model.c) ---- */
-void dn_net_free_names(dn_net *net);
-
+/* ---- the network's memory (core/network.c) ---- */
 /* (Re)allocates activations, deltas (when training) and the workspace. */
 dn_status dn_net_allocate(dn_net *net);
 /* (Re)allocates the workspace alone for the layers' current needs and the thread count. */
@@ -166,11 +164,6 @@ void dn_parallel_zero(const dn_net *net, float *x, size_t n);
 int dn_workers(const dn_net *net);
 /* Splits n items into tasks of `grain` items: task t covers [t*grain, min(n, (t+1)*grain)). */
 static inline int dn_ntasks(size_t n, size_t grain) { return (int)((n + grain - 1) / grain); }
-
-/* ---- training passes (core/train.c) ---- */
-/* The backward pass at layer l (its switches, core/layer.h): 1 runs it, 0 skips it,
- * -1 stops the pass before it. */
-int dn_backward_step(const dn_net *net, const dn_layer *l);
 
 /* ---- memory, random numbers, BLAS threads ---- */
 /* calloc of n items (at least one), NULL on overflow or failure (core/network.c). */

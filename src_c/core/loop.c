@@ -7,7 +7,7 @@
  * is on (core/profile.c keeps the counters; on a device the backend is
  * synchronized around the layer so its time is its own), a failure named
  * after the layer, and the backend's completion check. Backward stops where
- * the per-layer switches say (dn_backward_step). */
+ * the per-layer switches say (backward_step). */
 #include "layer.h"
 #include "backend.h"
 
@@ -47,6 +47,15 @@ static dn_status pass(dn_net *net, dn_layer *l, int backward)
     return s;
 }
 
+/* The backward pass at layer l (its switches, core/layer.h): 1 runs it, 0
+ * skips it, -1 stops the pass before it. */
+static int backward_step(const dn_net *net, const dn_layer *l)
+{
+    const dn_switches *w = &l->sw;
+    if (w->stopbackward == 1 || w->stopbackward > net->iteration) return -1;
+    return w->onlyforward || w->frozen ? 0 : 1;
+}
+
 dn_status dn_run_forward(dn_net *net)
 {
     const dn_backend *b = net->backend;
@@ -70,7 +79,7 @@ dn_status dn_run_backward(dn_net *net)
     dn_status s = b->begin_backward(net);
     for (int i = net->nlayers - 1; i >= 0 && !s; --i) {
         dn_layer *l = net->layers[i];
-        const int step = dn_backward_step(net, l);
+        const int step = backward_step(net, l);
         if (step < 0) break;
         if (!step) continue;
         s = named(l, pass(net, l, 1));

@@ -466,14 +466,6 @@ dn_status dn_net_load_memory(const void *data, size_t size, dn_net **out)
     return load(&src, out);
 }
 
-void dn_net_free_names(dn_net *net)
-{
-    for (int i = 0; i < net->nnames; ++i) free(net->names[i]);
-    free(net->names);
-    net->names = NULL;
-    net->nnames = 0;
-}
-
 int dn_net_num_names(const dn_net *net) { return net ? net->nnames : 0; }
 
 dn_status dn_net_name(const dn_net *net, int class_id, const char **name)

@@ -72,6 +72,15 @@ static void free_layer(dn_layer *l)
     free(l);
 }
 
+/* class names a model file gave the network (core/model.c) */
+static void free_names(dn_net *net)
+{
+    for (int i = 0; i < net->nnames; ++i) free(net->names[i]);
+    free(net->names);
+    net->names = NULL;
+    net->nnames = 0;
+}
+
 void dn_net_free(dn_net *net)
 {
     if (!net) return;
@@ -88,7 +97,7 @@ void dn_net_free(dn_net *net)
     free(net->candidates.items);
     free(net->input_delta);
     dn_attrs_free(&net->train_opts);
-    dn_net_free_names(net);
+    free_names(net);
     free(net);
 }
 
@@ -389,12 +398,6 @@ dn_status dn_net_workspace_size(const dn_net *net, size_t *bytes)
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
     *bytes = net->workspace_size;
     return DN_OK;
-}
-
-void dn_net_prepare_threads(const dn_net *net)
-{
-    /* with the worker threads splitting the GEMMs, OpenBLAS runs single-threaded inside them */
-    dn_blas_set_threads((net->speed & DN_SPEED_THREADS) ? 1 : net->threads);
 }
 
 dn_status dn_net_forward(dn_net *net, const float *input, size_t count)

@@ -325,3 +325,9 @@ void dn_blas_set_threads(int threads)
     (void)threads;
 #endif
 }
+
+void dn_net_prepare_threads(const dn_net *net)
+{
+    /* with the worker threads splitting the GEMMs, OpenBLAS runs single-threaded inside them */
+    dn_blas_set_threads((net->speed & DN_SPEED_THREADS) ? 1 : net->threads);
+}

@@ -161,13 +161,6 @@ static dn_status resolve_switches(dn_net *net)
     return s;
 }
 
-int dn_backward_step(const dn_net *net, const dn_layer *l)
-{
-    const dn_switches *w = &l->sw;
-    if (w->stopbackward == 1 || w->stopbackward > net->iteration) return -1;
-    return w->onlyforward || w->frozen ? 0 : 1;
-}
-
 /* Whether iteration t updates layer l (dont_update, burnin_update). */
 static int layer_updates(const dn_layer *l, long long t, int burn_in)
 {
