@@ -4,6 +4,7 @@
  * the shape and copy of the layers that keep their input's shape. */
 #include "layer.h"
 
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,4 +130,31 @@ dn_status dn_layer_from_and_activation(dn_layer *l, const dn_net *net, int *from
     *from = idx[0];
     if ((st = dn_activation_from_name(name, act))) return dn_layer_fail(l, st, "unknown activation '%s'", name);
     return DN_OK;
+}
+
+dn_status dn_layer_owns(dn_layer *l, ...)
+{
+    va_list ap;
+    va_start(ap, l);
+    void *slot;
+    dn_status s = DN_OK;
+    while ((slot = va_arg(ap, void *)) != NULL) {
+        if (l->nowned == DN_MAX_OWNED) {
+            s = dn_layer_fail(l, DN_ERR_ARG, "more than %d private buffers", DN_MAX_OWNED);
+            break;
+        }
+        l->owned[l->nowned++] = slot;
+    }
+    va_end(ap);
+    return s;
+}
+
+void dn_layer_free_owned(dn_layer *l)
+{
+    for (int i = 0; i < l->nowned; ++i) {
+        void *buf; /* the slot holds an object pointer (float *, a state struct's *): read it as bytes */
+        memcpy(&buf, l->owned[i], sizeof(buf));
+        free(buf);
+    }
+    l->nowned = 0;
 }

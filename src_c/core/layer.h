@@ -18,6 +18,7 @@ extern "C" {
 #endif
 
 #define DN_MAX_PARAMS 8
+#define DN_MAX_OWNED 8
 #define DN_GPU_BUFS 4
 
 /* ---- activations: the kinds, by the cfg's names (core/layer.c; the kernels are ops/ops.h's) ---- */
@@ -88,7 +89,7 @@ struct dn_layer_ops {
      * forward pass and keep in l->delta the gradient with respect to their
      * input, which their backward passes on. NULL: backward not implemented. */
     dn_status (*backward)(dn_layer *l, dn_net *net);
-    void (*destroy)(dn_layer *l);                    /* NULL: priv is freed by the network, as are params */
+    void (*destroy)(dn_layer *l);                    /* NULL: priv, its owned buffers and params are freed by the network */
     /* detection heads only: boxes of batch entry b with objectness above
      * thresh, coordinates relative to the network input (0..1) */
     dn_status (*detections)(const dn_layer *l, const dn_net *net, int b, float thresh, struct dn_candidates *out);
@@ -125,6 +126,8 @@ struct dn_layer {
     size_t gpu_cap[DN_GPU_BUFS];
     int host_stale;
     dn_switches sw;
+    void *owned[DN_MAX_OWNED];   /* addresses of the priv state's buffer pointers, freed with the layer */
+    int nowned;
 };
 
 /* ---- helpers shared by layers (core/layer.c) ---- */
@@ -143,6 +146,12 @@ dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key
 /* Grows *buf (capacity *cap floats) to hold n floats; for scratch kept
  * between a training forward pass and its backward pass. */
 dn_status dn_ensure_floats(float **buf, size_t *cap, size_t n);
+/* Registers buffers of the layer's private state, given as the addresses of
+ * their pointers (&s->x, ...; NULL-terminated): whatever they point to when
+ * the layer is freed is freed with it, so a layer needs no destroy hook for
+ * its scratch. Fails (naming the layer) past DN_MAX_OWNED buffers. */
+dn_status dn_layer_owns(dn_layer *l, ...);
+void dn_layer_free_owned(dn_layer *l);
 /* Allocates the layer's zeroed private state (freed by the network unless
  * the ops table has a destroy hook); NULL with the error set on failure. */
 void *dn_layer_priv(dn_layer *l, size_t size);

@@ -58,6 +58,7 @@ dn_status dn_net_create(int batch, int channels, int height, int width, dn_net *
 static void free_layer(dn_layer *l)
 {
     if (!l) return;
+    dn_layer_free_owned(l);
     if (l->ops && l->ops->destroy) l->ops->destroy(l);
     else free(l->priv);
     for (int i = 0; i < l->nparams; ++i) {

@@ -19,6 +19,7 @@ static dn_status activation_make(dn_layer *l, dn_net *net)
     const char *name;
     activation_state *s = dn_layer_priv(l, sizeof(activation_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->x, &s->g, NULL)) return DN_ERR_ARG;
     dn_status st = dn_attr_string(l, "activation", &name);
     if (st) return st;
     if ((st = dn_activation_from_name(name, &s->activation))) return dn_layer_fail(l, st, "unknown activation '%s'", name);
@@ -58,22 +59,11 @@ static dn_status activation_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void activation_destroy(dn_layer *l)
-{
-    activation_state *s = l->priv;
-    if (s) {
-        free(s->x);
-        free(s->g);
-    }
-    free(s);
-}
-
 const dn_layer_ops dn_activation_ops = {
     .type = "activation",
     .make = activation_make,
     .setup = dn_setup_same_shape,
     .forward = activation_forward,
     .backward = activation_backward,
-    .destroy = activation_destroy,
     DN_GPU_OPS(dn_activation_forward_gpu, dn_activation_backward_gpu),
 };

@@ -30,6 +30,7 @@ static dn_status batchnorm_make(dn_layer *l, dn_net *net)
     (void)net;
     batchnorm_state *s = dn_layer_priv(l, sizeof(batchnorm_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->x_norm, &s->batch_mean, &s->batch_variance, NULL)) return DN_ERR_ARG;
     dn_status st;
     const size_t n = (size_t)l->c;
     if ((st = dn_layer_add_param_flags(l, "biases", n, DN_PARAM_TRAIN, &s->biases)) ||
@@ -93,23 +94,11 @@ static dn_status batchnorm_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void batchnorm_destroy(dn_layer *l)
-{
-    batchnorm_state *s = l->priv;
-    if (s) {
-        free(s->x_norm);
-        free(s->batch_mean);
-        free(s->batch_variance);
-    }
-    free(s);
-}
-
 const dn_layer_ops dn_batchnorm_ops = {
     .type = "batchnorm",
     .make = batchnorm_make,
     .setup = batchnorm_setup,
     .forward = batchnorm_forward,
     .backward = batchnorm_backward,
-    .destroy = batchnorm_destroy,
     DN_GPU_OPS(dn_batchnorm_forward_gpu, dn_batchnorm_backward_gpu),
 };

@@ -43,6 +43,7 @@ static dn_status connected_make(dn_layer *l, dn_net *net)
     (void)net;
     connected_state *s = dn_layer_priv(l, sizeof(connected_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->x, &s->x_norm, &s->batch_mean, &s->batch_variance, NULL)) return DN_ERR_ARG;
     const char *act;
     dn_status st;
     if ((st = dn_attr_int(l, "output", &s->outputs)) || (st = dn_attr_int(l, "batch_normalize", &s->batch_normalize)) ||
@@ -139,24 +140,11 @@ static dn_status connected_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void connected_destroy(dn_layer *l)
-{
-    connected_state *s = l->priv;
-    if (s) {
-        free(s->x);
-        free(s->x_norm);
-        free(s->batch_mean);
-        free(s->batch_variance);
-    }
-    free(s);
-}
-
 const dn_layer_ops dn_connected_ops = {
     .type = "connected",
     .make = connected_make,
     .setup = connected_setup,
     .forward = connected_forward,
     .backward = connected_backward,
-    .destroy = connected_destroy,
     DN_GPU_OPS(dn_connected_forward_gpu, dn_connected_backward_gpu),
 };

@@ -57,6 +57,8 @@ static dn_status conv_make(dn_layer *l, dn_net *net)
     (void)net;
     conv_state *s = dn_layer_priv(l, sizeof(conv_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->x, &s->x_norm, &s->mean, &s->variance, &s->fold_scale, &s->fold_bias, NULL))
+        return DN_ERR_ARG;
     const char *act;
     dn_status st;
     if ((st = dn_attr_int(l, "filters", &s->filters)) || (st = dn_attr_int(l, "size", &s->size)) ||
@@ -413,26 +415,11 @@ static dn_status conv_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void conv_destroy(dn_layer *l)
-{
-    conv_state *s = l->priv;
-    if (s) {
-        free(s->x);
-        free(s->x_norm);
-        free(s->mean);
-        free(s->variance);
-        free(s->fold_scale);
-        free(s->fold_bias);
-    }
-    free(s);
-}
-
 const dn_layer_ops dn_convolutional_ops = {
     .type = "convolutional",
     .make = conv_make,
     .setup = conv_setup,
     .forward = conv_forward,
     .backward = conv_backward,
-    .destroy = conv_destroy,
     DN_GPU_OPS(dn_convolutional_forward_gpu, dn_convolutional_backward_gpu),
 };

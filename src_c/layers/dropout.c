@@ -22,6 +22,7 @@ static dn_status dropout_make(dn_layer *l, dn_net *net)
     (void)net;
     dropout_state *s = dn_layer_priv(l, sizeof(dropout_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->mask, NULL)) return DN_ERR_ARG;
     int dropblock = 0;
     dn_status st = dn_attr_float(l, "probability", &s->probability);
     if (st) return st;
@@ -72,19 +73,11 @@ static dn_status dropout_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void dropout_destroy(dn_layer *l)
-{
-    dropout_state *s = l->priv;
-    if (s) free(s->mask);
-    free(s);
-}
-
 const dn_layer_ops dn_dropout_ops = {
     .type = "dropout",
     .make = dropout_make,
     .setup = dn_setup_same_shape,
     .forward = dropout_forward,
     .backward = dropout_backward,
-    .destroy = dropout_destroy,
     DN_GPU_OPS(dn_dropout_forward_gpu, dn_dropout_backward_gpu),
 };

@@ -28,6 +28,7 @@ static dn_status maxpool_make(dn_layer *l, dn_net *net)
     (void)net;
     maxpool_state *s = dn_layer_priv(l, sizeof(maxpool_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->argmax, NULL)) return DN_ERR_ARG;
     dn_status st;
     if ((st = dn_pool_window(l, &s->size, &s->stride_x, &s->stride_y, &s->padding)) ||
         (st = dn_attr_int(l, "maxpool_depth", &s->depth)) || (st = dn_attr_int(l, "out_channels", &s->out_channels)))
@@ -270,19 +271,11 @@ static dn_status maxpool_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void maxpool_destroy(dn_layer *l)
-{
-    maxpool_state *s = l->priv;
-    if (s) free(s->argmax);
-    free(s);
-}
-
 const dn_layer_ops dn_maxpool_ops = {
     .type = "maxpool",
     .make = maxpool_make,
     .setup = maxpool_setup,
     .forward = maxpool_forward,
     .backward = maxpool_backward,
-    .destroy = maxpool_destroy,
     DN_GPU_OPS(dn_maxpool_forward_gpu, dn_maxpool_backward_gpu),
 };

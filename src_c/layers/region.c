@@ -82,6 +82,7 @@ static dn_status region_make(dn_layer *l, dn_net *net)
     (void)net;
     region_state *s = dn_layer_priv(l, sizeof(region_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->cells, NULL)) return DN_ERR_ARG;
     int nanchors;
     dn_status st;
     if ((st = dn_attr_int(l, "classes", &s->classes)) || (st = dn_attr_int(l, "coords", &s->coords)) ||
@@ -428,20 +429,12 @@ static dn_status region_detections(const dn_layer *l, const dn_net *net, int b, 
     return DN_OK;
 }
 
-static void region_destroy(dn_layer *l)
-{
-    region_state *s = l->priv;
-    if (s) free(s->cells);
-    free(s);
-}
-
 const dn_layer_ops dn_region_ops = {
     .type = "region",
     .make = region_make,
     .setup = region_setup,
     .forward = region_forward,
     .backward = region_backward,
-    .destroy = region_destroy,
     .detections = region_detections,
     DN_GPU_OPS(dn_region_forward_gpu, dn_region_backward_gpu),
 };

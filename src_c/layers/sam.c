@@ -20,6 +20,7 @@ static dn_status sam_make(dn_layer *l, dn_net *net)
 {
     sam_state *s = dn_layer_priv(l, sizeof(sam_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->x, &s->g, NULL)) return DN_ERR_ARG;
     return dn_layer_from_and_activation(l, net, &s->from, &s->activation);
 }
 
@@ -60,22 +61,11 @@ static dn_status sam_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void sam_destroy(dn_layer *l)
-{
-    sam_state *s = l->priv;
-    if (s) {
-        free(s->x);
-        free(s->g);
-    }
-    free(s);
-}
-
 const dn_layer_ops dn_sam_ops = {
     .type = "sam",
     .make = sam_make,
     .setup = sam_setup,
     .forward = sam_forward,
     .backward = sam_backward,
-    .destroy = sam_destroy,
     DN_GPU_OPS(dn_sam_forward_gpu, dn_sam_backward_gpu),
 };

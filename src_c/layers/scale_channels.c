@@ -26,6 +26,7 @@ static dn_status scale_channels_make(dn_layer *l, dn_net *net)
 {
     scale_channels_state *s = dn_layer_priv(l, sizeof(scale_channels_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->x, &s->g, NULL)) return DN_ERR_ARG;
     dn_status st = dn_attr_int(l, "scale_wh", &s->scale_wh);
     if (st) return st;
     return dn_layer_from_and_activation(l, net, &s->from, &s->activation);
@@ -101,22 +102,11 @@ static dn_status scale_channels_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void scale_channels_destroy(dn_layer *l)
-{
-    scale_channels_state *s = l->priv;
-    if (s) {
-        free(s->x);
-        free(s->g);
-    }
-    free(s);
-}
-
 const dn_layer_ops dn_scale_channels_ops = {
     .type = "scale_channels",
     .make = scale_channels_make,
     .setup = scale_channels_setup,
     .forward = scale_channels_forward,
     .backward = scale_channels_backward,
-    .destroy = scale_channels_destroy,
     DN_GPU_OPS(dn_scale_channels_forward_gpu, dn_scale_channels_backward_gpu),
 };

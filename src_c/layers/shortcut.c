@@ -46,6 +46,7 @@ static dn_status shortcut_make(dn_layer *l, dn_net *net)
 {
     shortcut_state *s = dn_layer_priv(l, sizeof(shortcut_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->wn, &s->wsum, &s->x, &s->g, NULL)) return DN_ERR_ARG;
     const char *act, *wt, *wn;
     dn_status st;
     if ((st = dn_layer_sources(l, net, "from", &s->src, &s->nsrc)) || (st = dn_attr_string(l, "activation", &act)) ||
@@ -271,24 +272,11 @@ static dn_status shortcut_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void shortcut_destroy(dn_layer *l)
-{
-    shortcut_state *s = l->priv;
-    if (s) {
-        free(s->wn);
-        free(s->wsum);
-        free(s->x);
-        free(s->g);
-    }
-    free(s);
-}
-
 const dn_layer_ops dn_shortcut_ops = {
     .type = "shortcut",
     .make = shortcut_make,
     .setup = shortcut_setup,
     .forward = shortcut_forward,
     .backward = shortcut_backward,
-    .destroy = shortcut_destroy,
     DN_GPU_OPS(dn_shortcut_forward_gpu, dn_shortcut_backward_gpu),
 };

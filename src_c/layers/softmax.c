@@ -36,6 +36,7 @@ static dn_status softmax_make(dn_layer *l, dn_net *net)
     (void)net;
     softmax_state *s = dn_layer_priv(l, sizeof(softmax_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->xent, NULL)) return DN_ERR_ARG;
     dn_status st;
     if ((st = dn_attr_int(l, "groups", &s->groups)) || (st = dn_attr_float(l, "temperature", &s->temperature))) return st;
     if (s->groups < 1 || s->temperature == 0.f)
@@ -134,19 +135,11 @@ static dn_status softmax_backward(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static void softmax_destroy(dn_layer *l)
-{
-    softmax_state *s = l->priv;
-    if (s) free(s->xent);
-    free(s);
-}
-
 const dn_layer_ops dn_softmax_ops = {
     .type = "softmax",
     .make = softmax_make,
     .setup = softmax_setup,
     .forward = softmax_forward,
     .backward = softmax_backward,
-    .destroy = softmax_destroy,
     DN_GPU_OPS(dn_softmax_forward_gpu, dn_softmax_backward_gpu),
 };

@@ -183,6 +183,8 @@ static dn_status yolo_make(dn_layer *l, dn_net *net)
     (void)net;
     yolo_state *s = dn_layer_priv(l, sizeof(yolo_state));
     if (!s) return DN_ERR_NOMEM;
+    if (dn_layer_owns(l, &s->anchors, &s->all_anchors, &s->mask, &s->class_mult, &s->cells, &s->terms, NULL))
+        return DN_ERR_ARG;
     const int *mask;
     const float *anchors;
     int num, nmask, nanchors;
@@ -828,27 +830,12 @@ static dn_status yolo_detections(const dn_layer *l, const dn_net *net, int b, fl
     return DN_OK;
 }
 
-static void yolo_destroy(dn_layer *l)
-{
-    yolo_state *s = l->priv;
-    if (s) {
-        free(s->anchors);
-        free(s->all_anchors);
-        free(s->mask);
-        free(s->class_mult);
-        free(s->cells);
-        free(s->terms);
-    }
-    free(s);
-}
-
 const dn_layer_ops dn_yolo_ops = {
     .type = "yolo",
     .make = yolo_make,
     .setup = yolo_setup,
     .forward = yolo_forward,
     .backward = yolo_backward,
-    .destroy = yolo_destroy,
     .detections = yolo_detections,
     DN_GPU_OPS(dn_yolo_forward_gpu, dn_yolo_backward_gpu),
 };
