@@ -39,13 +39,11 @@ extern "C" {
  * The loss heads keep one implementation of their loss, on the host: after
  * the device forward, the .cu brings the head's input and output to the host
  * and calls *_train_loss (a training pass: the loss into net->loss and, when
- * the pass has truths, the head's gradient; *_has_loss tells backward). */
+ * the pass has truths, the head's gradient; l->has_loss tells backward). */
 dn_status dn_softmax_train_loss(dn_layer *l, dn_net *net);
 const float *dn_softmax_xent(const dn_layer *l);  /* the cross-entropy gradient of the last training pass, or NULL */
 dn_status dn_yolo_train_loss(dn_layer *l, dn_net *net);
-int dn_yolo_has_loss(const dn_layer *l);
 dn_status dn_region_train_loss(dn_layer *l, dn_net *net);
-int dn_region_has_loss(const dn_layer *l);
 /* [reorg] and [reorg3d] share their passes: the index space of their permutation (layers/reorg.c) */
 void dn_reorg_space(const dn_layer *l, int *w, int *h, int *c);
 /* Draws a training pass's dropout mask from the network's generator (the CPU pass's stream and order). */

@@ -158,3 +158,16 @@ void dn_layer_free_owned(dn_layer *l)
     }
     l->nowned = 0;
 }
+
+dn_status dn_head_train_loss(dn_layer *l, dn_net *net, dn_status (*loss)(dn_layer *l, dn_net *net))
+{
+    if (!net->train) return DN_OK;
+    l->has_loss = net->truth != NULL;
+    return l->has_loss ? loss(l, net) : DN_OK;
+}
+
+void dn_head_pass_delta(const dn_layer *l, float *d)
+{
+    const size_t n = (size_t)l->batch * l->outputs;
+    for (size_t i = 0; i < n; ++i) d[i] += l->delta[i];
+}

@@ -111,6 +111,7 @@ struct dn_layer {
     float *output;               /* batch*outputs floats, owned by the network */
     float *delta;                /* batch*outputs: dLoss/d(output) (training only) */
     int is_loss;                 /* computes a loss in training passes */
+    int has_loss;                /* the last training pass computed it (it had truths): l->delta is dLoss/d(input) */
     size_t workspace;            /* bytes of the shared workspace this layer needs */
     size_t worker_workspace;     /* and bytes of private scratch per worker thread (dn_scratch) */
     int is_output;               /* a detection head or the last layer */
@@ -146,6 +147,12 @@ dn_status dn_layer_sources(const dn_layer *l, const dn_net *net, const char *key
 /* Grows *buf (capacity *cap floats) to hold n floats; for scratch kept
  * between a training forward pass and its backward pass. */
 dn_status dn_ensure_floats(float **buf, size_t *cap, size_t n);
+/* The training pass of a loss head ([yolo], [region]): when the pass has
+ * truths, loss(l, net) adds the loss and leaves dLoss/d(input) in l->delta
+ * (l->has_loss); without truths there is no loss. And its backward when it
+ * had one: l->delta added into d. */
+dn_status dn_head_train_loss(dn_layer *l, dn_net *net, dn_status (*loss)(dn_layer *l, dn_net *net));
+void dn_head_pass_delta(const dn_layer *l, float *d);
 /* Registers buffers of the layer's private state, given as the addresses of
  * their pointers (&s->x, ...; NULL-terminated): whatever they point to when
  * the layer is freed is freed with it, so a layer needs no destroy hook for

@@ -72,7 +72,6 @@ typedef struct {
     /* training */
     float coord_scale, object_scale, noobject_scale, class_scale, thresh;
     int rescore, bias_match, focal_loss;
-    int has_loss; /* the last training pass computed a loss: l->delta is dLoss/d(input) */
     cell_state *cells;
     size_t cells_cap;
 } region_state;
@@ -374,24 +373,15 @@ static dn_status region_forward(dn_layer *l, dn_net *net)
     return dn_region_train_loss(l, net);
 }
 
-dn_status dn_region_train_loss(dn_layer *l, dn_net *net)
-{
-    region_state *s = l->priv;
-    if (!net->train) return DN_OK;
-    s->has_loss = net->truth != NULL;
-    return s->has_loss ? region_loss(l, net) : DN_OK;
-}
-
-int dn_region_has_loss(const dn_layer *l) { return ((const region_state *)l->priv)->has_loss; }
+dn_status dn_region_train_loss(dn_layer *l, dn_net *net) { return dn_head_train_loss(l, net, region_loss); }
 
 static dn_status region_backward(dn_layer *l, dn_net *net)
 {
     region_state *s = l->priv;
     float *d = dn_layer_input_delta(net, l);
     if (!d) return DN_OK;
-    const size_t total = (size_t)l->batch * l->outputs;
-    if (s->has_loss) {
-        for (size_t i = 0; i < total; ++i) d[i] += l->delta[i];
+    if (l->has_loss) {
+        dn_head_pass_delta(l, d);
         return DN_OK;
     }
     const size_t hw = (size_t)l->h * l->w;

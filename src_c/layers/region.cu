@@ -63,7 +63,7 @@ static dn_status region_forward_gpu(dn_layer *l, dn_net *net)
     if (!net->train) return DN_OK;
     if (net->truth && (s = dn_gpu_pull_sources(net, l))) return s;
     if ((s = dn_region_train_loss(l, net))) return s;
-    return dn_region_has_loss(l) ? dn_gpu_push(l->delta_gpu, l->delta, (size_t)l->batch * l->outputs) : DN_OK;
+    return l->has_loss ? dn_gpu_push(l->delta_gpu, l->delta, (size_t)l->batch * l->outputs) : DN_OK;
 }
 
 static dn_status region_backward_gpu(dn_layer *l, dn_net *net)
@@ -73,7 +73,7 @@ static dn_status region_backward_gpu(dn_layer *l, dn_net *net)
     if (s) return s;
     float *d = dn_gpu_input_delta(net, l);
     if (!d) return DN_OK;
-    if (dn_region_has_loss(l)) {
+    if (l->has_loss) {
         dn_gpu_axpy(d, l->delta_gpu, (size_t)l->batch * l->outputs, 1.f);
         return DN_OK;
     }

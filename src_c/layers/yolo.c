@@ -119,7 +119,6 @@ typedef struct {
     float ignore_thresh, truth_thresh, iou_thresh, label_smooth_eps, max_delta;
     float iou_normalizer, obj_normalizer, cls_normalizer, delta_normalizer;
     float *class_mult; /* classes values, or NULL */
-    int has_loss;      /* the last training pass computed a loss: l->delta is dLoss/d(input) */
     cell_state *cells;
     size_t cells_cap;
     cls_term *terms;
@@ -761,26 +760,18 @@ static dn_status yolo_forward(dn_layer *l, dn_net *net)
     return dn_yolo_train_loss(l, net);
 }
 
-dn_status dn_yolo_train_loss(dn_layer *l, dn_net *net)
-{
-    yolo_state *s = l->priv;
-    if (!net->train) return DN_OK;
-    s->has_loss = net->truth != NULL;
-    return s->has_loss ? yolo_loss(l, net) : DN_OK;
-}
-
-int dn_yolo_has_loss(const dn_layer *l) { return ((const yolo_state *)l->priv)->has_loss; }
+dn_status dn_yolo_train_loss(dn_layer *l, dn_net *net) { return dn_head_train_loss(l, net, yolo_loss); }
 
 static dn_status yolo_backward(dn_layer *l, dn_net *net)
 {
     yolo_state *s = l->priv;
     float *d = dn_layer_input_delta(net, l);
     if (!d) return DN_OK;
-    const size_t total = (size_t)l->batch * l->outputs;
-    if (s->has_loss) {
-        for (size_t i = 0; i < total; ++i) d[i] += l->delta[i];
+    if (l->has_loss) {
+        dn_head_pass_delta(l, d);
         return DN_OK;
     }
+    const size_t total = (size_t)l->batch * l->outputs;
     const float *in = dn_layer_input(net, l);
     const size_t hw = (size_t)l->h * l->w, per = (size_t)(s->classes + 5) * hw;
     for (size_t e = 0; e < total; ++e) {

@@ -65,7 +65,7 @@ static dn_status yolo_forward_gpu(dn_layer *l, dn_net *net)
     if (!net->train) return DN_OK;
     if (net->truth && (s = dn_gpu_pull_sources(net, l))) return s;
     if ((s = dn_yolo_train_loss(l, net))) return s;
-    return dn_yolo_has_loss(l) ? dn_gpu_push(l->delta_gpu, l->delta, n) : DN_OK;
+    return l->has_loss ? dn_gpu_push(l->delta_gpu, l->delta, n) : DN_OK;
 }
 
 static dn_status yolo_backward_gpu(dn_layer *l, dn_net *net)
@@ -76,7 +76,7 @@ static dn_status yolo_backward_gpu(dn_layer *l, dn_net *net)
     float *d = dn_gpu_input_delta(net, l);
     if (!d) return DN_OK;
     const size_t n = (size_t)l->batch * l->outputs;
-    if (dn_yolo_has_loss(l)) dn_gpu_axpy(d, l->delta_gpu, n, 1.f);
+    if (l->has_loss) dn_gpu_axpy(d, l->delta_gpu, n, 1.f);
     else yolo_back_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), l->delta_gpu, n, l->out_c, q, d);
     return DN_OK;
 }
