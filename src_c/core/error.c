@@ -1,10 +1,12 @@
-/* error.c - per-thread last error message and the log callback. The library
- * never prints: failures set a message here and return a status; log lines
- * go to the callback the network owner installed, or nowhere. */
+/* error.c - per-thread last error message, the log callback, and the
+ * allocation every part of the library uses (dn_calloc). The library never
+ * prints: failures set a message here and return a status; log lines go to
+ * the callback the network owner installed, or nowhere. */
 #include "layer.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static _Thread_local char last_error[1024];
@@ -39,4 +41,11 @@ void dn_log(const dn_net *net, int level, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     net->log_fn(level, msg, net->log_user);
+}
+
+void *dn_calloc(size_t n, size_t size)
+{
+    if (n == 0) n = 1;
+    if (size && n > (size_t)-1 / size) return NULL;
+    return calloc(n, size);
 }

@@ -166,7 +166,7 @@ int dn_workers(const dn_net *net);
 static inline int dn_ntasks(size_t n, size_t grain) { return (int)((n + grain - 1) / grain); }
 
 /* ---- memory, random numbers, BLAS threads ---- */
-/* calloc of n items (at least one), NULL on overflow or failure (core/network.c). */
+/* calloc of n items (at least one), NULL on overflow or failure (core/error.c). */
 void *dn_calloc(size_t n, size_t size);
 /* Uniform random number in [0, 1) from the network's generator (core/train.c). */
 float dn_rand_uniform(dn_net *net);

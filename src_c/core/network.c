@@ -21,13 +21,6 @@ static size_t round_up(size_t n) { return (n + DN_ALIGN - 1) / DN_ALIGN * DN_ALI
 
 const char *dn_version(void) { return DN_STR(DN_VERSION_MAJOR) "." DN_STR(DN_VERSION_MINOR); }
 
-void *dn_calloc(size_t n, size_t size)
-{
-    if (n == 0) n = 1;
-    if (size && n > (size_t)-1 / size) return NULL;
-    return calloc(n, size);
-}
-
 dn_status dn_net_create(int batch, int channels, int height, int width, dn_net **out)
 {
     if (!out) return dn_fail(DN_ERR_ARG, "output pointer is NULL");
