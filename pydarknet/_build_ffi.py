@@ -60,7 +60,7 @@ def blas_config():
     if os.environ.get("PYDARKNET_NO_BLAS", "") not in ("", "0"):
         return None
     try:
-        import scipy_openblas32 as ob
+        import scipy_openblas32 as ob   # optional: without it the build has the portable GEMM only
     except ImportError:
         print("pydarknet: scipy-openblas32 not found; building the portable GEMM only", file=sys.stderr)
         return None
@@ -102,7 +102,7 @@ def cublas_dirs(toolkit=None):
     """(include dir, library file) of cuBLAS: the nvidia-cublas wheel's, else the toolkit's; None when absent."""
     roots = []
     try:
-        import nvidia
+        import nvidia   # optional: the nvidia-cublas wheel, for CUDA builds only
 
         roots += [Path(p) for p in nvidia.__path__]
     except ImportError:

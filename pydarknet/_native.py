@@ -7,7 +7,7 @@ def _preload_openblas():
     """Loads OpenBLAS from the scipy-openblas32 package so the extension finds
     it whatever the install layout (editable installs included)."""
     try:
-        import scipy_openblas32 as ob
+        import scipy_openblas32 as ob   # optional: a build without BLAS runs without it
     except ImportError:
         return
     libdir = ob.get_lib_dir()

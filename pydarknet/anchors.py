@@ -30,7 +30,14 @@ import warnings
 from dataclasses import dataclass
 from typing import List
 
+import cv2
 import numpy as np
+
+from .cfg import parse_cfg
+from .commands import (EXIT_OK, TRAIN_ERRORS, CliError, UsageError, Viewer, emit_warnings, flag, note, positive_int,
+                       seed_int, warnings_as_notes)
+from .data.lists import DetectionDataset
+from .fileio import replacing
 
 __all__ = ["AnchorsError", "wh_iou", "kmeans_anchors", "average_iou", "label_sizes", "format_anchors",
            "cfg_with_anchors", "calc_anchors", "AnchorsResult", "add_parser"]
@@ -109,8 +116,6 @@ def label_sizes(data_path, width, height):
     """(box sizes (n, 2) in pixels of a width x height image, boxes per
     class, images) from the label files of the .data file's train= list.
     Problems are logged (logger ``pydarknet``) with file and line."""
-    from .data.lists import DetectionDataset
-
     ds = DetectionDataset.from_data(data_path, "train")
     sizes, counts = [], np.zeros(ds.classes, np.int64)
     for i in range(len(ds)):
@@ -133,8 +138,6 @@ def cfg_with_anchors(cfg_path, anchors_text, count) -> str:
     replaced (added after the header when missing); everything else, comments
     included, as it was. AnchorsError when it has no [yolo] section or a mask=
     names an anchor past `count`."""
-    from .cfg import parse_cfg
-
     spec = parse_cfg(cfg_path)
     heads = [layer for layer in spec.layers if layer.type in HEAD_SECTIONS]
     if not heads:
@@ -230,8 +233,6 @@ def plot(wh, anchors, width, height):
     """An image of the box sizes (dots, coloured by nearest anchor) and the
     anchors (rectangles of their size, centred), on a width x height canvas
     scaled to 600 pixels on its longer side."""
-    import cv2
-
     scale = 600.0 / max(width, height)
     w, h = max(int(width * scale), 1), max(int(height * scale), 1)
     img = np.full((h, w, 3), 255, np.uint8)
@@ -249,8 +250,6 @@ def plot(wh, anchors, width, height):
 def _write(path, text):
     """Writes through a temporary file renamed into place: a failed write
     (of -out_cfg over the cfg itself, say) leaves the old file whole."""
-    from .fileio import replacing
-
     try:
         with replacing(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
@@ -260,8 +259,6 @@ def _write(path, text):
 
 def add_parser(subcommands):
     """The ``calc_anchors`` subcommand, added to ``detector``."""
-    from .cli import _flag, _positive_int, _seed
-
     p = subcommands.add_parser(
         "calc_anchors", help="anchors for the labels of the train= list (k-means, 1 - IoU distance)",
         description="k-means on the sizes of the label boxes of the .data file's train= list, scaled to "
@@ -272,32 +269,27 @@ def add_parser(subcommands):
                     "is written.")
     p.intermixed = True
     p.add_argument("data", help="the .data file (train=, classes=)")
-    _flag(p, "num_of_clusters", type=_positive_int, metavar="N",
-          help="number of anchors (default: num= of the cfg's [yolo] sections with -cfg, else 5 as darknet)")
-    _flag(p, "width", type=_positive_int, metavar="W", help="network width in pixels (default: the cfg's)")
-    _flag(p, "height", type=_positive_int, metavar="H", help="network height in pixels (default: the cfg's)")
-    _flag(p, "show", action="store_true",
-          help="draw the box sizes and anchors to anchors.png, and show it when a display is available")
-    _flag(p, "cfg", metavar="FILE", help="a cfg giving the default size and number of anchors")
-    _flag(p, "out_cfg", metavar="FILE", help="write a copy of -cfg with the new anchors here")
-    _flag(p, "seed", type=_seed, default=0, metavar="N", help="seed of the k-means++ start (default 0)")
+    flag(p, "num_of_clusters", type=positive_int, metavar="N",
+         help="number of anchors (default: num= of the cfg's [yolo] sections with -cfg, else 5 as darknet)")
+    flag(p, "width", type=positive_int, metavar="W", help="network width in pixels (default: the cfg's)")
+    flag(p, "height", type=positive_int, metavar="H", help="network height in pixels (default: the cfg's)")
+    flag(p, "show", action="store_true",
+         help="draw the box sizes and anchors to anchors.png, and show it when a display is available")
+    flag(p, "cfg", metavar="FILE", help="a cfg giving the default size and number of anchors")
+    flag(p, "out_cfg", metavar="FILE", help="write a copy of -cfg with the new anchors here")
+    flag(p, "seed", type=seed_int, default=0, metavar="N", help="seed of the k-means++ start (default 0)")
     p.set_defaults(func=run_command)
     return p
 
 
 def _cfg_defaults(cfg_path):
     """(width, height, num of the first [yolo] section or None) of a cfg."""
-    from .cfg import parse_cfg
-
     spec = parse_cfg(cfg_path)
     heads = [layer for layer in spec.layers if layer.type in HEAD_SECTIONS]
     return spec.width, spec.height, (int(heads[0].attrs["num"]) if heads else None)
 
 
 def run_command(args) -> int:
-    from .cli import EXIT_OK, CliError, UsageError, _emit_warnings, _note, _Viewer, _train_errors
-    from .train import warnings_as_notes
-
     if args.out_cfg is not None and args.cfg is None:
         raise UsageError("detector calc_anchors: -out_cfg needs -cfg, the cfg to copy")
     width, height, count = args.width, args.height, args.num_of_clusters
@@ -307,7 +299,7 @@ def run_command(args) -> int:
             try:
                 cfg_w, cfg_h, cfg_num = _cfg_defaults(args.cfg)
             finally:
-                _emit_warnings(caught)
+                emit_warnings(caught)
         width, height = width or cfg_w, height or cfg_h
         count = count or cfg_num
     if width is None or height is None:
@@ -327,15 +319,13 @@ def run_command(args) -> int:
         _write("counters_per_class.txt", "counters_per_class = " + ", ".join(str(int(n)) for n in result.counts))
         if new_cfg is not None:
             _write(args.out_cfg, new_cfg)
-            _note(f"{args.out_cfg}: {args.cfg} with anchors= and num={count} in its [yolo] sections")
-    except (AnchorsError, *_train_errors()) as e:
+            note(f"{args.out_cfg}: {args.cfg} with anchors= and num={count} in its [yolo] sections")
+    except (AnchorsError, *TRAIN_ERRORS) as e:
         raise CliError(str(e)) from None
     if args.show:
-        import cv2
-
         img = plot(result.sizes, result.anchors, width, height)
         if not cv2.imwrite("anchors.png", img):
             raise CliError(f"{os.path.abspath('anchors.png')}: cannot write the plot")
-        _note(f"plot written to {os.path.abspath('anchors.png')}")
-        _Viewer(True).show(img)
+        note(f"plot written to {os.path.abspath('anchors.png')}")
+        Viewer(True).show(img)
     return EXIT_OK

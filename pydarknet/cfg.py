@@ -25,7 +25,7 @@ from .fileio import not_text
 
 __all__ = [
     "CfgError", "CfgWarning", "LayerSpec", "NetSpec", "parse_cfg", "parse_cfg_text",
-    "ACTIVATIONS", "SECTION_ALIASES", "SUPPORTED_LAYERS", "KNOWN_SECTIONS", "SCHEMA",
+    "ACTIVATIONS", "SECTION_ALIASES", "SUPPORTED_LAYERS", "KNOWN_SECTIONS", "SCHEMA", "HEAD_TYPES",
     "POLICIES", "COST_TYPES",
 ]
 
@@ -70,20 +70,8 @@ SECTION_ALIASES = {
     "silence": "empty",
 }
 
-SUPPORTED_LAYERS = (
-    "convolutional", "connected", "maxpool", "avgpool", "local_avgpool", "route", "shortcut",
-    "upsample", "reorg", "reorg3d", "dropout", "softmax", "cost", "scale_channels", "sam", "batchnorm",
-    "yolo", "region", "activation", "empty",
-)
-
-# every canonical section name darknet's string_to_layer_type recognises ([reorg3d] is a
-# different layer from [reorg] in darknet, so it is its own name, not an alias: [reorg] is
-# darknet's old reorg of yolov2, [reorg3d] the true space-to-depth; layers/reorg.c)
-KNOWN_SECTIONS = ("net",) + SUPPORTED_LAYERS + (
-    "crop", "detection", "Gaussian_yolo", "local", "lrn", "implicit", "contrastive",
-    "rnn", "gru", "lstm", "conv_lstm", "crnn", "history",
-)
-
+# the detection heads: the layers a detector's boxes come from
+HEAD_TYPES = ("yolo", "region")
 
 # ----------------------------------------------------------------------------- schema
 
@@ -209,6 +197,17 @@ SCHEMA = {
         ("anchors", FLOATS, lambda a: [0.5] * (2 * a["num"])),
     ) + _COMMON,
 }
+
+# the layer sections pydarknet builds: those of the schema
+SUPPORTED_LAYERS = tuple(name for name in SCHEMA if name != "net")
+
+# every canonical section name darknet's string_to_layer_type recognises ([reorg3d] is a
+# different layer from [reorg] in darknet, so it is its own name, not an alias: [reorg] is
+# darknet's old reorg of yolov2, [reorg3d] the true space-to-depth; layers/reorg.c)
+KNOWN_SECTIONS = ("net",) + SUPPORTED_LAYERS + (
+    "crop", "detection", "Gaussian_yolo", "local", "lrn", "implicit", "contrastive",
+    "rnn", "gru", "lstm", "conv_lstm", "crnn", "history",
+)
 
 
 # ----------------------------------------------------------------------------- specs

@@ -19,7 +19,7 @@ __all__ = ["draw_chart", "chart_available"]
 
 def chart_available() -> bool:
     """Whether matplotlib can be imported."""
-    try:
+    try:   # matplotlib is optional and slow to import: only when a chart is asked for
         import matplotlib  # noqa: F401
     except ImportError:
         return False
@@ -38,6 +38,7 @@ def draw_chart(path, records: Iterable[Mapping], max_batches: Optional[int] = No
     The loss axis is cut at 1.1 times the 95th percentile of the loss so a
     few huge early losses do not flatten the rest (darknet cuts at its
     max_chart_loss). Raises ImportError without matplotlib. Returns path."""
+    # matplotlib is optional and slow to import: only when a chart is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -34,7 +34,7 @@ Output, standard output as darknet's (notes and warnings on standard error):
   ``accuracy top<k> = <fraction>`` every max(2 epochs,
   burn_in, 100) iterations and at the end. Checkpoints, the .state file,
   resume, the JSON log and the chart are detector train's
-  (pydarknet.train).
+  (pydarknet.trainer).
 * predict: ``<path>: Predicted in <ms> milli-seconds.``, then one
   ``%5.2f%%: <name>`` line per class, most probable first (the original
   darknet's line; AlexeyAB's fork prints ``<name>: <probability>`` and two
@@ -47,63 +47,30 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional
 
 import numpy as np
 
+from .cfg import parse_cfg
+from .classification import Classification, ClassifierError, classify_output, require_classifier, top_k
+from .commands import (EXIT_FAILURE, EXIT_OK, TRAIN_ERRORS, CliError, add_gpu_flag, add_model_files,
+                       add_training_flags, flag, load_network, note, order_data_cfg, positive_int, read_image,
+                       stdin_paths, warnings_as_notes)
+from .data import ClassificationDataset, ClassifierAugment, ClassifierLoader
 from .datafiles import DATA_DEFAULTS, load_data_file, read_names
-from .train import (DETECTION_LAYERS, TrainError, TrainTask, _check_readable, _copy_params, _positive,
-                    _rate_line, train_network, warnings_as_notes)
+from .network import Network
+from .train_checks import TrainError, check_positive, check_readable
+from .trainer import TrainTask, copy_params, rate_line, train_network
 
 __all__ = ["Classification", "ClassifierError", "ValidResult", "train_classifier", "validate", "top_k",
-           "require_classifier", "class_names", "add_classifier_parser"]
+           "classify_output", "require_classifier", "class_names", "add_parser", "add_classifier_parser"]
 
 TRAIN_TOPK = 5       # darknet's top= default for -topk during training
 DEFAULT_TOP = 1      # darknet's top= default for predict and valid
 
 
-class ClassifierError(TrainError):
-    """A classifier's cfg, .data or labels file that cannot be used (the
-    message names the file)."""
-
-
-class Classification(NamedTuple):
-    class_id: int
-    name: Optional[str]
-    probability: float
-
-
-# ----------------------------------------------------------------------------- the model
-
-def top_k(probs, k) -> np.ndarray:
-    """The indices of the k largest values, largest first; equal values in
-    index order (darknet's top_k)."""
-    p = np.asarray(probs, np.float32).reshape(-1)
-    return np.argsort(-p, kind="stable")[:max(0, min(int(k), p.size))]
-
-
-def classify_output(probs, top, names=None) -> List[Classification]:
-    """The `top` most probable classes of one image's output vector."""
-    probs = np.asarray(probs, np.float32).reshape(-1)
-    return [Classification(int(i), names[i] if names is not None and i < len(names) else None, float(probs[i]))
-            for i in top_k(probs, top)]
-
-
-def require_classifier(spec, cfg=None):
-    """Raises ClassifierError unless the cfg ends in a [softmax] (then
-    optionally [cost] layers) and has no detection layer."""
-    cfg = cfg or spec.path
-    heads = [l for l in spec.layers if l.type in DETECTION_LAYERS]
-    if heads:
-        raise ClassifierError(f"{cfg}: has a [{heads[0].type}] layer (line {heads[0].line}): a detection network; "
-                              f"use 'pydarknet detector' for it, 'classifier' needs a cfg ending in [softmax]")
-    body = [l for l in spec.layers if l.type != "cost"]
-    if not body or body[-1].type != "softmax":
-        last = body[-1] if body else None
-        what = f"ends in [{last.type}] (line {last.line})" if last else "has no layers"
-        raise ClassifierError(f"{cfg}: {what}; a classifier cfg ends in [softmax] (then optionally [cost])")
-
+# ----------------------------------------------------------------------------- the .data file and the network
 
 def _outputs(net) -> int:
     return int(np.prod(net.output_layers[0].shape))
@@ -130,7 +97,7 @@ def class_names(df, keys=("labels",)):
 
 def _check_names_file(path, origin):
     try:
-        _check_readable(path, "the class names file", origin)
+        check_readable(path, "the class names file", origin)
     except TrainError as e:
         raise ClassifierError(str(e)) from None
 
@@ -222,31 +189,25 @@ class _ClassifierTask(TrainTask):
             if "valid" not in df.options:
                 out.note(f"{data} has no 'valid = <image list>' entry; the accuracy is computed on the training "
                          f"list {df.train} (as darknet does)")
-            _check_readable(self.valid_list, "the validation image list for -topk", f" (valid= in {data})")
+            check_readable(self.valid_list, "the validation image list for -topk", f" (valid= in {data})")
 
     def check_cfg(self, spec, cfg):
         require_classifier(spec, cfg)
 
     def check_network(self, out, net, df, cfg, data):
-        from .data.lists import ClassificationDataset
-        from .network import Network
-
         _check_classes(df, self.names, self.names_path, net, cfg)
         if self.topk:
             self.eval_net = Network(net.spec, batch=1, threads=net.threads, names=self.names)
             self.valid_ds = ClassificationDataset.from_list(self.valid_list, self.names, channels=net.channels)
 
     def make_loader(self, data, net, seed, workers):
-        from .data import ClassifierAugment, ClassifierLoader
-        from .data.lists import ClassificationDataset
-
         df = load_data_file(data)
         ds = ClassificationDataset.from_list(df.train, self.names, channels=net.channels)
         aug = ClassifierAugment.from_spec(net.spec, ds.classes)
         return ClassifierLoader(ds, aug, net.full_batch, seed=seed, workers=workers)
 
     def header(self, base, opts, n_train, save_every, last_every):
-        return [base, _rate_line(opts), str(n_train)]
+        return [base, rate_line(opts), str(n_train)]
 
     def log_line(self, it, loss, avg_loss, rate, seconds, seen, n_train, hours_left):
         return (f"{it}, {seen / n_train:.3f}: {loss:f}, {avg_loss:f} avg, {rate:f} rate, {seconds:f} seconds, "
@@ -258,7 +219,7 @@ class _ClassifierTask(TrainTask):
         return it >= max(last + 2 * n_train // full_batch, burn_in, 100) or it == max_b
 
     def evaluate(self, net, record, out, summary, save, bar):
-        _copy_params(net, self.eval_net)
+        copy_params(net, self.eval_net)
         result = validate(self.eval_net, self.valid_ds, self.k)
         k = result.k
         out.line("")
@@ -277,18 +238,18 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
     list of the .data file `data` (classes from the labels= names in the
     image paths, augmented as the cfg's [net] asks), from `weights` when
     given, up to the cfg's max_batches (or `max_batches`), with detector
-    train's checkpoints, resume, log and chart (pydarknet.train).
+    train's checkpoints, resume, log and chart (pydarknet.trainer).
 
     topk: darknet's -topk: the top-1 and top-k accuracy (k: the .data
       file's top=, default 5) on the valid= list every max(2 epochs,
       burn_in, 100) iterations and at the end (records top1, top<k>;
       summary.accuracies).
     gpu: train on this CUDA device (darknet's -gpus; None: the CPU).
-    The other arguments are pydarknet.train.train_network's.
+    The other arguments are pydarknet.trainer.train_network's.
 
     Raises ClassifierError / TrainError (or the DataFileError, CfgError,
     WeightsError or DataError of the file at fault) before training."""
-    max_batches = _positive(max_batches, "max_batches")
+    max_batches = check_positive(max_batches, "max_batches")
     return train_network(_ClassifierTask(topk), cfg, data, weights, clear=clear, backup=backup,
                          max_batches=max_batches, seed=seed, save_every=save_every, last_every=last_every,
                          chart=chart, chart_every=chart_every, workers=workers, threads=threads, log=log,
@@ -297,10 +258,8 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
 
 # ----------------------------------------------------------------------------- command line
 
-def add_classifier_parser(commands):
+def add_parser(commands):
     """Adds `classifier train|predict|valid` to the top-level subparsers."""
-    from .cli import _add_gpu_flag, _add_model_files, _add_training_flags, _flag, _positive_int
-
     classifier = commands.add_parser(
         "classifier", help="image classifiers: train, predict, valid",
         description="Image classification with a .data file, a cfg ending in [softmax] and weights "
@@ -308,13 +267,13 @@ def add_classifier_parser(commands):
     sub = classifier.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
 
     def files(p, weights_help, weights_optional=False):
-        _add_model_files(p, "the .data file (classes=, train=, valid=, labels=, top=); the cfg may come first "
-                            "instead, the two are told apart by content",
-                         cfg_help="the network's .cfg file (ending in [softmax])", weights_help=weights_help,
-                         weights_optional=weights_optional)
+        add_model_files(p, "the .data file (classes=, train=, valid=, labels=, top=); the cfg may come first "
+                           "instead, the two are told apart by content",
+                        cfg_help="the network's .cfg file (ending in [softmax])", weights_help=weights_help,
+                        weights_optional=weights_optional)
 
     def top_flag(p):
-        p.add_argument("-t", "-top", "--top", dest="top", type=_positive_int, metavar="N",
+        p.add_argument("-t", "-top", "--top", dest="top", type=positive_int, metavar="N",
                        help="how many classes (default: the .data file's top=, else 1; at most classes)")
 
     train = sub.add_parser(
@@ -323,12 +282,12 @@ def add_classifier_parser(commands):
                     "the first labels= name its path contains. Checkpoints, the .state file, resuming, the "
                     "JSON log and the chart are detector train's.")
     files(train, "initial weights, or <backup>/<cfg-name>_last.weights to resume", weights_optional=True)
-    _flag(train, "clear", action="store_true",
-          help="start counting iterations at 0 from the given weights (ignores a .state file)")
-    _flag(train, "topk", action="store_true",
-          help="compute the top-1 and top-k accuracy (k: the .data file's top=, default 5) on the valid= list "
-               "every max(2 epochs, burn_in, 100) iterations and at the end")
-    _add_training_flags(train, "seed of the batches, augmentation and initial weights (default 0)")
+    flag(train, "clear", action="store_true",
+         help="start counting iterations at 0 from the given weights (ignores a .state file)")
+    flag(train, "topk", action="store_true",
+         help="compute the top-1 and top-k accuracy (k: the .data file's top=, default 5) on the valid= list "
+              "every max(2 epochs, burn_in, 100) iterations and at the end")
+    add_training_flags(train, "seed of the batches, augmentation and initial weights (default 0)")
     train.set_defaults(func=_cmd_train)
 
     predict = sub.add_parser(
@@ -339,7 +298,7 @@ def add_classifier_parser(commands):
     files(predict, "the .weights file")
     predict.add_argument("image", nargs="?", help="image file; without it paths are read from standard input")
     top_flag(predict)
-    _add_gpu_flag(predict)
+    add_gpu_flag(predict)
     predict.set_defaults(func=_cmd_predict)
 
     valid = sub.add_parser(
@@ -349,38 +308,28 @@ def add_classifier_parser(commands):
                     "crop). Images that are missing or name no class are reported and left out.")
     files(valid, "the .weights file")
     top_flag(valid)
-    _add_gpu_flag(valid)
+    add_gpu_flag(valid)
     valid.set_defaults(func=_cmd_valid)
     return classifier
 
 
-def _errors():
-    from .cli import _train_errors
-
-    return _train_errors()
+add_classifier_parser = add_parser   # its earlier name
 
 
 def _cmd_train(args) -> int:
-    from .cli import CliError, order_data_cfg
-
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "classifier train")
     try:
         train_classifier(cfg_path, data_path, args.weights, topk=args.topk, clear=args.clear, backup=args.backup,
                          max_batches=args.max_batches, seed=args.seed, workers=args.workers, gpu=args.gpus)
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
-    except _errors() as e:
+    except TRAIN_ERRORS as e:
         raise CliError(str(e)) from None
-    return 0
+    return EXIT_OK
 
 
 def _open(args, command, name_keys):
     """(data file, names, names path, network) for predict and valid."""
-    import warnings
-
-    from .cfg import parse_cfg
-    from .cli import CliError, _load_network, order_data_cfg
-
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, f"classifier {command}")
     df = load_data_file(data_path)
     try:
@@ -389,7 +338,7 @@ def _open(args, command, name_keys):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # noted once, when the network is built
             require_classifier(parse_cfg(cfg_path), cfg_path)
-        net = _load_network(cfg_path, args.weights, names, args.gpu)
+        net = load_network(cfg_path, args.weights, names, args.gpu)
         _check_classes(df, names, names_path, net, cfg_path)
     except ClassifierError as e:
         raise CliError(str(e)) from None
@@ -397,8 +346,6 @@ def _open(args, command, name_keys):
 
 
 def _top(args, df, classes):
-    from .cli import CliError
-
     try:
         top = args.top if args.top is not None else _top_of(df, DEFAULT_TOP)
     except ClassifierError as e:
@@ -407,9 +354,7 @@ def _top(args, df, classes):
 
 
 def _predict_image(net, path, top):
-    from .cli import _read_image
-
-    image = _read_image(path, net.channels)
+    image = read_image(path, net.channels)
     start = time.perf_counter()
     result = net.classify(image, top=top)
     elapsed_ms = (time.perf_counter() - start) * 1000.0
@@ -420,35 +365,30 @@ def _predict_image(net, path, top):
 
 
 def _cmd_predict(args) -> int:
-    from .cli import CliError, _note, _read_image, _stdin_paths
-
     if args.image is not None:
-        _read_image(args.image)  # fail before the network is built
+        read_image(args.image)  # fail before the network is built
     df, names, net = _open(args, "predict", ("names", "labels"))
     top = _top(args, df, len(names))
     if args.image is not None:
         _predict_image(net, args.image, top)
-        return 0
+        return EXIT_OK
     failed = 0
-    for path in _stdin_paths():
+    for path in stdin_paths():
         try:
             _predict_image(net, path, top)
         except CliError as e:
             failed += 1
-            _note(f"error: {e}")
-    return 1 if failed else 0
+            note(f"error: {e}")
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _cmd_valid(args) -> int:
-    from .cli import CliError, _note
-    from .data.lists import ClassificationDataset
-
     df, names, net = _open(args, "valid", ("labels",))
     top = _top(args, df, len(names))
     valid = df.valid
     origin = "valid=" if "valid" in df.options else "train= (there is no valid=)"
     try:
-        _check_readable(valid, "the validation image list", f" ({origin} in {df.path})")
+        check_readable(valid, "the validation image list", f" ({origin} in {df.path})")
     except TrainError as e:
         raise CliError(str(e)) from None
     start = time.perf_counter()
@@ -459,12 +399,12 @@ def _cmd_valid(args) -> int:
             print(" TOP calculation...")
             print("", flush=True)
             result = validate(net, ds, top, line=lambda text: print(text, flush=True))
-        except _errors() as e:
+        except TRAIN_ERRORS as e:
             raise CliError(str(e)) from None
     left_out = result.left_out + missing
     if not result.images:
         raise CliError(f"{valid}: none of the {left_out} images could be used (see the warnings above)")
     left = f"; {left_out} left out" if left_out else ""
-    _note(f"{result.images} images of {valid} in {time.perf_counter() - start:.1f} seconds: top-1 "
-          f"{result.top1 * 100:.2f} %, top-{result.k} {result.topk * 100:.2f} %{left}")
-    return 0
+    note(f"{result.images} images of {valid} in {time.perf_counter() - start:.1f} seconds: top-1 "
+         f"{result.top1 * 100:.2f} %, top-{result.k} {result.topk * 100:.2f} %{left}")
+    return EXIT_OK

@@ -1,6 +1,7 @@
-"""The bodies of ``pydarknet detector valid``, ``recall`` and ``demo``, and
-what ``detector test`` writes besides darknet's lines (cli.py holds the
-parsers and the shared helpers).
+"""The detector commands: ``pydarknet detector test``, ``train``, ``map``,
+``valid``, ``recall`` and ``demo`` (``calc_anchors`` is pydarknet.anchors's)
+and the ``detect`` shortcut, with their parsers, and what they write besides
+darknet's lines (pydarknet.commands holds what every command shares).
 
 Formats follow darknet's detector.c:
 
@@ -27,19 +28,36 @@ the rest are done.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+import warnings
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
-from .cli import (DETECTOR_NMS, EXIT_FAILURE, EXIT_OK, JPEG_QUALITY, CliError, _check_names, _display_available,
-                  _load_network, _names_from_data, _net_classes, _note, _read_image, format_detections,
-                  order_data_cfg, visible)
+from . import anchors
+from ._native import DarknetError
+from .cfg import HEAD_TYPES, parse_cfg
+from .commands import (EXIT_FAILURE, EXIT_OK, IMAGE_EXTS, TRAIN_ERRORS, CliError, Viewer, add_gpu_flag,
+                       add_model_files, add_training_flags, display_available, flag, load_network, non_negative_int,
+                       note, order_data_cfg, positive_int, read_head, read_image, stdin_paths, threshold,
+                       warnings_as_notes)
+from .data.lists import label_path, label_paths, read_labels, resolve_listed
+from .datafiles import load_data_file, read_data_file, read_names, resolve_path
 from .detection import Detection, draw_detections
+from .evaluate import box_iou, compute_map, detection_classes, map_report
 from .fileio import not_text, replacing, temporary_path
+from .train import train_detector
+from .video import VideoError, VideoSource, is_live_source, open_video_writer
+
+DETECTOR_NMS = 0.45              # detector test's fixed NMS threshold in darknet
+PREDICTIONS = "predictions.jpg"  # where darknet writes the annotated image
+JPEG_QUALITY = 80                # darknet's save_image quality
 
 VALID_THRESH = 0.001     # darknet's validate_detector: every box above .001 ...
 VALID_NMS = 0.6          # ... after NMS at .6
@@ -47,13 +65,174 @@ RECALL_THRESH = 0.001    # validate_detector_recall: proposals above .001 object
 RECALL_NMS = 0.4         # class-agnostic NMS at .4,
 RECALL_IOU = 0.5         # a truth found when a proposal overlaps it by more than .5
 LIST_EXTS = (".txt", ".list")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 # darknet's COCO category ids of its 80 classes (category ids 12, 26, 29, 30, 45, 66, 68, 69, 71, 83 are unused)
 COCO_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
             33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58,
             59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88,
             89, 90)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_parser(commands):
+    """Adds ``detector`` (test, train, map, calc_anchors, valid, recall, demo)
+    and the ``detect`` shortcut to the top-level subparsers."""
+    detector = commands.add_parser(
+        "detector", help="object detectors: test, train, map, valid, recall, demo, calc_anchors",
+        description="Object detection with a .data file, a cfg and weights (darknet's 'detector').")
+    detector_commands = detector.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
+
+    test = detector_commands.add_parser(
+        "test", help="detect objects in images",
+        description="Detects objects in one image, or in each image whose path is read from standard "
+                    "input (one per line) when no image is given, or in each image of a list file (.txt, "
+                    ".list) or a folder. Prints darknet's result lines and writes the annotated image to "
+                    f"{PREDICTIONS} in the current folder (or each one to --output-dir). An image that cannot "
+                    "be read is reported and skipped; the exit status is then 1.")
+    add_model_files(test, "the .data file (its names= key gives the class names); "
+                          "the cfg may come first instead, the two are told apart by content")
+    test.add_argument("image", nargs="?", help="image file, list file (.txt, .list) or folder of images; "
+                      "without it paths are read from standard input")
+    _add_detect_flags(test, 0.25)
+    flag(test, "out", metavar="FILE", help="also write the detections of every image to FILE as darknet's JSON")
+    flag(test, "save_labels", action="store_true",
+         help="write each image's detections as a YOLO label file beside it (<image>.txt)")
+    test.add_argument("--output-dir", dest="output_dir", metavar="DIR",
+                      help=f"write one annotated image per input to DIR (<name>.jpg) instead of {PREDICTIONS}")
+    test.set_defaults(func=_cmd_detector_test)
+
+    train = detector_commands.add_parser(
+        "train", help="train a detector",
+        description="Trains the cfg's network on the train= list of the .data file, from the weights when "
+                    "given (a full file, a partial one such as yolov4-tiny.conv.29, or a checkpoint to resume "
+                    "from), up to the cfg's max_batches. Checkpoints go to the backup folder (the .data "
+                    "file's backup=): <cfg-name>_last.weights and .state every 100 iterations (savelast=), "
+                    "_<N>.weights every 1000 (saveweights=) and at the cfg's steps, _final.weights at the "
+                    "end, _best.weights with -map; also <cfg-name>_train.jsonl (one JSON line per iteration) "
+                    "and chart_<cfg-name>.png. Ctrl-C saves _last; giving _last.weights back resumes with the "
+                    "same batches and ends with the same weights as a run never stopped.")
+    add_model_files(train, "the .data file (train=, valid=, names=, backup=); the cfg may come first instead, "
+                           "the two are told apart by content",
+                    weights_help="initial weights, or <backup>/<cfg-name>_last.weights to resume",
+                    weights_optional=True)
+    flag(train, "clear", action="store_true",
+         help="start counting iterations at 0 from the given weights (ignores a .state file)")
+    flag(train, "map", dest="calc_map", action="store_true",
+         help="compute the mAP on the valid= list every max(100, 4 epochs) iterations (darknet's schedule) "
+              "and keep <cfg-name>_best.weights")
+    train.add_argument("--map-every", dest="map_every", type=positive_int, metavar="N",
+                       help="compute the mAP every N iterations instead (implies -map)")
+    flag(train, "mAP_epochs", type=positive_int, default=4, metavar="N",
+         help="epochs between mAP computations in darknet's schedule (default 4)")
+    flag(train, "thresh", type=threshold, default=0.25, metavar="T",
+         help="confidence at which -map counts TP/FP, precision, recall (default .25)")
+    flag(train, "iou_thresh", type=threshold, default=0.5, metavar="T",
+         help="IoU for a detection to match a truth in -map (default .5)")
+    flag(train, "points", type=_map_points, default=0, metavar="N",
+         help="AP by area under the curve (0, default), or at 11 or 101 recall points")
+    add_training_flags(train, "seed of the batches, augmentation, multi-scale sizes and initial weights (default 0)")
+    train.set_defaults(func=_cmd_detector_train)
+
+    dmap = detector_commands.add_parser(
+        "map", help="mean average precision on the valid= list",
+        description="Detects in every image of the .data file's valid= list (the train= list when there is "
+                    "none) and prints darknet's per-class AP, precision, recall, F1, TP, FP, FN and average "
+                    "IoU at -thresh, the mAP at -iou_thresh, and the mAP@0.50:0.95 (the mean over IoU .50, "
+                    ".55, ..., .95; COCO's with -points 101). Images that cannot be read are reported and "
+                    "left out.")
+    add_model_files(dmap, "the .data file (valid=, names=); the cfg may come first")
+    flag(dmap, "thresh", type=threshold, default=0.25, metavar="T",
+         help="confidence at which TP/FP, precision and recall are counted (default .25)")
+    flag(dmap, "iou_thresh", type=threshold, default=0.5, metavar="T",
+         help="IoU for a detection to match a truth (default .5)")
+    flag(dmap, "points", type=_map_points, default=0, metavar="N",
+         help="AP by area under the curve (0, default), or at 11 (VOC 2007) or 101 (COCO) recall points")
+    flag(dmap, "letter_box", action="store_true",
+         help="letterbox the images (default: as the cfg's [net] letter_box says)")
+    add_gpu_flag(dmap)
+    flag(dmap, "dont_show", action="store_true", help="accepted as darknet accepts it; this command opens no window")
+    dmap.set_defaults(func=_cmd_detector_map)
+    anchors.add_parser(detector_commands)
+
+    valid = detector_commands.add_parser(
+        "valid", help="write the detections on the valid= list to results files",
+        description="Detects (threshold .001, NMS .6) in every image of the .data file's valid= list and writes "
+                    "the detections to the results= folder (default results/): one "
+                    "comp4_det_test_<class>.txt file per class, or coco_results.json when the .data file says "
+                    "eval=coco.")
+    add_model_files(valid, "the .data file (valid=, names=, results=, eval=)")
+    flag(valid, "out", metavar="NAME",
+         help="results file name: <NAME><class>.txt, or <NAME>.json with eval=coco")
+    add_gpu_flag(valid)
+    flag(valid, "dont_show", action="store_true", help="accepted as darknet accepts it; this command opens no window")
+    valid.set_defaults(func=detector_valid)
+
+    recall = detector_commands.add_parser(
+        "recall", help="recall of the proposals on the valid= list",
+        description="darknet's recall check: for each image of the valid= list, the proposals above .001 "
+                    "objectness (class-agnostic NMS .4) are matched with the label file's boxes; prints the "
+                    "running count of truths found (IoU above .5), proposals per image, mean best IoU and "
+                    "recall.")
+    add_model_files(recall, "the .data file (valid=)")
+    add_gpu_flag(recall)
+    flag(recall, "dont_show", action="store_true", help="accepted as darknet accepts it; this command opens no window")
+    recall.set_defaults(func=detector_recall)
+
+    demo = detector_commands.add_parser(
+        "demo", help="detect in a video file or camera",
+        description="Detects in every frame of a video file, or of a camera (-c index) when no video is given. "
+                    "Prints each frame's objects on standard output and the frame rate on standard error; writes "
+                    "the annotated frames to -out_filename and shows them unless -dont_show. From a camera or "
+                    "stream the newest frame is taken each time (frames that arrive meanwhile are dropped) so "
+                    "a slow network never falls behind; from a file every frame is processed.")
+    add_model_files(demo, "the .data file (names=)")
+    demo.add_argument("video", nargs="?", help="video file or stream URL; without it the camera -c is used")
+    _add_detect_flags(demo, 0.25)
+    flag(demo, "c", type=non_negative_int, default=0, metavar="N", help="camera index (default 0)")
+    flag(demo, "out_filename", metavar="FILE", help="write the annotated video to FILE (.avi: Motion JPEG, "
+         ".mp4: MPEG-4), at the source's frame rate")
+    flag(demo, "prefix", metavar="P", help="write each annotated frame to P_<frame>.jpg")
+    flag(demo, "json_file_output", metavar="FILE", help="write each frame's detections to FILE as darknet's JSON")
+    flag(demo, "time_limit_sec", type=non_negative_int, default=0, metavar="N",
+         help="stop after N seconds (default 0: at the end of the video)")
+    flag(demo, "avgframes", type=positive_int, default=3, metavar="N", help="accepted; not used on the CPU")
+    demo.add_argument("--frames", choices=("all", "latest"),
+                      help="every frame, or only the newest one each time (default: latest for a camera or "
+                           "stream URL, all for a file)")
+    demo.set_defaults(func=detector_demo)
+
+    detect = commands.add_parser(
+        "detect", help="detect objects in images (shortcut without a .data file)",
+        description="darknet's 'detect' shortcut: 'detector test' without a .data file. Class names come "
+                    "from -names, else data/coco.names in the current folder when it exists, else class "
+                    "numbers are printed.")
+    detect.intermixed = True
+    detect.add_argument("cfg", help="the network's .cfg file")
+    detect.add_argument("weights", help="the .weights file")
+    detect.add_argument("image", nargs="?", help="image file, list file (.txt, .list) or folder of images; "
+                        "without it paths are read from standard input")
+    _add_detect_flags(detect, 0.24)
+    flag(detect, "names", metavar="FILE", help="class names file, one name per line")
+    detect.set_defaults(func=_cmd_detect)
+    return detector
+
+
+def _map_points(text):
+    if text not in ("0", "11", "101"):
+        raise argparse.ArgumentTypeError(f"expected 0, 11 or 101, got {text!r}")
+    return int(text)
+
+
+def _add_detect_flags(parser, thresh_default):
+    flag(parser, "thresh", type=threshold, default=thresh_default, metavar="T",
+         help=f"confidence threshold for reported detections (default {thresh_default:g})")
+    flag(parser, "ext_output", action="store_true", help="also print each box in pixels")
+    flag(parser, "dont_show", action="store_true",
+         help="never open a window (without it the result is shown when a display is available)")
+    flag(parser, "letter_box", action="store_true",
+         help="letterbox the image to the network size (default: as the cfg's [net] letter_box says)")
+    add_gpu_flag(parser)
 
 
 # ----------------------------------------------------------------------------- files and lists
@@ -73,8 +252,6 @@ def list_paths(list_path) -> List[str]:
     skipped). A relative path is taken from the list's folder when it is
     there, else from the working folder; a path in neither is kept as written
     so that processing it reports it missing."""
-    from .data.lists import _resolve
-
     try:
         with open(list_path, "rb") as f:
             data = f.read()
@@ -90,7 +267,7 @@ def list_paths(list_path) -> List[str]:
     for raw in data.decode("utf-8", "surrogateescape").splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
-            out.append(_resolve(line, folder) or line)
+            out.append(resolve_listed(line, folder) or line)
     return out
 
 
@@ -127,7 +304,7 @@ def listed_images(list_path) -> List[str]:
 
 def require_detector(net, cfg_path, command):
     """CliError unless the network ends in a detection head."""
-    if any(layer.type in ("yolo", "region") for layer in net.layers):
+    if any(layer.type in HEAD_TYPES for layer in net.layers):
         return
     last = net.layers[-1].type if net.layers else "nothing"
     kind = " (a classifier: use 'pydarknet classifier')" if last in ("softmax", "cost") else ""
@@ -135,11 +312,63 @@ def require_detector(net, cfg_path, command):
                    f"'{command}' needs a detection network")
 
 
-def _json_number(v):
-    return round(float(v), 6)   # darknet prints %f
+def _names_from_data(data_path) -> Tuple[List[str], str]:
+    options = read_data_file(data_path)
+    value = options.get("names")
+    if value is None:
+        value = "data/names.list"  # darknet's default
+        if not os.path.exists(value):
+            raise CliError(f"{data_path}: no 'names = <file>' entry giving the class names file")
+    names_path = resolve_path(value, data_path)
+    try:
+        with open(names_path, "rb"):
+            pass
+    except OSError as e:
+        raise CliError(f"{names_path}: cannot open names file (names= in {data_path}): {e.strerror or e}") from None
+    return read_names(names_path), names_path
 
 
-# ----------------------------------------------------------------------------- detector test outputs
+def _check_names(net, names, names_path, cfg_path):
+    classes = detection_classes(net)
+    if names is not None and classes is not None and len(names) != classes:
+        note(f"warning: {names_path} has {len(names)} class names but {cfg_path} has classes={classes}; "
+             "classes without a name print as their number")
+
+
+# ----------------------------------------------------------------------------- detector test and detect
+
+def _c_round(v: float) -> float:
+    """C's round(): halves away from zero, the sign (also of zero) kept."""
+    return math.copysign(math.floor(abs(v) + 0.5), v)
+
+
+def _percent(confidence: float) -> float:
+    # darknet multiplies the float probability by 100 in single precision
+    return float(np.float32(confidence) * np.float32(100))
+
+
+def visible(detections: Iterable[Detection]) -> List[Detection]:
+    """Detections darknet reports: classes named 'dont_show...' are hidden."""
+    return [d for d in detections if not (d.name or "").startswith("dont_show")]
+
+
+def format_detections(detections: Sequence[Detection], ext_output=False) -> List[str]:
+    """darknet's result lines: one box at a time from the left edge rightwards,
+    its most confident class first, then its other classes above threshold."""
+    boxes = {}
+    for d in detections:
+        boxes.setdefault((d.x, d.y, d.w, d.h), []).append(d)
+    lines = []
+    for group in sorted(boxes.values(), key=lambda g: g[0].left):
+        best = max(group, key=lambda d: d.confidence)
+        for d in [best] + sorted((d for d in group if d is not best), key=lambda d: d.class_id):
+            line = f"{d.label}: {_percent(d.confidence):.0f}%"
+            if ext_output:
+                line += ("\t(left_x: {:4.0f}   top_y: {:4.0f}   width: {:4.0f}   height: {:4.0f})".format(
+                    *(_c_round(v) for v in (d.left, d.top, d.w, d.h))))
+            lines.append(line)
+    return lines
+
 
 class TestOutputs:
     """What ``detector test`` writes for each image besides darknet's lines:
@@ -168,15 +397,11 @@ class TestOutputs:
         if self.json_path is not None:
             self._entries.append(json_entry(len(self._entries) + 1, path, visible(detections), w, h))
         if self.save_labels:
-            from .data.lists import label_path
-
             write_atomic(label_path(path), "".join(label_lines(detections, w, h)))
         if self.output_dir is not None:
             self._write_annotated(path, annotated)
 
     def _write_annotated(self, path, annotated):
-        import cv2
-
         stem = os.path.splitext(os.path.basename(path))[0] or "image"
         name, n = f"{stem}.jpg", 1
         while name in self._written:
@@ -194,10 +419,14 @@ class TestOutputs:
         if self.json_path is None:
             return
         if not self._entries:
-            _note(f"no image was processed; {self.json_path} not written")
+            note(f"no image was processed; {self.json_path} not written")
             return
         write_atomic(self.json_path, json.dumps(self._entries, indent=1) + "\n")
-        _note(f"detections of {len(self._entries)} images written to {self.json_path}")
+        note(f"detections of {len(self._entries)} images written to {self.json_path}")
+
+
+def _json_number(v):
+    return round(float(v), 6)   # darknet prints %f
 
 
 def json_entry(frame_id, filename, detections: Sequence[Detection], width, height) -> dict:
@@ -234,12 +463,159 @@ def label_lines(detections: Sequence[Detection], width, height) -> List[str]:
     return lines
 
 
+class _WriteError(CliError):
+    """The annotated image could not be written: ends a whole run."""
+
+
+def _detect_image(net, path, args, classes, viewer, outputs):
+    """Detects, prints darknet's lines, writes predictions.jpg (or what
+    `outputs`, a TestOutputs, asks for). CliError for an image
+    that cannot be used."""
+    image = read_image(path, net.channels)
+    start = time.perf_counter()
+    try:
+        detections = net.detect(image, thresh=args.thresh, nms=DETECTOR_NMS,
+                                letterbox=True if args.letter_box else None)
+    except (DarknetError, ValueError) as e:
+        raise CliError(f"{path}: {e}") from None
+    elapsed_ms = (time.perf_counter() - start) * 1000.0
+    shown = visible(detections)
+    print(f"{path}: Predicted in {elapsed_ms:f} milli-seconds.")
+    for line in format_detections(shown, args.ext_output):
+        print(line)
+    sys.stdout.flush()
+    annotated = draw_detections(image, shown, classes=classes or 80)
+    try:
+        outputs.add(path, image, detections, annotated)
+    except CliError as e:
+        raise _WriteError(str(e)) from None
+    if outputs.output_dir is None:
+        try:
+            ok = cv2.imwrite(PREDICTIONS, annotated, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        except cv2.error:
+            ok = False
+        if not ok:
+            raise _WriteError(f"{os.path.abspath(PREDICTIONS)}: cannot write the annotated image")
+        note(f"annotated image written to {os.path.abspath(PREDICTIONS)}")
+    viewer.show(annotated)
+
+
+def _run_images(net, image, args) -> int:
+    """One image, or each image of a list file, a folder or standard input
+    (those reported and skipped when they cannot be read)."""
+    classes = detection_classes(net)
+    viewer = Viewer(not args.dont_show)
+    outputs = TestOutputs.from_args(args)
+    paths = image_inputs(image) if image is not None else stdin_paths()
+    failed = 0
+    try:
+        if paths is None:
+            _detect_image(net, image, args, classes, viewer, outputs)
+            return EXIT_OK
+        for path in paths:
+            try:
+                _detect_image(net, path, args, classes, viewer, outputs)
+            except _WriteError:
+                raise
+            except CliError as e:
+                failed += 1
+                note(f"error: {e}")
+    finally:
+        outputs.close()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _check_image_arg(image, weights):
+    """Fails before the (possibly slow) network build on an image, list or
+    folder that cannot be used (with a hint when it and the weights look
+    given the other way round)."""
+    if image is not None and image_inputs(image) is None:
+        try:
+            read_image(image)
+        except CliError as e:
+            if weights.lower().endswith(IMAGE_EXTS):
+                raise CliError(f"{e} (the weights file comes before the image: ... {image} {weights})") from None
+            raise
+
+
+def _cmd_detector_test(args) -> int:
+    data_path, cfg_path = order_data_cfg(args.data, args.cfg)
+    names, names_path = _names_from_data(data_path)
+    _check_image_arg(args.image, args.weights)
+    net = load_network(cfg_path, args.weights, names, args.gpu)
+    require_detector(net, cfg_path, "detector test")
+    _check_names(net, names, names_path, cfg_path)
+    return _run_images(net, args.image, args)
+
+
+def _cmd_detect(args) -> int:
+    names_path = args.names
+    if names_path is None and os.path.isfile(os.path.join("data", "coco.names")):
+        names_path = os.path.join("data", "coco.names")  # darknet's detect uses cfg/coco.data's names
+    names = None
+    if names_path is not None:
+        read_head(names_path, "names", 1)
+        names = read_names(names_path)
+    _check_image_arg(args.image, args.weights)
+    net = load_network(args.cfg, args.weights, names, args.gpu)
+    require_detector(net, args.cfg, "detect")
+    _check_names(net, names, names_path, args.cfg)
+    return _run_images(net, args.image, args)
+
+
+# ----------------------------------------------------------------------------- train and map
+
+def _cmd_detector_train(args) -> int:
+    data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector train")
+    try:
+        train_detector(cfg_path, data_path, args.weights, clear=args.clear, calc_map=args.calc_map,
+                       map_every=args.map_every, map_epochs=args.mAP_epochs, backup=args.backup,
+                       max_batches=args.max_batches, seed=args.seed, dont_show=args.dont_show,
+                       thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers,
+                       gpu=args.gpus)
+    except KeyboardInterrupt:
+        return 130  # _last was saved and the way to resume printed
+    except TRAIN_ERRORS as e:
+        raise CliError(str(e)) from None
+    return EXIT_OK
+
+
+def _cmd_detector_map(args) -> int:
+    data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector map")
+    names, names_path = _names_from_data(data_path)
+    valid = valid_list(data_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # load_network reports the cfg's warnings
+        spec = parse_cfg(cfg_path)
+    if not any(layer.type in HEAD_TYPES for layer in spec.layers):
+        raise CliError(f"{cfg_path}: no [yolo] or [region] layer; 'detector map' needs a detection network "
+                       "(a classifier is evaluated with 'classifier valid')")
+    net = load_network(cfg_path, args.weights, names, args.gpu)
+    _check_names(net, names, names_path, cfg_path)
+    classes = detection_classes(net)
+    print("\n calculation mAP (mean average precision)...", flush=True)
+    try:
+        progress = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        progress = False
+    try:
+        with warnings_as_notes():
+            run = compute_map(net, valid, classes, thresh=args.thresh, iou_thresh=args.iou_thresh,
+                              points=args.points, letterbox=True if args.letter_box else None, progress=progress)
+    except TRAIN_ERRORS as e:
+        raise CliError(str(e)) from None
+    for line in map_report(run, names):
+        print(line)
+    sys.stdout.flush()
+    skipped = f" ({run.skipped} unreadable images left out)" if run.skipped else ""
+    note(f"{run.images} images of {valid} in {run.seconds:.1f} seconds{skipped}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- running over a list
 
 def valid_list(data_path):
     """The valid= list of a .data file (train= when there is none), checked readable."""
-    from .datafiles import load_data_file
-
     valid = load_data_file(data_path).valid
     try:
         with open(valid, "rb"):
@@ -262,10 +638,10 @@ class _Readable:
     def __iter__(self):
         for i, path in enumerate(self.paths):
             try:
-                image = _read_image(path, self.channels)
+                image = read_image(path, self.channels)
             except CliError as e:
                 self.failed.append(path)
-                _note(f"error: {e}; skipped")
+                note(f"error: {e}; skipped")
                 continue
             yield i, path, image
 
@@ -273,7 +649,7 @@ class _Readable:
 def _load_detector(args, command):
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, command)
     names, names_path = _names_from_data(data_path)
-    net = _load_network(cfg_path, args.weights, names, args.gpu)
+    net = load_network(cfg_path, args.weights, names, args.gpu)
     require_detector(net, cfg_path, command)
     _check_names(net, names, names_path, cfg_path)
     return data_path, cfg_path, net, names
@@ -329,8 +705,6 @@ def detector_valid(args) -> int:
     """darknet's validate_detector (see the module notes). eval= other than
     voc or coco (darknet's imagenet, bdd, kitti) and the map= class remapping
     are not supported and are refused."""
-    from .datafiles import load_data_file
-
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector valid")
     df = load_data_file(data_path)
     kind = df.get("eval", "voc")
@@ -342,7 +716,7 @@ def detector_valid(args) -> int:
     paths = listed_images(valid)
     folder = df.path_of("results", "results")
     _, _, net, names = _load_detector(args, "detector valid")
-    classes = _net_classes(net)
+    classes = detection_classes(net)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -363,7 +737,7 @@ def detector_valid(args) -> int:
             for d in detections:
                 per_class[d.class_id].append(voc_line(stem, d, w, h))
         if (i + 1) % 100 == 0:
-            _note(f"{i + 1} of {len(paths)} images")
+            note(f"{i + 1} of {len(paths)} images")
     if len(images.failed) == len(paths):
         raise CliError(f"{valid}: none of its {len(paths)} images could be read; no results written")
     if kind == "coco":
@@ -377,8 +751,8 @@ def detector_valid(args) -> int:
             write_atomic(target, "".join(per_class[k]))
             written.append(target)
     done = len(paths) - len(images.failed)
-    _note(f"{done} images of {valid} in {time.perf_counter() - start:.1f} seconds; results in "
-          f"{written[0] if len(written) == 1 else folder + '/'}")
+    note(f"{done} images of {valid} in {time.perf_counter() - start:.1f} seconds; results in "
+         f"{written[0] if len(written) == 1 else folder + '/'}")
     print(f"Total Detection Time: {time.perf_counter() - start:f} Seconds", file=sys.stderr)
     return EXIT_FAILURE if images.failed else EXIT_OK
 
@@ -391,8 +765,6 @@ def proposals(detections: Sequence[Detection], thresh=RECALL_THRESH, nms=RECALL_
     reports boxes whose confidence for some class exceeds its threshold, so a
     box counts here when both its objectness and its best class confidence
     exceed `thresh` (darknet looks at objectness alone)."""
-    from .evaluate import box_iou
-
     groups = [g[0] for g in _boxes(detections).values() if g[0].objectness > thresh]
     groups.sort(key=lambda d: -d.objectness)
     boxes = np.array([(d.x, d.y, d.w, d.h) for d in groups], np.float64).reshape(-1, 4)
@@ -415,15 +787,13 @@ def recall_line(i, correct, total, proposal_count, images, iou_sum) -> str:
 def _truths(path):
     """Truth boxes (class, x, y, w, h) of an image's label file, with the
     problems found noted on standard error."""
-    from .data.lists import label_paths, read_labels
-
     candidates = label_paths(path)
     found = next((p for p in candidates if os.path.exists(p)), candidates[0])
     boxes, issues = read_labels(found)
     for issue in issues:
         if issue.kind != "clipped_box":
             where = issue.path if issue.line is None else f"{issue.path}:{issue.line}"
-            _note(f"warning: {where}: {issue.message}")
+            note(f"warning: {where}: {issue.message}")
     return boxes
 
 
@@ -432,8 +802,6 @@ def detector_recall(args) -> int:
     size (no letterbox, as darknet), proposals as in :func:`proposals`, and a
     truth counted found when a proposal overlaps it by more than .5. One line
     per image on standard output."""
-    from .evaluate import box_iou
-
     data_path, _ = order_data_cfg(args.data, args.cfg, "detector recall")
     valid = valid_list(data_path)
     paths = listed_images(valid)
@@ -488,8 +856,6 @@ class _JsonFrames:
 
 
 def _frame_mode(args, source):
-    from .video import is_live_source
-
     if args.frames is not None:
         return args.frames == "latest"
     return is_live_source(source)
@@ -501,8 +867,6 @@ def detector_demo(args) -> int:
     standard error, and writes the annotated frames to -out_filename, to
     -prefix_NNNNNNNN.jpg files, and/or to a window. -avgframes is accepted
     and not used (darknet's CPU build only delays the frame shown by it)."""
-    from .video import VideoError, VideoSource, open_video_writer
-
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "detector demo")
     source = args.video if args.video is not None else args.c
     latest = _frame_mode(args, source)
@@ -512,8 +876,8 @@ def detector_demo(args) -> int:
         raise CliError(str(e)) from None
     with video:
         _, _, net, names = _load_detector(args, "detector demo")
-        _note(f"{'video file' if args.video is not None else 'webcam index'}: {video.name}"
-              f"{' (latest-frame mode: frames that arrive while one is processed are dropped)' if latest else ''}")
+        note(f"{'video file' if args.video is not None else 'webcam index'}: {video.name}"
+             f"{' (latest-frame mode: frames that arrive while one is processed are dropped)' if latest else ''}")
         try:
             return _demo_loop(net, video, args, open_video_writer)
         except VideoError as e:
@@ -521,11 +885,9 @@ def detector_demo(args) -> int:
 
 
 def _demo_loop(net, video, args, open_video_writer) -> int:
-    import cv2
-
-    classes = _net_classes(net)
+    classes = detection_classes(net)
     letterbox = True if args.letter_box else None
-    show = not args.dont_show and _display_available()
+    show = not args.dont_show and display_available()
     writer = None
     json_out = _JsonFrames(args.json_file_output) if args.json_file_output else None
     start = last = time.perf_counter()
@@ -572,22 +934,20 @@ def _demo_loop(net, video, args, open_video_writer) -> int:
         raise CliError(f"{video.name}: no frame could be read")
     seconds = time.perf_counter() - start
     dropped = f", {video.dropped} dropped while busy" if video.latest else ""
-    _note(f"{count} frames in {seconds:.2f} seconds, {count / max(seconds, 1e-9):.1f} FPS{dropped}")
+    note(f"{count} frames in {seconds:.2f} seconds, {count / max(seconds, 1e-9):.1f} FPS{dropped}")
     if writer is not None:
-        _note(f"annotated video written to {os.path.abspath(args.out_filename)}")
+        note(f"annotated video written to {os.path.abspath(args.out_filename)}")
     return EXIT_OK
 
 
 def _show_frame(image):
     """Shows a frame; False when no window can be opened (noted once), None
     when Esc was pressed (the run stops), True otherwise."""
-    import cv2
-
     try:
         cv2.imshow("Demo", image)
         key = cv2.waitKey(1)
     except cv2.error as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else "OpenCV error"
-        _note(f"warning: cannot show the video in a window ({reason}); use -dont_show")
+        note(f"warning: cannot show the video in a window ({reason}); use -dont_show")
         return False
     return None if key == 27 else True

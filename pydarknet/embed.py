@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ._native import blas_available
+
 PACKAGE = Path(__file__).resolve().parent
 FLAGS = ("--cflags", "--libs", "--static")
 
@@ -34,11 +36,9 @@ def libs(static: bool = False) -> list:
     lib = lib_dir()
     if not static:
         return [f"-L{lib}", "-lpydarknet", f"-Wl,-rpath,{lib}"]
-    from ._native import blas_available
-
     out = [str(lib / "libpydarknet.a")]
     if blas_available():
-        import scipy_openblas32 as ob
+        import scipy_openblas32 as ob   # optional: only builds that link OpenBLAS have it
 
         blas = ob.get_lib_dir()
         out += [f"-L{blas}", f"-l{ob.get_library()}", f"-Wl,-rpath,{blas}"]

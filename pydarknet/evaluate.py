@@ -40,7 +40,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+import cv2
 import numpy as np
+
+from .data.lists import DetectionDataset, read_image
 
 __all__ = [
     "box_iou", "pairwise_iou", "average_precision", "evaluate", "ClassResult", "MapResult", "COCO_IOUS",
@@ -266,8 +269,6 @@ def evaluate(detections: Sequence[np.ndarray], truths: Sequence[np.ndarray], cla
 def detect_dataset(net, images, thresh=0.005, nms=0.45, letterbox=None):
     """Runs net.detect on each image (paths or arrays); returns rows
     (class, confidence, x, y, w, h) normalized to each image."""
-    import cv2
-
     out = []
     for image in images:
         img = cv2.imread(image) if isinstance(image, str) else image
@@ -292,7 +293,7 @@ def detection_classes(net) -> Optional[int]:
 def tqdm_class():
     """tqdm's bar class, or None without tqdm (log lines are printed then)."""
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm   # optional: without it, log lines instead of a bar
     except ImportError:
         return None
     return tqdm
@@ -324,8 +325,6 @@ def compute_map(net, valid_list, classes=None, *, thresh=0.25, iou_thresh=0.5, p
     confidence at which TP, FP, precision, recall and average IoU are
     counted. Images missing from the list or that cannot be decoded are
     reported (logger ``pydarknet``) and left out, their truths with them."""
-    from .data.lists import DetectionDataset, read_image
-
     if classes is None:
         classes = detection_classes(net)
         if classes is None:

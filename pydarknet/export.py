@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .cli import EXIT_OK, CliError, _flag, _load_network, _note, _read_head
+from .commands import EXIT_OK, CliError, flag, load_network, note, read_head
 from .datafiles import read_names
 from .modelfile import ModelFileError, write_model
 
@@ -26,7 +26,7 @@ def add_parser(commands):
     export.add_argument("weights", help="the .weights file")
     export.add_argument("-o", "--output", metavar="FILE",
                         help="the model file to write (default: <cfg-name>.pdn in the current folder)")
-    _flag(export, "names", metavar="FILE", help="class names file, one name per line, stored in the model")
+    flag(export, "names", metavar="FILE", help="class names file, one name per line, stored in the model")
     export.set_defaults(func=_cmd_export)
     return export
 
@@ -34,10 +34,10 @@ def add_parser(commands):
 def _cmd_export(args) -> int:
     names = None
     if args.names is not None:
-        _read_head(args.names, "names", 1)
+        read_head(args.names, "names", 1)
         names = read_names(args.names)
     output = args.output or os.path.splitext(os.path.basename(args.cfg))[0] + ".pdn"
-    net = _load_network(args.cfg, args.weights, names)
+    net = load_network(args.cfg, args.weights, names)
     try:
         write_model(net, output)
     except ModelFileError as e:
@@ -45,6 +45,6 @@ def _cmd_export(args) -> int:
     except OSError as e:
         raise CliError(f"{output}: cannot write model file: {e.strerror or e}") from None
     params = sum(arr.size for layer in net.layers for arr in layer.params.values())
-    _note(f"wrote {output}: {len(net.layers)} layers, {params} parameters, input "
-          f"{net.width}x{net.height}x{net.channels}, {len(names or [])} class names")
+    note(f"wrote {output}: {len(net.layers)} layers, {params} parameters, input "
+         f"{net.width}x{net.height}x{net.channels}, {len(names or [])} class names")
     return EXIT_OK

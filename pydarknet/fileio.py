@@ -1,4 +1,5 @@
-"""Files written whole or not at all, and text files told from binary ones.
+"""Files written whole or not at all, text files told from binary ones, and
+model files told from weights files.
 
 Every file the project writes that a user may already have a good copy of
 (weights, checkpoints, training state, model files, result files, charts,
@@ -10,12 +11,18 @@ and never loses the previous one.
 The project's text inputs (cfg, .data, names and list files) are checked with
 :func:`not_text` before they are parsed, so a binary or UTF-16 file given in
 their place is named as such instead of being read as lines of garbage.
+
+A pydarknet model file opens with :data:`MODEL_MAGIC` (its format is
+pydarknet.modelfile's); the weights reader looks for it too, to name a
+model file given in place of darknet weights.
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
 from typing import Optional
+
+MODEL_MAGIC = b"PDNMODEL"   # the first bytes of a model file (.pdn)
 
 
 def temporary_path(path, suffix="") -> str:

@@ -40,11 +40,10 @@ from typing import List, Optional
 import numpy as np
 
 from ._native import check, ffi, lib
-from .fileio import replacing
 from .cfg import LayerSpec, NetSpec
+from .fileio import MODEL_MAGIC as MAGIC, replacing
 from .network import Network, option_kind
 
-MAGIC = b"PDNMODEL"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQII")
 _KINDS = {"int": 0, "float": 1, "str": 2, "ints": 3, "floats": 4}

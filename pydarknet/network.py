@@ -12,12 +12,17 @@ import math
 import os
 from typing import List, Optional, Sequence
 
+import cv2
 import numpy as np
 
 from . import weights as _weights
 from ._native import DarknetError, check, ffi, lib, last_error
-from .cfg import CfgError, LayerSpec, NetSpec, parse_cfg
+from .cfg import HEAD_TYPES, CfgError, LayerSpec, NetSpec, parse_cfg
+from .classification import Classification, classify_output, require_classifier
+from .datafiles import read_names
 from .detection import Detection
+from .state import load_state, save_state
+from .train_checks import check_inputs, clean_truths
 
 log = logging.getLogger("pydarknet")
 
@@ -191,7 +196,7 @@ class Network:
             raise CfgError(layer.path, layer.line, f"layer {layer.index} [{layer.type}]: {msg}")
 
     def _output_indices(self):
-        heads = [l.index for l in self.layers if l.type in ("yolo", "region")]
+        heads = [l.index for l in self.layers if l.type in HEAD_TYPES]
         if heads:
             return heads
         last = len(self.layers) - 1
@@ -297,8 +302,6 @@ class Network:
         updates once, and returns the loss per image. Truth rows that are not
         usable (class out of range, box outside 0..1, NaN) are reported with
         their image and row and left out."""
-        from .train_checks import check_inputs, clean_truths
-
         x = np.asarray(x)
         if x.ndim != 4 or x.shape[1:] != (self.channels, self.height, self.width):
             raise ValueError(f"input of shape {x.shape} does not fit the network's "
@@ -336,13 +339,9 @@ class Network:
     def save_training_state(self, path):
         """Writes what resuming needs besides the weights: iteration, images
         seen, the random generator, and the optimizer's buffers."""
-        from .state import save_state
-
         save_state(self, path)
 
     def load_training_state(self, path):
-        from .state import load_state
-
         load_state(self, path)
 
     # ---- running
@@ -400,17 +399,15 @@ class Network:
         return [self._detections(b, img.shape[1], img.shape[0], thresh, nms, letterbox)
                 for b, img in enumerate(imgs)]
 
-    def classify(self, image, top: int = 5):
+    def classify(self, image, top: int = 5) -> List[Classification]:
         """The `top` most probable classes of one image (a BGR uint8 array as
-        OpenCV reads it, or a path) as pydarknet.classifier.Classification
+        OpenCV reads it, or a path) as pydarknet.classification.Classification
         (class_id, name, probability), most probable first. The image is
         prepared as darknet's classifier predict and valid prepare it: resized
         (darknet's bilinear) so its shorter side is the network width, then
         the centred network-size crop. The probabilities are the output of
         the last layer before any [cost] (a [softmax] in darknet's classifier
         cfgs). A network of one channel takes the image grey, as :meth:`detect`."""
-        from .classifier import classify_output, require_classifier
-
         require_classifier(self.spec)
         img = _read_image(image, self.channels)
         if self.batch != 1:
@@ -458,8 +455,6 @@ def _fraction(name, value) -> float:
 def _read_image(image, channels=3):
     """A uint8 image from an array or a path; a path is read grey for a
     network of one channel (darknet's load_image with c = 1)."""
-    import cv2
-
     if isinstance(image, (str, bytes, os.PathLike)):
         path = os.fsdecode(image)
         if not os.path.isfile(path):
@@ -490,8 +485,6 @@ def load(cfg_path, weights_path=None, batch: Optional[int] = None, threads: Opti
     `gpu`: the CUDA device to run on (None: the CPU); see Network.set_device."""
     spec = parse_cfg(cfg_path)
     if isinstance(names, (str, os.PathLike)):
-        from .datafiles import read_names
-
         names = read_names(names)
     net = Network(spec, batch=batch, threads=threads, names=names, seed=seed)
     if weights_path is not None:

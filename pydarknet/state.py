@@ -39,6 +39,17 @@ def save_state(net, path):
         np.savez(f, __meta__=meta, __layers__=np.array(len(net.layers)), **arrays)
 
 
+def peek_state(path):
+    """(iteration, seen) a training-state file was saved at, or None when it
+    cannot be read as one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = data["__meta__"]
+            return int(meta[1]), int(meta[2])
+    except Exception:
+        return None
+
+
 def load_state(net, path):
     path = os.fspath(path)
     try:

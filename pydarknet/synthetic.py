@@ -3,14 +3,14 @@ as the seed of the bundled dataset: filled squares, circles and triangles
 of random colours and sizes on a plain or noisy background."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 SHAPES = ("square", "circle", "triangle")
 
 
-def _draw(img, kind, cx, cy, r, color):
-    import cv2
-
+def draw_shape(img, kind, cx, cy, r, color):
+    """Draws one filled shape of SHAPES (`kind`), centre (cx, cy), half size r, in place."""
     if kind == "square":
         cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
     elif kind == "circle":
@@ -37,7 +37,7 @@ def draw_shapes(size, count, rng, background=None, min_r=None, max_r=None):
             continue
         k = int(rng.integers(len(SHAPES)))
         color = tuple(int(c) for c in rng.integers(130, 256, 3))
-        _draw(img, SHAPES[k], cx, cy, r, color)
+        draw_shape(img, SHAPES[k], cx, cy, r, color)
         placed.append((cx, cy, r))
         labels.append((k, cx / size, cy / size, (2 * r + 1) / size, (2 * r + 1) / size))
     return img, np.array(labels, np.float32).reshape(-1, 5)

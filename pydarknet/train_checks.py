@@ -1,13 +1,45 @@
-"""Checks on training inputs before they reach the C core: non-finite pixels
-are refused, unusable truth rows are reported (image and row) and left out."""
+"""Checks on what training is given: the files and settings of a training
+run (TrainError, naming the file or setting), and the inputs of a batch
+before they reach the C core (non-finite pixels are refused, unusable truth
+rows are reported with image and row and left out)."""
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
+from .cfg import HEAD_TYPES
+
 log = logging.getLogger("pydarknet")
 
+
+class TrainError(ValueError):
+    """Training cannot start or go on (the message names the file)."""
+
+
+# ----------------------------------------------------------------------------- files and settings
+
+def check_readable(path, what, hint=""):
+    """TrainError naming `path` (`what` it is, `hint` where it was named)
+    unless it is a file that can be read."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise TrainError(f"{path}: cannot read {what}{hint}: {e.strerror or e}") from None
+    if os.path.isdir(path):
+        raise TrainError(f"{path}: cannot read {what}{hint}: Is a directory")
+
+
+def check_positive(value, what):
+    """None for None, else `value` as an int of at least 1 (TrainError otherwise)."""
+    if value is not None and int(value) < 1:
+        raise TrainError(f"{what} must be at least 1, got {value}")
+    return None if value is None else int(value)
+
+
+# ----------------------------------------------------------------------------- batches
 
 def check_inputs(x):
     bad = ~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
@@ -17,7 +49,7 @@ def check_inputs(x):
 
 def head_classes(net):
     """Classes of the detection heads, or None for a network without one."""
-    classes = {l.spec.attrs["classes"] for l in net.layers if l.type in ("yolo", "region")}
+    classes = {l.spec.attrs["classes"] for l in net.layers if l.type in HEAD_TYPES}
     if len(classes) > 1:
         raise ValueError(f"detection heads disagree on the number of classes: {sorted(classes)}")
     return classes.pop() if classes else None

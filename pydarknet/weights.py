@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fileio import replacing
+from .fileio import MODEL_MAGIC, replacing
 
 
 class WeightsError(ValueError):
@@ -65,10 +65,8 @@ def _tensors(net, max_layers=None):
 
 
 def read_header(f, path):
-    from .modelfile import MAGIC
-
     raw = f.read(12)
-    if raw.startswith(MAGIC):
+    if raw.startswith(MODEL_MAGIC):
         raise WeightsError(f"{path}: a pydarknet model file (.pdn), not a darknet weights file; it holds the "
                            f"network itself and is loaded with pydarknet.load_model or dn_net_load")
     if len(raw) < 12:
@@ -81,6 +79,33 @@ def read_header(f, path):
         raise WeightsError(f"{path}: truncated header (no 'seen' count at byte offset 12)")
     header.seen = struct.unpack("<Q" if width == 8 else "<I", raw)[0]
     return header
+
+
+def partial_layers(net, path):
+    """How many leading layers the weights file holds when it ends exactly
+    after one layer's tensors before the network's end (darknet's partial
+    files, e.g. yolov4-tiny.conv.29); None when it is the whole network or
+    does not end at a layer boundary (the full read then names the problem)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header = read_header(f, path)
+    except (OSError, ValueError):
+        return None
+    body = size - header.size
+    per_layer = [0] * len(net.layers)
+    for layer, _, arr in _tensors(net):
+        per_layer[layer.index] += arr.size * 4
+    if body >= sum(per_layer):
+        return None
+    found, total = None, 0
+    for i, nbytes in enumerate(per_layer):
+        total += nbytes
+        if total == body and nbytes:
+            found = i + 1
+        if total > body:
+            break
+    return found
 
 
 def load_weights(net, path, max_layers=None, allow_extra=None):

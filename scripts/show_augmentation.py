@@ -62,7 +62,7 @@ def main(argv=None):
 
     import cv2
 
-    from pydarknet.cfg import CfgError, parse_cfg
+    from pydarknet.cfg import HEAD_TYPES, CfgError, parse_cfg
     from pydarknet.data import ClassifierLoader, DataError, DetectionLoader
     from pydarknet.data.loader import _is_data_file
     from pydarknet.datafiles import DataFileError, load_data_file, read_names
@@ -71,7 +71,7 @@ def main(argv=None):
         spec = parse_cfg(args.cfg)
         if args.size:
             spec.options["width"], spec.options["height"] = args.size
-        heads = [l for l in spec.layers if l.type in ("yolo", "region", "detection", "Gaussian_yolo")]
+        heads = [l for l in spec.layers if l.type in HEAD_TYPES]
         names = read_names(args.names) if args.names else None
         if names is None and _is_data_file(args.data):
             names = load_data_file(args.data).names()

@@ -73,7 +73,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import cv2
 import numpy as np
+
+from ..cfg import HEAD_TYPES
 
 __all__ = [
     "DetectionAugment", "ClassifierAugment", "detection_sample", "classifier_sample",
@@ -123,7 +126,7 @@ def to_chw(img):
 # ----------------------------------------------------------------------------- options
 
 def _detection_layer(spec):
-    heads = [l for l in spec.layers if l.type in ("yolo", "region", "detection", "Gaussian_yolo")]
+    heads = [l for l in spec.layers if l.type in HEAD_TYPES]
     return heads[-1] if heads else None
 
 
@@ -302,8 +305,6 @@ def _truths(labels, rng, dx, dy, sx, sy, flip, net_w, net_h, max_boxes):
 
 def _hsv(img, dhue, dsat, dexp):
     """darknet's 8-bit HSV distortion (image_data_augmentation)."""
-    import cv2
-
     if dsat == 1 and dexp == 1 and dhue == 0:
         return img
     if img.ndim == 2 or img.shape[2] == 1:
@@ -321,8 +322,6 @@ def _hsv(img, dhue, dsat, dexp):
 def _place(src, w, h, pleft, ptop, swidth, sheight):
     """The crop (pleft, ptop, swidth, sheight) of src, padded with the
     image's mean colour where it leaves the image, resized to w x h."""
-    import cv2
-
     oh, ow = src.shape[:2]
     if pleft == 0 and ptop == 0 and swidth == ow and sheight == oh:
         return cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -343,8 +342,6 @@ def _place(src, w, h, pleft, ptop, swidth, sheight):
 
 def _augment_image(src, w, h, pleft, ptop, swidth, sheight, flip, dhue, dsat, dexp, noise, blur, truth, rng):
     """darknet's image_data_augmentation on an 8-bit image."""
-    import cv2
-
     sized = _place(src, w, h, pleft, ptop, swidth, sheight)
     if flip:
         sized = cv2.flip(sized, 1)
@@ -630,8 +627,6 @@ def detection_sample(source, aug, rng, width=None, height=None, info=None):
 
 def _distort_float(img, dhue, dsat, dexp):
     """darknet's distort_image on a float RGB-or-BGR [H, W, 3] image in 0..1."""
-    import cv2
-
     if img.ndim == 2 or img.shape[2] == 1:
         return np.clip(img * dexp, 0, 1)
     hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
@@ -646,8 +641,6 @@ def _distort_float(img, dhue, dsat, dexp):
 def _random_crop(img, aug, rng, info=None):
     """darknet's random_augment_image: rotate, scale, stretch and shift into
     a square of max(width, height) pixels (zero outside the image)."""
-    import cv2
-
     size = max(aug.width, aug.height)
     ih, iw = img.shape[:2]
     aspect = rand_scale(rng, aug.aspect)
@@ -674,8 +667,6 @@ def _random_crop(img, aug, rng, info=None):
 
 
 def _classifier_one(source, aug, rng, info=None):
-    import cv2
-
     img, classes, name = source.draw(rng)
     crop = _random_crop(img.astype(np.float32) * np.float32(1 / 255.0), aug, rng, info)
     flip = int(rng.integers(2)) if aug.flip else 0
@@ -702,8 +693,6 @@ def classifier_sample(source, aug, rng, info=None):
     """One augmented classifier sample: float32 [C, H, W] RGB in 0..1 and its
     label vector float32 [classes] (one-hot, smoothed, or mixed).
     `source.draw(rng)` gives (BGR uint8 image, class indices, name)."""
-    import cv2
-
     w, h = aug.width, aug.height
     x, y = _classifier_one(source, aug, rng, info)
     mode = aug.mode

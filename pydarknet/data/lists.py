@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 
+import cv2
 import numpy as np
 
 from ..datafiles import DataFileError, load_data_file, read_names
@@ -35,7 +36,7 @@ from ..fileio import not_text
 from .issues import DataError, DataSummary, Issue
 
 __all__ = [
-    "read_image_list", "label_path", "label_paths", "read_labels", "read_image",
+    "read_image_list", "resolve_listed", "label_path", "label_paths", "read_labels", "read_image",
     "DetectionDataset", "ClassificationDataset", "IMAGE_EXTENSIONS",
 ]
 
@@ -52,9 +53,10 @@ _DARKNET_FOLDERS = (
 )
 
 
-def _resolve(value, folder):
-    """A relative path: the folder's if it exists there, else the working
-    folder's; None when neither exists."""
+def resolve_listed(value, folder):
+    """A path as a list file in `folder` writes it: absolute, or relative and
+    then the folder's if it exists there, else the working folder's; None
+    when it does not exist."""
     if os.path.isabs(value):
         return value if os.path.exists(value) else None
     if folder:
@@ -89,7 +91,7 @@ def read_image_list(path, summary=None, check=True):
         if not check:
             out.append(line if os.path.isabs(line) or not folder else os.path.join(folder, line))
             continue
-        found = _resolve(line, folder)
+        found = resolve_listed(line, folder)
         if found is None:
             where = f" (looked in {folder or '.'} and the working folder)" if not os.path.isabs(line) else ""
             if summary is not None:
@@ -196,8 +198,6 @@ def read_labels(path, classes=None):
 def read_image(path, channels=3):
     """An image as OpenCV decodes it: BGR uint8 [H, W, 3] (or [H, W] for
     channels=1), or None with an issue when it is missing or corrupt."""
-    import cv2
-
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     try:
         img = cv2.imread(path, flag)

@@ -27,14 +27,17 @@ the loader can follow (``sizes=``).
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
 import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+import cv2
 import numpy as np
 
+from ..cfg import NetSpec, parse_cfg
 from .augment import ClassifierAugment, DetectionAugment, classifier_sample, detection_sample, rand_scale
 from .issues import DataError, DataSummary
 from .lists import ClassificationDataset, DetectionDataset
@@ -195,8 +198,6 @@ def _init_process(job):
     global _WORKER_JOB
     _WORKER_JOB = job
     try:
-        import cv2
-
         cv2.setNumThreads(1)   # one worker, one core
     except Exception:
         pass
@@ -242,8 +243,6 @@ class _Loader:
             if backend == "thread":
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pydarknet-data")
             else:
-                import multiprocessing as mp
-
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                                  initializer=_init_process, initargs=(self._job,))
 
@@ -427,8 +426,6 @@ class ClassifierLoader(_Loader):
 
 
 def _spec_of(cfg):
-    from ..cfg import NetSpec, parse_cfg
-
     if isinstance(cfg, NetSpec):
         return cfg
     if hasattr(cfg, "spec"):

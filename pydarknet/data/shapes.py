@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 
-from ..synthetic import SHAPES, _draw, draw_shapes
+from ..synthetic import SHAPES, draw_shape, draw_shapes
 
 __all__ = ["write_shapes_dataset", "make_shapes_dataset", "make_shapes_classification", "shapes_on_photo",
            "default_backgrounds", "BACKGROUNDS", "SHAPES"]
@@ -27,8 +28,6 @@ def write_shapes_dataset(folder, count=16, width=320, height=240, per_image=(1, 
     folder/images/, their YOLO labels beside them (darknet's layout), and
     folder/train.txt, folder/shapes.names, folder/shapes.data (relative
     paths). Returns the .data file's path."""
-    import cv2
-
     folder = os.fspath(folder)
     img_dir = os.path.join(folder, "obj")
     os.makedirs(img_dir, exist_ok=True)
@@ -72,8 +71,6 @@ def default_backgrounds(folder=None):
 
 
 def _read_photos(backgrounds):
-    import cv2
-
     photos = []
     for path in backgrounds:
         img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
@@ -88,8 +85,6 @@ def _read_photos(backgrounds):
 def _background(photos, rng, width, height, min_crop=0.25):
     """A random crop of a random photo (side min_crop..1 of what fits,
     width:height aspect), mirrored half of the time, resized to width x height."""
-    import cv2
-
     src = photos[int(rng.integers(len(photos)))]
     ph, pw = src.shape[:2]
     fit = min(pw / width, ph / height)          # largest crop of the output's aspect
@@ -143,7 +138,7 @@ def shapes_on_photo(photos, rng, width=128, height=128, per_image=(1, 4), min_si
             continue
         k = int(rng.integers(len(SHAPES)))
         color = _contrasting_color(rng, img[cy - r:cy + r + 1, cx - r:cx + r + 1])
-        _draw(img, SHAPES[k], cx, cy, r, color)
+        draw_shape(img, SHAPES[k], cx, cy, r, color)
         placed.append((cx, cy, r))
         labels.append((k, cx / width, cy / height, (2 * r + 1) / width, (2 * r + 1) / height))
     return img, np.array(labels, np.float32).reshape(-1, 5)
@@ -158,8 +153,6 @@ def _split_rng(seed, split):
 
 def _write_image(path, img, labels, quality):
     """The image and its YOLO label file beside it (same name, .txt)."""
-    import cv2
-
     if not cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
         raise OSError(f"{path}: cannot write image")
     with open(os.path.splitext(path)[0] + ".txt", "w") as f:
@@ -235,8 +228,6 @@ def make_shapes_classification(folder, train=300, valid=60, size=32, seed=0):
     gives the same bytes. Returns the .data file's path. (The class names
     must not occur in `folder` itself: darknet takes every name found in an
     image's path.)"""
-    import cv2
-
     folder = os.fspath(folder)
     size = int(size)
     for split, count in (("train", int(train)), ("valid", int(valid))):

@@ -1,0 +1,565 @@
+"""The training run that detectors (pydarknet.train) and classifiers
+(pydarknet.classifier) share, as darknet's ``detector train`` and
+``classifier train`` run it.
+
+What differs between detectors and classifiers (the checks of the files,
+the loader, darknet's log lines, the evaluation during training: mAP or
+top-k accuracy) is a TrainTask; train_network runs the rest once for both.
+
+One iteration trains on the loader's batch k (k = the network's iteration
+count before the update; pydarknet.data makes batch k the same whenever it
+is made), then, as darknet does: updates the average loss
+(avg = avg * .9 + loss * .1, starting at the first loss), prints darknet's
+log line (or moves a progress bar on a terminal), evaluates when due
+(the task's -map or -topk), appends one JSON line to
+``<backup>/<cfg-name>_train.jsonl``, saves the checkpoints that are due and
+redraws the chart. A batch of another size than the network's (multi-scale
+training) resizes the network before it; the cfg's size comes back at the end.
+
+Checkpoints in the backup folder, each written to a temporary file renamed
+into place:
+
+* ``<cfg-name>_last.weights`` and ``<cfg-name>_last.state`` (optimizer
+  moments, random generator, iteration) every ``last_every`` iterations
+  (.data ``savelast``, default 100), at the end, and when training is
+  interrupted (Ctrl-C) or stopped by an error;
+* ``<cfg-name>_<N>.weights`` every ``save_every`` iterations (.data
+  ``saveweights``; darknet's default: 1000, or 10000 when max_batches is
+  10000 or more) and at each of the cfg's ``steps``;
+* ``<cfg-name>_best.weights`` whenever the mAP is at least the best so far;
+* ``<cfg-name>_final.weights`` at the end.
+
+Resuming: given ``<cfg-name>_last.weights``, the iteration count comes from
+the images seen that the file records, and the ``.state`` file beside it
+(when it was saved at the same iteration) restores the optimizer and the
+random generator. With the same seed the run then continues with the same
+batches, sizes and learning rates, and ends with the same weights as a run
+that was never stopped.
+
+A network built without weights (or with a partial weights file such as a
+``.conv.29`` backbone) starts from darknet's initialization
+(Network(..., seed=seed): weights uniform in +-sqrt(2 / fan-in)).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from ._native import DarknetError, check, lib
+from .cfg import parse_cfg
+from .chart import draw_chart
+from .console import Output, warnings_as_notes
+from .datafiles import load_data_file
+from .evaluate import tqdm_class
+from .fileio import replacing
+from .network import Network
+from .state import StateError, peek_state
+from .train_checks import TrainError, check_positive, check_readable
+from .weights import partial_layers
+
+__all__ = [
+    "train_network", "TrainTask", "TrainSummary", "TrainError", "cfg_base", "checkpoint_path", "state_path",
+    "copy_params", "rate_line",
+]
+
+
+def _write_checkpoint(write, path):
+    """write(path) (a checkpoint, written through a temporary file); an
+    OSError (disk full, a folder in the way) becomes a TrainError naming it."""
+    try:
+        write(path)
+    except OSError as e:
+        raise TrainError(f"{path}: cannot write the checkpoint: {e.strerror or e}") from None
+
+
+# ----------------------------------------------------------------------------- names of things
+
+def cfg_base(cfg) -> str:
+    """darknet's basecfg: the cfg's file name without folder and extension."""
+    name = os.path.basename(os.fspath(cfg))
+    stem, _ = os.path.splitext(name)
+    return stem or name
+
+
+def checkpoint_path(backup, base, tag) -> str:
+    """<backup>/<base>_<tag>.weights (tag: last, final, best or an iteration)."""
+    return os.path.join(os.fspath(backup), f"{base}_{tag}.weights")
+
+
+def state_path(weights_path) -> str:
+    """The training-state file beside a weights file (x.weights -> x.state)."""
+    p = os.fspath(weights_path)
+    stem, ext = os.path.splitext(p)
+    return (stem if ext.lower() == ".weights" else p) + ".state"
+
+
+def copy_params(src, dst):
+    """Copies every parameter of network `src` into `dst` (the same cfg), as
+    the networks that evaluate during training take the trained weights."""
+    for a, b in zip(src.layers, dst.layers):
+        pb = b.params
+        for name, arr in a.params.items():
+            pb[name][:] = arr
+
+
+# ----------------------------------------------------------------------------- the log
+
+class _TrainLog:
+    """<backup>/<cfg-name>_train.jsonl: one JSON object per iteration. On
+    start the lines past the starting iteration (from a run that went on
+    after its last checkpoint) are dropped, so a resumed run's log reads as
+    one run."""
+
+    def __init__(self, path, start):
+        self.path = path
+        self.records: List[dict] = []
+        if start > 0 and os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:   # a damaged line is dropped
+                    for line in f:
+                        try:
+                            rec = json.loads(line)
+                        except ValueError:
+                            continue
+                        if isinstance(rec, dict) and isinstance(rec.get("iteration"), int) \
+                                and rec["iteration"] <= start:
+                            self.records.append(rec)
+            except OSError:
+                self.records = []
+        with replacing(path, "w") as f:
+            for rec in self.records:
+                f.write(json.dumps(rec) + "\n")
+
+    def append(self, rec):
+        self.records.append(rec)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def last(self, key):
+        for rec in reversed(self.records):
+            v = rec.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                return v
+        return None
+
+    def best(self, key):
+        vals = [r[key] for r in self.records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return max(vals) if vals else None
+
+
+# ----------------------------------------------------------------------------- summary
+
+@dataclass
+class TrainSummary:
+    """What a training run did."""
+    cfg: str
+    data: str
+    backup: str
+    start_iteration: int
+    iteration: int
+    max_batches: int
+    loss: Optional[float] = None
+    avg_loss: Optional[float] = None
+    best_map: Optional[float] = None
+    maps: List[tuple] = field(default_factory=list)         # (iteration, mAP)
+    accuracies: List[tuple] = field(default_factory=list)   # classifiers: (iteration, top-1, top-k)
+    saved: Dict[str, str] = field(default_factory=dict)     # last, final, best, <N> -> path
+    log_path: Optional[str] = None
+    chart_path: Optional[str] = None
+    data_problems: object = None                             # pydarknet.data.DataSummary
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _check_backup(folder, origin):
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"{folder}: cannot create the backup folder{origin}: {e.strerror or e}") from None
+    if not os.path.isdir(folder):
+        raise TrainError(f"{folder}: the backup folder{origin} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pydarknet-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise TrainError(f"{folder}: cannot write checkpoints to the backup folder{origin}: "
+                         f"{e.strerror or e}") from None
+
+
+# ----------------------------------------------------------------------------- what differs by network kind
+
+class TrainTask:
+    """What a kind of network adds to the shared training run
+    (:func:`train_network`): its checks of the files and the cfg, its
+    loader, darknet's lines for it, and its evaluation during training. The
+    detector's is in pydarknet.train, the classifier's in pydarknet.classifier."""
+
+    command = "detector"   # in the resume hint: 'pydarknet <command> train ...'
+    names = None           # class names for the network, when read before it is built
+    chart_metric = "mAP"   # the record key the chart plots beside the loss
+
+    def check_data(self, out, df, data):
+        """Before anything slow: what else the .data file must name."""
+
+    def check_cfg(self, spec, cfg):
+        """Raises TrainError when the cfg is not a network of this kind."""
+
+    def check_network(self, out, net, df, cfg, data):
+        """The built network against the .data file; evaluation set up."""
+
+    def make_loader(self, data, net, seed, workers):
+        raise NotImplementedError
+
+    def header(self, base, opts, n_train, save_every, last_every):
+        """darknet's first lines."""
+        return [base]
+
+    def log_line(self, it, loss, avg_loss, rate, seconds, seen, n_train, hours_left):
+        """darknet's line for one iteration."""
+        raise NotImplementedError
+
+    def resume(self, trainlog, summary):
+        """Picks up what the log of the run being resumed says."""
+
+    def evaluation_due(self, it, last, max_b, n_train, full_batch, burn_in):
+        """Whether to evaluate after iteration `it` (last: the previous one)."""
+        return False
+
+    def evaluate(self, net, record, out, summary, save, bar):
+        """Evaluates the trained network, adding the result to `record`
+        (the iteration's log record) and `summary`; save(tag) writes a
+        checkpoint."""
+
+    def finished(self, summary):
+        """What the 'Training finished' line adds."""
+        return ""
+
+
+def rate_line(opts):
+    """darknet's learning-rate line among the first lines of training."""
+    return (f"Learning Rate: {opts.get('learning_rate', 0.001):g}, Momentum: {opts.get('momentum', 0.9):g}, "
+            f"Decay: {opts.get('decay', 0.0005):g}")
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, backup=None, max_batches=None, seed=0,
+                  save_every=None, last_every=None, chart=None, chart_every=10, workers=2, threads=None,
+                  log: Optional[Callable[[str], None]] = None, progress=None, stop_after=None,
+                  callback: Optional[Callable[[dict], None]] = None, gpu: Optional[int] = None) -> TrainSummary:
+    """The training run that detectors and classifiers share, `task` saying
+    what differs (see TrainTask and the module notes).
+
+    backup: the checkpoint folder (default: the .data file's backup=, else
+      ./backup); created when missing.
+    save_every / last_every: checkpoint intervals (default: .data
+      saveweights / savelast, else darknet's).
+    chart: the chart's path (default <backup>/chart_<cfg-name>.png), or False
+      for none; redrawn every `chart_every` iterations, at each evaluation
+      and at the end.
+    log: receives darknet's stdout lines instead of print.
+    progress: a tqdm bar instead of the log lines (default: when standard
+      error is a terminal).
+    stop_after: stop as Ctrl-C does once this iteration is done (saves
+      _last and raises KeyboardInterrupt).
+    callback: called with each iteration's log record (may raise)."""
+    out = Output(log)
+    with warnings_as_notes(out):
+        return _train(out, task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches, seed=seed,
+                      save_every=save_every, last_every=last_every, chart=chart, chart_every=chart_every,
+                      workers=workers, threads=threads, progress=progress, stop_after=stop_after,
+                      callback=callback, gpu=gpu)
+
+
+def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, save_every, last_every, chart,
+           chart_every, workers, threads, progress, stop_after, callback, gpu=None):
+    cfg, data = os.fspath(cfg), os.fspath(data)
+    weights = None if weights is None else os.fspath(weights)
+    base = cfg_base(cfg)
+    max_batches = check_positive(max_batches, "max_batches")
+
+    # ---- the .data file and what it names (before anything slow)
+    df = load_data_file(data)
+    if "train" not in df.options:
+        raise TrainError(f"{data}: no 'train = <image list>' entry naming the training images")
+    train_list = df.train
+    check_readable(train_list, "the training image list", f" (train= in {data})")
+    task.check_data(out, df, data)
+    if backup is not None:
+        backup_dir, origin = os.fspath(backup), ""
+    elif "backup" in df.options:
+        backup_dir, origin = df.backup, f" (backup= in {data})"
+    else:
+        backup_dir, origin = "backup", f" ({data} has no backup= entry)"
+    _check_backup(backup_dir, origin)
+    if weights is not None:
+        check_readable(weights, "weights file")
+        with open(weights, "rb") as f:
+            head = f.read(256)
+        if head.lstrip().startswith(b"[") and head.isascii():
+            raise TrainError(f"{weights}: this looks like a cfg file, not weights")
+
+    # ---- the network
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = parse_cfg(cfg)
+    for w in caught:
+        out.note(f"warning: {w.message}")
+    if max_batches is not None:
+        spec.options["max_batches"] = max_batches
+    max_b = int(spec.options.get("max_batches") or 0)
+    if max_b < 1:
+        raise TrainError(f"{cfg}: [net] max_batches={max_b}: nothing to train (set max_batches= or --max-batches)")
+    task.check_cfg(spec, cfg)
+    net = Network(spec, threads=threads, names=task.names, seed=seed)  # darknet's initialization, seeded
+    if net.full_batch < 2:
+        raise TrainError(f"{cfg}: batch={net.full_batch} in [net]; training needs a batch of several images "
+                         f"(e.g. batch=64 subdivisions=16)")
+    check(lib.dn_net_seed(net._ptr, int(seed) & 0xFFFFFFFFFFFFFFFF))
+    state_file = None
+    if weights is not None:
+        partial = partial_layers(net, weights)
+        if partial is not None:
+            net.load_weights(weights, max_layers=partial, clear=clear)
+            out.note(f"{weights} holds the first {partial} of {len(net.layers)} layers; the others start "
+                     f"from darknet's random initialization")
+        else:
+            net.load_weights(weights, clear=clear)
+        candidate = state_path(weights)
+        if not clear and os.path.exists(candidate):
+            saved_at = peek_state(candidate)
+            if saved_at is None:
+                out.note(f"warning: {candidate}: not a readable training-state file; resuming without it")
+            elif saved_at[0] != net.iteration:
+                out.note(f"warning: {candidate} was saved at iteration {saved_at[0]}, {weights} at "
+                         f"{net.iteration}; resuming without the training state")
+            else:
+                state_file = candidate
+        if state_file is not None:
+            try:
+                net.load_training_state(state_file)
+            except StateError as e:
+                raise TrainError(str(e)) from None
+    task.check_network(out, net, df, cfg, data)
+
+    # ---- schedule
+    def interval(value, key, default):
+        if value is None:
+            raw = df.options.get(key)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise TrainError(f"{data}: {key} = {raw!r} is not a whole number") from None
+        if int(value) < 1:
+            raise TrainError(f"{key} must be at least 1, got {value}")
+        return int(value)
+
+    opts = spec.options
+    save_every = interval(save_every, "saveweights", 1000 if max_b < 10000 else 10000)
+    last_every = interval(last_every, "savelast", 100)
+    steps = set(int(s) for s in (opts.get("steps") or [])) if opts.get("policy") == "steps" else set()
+    if gpu is not None:
+        try:
+            net.set_device(gpu)
+        except DarknetError as e:
+            raise TrainError(f"-gpus {gpu}: {e}") from None
+    burn_in = int(opts.get("burn_in") or 0)
+
+    # ---- data
+    loader = task.make_loader(data, net, seed, workers)
+    try:
+        return _loop(out, task, net, loader, cfg=cfg, data=data, base=base, backup_dir=backup_dir, weights=weights,
+                     state_file=state_file, train_list=train_list, save_every=save_every, last_every=last_every,
+                     steps=steps, burn_in=burn_in, chart=chart, chart_every=chart_every, progress=progress,
+                     stop_after=stop_after, callback=callback)
+    finally:
+        loader.close()
+
+
+def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state_file, train_list, save_every,
+          last_every, steps, burn_in, chart, chart_every, progress, stop_after, callback):
+    start = net.iteration
+    full_batch = net.full_batch
+    opts = net.spec.options
+    max_b = int(opts["max_batches"])
+    init_w, init_h = net.spec.width, net.spec.height
+    n_train = len(loader.dataset)
+
+    log_path = os.path.join(backup_dir, f"{base}_train.jsonl")
+    try:
+        trainlog = _TrainLog(log_path, start)
+    except OSError as e:
+        raise TrainError(f"{log_path}: cannot write the training log: {e.strerror or e}") from None
+    chart_path = None
+    if chart is not False:
+        chart_path = os.fspath(chart) if chart is not None else os.path.join(backup_dir, f"chart_{base}.png")
+
+    summary = TrainSummary(cfg=cfg, data=data, backup=backup_dir, start_iteration=start, iteration=start,
+                           max_batches=max_b, log_path=log_path, chart_path=chart_path,
+                           data_problems=loader.summary)
+    avg_loss = None
+    if start > 0:
+        task.resume(trainlog, summary)
+        avg_loss = trainlog.last("avg_loss")
+
+    for line in task.header(base, opts, n_train, save_every, last_every):
+        out.line(line)
+    resumed = ""
+    if weights is not None and start > 0:
+        resumed = (f"; resuming from {weights}" + (f" with the training state in {state_file}" if state_file
+                   else " (no training state beside it: the optimizer starts afresh)"))
+    out.note(f"training {base} on {n_train} images of {train_list}: batch {full_batch} "
+             f"(mini-batches of {net.mini_batch}), {init_w}x{init_h}, iterations {start} -> {max_b}{resumed}; "
+             f"checkpoints in {backup_dir}; " +
+             (f"on {net.device_name}" if net.gpu is not None else f"on the CPU with {net.threads} threads"))
+
+    if progress is None:
+        try:
+            progress = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            progress = False
+
+    chart_ok = [chart_path is not None]
+
+    def redraw(hours):
+        if not chart_ok[0]:
+            return
+        try:
+            draw_chart(chart_path, trainlog.records, max_b, title=base, hours_left=hours, metric=task.chart_metric)
+        except ImportError:
+            chart_ok[0] = False
+            out.note("warning: matplotlib is not installed; no training chart is drawn (pip install matplotlib)")
+        except (OSError, ValueError, RuntimeError) as e:
+            chart_ok[0] = False
+            out.note(f"warning: {chart_path}: cannot draw the training chart: {e}")
+
+    def save(tag, with_state=False, quiet=False):
+        path = checkpoint_path(backup_dir, base, tag)
+        if not quiet:
+            out.line(f"Saving weights to {path}")
+        _write_checkpoint(net.save_weights, path)
+        if with_state:
+            _write_checkpoint(net.save_training_state, state_path(path))
+        summary.saved[str(tag)] = path
+        return path
+
+    t0 = time.perf_counter()
+    iter_save = iter_save_last = iter_eval = start
+    hours_left = None
+    it = start
+    if start >= max_b:
+        out.note(f"already at iteration {start} of max_batches {max_b}; nothing to train")
+    bar = None
+    try:
+        tqdm = tqdm_class() if progress and start < max_b else None
+        if tqdm is not None:
+            bar = tqdm(total=max_b, initial=start, unit="it", file=sys.stderr, dynamic_ncols=True,
+                       desc=base, smoothing=0.05)
+            out.bar = bar
+        t_wait = time.perf_counter()
+        for k, (x, truths) in enumerate(loader.iterate(start=start, stop=max_b), start):
+            load_time = time.perf_counter() - t_wait
+            h, w = int(x.shape[2]), int(x.shape[3])
+            if (w, h) != (net.width, net.height):
+                net.resize(height=h, width=w)
+                if bar is None:
+                    out.line(f"Resizing: {w} x {h}")
+            t_train = time.perf_counter()
+            loss = net.train_batch(x, truths)
+            train_time = time.perf_counter() - t_train
+            it = net.iteration
+            if avg_loss is None or not math.isfinite(avg_loss):
+                avg_loss = loss
+            avg_loss = avg_loss * 0.9 + loss * 0.1
+            rate = net.learning_rate(it)
+            step_time = load_time + train_time
+            remaining = (max_b - it) * step_time / 3600.0
+            hours_left = remaining if hours_left is None else 0.01 * remaining + 0.99 * hours_left
+            ips = full_batch / step_time if step_time > 0 else float("inf")
+            summary.iteration, summary.loss, summary.avg_loss = it, loss, avg_loss
+            if bar is None:
+                out.line(task.log_line(it, loss, avg_loss, rate, train_time, it * full_batch, n_train, hours_left))
+            else:
+                bar.set_postfix_str(f"loss={loss:.3f} avg={avg_loss:.3f} lr={rate:.3g} {ips:.1f} img/s {w}x{h}",
+                                    refresh=False)
+                bar.update(it - bar.n)
+            record = {"iteration": it, "loss": loss, "avg_loss": avg_loss, "learning_rate": rate,
+                      "images": it * full_batch, "seconds": round(train_time, 6),
+                      "load_seconds": round(load_time, 6), "images_per_s": round(ips, 3),
+                      "width": w, "height": h, "time": round(time.time(), 3)}
+
+            # ---- evaluation (-map, -topk)
+            evaluated = task.evaluation_due(it, iter_eval, max_b, n_train, full_batch, burn_in)
+            if evaluated:
+                iter_eval = it
+                task.evaluate(net, record, out, summary, save, bar)
+            trainlog.append(record)
+
+            # ---- checkpoints (darknet's conditions, plus the steps)
+            if it >= iter_save + save_every or it % save_every == 0 or it in steps:
+                iter_save = it
+                save(it)
+            if save_every > last_every and (it >= iter_save_last + last_every or (it % last_every == 0 and it > 1)):
+                iter_save_last = it
+                save("last", with_state=True)
+            if chart_every and (it % chart_every == 0 or evaluated):
+                redraw(hours_left)
+            if callback is not None:
+                callback(record)
+            if stop_after is not None and it >= stop_after and it < max_b:
+                raise KeyboardInterrupt
+            t_wait = time.perf_counter()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        if bar is not None:
+            bar.close()
+            out.bar = bar = None
+        summary.seconds = time.perf_counter() - t0
+        if net.iteration > start:
+            last = save("last", with_state=True, quiet=True)
+            redraw(hours_left)
+            out.note(f"interrupted at iteration {net.iteration}: saved {last} and {state_path(last)}; resume with "
+                     f"'pydarknet {task.command} train {data} {cfg} {last}'")
+        else:
+            out.note(f"interrupted at iteration {net.iteration}, before any update; no checkpoint written")
+        raise
+    except Exception:
+        if bar is not None:
+            bar.close()
+            out.bar = bar = None
+        if net.iteration > start:
+            try:
+                last = save("last", with_state=True, quiet=True)
+                out.note(f"training stopped at iteration {net.iteration}; saved {last} and {state_path(last)}")
+            except Exception:
+                pass
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+            out.bar = None
+        if (net.width, net.height) != (init_w, init_h):
+            net.resize(height=init_h, width=init_w)
+
+    summary.seconds = time.perf_counter() - t0
+    summary.iteration = net.iteration
+    save("final")
+    save("last", with_state=True)
+    redraw(0.0)
+    if loader.summary.total:
+        out.note(f"data problems met (each counted once, the samples skipped or repaired):\n{loader.summary.report()}")
+    out.line(f"Training finished at iteration {net.iteration}: {summary.saved['final']}" + task.finished(summary))
+    out.line("If you want to train from the beginning, then use flag in the end of training command: -clear")
+    return summary
