@@ -66,6 +66,19 @@ def write_cfg(tmp_path):
     return write
 
 
+@pytest.fixture(params=["blas", "portable"])
+def gemm(request, monkeypatch):
+    """Runs a test with the BLAS GEMM and with the portable one (a module
+    asks for it with pytestmark = pytest.mark.usefixtures("gemm"))."""
+    import pydarknet
+
+    if request.param == "portable":
+        monkeypatch.setenv("PYDARKNET_GEMM", "portable")
+    elif not pydarknet.blas_available():
+        pytest.skip("this build has no BLAS")
+    return request.param
+
+
 def random_input(shape, seed=0):
     return np.random.default_rng(seed).random(shape, dtype=np.float32)
 

@@ -1,6 +1,6 @@
 """The CUDA path: its sources compile with nvcc, the device API reports
 clearly where there is no CUDA, and (where a device is present) every layer
-case of the CPU test table runs on the GPU and agrees with the CPU.
+case of tests/layer_cases.py runs on the GPU and agrees with the CPU.
 
 GPU against CPU tolerances: forward outputs within 1e-4 of the tensor's
 largest magnitude (float32 sums of a few hundred terms in another order, as
@@ -19,10 +19,9 @@ import pytest
 
 import pydarknet
 from pydarknet._native import DarknetError, check, cuda_devices, ffi, lib
-from pydarknet.synthetic import shapes_batch
 from conftest import build_module, randomize, random_input
-from test_layers import ACT, NET, ONE, YOLO
-from test_training import YOLO_NET
+from layer_cases import NET, ONE, YOLO, select
+from helpers import trained
 
 _build_ffi = build_module()
 
@@ -127,49 +126,6 @@ def _gpu():
     return 0
 
 
-CONV = ["filters=4\nsize=3\nstride=1\npad=1", "filters=6\nsize=3\nstride=2\npad=1", "filters=4\nsize=1\nstride=1\npad=0",
-        "filters=4\nsize=3\nstride_x=2\nstride_y=1\npadding=1", "filters=6\nsize=3\nstride=1\npad=1\ngroups=3",
-        "filters=4\nsize=3\nstride=1\npad=1\ndilation=2", "filters=4\nsize=5\nstride=3\npadding=1"]
-ACTS = sorted(ACT) + ["stair", "normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval"]
-
-# (cfg body, channels, height, width): the cases of tests/test_layers.py
-CASES = (
-    [(f"[convolutional]\n{o}\nbatch_normalize={bn}\nactivation=linear\n", 6, 9, 8) for o in CONV for bn in (0, 1)]
-    + [(f"[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\nactivation={a}\n", 3, 6, 6) for a in ACTS]
-    + [(f"[connected]\noutput=7\nbatch_normalize={bn}\nactivation=leaky\n", 2, 3, 4) for bn in (0, 1)]
-    + [(f"[maxpool]\n{o}\n", 3, 9, 8) for o in ["size=2\nstride=2", "size=2\nstride=1", "size=3\nstride=2",
-                                                "size=3\nstride=1\npadding=2", "size=5\nstride=1",
-                                                "size=2\nstride_x=2\nstride_y=1"]]
-    + [("[maxpool]\nmaxpool_depth=1\nout_channels=2\n", 6, 4, 4)]
-    + [(f"[local_avgpool]\n{o}\n", 3, 7, 8) for o in ["size=2\nstride=2", "size=3\nstride=2\npadding=1"]]
-    + [("[avgpool]\n", 4, 5, 3)]
-    + [(ONE.format(f=4) + ONE.format(f=6) + "[route]\nlayers=-1,-2\n[route]\nlayers=1,0\ngroups=2\ngroup_id=1\n", 3, 4, 5),
-       (ONE.format(f=4) * 3 + "[shortcut]\nfrom=-2,-3\nactivation=leaky\n", 3, 4, 5),
-       (ONE.format(f=4) * 3 + "[shortcut]\nfrom=-2\nactivation=swish\n", 3, 4, 5),
-       (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_channel\nweights_normalization=softmax\n", 3, 3, 3),
-       (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_feature\nweights_normalization=none\n", 3, 3, 3),
-       (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_feature\nweights_normalization=relu\n", 3, 3, 3),
-       (ONE.format(f=4) * 2 + "[shortcut]\nfrom=0\nweights_type=per_channel\nweights_normalization=none\n"
-        "activation=leaky\n", 3, 3, 3),
-       (ONE.format(f=4) + "[convolutional]\nfilters=6\nsize=1\nstride=2\nactivation=linear\n[shortcut]\nfrom=-2\n", 3, 4, 4)]
-    + [(f"[upsample]\nstride={s}\nscale={k}\n", 2, 4, 6) for s, k in [(2, 1.0), (3, 0.5), (-2, 1.0)]]
-    + [("[reorg]\nstride=2\n", 4, 4, 6), ("[reorg]\nstride=2\nreverse=1\n", 8, 3, 2),
-       ("[reorg3d]\nstride=2\n", 3, 4, 6), ("[reorg3d]\nstride=2\nreverse=1\n", 16, 2, 2),
-       ("[softmax]\ngroups=1\n", 5, 1, 1),
-       ("[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", 16, 3, 4),
-       (YOLO, 14, 3, 4), (YOLO.replace("classes=2", "classes=2\nnew_coords=1\nscale_x_y=1.1"), 14, 3, 4),
-       (ONE.format(f=8) + "[maxpool]\nmaxpool_depth=1\nout_channels=3\n[connected]\noutput=5\nactivation=logistic\n"
-        "[dropout]\nprobability=.3\n", 3, 4, 4), ("[softmax]\ngroups=4\ntemperature=0.5\nnoloss=1\n", 8, 1, 1),
-       (ONE.format(f=4) + "[avgpool]\n[scale_channels]\nfrom=-2\nactivation=logistic\n", 3, 4, 5),
-       (ONE.format(f=4) + ONE.format(f=1) + "[scale_channels]\nfrom=-2\nscale_wh=1\n", 3, 4, 5),
-       (ONE.format(f=4) * 2 + "[sam]\nfrom=-2\n", 3, 4, 5), ("[batchnorm]\n", 3, 4, 4),
-       (ONE.format(f=4) * 2 + "[sam]\nfrom=-2\nactivation=swish\n", 3, 4, 5)]
-    + [(f"[activation]\nactivation={a}\n", 5, 3, 4) for a in ACTS]
-    + [("[dropout]\nprobability=.5\n", 3, 4, 4), ("[empty]\n", 3, 4, 4)]
-)
-IDS = [f"{i}-" + body.split("\n")[0].strip("[]") for i, (body, *_) in enumerate(CASES)]
-
-
 def _pair(write_cfg, body, c, h, w, batch=2):
     """The same network with the same weights on the CPU and on the GPU."""
     nets = []
@@ -188,9 +144,10 @@ def close(got, want, tol):
     assert err < tol, f"relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("body,c,h,w", CASES, ids=IDS)
-def test_forward_matches_cpu(write_cfg, body, c, h, w):
-    cpu, gpu = _pair(write_cfg, body, c, h, w)
+@pytest.mark.parametrize("case", select(gpu=True))
+def test_forward_matches_cpu(write_cfg, case):
+    c, h, w = case.shape
+    cpu, gpu = _pair(write_cfg, case.body, c, h, w)
     x = random_input((2, c, h, w), 1) * 2 - 1
     cpu.forward(x)
     gpu.forward(x)
@@ -226,9 +183,10 @@ def _grads(net, x, R, truth=None):
     return out
 
 
-@pytest.mark.parametrize("body,c,h,w", CASES, ids=IDS)
-def test_gradients_match_cpu(write_cfg, body, c, h, w):
-    cpu, gpu = _pair(write_cfg, body, c, h, w)
+@pytest.mark.parametrize("case", select(gpu=True))
+def test_gradients_match_cpu(write_cfg, case):
+    c, h, w = case.shape
+    cpu, gpu = _pair(write_cfg, case.body, c, h, w)
     x = random_input((2, c, h, w), 1) * 2 - 1
     R = np.random.default_rng(2).standard_normal(2 * int(np.prod(cpu.layers[-1].shape))).astype(np.float32)
     want, got = _grads(cpu, x, R), _grads(gpu, x, R)
@@ -262,20 +220,15 @@ def test_loss_heads_match_cpu(write_cfg, head, c):
 def test_training_iterations_match_cpu(write_cfg, extra):
     """Two iterations of batch 8 in mini-batches of 4: accumulation, batch-norm
     statistics, the yolo loss and the optimizer (SGD with momentum and decay, or Adam)."""
-    nets = []
-    for name in ("cpu.cfg", "gpu.cfg"):
-        net = pydarknet.load(write_cfg(YOLO_NET.format(sub=2, extra=extra), name))
-        randomize(net, 3)
-        nets.append(net)
-    nets[1].set_device(_gpu())
-    x, t = shapes_batch(8, 32, seed=4)
-    losses = [[net.train_batch(x, t) for _ in range(2)] for net in nets]
-    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
-    for a, b in zip(nets[0].layers, nets[1].layers):
+    device = _gpu()
+    cpu, cpu_losses = trained(write_cfg, 2, 2, extra, "cpu.cfg")
+    gpu, gpu_losses = trained(write_cfg, 2, 2, extra, "gpu.cfg", device=device)
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)
+    for a, b in zip(cpu.layers, gpu.layers):
         pa, pb = a.params, b.params
         for k in pa:
             close(pb[k], pa[k], 1e-3)
-    assert nets[1].iteration == nets[0].iteration == 2
+    assert gpu.iteration == cpu.iteration == 2
 
 
 def test_device_name_and_move_back(write_cfg):

@@ -15,14 +15,8 @@ from pydarknet._native import check, ffi, lib
 from conftest import randomize
 from gradcheck import Checker, check_gradients, param_grads
 
-@pytest.fixture(autouse=True, params=["blas", "portable"])
-def gemm(request, monkeypatch):
-    """Every case runs with the BLAS GEMM and with the portable one."""
-    if request.param == "portable":
-        monkeypatch.setenv("PYDARKNET_GEMM", "portable")
-    elif not pydarknet.blas_available():
-        pytest.skip("this build has no BLAS")
-    return request.param
+# every case runs with the BLAS GEMM and with the portable one
+pytestmark = pytest.mark.usefixtures("gemm")
 
 
 NET = "[net]\nwidth={w}\nheight={h}\nchannels={c}\nbatch={b}\n"

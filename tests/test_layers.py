@@ -1,28 +1,23 @@
 """Every layer's forward pass against a NumPy reference written from the
-layer's math (float64), one short case per option. Tolerance: outputs agree
-to 1e-4 of the tensor's largest magnitude, what float32 accumulation over a
-few hundred terms allows."""
+layer's math (float64), one short case per option: the rows of
+tests/layer_cases.py whose `forward` names a test here. Tolerance: outputs
+agree to 1e-4 of the tensor's largest magnitude, what float32 accumulation
+over a few hundred terms allows."""
 import numpy as np
 import pytest
 
 import pydarknet
 from conftest import randomize, random_input
-
-NET = "[net]\nwidth={w}\nheight={h}\nchannels={c}\n"
-
-
-@pytest.fixture(autouse=True, params=["blas", "portable"])
-def gemm(request, monkeypatch):
-    """Every case runs with the BLAS GEMM and with the portable one."""
-    if request.param == "portable":
-        monkeypatch.setenv("PYDARKNET_GEMM", "portable")
-    elif not pydarknet.blas_available():
-        pytest.skip("this build has no BLAS")
-    return request.param
+from layer_cases import NET, select
 
 
-def build(write_cfg, body, c=3, h=8, w=8, batch=2, seed=0):
-    net = pydarknet.load(write_cfg(NET.format(c=c, h=h, w=w) + body), batch=batch)
+# every case runs with the BLAS GEMM and with the portable one
+pytestmark = pytest.mark.usefixtures("gemm")
+
+
+def build(write_cfg, case, batch=2, seed=0):
+    """The case's network (tests/layer_cases.py) with seeded random weights."""
+    net = pydarknet.load(write_cfg(case.cfg), batch=batch)
     randomize(net, seed)
     return net
 
@@ -31,6 +26,20 @@ def run(net, seed=1, batch=2):
     x = random_input((batch, net.channels, net.height, net.width), seed) * 2 - 1
     net.forward(x)
     return x.astype(np.float64)
+
+
+def forward(write_cfg, case):
+    """The case's network after a forward pass on inputs in -1..1, and the
+    inputs; checks the output shape where the case gives it."""
+    net = build(write_cfg, case)
+    x = run(net)
+    if case.out_shape is not None:
+        assert net.layers[-1].output.shape == (2,) + case.out_shape
+    return net, x
+
+
+def outputs(net):
+    return [np.asarray(layer.output, np.float64) for layer in net.layers]
 
 
 def close(got, want, tol=1e-4):
@@ -65,6 +74,11 @@ ACT = {
 }
 
 
+def stair(x):
+    n = np.floor(x)
+    return np.where(n % 2 == 0, np.floor(x / 2), (x - n) + np.floor(x / 2))
+
+
 def act_channels(x, kind):
     """normalize_channels* over axis 1 (channels) at each pixel."""
     if kind == "normalize_channels":
@@ -73,6 +87,15 @@ def act_channels(x, kind):
     m = x.max(axis=1, keepdims=True) if kind.endswith("maxval") else 0
     e = np.exp(x - m)
     return e / (1e-4 + e.sum(axis=1, keepdims=True))
+
+
+def activate(x, kind):
+    """Any darknet activation: element-wise (ACT), stair, or over the channels."""
+    if kind == "stair":
+        return stair(x)
+    if kind.startswith("normalize_channels"):
+        return act_channels(x, kind)
+    return ACT[kind](x)
 
 
 def conv_ref(x, w, b, sy, sx, pad, dil, groups):
@@ -97,6 +120,18 @@ def bn_ref(y, p):
     return (y - c(p["rolling_mean"])) / np.sqrt(c(p["rolling_variance"]) + 1e-5) * c(p["scales"])
 
 
+def convolutional_ref(layer, x):
+    """[convolutional] from its options and parameters: convolution, batch
+    normalization where asked, biases, activation."""
+    p, a = layer.params, layer.spec.attrs
+    w = p["weights"].reshape(a["filters"], x.shape[1] // a["groups"], a["size"], a["size"]).astype(np.float64)
+    y = conv_ref(x, w, np.zeros(a["filters"]), a["stride_y"], a["stride_x"], a["padding"], a["dilation"], a["groups"])
+    if a["batch_normalize"]:
+        y = bn_ref(y, p)
+    y += np.asarray(p["biases"], np.float64)[None, :, None, None]
+    return activate(y, a["activation"])
+
+
 def pool_ref(x, size, sy, sx, padding, kind):
     B, C, H, W = x.shape
     oh, ow = (H + padding - size) // sy + 1, (W + padding - size) // sx + 1
@@ -111,186 +146,157 @@ def pool_ref(x, size, sy, sx, padding, kind):
 
 
 # ---------------------------------------------------------------- convolutional
-@pytest.mark.parametrize("opts,c", [
-    ("filters=4\nsize=3\nstride=1\npad=1", 3),
-    ("filters=6\nsize=3\nstride=2\npad=1", 3),
-    ("filters=4\nsize=1\nstride=1\npad=0", 5),
-    ("filters=4\nsize=3\nstride_x=2\nstride_y=1\npadding=1", 3),
-    ("filters=4\nsize=3\nstride=1\npadding=0", 3),
-    ("filters=6\nsize=3\nstride=1\npad=1\ngroups=3", 6),
-    ("filters=6\nsize=3\nstride=1\npad=1\ngroups=6", 6),
-    ("filters=4\nsize=3\nstride=1\npad=1\ndilation=2", 3),
-    ("filters=4\nsize=5\nstride=3\npadding=1", 3),
-])
-@pytest.mark.parametrize("bn", [0, 1])
-def test_convolutional(write_cfg, opts, c, bn):
-    net = build(write_cfg, f"[convolutional]\n{opts}\nbatch_normalize={bn}\nactivation=linear\n", c=c, h=9, w=8)
-    x = run(net)
-    layer = net.layers[0]
-    p = layer.params
-    a = layer.spec.attrs
-    w = p["weights"].reshape(a["filters"], c // a["groups"], a["size"], a["size"]).astype(np.float64)
-    y = conv_ref(x, w, np.zeros(a["filters"]), a["stride_y"], a["stride_x"], a["padding"], a["dilation"], a["groups"])
-    if bn:
-        y = bn_ref(y, p)
-    y += np.asarray(p["biases"], np.float64)[None, :, None, None]
-    close(layer.output, y)
+@pytest.mark.parametrize("case", select(forward="convolutional"))
+def test_convolutional(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    close(net.layers[0].output, convolutional_ref(net.layers[0], x))
 
 
-@pytest.mark.parametrize("act", sorted(ACT))
-def test_activation_in_convolutional(write_cfg, act):
-    net = build(write_cfg, f"[convolutional]\nfilters=4\nsize=1\nstride=1\nactivation={act}\n", c=3, h=5, w=5)
-    x = run(net)
-    p = net.layers[0].params
-    w = p["weights"].reshape(4, 3).astype(np.float64)
-    y = np.einsum("bchw,nc->bnhw", x, w) + np.asarray(p["biases"], np.float64)[None, :, None, None]
-    close(net.layers[0].output, ACT[act](y))
+@pytest.mark.parametrize("case", select(forward="activation_in_convolutional"))
+def test_activation_in_convolutional(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    close(net.layers[0].output, convolutional_ref(net.layers[0], x))
 
 
-def test_stair_activation(write_cfg):
-    net = build(write_cfg, "[activation]\nactivation=stair\n", c=2, h=4, w=4)
-    x = run(net) * 5
+@pytest.mark.parametrize("case", select(forward="stair_activation"))
+def test_stair_activation(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    x = x * 5
     net.forward(x.astype(np.float32))
-    n = np.floor(x)
-    want = np.where(n % 2 == 0, np.floor(x / 2), (x - n) + np.floor(x / 2))
-    close(net.layers[0].output, want)
+    close(net.layers[0].output, stair(x))
 
 
-@pytest.mark.parametrize("kind", ["normalize_channels", "normalize_channels_softmax",
-                                  "normalize_channels_softmax_maxval"])
-def test_channel_normalizing_activations(write_cfg, kind):
-    net = build(write_cfg, f"[activation]\nactivation={kind}\n", c=5, h=3, w=4)
-    x = run(net)
-    close(net.layers[0].output, act_channels(x, kind))
+@pytest.mark.parametrize("case", select(forward="channel_normalizing_activations"))
+def test_channel_normalizing_activations(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    close(net.layers[0].output, act_channels(x, net.layers[0].spec.attrs["activation"]))
 
 
 # ---------------------------------------------------------------- connected
-@pytest.mark.parametrize("bn", [0, 1])
-def test_connected(write_cfg, bn):
-    net = build(write_cfg, f"[connected]\noutput=7\nbatch_normalize={bn}\nactivation=leaky\n", c=2, h=3, w=4)
-    x = run(net)
-    p = net.layers[0].params
-    y = x.reshape(2, -1) @ p["weights"].reshape(7, -1).astype(np.float64).T
+@pytest.mark.parametrize("case", select(forward="connected"))
+def test_connected(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    p, a = net.layers[0].params, net.layers[0].spec.attrs
+    y = x.reshape(2, -1) @ p["weights"].reshape(a["output"], -1).astype(np.float64).T
     y = y[:, :, None, None]
-    if bn:
+    if a["batch_normalize"]:
         y = bn_ref(y, p)
     y += np.asarray(p["biases"], np.float64)[None, :, None, None]
-    close(net.layers[0].output, ACT["leaky"](y))
+    close(net.layers[0].output, ACT[a["activation"]](y))
 
 
 # ---------------------------------------------------------------- pooling
-@pytest.mark.parametrize("opts", ["size=2\nstride=2", "size=2\nstride=1", "size=3\nstride=2",
-                                  "size=3\nstride=1\npadding=2", "size=5\nstride=1", "size=2\nstride_x=2\nstride_y=1"])
-def test_maxpool(write_cfg, opts):
-    net = build(write_cfg, f"[maxpool]\n{opts}\n", c=3, h=9, w=8)
-    x = run(net)
-    a = net.layers[0].spec.attrs
-    close(net.layers[0].output, pool_ref(x, a["size"], a["stride_y"], a["stride_x"], a["padding"], "max"))
+def pool_layer_ref(layer, x, kind):
+    a = layer.spec.attrs
+    return pool_ref(x, a["size"], a["stride_y"], a["stride_x"], a["padding"], kind)
 
 
-def test_maxpool_depth(write_cfg):
-    net = build(write_cfg, "[maxpool]\nmaxpool_depth=1\nout_channels=2\n", c=6, h=4, w=4)
-    x = run(net)
-    close(net.layers[0].output, np.stack([x[:, g::2].max(axis=1) for g in range(2)], axis=1))
+@pytest.mark.parametrize("case", select(forward="maxpool"))
+def test_maxpool(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    close(net.layers[0].output, pool_layer_ref(net.layers[0], x, "max"))
 
 
-@pytest.mark.parametrize("opts", ["size=2\nstride=2", "size=3\nstride=1", "size=3\nstride=2\npadding=1"])
-def test_local_avgpool(write_cfg, opts):
-    net = build(write_cfg, f"[local_avgpool]\n{opts}\n", c=3, h=7, w=8)
-    x = run(net)
-    a = net.layers[0].spec.attrs
-    close(net.layers[0].output, pool_ref(x, a["size"], a["stride_y"], a["stride_x"], a["padding"], "avg"))
+@pytest.mark.parametrize("case", select(forward="maxpool_depth"))
+def test_maxpool_depth(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    k = net.layers[0].spec.attrs["out_channels"]
+    close(net.layers[0].output, np.stack([x[:, g::k].max(axis=1) for g in range(k)], axis=1))
 
 
-def test_avgpool(write_cfg):
-    net = build(write_cfg, "[avgpool]\n", c=4, h=5, w=3)
-    x = run(net)
+@pytest.mark.parametrize("case", select(forward="local_avgpool"))
+def test_local_avgpool(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    close(net.layers[0].output, pool_layer_ref(net.layers[0], x, "avg"))
+
+
+@pytest.mark.parametrize("case", select(forward="avgpool"))
+def test_avgpool(write_cfg, case):
+    net, x = forward(write_cfg, case)
     close(net.layers[0].output, x.mean(axis=(2, 3), keepdims=True))
 
 
 # ---------------------------------------------------------------- graph layers
-ONE = "[convolutional]\nfilters={f}\nsize=1\nstride=1\nactivation=linear\n"
-
-
-def test_route_concatenates_and_groups(write_cfg):
-    body = ONE.format(f=4) + ONE.format(f=6) + "[route]\nlayers=-1,-2\n" + "[route]\nlayers=1,0\ngroups=2\ngroup_id=1\n"
-    net = build(write_cfg, body, c=3, h=4, w=5)
-    run(net)
+@pytest.mark.parametrize("case", select(forward="route_concatenates_and_groups"))
+def test_route_concatenates_and_groups(write_cfg, case):
+    # two convolutions of 4 and 6 filters; [route] layers=-1,-2; [route] layers=1,0 groups=2 group_id=1
+    net, _ = forward(write_cfg, case)
     a, b = net.layers[0].output, net.layers[1].output
     close(net.layers[2].output, np.concatenate([b, a], axis=1))
     close(net.layers[3].output, np.concatenate([b[:, 3:], a[:, 2:]], axis=1))
 
 
-def test_shortcut_several_sources_and_activation(write_cfg):
-    body = ONE.format(f=4) * 3 + "[shortcut]\nfrom=-2,-3\nactivation=leaky\n"
-    net = build(write_cfg, body, c=3, h=4, w=5)
-    run(net)
-    o = [net.layers[i].output.astype(np.float64) for i in range(3)]
-    close(net.layers[3].output, ACT["leaky"](o[2] + o[1] + o[0]))
+@pytest.mark.parametrize("case", select(forward="shortcut_several_sources_and_activation"))
+def test_shortcut_several_sources_and_activation(write_cfg, case):
+    # the previous layer plus every layer of from=, then the activation
+    net, _ = forward(write_cfg, case)
+    o, a = outputs(net), net.layers[-1].spec.attrs
+    close(net.layers[-1].output, ACT[a["activation"]](o[-2] + sum(o[i] for i in a["from"])))
 
 
-@pytest.mark.parametrize("wtype,norm", [("per_feature", "none"), ("per_channel", "none"), ("per_feature", "relu"),
-                                        ("per_channel", "softmax")])
-def test_shortcut_weighted(write_cfg, wtype, norm):
-    body = ONE.format(f=4) * 2 + f"[shortcut]\nfrom=0\nweights_type={wtype}\nweights_normalization={norm}\n"
-    net = build(write_cfg, body, c=3, h=3, w=3)
-    net.layers[2].params["weights"][0] = -0.3  # a negative weight, so relu normalization bites
+@pytest.mark.parametrize("case", select(forward="shortcut_weighted"))
+def test_shortcut_weighted(write_cfg, case):
+    net = build(write_cfg, case)
+    layer = net.layers[-1]
+    a = layer.spec.attrs
+    layer.params["weights"][0] = -0.3  # a negative weight, so relu normalization bites
     run(net)
-    wts = np.asarray(net.layers[2].params["weights"], np.float64).reshape(2, -1)  # [input, from][channel or 1]
-    if norm == "relu":
+    sources = [net.layers[-2].output] + [net.layers[i].output for i in a["from"]]
+    # [source: the previous layer, then from=][channel or 1]
+    wts = np.asarray(layer.params["weights"], np.float64).reshape(len(sources), -1)
+    if a["weights_normalization"] == "relu":
         r = np.maximum(wts, 0)
         wts = r / (1e-4 + r.sum(axis=0))
-    elif norm == "softmax":
+    elif a["weights_normalization"] == "softmax":
         e = np.exp(wts - wts.max(axis=0))
         wts = e / (1e-4 + e.sum(axis=0))
     c = lambda v: v[None, :, None, None] if v.size > 1 else v[0]
-    want = net.layers[1].output * c(wts[0]) + net.layers[0].output * c(wts[1])
-    close(net.layers[2].output, want)
+    want = sum(s * c(w) for s, w in zip(sources, wts))
+    close(layer.output, ACT[a["activation"]](want))
 
 
-def test_shortcut_of_different_size_samples(write_cfg):
-    # pjreddie's resnet joins a 4x4 layer onto a 2x2 one: strided sampling
-    body = ONE.format(f=4) + "[convolutional]\nfilters=6\nsize=1\nstride=2\nactivation=linear\n[shortcut]\nfrom=-2\n"
-    net = build(write_cfg, body, c=3, h=4, w=4)
-    run(net)
+@pytest.mark.parametrize("case", select(forward="shortcut_of_different_size_samples"))
+def test_shortcut_of_different_size_samples(write_cfg, case):
+    # a 4x4 convolution of 4 filters joined onto a 2x2 one of 6: strided sampling
+    net, _ = forward(write_cfg, case)
     a, b = net.layers[0].output, net.layers[1].output
     want = b.copy()
     want[:, :4] += a[:, :, ::2, ::2]
     close(net.layers[2].output, want)
 
 
-@pytest.mark.parametrize("stride,scale", [(2, 1.0), (3, 0.5), (-2, 1.0)])
-def test_upsample(write_cfg, stride, scale):
-    net = build(write_cfg, f"[upsample]\nstride={stride}\nscale={scale}\n", c=2, h=4, w=6)
-    x = run(net)
+@pytest.mark.parametrize("case", select(forward="upsample"))
+def test_upsample(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    a = net.layers[0].spec.attrs
+    stride, scale = a["stride"], a["scale"]
     if stride > 0:
         want = scale * x.repeat(stride, axis=2).repeat(stride, axis=3)
     else:
         s = -stride
-        want = scale * x.reshape(2, 2, 4 // s, s, 6 // s, s).sum(axis=(3, 5))
+        B, C, H, W = x.shape
+        want = scale * x[:, :, :H // s * s, :W // s * s].reshape(B, C, H // s, s, W // s, s).sum(axis=(3, 5))
     close(net.layers[0].output, want)
 
 
-def test_reorg3d_is_space_to_depth(write_cfg):
-    net = build(write_cfg, "[reorg3d]\nstride=2\n", c=3, h=4, w=6)
-    x = run(net)
-    s, C = 2, 3
-    out = net.layers[0].output
-    assert out.shape == (2, 12, 2, 3)
-    want = np.zeros(out.shape)
-    for k in range(12):
+@pytest.mark.parametrize("case", select(forward="reorg3d_is_space_to_depth"))
+def test_reorg3d_is_space_to_depth(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    s = net.layers[0].spec.attrs["stride"]
+    B, C, H, W = x.shape
+    want = np.zeros((B, C * s * s, H // s, W // s))
+    for k in range(C * s * s):
         off = k // C
         want[:, k] = x[:, k % C, off // s::s, off % s::s]
-    close(out, want)
+    close(net.layers[0].output, want)
 
 
-def test_reorg3d_reverse_is_a_permutation(write_cfg):
+@pytest.mark.parametrize("case", select(forward="reorg3d_reverse_is_a_permutation"))
+def test_reorg3d_reverse_is_a_permutation(write_cfg, case):
     # darknet's reverse mode runs the same index map with source and
     # destination exchanged; check it is a permutation of the input
-    net = build(write_cfg, "[reorg3d]\nstride=2\nreverse=1\n", c=16, h=2, w=2)
-    x = run(net)
+    net, x = forward(write_cfg, case)
     out = net.layers[0].output
-    assert out.shape == (2, 4, 4, 4)
     assert np.array_equal(np.sort(out.reshape(2, -1), axis=1), np.sort(x.astype(np.float32).reshape(2, -1), axis=1))
 
 
@@ -314,18 +320,11 @@ def old_reorg_ref(x, s, reverse):
     return out
 
 
-@pytest.mark.parametrize("opts,c,h,w,shape", [
-    ("stride=2", 4, 4, 6, (16, 2, 3)),
-    ("stride=2", 12, 2, 2, (48, 1, 1)),
-    ("stride=3", 9, 3, 6, (81, 1, 2)),
-    ("stride=2\nreverse=1", 8, 3, 2, (2, 6, 4)),
-])
-def test_reorg_is_darknets_old_reorg(write_cfg, opts, c, h, w, shape):
-    net = build(write_cfg, f"[reorg]\n{opts}\n", c=c, h=h, w=w)
-    x = run(net)
-    out = net.layers[0].output
-    assert out.shape == (2,) + shape
-    close(out, old_reorg_ref(x, 3 if "stride=3" in opts else 2, "reverse" in opts))
+@pytest.mark.parametrize("case", select(forward="reorg_is_darknets_old_reorg"))
+def test_reorg_is_darknets_old_reorg(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    a = net.layers[0].spec.attrs
+    close(net.layers[0].output, old_reorg_ref(x, a["stride"], a["reverse"]))
 
 
 @pytest.mark.parametrize("section,c,h,w,msg", [
@@ -337,81 +336,80 @@ def test_reorg_is_darknets_old_reorg(write_cfg, opts, c, h, w, shape):
 ])
 def test_reorg_shape_rules(write_cfg, section, c, h, w, msg):
     with pytest.raises(pydarknet.cfg.CfgError, match="net.cfg:5: layer 0 .*" + msg):
-        build(write_cfg, section + "\n", c=c, h=h, w=w)
+        pydarknet.load(write_cfg(NET.format(c=c, h=h, w=w) + section + "\n"), batch=2)
 
 
-@pytest.mark.parametrize("groups,temp", [(1, 1.0), (4, 1.0), (2, 0.5)])
-def test_softmax(write_cfg, groups, temp):
-    net = build(write_cfg, f"[softmax]\ngroups={groups}\ntemperature={temp}\n", c=8, h=1, w=1)
-    x = run(net)
-    z = x.reshape(2, groups, -1) / temp
+@pytest.mark.parametrize("case", select(forward="softmax"))
+def test_softmax(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    a = net.layers[0].spec.attrs
+    z = x.reshape(2, a["groups"], -1) / a["temperature"]
     e = np.exp(z - z.max(axis=2, keepdims=True))
-    close(net.layers[0].output, (e / e.sum(axis=2, keepdims=True)).reshape(2, 8, 1, 1))
+    close(net.layers[0].output, (e / e.sum(axis=2, keepdims=True)).reshape(x.shape))
 
 
-def test_scale_channels_per_channel(write_cfg):
-    body = ONE.format(f=4) + "[avgpool]\n[scale_channels]\nfrom=-2\nactivation=logistic\n"
-    net = build(write_cfg, body, c=3, h=4, w=5)
-    run(net)
-    f, s = net.layers[0].output, net.layers[1].output
-    close(net.layers[2].output, ACT["logistic"](f * s))
+def product_ref(net):
+    """[scale_channels] and [sam]: the layer of from= times the previous layer
+    (per channel, per pixel or per value, as their shapes broadcast), then the activation."""
+    o, a = outputs(net), net.layers[-1].spec.attrs
+    return ACT[a["activation"]](o[a["from"][0]] * o[-2])
 
 
-def test_scale_channels_per_pixel(write_cfg):
-    body = ONE.format(f=4) + ONE.format(f=1) + "[scale_channels]\nfrom=-2\nscale_wh=1\n"
-    net = build(write_cfg, body, c=3, h=4, w=5)
-    run(net)
-    close(net.layers[2].output, net.layers[0].output * net.layers[1].output)
+@pytest.mark.parametrize("case", select(forward="scale_channels"))
+def test_scale_channels(write_cfg, case):
+    net, _ = forward(write_cfg, case)
+    close(net.layers[-1].output, product_ref(net))
 
 
-def test_sam(write_cfg):
-    body = ONE.format(f=4) + ONE.format(f=4) + "[sam]\nfrom=-2\n"
-    net = build(write_cfg, body, c=3, h=4, w=5)
-    run(net)
-    close(net.layers[2].output, net.layers[0].output * net.layers[1].output)
+@pytest.mark.parametrize("case", select(forward="sam"))
+def test_sam(write_cfg, case):
+    net, _ = forward(write_cfg, case)
+    close(net.layers[-1].output, product_ref(net))
 
 
-def test_batchnorm(write_cfg):
-    net = build(write_cfg, "[batchnorm]\n", c=3, h=4, w=4)
-    x = run(net)
+@pytest.mark.parametrize("case", select(forward="batchnorm"))
+def test_batchnorm(write_cfg, case):
+    net, x = forward(write_cfg, case)
     p = net.layers[0].params
     # darknet's [batchnorm]: normalized, scaled, then its own biases added
     close(net.layers[0].output, bn_ref(x, p) + np.asarray(p["biases"], np.float64)[None, :, None, None])
 
 
-@pytest.mark.parametrize("section", ["[dropout]\nprobability=.5", "[empty]", "[cost]\ntype=sse"])
-def test_identity_at_inference(write_cfg, section):
-    net = build(write_cfg, section + "\n", c=3, h=4, w=4)
-    x = run(net)
+@pytest.mark.parametrize("case", select(forward="identity_at_inference"))
+def test_identity_at_inference(write_cfg, case):
+    net, x = forward(write_cfg, case)
     close(net.layers[0].output, x, tol=1e-7)
 
 
 # ---------------------------------------------------------------- heads
-YOLO = "[yolo]\nmask=0,1\nanchors=10,14, 23,27, 37,58\nclasses=2\nnum=3\n"
-
-
-@pytest.mark.parametrize("extra", ["", "scale_x_y=1.1", "new_coords=1\nscale_x_y=2.0"])
-def test_yolo_forward(write_cfg, extra):
-    net = build(write_cfg, YOLO + extra + "\n", c=14, h=4, w=4)
-    x = run(net).reshape(2, 2, 7, 4, 4)
-    s = net.layers[0].spec.attrs["scale_x_y"]
+@pytest.mark.parametrize("case", select(forward="yolo_forward"))
+def test_yolo_forward(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    a = net.layers[0].spec.attrs
+    B, (c, h, w) = 2, case.shape
+    x = x.reshape(B, len(a["mask"]), 5 + a["classes"], h, w)
+    s = a["scale_x_y"]
     y = x.copy()
-    if not net.layers[0].spec.attrs["new_coords"]:
-        y[:, :, [0, 1, 4, 5, 6]] = ACT["logistic"](x[:, :, [0, 1, 4, 5, 6]])
+    if not a["new_coords"]:
+        idx = [0, 1, 4] + list(range(5, 5 + a["classes"]))
+        y[:, :, idx] = ACT["logistic"](x[:, :, idx])
     y[:, :, :2] = y[:, :, :2] * s - (s - 1) / 2
-    close(net.layers[0].output, y.reshape(2, 14, 4, 4))
+    close(net.layers[0].output, y.reshape(B, c, h, w))
 
 
-def test_region_forward(write_cfg):
-    net = build(write_cfg, "[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", c=16, h=3, w=3)
+@pytest.mark.parametrize("case", select(forward="region_forward"))
+def test_region_forward(write_cfg, case):
+    net, x = forward(write_cfg, case)
+    a = net.layers[0].spec.attrs
+    B, (c, h, w) = 2, case.shape
     # darknet's forward_region_layer: the input flattened to cell-major
     # [B][H*W][num][5 + classes], the logistic on objectness only (x, y, w, h
     # stay raw), the softmax over each cell's and anchor's classes
-    x = run(net).reshape(2, 2, 8, 3, 3)
+    x = x.reshape(B, a["num"], 5 + a["classes"], h, w)
     y = x.copy()
     y[:, :, 4] = ACT["logistic"](x[:, :, 4])
     e = np.exp(x[:, :, 5:] - x[:, :, 5:].max(axis=2, keepdims=True))
     y[:, :, 5:] = e / e.sum(axis=2, keepdims=True)
     out = net.layers[0].output
-    assert out.shape == (2, 3, 3, 2, 8)
+    assert out.shape == (B, h, w, a["num"], 5 + a["classes"])
     close(out, y.transpose(0, 3, 4, 1, 2))

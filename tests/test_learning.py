@@ -6,70 +6,13 @@ import numpy as np
 import pydarknet
 from pydarknet.synthetic import shapes_batch
 from conftest import randomize
+from helpers import conv, maxpool, section, shapes_head, train_cycling
 
-DETECTOR = """[net]
-width=64
-height=64
-channels=3
-batch=16
-subdivisions=1
-learning_rate=0.002
-adam=1
-burn_in=20
-policy=constant
-decay=0.0005
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-batch_normalize=1
-filters=64
-size=3
-stride=1
-pad=1
-activation=leaky
-[convolutional]
-filters=24
-size=1
-stride=1
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=8,8, 13,13, 20,20
-classes=3
-num=3
-iou_loss=ciou
-iou_normalizer=0.07
-ignore_thresh=.7
-"""
+DETECTOR = (section("net", width=64, height=64, channels=3, batch=16, subdivisions=1, learning_rate=0.002, adam=1,
+                    burn_in=20, policy="constant", decay=0.0005)
+            + conv(16, bn=True) + maxpool() + conv(32, bn=True) + maxpool() + conv(32, bn=True) + maxpool()
+            + conv(64, bn=True) + shapes_head("8,8, 13,13, 20,20", iou_loss="ciou", iou_normalizer=0.07,
+                                             ignore_thresh=".7"))
 
 
 def iou(a, b):
@@ -84,10 +27,7 @@ def test_small_yolo_learns_to_detect_shapes(write_cfg):
     net = pydarknet.load(write_cfg(DETECTOR))
     randomize(net, 0)
     x, t = shapes_batch(64, 64, per_image=(1, 2), seed=7)
-    losses = []
-    for it in range(300):
-        k = (it * 16) % 64
-        losses.append(net.train_batch(x[k:k + 16], t[k:k + 16]))
+    losses = train_cycling(net, x, t, 300, batch=16)
     start, end = np.mean(losses[:10]), np.mean(losses[-10:])
     assert end < 0.25 * start, (start, end)
     # the trained network finds the shapes it saw, with the right class
@@ -104,44 +44,10 @@ def test_small_yolo_learns_to_detect_shapes(write_cfg):
     assert found >= 0.8 * total, f"{found} of {total} shapes found"
 
 
-CLASSIFIER = """[net]
-width=32
-height=32
-channels=3
-batch=32
-learning_rate=0.003
-adam=1
-decay=0.0005
-burn_in=10
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-filters=3
-size=1
-stride=1
-activation=linear
-[avgpool]
-[softmax]
-groups=1
-"""
+CLASSIFIER = (section("net", width=32, height=32, channels=3, batch=32, learning_rate=0.003, adam=1, decay=0.0005,
+                      burn_in=10)
+              + conv(16, bn=True) + maxpool() + conv(32, bn=True) + maxpool() + conv(3, size=1, activation="linear")
+              + section("avgpool") + section("softmax", groups=1))
 
 
 def test_small_classifier_reaches_high_accuracy(write_cfg):
@@ -150,9 +56,7 @@ def test_small_classifier_reaches_high_accuracy(write_cfg):
     x, t = shapes_batch(128, 32, per_image=(1, 1), seed=3)
     labels = t[:, 0, 4].astype(int)
     onehot = np.eye(3, dtype=np.float32)[labels]
-    for it in range(200):
-        k = (it * 32) % 128
-        net.train_batch(x[k:k + 32], onehot[k:k + 32])
+    train_cycling(net, x, onehot, 200, batch=32)
     (probs,) = net.predict(x)
     accuracy = (probs.reshape(128, 3).argmax(axis=1) == labels).mean()
     assert accuracy >= 0.9, accuracy

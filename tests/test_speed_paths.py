@@ -9,10 +9,11 @@ their independence from the thread count.
   (as tests/test_layers.py), 2e-4 for gradients (sums over up to 10^5 terms).
 * 1 thread == 2 threads, bit for bit, with every speed path on: work is cut
   into tasks by the shape alone.
-The convolution shapes are chosen to reach every plan of the tiled code
-(1x1 direct, column tiles with private packing, shared packing, groups,
-stride 2, dilation, filters not a multiple of 8, fewer than 32 positions)
-and Winograd (with and without padding, outputs not a multiple of 4).
+The networks are the rows of tests/layer_cases.py marked `speed`: their
+convolution shapes reach every plan of the tiled code (1x1 direct, column
+tiles with private packing, shared packing, groups, stride 2, dilation,
+filters not a multiple of 8, fewer than 32 positions) and Winograd (with and
+without padding, outputs not a multiple of 4).
 """
 import os
 import subprocess
@@ -24,34 +25,10 @@ import pytest
 import pydarknet
 from conftest import randomize, random_input, model_cfg
 from pydarknet._native import check, ffi, lib
+from layer_cases import NET, conv, select
 
-NET = "[net]\nwidth={w}\nheight={h}\nchannels={c}\n"
 ALL = lib.DN_SPEED_ALL
 PLAIN = 0
-
-
-def conv(filters, size=3, stride=1, bn=1, act="leaky", groups=1, dilation=1, pad=None):
-    pad = (size // 2) if pad is None else pad
-    return ("[convolutional]\nfilters=%d\nsize=%d\nstride=%d\npad=%d\nbatch_normalize=%d\nactivation=%s\n"
-            "groups=%d\ndilation=%d\n" % (filters, size, stride, 1 if pad else 0, bn, act, groups, dilation))
-
-
-# (name, c, h, w, body): shapes reaching each plan
-CASES = [
-    ("private-stride1", 3, 48, 48, conv(16) + conv(24, act="logistic")),
-    ("private-stride2", 5, 100, 90, conv(13, stride=2) + conv(32, size=1, act="linear")),
-    ("shared-deep", 40, 9, 11, conv(70, bn=0, act="relu") + conv(33, size=1) + conv(9, act="mish")),
-    ("groups-dilation", 8, 50, 46, conv(16, groups=2) + conv(16, groups=4, dilation=2)),
-    ("tiny", 6, 3, 5, conv(10) + conv(3, size=1, bn=0, act="linear")),
-    ("winograd-edges", 8, 51, 45, conv(12) + conv(20, pad=0, act="logistic") + conv(9, bn=0, act="linear")),
-    ("shortcut", 8, 30, 30, conv(8) + conv(8, act="mish") + "[shortcut]\nfrom=-2\nactivation=leaky\n" + conv(8)
-     + "[shortcut]\nfrom=-3\nactivation=mish\n"),
-    ("spp", 6, 13, 11, conv(8, size=1) + "[maxpool]\nsize=5\nstride=1\n" + "[route]\nlayers=-2\n"
-     + "[maxpool]\nsize=9\nstride=1\n" + "[route]\nlayers=-4\n" + "[maxpool]\nsize=13\nstride=1\n"
-     + "[route]\nlayers=-1,-3,-5,-6\n" + conv(4, size=1, act="logistic")),
-    ("pool-route-up", 4, 40, 40, conv(16) + "[maxpool]\nsize=2\nstride=2\n" + conv(8) + "[route]\nlayers=-1,-2\n"
-     + "[upsample]\nstride=2\n" + conv(4, size=1) + "[maxpool]\nsize=3\nstride=1\n"),
-]
 
 
 def build(write_cfg, c, h, w, body, batch, seed=3, threads=1):
@@ -101,11 +78,12 @@ def train_pass(net, x, seed=5):
     return out
 
 
-@pytest.mark.parametrize("name,c,h,w,body", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", select(speed=True))
 @pytest.mark.parametrize("fast", [ALL, lib.DN_SPEED_THREADS, lib.DN_SPEED_THREADS | lib.DN_SPEED_FUSE,
                                   lib.DN_SPEED_THREADS | lib.DN_SPEED_KERNEL],
                          ids=["all", "threads", "threads+fuse", "threads+kernel"])
-def test_inference_fast_matches_plain(write_cfg, name, c, h, w, body, fast):
+def test_inference_fast_matches_plain(write_cfg, case, fast):
+    (c, h, w), body = case.shape, case.body
     x = random_input((2, c, h, w), 1) * 2 - 1
     plain = build(write_cfg, c, h, w, body, 2, threads=2)
     set_speed(plain, PLAIN)
@@ -117,8 +95,9 @@ def test_inference_fast_matches_plain(write_cfg, name, c, h, w, body, fast):
         assert rel_err(a, b) < 1e-4, f"layer {i}: relative error {rel_err(a, b):.2e}"
 
 
-@pytest.mark.parametrize("name,c,h,w,body", CASES, ids=[c[0] for c in CASES])
-def test_training_fast_matches_plain(write_cfg, name, c, h, w, body):
+@pytest.mark.parametrize("case", select(speed=True))
+def test_training_fast_matches_plain(write_cfg, case):
+    (c, h, w), body = case.shape, case.body
     x = random_input((3, c, h, w), 2) * 2 - 1
     runs = {}
     for paths in (PLAIN, ALL):
@@ -134,8 +113,9 @@ def test_training_fast_matches_plain(write_cfg, name, c, h, w, body):
         assert rel_err(got, want) < 2e-4, f"{key}: relative error {rel_err(got, want):.2e}"
 
 
-@pytest.mark.parametrize("name,c,h,w,body", CASES, ids=[c[0] for c in CASES])
-def test_thread_count_does_not_change_results(write_cfg, name, c, h, w, body):
+@pytest.mark.parametrize("case", select(speed=True))
+def test_thread_count_does_not_change_results(write_cfg, case):
+    (c, h, w), body = case.shape, case.body
     x = random_input((3, c, h, w), 4) * 2 - 1
     runs = []
     for threads in (1, 2, 3):

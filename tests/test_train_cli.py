@@ -16,51 +16,12 @@ from pydarknet.data.shapes import write_shapes_dataset
 from pydarknet.evaluate import detect_dataset, evaluate
 from pydarknet.train import (TrainError, cfg_base, checkpoint_path, compute_map, state_path,
                              train_detector)
+from helpers import conv, section, shapes_head
 
-CFG = """[net]
-width={size}
-height={size}
-channels=3
-batch=4
-subdivisions=2
-learning_rate=0.001
-burn_in=2
-momentum=0.9
-decay=0.0005
-max_batches={max_batches}
-policy=steps
-steps=5
-scales=.1
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[convolutional]
-filters=24
-size=1
-stride=1
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=6,6, 12,12, 24,24
-classes=3
-num=3
-random={random}
-"""
+# a small yolo network at 32x32, 6 iterations of batch 4 in 2 mini-batches
+CFG = (section("net", width=32, height=32, channels=3, batch=4, subdivisions=2, learning_rate=0.001, burn_in=2,
+               momentum=0.9, decay=0.0005, max_batches=6, policy="steps", steps=5, scales=".1")
+       + conv(8, stride=2, bn=True) + conv(16, stride=2, bn=True) + shapes_head("6,6, 12,12, 24,24", random=0))
 
 LOG_LINE = re.compile(r"^ (\d+): (-?\d+\.\d{6}), (-?\d+\.\d{6}) avg loss, (\d+\.\d{6}) rate, "
                       r"\d+\.\d{6} seconds, (\d+) images, \d+\.\d{6} hours left$")
@@ -77,7 +38,7 @@ def work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = write_shapes_dataset(tmp_path, count=8, width=64, height=64)
     cfg = tmp_path / "tiny.cfg"
-    cfg.write_text(CFG.format(size=32, max_batches=6, random=0))
+    cfg.write_text(CFG)
     return {"data": os.path.relpath(data, tmp_path), "cfg": "tiny.cfg", "root": tmp_path}
 
 
@@ -90,6 +51,19 @@ def train(work, backup="bk", **kw):
 def read_log(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+def _final_bytes(backup):
+    with open(os.path.join(backup, "tiny_final.weights"), "rb") as f:
+        return f.read()
+
+
+def _random_weights(work, path="random.weights", seed=3, max_layers=None):
+    """Weights of the work cfg, random from `seed` (the first `max_layers` layers' alone when given)."""
+    from pydarknet.weights import save_weights
+
+    save_weights(pydarknet.load(work["cfg"], seed=seed), path, max_layers=max_layers)
+    return path
 
 
 # ----------------------------------------------------------------------------- checkpoints, log, chart
@@ -188,8 +162,7 @@ def test_cli_same_seed_same_weights_different_seed_not(work, capsys):
         assert main(["detector", "train", work["data"], work["cfg"], "--max-batches", "2", "--backup", backup,
                      "-seed", str(seed)]) == 0
     capsys.readouterr()
-    read = lambda b: open(os.path.join(b, "tiny_final.weights"), "rb").read()
-    assert read("s1") == read("s2") != read("s3")
+    assert _final_bytes("s1") == _final_bytes("s2") != _final_bytes("s3")
 
 
 def _one_error_line(capsys, rc, *expected):
@@ -266,11 +239,6 @@ def test_ctrl_c_saves_last_and_exits_130(work, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- resume
 
-def _final_bytes(backup):
-    with open(os.path.join(backup, "tiny_final.weights"), "rb") as f:
-        return f.read()
-
-
 @pytest.mark.parametrize("multiscale", [False, True])
 def test_killed_and_resumed_run_ends_with_the_same_weights(work, multiscale):
     """8 iterations straight, against 3 + (Ctrl-C) + 5 resumed from _last;
@@ -332,22 +300,15 @@ def test_state_from_another_iteration_is_not_used(work, capsys):
     import shutil
 
     shutil.copy("bk/tiny_last.state", "bk/old.state")
-    train_detector(work["cfg"], work["data"], "bk/tiny_last.weights", backup="bk", max_batches=4,
-                   log=lambda line: None, workers=1)
+    train(work, weights="bk/tiny_last.weights", max_batches=4)
     shutil.copy("bk/old.state", "bk/tiny_last.state")   # weights at 4, state at 2
-    s = train_detector(work["cfg"], work["data"], "bk/tiny_last.weights", backup="bk", max_batches=5,
-                       log=lambda line: None, workers=1)
+    s = train(work, weights="bk/tiny_last.weights", max_batches=5)
     assert s.start_iteration == 4 and s.iteration == 5
     assert "saved at iteration 2" in capsys.readouterr().err
 
 
 def test_partial_weights_start_the_rest_from_random(work, capsys):
-    from pydarknet.weights import save_weights
-
-    net = pydarknet.load(work["cfg"], seed=11)
-    save_weights(net, "part.weights", max_layers=2)
-    s = train_detector(work["cfg"], work["data"], "part.weights", backup="bk", max_batches=1,
-                       log=lambda line: None, workers=1)
+    s = train(work, weights=_random_weights(work, "part.weights", seed=11, max_layers=2), max_batches=1)
     assert s.iteration == 1
     assert "holds the first 2 of 4 layers" in capsys.readouterr().err
 
@@ -395,13 +356,6 @@ def test_detector_map_errors(work, capsys):
     train(work, backup="bk", max_batches=1)
     rc = main(["detector", "map", "nonames.data", work["cfg"], "bk/tiny_final.weights"])
     _one_error_line(capsys, rc, "nothere.names")
-
-
-def _random_weights(work, path="random.weights"):
-    from pydarknet.weights import save_weights
-
-    save_weights(pydarknet.load(work["cfg"], seed=3), path)
-    return path
 
 
 def test_detector_map_refuses_a_network_without_detection_head(work, capsys):

@@ -9,52 +9,7 @@ import pytest
 import pydarknet
 from pydarknet.synthetic import shapes_batch
 from conftest import randomize
-
-YOLO_NET = """[net]
-width=32
-height=32
-channels=3
-batch=8
-subdivisions={sub}
-learning_rate=0.01
-momentum=0.9
-decay=0.0005
-{extra}
-[convolutional]
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-filters=24
-size=1
-stride=1
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=4,4, 8,8, 12,12
-classes=3
-num=3
-"""
-
-
-def params(net):
-    return {(l.index, k): v.copy() for l in net.layers for k, v in l.params.items()}
-
-
-def trained(write_cfg, sub, iterations=1, extra="", name="net.cfg"):
-    net = pydarknet.load(write_cfg(YOLO_NET.format(sub=sub, extra=extra), name))
-    randomize(net, 3)
-    x, t = shapes_batch(8, 32, seed=4)
-    losses = [net.train_batch(x, t) for _ in range(iterations)]
-    return net, losses
+from helpers import params, small_yolo, small_yolo_cfg, trained
 
 
 def test_subdivisions_accumulate_to_the_same_update(write_cfg):
@@ -76,7 +31,7 @@ def test_training_changes_weights_and_counts(write_cfg):
 
 def test_resume_continues_exactly(write_cfg, tmp_path):
     x, t = shapes_batch(8, 32, seed=5)
-    cfg = write_cfg(YOLO_NET.format(sub=2, extra="burn_in=3\nadam=1"))
+    cfg = write_cfg(small_yolo_cfg(2, "burn_in=3\nadam=1"))
     a = pydarknet.load(cfg)
     randomize(a, 1)
     for _ in range(2):
@@ -98,7 +53,7 @@ def test_resume_continues_exactly(write_cfg, tmp_path):
 
 
 def test_nan_input_is_refused(write_cfg):
-    net = pydarknet.load(write_cfg(YOLO_NET.format(sub=1, extra="")))
+    net = small_yolo(write_cfg)
     x, t = shapes_batch(8, 32, seed=1)
     x[3, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="input image 3 of the batch has NaN"):
@@ -106,16 +61,14 @@ def test_nan_input_is_refused(write_cfg):
 
 
 def test_bad_truth_rows_are_reported_and_left_out(write_cfg, caplog):
-    net = pydarknet.load(write_cfg(YOLO_NET.format(sub=1, extra="")))
-    randomize(net, 2)
+    net = small_yolo(write_cfg, seed=2)
     x, t = shapes_batch(8, 32, seed=1)
     t[2, 5] = [0.5, 0.5, 0.2, 0.2, 7]       # class out of range
     t[4, 6] = [1.4, 0.5, 0.2, 0.2, 1]       # box outside the image
     t[5, 7] = [0.5, np.nan, 0.2, 0.2, 1]    # NaN
     clean = t.copy()
     clean[2, 5] = clean[4, 6] = clean[5, 7] = 0
-    twin = pydarknet.load(write_cfg(YOLO_NET.format(sub=1, extra=""), "twin.cfg"))
-    randomize(twin, 2)
+    twin = small_yolo(write_cfg, seed=2, name="twin.cfg")
     with caplog.at_level(logging.WARNING, logger="pydarknet"):
         loss = net.train_batch(x, t)
     messages = " ".join(r.message for r in caplog.records)
@@ -125,8 +78,7 @@ def test_bad_truth_rows_are_reported_and_left_out(write_cfg, caplog):
 
 
 def test_non_finite_loss_stops_without_touching_weights(write_cfg):
-    net = pydarknet.load(write_cfg(YOLO_NET.format(sub=1, extra="")))
-    randomize(net, 2)
+    net = small_yolo(write_cfg, seed=2)
     net.layers[2].params["biases"][:] = np.inf  # a diverged head
     before = params(net)
     x, t = shapes_batch(8, 32, seed=1)
