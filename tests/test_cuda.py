@@ -241,3 +241,23 @@ def test_device_name_and_move_back(write_cfg):
     net.set_device(None)
     net.forward(x)
     close(net.layers[0].output, on_gpu, 1e-5)
+
+
+def test_profiling_times_every_layer_on_the_device(write_cfg):
+    """The one layer loop times device layers too (they used to report 0):
+    forward and backward of each layer of a small detector, on the GPU."""
+    gpu = _gpu()
+    body = ONE.format(f=8) + "[maxpool]\nsize=2\nstride=2\n" + ONE.format(f=14) + YOLO
+    net = pydarknet.load(write_cfg(NET.format(c=3, h=16, w=16) + body, "net.cfg"), batch=2, gpu=gpu)
+    randomize(net, 0)
+    x = random_input((2, 3, 16, 16), 1)
+    f, b, n = ffi.new("double *"), ffi.new("double *"), ffi.new("long long *")
+    check(lib.dn_net_set_profiling(net._ptr, 1))
+    for _ in range(2):
+        net.forward(x)
+    net.enable_training()
+    check(lib.dn_net_forward_train(net._ptr, ffi.from_buffer("float[]", x), x.size, ffi.NULL, 0))
+    check(lib.dn_net_backward(net._ptr))
+    for i in range(len(net.layers)):
+        check(lib.dn_net_layer_times(net._ptr, i, f, b, n))
+        assert n[0] == 3 and f[0] > 0 and b[0] > 0, (i, net.layers[i].type, f[0], b[0], n[0])
