@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import cv2
 import numpy as np
 
 
@@ -68,6 +67,8 @@ def _color(class_id, classes=80):
 def draw_detections(image_bgr, detections, classes=80):
     """Returns a copy of the image with each detection's box and label drawn
     (in colour: a grey image [H, W] is drawn on as BGR)."""
+    import cv2  # OpenCV (~25 MiB, ~80 ms) only when used: `import pydarknet` stays light
+
     out = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR) if image_bgr.ndim == 2 else image_bgr.copy()
     thick = max(1, int(round(out.shape[0] * 0.006)))
     for d in detections:

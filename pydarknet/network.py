@@ -12,7 +12,6 @@ import math
 import os
 from typing import List, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from . import weights as _weights
@@ -460,6 +459,8 @@ def _read_image(image, channels=3):
         if not os.path.isfile(path):
             reason = "Is a directory" if os.path.isdir(path) else "No such file or directory"
             raise DarknetError(f"{path}: cannot read image: {reason}")
+        import cv2  # OpenCV (~25 MiB, ~80 ms) only when used: `import pydarknet` stays light
+
         img = cv2.imread(path, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
         if img is None:
             raise DarknetError(f"{path}: cannot read image (missing, unreadable or not an image)")

@@ -22,7 +22,6 @@ import os
 import threading
 from typing import Iterator, Optional, Tuple
 
-import cv2
 import numpy as np
 
 __all__ = ["VideoError", "VideoSource", "video_frames", "open_video_writer", "is_live_source"]
@@ -53,6 +52,8 @@ def is_live_source(source) -> bool:
 
 
 def _open_capture(source):
+    import cv2  # OpenCV (~25 MiB, ~80 ms) only when used: `import pydarknet` stays light
+
     if hasattr(source, "read") and hasattr(source, "release"):
         return source, getattr(source, "name", type(source).__name__)
     index = _camera_index(source)
@@ -143,6 +144,8 @@ class VideoSource:
         self._closed = False
 
     def _property(self, name) -> float:
+        import cv2  # OpenCV (~25 MiB, ~80 ms) only when used: `import pydarknet` stays light
+
         try:
             value = float(self._cap.get(getattr(cv2, name)))
         except (AttributeError, TypeError, ValueError, cv2.error):
@@ -204,6 +207,8 @@ def video_frames(source, latest: bool = False) -> Iterator[np.ndarray]:
 
 
 def _fourcc_for(path):
+    import cv2  # OpenCV (~25 MiB, ~80 ms) only when used: `import pydarknet` stays light
+
     ext = os.path.splitext(path)[1].lower()
     codes = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG", ".avi": "MJPG"}
     return cv2.VideoWriter_fourcc(*codes.get(ext, "MJPG"))
@@ -213,6 +218,8 @@ def open_video_writer(path, fps: float, size: Tuple[int, int]):
     """An OpenCV VideoWriter for frames of size (width, height): Motion JPEG
     in .avi/.mkv (darknet writes DIVX, which not every OpenCV build has),
     MPEG-4 in .mp4/.mov. VideoError naming the file when it cannot be opened."""
+    import cv2  # OpenCV (~25 MiB, ~80 ms) only when used: `import pydarknet` stays light
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):

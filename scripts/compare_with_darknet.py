@@ -16,7 +16,6 @@ Exits 1 when a layer differs by more than --tol.
 """
 import argparse
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path

@@ -12,7 +12,6 @@ amplifies those differences."""
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest

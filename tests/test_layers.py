@@ -386,7 +386,7 @@ def test_identity_at_inference(write_cfg, case):
 def test_yolo_forward(write_cfg, case):
     net, x = forward(write_cfg, case)
     a = net.layers[0].spec.attrs
-    B, (c, h, w) = 2, case.shape
+    B, (_, h, w) = 2, case.shape
     x = x.reshape(B, len(a["mask"]), 5 + a["classes"], h, w)
     s = a["scale_x_y"]
     y = x.copy()
@@ -401,7 +401,7 @@ def test_yolo_forward(write_cfg, case):
 def test_region_forward(write_cfg, case):
     net, x = forward(write_cfg, case)
     a = net.layers[0].spec.attrs
-    B, (c, h, w) = 2, case.shape
+    B, (_, h, w) = 2, case.shape
     # darknet's forward_region_layer: the input flattened to cell-major
     # [B][H*W][num][5 + classes], the logistic on objectness only (x, y, w, h
     # stay raw), the softmax over each cell's and anchor's classes

@@ -16,8 +16,6 @@ filters not a multiple of 8, fewer than 32 positions) and Winograd (with and
 without padding, outputs not a multiple of 4).
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
