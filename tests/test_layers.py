@@ -386,7 +386,7 @@ def test_identity_at_inference(write_cfg, case):
 def test_yolo_forward(write_cfg, case):
     net, x = forward(write_cfg, case)
     a = net.layers[0].spec.attrs
-    B, (_, h, w) = 2, case.shape
+    B, (c, h, w) = 2, case.shape
     x = x.reshape(B, len(a["mask"]), 5 + a["classes"], h, w)
     s = a["scale_x_y"]
     y = x.copy()
