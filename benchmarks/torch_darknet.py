@@ -27,7 +27,9 @@ Layer types: the ones yolov3-tiny and yolov4-tiny use (and yolov4, which adds
 One difference in training: ``nn.BatchNorm2d`` normalizes with the biased
 variance of the batch, darknet (and pydarknet) with the unbiased one; over the
 N = batch * H * W values of a channel that changes the normalized values by a
-factor sqrt((N - 1) / N), under 1e-4 relative for a batch of 2 at 416.
+factor sqrt((N - 1) / N) (1.5e-3 relative at 13x13 and batch 2), and their
+gradients more. ``DarknetTorch(cfg, unbiased_bn=True)`` computes darknet's
+(``UnbiasedBatchNorm2d``): the float64 reference of bench_gpu.py's check.
 
 Anything else (other layer types, binary or deformable convolutions,
 maxpool_depth, weighted shortcuts, reverse upsample) raises a CfgError
@@ -68,8 +70,26 @@ def _refuse_options(spec, keys):
             _fail(spec, f"{key}={spec.attrs[key]} is not in the PyTorch model")
 
 
+class UnbiasedBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm as darknet computes it in training: normalized with the
+    unbiased variance of the batch (nn.BatchNorm2d uses the biased one), the
+    rolling statistics moved by .9/.1 with the unbiased variance as both do."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=True)
+        with torch.no_grad():
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var)
+        shape = (1, -1, 1, 1)
+        return (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps) * self.weight.view(shape) + \
+            self.bias.view(shape)
+
+
 class Conv(nn.Module):
-    def __init__(self, spec, in_channels):
+    def __init__(self, spec, in_channels, unbiased_bn=False):
         super().__init__()
         a = spec.attrs
         _refuse_options(spec, ("binary", "xnor", "antialiasing", "sway", "rotate", "stretch", "stretch_sway",
@@ -81,7 +101,8 @@ class Conv(nn.Module):
         if in_channels % a["groups"] or a["filters"] % a["groups"]:
             _fail(spec, f"groups={a['groups']} must divide the input channels ({in_channels}) "
                         f"and filters ({a['filters']})")
-        self.bn = nn.BatchNorm2d(a["filters"], eps=1e-5, momentum=0.1) if a["batch_normalize"] else None
+        bn = UnbiasedBatchNorm2d if unbiased_bn else nn.BatchNorm2d
+        self.bn = bn(a["filters"], eps=1e-5, momentum=0.1) if a["batch_normalize"] else None
         d = a["dilation"]
         self.conv = nn.Conv2d(in_channels, a["filters"], a["size"], stride=(a["stride_y"], a["stride_x"]),
                               padding=a["padding"] * d, dilation=d, groups=a["groups"], bias=self.bn is None)
@@ -148,7 +169,7 @@ class DarknetTorch(nn.Module):
     """The network of a darknet cfg; forward returns the [yolo] layers' outputs
     (or the last layer's when there is none), [B, C, H, W] each, in cfg order."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, unbiased_bn=False):
         super().__init__()
         self.spec = parse_cfg(cfg) if isinstance(cfg, str) else cfg
         self.specs = self.spec.layers
@@ -159,7 +180,7 @@ class DarknetTorch(nn.Module):
             if s.type not in SUPPORTED:
                 _fail(s, f"layer type not in the PyTorch model (it has {', '.join(SUPPORTED)})")
             if s.type == "convolutional":
-                modules.append(Conv(s, c_in))
+                modules.append(Conv(s, c_in, unbiased_bn))
                 channels.append(s.attrs["filters"])
                 continue
             if s.type == "maxpool":
