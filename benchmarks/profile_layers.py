@@ -36,6 +36,8 @@ def parse_args(argv=None):
     ap.add_argument("--compare", action="store_true", help="time speed 0 and the --speed paths side by side")
     ap.add_argument("--train", action="store_true", help="profile training passes (random truths)")
     ap.add_argument("--pause", type=float, default=0.0, help="seconds of idle before each timed run (default 0)")
+    ap.add_argument("--gpu", type=int, default=None, help="run on this CUDA device (the loop synchronizes around "
+                    "each layer while profiling, so each time is its own)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "pydarknet-bench"))
     return ap.parse_args(argv)
@@ -78,6 +80,8 @@ def make_net(args):
     weights = random_weights(cfg, args.seed, args.cache, args.threads)
     net = pydarknet.load(sized_cfg(cfg, args.size, args.cache), weights, threads=args.threads,
                          batch=args.batch if args.train else None)
+    if args.gpu is not None:
+        net.set_device(args.gpu)
     return net
 
 
@@ -132,7 +136,8 @@ def main(args):
         for sp in speeds:
             results[sp] = profile(net, args, x, t, sp)
     mode = "training mini-batch of %d (forward+backward+update)" % n if args.train else "inference, batch 1"
-    print("%s at %d, %s, %d thread(s); medians of %d runs, ms" % (args.cfg, args.size, mode, args.threads, args.repeat))
+    print("%s at %d, %s, %s, %d thread(s); medians of %d runs, ms"
+          % (args.cfg, args.size, mode, net.device_name, args.threads, args.repeat))
     head = "%-48s" % "layer"
     for sp in speeds:
         head += " | fwd sp=%d" % sp + (" | bwd sp=%d" % sp if args.train else "")
