@@ -57,7 +57,7 @@ from .classification import Classification, ClassifierError, classify_output, re
 from .commands import (EXIT_FAILURE, EXIT_OK, TRAIN_ERRORS, CliError, add_gpu_flag, add_model_files,
                        add_training_flags, flag, load_network, note, order_data_cfg, positive_int, read_image,
                        stdin_paths, warnings_as_notes)
-from .data import ClassificationDataset, ClassifierAugment, ClassifierLoader
+from .data import ClassificationDataset, ClassifierAugment, ClassifierLoader, default_backend
 from .datafiles import DATA_DEFAULTS, load_data_file, read_names
 from .network import Network
 from .train_checks import TrainError, check_positive, check_readable
@@ -204,7 +204,7 @@ class _ClassifierTask(TrainTask):
         df = load_data_file(data)
         ds = ClassificationDataset.from_list(df.train, self.names, channels=net.channels)
         aug = ClassifierAugment.from_spec(net.spec, ds.classes)
-        return ClassifierLoader(ds, aug, net.full_batch, seed=seed, workers=workers)
+        return ClassifierLoader(ds, aug, net.full_batch, seed=seed, workers=workers, backend=default_backend(workers))
 
     def header(self, base, opts, n_train, save_every, last_every):
         return [base, rate_line(opts), str(n_train)]

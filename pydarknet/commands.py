@@ -160,7 +160,8 @@ def add_training_flags(parser, seed_help):
                         help="train up to iteration N instead of the cfg's max_batches")
     parser.add_argument("--backup", metavar="DIR", help="checkpoint folder instead of the .data file's backup=")
     parser.add_argument("--workers", type=non_negative_int, default=2, metavar="N",
-                        help="background threads making batches (default 2; 0: in the training thread)")
+                        help="background workers making batches (default 2; 0: in the training thread): threads "
+                             "up to 2, processes writing into shared memory beyond, which scale with the cores")
 
 
 # ----------------------------------------------------------------------------- files

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from .cfg import HEAD_TYPES
 from .console import warnings_as_notes
-from .data import DetectionDataset, DetectionLoader
+from .data import DetectionDataset, DetectionLoader, default_backend
 from .datafiles import read_names
 from .evaluate import MapRun, compute_map, detection_classes, map_report
 from .network import Network
@@ -91,7 +91,7 @@ class _DetectorTask(TrainTask):
             kw["multiscale"] = False
         elif self.multiscale is not None:
             kw["sizes"] = self.multiscale
-        return DetectionLoader.from_files(data, net, seed=seed, workers=workers, **kw)
+        return DetectionLoader.from_files(data, net, seed=seed, workers=workers, backend=default_backend(workers), **kw)
 
     def header(self, base, opts, n_train, save_every, last_every):
         return [base, f"Weights are saved after: {save_every} iterations. Last weights (*_last.weights) are stored "

@@ -281,6 +281,29 @@ def test_process_workers_match_threads_and_shut_down(shapes):
     assert np.array_equal(xp, xt) and np.array_equal(tp, tt)
 
 
+def test_process_workers_shared_slots_reused_across_sizes(shapes, write_cfg):
+    """The process backend's shared-memory ring: many batches (every slot reused),
+    multi-scale sizes (slots grown), batches handed out as the caller's own arrays,
+    all equal to what the threads make; and nothing left in /dev/shm afterwards."""
+    cfg = write_cfg("[net]\nbatch=3\nwidth=64\nheight=64\nchannels=3\nmosaic=1\n"
+                    "[convolutional]\nfilters=24\nsize=1\nactivation=linear\n"
+                    "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=3\nnum=3\nrandom=1\n")
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else None
+    with DetectionLoader.from_files(shapes, cfg, seed=3, workers=2, backend="process", prefetch=2) as p:
+        got = [(x, t) for x, t in p.iterate(0, 40)]
+        sizes = {x.shape[2:] for x, _ in got}
+        again = p.batch(5)
+    with DetectionLoader.from_files(shapes, cfg, seed=3, workers=0) as t:
+        want = [t.batch(k) for k in range(40)]
+    assert len(sizes) > 1
+    for (xp, tp), (xt, tt) in zip(got, want):
+        assert np.array_equal(xp, xt) and np.array_equal(tp, tt)
+    assert np.array_equal(again[0], want[5][0])
+    assert not multiprocessing.active_children()
+    if before is not None:
+        assert set(os.listdir("/dev/shm")) - before == set()
+
+
 def test_from_files_reads_cfg_options(shapes, write_cfg):
     cfg = write_cfg("[net]\nbatch=4\nwidth=64\nheight=96\nchannels=3\nmosaic=1\nhue=.1\nflip=0\n"
                     "[convolutional]\nfilters=24\nsize=1\nactivation=linear\n"

@@ -165,6 +165,16 @@ def test_cli_same_seed_same_weights_different_seed_not(work, capsys):
     assert _final_bytes("s1") == _final_bytes("s2") != _final_bytes("s3")
 
 
+def test_process_workers_train_the_same_weights_as_threads(work, capsys):
+    """--workers 3 makes the batches in processes (shared-memory slots): the
+    very batches, so the very weights, of the threads (--workers 1)."""
+    for workers, backup in (("1", "threads"), ("3", "processes")):
+        assert main(["detector", "train", work["data"], work["cfg"], "--max-batches", "2", "--backup", backup,
+                     "-seed", "3", "--workers", workers]) == 0
+    capsys.readouterr()
+    assert _final_bytes("threads") == _final_bytes("processes")
+
+
 def _one_error_line(capsys, rc, *expected):
     out, err = capsys.readouterr()
     assert rc == 1, (out, err)

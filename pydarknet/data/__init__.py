@@ -17,10 +17,11 @@ from .issues import ISSUE_KINDS, DataError, DataSummary, Issue
 from .lists import (IMAGE_EXTENSIONS, ClassificationDataset, DetectionDataset, label_path, label_paths,
                     read_image, read_image_list, read_labels)
 from .loader import (ClassifierLoader, DetectionLoader, MultiScale, max_network_size, next_network_size,
-                     sample_rng)
+                     sample_rng, default_backend)
 
 __all__ = [
     "DetectionLoader", "ClassifierLoader", "MultiScale", "next_network_size", "max_network_size", "sample_rng",
+    "default_backend",
     "DetectionAugment", "ClassifierAugment", "detection_sample", "classifier_sample", "ListSource",
     "rand_scale", "to_chw",
     "DetectionDataset", "ClassificationDataset", "read_image_list", "read_labels", "read_image", "label_path",

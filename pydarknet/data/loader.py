@@ -10,8 +10,11 @@ that was stopped can regenerate batch k exactly and resume with
 Workers are threads by default: OpenCV's decode, resize, colour conversion
 and blur release the GIL, and the little Python per sample does not limit a
 couple of workers (see benchmarks/bench_loader.py). ``backend="process"``
-runs them in spawned processes instead (spawn-safe: the dataset and options
-are sent once to each worker). A few batches are prefetched.
+runs them in spawned processes instead, for many cores (spawn-safe: the
+dataset and options are sent once to each worker); they write each sample
+straight into the batch in shared memory (a ring of slots, one per batch in
+the making), so no image crosses a pipe, and the finished batch is copied
+out once. A few batches are prefetched.
 
 Bad data never stops a run: workers return the problems they met with the
 samples (missing or corrupt images are replaced by another image drawn from
@@ -30,9 +33,10 @@ import math
 import multiprocessing as mp
 import os
 import threading
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections import OrderedDict, deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import shared_memory
 
 import cv2
 import numpy as np
@@ -44,7 +48,7 @@ from .lists import ClassificationDataset, DetectionDataset
 
 __all__ = [
     "DetectionLoader", "ClassifierLoader", "MultiScale", "next_network_size", "max_network_size",
-    "sample_rng",
+    "sample_rng", "default_backend",
 ]
 
 MAX_TRIES = 1000   # images in a row that may fail before a sample gives up
@@ -116,6 +120,13 @@ class MultiScale:
 
 
 # ----------------------------------------------------------------------------- sampling
+
+def default_backend(workers):
+    """Threads for up to two workers (OpenCV releases the GIL; one process
+    less), processes beyond: threads stop scaling with the GIL, processes
+    writing into shared memory scale with the cores (benchmarks/bench_loader.py)."""
+    return "process" if workers > 2 else "thread"
+
 
 def sample_rng(seed, k, i):
     """The Generator of sample i of batch k."""
@@ -203,13 +214,81 @@ def _init_process(job):
         pass
 
 
-def _process_task(k, i, size):
-    return _WORKER_JOB.sample(k, i, size)
+_WORKER_SLOTS = OrderedDict()   # shared-memory slots this worker has attached, by name (the newest few)
+
+
+def _attach(name):
+    shm = _WORKER_SLOTS.get(name)
+    if shm is None:
+        shm = shared_memory.SharedMemory(name=name)
+        try:   # the loader owns the slot; this process must not unlink it when it exits (Python < 3.13)
+            from multiprocessing import resource_tracker
+            resource_tracker.unregister(shm._name, "shared_memory")
+        except Exception:
+            pass
+        _WORKER_SLOTS[name] = shm
+        while len(_WORKER_SLOTS) > 16:
+            _WORKER_SLOTS.popitem(last=False)[1].close()
+    return shm
+
+
+def _process_task(k, i, size, slot, x_shape, t_shape):
+    """A sample written into row i of batch k's arrays in the shared slot."""
+    xi, ti, issues = _WORKER_JOB.sample(k, i, size)
+    buf = _attach(slot).buf
+    x = np.ndarray(x_shape, np.float32, buffer=buf)
+    t = np.ndarray(t_shape, np.float32, buffer=buf, offset=x.nbytes)
+    x[i] = xi
+    t[i] = ti
+    del x, t
+    return None, None, issues
+
+
+class _SharedSlots:
+    """The process backend's batches in shared memory: a ring of slots, each
+    holding one batch's image and truth arrays while its samples are made.
+    A slot is handed out again only after every task that wrote into it has
+    finished (a cancelled batch's running samples included)."""
+
+    def __init__(self, count):
+        self._slots = [None] * count       # SharedMemory, or None
+        self._futures = [[] for _ in range(count)]
+        self._next = 0
+
+    def take(self, nbytes):
+        j = self._next
+        self._next = (j + 1) % len(self._slots)
+        wait(self._futures[j])
+        shm = self._slots[j]
+        if shm is None or shm.size < nbytes:
+            if shm is not None:
+                _release(shm)
+            shm = self._slots[j] = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
+        return j, shm
+
+    def used_by(self, j, futures):
+        self._futures[j] = futures
+
+    def close(self):
+        for shm in self._slots:
+            if shm is not None:
+                _release(shm)
+        self._slots = [None] * len(self._slots)
+
+
+def _release(shm):
+    """Unlinks a slot; its memory goes when the last view of it does."""
+    try:
+        shm.close()
+    except BufferError:   # a batch array still views it (a caller holding a pending batch)
+        pass
+    shm.unlink()
 
 
 class _Pending:
-    def __init__(self, k, x, t, futures):
+    def __init__(self, k, x, t, futures, shared=False):
         self.k, self.x, self.t, self.futures = k, x, t, futures
+        self.shared = shared   # x and t view a shared slot: copied out when collected
 
     def cancel(self):
         for f in self.futures:
@@ -239,12 +318,14 @@ class _Loader:
         self._lock = threading.Lock()
         self._closed = False
         self._pool = None
+        self._slots = None
         if self.workers:
             if backend == "thread":
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pydarknet-data")
             else:
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                                  initializer=_init_process, initargs=(self._job,))
+                self._slots = _SharedSlots(self.prefetch + 2)
 
     # ---- shapes
     def size(self, k):
@@ -260,16 +341,21 @@ class _Loader:
             raise RuntimeError("the loader is closed")
         w, h = self.size(k)
         c = self.augment.channels
-        x = np.empty((self.batch_size, c, h, w), np.float32)
-        t = np.empty((self.batch_size,) + self._truth_shape(), np.float32)
-        futures = []
+        x_shape, t_shape = (self.batch_size, c, h, w), (self.batch_size,) + self._truth_shape()
+        if self._slots is not None:
+            nx = int(np.prod(x_shape)) * 4
+            j, shm = self._slots.take(nx + int(np.prod(t_shape)) * 4)
+            x = np.ndarray(x_shape, np.float32, buffer=shm.buf)
+            t = np.ndarray(t_shape, np.float32, buffer=shm.buf, offset=nx)
+            futures = [self._pool.submit(_process_task, k, i, (w, h), shm.name, x_shape, t_shape)
+                       for i in range(self.batch_size)]
+            self._slots.used_by(j, futures)
+            return _Pending(k, x, t, futures, shared=True)
+        x = np.empty(x_shape, np.float32)
+        t = np.empty(t_shape, np.float32)
         if self._pool is None:
             return _Pending(k, x, t, None)
-        for i in range(self.batch_size):
-            if self.backend == "thread":
-                futures.append(self._pool.submit(self._job.fill, k, i, (w, h), x, t))
-            else:
-                futures.append(self._pool.submit(_process_task, k, i, (w, h)))
+        futures = [self._pool.submit(self._job.fill, k, i, (w, h), x, t) for i in range(self.batch_size)]
         return _Pending(k, x, t, futures)
 
     def _collect(self, p):
@@ -293,6 +379,8 @@ class _Loader:
             raise
         finally:
             self.summary.record_all(issues)
+        if p.shared:   # the slot is written again for a later batch: the caller gets its own arrays
+            return p.x.copy(), p.t.copy()
         return p.x, p.t
 
     def batch(self, k):
@@ -332,8 +420,12 @@ class _Loader:
                 return
             self._closed = True
             pool, self._pool = self._pool, None
+            slots, self._slots = self._slots, None
         if pool is not None:
-            pool.shutdown(wait=wait, cancel_futures=True)
+            # the workers must be gone before the shared slots they write into are unlinked
+            pool.shutdown(wait=wait or slots is not None, cancel_futures=True)
+        if slots is not None:
+            slots.close()
 
     def __enter__(self):
         return self
