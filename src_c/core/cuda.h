@@ -121,13 +121,17 @@ void dn_gpu_copy(float *dst, const float *src, size_t n);
 void dn_gpu_axpy(float *y, const float *x, size_t n, float a);  /* y += a * x */
 void dn_gpu_add_bias(float *out, const float *bias, int batch, int channels, int spatial);
 void dn_gpu_scale_bias(float *out, const float *scale, int batch, int channels, int spatial);
-void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial);
+/* Per-channel sums (bias gradient, batch norm) take device scratch of
+ * dn_gpu_channel_scratch(batch, channels, spatial) floats (the network's
+ * workspace serves: nothing else is in it while they run). */
+size_t dn_gpu_channel_scratch(int batch, int channels, int spatial);
+void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial, float *scratch);
 void dn_gpu_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
 void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
                                     float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
-                                    float share);
+                                    float share, float *scratch);
 void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
-                               float *scale_grad, int batch, int channels, int spatial);
+                               float *scale_grad, int batch, int channels, int spatial, float *scratch);
 void dn_gpu_mul(float *y, const float *a, const float *b, size_t n);     /* y = a * b */
 void dn_gpu_mul_add(float *y, const float *a, const float *b, size_t n); /* y += a * b */
 /* The softmax with temperature of `groups` groups of n values `stride` apart;

@@ -21,10 +21,13 @@ static dn_status batchnorm_forward_gpu(dn_layer *l, dn_net *net)
             return dn_layer_fail(l, DN_ERR_SHAPE,
                                  "batch normalization in training needs at least 2 values per channel "
                                  "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
+        float *scratch;
         if ((s = dn_gpu_buffer(l, 0, (size_t)l->out_c, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)l->out_c, &bv)) ||
-            (s = dn_gpu_buffer(l, 2, total, &xn)))
+            (s = dn_gpu_buffer(l, 2, total, &xn)) ||
+            (s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, l->out_c, hw), &scratch)))
             return s;
-        dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, hw, bm, bv, xn, rmean, rvar, DN_BN_ROLLING);
+        dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, hw, bm, bv, xn, rmean, rvar, DN_BN_ROLLING,
+                                       scratch);
     } else {
         dn_gpu_normalize(l->output_gpu, rmean, rvar, l->batch, l->out_c, hw);
     }
@@ -38,10 +41,13 @@ static dn_status batchnorm_backward_gpu(dn_layer *l, dn_net *net)
     const size_t total = (size_t)l->batch * l->outputs;
     if (l->gpu_cap[2] < total) return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
     dn_param *scales = dn_layer_find_param(l, "scales");
-    dn_gpu_backward_bias(dn_layer_find_param(l, "biases")->grad_gpu, l->delta_gpu, l->batch, l->out_c,
-                         l->out_h * l->out_w);
+    const int hw = l->out_h * l->out_w;
+    float *scratch;
+    dn_status s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, l->out_c, hw), &scratch);
+    if (s) return s;
+    dn_gpu_backward_bias(dn_layer_find_param(l, "biases")->grad_gpu, l->delta_gpu, l->batch, l->out_c, hw, scratch);
     dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu, l->batch,
-                              l->out_c, l->out_h * l->out_w);
+                              l->out_c, hw, scratch);
     float *d = dn_gpu_input_delta(net, l);
     if (d) dn_gpu_axpy(d, l->delta_gpu, total, 1.f);
     return DN_OK;

@@ -35,11 +35,13 @@ static dn_status connected_forward_gpu(dn_layer *l, dn_net *net)
             if (l->batch < 2)
                 return dn_layer_fail(l, DN_ERR_SHAPE,
                                      "batch normalization in training needs a mini-batch of at least 2 images");
+            float *scratch;
             if ((s = dn_gpu_buffer(l, 0, (size_t)N, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)N, &bv)) ||
-                (s = dn_gpu_buffer(l, 2, total, &xn)))
+                (s = dn_gpu_buffer(l, 2, total, &xn)) ||
+                (s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, N, 1), &scratch)))
                 return s;
             dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, N, 1, bm, bv, xn, rmean, rvar,
-                                           DN_BN_ROLLING_CONNECTED);
+                                           DN_BN_ROLLING_CONNECTED, scratch);
         } else {
             dn_gpu_normalize(l->output_gpu, rmean, rvar, l->batch, N, 1);
         }
@@ -68,11 +70,13 @@ static dn_status connected_backward_gpu(dn_layer *l, dn_net *net)
         return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
     dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, l->delta_gpu, l->batch, N, 1, act);
     dn_param *bias = dn_layer_find_param(l, "biases"), *w = dn_layer_find_param(l, "weights");
-    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, N, 1);
+    float *scratch;
+    if ((s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, N, 1), &scratch))) return s;
+    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, N, 1, scratch);
     if (bn) {
         dn_param *scales = dn_layer_find_param(l, "scales");
         dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu,
-                                  l->batch, N, 1);
+                                  l->batch, N, 1, scratch);
     }
     if (w->grad_gpu && (s = dn_gpu_gemm(net, 1, 0, N, K, l->batch, 1.f, l->delta_gpu, N, dn_gpu_input(net, l), K, 1.f,
                                         w->grad_gpu, K)))

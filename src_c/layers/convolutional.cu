@@ -66,11 +66,14 @@ static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
                 return dn_layer_fail(l, DN_ERR_SHAPE,
                                      "batch normalization in training needs at least 2 values per filter "
                                      "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
+            float *scratch; /* the workspace: the columns are no longer needed */
             if ((s = dn_gpu_buffer(l, 0, (size_t)l->out_c, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)l->out_c, &bv)) ||
-                (s = dn_gpu_buffer(l, 2, total, &xn)))
+                (s = dn_gpu_buffer(l, 2, total, &xn)) ||
+                (s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, l->out_c, c.N), &scratch)))
                 return s;
             dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, c.N, bm, bv, xn,
-                                           dn_layer_find_param(l, "rolling_mean")->data_gpu, rvar, DN_BN_ROLLING);
+                                           dn_layer_find_param(l, "rolling_mean")->data_gpu, rvar, DN_BN_ROLLING,
+                                           scratch);
         } else {
             dn_gpu_normalize(l->output_gpu, mean, rvar, l->batch, l->out_c, c.N);
         }
@@ -98,11 +101,13 @@ static dn_status conv_backward_gpu(dn_layer *l, dn_net *net)
     dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, l->delta_gpu, l->batch, l->out_c, c.N,
                                c.activation);
     dn_param *bias = dn_layer_find_param(l, "biases"), *w = dn_layer_find_param(l, "weights");
-    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, l->out_c, c.N);
+    float *scratch; /* the workspace, before the columns use it */
+    if ((s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, l->out_c, c.N), &scratch))) return s;
+    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, l->out_c, c.N, scratch);
     if (c.batch_normalize) {
         dn_param *scales = dn_layer_find_param(l, "scales");
         dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu,
-                                  l->batch, l->out_c, c.N);
+                                  l->batch, l->out_c, c.N, scratch);
     }
     const float *input = dn_gpu_input(net, l);
     float *in_delta = dn_gpu_input_delta(net, l);

@@ -3,9 +3,11 @@
  * the softmax of groups (one thread per group, layer_math.h's formulas) and
  * the optimizer step of train.c.
  *
- * Per-channel sums run one block per channel, each thread summing a strided
- * part in double (as blas.c sums in double) and the block adding the parts in
- * shared memory; the arithmetic after the sums is blas.c's. */
+ * Per-channel sums use the whole device: blocks over (channel, chunk of its
+ * values) sum in double (as blas.c sums in double) into partial sums in the
+ * caller's scratch (dn_gpu_channel_scratch floats), one thread per channel
+ * adds them in a fixed order, and the elementwise passes that follow run one
+ * thread per value; the arithmetic after the sums is blas.c's. */
 #include "cuda.h"
 #include "layer_math.h"
 
@@ -125,84 +127,165 @@ static __device__ size_t at(int c, size_t j, int channels, int spatial)
     return (j / spatial * channels + c) * (size_t)spatial + j % spatial;
 }
 
-__global__ static void backward_bias_kernel(float *grad, const float *delta, int batch, int channels, int spatial)
+/* ---- per-channel sums over the whole device ----
+ * A channel's batch*spatial values are cut into `chunks` runs; block (c, k) of
+ * a channels x chunks grid sums run k of channel c (two sums at once, in
+ * double) into part[(c * chunks + k) * 2 + 0/1]; then one thread per channel
+ * adds its chunks' sums in chunk order (the same order every time) and writes
+ * the totals over part[c * chunks * 2 + 0/1]. The elementwise passes after
+ * that run one thread per value. */
+enum { SUM_X, SUM_SQ_DEV, SUM_D_DX, SUM_D };
+
+static int channel_chunks(size_t n)
 {
-    __shared__ double shared[DN_BLOCK];
-    const int c = blockIdx.x;
-    const size_t n = (size_t)batch * spatial;
-    double sum = 0;
-    for (size_t j = threadIdx.x; j < n; j += blockDim.x) sum += delta[at(c, j, channels, spatial)];
-    sum = block_sum(sum, shared);
-    if (threadIdx.x == 0) grad[c] += (float)sum;
+    const size_t k = n / ((size_t)DN_BLOCK * 16);
+    return k < 1 ? 1 : (k > 64 ? 64 : (int)k);
 }
 
-void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial)
+size_t dn_gpu_channel_scratch(int batch, int channels, int spatial)
 {
-    backward_bias_kernel<<<channels, DN_BLOCK>>>(grad, delta, batch, channels, spatial);
+    /* doubles, counted in floats */
+    return (size_t)channels * channel_chunks((size_t)batch * spatial) * 2 * 2;
 }
 
-__global__ static void bn_train_kernel(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                       float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
-                                       float share)
+__global__ static void channel_sums_kernel(const float *a, const float *b, const float *mean, int batch, int channels,
+                                           int spatial, int chunks, int what, double *part)
 {
     __shared__ double shared[DN_BLOCK];
-    const int c = blockIdx.x;
-    const size_t n = (size_t)batch * spatial;
-    double sum = 0, sq = 0;
-    for (size_t j = threadIdx.x; j < n; j += blockDim.x) sum += x[at(c, j, channels, spatial)];
-    const float m = (float)(block_sum(sum, shared) / (double)n);
-    for (size_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const double d = (double)x[at(c, j, channels, spatial)] - m;
-        sq += d * d;
+    const int c = blockIdx.x, k = blockIdx.y;
+    const size_t n = (size_t)batch * spatial, j0 = n * k / chunks, j1 = n * (k + 1) / chunks;
+    double s0 = 0, s1 = 0;
+    for (size_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+        const size_t o = at(c, j, channels, spatial);
+        if (what == SUM_X || what == SUM_D) {
+            s0 += a[o];
+        } else if (what == SUM_SQ_DEV) {
+            const double d = (double)a[o] - mean[c];
+            s0 += d * d;
+        } else {
+            s0 += a[o];
+            s1 += (double)a[o] * b[o];
+        }
     }
-    const float var = (float)(block_sum(sq, shared) / ((double)n - 1));
+    s0 = block_sum(s0, shared);
+    if (what == SUM_D_DX) s1 = block_sum(s1, shared);
     if (threadIdx.x == 0) {
-        mean[c] = m;
+        part[((size_t)c * chunks + k) * 2] = s0;
+        part[((size_t)c * chunks + k) * 2 + 1] = s1;
+    }
+}
+
+__global__ static void channel_totals_kernel(int channels, int chunks, double *part)
+{
+    DN_KERNEL_LOOP(c, (size_t)channels) {
+        double s0 = 0, s1 = 0;
+        for (int k = 0; k < chunks; ++k) {
+            s0 += part[(c * chunks + k) * 2];
+            s1 += part[(c * chunks + k) * 2 + 1];
+        }
+        part[c * chunks * 2] = s0;
+        part[c * chunks * 2 + 1] = s1;
+    }
+}
+
+/* the totals of channel c after channel_sums */
+static __device__ double total0(const double *part, int c, int chunks) { return part[(size_t)c * chunks * 2]; }
+static __device__ double total1(const double *part, int c, int chunks) { return part[(size_t)c * chunks * 2 + 1]; }
+
+static void channel_sums(const float *a, const float *b, const float *mean, int batch, int channels, int spatial,
+                         int what, double *part)
+{
+    const int chunks = channel_chunks((size_t)batch * spatial);
+    channel_sums_kernel<<<dim3((unsigned)channels, (unsigned)chunks), DN_BLOCK>>>(a, b, mean, batch, channels, spatial,
+                                                                                 chunks, what, part);
+    channel_totals_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(channels, chunks, part);
+}
+
+__global__ static void add_total_kernel(float *grad, int channels, int chunks, const double *part)
+{
+    DN_KERNEL_LOOP(c, (size_t)channels) grad[c] += (float)total0(part, (int)c, chunks);
+}
+
+void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial, float *scratch)
+{
+    double *part = (double *)scratch;
+    channel_sums(delta, NULL, NULL, batch, channels, spatial, SUM_D, part);
+    add_total_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(grad, channels, channel_chunks((size_t)batch * spatial),
+                                                             part);
+}
+
+__global__ static void bn_mean_kernel(float *mean, int channels, int chunks, double n, const double *part)
+{
+    DN_KERNEL_LOOP(c, (size_t)channels) mean[c] = (float)(total0(part, (int)c, chunks) / n);
+}
+
+__global__ static void bn_variance_kernel(const float *mean, float *variance, float *rolling_mean,
+                                          float *rolling_variance, int channels, int chunks, double n, float keep,
+                                          float share, const double *part)
+{
+    DN_KERNEL_LOOP(c, (size_t)channels) {
+        const float var = (float)(total0(part, (int)c, chunks) / (n - 1));
         variance[c] = var;
-        rolling_mean[c] = keep * rolling_mean[c] + share * m;
+        rolling_mean[c] = keep * rolling_mean[c] + share * mean[c];
         rolling_variance[c] = keep * rolling_variance[c] + share * var;
     }
-    const float inv = 1.f / sqrtf(var + .00001f);
-    for (size_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const size_t o = at(c, j, channels, spatial);
-        x_norm[o] = x[o] = (x[o] - m) * inv;
+}
+
+__global__ static void bn_normalize_kernel(float *x, float *x_norm, const float *mean, const float *variance, size_t n,
+                                           int channels, int spatial)
+{
+    DN_KERNEL_LOOP(o, n) {
+        const int c = (int)(o / spatial % channels);
+        const float inv = 1.f / sqrtf(variance[c] + .00001f);
+        x_norm[o] = x[o] = (x[o] - mean[c]) * inv;
     }
 }
 
 void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
                                     float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
-                                    float share)
+                                    float share, float *scratch)
 {
-    bn_train_kernel<<<channels, DN_BLOCK>>>(x, batch, channels, spatial, mean, variance, x_norm, rolling_mean,
-                                            rolling_variance, keep, share);
+    double *part = (double *)scratch;
+    const size_t per = (size_t)batch * spatial;
+    const int chunks = channel_chunks(per);
+    channel_sums(x, NULL, NULL, batch, channels, spatial, SUM_X, part);
+    bn_mean_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(mean, channels, chunks, (double)per, part);
+    channel_sums(x, NULL, mean, batch, channels, spatial, SUM_SQ_DEV, part);
+    bn_variance_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(mean, variance, rolling_mean, rolling_variance,
+                                                               channels, chunks, (double)per, keep, share, part);
+    const size_t n = per * channels;
+    bn_normalize_kernel<<<dn_grid(n), DN_BLOCK>>>(x, x_norm, mean, variance, n, channels, spatial);
+}
+
+__global__ static void bn_scale_grad_kernel(float *scale_grad, int channels, int chunks, const double *part)
+{
+    DN_KERNEL_LOOP(c, (size_t)channels) scale_grad[c] += (float)total1(part, (int)c, chunks);
 }
 
 __global__ static void bn_backward_kernel(float *delta, const float *x_norm, const float *variance,
-                                          const float *scales, float *scale_grad, int batch, int channels, int spatial)
+                                          const float *scales, size_t n, int channels, int spatial, int chunks,
+                                          double per, const double *part)
 {
-    __shared__ double shared[DN_BLOCK];
-    const int c = blockIdx.x;
-    const size_t n = (size_t)batch * spatial;
-    double sd = 0, sdx = 0;
-    for (size_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const size_t o = at(c, j, channels, spatial);
-        sd += delta[o];
-        sdx += (double)delta[o] * x_norm[o];
-    }
-    const double sum_d = block_sum(sd, shared), sum_dx = block_sum(sdx, shared);
-    if (threadIdx.x == 0 && scale_grad) scale_grad[c] += (float)sum_dx;
-    const float s = scales[c], inv = 1.f / sqrtf(variance[c] + .00001f);
-    const float mean_d = (float)(s * sum_d / (double)n), k = (float)(s * sum_dx / ((double)n - 1));
-    for (size_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const size_t o = at(c, j, channels, spatial);
+    DN_KERNEL_LOOP(o, n) {
+        const int c = (int)(o / spatial % channels);
+        const float s = scales[c], inv = 1.f / sqrtf(variance[c] + .00001f);
+        const float mean_d = (float)(s * total0(part, c, chunks) / per);
+        const float k = (float)(s * total1(part, c, chunks) / (per - 1));
         delta[o] = inv * (s * delta[o] - mean_d - x_norm[o] * k);
     }
 }
 
 void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
-                               float *scale_grad, int batch, int channels, int spatial)
+                               float *scale_grad, int batch, int channels, int spatial, float *scratch)
 {
-    bn_backward_kernel<<<channels, DN_BLOCK>>>(delta, x_norm, variance, scales, scale_grad, batch, channels, spatial);
+    double *part = (double *)scratch;
+    const size_t per = (size_t)batch * spatial;
+    const int chunks = channel_chunks(per);
+    channel_sums(delta, x_norm, NULL, batch, channels, spatial, SUM_D_DX, part);
+    if (scale_grad) bn_scale_grad_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(scale_grad, channels, chunks, part);
+    const size_t n = per * channels;
+    bn_backward_kernel<<<dn_grid(n), DN_BLOCK>>>(delta, x_norm, variance, scales, n, channels, spatial, chunks,
+                                                 (double)per, part);
 }
 
 /* train.c's dn_net_update for one tensor */
