@@ -336,6 +336,20 @@ dn_status dn_gpu_gemm(const dn_net *net, int ta, int tb, int M, int N, int K, fl
     return DN_OK;
 }
 
+dn_status dn_gpu_gemm_strided(const dn_net *net, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                              int lda, long long stride_a, const float *B, int ldb, long long stride_b, float beta,
+                              float *C, int ldc, long long stride_c, int count)
+{
+    /* as dn_gpu_gemm: the row-major product read as column-major transposes */
+    const cublasStatus_t st = cublasSgemmStridedBatched(
+        net->cuda->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb,
+        stride_b, A, lda, stride_a, &beta, C, ldc, stride_c, count);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return dn_fail(DN_ERR_STATE, "cuBLAS strided batched sgemm failed (status %d) for M=%d N=%d K=%d x %d",
+                       (int)st, M, N, K, count);
+    return DN_OK;
+}
+
 /* ---- host copies ---- */
 static dn_status pull_output(dn_net *net, dn_layer *l)
 {

@@ -106,11 +106,20 @@ dn_status dn_gpu_check(const dn_layer *l, const char *what);
 /* C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, device pointers (cuBLAS). */
 dn_status dn_gpu_gemm(const dn_net *net, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                       int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* `count` such products at once, operand i at A + i*stride_a (0: the same A for all), B + i*stride_b,
+ * C + i*stride_c (cuBLAS's strided batched GEMM) */
+dn_status dn_gpu_gemm_strided(const dn_net *net, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                              const float *A, int lda, long long stride_a, const float *B, int ldb, long long stride_b,
+                              float beta, float *C, int ldc, long long stride_c, int count);
 
 /* ---- device kernels (the .cu files in ops), the twins of the CPU functions in internal.h ---- */
 void dn_gpu_activate(float *x, int batch, int channels, int spatial, dn_activation a);
 void dn_gpu_activation_backward(const float *y, const float *x, float *delta, int batch, int channels, int spatial,
                                 dn_activation a);
+/* im2col of `images` images im_stride floats apart, their columns one after the other (stride K*N) */
+void dn_gpu_im2col_images(const float *im, int images, size_t im_stride, int channels, int height, int width,
+                          int ksize, int pad, int stride_h, int stride_w, int dilation, int out_h, int out_w,
+                          float *col);
 void dn_gpu_im2col(const float *im, int channels, int height, int width, int ksize, int pad, int stride_h,
                    int stride_w, int dilation, int out_h, int out_w, float *col);
 /* im += the adjoint of im2col applied to col */

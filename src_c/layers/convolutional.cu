@@ -1,5 +1,7 @@
 /* convolutional.cu - [convolutional] on the device: the plain passes of
- * convolutional.c (im2col + cuBLAS GEMM per image and group, batch norm with
+ * convolutional.c (forward: per group, im2col of a chunk of the mini-batch's
+ * images in one launch and one strided batched cuBLAS GEMM for them, 1x1
+ * convolutions straight on the input; backward per image and group; batch norm with
  * the batch's statistics in training and the rolling ones otherwise, bias,
  * activation; backward through the activation, bias, batch norm, then the
  * weight gradient and col2im of W^T * delta).
@@ -10,6 +12,9 @@
  * checked them). */
 #include "cuda.h"
 #include "../ops/ops.h"
+
+/* the forward's columns of several images at most this many floats (256 MiB) */
+#define CHUNK_FLOATS ((size_t)1 << 26)
 
 typedef struct {
     int filters, size, stride_x, stride_y, padding, groups, dilation, batch_normalize;
@@ -44,19 +49,29 @@ static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
     const size_t total = (size_t)l->batch * l->outputs, plane = (size_t)l->h * l->w;
     const float *input = dn_gpu_input(net, l);
     const float *weights = dn_layer_find_param(l, "weights")->data_gpu;
+    /* the mini-batch in chunks of images: per group one im2col launch for the chunk's images and one
+     * strided batched GEMM (the group's weights for every image) */
+    const size_t per_image = (size_t)c.K * c.N;
+    const int chunk = c.direct ? l->batch : (int)(per_image >= CHUNK_FLOATS ? 1 : CHUNK_FLOATS / per_image);
     float *cols = NULL;
-    if (!c.direct && (s = dn_gpu_workspace(net, (size_t)c.K * c.N, &cols))) return s;
-    for (int b = 0; b < l->batch; ++b)
+    if (!c.direct &&
+        (s = dn_gpu_workspace(net, per_image * (size_t)(chunk < l->batch ? chunk : l->batch), &cols)))
+        return s;
+    for (int b0 = 0; b0 < l->batch; b0 += chunk) {
+        const int n = l->batch - b0 < chunk ? l->batch - b0 : chunk;
         for (int g = 0; g < c.groups; ++g) {
-            const float *im = input + ((size_t)b * l->c + (size_t)g * c.cg) * plane;
-            float *out = l->output_gpu + ((size_t)b * c.groups + g) * (size_t)c.M * c.N;
+            const float *im = input + ((size_t)b0 * l->c + (size_t)g * c.cg) * plane;
+            float *out = l->output_gpu + ((size_t)b0 * c.groups + g) * (size_t)c.M * c.N;
             if (!c.direct)
-                dn_gpu_im2col(im, c.cg, l->h, l->w, c.size, c.pad, c.stride_y, c.stride_x, c.dilation, l->out_h,
-                              l->out_w, cols);
-            if ((s = dn_gpu_gemm(net, 0, 0, c.M, c.N, c.K, 1.f, weights + (size_t)g * c.M * c.K, c.K,
-                                 c.direct ? im : cols, c.N, 0.f, out, c.N)))
+                dn_gpu_im2col_images(im, n, (size_t)l->c * plane, c.cg, l->h, l->w, c.size, c.pad, c.stride_y,
+                                     c.stride_x, c.dilation, l->out_h, l->out_w, cols);
+            if ((s = dn_gpu_gemm_strided(net, 0, 0, c.M, c.N, c.K, 1.f, weights + (size_t)g * c.M * c.K, c.K, 0,
+                                         c.direct ? im : cols, c.N,
+                                         c.direct ? (long long)l->c * plane : (long long)per_image, 0.f, out, c.N,
+                                         (long long)c.groups * c.M * c.N, n)))
                 return dn_layer_fail(l, s, "%s", dn_last_error());
         }
+    }
     if (c.batch_normalize) {
         const float *mean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
         float *rvar = dn_layer_find_param(l, "rolling_variance")->data_gpu;

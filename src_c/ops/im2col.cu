@@ -6,28 +6,41 @@
  * output position (oy, ox) the pixel (oy*stride_h - pad + ky*dilation,
  * ox*stride_w - pad + kx*dilation), 0 outside the image. col2im gathers: each
  * image pixel sums the column entries read from it, so no two threads write
- * the same value. */
+ * the same value. dn_gpu_im2col_images lays out the columns of several
+ * images one after the other in one launch (the batched forward). */
 #include "cuda.h"
 
-__global__ static void im2col_kernel(const float *im, int channels, int height, int width, int k, int pad, int sh,
-                                     int sw, int dil, int out_h, int out_w, float *col)
+/* `images` images im_stride floats apart into columns one after the other */
+__global__ static void im2col_kernel(const float *im, size_t images, size_t im_stride, int channels, int height,
+                                     int width, int k, int pad, int sh, int sw, int dil, int out_h, int out_w,
+                                     float *col)
 {
-    const size_t plane = (size_t)out_h * out_w;
-    DN_KERNEL_LOOP(t, (size_t)channels * k * k * plane) {
-        const size_t r = t / plane, p = t % plane;
+    const size_t plane = (size_t)out_h * out_w, per = (size_t)channels * k * k * plane;
+    DN_KERNEL_LOOP(t, images * per) {
+        const size_t i = t / per, u = t % per, r = u / plane, p = u % plane;
         const int c = (int)(r / ((size_t)k * k)), ky = (int)(r / k % k), kx = (int)(r % k);
         const int oy = (int)(p / out_w), ox = (int)(p % out_w);
         const int y = oy * sh - pad + ky * dil, x = ox * sw - pad + kx * dil;
-        col[t] = (y >= 0 && y < height && x >= 0 && x < width) ? im[((size_t)c * height + y) * width + x] : 0.f;
+        col[t] = (y >= 0 && y < height && x >= 0 && x < width)
+                     ? im[i * im_stride + ((size_t)c * height + y) * width + x]
+                     : 0.f;
     }
+}
+
+void dn_gpu_im2col_images(const float *im, int images, size_t im_stride, int channels, int height, int width,
+                          int ksize, int pad, int stride_h, int stride_w, int dilation, int out_h, int out_w,
+                          float *col)
+{
+    const size_t n = (size_t)images * channels * ksize * ksize * out_h * out_w;
+    im2col_kernel<<<dn_grid(n), DN_BLOCK>>>(im, (size_t)images, im_stride, channels, height, width, ksize, pad,
+                                            stride_h, stride_w, dilation, out_h, out_w, col);
 }
 
 void dn_gpu_im2col(const float *im, int channels, int height, int width, int ksize, int pad, int stride_h,
                    int stride_w, int dilation, int out_h, int out_w, float *col)
 {
-    const size_t n = (size_t)channels * ksize * ksize * out_h * out_w;
-    im2col_kernel<<<dn_grid(n), DN_BLOCK>>>(im, channels, height, width, ksize, pad, stride_h, stride_w, dilation,
-                                            out_h, out_w, col);
+    dn_gpu_im2col_images(im, 1, 0, channels, height, width, ksize, pad, stride_h, stride_w, dilation, out_h, out_w,
+                         col);
 }
 
 __global__ static void col2im_kernel(const float *col, int channels, int height, int width, int k, int pad, int sh,
