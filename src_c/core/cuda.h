@@ -123,6 +123,10 @@ void dn_gpu_im2col_images(const float *im, int images, size_t im_stride, int cha
 void dn_gpu_im2col(const float *im, int channels, int height, int width, int ksize, int pad, int stride_h,
                    int stride_w, int dilation, int out_h, int out_w, float *col);
 /* im += the adjoint of im2col applied to col */
+/* col2im of `images` images' columns (one after the other) into images im_stride floats apart */
+void dn_gpu_col2im_images(const float *col, int images, size_t im_stride, int channels, int height, int width,
+                          int ksize, int pad, int stride_h, int stride_w, int dilation, int out_h, int out_w,
+                          float *im);
 void dn_gpu_col2im(const float *col, int channels, int height, int width, int ksize, int pad, int stride_h,
                    int stride_w, int dilation, int out_h, int out_w, float *im);
 void dn_gpu_fill(float *x, size_t n, float value);

@@ -1,7 +1,8 @@
 /* convolutional.cu - [convolutional] on the device: the plain passes of
  * convolutional.c (forward: per group, im2col of a chunk of the mini-batch's
  * images in one launch and one strided batched cuBLAS GEMM for them, 1x1
- * convolutions straight on the input; backward per image and group; batch norm with
+ * convolutions straight on the input; backward by the same chunks, the weight
+ * gradient one GEMM per image adding into dW; batch norm with
  * the batch's statistics in training and the rolling ones otherwise, bias,
  * activation; backward through the activation, bias, batch norm, then the
  * weight gradient and col2im of W^T * delta).
@@ -126,36 +127,50 @@ static dn_status conv_backward_gpu(dn_layer *l, dn_net *net)
     }
     const float *input = dn_gpu_input(net, l);
     float *in_delta = dn_gpu_input_delta(net, l);
+    /* chunks of images as the forward: one im2col launch for the weight gradient (then one GEMM per image,
+     * each adding into dW), one strided batched GEMM for the columns' delta of every image and one col2im */
+    const size_t per_image = (size_t)c.K * c.N;
+    const int chunk = c.direct ? l->batch : (int)(per_image >= CHUNK_FLOATS ? 1 : CHUNK_FLOATS / per_image);
     float *cols = NULL;
-    if (!c.direct && (s = dn_gpu_workspace(net, (size_t)c.K * c.N, &cols))) return s;
-    for (int b = 0; b < l->batch; ++b)
+    if (!c.direct &&
+        (s = dn_gpu_workspace(net, per_image * (size_t)(chunk < l->batch ? chunk : l->batch), &cols)))
+        return s;
+    const long long in_stride = (long long)l->c * plane, d_stride = (long long)c.groups * c.M * c.N;
+    for (int b0 = 0; b0 < l->batch; b0 += chunk) {
+        const int n = l->batch - b0 < chunk ? l->batch - b0 : chunk;
         for (int g = 0; g < c.groups; ++g) {
-            const size_t in_off = ((size_t)b * l->c + (size_t)g * c.cg) * plane;
-            const float *d = l->delta_gpu + ((size_t)b * c.groups + g) * (size_t)c.M * c.N;
+            const size_t in_off = ((size_t)b0 * l->c + (size_t)g * c.cg) * plane;
+            const float *d = l->delta_gpu + ((size_t)b0 * c.groups + g) * (size_t)c.M * c.N;
             const float *wg = w->data_gpu + (size_t)g * c.M * c.K;
             if (w->grad_gpu) {
                 const float *x = input + in_off;
+                long long x_stride = in_stride;
                 if (!c.direct) {
-                    dn_gpu_im2col(x, c.cg, l->h, l->w, c.size, c.pad, c.stride_y, c.stride_x, c.dilation, l->out_h,
-                                  l->out_w, cols);
+                    dn_gpu_im2col_images(x, n, (size_t)in_stride, c.cg, l->h, l->w, c.size, c.pad, c.stride_y,
+                                         c.stride_x, c.dilation, l->out_h, l->out_w, cols);
                     x = cols;
+                    x_stride = (long long)per_image;
                 }
-                /* dW_g [M x K] += d [M x N] * cols [K x N]^T */
-                if ((s = dn_gpu_gemm(net, 0, 1, c.M, c.K, c.N, 1.f, d, c.N, x, c.N, 1.f,
-                                     w->grad_gpu + (size_t)g * c.M * c.K, c.K)))
-                    return dn_layer_fail(l, s, "%s", dn_last_error());
+                /* dW_g [M x K] += d_b [M x N] * cols_b [K x N]^T, image after image */
+                for (int i = 0; i < n && !s; ++i)
+                    s = dn_gpu_gemm(net, 0, 1, c.M, c.K, c.N, 1.f, d + i * d_stride, c.N, x + i * x_stride, c.N, 1.f,
+                                    w->grad_gpu + (size_t)g * c.M * c.K, c.K);
+                if (s) return dn_layer_fail(l, s, "%s", dn_last_error());
             }
             if (!in_delta) continue;
-            /* the columns' delta [K x N] = W_g^T * d, added straight in for 1x1, else through col2im */
+            /* the columns' delta [K x N] = W_g^T * d_b, added straight in for 1x1, else through col2im */
             if (c.direct) {
-                s = dn_gpu_gemm(net, 1, 0, c.K, c.N, c.M, 1.f, wg, c.K, d, c.N, 1.f, in_delta + in_off, c.N);
+                s = dn_gpu_gemm_strided(net, 1, 0, c.K, c.N, c.M, 1.f, wg, c.K, 0, d, c.N, d_stride, 1.f,
+                                        in_delta + in_off, c.N, in_stride, n);
             } else {
-                s = dn_gpu_gemm(net, 1, 0, c.K, c.N, c.M, 1.f, wg, c.K, d, c.N, 0.f, cols, c.N);
-                dn_gpu_col2im(cols, c.cg, l->h, l->w, c.size, c.pad, c.stride_y, c.stride_x, c.dilation, l->out_h,
-                              l->out_w, in_delta + in_off);
+                s = dn_gpu_gemm_strided(net, 1, 0, c.K, c.N, c.M, 1.f, wg, c.K, 0, d, c.N, d_stride, 0.f, cols, c.N,
+                                        (long long)per_image, n);
+                dn_gpu_col2im_images(cols, n, (size_t)in_stride, c.cg, l->h, l->w, c.size, c.pad, c.stride_y,
+                                     c.stride_x, c.dilation, l->out_h, l->out_w, in_delta + in_off);
             }
             if (s) return dn_layer_fail(l, s, "%s", dn_last_error());
         }
+    }
     return DN_OK;
 }
 

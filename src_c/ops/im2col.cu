@@ -43,11 +43,16 @@ void dn_gpu_im2col(const float *im, int channels, int height, int width, int ksi
                          col);
 }
 
-__global__ static void col2im_kernel(const float *col, int channels, int height, int width, int k, int pad, int sh,
-                                     int sw, int dil, int out_h, int out_w, float *im)
+/* `images` images' columns one after the other into images im_stride floats apart */
+__global__ static void col2im_kernel(const float *col, size_t images, size_t im_stride, int channels, int height,
+                                     int width, int k, int pad, int sh, int sw, int dil, int out_h, int out_w,
+                                     float *im)
 {
-    const size_t plane = (size_t)out_h * out_w;
-    DN_KERNEL_LOOP(t, (size_t)channels * height * width) {
+    const size_t plane = (size_t)out_h * out_w, per_im = (size_t)channels * height * width;
+    const size_t per_col = (size_t)channels * k * k * plane;
+    DN_KERNEL_LOOP(v, images * per_im) {
+        const size_t i = v / per_im, t = v % per_im;
+        const float *cols = col + i * per_col;
         const int c = (int)(t / ((size_t)height * width)), y = (int)(t / width % height), x = (int)(t % width);
         float sum = 0.f;
         for (int ky = 0; ky < k; ++ky) {
@@ -60,17 +65,25 @@ __global__ static void col2im_kernel(const float *col, int channels, int height,
                 if (nx < 0 || nx % sw) continue;
                 const int ox = nx / sw;
                 if (ox >= out_w) continue;
-                sum += col[(((size_t)c * k + ky) * k + kx) * plane + (size_t)oy * out_w + ox];
+                sum += cols[(((size_t)c * k + ky) * k + kx) * plane + (size_t)oy * out_w + ox];
             }
         }
-        im[t] += sum;
+        im[i * im_stride + t] += sum;
     }
+}
+
+void dn_gpu_col2im_images(const float *col, int images, size_t im_stride, int channels, int height, int width,
+                          int ksize, int pad, int stride_h, int stride_w, int dilation, int out_h, int out_w,
+                          float *im)
+{
+    const size_t n = (size_t)images * channels * height * width;
+    col2im_kernel<<<dn_grid(n), DN_BLOCK>>>(col, (size_t)images, im_stride, channels, height, width, ksize, pad,
+                                            stride_h, stride_w, dilation, out_h, out_w, im);
 }
 
 void dn_gpu_col2im(const float *col, int channels, int height, int width, int ksize, int pad, int stride_h,
                    int stride_w, int dilation, int out_h, int out_w, float *im)
 {
-    const size_t n = (size_t)channels * height * width;
-    col2im_kernel<<<dn_grid(n), DN_BLOCK>>>(col, channels, height, width, ksize, pad, stride_h, stride_w, dilation,
-                                            out_h, out_w, im);
+    dn_gpu_col2im_images(col, 1, 0, channels, height, width, ksize, pad, stride_h, stride_w, dilation, out_h, out_w,
+                         im);
 }
