@@ -36,6 +36,13 @@ struct dn_cuda {
     cublasHandle_t blas;
     float *input, *input_delta;
     size_t input_n;
+    /* the input goes through page-locked staging (a DMA at full speed; a pageable copy is staged by the driver
+     * in small pieces): the caller's array is copied into it, then copied to the device asynchronously; the
+     * event tells when the staging may be written again. NULL: plain copies (page-locked memory refused). */
+    float *staging;
+    size_t staging_n;
+    cudaEvent_t staged;
+    int staged_pending;
     float *workspace;
     size_t workspace_n;
     int *delta_dirty;         /* per layer, and [nlayers] for the input: the host delta was handed out */
@@ -171,6 +178,21 @@ static dn_status gpu_allocate(dn_net *net)
             if ((s = alloc_param(&l->params[j]))) return dn_layer_fail(l, s, "%s", dn_last_error());
     }
     ctx->input_n = (size_t)net->batch * net->c * net->h * net->w;
+    if (ctx->staging && ctx->staging_n < ctx->input_n) {
+        if (ctx->staged_pending) cudaEventSynchronize(ctx->staged);
+        ctx->staged_pending = 0;
+        cudaFreeHost(ctx->staging);
+        ctx->staging = NULL;
+    }
+    if (!ctx->staging) {
+        void *p = NULL;
+        if (cudaHostAlloc(&p, ctx->input_n * sizeof(float), cudaHostAllocDefault) == cudaSuccess) {
+            ctx->staging = (float *)p;
+            ctx->staging_n = ctx->input_n;
+        } else {
+            cudaGetLastError(); /* not sticky: the plain copy serves */
+        }
+    }
     dev_free(&ctx->input);
     dev_free(&ctx->input_delta);
     if ((s = dev_alloc(&ctx->input, ctx->input_n, "the input"))) return s;
@@ -200,6 +222,11 @@ dn_status dn_gpu_open(dn_net *net, int device)
     if (cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) {
         free(ctx);
         return dn_fail(DN_ERR_STATE, "CUDA: cuBLAS could not be initialized on device %d", device);
+    }
+    if ((e = cudaEventCreateWithFlags(&ctx->staged, cudaEventDisableTiming)) != cudaSuccess) {
+        cublasDestroy(ctx->blas);
+        free(ctx);
+        return cuda_fail(e, "creating an event");
     }
     net->cuda = ctx;
     net->backend = &dn_cuda_backend;
@@ -244,6 +271,9 @@ void dn_gpu_close(dn_net *net)
     dev_free(&ctx->input);
     dev_free(&ctx->input_delta);
     dev_free(&ctx->workspace);
+    if (ctx->staged_pending) cudaEventSynchronize(ctx->staged);
+    if (ctx->staging) cudaFreeHost(ctx->staging);
+    cudaEventDestroy(ctx->staged);
     cublasDestroy(ctx->blas);
     free(ctx->delta_dirty);
     free(ctx);
@@ -484,6 +514,22 @@ dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l)
 }
 
 /* ---- passes ---- */
+/* The pass's input to the device through the page-locked staging buffer
+ * (after the previous copy out of it has finished), or by a plain copy. */
+static dn_status push_input(dn_cuda *ctx, const float *input)
+{
+    if (!ctx->staging) return push(ctx->input, input, ctx->input_n);
+    cudaError_t e = ctx->staged_pending ? cudaEventSynchronize(ctx->staged) : cudaSuccess;
+    ctx->staged_pending = 0;
+    if (e != cudaSuccess) return cuda_fail(e, "waiting for the previous input copy");
+    memcpy(ctx->staging, input, ctx->input_n * sizeof(float));
+    e = cudaMemcpyAsync(ctx->input, ctx->staging, ctx->input_n * sizeof(float), cudaMemcpyHostToDevice, 0);
+    if (e == cudaSuccess) e = cudaEventRecord(ctx->staged, 0);
+    if (e != cudaSuccess) return cuda_fail(e, "copying the input to the device");
+    ctx->staged_pending = 1;
+    return DN_OK;
+}
+
 /* Before a forward pass: what the caller wrote goes back to the device, the
  * input goes there, every host output is stale, and a training pass zeroes
  * the deltas. */
@@ -492,7 +538,7 @@ static dn_status begin_forward(dn_net *net)
     dn_cuda *ctx = net->cuda;
     dn_status s = use_device(net);
     if (!s) s = push_dirty(net);
-    if (!s) s = push(ctx->input, net->input, ctx->input_n);
+    if (!s) s = push_input(ctx, net->input);
     if (s) return s;
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
