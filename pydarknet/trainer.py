@@ -378,6 +378,8 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
     burn_in = int(opts.get("burn_in") or 0)
 
     # ---- data
+    if workers is None:   # the CPU trains: 2 threads; a GPU trains: processes on the cores it leaves free
+        workers = 2 if net.gpu is None else max(2, min(8, (os.cpu_count() or 2) - 1))
     loader = task.make_loader(data, net, seed, workers)
     try:
         return _loop(out, task, net, loader, cfg=cfg, data=data, base=base, backup_dir=backup_dir, weights=weights,
