@@ -190,6 +190,7 @@ def build_ffi():
     ffi = FFI()
     ffi.cdef(public_declarations())
     ffi.cdef('extern "Python" void _pydarknet_log(int, const char *, void *);')
+    ffi.cdef('extern "Python" dn_status _pydarknet_gradient_hook(dn_net *, void *, unsigned long long *);')
     blas = blas_config() or {}
     cuda = cuda_config() or {}
     opt = os.environ.get("PYDARKNET_CFLAGS", "-O3").split()

@@ -194,11 +194,11 @@ class _Job:
             raise DataError(f"{source.last_path}: {type(e).__name__}: {e}") from e
         return x, t, source.issues
 
-    def fill(self, k, i, size, x, t):
-        """sample() written straight into row i of the batch arrays (threads)."""
+    def fill(self, k, i, size, x, t, row):
+        """sample() i written straight into row `row` of the batch arrays (threads)."""
         xi, ti, issues = self.sample(k, i, size)
-        x[i] = xi
-        t[i] = ti
+        x[row] = xi
+        t[row] = ti
         return None, None, issues
 
 
@@ -232,14 +232,14 @@ def _attach(name):
     return shm
 
 
-def _process_task(k, i, size, slot, x_shape, t_shape):
-    """A sample written into row i of batch k's arrays in the shared slot."""
+def _process_task(k, i, size, slot, x_shape, t_shape, row):
+    """Sample i of batch k written into row `row` of its arrays in the shared slot."""
     xi, ti, issues = _WORKER_JOB.sample(k, i, size)
     buf = _attach(slot).buf
     x = np.ndarray(x_shape, np.float32, buffer=buf)
     t = np.ndarray(t_shape, np.float32, buffer=buf, offset=x.nbytes)
-    x[i] = xi
-    t[i] = ti
+    x[row] = xi
+    t[row] = ti
     del x, t
     return None, None, issues
 
@@ -301,9 +301,15 @@ class _Loader:
     kind = None
 
     def __init__(self, dataset, augment, batch_size, seed=0, workers=2, prefetch=3, backend="thread",
-                 order="random", start=0):
+                 order="random", start=0, rows=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        first, stop = (0, batch_size) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= first < stop <= batch_size:
+            raise ValueError(f"rows must be a range within the batch of {batch_size}, got {rows}")
+        # the rows [first, stop) of every batch of batch_size (one rank's share of the global batch): the
+        # very samples, augmentations and sizes the whole batch has in those rows
+        self.first, self.rows = first, stop - first
         if order not in ("random", "shuffle"):
             raise ValueError(f"order must be 'random' (darknet's) or 'shuffle', got {order!r}")
         if backend not in ("thread", "process"):
@@ -341,28 +347,28 @@ class _Loader:
             raise RuntimeError("the loader is closed")
         w, h = self.size(k)
         c = self.augment.channels
-        x_shape, t_shape = (self.batch_size, c, h, w), (self.batch_size,) + self._truth_shape()
+        x_shape, t_shape = (self.rows, c, h, w), (self.rows,) + self._truth_shape()
         if self._slots is not None:
             nx = int(np.prod(x_shape)) * 4
             j, shm = self._slots.take(nx + int(np.prod(t_shape)) * 4)
             x = np.ndarray(x_shape, np.float32, buffer=shm.buf)
             t = np.ndarray(t_shape, np.float32, buffer=shm.buf, offset=nx)
-            futures = [self._pool.submit(_process_task, k, i, (w, h), shm.name, x_shape, t_shape)
-                       for i in range(self.batch_size)]
+            futures = [self._pool.submit(_process_task, k, self.first + r, (w, h), shm.name, x_shape, t_shape, r)
+                       for r in range(self.rows)]
             self._slots.used_by(j, futures)
             return _Pending(k, x, t, futures, shared=True)
         x = np.empty(x_shape, np.float32)
         t = np.empty(t_shape, np.float32)
         if self._pool is None:
             return _Pending(k, x, t, None)
-        futures = [self._pool.submit(self._job.fill, k, i, (w, h), x, t) for i in range(self.batch_size)]
+        futures = [self._pool.submit(self._job.fill, k, self.first + r, (w, h), x, t, r) for r in range(self.rows)]
         return _Pending(k, x, t, futures)
 
     def _collect(self, p):
         issues = []
         try:
             if p.futures is None:
-                results = (self._job.sample(p.k, i, (p.x.shape[3], p.x.shape[2])) for i in range(self.batch_size))
+                results = (self._job.sample(p.k, self.first + r, (p.x.shape[3], p.x.shape[2])) for r in range(self.rows))
             else:
                 results = (f.result() for f in p.futures)
             for i, (xi, ti, iss) in enumerate(results):
@@ -453,11 +459,11 @@ class DetectionLoader(_Loader):
     kind = "detection"
 
     def __init__(self, dataset, augment, batch_size, seed=0, workers=2, prefetch=3, backend="thread",
-                 order="random", sizes=None, start=0):
+                 order="random", sizes=None, start=0, rows=None):
         if augment.classes != dataset.classes:
             augment = augment.replace(classes=dataset.classes)
         self._sizes = sizes
-        super().__init__(dataset, augment, batch_size, seed, workers, prefetch, backend, order, start)
+        super().__init__(dataset, augment, batch_size, seed, workers, prefetch, backend, order, start, rows)
 
     @classmethod
     def from_files(cls, data_or_list, cfg, seed=0, batch_size=None, multiscale=True, key="train", **kw):
@@ -494,10 +500,10 @@ class ClassifierLoader(_Loader):
     kind = "classifier"
 
     def __init__(self, dataset, augment, batch_size, seed=0, workers=2, prefetch=3, backend="thread",
-                 order="random", start=0):
+                 order="random", start=0, rows=None):
         if augment.classes != dataset.classes:
             augment = augment.replace(classes=dataset.classes)
-        super().__init__(dataset, augment, batch_size, seed, workers, prefetch, backend, order, start)
+        super().__init__(dataset, augment, batch_size, seed, workers, prefetch, backend, order, start, rows)
 
     @classmethod
     def from_files(cls, data_or_list, cfg, seed=0, batch_size=None, names=None, key="train", **kw):

@@ -107,6 +107,8 @@ struct dn_net {
     dn_log_fn log_fn;
     void *log_user;
     const dn_backend *backend;   /* where the passes run: dn_cpu_backend, or CUDA's (core/backend.h) */
+    dn_gradient_hook grad_hook;  /* between the last backward pass and the update (dn_net_train_batch) */
+    void *grad_hook_user;
     struct dn_cuda *cuda;        /* the CUDA backend's device context (core/cuda.cu); NULL on the CPU */
     char **names;                /* class names from a model file (core/model.c) */
     int nnames;

@@ -329,8 +329,54 @@ dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, cons
         net->seen += mb;
         net->images_since_update += mb;
     }
+    if (net->grad_hook) {
+        const unsigned long long before = net->images_since_update;
+        if (!(s = dn_net_to_host(net, 0))) s = net->grad_hook(net, net->grad_hook_user, &net->images_since_update);
+        if (s) {
+            zero_grads(net);
+            return s;
+        }
+        net->seen += net->images_since_update - before;
+    }
     if ((s = dn_net_update(net))) return s;
     if (loss) *loss = (float)(total / (double)n);
+    return DN_OK;
+}
+
+dn_status dn_net_set_gradient_hook(dn_net *net, dn_gradient_hook hook, void *user)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    net->grad_hook = hook;
+    net->grad_hook_user = user;
+    return DN_OK;
+}
+
+size_t dn_net_gradient_count(const dn_net *net)
+{
+    size_t n = 0;
+    for (int i = 0; net && i < net->nlayers; ++i)
+        for (int j = 0; j < net->layers[i]->nparams; ++j)
+            if (net->layers[i]->params[j].grad) n += net->layers[i]->params[j].count;
+    return n;
+}
+
+dn_status dn_net_gradients(dn_net *net, float *buffer, size_t count, int to_buffer)
+{
+    dn_status s = need_training(net);
+    if (s) return s;
+    if (!buffer || count != dn_net_gradient_count(net))
+        return dn_fail(DN_ERR_ARG, "gradient buffer of %zu floats; the network has %zu gradient values", count,
+                       dn_net_gradient_count(net));
+    if ((s = dn_net_to_host(net, 0))) return s;
+    size_t at = 0;
+    for (int i = 0; i < net->nlayers; ++i)
+        for (int j = 0; j < net->layers[i]->nparams; ++j) {
+            dn_param *p = &net->layers[i]->params[j];
+            if (!p->grad) continue;
+            if (to_buffer) memcpy(buffer + at, p->grad, p->count * sizeof(float));
+            else memcpy(p->grad, buffer + at, p->count * sizeof(float));
+            at += p->count;
+        }
     return DN_OK;
 }
 
