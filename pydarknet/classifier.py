@@ -200,11 +200,12 @@ class _ClassifierTask(TrainTask):
             self.eval_net = Network(net.spec, batch=1, threads=net.threads, names=self.names)
             self.valid_ds = ClassificationDataset.from_list(self.valid_list, self.names, channels=net.channels)
 
-    def make_loader(self, data, net, seed, workers):
+    def make_loader(self, data, net, seed, workers, rows=None):
         df = load_data_file(data)
         ds = ClassificationDataset.from_list(df.train, self.names, channels=net.channels)
         aug = ClassifierAugment.from_spec(net.spec, ds.classes)
-        return ClassifierLoader(ds, aug, net.full_batch, seed=seed, workers=workers, backend=default_backend(workers))
+        return ClassifierLoader(ds, aug, net.full_batch, seed=seed, workers=workers, backend=default_backend(workers),
+                                rows=rows)
 
     def header(self, base, opts, n_train, save_every, last_every):
         return [base, rate_line(opts), str(n_train)]

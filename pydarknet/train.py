@@ -85,8 +85,8 @@ class _DetectorTask(TrainTask):
             self.valid_ds = DetectionDataset.from_list(self.valid_list, net_classes or data_classes,
                                                        channels=net.channels)
 
-    def make_loader(self, data, net, seed, workers):
-        kw = {}
+    def make_loader(self, data, net, seed, workers, rows=None):
+        kw = {"rows": rows}
         if self.multiscale is False:
             kw["multiscale"] = False
         elif self.multiscale is not None:

@@ -57,6 +57,7 @@ from .cfg import parse_cfg
 from .chart import draw_chart
 from .console import Output, warnings_as_notes
 from .datafiles import load_data_file
+from .distributed import world as mpi_world
 from .evaluate import tqdm_class
 from .fileio import replacing
 from .network import Network
@@ -217,7 +218,8 @@ class TrainTask:
     def check_network(self, out, net, df, cfg, data):
         """The built network against the .data file; evaluation set up."""
 
-    def make_loader(self, data, net, seed, workers):
+    def make_loader(self, data, net, seed, workers, rows=None):
+        """The training batches; rows=(a, b): only those rows of each batch (an MPI rank's share)."""
         raise NotImplementedError
 
     def header(self, base, opts, n_train, save_every, last_every):
@@ -273,16 +275,39 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
     stop_after: stop as Ctrl-C does once this iteration is done (saves
       _last and raises KeyboardInterrupt).
     callback: called with each iteration's log record (may raise)."""
-    out = Output(log)
+    dist = mpi_world()   # None unless several MPI ranks run this
+    out = Output(log) if dist is None or dist.leader else _Silent()
     with warnings_as_notes(out):
         return _train(out, task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches, seed=seed,
                       save_every=save_every, last_every=last_every, chart=chart, chart_every=chart_every,
                       workers=workers, threads=threads, progress=progress, stop_after=stop_after,
-                      callback=callback, gpu=gpu)
+                      callback=callback, gpu=gpu, dist=dist)
+
+
+class _Silent(Output):
+    """The output of an MPI rank other than 0: rank 0 alone speaks."""
+
+    def line(self, text):
+        pass
+
+    def note(self, text):
+        pass
+
+
+class _NoLog:
+    """The training log of an MPI rank other than 0 (rank 0 alone writes files)."""
+
+    records: List[dict] = []
+
+    def append(self, rec):
+        pass
+
+    def last(self, key):
+        return None
 
 
 def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, save_every, last_every, chart,
-           chart_every, workers, threads, progress, stop_after, callback, gpu=None):
+           chart_every, workers, threads, progress, stop_after, callback, gpu=None, dist=None):
     cfg, data = os.fspath(cfg), os.fspath(data)
     weights = None if weights is None else os.fspath(weights)
     base = cfg_base(cfg)
@@ -301,7 +326,8 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
         backup_dir, origin = df.backup, f" (backup= in {data})"
     else:
         backup_dir, origin = "backup", f" ({data} has no backup= entry)"
-    _check_backup(backup_dir, origin)
+    if dist is None or dist.leader:
+        _check_backup(backup_dir, origin)
     if weights is not None:
         check_readable(weights, "weights file")
         with open(weights, "rb") as f:
@@ -321,6 +347,14 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
     if max_b < 1:
         raise TrainError(f"{cfg}: [net] max_batches={max_b}: nothing to train (set max_batches= or --max-batches)")
     task.check_cfg(spec, cfg)
+    if dist is not None:
+        # rank r trains rows r*batch/N .. of each global batch in its own subdivisions: mini-batches of
+        # batch / (N * subdivisions), as one process with N times the subdivisions
+        subdivisions = max(1, int(spec.options.get("subdivisions") or 1))
+        if spec.batch % (dist.size * subdivisions):
+            raise TrainError(f"{cfg}: batch={spec.batch} does not split over {dist.size} MPI ranks of "
+                             f"subdivisions={subdivisions} (batch must be a multiple of {dist.size * subdivisions})")
+        spec.options["subdivisions"] = subdivisions * dist.size
     net = Network(spec, threads=threads, names=task.names, seed=seed)  # darknet's initialization, seeded
     if net.full_batch < 2:
         raise TrainError(f"{cfg}: batch={net.full_batch} in [net]; training needs a batch of several images "
@@ -377,21 +411,31 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
             raise TrainError(f"-gpus {gpu}: {e}") from None
     burn_in = int(opts.get("burn_in") or 0)
 
+    if dist is not None:
+        dist.attach(net)
+        ranks = dist.describe()
+        out.note(f"data-parallel over {dist.size} MPI ranks: " +
+                 ", ".join(f"rank {r} on {host}" for r, host in ranks) +
+                 f"; each trains {net.full_batch // dist.size} images of every batch of {net.full_batch} "
+                 f"in mini-batches of {net.mini_batch}")
+
     # ---- data
     if workers is None:   # the CPU trains: 2 threads; a GPU trains: processes on the cores it leaves free
         workers = 2 if net.gpu is None else max(2, min(8, (os.cpu_count() or 2) - 1))
-    loader = task.make_loader(data, net, seed, workers)
+    loader = task.make_loader(data, net, seed, workers, rows=None if dist is None else dist.rows(net.full_batch))
     try:
         return _loop(out, task, net, loader, cfg=cfg, data=data, base=base, backup_dir=backup_dir, weights=weights,
                      state_file=state_file, train_list=train_list, save_every=save_every, last_every=last_every,
                      steps=steps, burn_in=burn_in, chart=chart, chart_every=chart_every, progress=progress,
-                     stop_after=stop_after, callback=callback)
+                     stop_after=stop_after, callback=callback, dist=dist)
     finally:
         loader.close()
+        if dist is not None:
+            dist.detach(net)
 
 
 def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state_file, train_list, save_every,
-          last_every, steps, burn_in, chart, chart_every, progress, stop_after, callback):
+          last_every, steps, burn_in, chart, chart_every, progress, stop_after, callback, dist=None):
     start = net.iteration
     full_batch = net.full_batch
     opts = net.spec.options
@@ -399,13 +443,14 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
     init_w, init_h = net.spec.width, net.spec.height
     n_train = len(loader.dataset)
 
+    leader = dist is None or dist.leader   # the process that writes files and evaluates
     log_path = os.path.join(backup_dir, f"{base}_train.jsonl")
     try:
-        trainlog = _TrainLog(log_path, start)
+        trainlog = _TrainLog(log_path, start) if leader else _NoLog()
     except OSError as e:
         raise TrainError(f"{log_path}: cannot write the training log: {e.strerror or e}") from None
     chart_path = None
-    if chart is not False:
+    if chart is not False and leader:
         chart_path = os.fspath(chart) if chart is not None else os.path.join(backup_dir, f"chart_{base}.png")
 
     summary = TrainSummary(cfg=cfg, data=data, backup=backup_dir, start_iteration=start, iteration=start,
@@ -449,6 +494,9 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
 
     def save(tag, with_state=False, quiet=False):
         path = checkpoint_path(backup_dir, base, tag)
+        if not leader:   # rank 0 writes the run's checkpoint
+            summary.saved[str(tag)] = path
+            return path
         if not quiet:
             out.line(f"Saving weights to {path}")
         _write_checkpoint(net.save_weights, path)
@@ -465,7 +513,7 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
         out.note(f"already at iteration {start} of max_batches {max_b}; nothing to train")
     bar = None
     try:
-        tqdm = tqdm_class() if progress and start < max_b else None
+        tqdm = tqdm_class() if progress and start < max_b and leader else None
         if tqdm is not None:
             bar = tqdm(total=max_b, initial=start, unit="it", file=sys.stderr, dynamic_ncols=True,
                        desc=base, smoothing=0.05)
@@ -479,7 +527,14 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                 if bar is None:
                     out.line(f"Resizing: {w} x {h}")
             t_train = time.perf_counter()
-            loss = net.train_batch(x, truths)
+            try:
+                loss = net.train_batch(x, truths)
+            except DarknetError:
+                if dist is not None and dist.error is not None:
+                    raise TrainError(f"the gradient all-reduce over the MPI ranks failed: {dist.error}") from None
+                raise
+            if dist is not None:   # the loss per image of the whole batch
+                loss = dist.sum(loss * x.shape[0]) / full_batch
             train_time = time.perf_counter() - t_train
             it = net.iteration
             if avg_loss is None or not math.isfinite(avg_loss):
@@ -503,7 +558,7 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                       "width": w, "height": h, "time": round(time.time(), 3)}
 
             # ---- evaluation (-map, -topk)
-            evaluated = task.evaluation_due(it, iter_eval, max_b, n_train, full_batch, burn_in)
+            evaluated = task.evaluation_due(it, iter_eval, max_b, n_train, full_batch, burn_in) and leader
             if evaluated:
                 iter_eval = it
                 task.evaluate(net, record, out, summary, save, bar)

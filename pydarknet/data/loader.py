@@ -368,7 +368,8 @@ class _Loader:
         issues = []
         try:
             if p.futures is None:
-                results = (self._job.sample(p.k, self.first + r, (p.x.shape[3], p.x.shape[2])) for r in range(self.rows))
+                size = (p.x.shape[3], p.x.shape[2])
+                results = (self._job.sample(p.k, self.first + r, size) for r in range(self.rows))
             else:
                 results = (f.result() for f in p.futures)
             for i, (xi, ti, iss) in enumerate(results):

@@ -1,0 +1,130 @@
+"""Data-parallel training over MPI: several processes (on one machine or
+many) train one model.
+
+``mpiexec -n N pydarknet detector train ...`` runs N ranks of the same
+command. ``[net] batch`` stays the global batch: rank r trains on rows
+r*batch/N .. (r+1)*batch/N - 1 of every iteration's global batch (the very
+images, augmentations and sizes one process would draw), in its own
+``subdivisions`` mini-batches. Once per iteration, between the last backward
+pass and the update, the C core hands every parameter gradient over as one
+run of floats (``dn_net_gradients``) and this module sums it over the ranks
+with one MPI all-reduce, with the image count the update divides by; every
+rank then makes the same update. So N ranks with ``subdivisions=S`` train the
+parameters one process with ``subdivisions=N*S`` trains, up to the order of
+float sums. Batch-norm rolling statistics, which each rank moves with its own
+mini-batches, are averaged over the ranks at every update, so every rank
+holds the same network and rank 0's checkpoints are the run's.
+
+Without MPI (or with one rank) nothing here is used, and mpi4py is never
+imported. ``pip install 'pydarknet[mpi]'`` installs mpi4py and an MPI.
+"""
+import os
+import socket
+
+import numpy as np
+
+from ._native import check, ffi, lib
+from .train_checks import TrainError
+
+# the launchers' environment: Open MPI, then MPICH / Intel MPI (Hydra) and PMIx
+_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
+
+
+def launched_size():
+    """The number of ranks the MPI launcher started (1 without one)."""
+    for name in _SIZE_VARIABLES:
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def world():
+    """The World of this MPI job, or None when not running under MPI with more
+    than one rank (then mpi4py is not imported)."""
+    size = launched_size()
+    if size <= 1:
+        return None
+    try:
+        from mpi4py import MPI  # only under an MPI launcher with several ranks
+    except ImportError:
+        raise TrainError(f"running under MPI with {size} ranks, but mpi4py is not installed "
+                         f"(pip install 'pydarknet[mpi]')") from None
+    comm = MPI.COMM_WORLD
+    return World(comm, MPI) if comm.Get_size() > 1 else None
+
+
+class World:
+    """The ranks of one training run and the collective steps they take."""
+
+    def __init__(self, comm, mpi):
+        self.comm, self._mpi = comm, mpi
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.error = None          # an exception raised inside the gradient hook
+        self._buffer = None
+        self._net = None
+        self._handle = ffi.new_handle(self)
+
+    @property
+    def leader(self):
+        return self.rank == 0
+
+    def rows(self, batch):
+        """This rank's rows of a global batch of `batch` images."""
+        per = batch // self.size
+        return self.rank * per, (self.rank + 1) * per
+
+    def describe(self):
+        """One line per rank: rank, host and device, gathered on every rank."""
+        return self.comm.allgather((self.rank, socket.gethostname()))
+
+    def attach(self, net):
+        """Sums the gradients over the ranks in every train_batch of `net` (and
+        averages its batch-norm rolling statistics, so every rank holds the same
+        network and any rank's checkpoint is the run's)."""
+        self._net = net
+        check(lib.dn_net_set_gradient_hook(net._ptr, lib._pydarknet_gradient_hook, self._handle))
+
+    def detach(self, net):
+        check(lib.dn_net_set_gradient_hook(net._ptr, ffi.NULL, ffi.NULL))
+        self._net = None
+
+    def _reduce_gradients(self, net_ptr, images):
+        n = lib.dn_net_gradient_count(net_ptr)
+        if self._buffer is None or self._buffer.size != n:
+            self._buffer = np.empty(n, np.float32)
+        buf = ffi.from_buffer("float[]", self._buffer)
+        check(lib.dn_net_gradients(net_ptr, buf, n, 1))
+        self.comm.Allreduce(self._mpi.IN_PLACE, self._buffer, op=self._mpi.SUM)
+        check(lib.dn_net_gradients(net_ptr, buf, n, 0))
+        images[0] = self.comm.allreduce(int(images[0]), op=self._mpi.SUM)
+        self.average_rolling_statistics(self._net)
+
+    def sum(self, value):
+        return self.comm.allreduce(value, op=self._mpi.SUM)
+
+    def all_agree(self, ok):
+        """True when every rank says ok (a collective: every rank must call it)."""
+        return bool(self.comm.allreduce(1 if ok else 0, op=self._mpi.MIN))
+
+    def average_rolling_statistics(self, net):
+        """Batch norm's rolling mean and variance averaged over the ranks (every rank calls it)."""
+        for layer in net.layers:
+            for name, values in layer.params.items():
+                if name.startswith("rolling_"):
+                    self.comm.Allreduce(self._mpi.IN_PLACE, values, op=self._mpi.SUM)
+                    values /= self.size
+
+    def barrier(self):
+        self.comm.Barrier()
+
+
+@ffi.def_extern()
+def _pydarknet_gradient_hook(net_ptr, user, images):
+    world = ffi.from_handle(user)
+    try:
+        world._reduce_gradients(net_ptr, images)
+        return lib.DN_OK
+    except BaseException as e:   # never unwind through C: the caller raises it
+        world.error = e
+        return lib.DN_ERR_STATE

