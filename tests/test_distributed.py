@@ -17,9 +17,6 @@ from pydarknet.data.shapes import make_shapes_classification, write_shapes_datas
 from pydarknet.distributed import launched_size
 from helpers import conv, maxpool, section, shapes_head
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def cfg_text(subdivisions, batch=4, bn=True):
     return (section("net", width=32, height=32, channels=3, batch=batch, subdivisions=subdivisions,
                     learning_rate=0.002, momentum=0.9, decay=0.0005, max_batches=4)
@@ -33,8 +30,7 @@ def mpiexec():
 
 
 def run(args, ranks, cwd, timeout=240):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path),
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
     cmd = [sys.executable, "-m", "pydarknet"] + args
     if ranks > 1:
