@@ -20,6 +20,7 @@ imported. ``pip install 'pydarknet[mpi]'`` installs mpi4py and an MPI.
 """
 import os
 import socket
+import sys
 
 import numpy as np
 
@@ -117,6 +118,15 @@ class World:
 
     def barrier(self):
         self.comm.Barrier()
+
+    def abort(self, error):
+        """A failure on this rank ends every rank (the others would wait for it in
+        the next all-reduce forever): the error is printed, naming the rank, and
+        the MPI job is aborted with status 1."""
+        text = str(error) if isinstance(error, TrainError) else f"{type(error).__name__}: {error}"
+        sys.stderr.write(f"pydarknet: error: rank {self.rank} of {self.size} on {socket.gethostname()}: {text}\n")
+        sys.stderr.flush()
+        self.comm.Abort(1)
 
 
 @ffi.def_extern()

