@@ -245,7 +245,8 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
       file's top=, default 5) on the valid= list every max(2 epochs,
       burn_in, 100) iterations and at the end (records top1, top<k>;
       summary.accuracies).
-    gpu: train on this CUDA device (darknet's -gpus; None: the CPU).
+    gpu: train on this CUDA device, or on one of a list of them (darknet's -gpus; under MPI the ranks of
+      a machine take them in turn; None: the CPU).
     The other arguments are pydarknet.trainer.train_network's.
 
     Raises ClassifierError / TrainError (or the DataFileError, CfgError,

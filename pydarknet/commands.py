@@ -130,9 +130,9 @@ def seed_int(text):
     return _whole_number(text, 0, SEED_MAX)
 
 
-def _first_gpu(text):
-    """darknet's -gpus list: training uses its first device."""
-    return non_negative_int(text.split(",")[0].strip())
+def gpu_list(text):
+    """darknet's -gpus list of CUDA devices, e.g. 0,1,2,3."""
+    return tuple(non_negative_int(part.strip()) for part in text.split(","))
 
 
 def add_gpu_flag(parser):
@@ -153,8 +153,9 @@ def add_model_files(parser, data_help, cfg_help="the network's .cfg file", weigh
 def add_training_flags(parser, seed_help):
     """The flags detector and classifier training share."""
     flag(parser, "dont_show", action="store_true", help="accepted; training never opens a window")
-    flag(parser, "gpus", type=_first_gpu, metavar="LIST",
-         help="train on the first CUDA device of the list (a build with PYDARKNET_CUDA=1; default: the CPU)")
+    flag(parser, "gpus", type=gpu_list, metavar="LIST",
+         help="CUDA devices, e.g. 0,1 (a build with PYDARKNET_CUDA=1; default: the CPU): one process trains on "
+              "the first; under mpiexec the ranks on a machine take the devices in turn (local rank)")
     flag(parser, "seed", type=seed_int, default=0, metavar="N", help=seed_help)
     parser.add_argument("--max-batches", dest="max_batches", type=positive_int, metavar="N",
                         help="train up to iteration N instead of the cfg's max_batches")

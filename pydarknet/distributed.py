@@ -40,6 +40,18 @@ def launched_size():
     return 1
 
 
+def pick_device(gpus, dist):
+    """The CUDA device this process trains on: None (the CPU), the first of
+    `gpus` for one process, or under MPI the one of this rank's turn among
+    the ranks of its machine (local rank modulo the devices)."""
+    if gpus is None:
+        return None
+    devices = [gpus] if isinstance(gpus, int) else list(gpus)
+    if not devices:
+        return None
+    return devices[0] if dist is None else devices[dist.local_rank % len(devices)]
+
+
 def world():
     """The World of this MPI job, or None when not running under MPI with more
     than one rank (then mpi4py is not imported)."""
@@ -61,6 +73,8 @@ class World:
     def __init__(self, comm, mpi):
         self.comm, self._mpi = comm, mpi
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        # the rank among the ranks of this machine (they share its devices)
+        self.local_rank = comm.Split_type(mpi.COMM_TYPE_SHARED).Get_rank()
         self.error = None          # an exception raised inside the gradient hook
         self._buffer = None
         self._net = None
@@ -75,9 +89,9 @@ class World:
         per = batch // self.size
         return self.rank * per, (self.rank + 1) * per
 
-    def describe(self):
-        """One line per rank: rank, host and device, gathered on every rank."""
-        return self.comm.allgather((self.rank, socket.gethostname()))
+    def describe(self, device):
+        """(rank, host, device) of every rank, gathered on every rank."""
+        return self.comm.allgather((self.rank, socket.gethostname(), device))
 
     def attach(self, net):
         """Sums the gradients over the ranks in every train_batch of `net` (and

@@ -16,7 +16,7 @@ back to the cfg's size at the end.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 from .cfg import HEAD_TYPES
 from .console import warnings_as_notes
@@ -145,7 +145,7 @@ def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_
                    points=0, save_every=None, last_every=None, chart=None, chart_every=10, multiscale=None,
                    workers=2, threads=None, log: Optional[Callable[[str], None]] = None, progress=None,
                    stop_after=None, callback: Optional[Callable[[dict], None]] = None,
-                   gpu: Optional[int] = None) -> TrainSummary:
+                   gpu: Union[int, Sequence[int], None] = None) -> TrainSummary:
     """Trains the detector of `cfg` on the `train=` list of the .data file
     `data`, from `weights` when given (a full or partial weights file), up
     to the cfg's max_batches (or `max_batches`). See the module notes.
@@ -155,7 +155,8 @@ def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_
       every max(map_epochs epochs, 100) iterations, not before burn_in, and at
       the end (darknet's schedule), or every `map_every` iterations when
       given (which implies calc_map); keep _best.weights.
-    gpu: train on this CUDA device (darknet's -gpus; None: the CPU).
+    gpu: train on this CUDA device, or on one of a list of them (darknet's -gpus; under MPI the ranks of
+      a machine take them in turn; None: the CPU).
     multiscale: None (as the cfg's [yolo] random says), False (never), or a
       callable batch index -> (width, height).
     dont_show: accepted for darknet's flag; no window is ever opened.

@@ -50,13 +50,14 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from ._native import DarknetError, check, lib
 from .cfg import parse_cfg
 from .chart import draw_chart
 from .console import Output, warnings_as_notes
 from .datafiles import load_data_file
+from .distributed import pick_device
 from .distributed import world as mpi_world
 from .evaluate import tqdm_class
 from .fileio import replacing
@@ -258,7 +259,8 @@ def rate_line(opts):
 def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, backup=None, max_batches=None, seed=0,
                   save_every=None, last_every=None, chart=None, chart_every=10, workers=2, threads=None,
                   log: Optional[Callable[[str], None]] = None, progress=None, stop_after=None,
-                  callback: Optional[Callable[[dict], None]] = None, gpu: Optional[int] = None) -> TrainSummary:
+                  callback: Optional[Callable[[dict], None]] = None,
+                  gpu: Union[int, Sequence[int], None] = None) -> TrainSummary:
     """The training run that detectors and classifiers share, `task` saying
     what differs (see TrainTask and the module notes).
 
@@ -411,6 +413,11 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
     save_every = interval(save_every, "saveweights", 1000 if max_b < 10000 else 10000)
     last_every = interval(last_every, "savelast", 100)
     steps = set(int(s) for s in (opts.get("steps") or [])) if opts.get("policy") == "steps" else set()
+    devices = gpu
+    gpu = pick_device(devices, dist)
+    if dist is None and devices is not None and not isinstance(devices, int) and len(devices) > 1:
+        out.note(f"-gpus {','.join(map(str, devices))}: one process trains on device {gpu}; "
+                 f"'mpiexec -n {len(devices)} pydarknet ...' trains on all of them")
     if gpu is not None:
         try:
             net.set_device(gpu)
@@ -420,9 +427,9 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
 
     if dist is not None:
         dist.attach(net)
-        ranks = dist.describe()
+        ranks = dist.describe(net.device_name)
         out.note(f"data-parallel over {dist.size} MPI ranks: " +
-                 ", ".join(f"rank {r} on {host}" for r, host in ranks) +
+                 ", ".join(f"rank {r} on {host} ({device})" for r, host, device in ranks) +
                  f"; each trains {net.full_batch // dist.size} images of every batch of {net.full_batch} "
                  f"in mini-batches of {net.mini_batch}")
 

@@ -16,7 +16,8 @@ import pytest
 
 import pydarknet
 from pydarknet.data.shapes import make_shapes_classification, write_shapes_dataset
-from pydarknet.distributed import launched_size
+from pydarknet.commands import gpu_list
+from pydarknet.distributed import launched_size, pick_device
 from helpers import conv, maxpool, section, shapes_head
 
 def cfg_text(subdivisions, batch=4, bn=True):
@@ -55,6 +56,18 @@ def trained(path):
 
 def test_launch_size_without_mpi():
     assert launched_size() == 1   # the test process itself runs outside MPI
+
+
+def test_devices_of_the_ranks():
+    """-gpus 0,1,2,3: one process trains on the first; the ranks of a machine take them in turn."""
+    class Rank:
+        def __init__(self, local_rank):
+            self.local_rank = local_rank
+
+    assert gpu_list("0,1, 2,3") == (0, 1, 2, 3)
+    assert pick_device(None, None) is None and pick_device(None, Rank(1)) is None
+    assert pick_device((2, 3), None) == 2 and pick_device(5, None) == 5
+    assert [pick_device((0, 1, 2, 3), Rank(r)) for r in range(6)] == [0, 1, 2, 3, 0, 1]
 
 
 def test_two_ranks_train_what_one_process_with_twice_the_subdivisions_trains(work):
