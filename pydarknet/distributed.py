@@ -21,6 +21,7 @@ imported. ``pip install 'pydarknet[mpi]'`` installs mpi4py and an MPI.
 import os
 import socket
 import sys
+import time
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from .train_checks import TrainError
 
 # the launchers' environment: Open MPI, then MPICH / Intel MPI (Hydra) and PMIx
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
+# seconds an all-reduce may wait for the other ranks before the job is ended (a rank stopped or hung); long
+# enough for rank 0's -map evaluation, which the others wait through
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT = "PYDARKNET_MPI_TIMEOUT", 3600.0
 
 
 def launched_size():
@@ -79,6 +83,11 @@ class World:
         self._buffer = None
         self._net = None
         self._handle = ffi.new_handle(self)
+        try:
+            self.timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT))
+        except ValueError:
+            raise TrainError(f"{TIMEOUT_VARIABLE}={os.environ[TIMEOUT_VARIABLE]!r} is not a number of seconds") from None
+        self.iteration = 0
 
     @property
     def leader(self):
@@ -110,10 +119,23 @@ class World:
             self._buffer = np.empty(n, np.float32)
         buf = ffi.from_buffer("float[]", self._buffer)
         check(lib.dn_net_gradients(net_ptr, buf, n, 1))
-        self.comm.Allreduce(self._mpi.IN_PLACE, self._buffer, op=self._mpi.SUM)
+        self.iteration += 1
+        self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, self._buffer, op=self._mpi.SUM))
         check(lib.dn_net_gradients(net_ptr, buf, n, 0))
         images[0] = self.comm.allreduce(int(images[0]), op=self._mpi.SUM)
         self.average_rolling_statistics(self._net)
+
+    def _wait(self, request):
+        """Waits for a non-blocking collective, at most `timeout` seconds."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.0001
+        while not request.Test():
+            if time.monotonic() > deadline:
+                raise TrainError(f"the gradient all-reduce of update {self.iteration} got no answer within "
+                                 f"{self.timeout:g} s: another rank stopped or hangs ({TIMEOUT_VARIABLE} sets the "
+                                 f"limit)")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
 
     def sum(self, value):
         return self.comm.allreduce(value, op=self._mpi.SUM)

@@ -172,6 +172,52 @@ def test_a_killed_rank_ends_the_run(work):
     assert left.stdout.split() == [], "a rank is still running"
 
 
+def test_a_hung_rank_is_reported_within_the_timeout(work):
+    """A rank that stops answering (SIGSTOP) leaves the other waiting in the gradient
+    all-reduce only PYDARKNET_MPI_TIMEOUT seconds: it reports it and aborts the job (a stopped
+    process takes no signal but SIGKILL, so the test then kills it, and the job ends)."""
+    tmp, data = work
+    (tmp / "net.cfg").write_text(cfg_text(subdivisions=1).replace("max_batches=4", "max_batches=100000"))
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYDARKNET_MPI_TIMEOUT="3")
+    backup = f"bk-{os.getpid()}-{time.time_ns()}"
+    cmd = [mpiexec(), "-n", "2", "--oversubscribe", sys.executable, "-m", "pydarknet", "detector", "train", data,
+           "net.cfg", "-dont_show", "--backup", backup, "--workers", "0"]
+    err_path = tmp / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        p = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=err_file, text=True)
+    ranks = []
+    try:
+        log = tmp / backup / "net_train.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
+            time.sleep(0.1)
+        found = subprocess.run(["pgrep", "-f", f"pydarknet detector train .*{backup}"], capture_output=True,
+                               text=True).stdout.split()
+        ranks = [int(pid) for pid in found if int(pid) != p.pid]
+        assert len(ranks) >= 2, ranks
+        os.kill(max(ranks), signal.SIGSTOP)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30 and "got no answer within 3 s" not in err_path.read_text():
+            time.sleep(0.1)
+        reported = time.monotonic() - t0
+        assert "got no answer within 3 s" in err_path.read_text(), err_path.read_text()[-2000:]
+        assert reported < 30
+        try:
+            os.kill(max(ranks), signal.SIGKILL)
+        except ProcessLookupError:   # the abort has ended it already
+            pass
+        assert p.wait(timeout=60) != 0
+    finally:
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(work):
     tmp, data = work
     (tmp / "net.cfg").write_text(cfg_text(subdivisions=4))
