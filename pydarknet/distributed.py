@@ -120,10 +120,17 @@ class World:
         buf = ffi.from_buffer("float[]", self._buffer)
         check(lib.dn_net_gradients(net_ptr, buf, n, 1))
         self.iteration += 1
-        self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, self._buffer, op=self._mpi.SUM))
+        self._allreduce(self._buffer)
         check(lib.dn_net_gradients(net_ptr, buf, n, 0))
-        images[0] = self.comm.allreduce(int(images[0]), op=self._mpi.SUM)
+        count = np.array([images[0]], np.uint64)
+        self._allreduce(count)
+        images[0] = int(count[0])
         self.average_rolling_statistics(self._net)
+
+    def _allreduce(self, array):
+        """Sums `array` over the ranks in place, waiting at most `timeout` seconds
+        (every collective of the training loop goes through here)."""
+        self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, array, op=self._mpi.SUM))
 
     def _wait(self, request):
         """Waits for a non-blocking collective, at most `timeout` seconds."""
@@ -131,25 +138,23 @@ class World:
         pause = 0.0001
         while not request.Test():
             if time.monotonic() > deadline:
-                raise TrainError(f"the gradient all-reduce of update {self.iteration} got no answer within "
+                raise TrainError(f"an all-reduce of update {self.iteration} got no answer within "
                                  f"{self.timeout:g} s: another rank stopped or hangs ({TIMEOUT_VARIABLE} sets the "
                                  f"limit)")
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
 
     def sum(self, value):
-        return self.comm.allreduce(value, op=self._mpi.SUM)
-
-    def all_agree(self, ok):
-        """True when every rank says ok (a collective: every rank must call it)."""
-        return bool(self.comm.allreduce(1 if ok else 0, op=self._mpi.MIN))
+        total = np.array([value], np.float64)
+        self._allreduce(total)
+        return float(total[0])
 
     def average_rolling_statistics(self, net):
         """Batch norm's rolling mean and variance averaged over the ranks (every rank calls it)."""
         for layer in net.layers:
             for name, values in layer.params.items():
                 if name.startswith("rolling_"):
-                    self.comm.Allreduce(self._mpi.IN_PLACE, values, op=self._mpi.SUM)
+                    self._allreduce(values)
                     values /= self.size
 
     def barrier(self):
