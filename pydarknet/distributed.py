@@ -82,6 +82,7 @@ class World:
         self.error = None          # an exception raised inside the gradient hook
         self._buffer = None
         self._net = None
+        self._rolling = None   # the attached network's rolling statistics
         self._handle = ffi.new_handle(self)
         try:
             self.timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT))
@@ -106,12 +107,12 @@ class World:
         """Sums the gradients over the ranks in every train_batch of `net` (and
         averages its batch-norm rolling statistics, so every rank holds the same
         network and any rank's checkpoint is the run's)."""
-        self._net = net
+        self._net, self._rolling = net, None
         check(lib.dn_net_set_gradient_hook(net._ptr, lib._pydarknet_gradient_hook, self._handle))
 
     def detach(self, net):
         check(lib.dn_net_set_gradient_hook(net._ptr, ffi.NULL, ffi.NULL))
-        self._net = None
+        self._net = self._rolling = None
 
     def _reduce_gradients(self, net_ptr, images):
         n = lib.dn_net_gradient_count(net_ptr)
@@ -150,12 +151,20 @@ class World:
         return float(total[0])
 
     def average_rolling_statistics(self, net):
-        """Batch norm's rolling mean and variance averaged over the ranks (every rank calls it)."""
-        for layer in net.layers:
-            for name, values in layer.params.items():
-                if name.startswith("rolling_"):
-                    self._allreduce(values)
-                    values /= self.size
+        """Batch norm's rolling mean and variance averaged over the ranks, in one
+        all-reduce (every rank calls it; the host copies must be current, as
+        dn_net_gradients leaves them)."""
+        if self._rolling is None:   # views of the C tensors, valid while the network lives
+            self._rolling = [v for layer in net.layers for k, v in layer.params.items() if k.startswith("rolling_")]
+        if not self._rolling:
+            return
+        values = np.concatenate(self._rolling)
+        self._allreduce(values)
+        values /= self.size
+        at = 0
+        for v in self._rolling:
+            v[:] = values[at:at + v.size]
+            at += v.size
 
     def barrier(self):
         self.comm.Barrier()

@@ -24,12 +24,13 @@
  *   update          one parameter's optimizer step (core/train.c's formulas)
  *   synchronize     wait until everything launched has finished (profiling, hand-outs)
  * A distributed gradient all-reduce goes between the last backward pass and
- * the update (core/train.c: dn_net_train_batch), over the parameters' grads
- * after pull_param or, on a device, on the device buffers. */
+ * the update: the gradient hook of dn_net_train_batch (core/train.c). */
 #ifndef DN_BACKEND_H
 #define DN_BACKEND_H
 
 #include "layer.h"
+
+#include <math.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,6 +42,33 @@ typedef struct dn_update_args {
     float rate, decay, batch, momentum, B1, B2, eps, b1t, b2t;
     float clip;   /* then w clamped to [-clip, clip] (0: not) */
 } dn_update_args;
+
+#ifndef DN_HD
+#ifdef __CUDACC__
+#define DN_HD __host__ __device__
+#else
+#define DN_HD
+#endif
+#endif
+
+/* The step of one value: SGD with momentum (m: darknet's update buffer, the
+ * negative gradient direction) or Adam; decay only where the parameter takes
+ * it (a->decay 0 otherwise); then the clip. The CPU backend's loop and the
+ * device kernel both run it. */
+static inline DN_HD void dn_update_value(float *w, float g, float *m, float *v, const dn_update_args *a)
+{
+    if (a->adam) {
+        const float d = -g - a->decay * *w;
+        *m = a->B1 * *m + (1.f - a->B1) * d;
+        *v = a->B2 * *v + (1.f - a->B2) * d * d;
+        *w += a->rate * (*m / a->b1t) / (sqrtf(*v / a->b2t) + a->eps);
+    } else {
+        *m += -g - a->decay * *w;
+        *w += a->rate / a->batch * *m;
+        *m *= a->momentum;
+    }
+    if (a->clip > 0.f) *w = fminf(a->clip, fmaxf(-a->clip, *w));
+}
 
 struct dn_backend {
     const char *name;

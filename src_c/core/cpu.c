@@ -5,8 +5,6 @@
 #include "layer.h"
 #include "backend.h"
 
-#include <math.h>
-
 static dn_status nothing(dn_net *net)
 {
     (void)net;
@@ -41,29 +39,10 @@ static dn_status param_on_host(dn_net *net, dn_param *p)
     return DN_OK;
 }
 
-/* SGD with momentum (m: darknet's update buffer, the negative gradient
- * direction) or Adam; decay only where the parameter takes it (a->decay 0
- * otherwise); then the clip. */
 static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
 {
     (void)net;
-    float *w = p->data, *g = p->grad, *m = p->m, *v = p->v;
-    if (a->adam) {
-        for (size_t k = 0; k < p->count; ++k) {
-            const float d = -g[k] - a->decay * w[k];
-            m[k] = a->B1 * m[k] + (1.f - a->B1) * d;
-            v[k] = a->B2 * v[k] + (1.f - a->B2) * d * d;
-            w[k] += a->rate * (m[k] / a->b1t) / (sqrtf(v[k] / a->b2t) + a->eps);
-        }
-    } else {
-        for (size_t k = 0; k < p->count; ++k) {
-            m[k] += -g[k] - a->decay * w[k];
-            w[k] += a->rate / a->batch * m[k];
-            m[k] *= a->momentum;
-        }
-    }
-    if (a->clip > 0.f)
-        for (size_t k = 0; k < p->count; ++k) w[k] = fminf(a->clip, fmaxf(-a->clip, w[k]));
+    for (size_t k = 0; k < p->count; ++k) dn_update_value(&p->data[k], p->grad[k], &p->m[k], p->v ? &p->v[k] : NULL, a);
     return DN_OK;
 }
 

@@ -207,15 +207,16 @@ dn_status dn_net_update(dn_net *net);
 dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, const float *truth, size_t truth_count,
                              float *loss);
 /* Data-parallel training: a hook dn_net_train_batch calls between the last
- * backward pass and the update, with the parameter gradients brought to the
- * host; it may rewrite them (an all-reduce over processes, through
- * dn_net_gradients) and *images, the images they were summed over (the update
- * divides by it; the images counted as seen follow). NULL removes it. */
+ * backward pass and the update; it may rewrite the gradients (an all-reduce
+ * over processes, through dn_net_gradients) and *images, the images they were
+ * summed over (the update divides by it; the images counted as seen follow).
+ * NULL removes it. */
 typedef dn_status (*dn_gradient_hook)(dn_net *net, void *user, unsigned long long *images);
 dn_status dn_net_set_gradient_hook(dn_net *net, dn_gradient_hook hook, void *user);
 /* Every parameter gradient, in layer and parameter order, as one run of
  * floats: the total count, and a copy out (to_buffer = 1) or back in (0) of
- * `count` floats (which must be the total). */
+ * `count` floats (which must be the total). On a device every parameter's
+ * host copy is brought up to date first (and goes back before the next pass). */
 size_t dn_net_gradient_count(const dn_net *net);
 dn_status dn_net_gradients(dn_net *net, float *buffer, size_t count, int to_buffer);
 dn_status dn_net_learning_rate(const dn_net *net, long long iteration, float *rate);

@@ -42,6 +42,17 @@ static dn_status read_options(dn_layer *l, conv_gpu *c)
     return DN_OK;
 }
 
+/* Images per chunk of the mini-batch (the columns of a chunk at most CHUNK_FLOATS; all of them for 1x1) and
+ * the workspace for their columns (NULL for 1x1, which read the input in place). */
+static dn_status image_chunks(dn_net *net, const dn_layer *l, const conv_gpu *c, int *chunk, float **cols)
+{
+    const size_t per_image = (size_t)c->K * c->N;
+    *chunk = c->direct ? l->batch : (int)(per_image >= CHUNK_FLOATS ? 1 : CHUNK_FLOATS / per_image);
+    if (*chunk > l->batch) *chunk = l->batch;
+    *cols = NULL;
+    return c->direct ? DN_OK : dn_gpu_workspace(net, per_image * (size_t)*chunk, cols);
+}
+
 static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
 {
     conv_gpu c;
@@ -53,11 +64,9 @@ static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
     /* the mini-batch in chunks of images: per group one im2col launch for the chunk's images and one
      * strided batched GEMM (the group's weights for every image) */
     const size_t per_image = (size_t)c.K * c.N;
-    const int chunk = c.direct ? l->batch : (int)(per_image >= CHUNK_FLOATS ? 1 : CHUNK_FLOATS / per_image);
-    float *cols = NULL;
-    if (!c.direct &&
-        (s = dn_gpu_workspace(net, per_image * (size_t)(chunk < l->batch ? chunk : l->batch), &cols)))
-        return s;
+    int chunk;
+    float *cols;
+    if ((s = image_chunks(net, l, &c, &chunk, &cols))) return s;
     for (int b0 = 0; b0 < l->batch; b0 += chunk) {
         const int n = l->batch - b0 < chunk ? l->batch - b0 : chunk;
         for (int g = 0; g < c.groups; ++g) {
@@ -130,11 +139,9 @@ static dn_status conv_backward_gpu(dn_layer *l, dn_net *net)
     /* chunks of images as the forward: one im2col launch for the weight gradient (then one GEMM per image,
      * each adding into dW), one strided batched GEMM for the columns' delta of every image and one col2im */
     const size_t per_image = (size_t)c.K * c.N;
-    const int chunk = c.direct ? l->batch : (int)(per_image >= CHUNK_FLOATS ? 1 : CHUNK_FLOATS / per_image);
-    float *cols = NULL;
-    if (!c.direct &&
-        (s = dn_gpu_workspace(net, per_image * (size_t)(chunk < l->batch ? chunk : l->batch), &cols)))
-        return s;
+    int chunk;
+    float *cols;
+    if ((s = image_chunks(net, l, &c, &chunk, &cols))) return s;
     const long long in_stride = (long long)l->c * plane, d_stride = (long long)c.groups * c.M * c.N;
     for (int b0 = 0; b0 < l->batch; b0 += chunk) {
         const int n = l->batch - b0 < chunk ? l->batch - b0 : chunk;

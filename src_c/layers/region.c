@@ -139,7 +139,7 @@ static float out_at(const image_ctx *c, int a, int k, size_t i)
 }
 
 /* sigma(z) of the x (k=0) or y (k=1) input of anchor a at cell i */
-static float xy_at(const image_ctx *c, int a, int k, size_t i) { return dn_region_logistic(c->in[entry(c, a, k, i)]); }
+static float xy_at(const image_ctx *c, int a, int k, size_t i) { return dn_logistic1(c->in[entry(c, a, k, i)]); }
 
 static int truth_class(const image_ctx *c, int r) { return dn_truth_class(c->truth + 5 * (size_t)r, c->s->classes); }
 
@@ -407,8 +407,8 @@ static dn_status region_detections(const dn_layer *l, const dn_net *net, int b, 
             const float *p = l->output + (size_t)b * l->outputs + (i * s->num + n) * per;
             const int col = (int)(i % l->w), row = (int)(i / l->w);
             dn_detection d = {0};
-            d.x = (col + dn_region_logistic(p[0])) / l->w;
-            d.y = (row + dn_region_logistic(p[1])) / l->h;
+            d.x = (col + dn_logistic1(p[0])) / l->w;
+            d.y = (row + dn_logistic1(p[1])) / l->h;
             d.w = expf(p[2]) * s->anchors[2 * n] / l->w;
             d.h = expf(p[3]) * s->anchors[2 * n + 1] / l->h;
             d.objectness = p[s->coords];

@@ -32,7 +32,7 @@ void dn_normalize(float *x, const float *mean, const float *variance, int batch,
     for (int c = 0; c < channels; ++c) dn_normalize_channel(x, mean, variance, batch, channels, spatial, c);
 }
 
-float dn_logistic(float x) { return 1.f / (1.f + expf(-x)); }
+float dn_logistic(float x) { return dn_logistic1(x); }
 
 /* Softmax of n values `stride` apart, with temperature. */
 void dn_softmax(const float *in, int n, float temp, int stride, float *out)

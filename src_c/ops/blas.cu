@@ -291,19 +291,7 @@ void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *v
 /* train.c's dn_net_update for one tensor */
 __global__ static void update_kernel(float *w, const float *g, float *m, float *v, size_t n, dn_update_args a)
 {
-    DN_KERNEL_LOOP(k, n) {
-        if (a.adam) {
-            const float d = -g[k] - a.decay * w[k];
-            m[k] = a.B1 * m[k] + (1.f - a.B1) * d;
-            v[k] = a.B2 * v[k] + (1.f - a.B2) * d * d;
-            w[k] += a.rate * (m[k] / a.b1t) / (sqrtf(v[k] / a.b2t) + a.eps);
-        } else {
-            m[k] += -g[k] - a.decay * w[k];
-            w[k] += a.rate / a.batch * m[k];
-            m[k] *= a.momentum;
-        }
-        if (a.clip > 0.f) w[k] = fminf(a.clip, fmaxf(-a.clip, w[k]));
-    }
+    DN_KERNEL_LOOP(k, n) dn_update_value(&w[k], g[k], &m[k], v ? &v[k] : NULL, &a);
 }
 
 void dn_gpu_update_kernel(float *w, float *g, float *m, float *v, size_t n, const dn_update_args *a)

@@ -88,8 +88,9 @@ void dn_bn_forward_channel(const dn_bn_channel *p, int c)
         for (int b = 0; b < p->batch; ++b) lane_sq(p->x + ((size_t)b * p->channels + c) * n, n, m, sq);
         p->mean[c] = m;
         p->variance[c] = (float)(fold(sq) / (count - 1));
-        p->rolling_mean[c] = .9f * p->rolling_mean[c] + .1f * p->mean[c];
-        p->rolling_variance[c] = .9f * p->rolling_variance[c] + .1f * p->variance[c];
+        const float rolling[2] = {DN_BN_ROLLING}; /* keep, share: a convolution's (core/layer.h) */
+        p->rolling_mean[c] = rolling[0] * p->rolling_mean[c] + rolling[1] * p->mean[c];
+        p->rolling_variance[c] = rolling[0] * p->rolling_variance[c] + rolling[1] * p->variance[c];
         inv = 1.f / sqrtf(p->variance[c] + .00001f);
     } else if (p->batch_normalize) {
         m = p->rolling_mean[c];

@@ -18,6 +18,9 @@
 #endif
 #endif
 
+/* 1 / (1 + e^-x) (ops/blas.c's dn_logistic; the vectorized dn_logistic_vec is about 2 ulp away) */
+static inline DN_HD float dn_logistic1(float x) { return 1.f / (1.f + expf(-x)); }
+
 /* out = softmax(in / temp) over n values `stride` apart (in and out may be the same). */
 static inline DN_HD void dn_softmax_group(const float *in, int n, float temp, size_t stride, float *out)
 {
@@ -53,13 +56,12 @@ static inline DN_HD void dn_softmax_group_backward(const float *p, const float *
  * values side by side (darknet's cell-major [h*w][num][per] layout). x, y, w, h
  * stay raw, objectness (entry `coords`) gets the logistic, the classes the
  * softmax when `softmax` is set. */
-static inline DN_HD float dn_region_logistic(float x) { return 1.f / (1.f + expf(-x)); }
 
 static inline DN_HD void dn_region_cell_forward(const float *in, size_t hw, int per, int coords, int softmax,
                                                 float *out)
 {
     for (int k = 0; k < per; ++k) out[k] = in[(size_t)k * hw];
-    out[coords] = dn_region_logistic(out[coords]);
+    out[coords] = dn_logistic1(out[coords]);
     if (softmax) dn_softmax_group(out + coords + 1, per - coords - 1, 1.f, 1, out + coords + 1);
 }
 
