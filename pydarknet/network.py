@@ -307,12 +307,12 @@ class Network:
                              f"[B, {self.channels}, {self.height}, {self.width}]")
         if x.shape[0] % self.mini_batch:
             raise ValueError(f"{x.shape[0]} images do not split into mini-batches of {self.mini_batch}")
-        check_inputs(x)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        check_inputs(self, x)
         t = clean_truths(self, truths, x.shape[0])
         self.enable_training()
         if self.batch != self.mini_batch:
             self.resize(batch=self.mini_batch)
-        x = np.ascontiguousarray(x, dtype=np.float32)
         loss = ffi.new("float *")
         check(lib.dn_net_train_batch(self._ptr, ffi.from_buffer("float[]", x), x.size,
                                      ffi.from_buffer("float[]", t), t.size, loss))

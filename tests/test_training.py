@@ -60,6 +60,24 @@ def test_nan_input_is_refused(write_cfg):
         net.train_batch(x, t)
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, np.float32(-np.nan)])
+def test_first_nonfinite_image_is_named(write_cfg, bad):
+    net = small_yolo(write_cfg)
+    x, t = shapes_batch(8, 32, seed=1)
+    x[6, 2, 31, 31] = bad                 # the last value of an image
+    x[5, 0, 0, 0] = bad                   # and the first of an earlier one: that one is named
+    x[2] = np.finfo(np.float32).max       # the largest finite value is not refused
+    x[1] = np.finfo(np.float32).tiny / 2  # nor a subnormal
+    with pytest.raises(ValueError, match="input image 5 of the batch has NaN or infinite"):
+        net.train_batch(x, t)
+    x[5, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="input image 6 of the batch"):
+        net.train_batch(x, t)
+    x[6, 2, 31, 31] = 0.5
+    x[[1, 2]] = 0.5
+    assert np.isfinite(net.train_batch(x, t))
+
+
 def test_bad_truth_rows_are_reported_and_left_out(write_cfg, caplog):
     net = small_yolo(write_cfg, seed=2)
     x, t = shapes_batch(8, 32, seed=1)

@@ -20,7 +20,7 @@
  *   pull_delta      of a layer's delta (layer == nlayers: the input delta); the caller may
  *                   write it, and it goes back before the next pass
  *   pull_param      of a parameter with its gradient and optimizer state (the same)
- *   zero_grads      a layer's parameter gradients zeroed (the host copies are zeroed by the loop)
+ *   zero_grads      a layer's parameter gradients zeroed (wherever the current copy is)
  *   update          one parameter's optimizer step (core/train.c's formulas)
  *   synchronize     wait until everything launched has finished (profiling, hand-outs)
  * A distributed gradient all-reduce goes between the last backward pass and

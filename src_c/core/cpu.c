@@ -5,9 +5,24 @@
 #include "layer.h"
 #include "backend.h"
 
+#include <string.h>
+
 static dn_status nothing(dn_net *net)
 {
     (void)net;
+    return DN_OK;
+}
+
+/* a training pass starts from zero deltas */
+static dn_status begin_forward(dn_net *net)
+{
+    if (!net->train) return DN_OK;
+    dn_net_prepare_threads(net);
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        if (l->delta) dn_parallel_zero(net, l->delta, (size_t)net->batch * l->outputs);
+    }
+    if (net->input_delta) dn_parallel_zero(net, net->input_delta, (size_t)net->batch * net->c * net->h * net->w);
     return DN_OK;
 }
 
@@ -39,6 +54,14 @@ static dn_status param_on_host(dn_net *net, dn_param *p)
     return DN_OK;
 }
 
+static dn_status zero_grads(dn_net *net, dn_layer *l)
+{
+    (void)net;
+    for (int j = 0; j < l->nparams; ++j)
+        if (l->params[j].grad) memset(l->params[j].grad, 0, l->params[j].count * sizeof(float));
+    return DN_OK;
+}
+
 static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
 {
     (void)net;
@@ -46,11 +69,10 @@ static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
     return DN_OK;
 }
 
-/* a training pass zeroes the deltas (the host ones: train.c does it for every backend) */
 const dn_backend dn_cpu_backend = {
     .name = "CPU",
     .allocate = nothing,
-    .begin_forward = nothing,
+    .begin_forward = begin_forward,
     .layer_forward = forward,
     .begin_backward = nothing,
     .layer_backward = backward,
@@ -58,7 +80,7 @@ const dn_backend dn_cpu_backend = {
     .pull_output = on_host,
     .pull_delta = delta_on_host,
     .pull_param = param_on_host,
-    .zero_grads = on_host,
+    .zero_grads = zero_grads,
     .update = update,
     .synchronize = nothing,
 };

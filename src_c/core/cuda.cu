@@ -495,8 +495,9 @@ dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l)
     if (!s) s = push(l->output_gpu, l->output, n);
     if (!s) l->host_stale = 0;
     if (!s && net->train) {
-        /* loss heads leave their delta; training passes move rolling statistics */
-        if (l->is_loss) s = push(l->delta_gpu, l->delta, n);
+        /* loss heads with truths leave their delta (without, the zeroed device delta stands); training passes
+         * move rolling statistics */
+        if (l->is_loss && net->truth) s = push(l->delta_gpu, l->delta, n);
         for (int j = 0; j < l->nparams && !s; ++j) s = push(l->params[j].data_gpu, l->params[j].data, l->params[j].count);
     }
     return s;
@@ -515,15 +516,27 @@ dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l)
 
 /* ---- passes ---- */
 /* The pass's input to the device through the page-locked staging buffer
- * (after the previous copy out of it has finished), or by a plain copy. */
-static dn_status push_input(dn_cuda *ctx, const float *input)
+ * (after the previous copy out of it has finished), or by a plain copy. The
+ * input goes in pieces: the worker threads copy a piece into the staging
+ * buffer while the device copies the one before, so the host copy and the
+ * transfer overlap. */
+#define STAGE_PIECES 8
+#define STAGE_MIN_PIECE ((size_t)1 << 18) /* floats */
+static dn_status push_input(dn_net *net)
 {
-    if (!ctx->staging) return push(ctx->input, input, ctx->input_n);
+    dn_cuda *ctx = net->cuda;
+    if (!ctx->staging) return push(ctx->input, net->input, ctx->input_n);
     cudaError_t e = ctx->staged_pending ? cudaEventSynchronize(ctx->staged) : cudaSuccess;
     ctx->staged_pending = 0;
     if (e != cudaSuccess) return cuda_fail(e, "waiting for the previous input copy");
-    memcpy(ctx->staging, input, ctx->input_n * sizeof(float));
-    e = cudaMemcpyAsync(ctx->input, ctx->staging, ctx->input_n * sizeof(float), cudaMemcpyHostToDevice, 0);
+    const size_t n = ctx->input_n;
+    size_t piece = (n + STAGE_PIECES - 1) / STAGE_PIECES;
+    if (piece < STAGE_MIN_PIECE) piece = STAGE_MIN_PIECE;
+    for (size_t k = 0; k < n && e == cudaSuccess; k += piece) {
+        const size_t m = n - k < piece ? n - k : piece;
+        dn_parallel_copy(net, ctx->staging + k, net->input + k, m);
+        e = cudaMemcpyAsync(ctx->input + k, ctx->staging + k, m * sizeof(float), cudaMemcpyHostToDevice, 0);
+    }
     if (e == cudaSuccess) e = cudaEventRecord(ctx->staged, 0);
     if (e != cudaSuccess) return cuda_fail(e, "copying the input to the device");
     ctx->staged_pending = 1;
@@ -532,13 +545,14 @@ static dn_status push_input(dn_cuda *ctx, const float *input)
 
 /* Before a forward pass: what the caller wrote goes back to the device, the
  * input goes there, every host output is stale, and a training pass zeroes
- * the deltas. */
+ * the device deltas (the host deltas are written whole before they are read:
+ * by pull_delta, the host passes' pulls and the loss heads, which set theirs). */
 static dn_status begin_forward(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
     dn_status s = use_device(net);
     if (!s) s = push_dirty(net);
-    if (!s) s = push_input(ctx, net->input);
+    if (!s) s = push_input(net);
     if (s) return s;
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
@@ -577,12 +591,14 @@ static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
     return e == cudaSuccess ? DN_OK : cuda_fail(e, "the optimizer update");
 }
 
+/* the device gradients zeroed, and the host copies where they were handed out (they go back to the device) */
 static dn_status zero_grads(dn_net *net, dn_layer *l)
 {
     dn_status s = use_device(net);
     for (int j = 0; j < l->nparams && !s; ++j) {
         dn_param *p = &l->params[j];
         if (p->grad_gpu) dn_gpu_fill(p->grad_gpu, p->count, 0.f);
+        if (p->grad && p->host_dirty) memset(p->grad, 0, p->count * sizeof(float));
     }
     const cudaError_t e = cudaGetLastError();
     return s ? s : (e == cudaSuccess ? DN_OK : cuda_fail(e, "zeroing the gradients"));

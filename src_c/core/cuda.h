@@ -64,6 +64,19 @@ static inline unsigned dn_grid(size_t n)
 }
 #define DN_KERNEL_LOOP(i, n) \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)(n); i += (size_t)blockDim.x * gridDim.x)
+/* Kernels over rows of a tensor (a row: one image's channel plane, or one
+ * image): blocks along y take the rows, threads along x stride over a row's
+ * len values, so a kernel finds its channel once per row and indexes within
+ * the row in 32 bits (64-bit division is slow on a GPU). len < 2^31;
+ * dn_row_grid gives the launch shape. */
+static inline dim3 dn_row_grid(size_t rows, size_t len)
+{
+    const size_t x = (len + DN_BLOCK - 1) / DN_BLOCK, y = rows;
+    return dim3(x < 1 ? 1u : (x > 4096 ? 4096u : (unsigned)x), y < 1 ? 1u : (y > 65535 ? 65535u : (unsigned)y));
+}
+#define DN_ROW_LOOP(row, i, rows, len)                                                   \
+    for (size_t row = blockIdx.y; row < (size_t)(rows); row += gridDim.y)                \
+        for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)(len); i += blockDim.x * gridDim.x)
 #endif
 
 /* ---- devices (core/cuda.cu) ---- */
@@ -122,6 +135,13 @@ void dn_gpu_im2col_images(const float *im, int images, size_t im_stride, int cha
                           float *col);
 void dn_gpu_im2col(const float *im, int channels, int height, int width, int ksize, int pad, int stride_h,
                    int stride_w, int dilation, int out_h, int out_w, float *col);
+/* the same columns as [K][images][N]: row r holds every image's run of N, one after the other */
+void dn_gpu_im2col_interleaved(const float *im, int images, size_t im_stride, int channels, int height, int width,
+                               int ksize, int pad, int stride_h, int stride_w, int dilation, int out_h, int out_w,
+                               float *col);
+/* rows x len values of each image (src_image floats apart, rows src_row apart) regrouped as [rows][images][len] */
+void dn_gpu_gather_images(float *dst, const float *src, int images, size_t rows, size_t len, size_t src_image,
+                          size_t src_row);
 /* im += the adjoint of im2col applied to col */
 /* col2im of `images` images' columns (one after the other) into images im_stride floats apart */
 void dn_gpu_col2im_images(const float *col, int images, size_t im_stride, int channels, int height, int width,
@@ -132,6 +152,9 @@ void dn_gpu_col2im(const float *col, int channels, int height, int width, int ks
 void dn_gpu_fill(float *x, size_t n, float value);
 void dn_gpu_copy(float *dst, const float *src, size_t n);
 void dn_gpu_axpy(float *y, const float *x, size_t n, float a);  /* y += a * x */
+/* rows runs of len floats, dst_stride and src_stride apart: dst = src, or dst += src with add */
+void dn_gpu_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t rows, size_t len,
+                      int add);
 void dn_gpu_add_bias(float *out, const float *bias, int batch, int channels, int spatial);
 void dn_gpu_scale_bias(float *out, const float *scale, int batch, int channels, int spatial);
 /* Per-channel sums (bias gradient, batch norm) take device scratch of

@@ -18,7 +18,10 @@
 #include "layer.h"
 #include "backend.h"
 
+#include <limits.h>
 #include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -206,14 +209,7 @@ static dn_status need_training(const dn_net *net)
     return DN_OK;
 }
 
-static void zero_layer_grads(dn_net *net, dn_layer *l)
-{
-    for (int j = 0; j < l->nparams; ++j) {
-        dn_param *p = &l->params[j];
-        if (p->grad) memset(p->grad, 0, p->count * sizeof(float));
-    }
-    net->backend->zero_grads(net, l);
-}
+static void zero_layer_grads(dn_net *net, dn_layer *l) { net->backend->zero_grads(net, l); }
 
 static void zero_grads(dn_net *net)
 {
@@ -234,13 +230,7 @@ dn_status dn_net_forward_train(dn_net *net, const float *input, size_t count, co
     if (truth_count % (size_t)net->batch)
         return dn_fail(DN_ERR_SHAPE, "%zu truth values do not split evenly over %d images", truth_count, net->batch);
     if (truth_count && !truth) return dn_fail(DN_ERR_ARG, "truth is NULL");
-    dn_net_prepare_threads(net);
-    for (int i = 0; i < net->nlayers; ++i) {
-        dn_layer *l = net->layers[i];
-        dn_parallel_zero(net, l->delta, (size_t)net->batch * l->outputs);
-    }
-    dn_parallel_zero(net, net->input_delta, want);
-    net->input = input;
+    net->input = input; /* the backend's begin_forward zeroes the deltas where the pass uses them */
     net->truth = truth_count ? truth : NULL;
     net->truth_stride = (int)(truth_count / (size_t)net->batch);
     net->loss = 0;
@@ -297,6 +287,37 @@ dn_status dn_net_update(dn_net *net)
     }
     net->images_since_update = 0;
     return DN_OK;
+}
+
+typedef struct {
+    const float *x;
+    size_t per_image;
+    _Atomic long long first; /* the lowest bad image found so far, or LLONG_MAX */
+} finite_job;
+
+static void finite_range(void *ctx, size_t begin, size_t end)
+{
+    finite_job *j = ctx;
+    for (size_t i = begin; i < end && (long long)i < atomic_load(&j->first); ++i) {
+        const uint32_t *p = (const uint32_t *)(const void *)(j->x + i * j->per_image);
+        uint32_t bad = 0; /* an all-ones exponent is an infinity or a NaN (integer logic: it vectorizes) */
+        for (size_t k = 0; k < j->per_image; ++k) bad |= (p[k] & 0x7f800000u) == 0x7f800000u;
+        if (bad) {
+            long long seen = atomic_load(&j->first);
+            while ((long long)i < seen && !atomic_compare_exchange_weak(&j->first, &seen, (long long)i)) {
+            }
+            return;
+        }
+    }
+}
+
+long long dn_net_first_nonfinite(const dn_net *net, const float *x, size_t images, size_t per_image)
+{
+    if (!net || !x || !per_image) return -1;
+    finite_job j = {x, per_image, LLONG_MAX};
+    dn_parallel_range(net, images, 1, finite_range, &j);
+    const long long first = atomic_load(&j.first);
+    return first == LLONG_MAX ? -1 : first;
 }
 
 dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, const float *truth, size_t truth_count,

@@ -200,6 +200,10 @@ dn_status dn_net_backward(dn_net *net);
  * (over `images` images), then the gradients are zeroed and the iteration
  * advances. */
 dn_status dn_net_update(dn_net *net);
+/* The first of `images` images (per_image floats each, one after the other)
+ * with a NaN or infinite value, or -1 when all are finite; the network's
+ * worker threads share the scan. */
+long long dn_net_first_nonfinite(const dn_net *net, const float *x, size_t images, size_t per_image);
 /* A full batch: count / (c*h*w) images, a multiple of the network's batch,
  * run as mini-batches (darknet's subdivisions), gradients accumulated, then
  * one update. *loss: the loss per image. A non-finite loss stops before the

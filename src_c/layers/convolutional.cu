@@ -1,8 +1,8 @@
 /* convolutional.cu - [convolutional] on the device: the plain passes of
  * convolutional.c (forward: per group, im2col of a chunk of the mini-batch's
  * images in one launch and one strided batched cuBLAS GEMM for them, 1x1
- * convolutions straight on the input; backward by the same chunks, the weight
- * gradient one GEMM per image adding into dW; batch norm with
+ * convolutions straight on the input; backward by chunks, the weight
+ * gradient one GEMM per chunk over all its images; batch norm with
  * the batch's statistics in training and the rolling ones otherwise, bias,
  * activation; backward through the activation, bias, batch norm, then the
  * weight gradient and col2im of W^T * delta).
@@ -136,12 +136,17 @@ static dn_status conv_backward_gpu(dn_layer *l, dn_net *net)
     }
     const float *input = dn_gpu_input(net, l);
     float *in_delta = dn_gpu_input_delta(net, l);
-    /* chunks of images as the forward: one im2col launch for the weight gradient (then one GEMM per image,
-     * each adding into dW), one strided batched GEMM for the columns' delta of every image and one col2im */
-    const size_t per_image = (size_t)c.K * c.N;
-    int chunk;
+    /* By chunks of images. The weight gradient is one GEMM per chunk and group: the chunk's columns regrouped as
+     * [K][images][N] (im2col_interleaved; for 1x1 the input's rows) and its delta as [M][images][N], so
+     * dW_g [M x K] += D [M x images*N] * X [K x images*N]^T sums over the images inside cuBLAS. The input delta is
+     * one strided batched GEMM per chunk (W_g^T * d_b for every image), added straight in for 1x1, else through
+     * col2im. Workspace: the columns (K*N per image), then the regrouped delta (M*N per image). */
+    const size_t per_image = (size_t)c.K * c.N, per_delta = (size_t)c.M * c.N;
+    int chunk = (int)(per_image + per_delta >= CHUNK_FLOATS ? 1 : CHUNK_FLOATS / (per_image + per_delta));
+    if (chunk > l->batch) chunk = l->batch;
     float *cols;
-    if ((s = image_chunks(net, l, &c, &chunk, &cols))) return s;
+    if ((s = dn_gpu_workspace(net, (per_image + per_delta) * (size_t)chunk, &cols))) return s;
+    float *dgather = cols + per_image * (size_t)chunk;
     const long long in_stride = (long long)l->c * plane, d_stride = (long long)c.groups * c.M * c.N;
     for (int b0 = 0; b0 < l->batch; b0 += chunk) {
         const int n = l->batch - b0 < chunk ? l->batch - b0 : chunk;
@@ -150,19 +155,17 @@ static dn_status conv_backward_gpu(dn_layer *l, dn_net *net)
             const float *d = l->delta_gpu + ((size_t)b0 * c.groups + g) * (size_t)c.M * c.N;
             const float *wg = w->data_gpu + (size_t)g * c.M * c.K;
             if (w->grad_gpu) {
-                const float *x = input + in_off;
-                long long x_stride = in_stride;
-                if (!c.direct) {
-                    dn_gpu_im2col_images(x, n, (size_t)in_stride, c.cg, l->h, l->w, c.size, c.pad, c.stride_y,
-                                         c.stride_x, c.dilation, l->out_h, l->out_w, cols);
-                    x = cols;
-                    x_stride = (long long)per_image;
-                }
-                /* dW_g [M x K] += d_b [M x N] * cols_b [K x N]^T, image after image */
-                for (int i = 0; i < n && !s; ++i)
-                    s = dn_gpu_gemm(net, 0, 1, c.M, c.K, c.N, 1.f, d + i * d_stride, c.N, x + i * x_stride, c.N, 1.f,
-                                    w->grad_gpu + (size_t)g * c.M * c.K, c.K);
-                if (s) return dn_layer_fail(l, s, "%s", dn_last_error());
+                if (c.direct)
+                    dn_gpu_gather_images(cols, input + in_off, n, (size_t)c.K, (size_t)c.N, (size_t)in_stride,
+                                         (size_t)c.N);
+                else
+                    dn_gpu_im2col_interleaved(input + in_off, n, (size_t)in_stride, c.cg, l->h, l->w, c.size, c.pad,
+                                              c.stride_y, c.stride_x, c.dilation, l->out_h, l->out_w, cols);
+                dn_gpu_gather_images(dgather, d, n, (size_t)c.M, (size_t)c.N, (size_t)d_stride, (size_t)c.N);
+                const int nN = n * c.N;
+                if ((s = dn_gpu_gemm(net, 0, 1, c.M, c.K, nN, 1.f, dgather, nN, cols, nN, 1.f,
+                                     w->grad_gpu + (size_t)g * c.M * c.K, c.K)))
+                    return dn_layer_fail(l, s, "%s", dn_last_error());
             }
             if (!in_delta) continue;
             /* the columns' delta [K x N] = W_g^T * d_b, added straight in for 1x1, else through col2im */

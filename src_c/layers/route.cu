@@ -1,5 +1,5 @@
 /* route.cu - [route] on the device: each source's group slice copied into
- * its place along the channels (per image), and in backward the matching
+ * its place along the channels (all images in one launch), and in backward the matching
  * slice of the delta added back into the source's delta, as route.c. */
 #include "cuda.h"
 #include "../ops/ops.h"
@@ -27,12 +27,11 @@ static dn_status route_pass(dn_layer *l, dn_net *net, int backward)
     for (int i = 0; i < r.nsrc; ++i) {
         dn_layer *p = net->layers[r.src[i]];
         const size_t part = p->outputs / r.groups;
-        for (int b = 0; b < l->batch; ++b) {
-            float *mine = (backward ? l->delta_gpu : l->output_gpu) + (size_t)b * l->outputs + offset;
-            const size_t theirs = (size_t)b * p->outputs + part * r.group_id;
-            if (backward) dn_gpu_axpy(p->delta_gpu + theirs, mine, part, 1.f);
-            else dn_gpu_copy(mine, p->output_gpu + theirs, part);
-        }
+        /* every image's slice in one launch */
+        float *mine = (backward ? l->delta_gpu : l->output_gpu) + offset;
+        const size_t theirs = part * r.group_id;
+        if (backward) dn_gpu_copy_rows(p->delta_gpu + theirs, p->outputs, mine, l->outputs, (size_t)l->batch, part, 1);
+        else dn_gpu_copy_rows(mine, l->outputs, p->output_gpu + theirs, p->outputs, (size_t)l->batch, part, 0);
         offset += part;
     }
     return DN_OK;

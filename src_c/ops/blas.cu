@@ -34,6 +34,22 @@ __global__ static void axpy_kernel(float *y, const float *x, size_t n, float a)
 
 void dn_gpu_axpy(float *y, const float *x, size_t n, float a) { axpy_kernel<<<dn_grid(n), DN_BLOCK>>>(y, x, n, a); }
 
+__global__ static void copy_rows_kernel(float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                                        size_t rows, unsigned len, int add)
+{
+    DN_ROW_LOOP(r, i, rows, len) {
+        const float v = src[r * src_stride + i];
+        float *d = dst + r * dst_stride + i;
+        *d = add ? *d + v : v;
+    }
+}
+
+void dn_gpu_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t rows, size_t len,
+                      int add)
+{
+    copy_rows_kernel<<<dn_row_grid(rows, len), DN_BLOCK>>>(dst, dst_stride, src, src_stride, rows, (unsigned)len, add);
+}
+
 __global__ static void mul_kernel(float *y, const float *a, const float *b, size_t n, int add)
 {
     DN_KERNEL_LOOP(i, n) y[i] = add ? y[i] + a[i] * b[i] : a[i] * b[i];
@@ -77,34 +93,38 @@ void dn_gpu_softmax_backward(const float *p, const float *g, float *d, size_t gr
     softmax_backward_kernel<<<dn_grid(groups), DN_BLOCK>>>(p, g, d, groups, n, stride, inner, outer, temp);
 }
 
-/* mode 0: out += v[c]; 1: out *= v[c]; 2: out = (out - mean[c]) / sqrt(var[c] + .00001) */
-__global__ static void channel_kernel(float *out, const float *v, const float *var, size_t n, int channels,
+/* mode 0: out += v[c]; 1: out *= v[c]; 2: out = (out - mean[c]) / sqrt(var[c] + .00001); a row per (image, channel) */
+__global__ static void channel_kernel(float *out, const float *v, const float *var, size_t rows, int channels,
                                       int spatial, int mode)
 {
-    DN_KERNEL_LOOP(i, n) {
-        const int c = (int)(i / spatial % channels);
-        if (mode == 0) out[i] += v[c];
-        else if (mode == 1) out[i] *= v[c];
-        else out[i] = (out[i] - v[c]) * (1.f / sqrtf(var[c] + .00001f));
+    DN_ROW_LOOP(r, i, rows, spatial) {
+        const int c = (int)(r % (unsigned)channels);
+        float *o = out + r * spatial + i;
+        if (mode == 0) *o += v[c];
+        else if (mode == 1) *o *= v[c];
+        else *o = (*o - v[c]) * (1.f / sqrtf(var[c] + .00001f));
     }
+}
+
+static void channel_op(float *out, const float *v, const float *var, int batch, int channels, int spatial, int mode)
+{
+    const size_t rows = (size_t)batch * channels;
+    channel_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(out, v, var, rows, channels, spatial, mode);
 }
 
 void dn_gpu_add_bias(float *out, const float *bias, int batch, int channels, int spatial)
 {
-    const size_t n = (size_t)batch * channels * spatial;
-    channel_kernel<<<dn_grid(n), DN_BLOCK>>>(out, bias, NULL, n, channels, spatial, 0);
+    channel_op(out, bias, NULL, batch, channels, spatial, 0);
 }
 
 void dn_gpu_scale_bias(float *out, const float *scale, int batch, int channels, int spatial)
 {
-    const size_t n = (size_t)batch * channels * spatial;
-    channel_kernel<<<dn_grid(n), DN_BLOCK>>>(out, scale, NULL, n, channels, spatial, 1);
+    channel_op(out, scale, NULL, batch, channels, spatial, 1);
 }
 
 void dn_gpu_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial)
 {
-    const size_t n = (size_t)batch * channels * spatial;
-    channel_kernel<<<dn_grid(n), DN_BLOCK>>>(x, mean, variance, n, channels, spatial, 2);
+    channel_op(x, mean, variance, batch, channels, spatial, 2);
 }
 
 /* The sum over the block's threads of each thread's v (every thread gets it). */
@@ -121,10 +141,10 @@ static __device__ double block_sum(double v, double *shared)
     return total;
 }
 
-/* value j of channel c's batch*spatial values, in [batch][channels][spatial] */
-static __device__ size_t at(int c, size_t j, int channels, int spatial)
+/* value j of channel c's batch*spatial values, in [batch][channels][spatial] (j < 2^32: 32-bit division) */
+static __device__ size_t at(int c, unsigned j, int channels, unsigned spatial)
 {
-    return (j / spatial * channels + c) * (size_t)spatial + j % spatial;
+    return ((size_t)(j / spatial) * channels + c) * spatial + j % spatial;
 }
 
 /* ---- per-channel sums over the whole device ----
@@ -156,7 +176,7 @@ __global__ static void channel_sums_kernel(const float *a, const float *b, const
     const size_t n = (size_t)batch * spatial, j0 = n * k / chunks, j1 = n * (k + 1) / chunks;
     double s0 = 0, s1 = 0;
     for (size_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-        const size_t o = at(c, j, channels, spatial);
+        const size_t o = at(c, (unsigned)j, channels, (unsigned)spatial);
         if (what == SUM_X || what == SUM_D) {
             s0 += a[o];
         } else if (what == SUM_SQ_DEV) {
@@ -231,11 +251,12 @@ __global__ static void bn_variance_kernel(const float *mean, float *variance, fl
     }
 }
 
-__global__ static void bn_normalize_kernel(float *x, float *x_norm, const float *mean, const float *variance, size_t n,
-                                           int channels, int spatial)
+__global__ static void bn_normalize_kernel(float *x, float *x_norm, const float *mean, const float *variance,
+                                           size_t rows, int channels, int spatial)
 {
-    DN_KERNEL_LOOP(o, n) {
-        const int c = (int)(o / spatial % channels);
+    DN_ROW_LOOP(r, i, rows, spatial) {
+        const int c = (int)(r % (unsigned)channels);
+        const size_t o = r * spatial + i;
         const float inv = 1.f / sqrtf(variance[c] + .00001f);
         x_norm[o] = x[o] = (x[o] - mean[c]) * inv;
     }
@@ -253,8 +274,9 @@ void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spati
     channel_sums(x, NULL, mean, batch, channels, spatial, SUM_SQ_DEV, part);
     bn_variance_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(mean, variance, rolling_mean, rolling_variance,
                                                                channels, chunks, (double)per, keep, share, part);
-    const size_t n = per * channels;
-    bn_normalize_kernel<<<dn_grid(n), DN_BLOCK>>>(x, x_norm, mean, variance, n, channels, spatial);
+    const size_t rows = (size_t)batch * channels;
+    bn_normalize_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(x, x_norm, mean, variance, rows, channels,
+                                                                          spatial);
 }
 
 __global__ static void bn_scale_grad_kernel(float *scale_grad, int channels, int chunks, const double *part)
@@ -263,11 +285,12 @@ __global__ static void bn_scale_grad_kernel(float *scale_grad, int channels, int
 }
 
 __global__ static void bn_backward_kernel(float *delta, const float *x_norm, const float *variance,
-                                          const float *scales, size_t n, int channels, int spatial, int chunks,
+                                          const float *scales, size_t rows, int channels, int spatial, int chunks,
                                           double per, const double *part)
 {
-    DN_KERNEL_LOOP(o, n) {
-        const int c = (int)(o / spatial % channels);
+    DN_ROW_LOOP(r, i, rows, spatial) {
+        const int c = (int)(r % (unsigned)channels);
+        const size_t o = r * spatial + i;
         const float s = scales[c], inv = 1.f / sqrtf(variance[c] + .00001f);
         const float mean_d = (float)(s * total0(part, c, chunks) / per);
         const float k = (float)(s * total1(part, c, chunks) / (per - 1));
@@ -283,9 +306,9 @@ void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *v
     const int chunks = channel_chunks(per);
     channel_sums(delta, x_norm, NULL, batch, channels, spatial, SUM_D_DX, part);
     if (scale_grad) bn_scale_grad_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(scale_grad, channels, chunks, part);
-    const size_t n = per * channels;
-    bn_backward_kernel<<<dn_grid(n), DN_BLOCK>>>(delta, x_norm, variance, scales, n, channels, spatial, chunks,
-                                                 (double)per, part);
+    const size_t rows = (size_t)batch * channels;
+    bn_backward_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(delta, x_norm, variance, scales, rows,
+                                                                         channels, spatial, chunks, (double)per, part);
 }
 
 /* train.c's dn_net_update for one tensor */
