@@ -29,7 +29,7 @@ def build_variant():
     """The build settings that change what the C sources compile to. Objects
     are kept per variant, so switching (e.g. PYDARKNET_CUDA=1 after a CPU
     build in the same checkout) never links objects of the other one."""
-    keys = ("PYDARKNET_CUDA", "PYDARKNET_CUDA_ARCH", "PYDARKNET_NO_BLAS", "PYDARKNET_CFLAGS")
+    keys = ("PYDARKNET_CUDA", "PYDARKNET_CUDA_ARCH", "PYDARKNET_CUDNN", "PYDARKNET_NO_BLAS", "PYDARKNET_CFLAGS")
     text = ";".join(f"{k}={os.environ.get(k, '')}" for k in keys)
     return "variant-" + hashlib.sha1(text.encode()).hexdigest()[:12]
 

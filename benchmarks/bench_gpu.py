@@ -441,14 +441,17 @@ def main(args):
     sync = sync_for(dev)
     info = machine_info()
     info.update({"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                 "pydarknet_device": net.device_name, "pydarknet_blas": net.uses_blas})
+                 "pydarknet_device": net.device_name, "pydarknet_blas": net.uses_blas,
+                 "pydarknet_convolution": "cuDNN" if net.cudnn else ("im2col + cuBLAS" if net.gpu is not None
+                                                                      else "CPU")})
     if dev.type == "cuda":
         info.update({"gpu": torch.cuda.get_device_name(dev), "torch_cuda": torch.version.cuda,
                      "cudnn": torch.backends.cudnn.version(), "tf32": False, "cudnn_benchmark": True})
     stem = os.path.splitext(os.path.basename(cfg))[0]
-    print("%s, batch %d (subdivisions %d); pydarknet on %s, PyTorch %s on %s; %d CPU thread(s); machine: %s, %s "
-          "usable CPU(s)" % (stem, args.batch, args.subdivisions, net.device_name, torch.__version__,
-                             info.get("gpu", "CPU"), args.threads, info["cpu_model"], info["cpus_usable"]),
+    print("%s, batch %d (subdivisions %d); pydarknet on %s (convolutions: %s), PyTorch %s on %s; %d CPU thread(s); "
+          "machine: %s, %s usable CPU(s)" % (stem, args.batch, args.subdivisions, net.device_name,
+                                             info["pydarknet_convolution"], torch.__version__, info.get("gpu", "CPU"),
+                                             args.threads, info["cpu_model"], info["cpus_usable"]),
           flush=True)
     rng = np.random.default_rng(args.seed)
     photo = load_input(args.image, args.size)

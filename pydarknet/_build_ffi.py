@@ -13,6 +13,11 @@ time (GCC target_clones), and the AVX-512 GEMM kernel is chosen at run time
 -ffast-math: results and NaN checks must not change (-fno-trapping-math,
 always on, only gives up FP exception flags, which the library never reads).
 
+cuDNN: with PYDARKNET_CUDNN=1 as well, the convolutions can run on cuDNN
+(from the PyPI wheel nvidia-cudnn-cu13; switchable at run time, see
+dn_net_set_cudnn), beside the im2col + cuBLAS path, which stays the default
+build.
+
 CUDA: with PYDARKNET_CUDA=1 the .cu files beside the C files are compiled by
 nvcc (found as $NVCC, on PATH, or in $CUDA_HOME/bin) into objects linked into
 the extension, with the CUDA runtime (static, from the toolkit) and cuBLAS
@@ -120,19 +125,34 @@ def cublas_dirs(toolkit=None):
     return None
 
 
+def cudnn_dirs():
+    """(include dir, library file) of cuDNN from the nvidia-cudnn wheel (nvidia-cudnn-cu13); None when absent."""
+    try:
+        import nvidia   # optional: the nvidia-cudnn wheel, for cuDNN builds only
+    except ImportError:
+        return None
+    for root in [Path(p) for p in nvidia.__path__]:
+        for inc in sorted(root.glob("cudnn/include/cudnn.h")):
+            libs = sorted(inc.parent.parent.joinpath("lib").glob("libcudnn.so*"))
+            if libs:
+                return str(inc.parent), str(libs[0])
+    return None
+
+
 def cuda_archs():
     archs = [a.strip().replace(".", "") for a in os.environ.get("PYDARKNET_CUDA_ARCH", "80,90").split(",") if a.strip()]
     flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
 
 
-def nvcc_command(nvcc, source, obj, cublas_include, arch_flags):
+def nvcc_command(nvcc, source, obj, includes, arch_flags, defines=()):
     """The nvcc command compiling one .cu file of the core to an object."""
-    return [nvcc, "-c", "-O3", "-std=c++17", "-DDN_CUDA=1", "-D_GNU_SOURCE=1", "-Xcompiler", "-fPIC",
-            f"-I{SRC / 'include'}", f"-I{SRC / 'core'}", f"-I{cublas_include}", *arch_flags, source, "-o", obj]
+    return [nvcc, "-c", "-O3", "-std=c++17", "-DDN_CUDA=1", *[f"-D{d}=1" for d in defines], "-D_GNU_SOURCE=1",
+            "-Xcompiler", "-fPIC", f"-I{SRC / 'include'}", f"-I{SRC / 'core'}", *[f"-I{i}" for i in includes],
+            *arch_flags, source, "-o", obj]
 
 
-def compile_cuda(nvcc, cublas_include, outdir):
+def compile_cuda(nvcc, includes, outdir, defines=()):
     """Compiles every .cu file (in parallel, skipping objects newer than their
     sources and the headers) and returns the object paths."""
     outdir = Path(outdir)
@@ -145,7 +165,7 @@ def compile_cuda(nvcc, cublas_include, outdir):
         obj = outdir / (str(rel).replace(os.sep, "_") + ".o")
         newest = max([Path(src).stat().st_mtime] + headers)
         if not obj.exists() or obj.stat().st_mtime < newest:
-            jobs.append(nvcc_command(nvcc, src, str(obj), cublas_include, arch_flags))
+            jobs.append(nvcc_command(nvcc, src, str(obj), includes, arch_flags, defines))
 
     def run(cmd):
         print(" ".join(cmd), file=sys.stderr)
@@ -172,17 +192,29 @@ def cuda_config():
                    for p in [toolkit / lib / "libcudart_static.a"] if p.exists()), None)
     if cudart is None:
         raise RuntimeError(f"PYDARKNET_CUDA=1 but libcudart_static.a was not found under {toolkit}")
-    # one object folder per architecture list, so changing it never reuses objects
+    includes, libs, defines = [cublas_include], [cublas_lib], []
+    if os.environ.get("PYDARKNET_CUDNN", "") not in ("", "0"):
+        dnn = cudnn_dirs()
+        if dnn is None:
+            raise RuntimeError("PYDARKNET_CUDNN=1 but cuDNN was not found: pip install nvidia-cudnn-cu13")
+        includes.append(dnn[0])
+        libs.append(dnn[1])
+        defines.append("DN_CUDNN")
+    # one object folder per architecture list and cuDNN choice, so changing either never reuses objects
     archs = os.environ.get("PYDARKNET_CUDA_ARCH", "80,90").replace(",", "-").replace(" ", "")
-    objects = compile_cuda(nvcc, cublas_include, ROOT / "build" / "cuda" / f"sm-{archs}")
-    libdir = os.path.dirname(cublas_lib)
+    objects = compile_cuda(nvcc, includes, ROOT / "build" / "cuda" / f"sm-{archs}{'-cudnn' if defines else ''}",
+                           defines)
+    # cuBLAS (and cuDNN) are found next to this package in site-packages (the wheels' layout), else where they
+    # were at build time
+    rpaths = []
+    for lib in libs:
+        libdir = os.path.dirname(lib)
+        rpaths += [f"-Wl,-rpath,$ORIGIN/../nvidia/{Path(libdir).parent.name}/lib", f"-Wl,-rpath,{libdir}"]
     return dict(
-        define_macros=[("DN_CUDA", "1")],
-        extra_objects=objects + [str(cudart), cublas_lib],
+        define_macros=[("DN_CUDA", "1")] + [(d, "1") for d in defines],
+        extra_objects=objects + [str(cudart)] + libs,
         libraries=["dl", "rt", "stdc++"],
-        # cuBLAS is found next to this package in site-packages (the wheel's
-        # layout), else where it was at build time
-        extra_link_args=[f"-Wl,-rpath,$ORIGIN/../nvidia/{Path(libdir).parent.name}/lib", f"-Wl,-rpath,{libdir}"],
+        extra_link_args=rpaths,
     )
 
 

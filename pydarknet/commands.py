@@ -161,8 +161,8 @@ def add_training_flags(parser, seed_help):
                         help="train up to iteration N instead of the cfg's max_batches")
     parser.add_argument("--backup", metavar="DIR", help="checkpoint folder instead of the .data file's backup=")
     parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
-                        help="background workers making batches (default 2 on the CPU, on a GPU up to 8 on the "
-                             "free cores; 0: in the training thread): threads up to 2, processes writing into "
+                        help="background workers making batches (default 2 on the CPU, on a GPU one per core but "
+                             "two; 0: in the training thread): threads up to 2, processes writing into "
                              "shared memory beyond, which scale with the cores")
 
 

@@ -255,6 +255,18 @@ class Network:
               "CPU" if gpu is None else f"GPU {gpu}")
 
     @property
+    def cudnn(self) -> bool:
+        """Whether the convolutions run on cuDNN (a CUDA build with
+        PYDARKNET_CUDNN=1, on a device; on by default there, off with
+        PYDARKNET_CUDNN=0 in the environment). Set it to switch between cuDNN
+        and the im2col + cuBLAS path."""
+        return bool(lib.dn_net_cudnn(self._ptr))
+
+    @cudnn.setter
+    def cudnn(self, on: bool):
+        check(lib.dn_net_set_cudnn(self._ptr, int(bool(on))))
+
+    @property
     def uses_blas(self):
         return bool(lib.dn_net_uses_blas(self._ptr))
 

@@ -434,8 +434,9 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
                  f"in mini-batches of {net.mini_batch}")
 
     # ---- data
-    if workers is None:   # the CPU trains: 2 threads; a GPU trains: processes on the cores it leaves free
-        workers = 2 if net.gpu is None else max(2, min(8, (os.cpu_count() or 2) - 1))
+    if workers is None:   # the CPU trains: 2 threads; a GPU trains: processes on every core but two (the
+        # training thread with the loss heads' host work, and the rest of this process)
+        workers = 2 if net.gpu is None else max(2, len(os.sched_getaffinity(0)) - 2)
     loader = task.make_loader(data, net, seed, workers, rows=None if dist is None else dist.rows(net.full_batch))
     try:
         return _loop(out, task, net, loader, cfg=cfg, data=data, base=base, backup_dir=backup_dir, weights=weights,

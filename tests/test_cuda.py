@@ -42,11 +42,26 @@ def _nvcc_and_cublas():
 def test_cuda_source_compiles(tmp_path, source):
     """Each .cu file compiles with the build's flags (one architecture, to stay quick)."""
     nvcc, include = _nvcc_and_cublas()
-    cmd = _build_ffi.nvcc_command(nvcc, str(_build_ffi.SRC / source), str(tmp_path / "out.o"), include,
+    cmd = _build_ffi.nvcc_command(nvcc, str(_build_ffi.SRC / source), str(tmp_path / "out.o"), [include],
                                   ["-arch=sm_80"])
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.o").stat().st_size > 0
+
+
+@pytest.mark.parametrize("source", ["core/cuda.cu", "layers/convolutional.cu"])
+def test_cudnn_path_compiles(tmp_path, source):
+    """The files with a cuDNN path compile with it (PYDARKNET_CUDNN=1's flags) against the nvidia-cudnn wheel."""
+    nvcc, include = _nvcc_and_cublas()
+    dnn = _build_ffi.cudnn_dirs()
+    if dnn is None:
+        pytest.skip("the cuDNN headers are not installed (pip install nvidia-cudnn-cu13)")
+    cmd = _build_ffi.nvcc_command(nvcc, str(_build_ffi.SRC / source), str(tmp_path / "out.o"), [include, dnn[0]],
+                                  ["-arch=sm_80"], defines=["DN_CUDNN"])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    nm = subprocess.run(["nm", "-u", str(tmp_path / "out.o")], capture_output=True, text=True).stdout
+    assert "cudnnCreate" in nm or "cudnnConvolutionForward" in nm   # the cuDNN path is in, not compiled out
 
 
 def test_every_gpu_layer_has_its_cuda_file():
@@ -96,6 +111,16 @@ def test_device_count_and_errors_without_a_device(write_cfg):
         check(lib.dn_net_set_device(net._ptr, -2))
     # the network still runs on the CPU after the refusal
     net.forward(random_input((1, 3, 4, 4)))
+
+
+def test_cudnn_switch_on_the_cpu(write_cfg):
+    """A network on the CPU has no cuDNN: it reads False, switching it off is a no-op, on is one clear error."""
+    net = pydarknet.load(write_cfg(NET.format(c=3, h=8, w=8) + ONE.format(f=4)))
+    assert net.cudnn is False
+    net.cudnn = False
+    with pytest.raises(DarknetError, match="cuDNN|CUDA device"):
+        net.cudnn = True
+    assert net.cudnn is False
 
 
 def test_cli_gpu_flag_without_a_device_is_one_error_line(write_cfg, tmp_path, capsys):
@@ -244,6 +269,33 @@ def test_training_iterations_match_cpu(write_cfg, extra):
         for k in pa:
             close(pb[k], pa[k], 1e-3)
     assert gpu.iteration == cpu.iteration == 2
+
+
+CONV_VARIANTS = ("[convolutional]\nfilters=6\nsize=3\nstride=1\npad=1\nbatch_normalize=1\nactivation=leaky\n"
+                 "[convolutional]\nfilters=6\nsize=3\nstride=2\npad=1\ngroups=3\nactivation=mish\n"
+                 "[convolutional]\nfilters=8\nsize=3\nstride=1\npad=1\ndilation=2\nactivation=linear\n"
+                 "[convolutional]\nfilters=5\nsize=1\nstride=1\npad=0\nactivation=logistic\n"
+                 "[convolutional]\nfilters=4\nsize=5\nstride_x=2\nstride_y=1\npad=1\nactivation=linear\n")
+
+
+def test_cudnn_and_gemm_paths_match_cpu(write_cfg):
+    """With cuDNN in the build, a network's convolutions run on it by default; switched off they run on im2col +
+    cuBLAS. Both give the CPU's forward pass and gradients (grouped, strided, dilated, 1x1, non-square strides)."""
+    cpu, gpu = _pair(write_cfg, CONV_VARIANTS, 3, 12, 12)
+    if not gpu.cudnn:
+        with pytest.raises(DarknetError, match="cuDNN"):
+            gpu.cudnn = True
+        pytest.skip("this build has no cuDNN (PYDARKNET_CUDNN=1)")
+    x = random_input((2, 3, 12, 12), 1) * 2 - 1
+    R = np.random.default_rng(2).standard_normal(2 * int(np.prod(cpu.layers[-1].shape))).astype(np.float32)
+    want = _grads(cpu, x, R)
+    for on in (True, False):
+        gpu.cudnn = on
+        assert gpu.cudnn == on
+        got = _grads(gpu, x, R)
+        for k in want:
+            if k != "loss" and not (isinstance(k, tuple) and k[-1] == "value"):
+                close(got[k], want[k], 1e-3)
 
 
 def test_device_name_and_move_back(write_cfg):

@@ -78,6 +78,24 @@ def test_first_nonfinite_image_is_named(write_cfg, bad):
     assert np.isfinite(net.train_batch(x, t))
 
 
+def test_yolo_loss_is_the_same_on_any_number_of_threads(write_cfg):
+    """The [yolo] loss runs its images on the worker threads, each with its
+    own scratch: one thread and three give the same loss and gradients, bit
+    for bit (the images' losses are summed in image order either way)."""
+    # iou_thresh < 1 takes step 3 (the box terms shared among the positive classes) too
+    cfg = write_cfg(small_yolo_cfg().replace("[yolo]", "[yolo]\niou_thresh=0.2\nlabel_smooth_eps=0.1"), "net.cfg")
+    x, t = shapes_batch(8, 32, seed=4)
+    out = []
+    for threads in (1, 3):
+        net = pydarknet.load(cfg, threads=threads)
+        randomize(net, 5)
+        loss = net.train_batch(x, t)
+        out.append((loss, {(l.index, k): v.copy() for l in net.layers for k, v in l.params.items()}))
+    assert out[0][0] == out[1][0]
+    for k in out[0][1]:
+        np.testing.assert_array_equal(out[0][1][k], out[1][1][k], err_msg=str(k))
+
+
 def test_bad_truth_rows_are_reported_and_left_out(write_cfg, caplog):
     net = small_yolo(write_cfg, seed=2)
     x, t = shapes_batch(8, 32, seed=1)

@@ -23,6 +23,9 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#ifdef DN_CUDNN
+#include <cudnn.h>
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +49,26 @@ struct dn_cuda {
     float *workspace;
     size_t workspace_n;
     int *delta_dirty;         /* per layer, and [nlayers] for the input: the host delta was handed out */
+    /* per layer: a plan (dn_gpu_plan) and how to release it */
+    void **plans;
+    void (**plan_release)(void *);
+    int nplans;
+#ifdef DN_CUDNN
+    cudnnHandle_t dnn;        /* NULL: cuDNN could not start */
+    int use_dnn;
+#endif
 };
+
+/* every layer's plan released (their shapes change, or the device copies go) */
+static void free_plans(dn_cuda *ctx)
+{
+    for (int i = 0; i < ctx->nplans; ++i) {
+        if (ctx->plans[i] && ctx->plan_release[i]) ctx->plan_release[i](ctx->plans[i]);
+        free(ctx->plans[i]);
+        ctx->plans[i] = NULL;
+        ctx->plan_release[i] = NULL;
+    }
+}
 
 static dn_status cuda_fail(cudaError_t e, const char *what)
 {
@@ -132,6 +154,47 @@ dn_status dn_gpu_device_name(int index, char *buf, int size)
 
 int dn_gpu_device(const dn_net *net) { return net->cuda ? net->cuda->device : -1; }
 
+void *dn_gpu_cudnn(const dn_net *net)
+{
+#ifdef DN_CUDNN
+    return net->cuda && net->cuda->use_dnn ? (void *)net->cuda->dnn : NULL;
+#else
+    (void)net;
+    return NULL;
+#endif
+}
+
+int dn_gpu_cudnn_on(const dn_net *net) { return dn_gpu_cudnn(net) != NULL; }
+
+dn_status dn_gpu_set_cudnn(dn_net *net, int on)
+{
+#ifdef DN_CUDNN
+    if (!net->cuda) return on ? dn_fail(DN_ERR_STATE, "the network is not on a CUDA device") : DN_OK;
+    if (on && !net->cuda->dnn) return dn_fail(DN_ERR_UNSUPPORTED, "cuDNN could not be initialized on this device");
+    net->cuda->use_dnn = on != 0;
+    return DN_OK;
+#else
+    (void)net;
+    return on ? dn_fail(DN_ERR_UNSUPPORTED, "this build has no cuDNN (PYDARKNET_CUDA=1 PYDARKNET_CUDNN=1 builds it)")
+              : DN_OK;
+#endif
+}
+
+dn_status dn_gpu_plan(dn_net *net, const dn_layer *l, size_t size, void (*release)(void *), void **out, int *fresh)
+{
+    dn_cuda *ctx = net->cuda;
+    *fresh = 0;
+    if (l->index < 0 || l->index >= ctx->nplans) return dn_fail(DN_ERR_STATE, "no plan slot for layer %d", l->index);
+    if (!ctx->plans[l->index]) {
+        ctx->plans[l->index] = calloc(1, size);
+        if (!ctx->plans[l->index]) return dn_fail(DN_ERR_NOMEM, "out of memory");
+        ctx->plan_release[l->index] = release;
+        *fresh = 1;
+    }
+    *out = ctx->plans[l->index];
+    return DN_OK;
+}
+
 /* ---- the network's device memory ---- */
 static dn_status alloc_param(dn_param *p)
 {
@@ -164,6 +227,15 @@ static dn_status gpu_allocate(dn_net *net)
     dn_cuda *ctx = net->cuda;
     dn_status s = use_device(net);
     if (s) return s;
+    free_plans(ctx);
+    if (ctx->nplans != net->nlayers) {
+        free(ctx->plans);
+        free(ctx->plan_release);
+        ctx->plans = (void **)calloc((size_t)net->nlayers + 1, sizeof(void *));
+        ctx->plan_release = (void (**)(void *))calloc((size_t)net->nlayers + 1, sizeof(void (*)(void *)));
+        ctx->nplans = ctx->plans && ctx->plan_release ? net->nlayers : 0;
+        if (!ctx->nplans) return dn_fail(DN_ERR_NOMEM, "out of memory");
+    }
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
         const size_t n = (size_t)net->batch * l->outputs;
@@ -228,6 +300,11 @@ dn_status dn_gpu_open(dn_net *net, int device)
         free(ctx);
         return cuda_fail(e, "creating an event");
     }
+#ifdef DN_CUDNN
+    if (cudnnCreate(&ctx->dnn) != CUDNN_STATUS_SUCCESS) ctx->dnn = NULL; /* the GEMM path serves */
+    const char *dnn = getenv("PYDARKNET_CUDNN");
+    ctx->use_dnn = ctx->dnn && !(dnn && !strcmp(dnn, "0"));
+#endif
     net->cuda = ctx;
     net->backend = &dn_cuda_backend;
     const dn_status s = gpu_allocate(net);
@@ -274,6 +351,12 @@ void dn_gpu_close(dn_net *net)
     if (ctx->staged_pending) cudaEventSynchronize(ctx->staged);
     if (ctx->staging) cudaFreeHost(ctx->staging);
     cudaEventDestroy(ctx->staged);
+    free_plans(ctx);
+    free(ctx->plans);
+    free(ctx->plan_release);
+#ifdef DN_CUDNN
+    if (ctx->dnn) cudnnDestroy(ctx->dnn);
+#endif
     cublasDestroy(ctx->blas);
     free(ctx->delta_dirty);
     free(ctx);

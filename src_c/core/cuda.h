@@ -87,6 +87,11 @@ dn_status dn_gpu_device_name(int index, char *buf, int size);
 dn_status dn_gpu_open(dn_net *net, int device);   /* allocates the device copies and moves the parameters */
 void dn_gpu_close(dn_net *net);                   /* parameters back to the host, device memory freed */
 int dn_gpu_device(const dn_net *net);
+/* cuDNN (a build with PYDARKNET_CUDNN=1): whether the network's convolutions
+ * run on it (on by default, off with PYDARKNET_CUDNN=0 in the environment
+ * when the network goes to the device), and the switch. */
+int dn_gpu_cudnn_on(const dn_net *net);
+dn_status dn_gpu_set_cudnn(dn_net *net, int on);
 /* While open, the network's backend is the CUDA one (core/backend.h):
  * every pass, hand-out and update goes through it. */
 
@@ -102,6 +107,12 @@ dn_status dn_gpu_buffer(dn_layer *l, int slot, size_t n, float **out);
  * f'(.) (from the output, and from the pre-activation values a training
  * forward pass kept in slot 0 when the kind needs them). */
 dn_status dn_gpu_activation_delta(dn_layer *l, dn_activation act, int channels, int spatial, const float **out);
+/* The cuDNN handle while the network's convolutions use cuDNN, else NULL. */
+void *dn_gpu_cudnn(const dn_net *net);
+/* Layer l's plan: a zeroed block of `size` bytes kept with the device copies
+ * until they are reallocated (a resize) or freed, when release(block) runs
+ * first; *fresh = 1 when it was just made. */
+dn_status dn_gpu_plan(dn_net *net, const dn_layer *l, size_t size, void (*release)(void *), void **out, int *fresh);
 /* The network's device workspace, grown to n floats (shared by all layers). */
 dn_status dn_gpu_workspace(dn_net *net, size_t n, float **out);
 /* The CPU pass of layer l on host copies (for cases a .cu leaves to the host). */
@@ -212,6 +223,13 @@ static inline dn_status dn_gpu_open(dn_net *net, int device)
 }
 static inline void dn_gpu_close(dn_net *net) { (void)net; }
 static inline int dn_gpu_device(const dn_net *net) { (void)net; return -1; }
+static inline int dn_gpu_cudnn_on(const dn_net *net) { (void)net; return 0; }
+static inline dn_status dn_gpu_set_cudnn(dn_net *net, int on)
+{
+    (void)net;
+    return on ? dn_fail(DN_ERR_UNSUPPORTED, "this build has no cuDNN (PYDARKNET_CUDA=1 PYDARKNET_CUDNN=1 builds it)")
+              : DN_OK;
+}
 
 #endif /* DN_CUDA */
 

@@ -30,6 +30,14 @@ dn_status dn_net_set_device(dn_net *net, int gpu)
 
 int dn_net_device(const dn_net *net) { return net ? dn_gpu_device(net) : -1; }
 
+dn_status dn_net_set_cudnn(dn_net *net, int on)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    return dn_gpu_set_cudnn(net, on);
+}
+
+int dn_net_cudnn(const dn_net *net) { return net ? dn_gpu_cudnn_on(net) : 0; }
+
 dn_status dn_net_sync_to_host(dn_net *net)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");

@@ -151,6 +151,13 @@ dn_status dn_cuda_device_count(int *count);
 dn_status dn_cuda_device_name(int index, char *buf, int size);
 dn_status dn_net_set_device(dn_net *net, int gpu);
 int dn_net_device(const dn_net *net);   /* the CUDA device, -1 for the CPU */
+/* cuDNN, in a build with it (PYDARKNET_CUDA=1 PYDARKNET_CUDNN=1): a network
+ * on a device runs its convolutions through cuDNN (float32 arithmetic, no
+ * TF32; the fastest algorithm found per layer shape) unless switched off
+ * here or by PYDARKNET_CUDNN=0 when it went to the device; off, the
+ * im2col + cuBLAS path runs. dn_net_cudnn: 1 while cuDNN is in use. */
+dn_status dn_net_set_cudnn(dn_net *net, int on);
+int dn_net_cudnn(const dn_net *net);
 dn_status dn_net_sync_to_host(dn_net *net);
 
 /* Building: one layer at a time, options fully resolved by the caller. */

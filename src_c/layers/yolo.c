@@ -123,6 +123,8 @@ typedef struct {
     size_t cells_cap;
     cls_term *terms;
     size_t terms_cap;
+    double *image_loss; /* per image of the batch */
+    size_t image_loss_cap;
 } yolo_state;
 
 static dn_status iou_kind(const dn_layer *l, const char *key, int allow_mse, int *out)
@@ -182,7 +184,8 @@ static dn_status yolo_make(dn_layer *l, dn_net *net)
     (void)net;
     yolo_state *s = dn_layer_priv(l, sizeof(yolo_state));
     if (!s) return DN_ERR_NOMEM;
-    if (dn_layer_owns(l, &s->anchors, &s->all_anchors, &s->mask, &s->class_mult, &s->cells, &s->terms, NULL))
+    if (dn_layer_owns(l, &s->anchors, &s->all_anchors, &s->mask, &s->class_mult, &s->cells, &s->terms,
+                      &s->image_loss, NULL))
         return DN_ERR_ARG;
     const int *mask;
     const float *anchors;
@@ -233,6 +236,8 @@ typedef struct {
     const float *truth;    /* its truth rows */
     int rows;
     size_t hw;
+    cell_state *cells; /* the worker's scratch of steps 1-3 */
+    cls_term *terms;
 } image_ctx;
 
 static size_t entry(const image_ctx *c, int a, int k, size_t i)
@@ -377,11 +382,11 @@ static double focal_neg(int new_coords, const focal_pt *f, float zc, float *gc, 
 /* ---- the state machine of steps 1-3 */
 static float class_mult(const image_ctx *c, int k) { return c->s->class_mult ? c->s->class_mult[k] : 1.f; }
 
-static cell_state *cell_at(image_ctx *c, int a, size_t i) { return &c->s->cells[(size_t)a * c->hw + i]; }
+static cell_state *cell_at(image_ctx *c, int a, size_t i) { return &c->cells[(size_t)a * c->hw + i]; }
 
 static cls_term *terms_at(image_ctx *c, int a, size_t i)
 {
-    return &c->s->terms[((size_t)a * c->hw + i) * (size_t)c->s->classes];
+    return &c->terms[((size_t)a * c->hw + i) * (size_t)c->s->classes];
 }
 
 static float measure_with(const image_ctx *c, int a, size_t i, int r, float grad[4])
@@ -630,6 +635,78 @@ static dn_status grow(void **buf, size_t *cap, size_t n, size_t size)
     return DN_OK;
 }
 
+/* the images of a batch go to the worker threads: each worker has its own scratch of steps 1-3, each image its
+ * own slice of the delta and its own loss, summed in image order afterwards (the same sum as one thread's) */
+typedef struct {
+    yolo_state *s;
+    dn_layer *l;
+    dn_net *net;
+    const float *input;
+    size_t hw, cells;
+} loss_job;
+
+static void image_loss(void *ctx, int b, int worker)
+{
+    const loss_job *j = ctx;
+    yolo_state *s = j->s;
+    dn_layer *l = j->l;
+    const size_t hw = j->hw;
+    image_ctx c = {s, l, j->net, j->input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
+                   l->delta + (size_t)b * l->outputs, j->net->truth + (size_t)b * j->net->truth_stride,
+                   j->net->truth_stride / 5, hw, s->cells + (size_t)worker * j->cells,
+                   s->terms + (size_t)worker * j->cells * (size_t)s->classes};
+    memset(c.delta, 0, l->outputs * sizeof(float));
+    for (int a = 0; a < s->n; ++a)
+        for (size_t i = 0; i < hw; ++i) judge_prediction(&c, a, i);
+    for (int r = 0; r < c.rows; ++r) {
+        const int k = truth_class(&c, r);
+        if (k < 0) continue;
+        const dn_box tb = truth_box(&c, r);
+        int col = (int)(tb.x * l->w), row = (int)(tb.y * l->h);
+        col = col < 0 ? 0 : col >= l->w ? l->w - 1 : col;
+        row = row < 0 ? 0 : row >= l->h ? l->h - 1 : row;
+        const size_t i = (size_t)row * l->w + col;
+        const dn_box shape = {0, 0, tb.w, tb.h};
+        float best = 0.f;
+        int best_n = 0;
+        for (int n = 0; n < s->total; ++n) {
+            const dn_box anchor = {0, 0, s->all_anchors[2 * n] / j->net->w, s->all_anchors[2 * n + 1] / j->net->h};
+            const float m = dn_box_measure(anchor, shape, DN_IOU_PLAIN, NULL);
+            if (m > best) {
+                best = m;
+                best_n = n;
+            }
+        }
+        const int a = mask_index(s, best_n);
+        if (a >= 0) assign_truth(&c, a, i, r, k);
+        if (s->iou_thresh < 1.f)
+            for (int n = 0; n < s->total; ++n) {
+                const int an = mask_index(s, n);
+                if (an < 0 || n == best_n) continue;
+                const dn_box anchor = {0, 0, s->all_anchors[2 * n] / j->net->w, s->all_anchors[2 * n + 1] / j->net->h};
+                if (dn_box_measure(anchor, shape, (dn_iou_kind)s->iou_thresh_kind, NULL) > s->iou_thresh)
+                    assign_truth(&c, an, i, r, k);
+            }
+    }
+    if (s->iou_thresh < 1.f)
+        for (int a = 0; a < s->n; ++a)
+            for (size_t i = 0; i < hw; ++i) {
+                if (obj_gap(&c, a, i) == 0.f) continue;
+                int positive = 0;
+                if (cell_at(&c, a, i)->classes_set)
+                    for (int k = 0; k < s->classes; ++k) positive += class_gap(&c, a, i, k) > 0.f;
+                if (!positive) continue;
+                cell_at(&c, a, i)->box_loss /= positive;
+                for (int q = 0; q < 4; ++q) c.delta[entry(&c, a, q, i)] /= (float)positive;
+            }
+    double loss = 0;
+    for (int a = 0; a < s->n; ++a)
+        for (size_t i = 0; i < hw; ++i) loss += cell_loss(&c, a, i);
+    if (s->delta_normalizer != 1.f)
+        for (size_t e = 0; e < l->outputs; ++e) c.delta[e] *= s->delta_normalizer;
+    s->image_loss[b] = loss * s->delta_normalizer;
+}
+
 static dn_status yolo_loss(dn_layer *l, dn_net *net)
 {
     yolo_state *s = l->priv;
@@ -643,67 +720,16 @@ static dn_status yolo_loss(dn_layer *l, dn_net *net)
         if (st) return st;
         if (map[0]) return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "training with a class map is not supported");
     }
+    const size_t workers = (size_t)dn_workers(net);
     dn_status st;
-    if ((st = grow((void **)&s->cells, &s->cells_cap, cells, sizeof(cell_state))) ||
-        (st = grow((void **)&s->terms, &s->terms_cap, cells * (size_t)s->classes, sizeof(cls_term))))
+    if ((st = grow((void **)&s->cells, &s->cells_cap, workers * cells, sizeof(cell_state))) ||
+        (st = grow((void **)&s->terms, &s->terms_cap, workers * cells * (size_t)s->classes, sizeof(cls_term))) ||
+        (st = grow((void **)&s->image_loss, &s->image_loss_cap, (size_t)l->batch, sizeof(double))))
         return dn_layer_fail(l, st, "out of memory for the loss scratch");
-    const float *input = dn_layer_input(net, l);
-    memset(l->delta, 0, (size_t)l->batch * l->outputs * sizeof(float));
+    loss_job j = {s, l, net, dn_layer_input(net, l), hw, cells};
+    dn_parallel(net, l->batch, image_loss, &j);
     double total = 0;
-    for (int b = 0; b < l->batch; ++b) {
-        image_ctx c = {s, l, net, input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
-                       l->delta + (size_t)b * l->outputs, net->truth + (size_t)b * net->truth_stride,
-                       net->truth_stride / 5, hw};
-        for (int a = 0; a < s->n; ++a)
-            for (size_t i = 0; i < hw; ++i) judge_prediction(&c, a, i);
-        for (int r = 0; r < c.rows; ++r) {
-            const int k = truth_class(&c, r);
-            if (k < 0) continue;
-            const dn_box tb = truth_box(&c, r);
-            int col = (int)(tb.x * l->w), row = (int)(tb.y * l->h);
-            col = col < 0 ? 0 : col >= l->w ? l->w - 1 : col;
-            row = row < 0 ? 0 : row >= l->h ? l->h - 1 : row;
-            const size_t i = (size_t)row * l->w + col;
-            const dn_box shape = {0, 0, tb.w, tb.h};
-            float best = 0.f;
-            int best_n = 0;
-            for (int n = 0; n < s->total; ++n) {
-                const dn_box anchor = {0, 0, s->all_anchors[2 * n] / net->w, s->all_anchors[2 * n + 1] / net->h};
-                const float m = dn_box_measure(anchor, shape, DN_IOU_PLAIN, NULL);
-                if (m > best) {
-                    best = m;
-                    best_n = n;
-                }
-            }
-            const int a = mask_index(s, best_n);
-            if (a >= 0) assign_truth(&c, a, i, r, k);
-            if (s->iou_thresh < 1.f)
-                for (int n = 0; n < s->total; ++n) {
-                    const int an = mask_index(s, n);
-                    if (an < 0 || n == best_n) continue;
-                    const dn_box anchor = {0, 0, s->all_anchors[2 * n] / net->w, s->all_anchors[2 * n + 1] / net->h};
-                    if (dn_box_measure(anchor, shape, (dn_iou_kind)s->iou_thresh_kind, NULL) > s->iou_thresh)
-                        assign_truth(&c, an, i, r, k);
-                }
-        }
-        if (s->iou_thresh < 1.f)
-            for (int a = 0; a < s->n; ++a)
-                for (size_t i = 0; i < hw; ++i) {
-                    if (obj_gap(&c, a, i) == 0.f) continue;
-                    int positive = 0;
-                    if (cell_at(&c, a, i)->classes_set)
-                        for (int k = 0; k < s->classes; ++k) positive += class_gap(&c, a, i, k) > 0.f;
-                    if (!positive) continue;
-                    cell_at(&c, a, i)->box_loss /= positive;
-                    for (int q = 0; q < 4; ++q) c.delta[entry(&c, a, q, i)] /= (float)positive;
-                }
-        double loss = 0;
-        for (int a = 0; a < s->n; ++a)
-            for (size_t i = 0; i < hw; ++i) loss += cell_loss(&c, a, i);
-        if (s->delta_normalizer != 1.f)
-            for (size_t e = 0; e < l->outputs; ++e) c.delta[e] *= s->delta_normalizer;
-        total += loss * s->delta_normalizer;
-    }
+    for (int b = 0; b < l->batch; ++b) total += s->image_loss[b];
     net->loss += total;
     return DN_OK;
 }
