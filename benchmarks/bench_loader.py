@@ -85,7 +85,7 @@ def time_loader(ds, aug, batch, workers, backend, batches):
     from pydarknet.data import DetectionLoader
 
     with DetectionLoader(ds, aug, batch, seed=0, workers=workers, backend=backend, prefetch=3) as loader:
-        it = iter(loader)
+        it = loader.iterate(copy=False)             # as the trainer takes its batches
         next(it)                                    # warm-up (and process start-up)
         t0 = time.perf_counter()
         for _ in range(batches):

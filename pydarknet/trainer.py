@@ -47,6 +47,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -494,18 +495,37 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
             progress = False
 
     chart_ok = [chart_path is not None]
+    chart_job = [None, None]   # the drawing thread, and what stopped it
 
-    def redraw(hours):
-        if not chart_ok[0]:
-            return
+    def draw(records, hours):
         try:
-            draw_chart(chart_path, trainlog.records, max_b, title=base, hours_left=hours, metric=task.chart_metric)
+            draw_chart(chart_path, records, max_b, title=base, hours_left=hours, metric=task.chart_metric)
         except ImportError:
-            chart_ok[0] = False
-            out.note("warning: matplotlib is not installed; no training chart is drawn (pip install matplotlib)")
+            chart_job[1] = "warning: matplotlib is not installed; no training chart is drawn (pip install matplotlib)"
         except (OSError, ValueError, RuntimeError) as e:
+            chart_job[1] = f"warning: {chart_path}: cannot draw the training chart: {e}"
+
+    def redraw(hours, wait=True):
+        """Draws the chart; during training (wait=False) in a thread of its own, so the
+        iterations do not stop for it (a drawing still running is let finish, this one
+        skipped). The last drawing (wait=True) waits for that thread and draws in this one."""
+        if chart_job[0] is not None and (wait or not chart_job[0].is_alive()):
+            chart_job[0].join()
+            chart_job[0] = None
+        if chart_job[1] is not None and chart_ok[0]:
             chart_ok[0] = False
-            out.note(f"warning: {chart_path}: cannot draw the training chart: {e}")
+            out.note(chart_job[1])
+        if not chart_ok[0] or chart_job[0] is not None:
+            return
+        records = list(trainlog.records)
+        if wait:
+            draw(records, hours)
+            if chart_job[1] is not None:
+                chart_ok[0] = False
+                out.note(chart_job[1])
+            return
+        chart_job[0] = threading.Thread(target=draw, args=(records, hours), name="pydarknet-chart", daemon=True)
+        chart_job[0].start()
 
     def save(tag, with_state=False, quiet=False):
         path = checkpoint_path(backup_dir, base, tag)
@@ -534,7 +554,8 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                        desc=base, smoothing=0.05)
             out.bar = bar
         t_wait = time.perf_counter()
-        for k, (x, truths) in enumerate(loader.iterate(start=start, stop=max_b), start):
+        # each batch is trained before the next is taken: it may stay in the workers' shared memory
+        for k, (x, truths) in enumerate(loader.iterate(start=start, stop=max_b, copy=False), start):
             load_time = time.perf_counter() - t_wait
             h, w = int(x.shape[2]), int(x.shape[3])
             if (w, h) != (net.width, net.height):
@@ -587,7 +608,7 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                 iter_save_last = it
                 save("last", with_state=True)
             if chart_every and (it % chart_every == 0 or evaluated):
-                redraw(hours_left)
+                redraw(hours_left, wait=False)
             if callback is not None:
                 callback(record)
             if stop_after is not None and it >= stop_after and it < max_b:

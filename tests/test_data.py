@@ -305,6 +305,25 @@ def test_process_workers_shared_slots_reused_across_sizes(shapes, write_cfg):
         assert not set(slots) & set(os.listdir("/dev/shm"))
 
 
+def test_process_batches_without_copy_stay_valid_until_the_batch_after_next(shapes, write_cfg):
+    """iterate(copy=False) hands out views of the workers' shared memory (no copy in this process): each batch,
+    checked when the next one is taken and again when the one after it is, equals what the threads make; a batch
+    of 7 rows over 3 workers goes in tasks of several rows, every row written once."""
+    cfg = write_cfg("[net]\nbatch=7\nwidth=64\nheight=64\nchannels=3\nmosaic=1\n"
+                    "[convolutional]\nfilters=24\nsize=1\nactivation=linear\n"
+                    "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=3\nnum=3\nrandom=1\n")
+    with DetectionLoader.from_files(shapes, cfg, seed=4, workers=0) as t:
+        want = [t.batch(k) for k in range(12)]
+    with DetectionLoader.from_files(shapes, cfg, seed=4, workers=3, backend="process", prefetch=2) as p:
+        held = []
+        for k, (x, t) in enumerate(p.iterate(0, 12, copy=False)):
+            assert not x.flags.owndata   # a view of the shared slot
+            held.append((k, x, t))
+            for j, xj, tj in held[-3:]:   # this batch, the one before, the one before that
+                assert np.array_equal(xj, want[j][0]) and np.array_equal(tj, want[j][1]), (k, j)
+    assert not multiprocessing.active_children()
+
+
 @pytest.mark.parametrize("workers,backend", [(0, "thread"), (2, "thread"), (2, "process")])
 def test_rows_are_that_part_of_the_whole_batch(shapes, workers, backend):
     """rows=(a, b): one rank's share of every global batch, the very samples of those rows."""

@@ -232,14 +232,18 @@ def _attach(name):
     return shm
 
 
-def _process_task(k, i, size, slot, x_shape, t_shape, row):
-    """Sample i of batch k written into row `row` of its arrays in the shared slot."""
-    xi, ti, issues = _WORKER_JOB.sample(k, i, size)
+def _process_task(k, first, rows, size, slot, x_shape, t_shape):
+    """Samples first + r of batch k, for r in `rows`, written into row r of its arrays in the shared slot (a few
+    rows per task: each task costs the parent a round trip)."""
     buf = _attach(slot).buf
     x = np.ndarray(x_shape, np.float32, buffer=buf)
     t = np.ndarray(t_shape, np.float32, buffer=buf, offset=x.nbytes)
-    x[row] = xi
-    t[row] = ti
+    issues = []
+    for row in rows:
+        xi, ti, iss = _WORKER_JOB.sample(k, first + row, size)
+        x[row] = xi
+        t[row] = ti
+        issues.extend(iss)
     del x, t
     return None, None, issues
 
@@ -353,8 +357,10 @@ class _Loader:
             j, shm = self._slots.take(nx + int(np.prod(t_shape)) * 4)
             x = np.ndarray(x_shape, np.float32, buffer=shm.buf)
             t = np.ndarray(t_shape, np.float32, buffer=shm.buf, offset=nx)
-            futures = [self._pool.submit(_process_task, k, self.first + r, (w, h), shm.name, x_shape, t_shape, r)
-                       for r in range(self.rows)]
+            per = max(1, -(-self.rows // (2 * self.workers)))   # about two tasks per worker and batch
+            futures = [self._pool.submit(_process_task, k, self.first, range(r, min(r + per, self.rows)), (w, h),
+                                         shm.name, x_shape, t_shape)
+                       for r in range(0, self.rows, per)]
             self._slots.used_by(j, futures)
             return _Pending(k, x, t, futures, shared=True)
         x = np.empty(x_shape, np.float32)
@@ -364,7 +370,7 @@ class _Loader:
         futures = [self._pool.submit(self._job.fill, k, self.first + r, (w, h), x, t, r) for r in range(self.rows)]
         return _Pending(k, x, t, futures)
 
-    def _collect(self, p):
+    def _collect(self, p, copy=True):
         issues = []
         try:
             if p.futures is None:
@@ -386,7 +392,7 @@ class _Loader:
             raise
         finally:
             self.summary.record_all(issues)
-        if p.shared:   # the slot is written again for a later batch: the caller gets its own arrays
+        if p.shared and copy:   # the slot is written again for a later batch: the caller gets its own arrays
             return p.x.copy(), p.t.copy()
         return p.x, p.t
 
@@ -395,9 +401,14 @@ class _Loader:
         batch of an iteration from 0."""
         return self._collect(self._submit(int(k)))
 
-    def iterate(self, start=None, stop=None):
+    def iterate(self, start=None, stop=None, copy=True):
         """Batches start, start+1, ... (up to stop, exclusive, or forever),
-        with `prefetch` batches in the making ahead of the one returned."""
+        with `prefetch` batches in the making ahead of the one returned.
+        copy=False: with the process backend the arrays view the shared
+        memory the workers wrote (no copy of the batch in this process); they
+        stay valid while the next two batches are taken (taking the third
+        reuses the memory), so use a batch before taking the next (as a
+        training loop does)."""
         k = self.start if start is None else int(start)
         ahead = 1 if self._pool is None else self.prefetch
         pending = deque()
@@ -408,7 +419,7 @@ class _Loader:
                     pending.append(self._submit(nxt))
                     nxt += 1
                 p = pending.popleft()
-                yield self._collect(p)
+                yield self._collect(p, copy)
                 k += 1
         finally:
             for p in pending:
