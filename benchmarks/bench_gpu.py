@@ -456,7 +456,8 @@ def main(args):
     rng = np.random.default_rng(args.seed)
     photo = load_input(args.image, args.size)
     xb = rng.random((args.batch, 3, args.size, args.size), dtype=np.float32)
-    result = {"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "cfg": cfg,
+    result = {"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+              "cfg": os.path.basename(cfg),
               "device": args.device, "batch": args.batch, "subdivisions": args.subdivisions,
               "threads": args.threads, "pause_s": args.pause, "tolerance": TOLERANCE,
               "grad_tolerance": GRAD_TOLERANCE}

@@ -245,7 +245,8 @@ def main(args):
     info = machine_info()
     print("machine: %s, %s usable CPU(s); %d thread(s); %s at %d, batch %d, subdivisions %d"
           % (info["cpu_model"], info["cpus_usable"], args.threads, stem, args.size, args.batch, args.subdivisions))
-    result = {"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "cfg": cfg,
+    result = {"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+              "cfg": os.path.basename(cfg),
               "data": data, "threads": args.threads, "batch": args.batch, "subdivisions": args.subdivisions}
     print("pydarknet (1):", flush=True)
     dn_times, dn_loads, meta = time_pydarknet(cfg, x, t, args)

@@ -93,7 +93,7 @@ def main(args):
         net.train_batch(x, t)
 
     parts = {"forward": lambda: net.predict(x), "training iteration (train_batch, [yolo] loss)": train}
-    result = {"cfg": cfg, "batch": args.batch, "gpu": torch.cuda.get_device_name(args.gpu), "parts": {}}
+    result = {"cfg": os.path.basename(cfg), "batch": args.batch, "gpu": torch.cuda.get_device_name(args.gpu), "parts": {}}
     for name, fn in parts.items():
         table, wall = profiled(fn, torch)
         busy = sum(ms for _, ms, _ in table)
