@@ -129,6 +129,8 @@ SCHEMA = {
         ("power", FLOAT, 4.0), ("policy", _choice(*POLICIES), "constant"), ("burn_in", INT, 0),
         ("step", INT, 1), ("scale", FLOAT, 1.0), ("steps", INTS, []), ("scales", FLOATS, None),
         ("seq_scales", FLOATS, None), ("gamma", FLOAT, 1.0), ("show_receptive_field", FLOAT, 0.0),
+        # pydarknet's: synchronized batch norm under MPI (the batch statistics of every rank's mini-batch)
+        ("sync_bn", INT, 0),
     ),
     "convolutional": (
         ("filters", INT, 1), ("groups", INT, 1), ("size", INT, 1), ("stride", INT, 1), ("stride_x", INT, -1),
@@ -139,6 +141,7 @@ SCHEMA = {
         ("stretch_sway", INT, 0), ("flipped", INT, 0), ("dot", FLOAT, 0.0), ("angle", FLOAT, 15.0),
         ("grad_centr", INT, 0), ("reverse", FLOAT, 0.0), ("coordconv", INT, 0), ("stream", INT, -1),
         ("wait_stream", INT, -1),
+        ("sync_bn", INT, -1),   # pydarknet's: 1 / 0 for this layer, -1 as [net] sync_bn says
     ) + _COMMON,
     "connected": (("output", INT, 1), ("activation", ACT, "logistic"), ("batch_normalize", INT, 0)) + _COMMON,
     "maxpool": _POOL + (

@@ -13,7 +13,11 @@ rank then makes the same update. So N ranks with ``subdivisions=S`` train the
 parameters one process with ``subdivisions=N*S`` trains, up to the order of
 float sums. Batch-norm rolling statistics, which each rank moves with its own
 mini-batches, are averaged over the ranks at every update, so every rank
-holds the same network and rank 0's checkpoints are the run's.
+holds the same network and rank 0's checkpoints are the run's. With
+``sync_bn=1`` ([net], or per [convolutional] layer) batch norm takes its
+statistics over every rank's mini-batch (the C layer hands its per-channel
+sums over through the reduce hook: two all-reduces forward, one backward), so
+N ranks of mini-batch m train what one process of mini-batch N*m trains.
 
 Without MPI (or with one rank) nothing here is used, and mpi4py is never
 imported. ``pip install 'pydarknet[mpi]'`` installs mpi4py and an MPI.
@@ -109,10 +113,17 @@ class World:
         network and any rank's checkpoint is the run's)."""
         self._net, self._rolling = net, None
         check(lib.dn_net_set_gradient_hook(net._ptr, lib._pydarknet_gradient_hook, self._handle))
+        # synchronized batch norm (sync_bn=1 in the cfg): the per-channel sums of every rank's mini-batch
+        check(lib.dn_net_set_reduce_hook(net._ptr, lib._pydarknet_reduce_hook, self._handle))
 
     def detach(self, net):
         check(lib.dn_net_set_gradient_hook(net._ptr, ffi.NULL, ffi.NULL))
+        check(lib.dn_net_set_reduce_hook(net._ptr, ffi.NULL, ffi.NULL))
         self._net = self._rolling = None
+
+    def _reduce_sums(self, values, count):
+        """sync_bn's per-channel sums (doubles, in the C layer's buffer) summed over the ranks in place."""
+        self._allreduce(np.frombuffer(ffi.buffer(values, count * 8), np.float64))
 
     def _reduce_gradients(self, net_ptr, images):
         n = lib.dn_net_gradient_count(net_ptr)
@@ -177,6 +188,17 @@ class World:
         sys.stderr.write(f"pydarknet: error: rank {self.rank} of {self.size} on {socket.gethostname()}: {text}\n")
         sys.stderr.flush()
         self.comm.Abort(1)
+
+
+@ffi.def_extern()
+def _pydarknet_reduce_hook(net_ptr, user, values, count):
+    world = ffi.from_handle(user)
+    try:
+        world._reduce_sums(values, count)
+        return lib.DN_OK
+    except BaseException as e:   # never unwind through C: the caller raises it
+        world.error = e
+        return lib.DN_ERR_STATE
 
 
 @ffi.def_extern()

@@ -567,7 +567,7 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                 loss = net.train_batch(x, truths)
             except DarknetError:
                 if dist is not None and dist.error is not None:
-                    raise TrainError(f"the gradient all-reduce over the MPI ranks failed: {dist.error}") from None
+                    raise TrainError(f"an all-reduce over the MPI ranks failed: {dist.error}") from None
                 raise
             if dist is not None:   # the loss per image of the whole batch
                 loss = dist.sum(loss * x.shape[0]) / full_batch

@@ -20,9 +20,9 @@ from pydarknet.commands import gpu_list
 from pydarknet.distributed import launched_size, pick_device
 from helpers import conv, maxpool, section, shapes_head
 
-def cfg_text(subdivisions, batch=4, bn=True):
+def cfg_text(subdivisions, batch=4, bn=True, sync_bn=0):
     return (section("net", width=32, height=32, channels=3, batch=batch, subdivisions=subdivisions,
-                    learning_rate=0.002, momentum=0.9, decay=0.0005, max_batches=4)
+                    learning_rate=0.002, momentum=0.9, decay=0.0005, max_batches=4, sync_bn=sync_bn)
             + conv(8, stride=2, bn=bn) + conv(16, stride=2, bn=bn) + shapes_head("6,6, 12,12, 24,24", random=0))
 
 
@@ -93,6 +93,25 @@ def test_two_ranks_train_what_one_process_with_twice_the_subdivisions_trains(wor
         scale = max(np.abs(one[k]).max(), 1e-6)
         assert np.abs(one[k] - two[k]).max() <= 1e-4 * scale, k
     assert sorted(os.listdir(tmp / "two" / "bk")) == sorted(os.listdir(tmp / "one" / "bk"))
+
+
+def test_two_ranks_with_sync_bn_train_what_one_process_with_the_doubled_mini_batch_trains(work):
+    """sync_bn=1: 2 ranks of mini-batch 2 (batch 4, subdivisions 1) take their batch-norm statistics over both
+    ranks' images, so they train what one process of mini-batch 4 trains with plain batch norm: every
+    parameter, the rolling statistics included, within 1e-4 of its tensor's magnitude."""
+    tmp, data = work
+    for name, ranks in (("one", 1), ("two", 2)):
+        folder = tmp / name
+        folder.mkdir()
+        (folder / "net.cfg").write_text(cfg_text(1, sync_bn=1))   # one process: no ranks to sync, plain
+        r = run(["detector", "train", os.path.join("..", data), "net.cfg", "-dont_show", "-seed", "5",
+                 "--backup", "bk", "--workers", "0"], ranks, folder)
+        assert r.returncode == 0, r.stderr[-3000:]
+    one, two = trained(tmp / "one" / "bk" / "net_final.weights"), trained(tmp / "two" / "bk" / "net_final.weights")
+    assert any(k[1] == "rolling_mean" for k in one)
+    for k in one:
+        scale = max(np.abs(one[k]).max(), 1e-6)
+        assert np.abs(one[k] - two[k]).max() <= 1e-4 * scale, k
 
 
 @pytest.mark.parametrize("first,then", [(1, 2), (2, 1)])

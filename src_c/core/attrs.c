@@ -231,6 +231,7 @@ dn_status dn_attr_floats(const dn_layer *l, const char *key, const float **out, 
     return get_floats(LAYER(l), key, out, count);
 }
 dn_status dn_opt_int(const dn_net *net, const char *key, int *out) { return get_int(NET(net), key, out); }
+int dn_opt_has(const dn_net *net, const char *key) { return find(&net->train_opts, key) != NULL; }
 dn_status dn_opt_float(const dn_net *net, const char *key, float *out) { return get_float(NET(net), key, out); }
 dn_status dn_opt_string(const dn_net *net, const char *key, const char **out) { return get_string(NET(net), key, out); }
 dn_status dn_opt_ints(const dn_net *net, const char *key, const int **out, int *count)

@@ -66,6 +66,7 @@ dn_status dn_attr_floats(const dn_layer *l, const char *key, const float **out, 
 int dn_attr_has(const dn_layer *l, const char *key);
 void dn_attrs_free(dn_attrs *a);
 dn_status dn_opt_int(const dn_net *net, const char *key, int *out);
+int dn_opt_has(const dn_net *net, const char *key);
 dn_status dn_opt_float(const dn_net *net, const char *key, float *out);
 dn_status dn_opt_string(const dn_net *net, const char *key, const char **out);
 dn_status dn_opt_ints(const dn_net *net, const char *key, const int **out, int *count);
@@ -109,6 +110,8 @@ struct dn_net {
     const dn_backend *backend;   /* where the passes run: dn_cpu_backend, or CUDA's (core/backend.h) */
     dn_gradient_hook grad_hook;  /* between the last backward pass and the update (dn_net_train_batch) */
     void *grad_hook_user;
+    dn_reduce_hook reduce_hook;  /* synchronized batch norm's sums over the processes */
+    void *reduce_hook_user;
     struct dn_cuda *cuda;        /* the CUDA backend's device context (core/cuda.cu); NULL on the CPU */
     char **names;                /* class names from a model file (core/model.c) */
     int nnames;

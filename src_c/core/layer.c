@@ -171,3 +171,12 @@ void dn_head_pass_delta(const dn_layer *l, float *d)
     const size_t n = (size_t)l->batch * l->outputs;
     for (size_t i = 0; i < n; ++i) d[i] += l->delta[i];
 }
+
+int dn_layer_sync_bn(const dn_net *net, const dn_layer *l)
+{
+    if (!net->train || !net->reduce_hook) return 0;
+    int v = -1;
+    if (dn_attr_has(l, "sync_bn") && dn_attr_int(l, "sync_bn", &v)) return 0;
+    if (v < 0 && dn_opt_has(net, "sync_bn") && dn_opt_int(net, "sync_bn", &v)) return 0;
+    return v > 0;
+}

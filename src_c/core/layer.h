@@ -151,6 +151,10 @@ dn_status dn_ensure_floats(float **buf, size_t *cap, size_t n);
  * truths, loss(l, net) adds the loss and leaves dLoss/d(input) in l->delta
  * (l->has_loss); without truths there is no loss. And its backward when it
  * had one: l->delta added into d. */
+/* 1 when this training pass of l takes its batch statistics over every
+ * process (the layer's sync_bn, or [net] sync_bn where the layer leaves it
+ * at -1; only with the network's reduce hook, dn_net_set_reduce_hook). */
+int dn_layer_sync_bn(const dn_net *net, const dn_layer *l);
 dn_status dn_head_train_loss(dn_layer *l, dn_net *net, dn_status (*loss)(dn_layer *l, dn_net *net));
 void dn_head_pass_delta(const dn_layer *l, float *d);
 /* Registers buffers of the layer's private state, given as the addresses of

@@ -372,6 +372,14 @@ dn_status dn_net_set_gradient_hook(dn_net *net, dn_gradient_hook hook, void *use
     return DN_OK;
 }
 
+dn_status dn_net_set_reduce_hook(dn_net *net, dn_reduce_hook hook, void *user)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    net->reduce_hook = hook;
+    net->reduce_hook_user = user;
+    return DN_OK;
+}
+
 size_t dn_net_gradient_count(const dn_net *net)
 {
     size_t n = 0;

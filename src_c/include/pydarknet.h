@@ -224,6 +224,16 @@ dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, cons
  * NULL removes it. */
 typedef dn_status (*dn_gradient_hook)(dn_net *net, void *user, unsigned long long *images);
 dn_status dn_net_set_gradient_hook(dn_net *net, dn_gradient_hook hook, void *user);
+/* Synchronized batch norm: a hook that sums `count` doubles over the
+ * processes in place (an all-reduce), which training passes call for the
+ * batch statistics of every [convolutional] layer with batch norm and
+ * sync_bn (the layer's sync_bn=1, or [net] sync_bn=1 where the layer leaves
+ * it unset): forward the per-channel sums (and the value count), then the
+ * squared deviations from the common mean; backward the two per-channel
+ * gradient sums. Without a hook sync_bn changes nothing. NULL removes it. A
+ * network on a CUDA device refuses sync_bn in training (not yet there). */
+typedef dn_status (*dn_reduce_hook)(dn_net *net, void *user, double *values, size_t count);
+dn_status dn_net_set_reduce_hook(dn_net *net, dn_reduce_hook hook, void *user);
 /* Every parameter gradient, in layer and parameter order, as one run of
  * floats: the total count, and a copy out (to_buffer = 1) or back in (0) of
  * `count` floats (which must be the total). On a device every parameter's

@@ -50,6 +50,9 @@ typedef struct {
     size_t x_cap, x_norm_cap, mean_cap, variance_cap;
     float *fold_scale, *fold_bias; /* inference batch norm folded per filter (DN_SPEED_FUSE) */
     int trained; /* the last forward pass was a training pass at the current shape */
+    double *sync_sums; /* synchronized batch norm: the per-channel sums (2 per filter, and the count) */
+    double sync_count; /* the values the last synchronized forward pass normalized over (every process's) */
+    int synced;        /* the last training forward pass was synchronized */
 } conv_state;
 
 static dn_status conv_make(dn_layer *l, dn_net *net)
@@ -57,7 +60,8 @@ static dn_status conv_make(dn_layer *l, dn_net *net)
     (void)net;
     conv_state *s = dn_layer_priv(l, sizeof(conv_state));
     if (!s) return DN_ERR_NOMEM;
-    if (dn_layer_owns(l, &s->x, &s->x_norm, &s->mean, &s->variance, &s->fold_scale, &s->fold_bias, NULL))
+    if (dn_layer_owns(l, &s->x, &s->x_norm, &s->mean, &s->variance, &s->fold_scale, &s->fold_bias, &s->sync_sums,
+                      NULL))
         return DN_ERR_ARG;
     const char *act;
     dn_status st;
@@ -88,7 +92,8 @@ static dn_status conv_make(dn_layer *l, dn_net *net)
     }
     s->fold_scale = dn_calloc(n, sizeof(float));
     s->fold_bias = dn_calloc(n, sizeof(float));
-    if (!s->fold_scale || !s->fold_bias) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
+    s->sync_sums = dn_calloc(2 * n + 1, sizeof(double));
+    if (!s->fold_scale || !s->fold_bias || !s->sync_sums) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory");
     return dn_layer_add_param_flags(l, "weights", n * (size_t)(l->c / s->groups) * s->size * s->size,
                                     DN_PARAM_TRAIN | DN_PARAM_DECAY, &s->weights);
 }
@@ -119,6 +124,8 @@ static int elementwise(dn_activation a)
 }
 
 /* ---- the passes with the worker threads (DN_SPEED_THREADS) ---- */
+
+static float *grad_of(const dn_layer *l, const float *data);
 
 typedef struct {
     dn_bn_channel p;
@@ -170,13 +177,118 @@ static channel_job channel_setup(dn_layer *l, conv_state *s, int train)
     return j;
 }
 
-static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
+/* ---- synchronized batch norm (sync_bn with the network's reduce hook): the channels' passes in phases, the
+ * sums added over every process between them (dn_bn_channel) ---- */
+
+static dn_status reduce(dn_net *net, dn_layer *l, double *values, size_t count)
+{
+    const dn_status st = net->reduce_hook(net, net->reduce_hook_user, values, count);
+    return st ? dn_layer_fail(l, st, "synchronized batch norm: summing over the processes failed: %s",
+                              dn_last_error())
+              : DN_OK;
+}
+
+static dn_status sync_forward(dn_layer *l, dn_net *net, conv_state *s, channel_job *j)
+{
+    const int C = l->out_c;
+    const int tasks = dn_ntasks((size_t)C, (size_t)j->grain);
+    double *sums = s->sync_sums;
+    dn_status st;
+    j->p.sums = sums;
+    j->p.phase = 1;
+    dn_parallel(net, tasks, channel_forward_task, j);
+    sums[C] = (double)l->batch * l->out_h * l->out_w;
+    if ((st = reduce(net, l, sums, (size_t)C + 1))) return st;
+    const double count = sums[C];
+    if (count < 2) return dn_layer_fail(l, DN_ERR_SHAPE, "synchronized batch norm over %g values", count);
+    for (int c = 0; c < C; ++c) s->mean[c] = (float)(sums[c] / count);
+    j->p.phase = 2;
+    dn_parallel(net, tasks, channel_forward_task, j);
+    if ((st = reduce(net, l, sums, (size_t)C))) return st;
+    const float rolling[2] = {DN_BN_ROLLING};
+    for (int c = 0; c < C; ++c) {
+        s->variance[c] = (float)(sums[c] / (count - 1));
+        s->rolling_mean[c] = rolling[0] * s->rolling_mean[c] + rolling[1] * s->mean[c];
+        s->rolling_variance[c] = rolling[0] * s->rolling_variance[c] + rolling[1] * s->variance[c];
+    }
+    j->p.phase = 3;
+    dn_parallel(net, tasks, channel_forward_task, j);
+    s->sync_count = count;
+    return DN_OK;
+}
+
+static dn_status sync_backward(dn_layer *l, dn_net *net, conv_state *s, channel_job *j)
+{
+    const int tasks = dn_ntasks((size_t)l->out_c, (size_t)j->grain);
+    dn_status st;
+    j->p.sums = s->sync_sums;
+    j->p.phase = 1;
+    dn_parallel(net, tasks, channel_backward_task, j);
+    if ((st = reduce(net, l, s->sync_sums, 2 * (size_t)l->out_c))) return st;
+    j->p.phase = 2;
+    j->p.count = s->sync_count;
+    dn_parallel(net, tasks, channel_backward_task, j);
+    return DN_OK;
+}
+
+/* after the convolution: batch norm (the batch's statistics in training), bias and activation by channels on the
+ * worker threads, the statistics synchronized over the processes when the layer asks */
+static dn_status channels_forward(dn_layer *l, dn_net *net, conv_state *s, int sync)
 {
     const int N = l->out_h * l->out_w;
     const size_t total = (size_t)l->batch * l->outputs;
+    const int keep_x = net->train && dn_activation_needs_input(s->activation);
+    dn_status st;
+    if (s->batch_normalize && net->train) {
+        if ((size_t)l->batch * N < 2 && !sync)
+            return dn_layer_fail(l, DN_ERR_SHAPE,
+                                 "batch normalization in training needs at least 2 values per filter "
+                                 "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
+        if ((st = dn_ensure_floats(&s->mean, &s->mean_cap, (size_t)l->out_c)) ||
+            (st = dn_ensure_floats(&s->variance, &s->variance_cap, (size_t)l->out_c)) ||
+            (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
+            return st;
+    }
+    if (keep_x && (st = dn_ensure_floats(&s->x, &s->x_cap, total))) return st;
+    channel_job j = channel_setup(l, s, net->train);
+    if (sync) {
+        if ((st = sync_forward(l, net, s, &j))) return st;
+    } else {
+        dn_parallel(net, dn_ntasks((size_t)l->out_c, (size_t)j.grain), channel_forward_task, &j);
+    }
+    if (!elementwise(s->activation)) {
+        if (keep_x) memcpy(s->x, l->output, total * sizeof(float));
+        dn_activate(l->output, l->batch, l->out_c, N, s->activation);
+    }
+    s->synced = sync;
+    return DN_OK;
+}
+
+/* before the convolution's gradients: the activation's, the bias and scale gradients and batch norm's by channels
+ * (synchronized when the forward pass was) */
+static dn_status channels_backward(dn_layer *l, dn_net *net, conv_state *s)
+{
+    const int N = l->out_h * l->out_w;
+    if (!elementwise(s->activation))
+        dn_activation_backward(l->output, s->x, l->delta, l->batch, l->out_c, N, s->activation);
+    channel_job j = channel_setup(l, s, 1);
+    j.delta = l->delta;
+    j.bias_grad = grad_of(l, s->biases);
+    j.scale_grad = s->batch_normalize ? grad_of(l, s->scales) : NULL;
+    if (s->synced && s->batch_normalize) {
+        if (!net->reduce_hook)
+            return dn_layer_fail(l, DN_ERR_STATE, "the forward pass was synchronized over processes, the "
+                                                  "backward pass has no reduce hook");
+        return sync_backward(l, net, s, &j);
+    }
+    dn_parallel(net, dn_ntasks((size_t)l->out_c, (size_t)j.grain), channel_backward_task, &j);
+    return DN_OK;
+}
+
+static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
+{
     const float *input = dn_layer_input(net, l);
     dn_conv_desc d = describe(l, s);
-    dn_status st;
     if (!net->train && (net->speed & DN_SPEED_FUSE) && elementwise(s->activation)) {
         /* y = act(a*z + b): a = scale / sqrt(var + .00001), b = bias - mean*a */
         for (int f = 0; f < s->filters; ++f) {
@@ -196,25 +308,7 @@ static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
         return DN_OK;
     }
     dn_conv_tiled_forward(net, l, &d, input, l->output, NULL, NULL, s->activation);
-    const int keep_x = net->train && dn_activation_needs_input(s->activation);
-    if (s->batch_normalize && net->train) {
-        if ((size_t)l->batch * N < 2)
-            return dn_layer_fail(l, DN_ERR_SHAPE,
-                                 "batch normalization in training needs at least 2 values per filter "
-                                 "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
-        if ((st = dn_ensure_floats(&s->mean, &s->mean_cap, (size_t)l->out_c)) ||
-            (st = dn_ensure_floats(&s->variance, &s->variance_cap, (size_t)l->out_c)) ||
-            (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
-            return st;
-    }
-    if (keep_x && (st = dn_ensure_floats(&s->x, &s->x_cap, total))) return st;
-    channel_job j = channel_setup(l, s, net->train);
-    dn_parallel(net, dn_ntasks((size_t)l->out_c, (size_t)j.grain), channel_forward_task, &j);
-    if (!elementwise(s->activation)) {
-        if (keep_x) memcpy(s->x, l->output, total * sizeof(float));
-        dn_activate(l->output, l->batch, l->out_c, N, s->activation);
-    }
-    return DN_OK;
+    return channels_forward(l, net, s, s->batch_normalize && dn_layer_sync_bn(net, l));
 }
 
 static dn_status conv_setup(dn_layer *l, dn_net *net)
@@ -264,7 +358,8 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
     const int cg = l->c / s->groups;
     const size_t total = (size_t)l->batch * l->outputs;
     const float *input = dn_layer_input(net, l);
-    s->trained = 0;
+    s->trained = s->synced = 0;
+    const int sync = s->batch_normalize && dn_layer_sync_bn(net, l);
     if (net->speed & DN_SPEED_THREADS) {
         dn_status st = conv_forward_threaded(l, net, s);
         s->trained = !st && net->train;
@@ -284,6 +379,11 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
         }
     }
     dn_status st;
+    if (sync) { /* batch norm, bias and activation by channels, the statistics summed over the processes */
+        st = channels_forward(l, net, s, 1);
+        s->trained = !st;
+        return st;
+    }
     if (s->batch_normalize) {
         if (net->train) {
             if ((size_t)l->batch * N < 2)
@@ -325,13 +425,8 @@ static dn_status conv_backward_threaded(dn_layer *l, dn_net *net, conv_state *s)
     const int N = l->out_h * l->out_w;
     const int cg = l->c / s->groups;
     const size_t plane = (size_t)l->h * l->w;
-    if (!elementwise(s->activation))
-        dn_activation_backward(l->output, s->x, l->delta, l->batch, l->out_c, N, s->activation);
-    channel_job j = channel_setup(l, s, 1);
-    j.delta = l->delta;
-    j.bias_grad = grad_of(l, s->biases);
-    j.scale_grad = s->batch_normalize ? grad_of(l, s->scales) : NULL;
-    dn_parallel(net, dn_ntasks((size_t)l->out_c, (size_t)j.grain), channel_backward_task, &j);
+    dn_status st = channels_backward(l, net, s);
+    if (st) return st;
     float *weight_grad = grad_of(l, s->weights);
     const float *input = dn_layer_input(net, l);
     float *in_delta = dn_layer_input_delta(net, l);
@@ -377,13 +472,19 @@ static dn_status conv_backward(dn_layer *l, dn_net *net)
     const size_t plane = (size_t)l->h * l->w;
     if (!s->trained) return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
     if (net->speed & DN_SPEED_THREADS) return conv_backward_threaded(l, net, s);
-    dn_activation_backward(l->output, dn_activation_needs_input(s->activation) ? s->x : NULL, l->delta, l->batch,
-                           l->out_c, N, s->activation);
-    float *bias_grad = grad_of(l, s->biases), *weight_grad = grad_of(l, s->weights);
-    if (bias_grad) dn_backward_bias(bias_grad, l->delta, l->batch, l->out_c, N);
-    if (s->batch_normalize)
-        dn_batchnorm_backward(l->delta, s->x_norm, s->variance, s->scales, grad_of(l, s->scales), l->batch, l->out_c,
-                              N);
+    float *weight_grad = grad_of(l, s->weights);
+    if (s->synced) {
+        dn_status st = channels_backward(l, net, s);
+        if (st) return st;
+    } else {
+        dn_activation_backward(l->output, dn_activation_needs_input(s->activation) ? s->x : NULL, l->delta, l->batch,
+                               l->out_c, N, s->activation);
+        float *bias_grad = grad_of(l, s->biases);
+        if (bias_grad) dn_backward_bias(bias_grad, l->delta, l->batch, l->out_c, N);
+        if (s->batch_normalize)
+            dn_batchnorm_backward(l->delta, s->x_norm, s->variance, s->scales, grad_of(l, s->scales), l->batch,
+                                  l->out_c, N);
+    }
     const float *input = dn_layer_input(net, l);
     float *in_delta = dn_layer_input_delta(net, l);
     for (int b = 0; b < l->batch; ++b) {

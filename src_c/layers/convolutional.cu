@@ -263,6 +263,9 @@ static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
     if (!plan)
 #endif
     if ((s = conv_gemm_forward(net, l, &c))) return s;
+    if (c.batch_normalize && dn_layer_sync_bn(net, l))
+        return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "sync_bn (batch statistics over the processes) is not "
+                                                    "implemented on CUDA devices yet; train with sync_bn=0");
     if (c.batch_normalize) {
         const float *mean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
         float *rvar = dn_layer_find_param(l, "rolling_variance")->data_gpu;

@@ -80,7 +80,20 @@ void dn_bn_forward_channel(const dn_bn_channel *p, int c)
 {
     const size_t n = (size_t)p->spatial;
     float m = 0.f, inv = 1.f;
-    if (p->train && p->batch_normalize) {
+    if (p->phase == 1 || p->phase == 2) { /* a synchronized pass's sums */
+        double sx[DN_LANES] = {0};
+        for (int b = 0; b < p->batch; ++b) {
+            const float *o = p->x + ((size_t)b * p->channels + c) * n;
+            if (p->phase == 1) lane_sums(o, NULL, n, sx, NULL);
+            else lane_sq(o, n, p->mean[c], sx);
+        }
+        p->sums[c] = fold(sx);
+        return;
+    }
+    if (p->phase == 3) { /* the statistics of every process's mini-batch */
+        m = p->mean[c];
+        inv = 1.f / sqrtf(p->variance[c] + .00001f);
+    } else if (p->train && p->batch_normalize) {
         double sx[DN_LANES] = {0}, sq[DN_LANES] = {0};
         for (int b = 0; b < p->batch; ++b) lane_sums(p->x + ((size_t)b * p->channels + c) * n, NULL, n, sx, NULL);
         const double count = (double)p->batch * n;
@@ -122,8 +135,14 @@ static void bn_delta(float *d, const float *xn, size_t n, float inv, float s, fl
     for (size_t i = 0; i < n; ++i) d[i] = inv * (s * d[i] - mean_d - xn[i] * k);
 }
 
+static void bn_backward_step(const dn_bn_channel *p, int c, float *delta, double sum_d, double sum_dx, double count);
+
 void dn_bn_backward_channel(const dn_bn_channel *p, int c, float *delta, float *bias_grad, float *scale_grad)
 {
+    if (p->phase == 2) {
+        bn_backward_step(p, c, delta, p->sums[2 * c], p->sums[2 * c + 1], p->count);
+        return;
+    }
     const size_t n = (size_t)p->spatial;
     double sd[DN_LANES] = {0}, sdx[DN_LANES] = {0};
     for (int b = 0; b < p->batch; ++b) {
@@ -135,12 +154,24 @@ void dn_bn_backward_channel(const dn_bn_channel *p, int c, float *delta, float *
         }
         lane_sums(d, p->batch_normalize ? p->x_norm + off : NULL, n, sd, sdx);
     }
-    const double sum_d = fold(sd);
+    double sum_d = fold(sd);
     if (bias_grad) bias_grad[c] += (float)sum_d;
     if (!p->batch_normalize) return;
-    const double sum_dx = fold(sdx);
+    double sum_dx = fold(sdx);
     if (scale_grad) scale_grad[c] += (float)sum_dx;
-    const double count = (double)p->batch * n;
+    double count = (double)p->batch * n;
+    if (p->phase == 1) { /* the sums go to the caller, who adds every process's */
+        p->sums[2 * c] = sum_d;
+        p->sums[2 * c + 1] = sum_dx;
+        return;
+    }
+    bn_backward_step(p, c, delta, sum_d, sum_dx, count);
+}
+
+/* the batch-norm step of channel c from the sums of delta and delta*x_norm over `count` values */
+static void bn_backward_step(const dn_bn_channel *p, int c, float *delta, double sum_d, double sum_dx, double count)
+{
+    const size_t n = (size_t)p->spatial;
     const float s = p->scales[c], inv = 1.f / sqrtf(p->variance[c] + .00001f);
     const float mean_d = (float)(s * sum_d / count), k = (float)(s * sum_dx / (count - 1));
     for (int b = 0; b < p->batch; ++b) {

@@ -160,6 +160,14 @@ typedef struct dn_bn_channel {
     float *x;             /* [batch][channels][spatial]: forward in place; backward: the output y */
     float *pre, *x_norm, *mean, *variance, *rolling_mean, *rolling_variance;
     const float *scales, *biases;
+    /* Synchronized batch norm (the statistics of every process's mini-batch, summed between the phases by the
+     * caller): phase 0 is the whole pass. Forward: 1 sums x into sums[c]; 2 sums (x - mean[c])^2 into sums[c];
+     * 3 is the rest with mean[c] and variance[c] given (the rolling statistics are the caller's). Backward: 1 is
+     * the activation's gradient, the bias and scale gradients (of this mini-batch) and the sums of delta and of
+     * delta*x_norm into sums[2c], sums[2c + 1]; 2 is the batch-norm step from those sums over `count` values. */
+    int phase;
+    double *sums;
+    double count;
 } dn_bn_channel;
 /* x = act(scale * (x - mean) / sqrt(var + .00001) + bias) for channel c (statistics
  * of the batch in training, rolling otherwise; bias alone without batch norm). */
