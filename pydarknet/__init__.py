@@ -10,6 +10,7 @@ from .cfg import CfgError, CfgWarning, parse_cfg
 from .detection import Detection, draw_detections
 from .modelfile import ModelFileError, load_model, write_model
 from .network import Layer, Network, load
+from .onnx_export import OnnxExportError, export_onnx
 from .video import VideoError, VideoSource, video_frames
 from .weights import WeightsError, WeightsHeader
 
@@ -19,5 +20,5 @@ __all__ = [
     "load", "Network", "Layer", "Detection", "draw_detections", "video_frames", "VideoSource", "VideoError",
     "parse_cfg", "CfgError", "CfgWarning",
     "DarknetError", "WeightsError", "WeightsHeader", "blas_available", "cuda_devices", "version",
-    "load_model", "write_model", "ModelFileError",
+    "load_model", "write_model", "ModelFileError", "export_onnx", "OnnxExportError",
 ]

@@ -1,0 +1,510 @@
+"""ONNX export: a pydarknet network as an ONNX graph computing what
+``net.predict`` computes.
+
+``export_onnx(net, path)`` (and ``pydarknet export cfg weights -o model.onnx``)
+writes one graph: input ``input`` float32 [batch, C, H, W] (0..1, as
+``net.predict`` takes it), outputs the tensors ``net.predict`` returns, in its
+order and layout (the [yolo] heads [B, C, H, W] with the logistic and
+scale_x_y applied as darknet applies them; [region] heads [B, H, W, num,
+5 + classes]; a network without heads: its last layer). Every layer is
+written with darknet's semantics as pydarknet's C core computes them (the
+tests compare onnxruntime's outputs with ``net.predict``):
+
+* [convolutional]: one Conv, batch norm folded into its weights and bias
+  (w * scale / sqrt(var + .00001), bias - mean * that), groups, strides per
+  axis, dilation, darknet's output size (asymmetric end padding where it
+  needs it); the activation after it.
+* [maxpool]: darknet's padding (padding // 2 before, the rest after, -inf
+  values), strides per axis; maxpool_depth across the channels. [local_avgpool], [avgpool] (global).
+* [route]: Concat of its sources, each the slice of its `groups`/`group_id`.
+* [shortcut]: the input plus its sources (a source of another size sampled
+  as pjreddie's darknet does), or their weighted sum (per_feature,
+  per_channel; none, relu or softmax normalization), then the activation. [sam]: Mul. [scale_channels]: Mul broadcast per
+  channel (or per pixel with scale_wh). [upsample]: nearest Resize times
+  `scale` (stride > 0), block sums (stride < 0). [reorg]/[reorg3d]: the exact
+  permutation of the C core as one Gather. [connected]: Gemm with its batch
+  norm folded. [softmax]: groups and temperature. [dropout], [cost],
+  [empty]: the identity. [batchnorm], [activation].
+* activations: linear, logistic, leaky, relu, relu6, relie, ramp, elu, selu,
+  gelu, tanh, loggy, plse, hardtan, lhtan, swish, mish, hard_mish, revleaky,
+  stair, and across the channels normalize_channels(_softmax(_maxval));
+  darknet's formulas composed from ONNX operators.
+
+Anything else (a [region] with coords other than 4, a tree softmax, ...) raises
+OnnxExportError naming the layer and the option. ``onnx`` is needed (the
+``pydarknet[onnx]`` extra, with onnxruntime to run the result); it is
+imported here only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cfg import HEAD_TYPES
+
+DEFAULT_OPSET = 17
+BN_EPS = .00001
+
+
+class OnnxExportError(ValueError):
+    """A layer or option that the ONNX graph cannot express (the message names it)."""
+
+
+def _onnx():
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise OnnxExportError("ONNX export needs the onnx package: pip install 'pydarknet[onnx]' "
+                              "(or pip install onnx onnxruntime)") from None
+    return onnx, TensorProto, helper, numpy_helper
+
+
+class _Graph:
+    """Nodes and constants being written, with unique names."""
+
+    def __init__(self, helper, numpy_helper):
+        self.h, self.nh = helper, numpy_helper
+        self.nodes, self.inits = [], []
+        self._n = 0
+
+    def name(self, base):
+        self._n += 1
+        return f"{base}_{self._n}"
+
+    def const(self, value, base="c", dtype=np.float32):
+        name = self.name(base)
+        self.inits.append(self.nh.from_array(np.ascontiguousarray(np.asarray(value, dtype=dtype)), name))
+        return name
+
+    def op(self, op_type, inputs, base="t", **attrs):
+        out = self.name(base)
+        self.nodes.append(self.h.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs))
+        return out
+
+
+# ----------------------------------------------------------------------------- activations
+
+def _activation(g, x, act, where):
+    c = lambda v: g.const(np.float32(v))  # noqa: E731
+    if act == "linear":
+        return x
+    if act == "logistic":
+        return g.op("Sigmoid", [x])
+    if act == "loggy":
+        return g.op("Sub", [g.op("Mul", [g.op("Sigmoid", [x]), c(2)]), c(1)])
+    if act in ("leaky", "revleaky"):
+        return g.op("LeakyRelu", [x], alpha=0.1)
+    if act == "relie":
+        return g.op("LeakyRelu", [x], alpha=0.01)
+    if act == "relu":
+        return g.op("Relu", [x])
+    if act == "relu6":
+        return g.op("Clip", [x, c(0), c(6)])
+    if act == "ramp":
+        return g.op("Add", [g.op("Relu", [x]), g.op("Mul", [x, c(.1)])])
+    if act == "elu":
+        return g.op("Elu", [x], alpha=1.0)
+    if act == "selu":
+        return g.op("Selu", [x], alpha=1.6732, gamma=1.0507)
+    if act == "gelu":   # 0.5 x (1 + tanh(0.797885 x + 0.035677 x^3))
+        x3 = g.op("Mul", [g.op("Mul", [x, x]), x])
+        inner = g.op("Add", [g.op("Mul", [x, c(0.797885)]), g.op("Mul", [x3, c(0.035677)])])
+        return g.op("Mul", [g.op("Mul", [x, c(.5)]), g.op("Add", [c(1), g.op("Tanh", [inner])])])
+    if act == "tanh":
+        return g.op("Tanh", [x])
+    if act == "hardtan":
+        return g.op("Clip", [x, c(-1), c(1)])
+    if act == "plse":   # x < -4: .01 (x + 4); x > 4: .01 (x - 4) + 1; else .125 x + .5
+        low = g.op("Mul", [g.op("Add", [x, c(4)]), c(.01)])
+        high = g.op("Add", [g.op("Mul", [g.op("Sub", [x, c(4)]), c(.01)]), c(1)])
+        mid = g.op("Add", [g.op("Mul", [x, c(.125)]), c(.5)])
+        return g.op("Where", [g.op("Less", [x, c(-4)]), low,
+                              g.op("Where", [g.op("Greater", [x, c(4)]), high, mid])])
+    if act == "lhtan":   # x < 0: .001 x; x > 1: .001 (x - 1) + 1; else x
+        low = g.op("Mul", [x, c(.001)])
+        high = g.op("Add", [g.op("Mul", [g.op("Sub", [x, c(1)]), c(.001)]), c(1)])
+        return g.op("Where", [g.op("Less", [x, c(0)]), low, g.op("Where", [g.op("Greater", [x, c(1)]), high, x])])
+    if act == "swish":
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    if act == "mish":
+        return g.op("Mul", [x, g.op("Tanh", [g.op("Softplus", [x])])])
+    if act == "hard_mish":   # x > 0: x; x > -2: x^2 / 2 + x; else 0
+        mid = g.op("Add", [g.op("Mul", [g.op("Mul", [x, x]), c(.5)]), x])
+        return g.op("Where", [g.op("Greater", [x, c(0)]), x,
+                              g.op("Where", [g.op("Greater", [x, c(-2)]), mid, c(0)])])
+    if act == "stair":   # n = floor(x): n even: floor(x / 2); odd: x - n + floor(x / 2)
+        n = g.op("Floor", [x])
+        half = g.op("Floor", [g.op("Mul", [x, c(.5)])])
+        parity = g.op("Sub", [n, g.op("Mul", [g.op("Floor", [g.op("Mul", [n, c(.5)])]), c(2)])])
+        return g.op("Where", [g.op("Equal", [parity, c(0)]), half, g.op("Add", [g.op("Sub", [x, n]), half])])
+    if act in ("normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval"):
+        # across the channels (axis 1) at each pixel, with darknet's eps .0001 in the sum
+        axes = g.const([1], dtype=np.int64)
+        if act == "normalize_channels":
+            num = g.op("Relu", [x])
+        elif act == "normalize_channels_softmax":
+            num = g.op("Exp", [x])
+        else:
+            num = g.op("Exp", [g.op("Sub", [x, g.op("ReduceMax", [x], axes=[1], keepdims=1)])])
+        total = g.op("Add", [g.op("ReduceSum", [num, axes], keepdims=1), c(.0001)])
+        return g.op("Div", [num, total])
+    raise OnnxExportError(f"{where}: activation={act} has no ONNX export yet")
+
+
+# ----------------------------------------------------------------------------- layers
+
+def _where(layer):
+    return f"layer {layer.index} [{layer.type}]"
+
+
+def _shape(layer):
+    """One image's output shape as net.predict lays it out ([region]: H, W, num, 5 + classes)."""
+    return tuple(int(v) for v in layer.output_shape)
+
+
+def _folded(layer, weights, outputs):
+    """(weights, bias) with inference batch norm folded in, as the C core applies it."""
+    p = layer.params
+    bias = p["biases"].astype(np.float64)
+    w = weights.astype(np.float64)
+    if layer.spec.attrs.get("batch_normalize"):
+        a = p["scales"].astype(np.float64) / np.sqrt(p["rolling_variance"].astype(np.float64) + BN_EPS)
+        w = w * a.reshape((outputs,) + (1,) * (w.ndim - 1))
+        bias = bias - p["rolling_mean"].astype(np.float64) * a
+    return w.astype(np.float32), bias.astype(np.float32)
+
+
+def _conv(g, layer, x, in_shape):
+    a = layer.spec.attrs
+    where = _where(layer)
+    for key in ("binary", "xnor", "antialiasing", "assisted_excitation", "coordconv", "sway", "rotate", "stretch",
+                "stretch_sway"):
+        if a.get(key):
+            raise OnnxExportError(f"{where}: {key}={a[key]} has no ONNX export")
+    c, h, w = in_shape
+    f, k, groups, dil = a["filters"], a["size"], a["groups"], a["dilation"]
+    sy, sx, pad = a["stride_y"], a["stride_x"], a["padding"] * a["dilation"]
+    _, oh, ow = _shape(layer)
+    weights = layer.params["weights"].reshape(f, c // groups, k, k)
+    wt, bias = _folded(layer, weights, f)
+    # ONNX's output size floor((h + begin + end - dil*(k - 1) - 1) / s) + 1 made darknet's by the end padding
+    end_h = _end_pad(h, pad, dil * (k - 1) + 1, sy, oh)
+    end_w = _end_pad(w, pad, dil * (k - 1) + 1, sx, ow)
+    if end_h is None or end_w is None:
+        raise OnnxExportError(f"{where}: darknet's output size {oh}x{ow} (padding {a['padding']}, dilation {dil}) "
+                              f"has no ONNX padding")
+    y = g.op("Conv", [x, g.const(wt, "w"), g.const(bias, "b")], kernel_shape=[k, k], strides=[sy, sx],
+             pads=[pad, pad, end_h, end_w], dilations=[dil, dil], group=groups)
+    return _activation(g, y, a["activation"], where)
+
+
+def _end_pad(n, begin, window, stride, out):
+    """The end padding (>= 0) that gives `out` windows of `window` values at `stride` over n values padded by
+    `begin` in front (ONNX counts floor((n + begin + end - window) / stride) + 1); None when none does."""
+    end = max(0, (out - 1) * stride + window - n - begin)
+    return end if (n + begin + end - window) // stride + 1 == out else None
+
+
+def _pool_pads(layer, in_shape):
+    """darknet's pooling window placement: padding // 2 before, the end padding giving its output size (None
+    when ONNX has none)."""
+    a = layer.spec.attrs
+    _, h, w = in_shape
+    _, oh, ow = _shape(layer)
+    k, sy, sx, p = a["size"], a["stride_y"], a["stride_x"], a["padding"]
+    begin = p // 2
+    eh, ew = _end_pad(h, begin, k, sy, oh), _end_pad(w, begin, k, sx, ow)
+    return None if eh is None or ew is None else [begin, begin, eh, ew]
+
+
+def _maxpool(g, layer, x, in_shape):
+    a = layer.spec.attrs
+    if a.get("maxpool_depth"):   # out[g] = max over input channels g, g + G, ... (G = out_channels)
+        c, h, w = in_shape
+        G = a["out_channels"]
+        rows = -(-c // G)
+        y = x
+        if rows * G != c:
+            y = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, rows * G - c, 0, 0], dtype=np.int64),
+                             g.const(np.float32(-np.inf))])
+        y = g.op("Reshape", [y, g.const([0, rows, G, h, w], dtype=np.int64)])
+        return g.op("ReduceMax", [y], axes=[1], keepdims=0)
+    pads = _pool_pads(layer, in_shape)
+    if pads is None:
+        raise OnnxExportError(f"{_where(layer)}: this size/stride/padding has no ONNX pooling window")
+    return g.op("MaxPool", [x], kernel_shape=[a["size"]] * 2, strides=[a["stride_y"], a["stride_x"]], pads=pads)
+
+
+def _local_avgpool(g, layer, x, in_shape):
+    a = layer.spec.attrs
+    pads = _pool_pads(layer, in_shape)
+    if pads is None:
+        raise OnnxExportError(f"{_where(layer)}: this size/stride/padding has no ONNX pooling window")
+    # darknet divides by the window's pixels inside the image
+    return g.op("AveragePool", [x], kernel_shape=[a["size"]] * 2, strides=[a["stride_y"], a["stride_x"]], pads=pads,
+                count_include_pad=0)
+
+
+def _route(g, layer, outs, shapes):
+    a = layer.spec.attrs
+    parts = []
+    for src in a["layers"]:
+        t, (c, _, _) = outs[src], shapes[src]
+        if a["groups"] > 1:
+            per = c // a["groups"]
+            t = g.op("Slice", [t, g.const([a["group_id"] * per], dtype=np.int64),
+                               g.const([(a["group_id"] + 1) * per], dtype=np.int64), g.const([1], dtype=np.int64)])
+        parts.append(t)
+    return parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=1)
+
+
+def _shortcut(g, layer, x, outs, shapes, in_shape):
+    a = layer.spec.attrs
+    where = _where(layer)
+    if a["weights_type"] != "none":
+        return _weighted_shortcut(g, layer, x, outs, in_shape)
+    y = x
+    for src in a["from"]:
+        t = outs[src] if shapes[src] == in_shape else _sampled(g, outs[src], shapes[src], in_shape)
+        y = g.op("Add", [y, t])
+    return _activation(g, y, a["activation"], where)
+
+
+def _weighted_shortcut(g, layer, x, outs, in_shape):
+    """sum over the terms (the input, then each source) of term * its weight, the weights normalized across
+    the terms as layer_math.h's dn_shortcut_weights does (relu: relu(w) / (eps + sum); softmax: exp(w - max) /
+    (eps + sum); eps .0001), one per term (per_feature) or per term and channel (per_channel)."""
+    a = layer.spec.attrs
+    terms = len(a["from"]) + 1
+    c = in_shape[0]
+    per_channel = a["weights_type"] == "per_channel"
+    wts = layer.params["weights"].astype(np.float32).reshape(terms, c if per_channel else 1)
+    norm = a["weights_normalization"]
+    if norm != "none":
+        num = np.maximum(wts, 0) if norm == "relu" else np.exp(wts - wts.max(axis=0, keepdims=True))
+        wts = (num / (np.float32(.0001) + num.sum(axis=0, keepdims=True, dtype=np.float32))).astype(np.float32)
+    y = None
+    for t, name in enumerate([x] + [outs[src] for src in a["from"]]):
+        wt = wts[t].reshape(1, -1, 1, 1) if per_channel else wts[t].reshape(())
+        term = g.op("Mul", [name, g.const(wt)])
+        y = term if y is None else g.op("Add", [y, term])
+    return _activation(g, y, a["activation"], _where(layer))
+
+
+def _sampled(g, t, src_shape, in_shape):
+    """A source of another size as pjreddie's shortcut adds it (layer_math.h's dn_sample_pair): over the
+    overlapping channels, source pixel (j*stride, i*stride) onto input pixel (j*sample, i*sample), the ratios
+    taken from the widths; zeros everywhere else."""
+    (pc, ph, pw), (c, h, w) = src_shape, in_shape
+    stride, sample = max(1, pw // w), max(1, w // pw)
+    minc, minh, minw = min(pc, c), min(ph, h), min(pw, w)
+    i64 = dict(dtype=np.int64)
+    t = g.op("Slice", [t, g.const([0, 0, 0], **i64), g.const([minc, minh * stride, minw * stride], **i64),
+                       g.const([1, 2, 3], **i64), g.const([1, stride, stride], **i64)])
+    rows, cols = minh, minw
+    if sample > 1:   # each value at the top-left of a sample x sample block of zeros
+        t = g.op("Reshape", [t, g.const([0, minc, minh, 1, minw, 1], **i64)])
+        t = g.op("Pad", [t, g.const([0, 0, 0, 0, 0, 0, 0, 0, 0, sample - 1, 0, sample - 1], **i64)])
+        rows, cols = minh * sample, minw * sample
+        t = g.op("Reshape", [t, g.const([0, minc, rows, cols], **i64)])
+    if rows > h or cols > w:
+        t = g.op("Slice", [t, g.const([0, 0], **i64), g.const([h, w], **i64), g.const([2, 3], **i64)])
+        rows, cols = min(rows, h), min(cols, w)
+    if (minc, rows, cols) != (c, h, w):
+        t = g.op("Pad", [t, g.const([0, 0, 0, 0, 0, c - minc, h - rows, w - cols], **i64)])
+    return t
+
+
+def _upsample(g, layer, x, in_shape):
+    a = layer.spec.attrs
+    s, scale = a["stride"], a["scale"]
+    c, h, w = in_shape
+    if s > 0:
+        y = g.op("Resize", [x, "", g.const([1, 1, s, s])], mode="nearest", nearest_mode="floor",
+                 coordinate_transformation_mode="asymmetric")
+    else:   # block sums over |s| x |s|, the rows and columns past the last whole block left out
+        s = -s
+        oh, ow = h // s, w // s
+        y = x
+        if (oh * s, ow * s) != (h, w):
+            y = g.op("Slice", [x, g.const([0, 0], dtype=np.int64), g.const([oh * s, ow * s], dtype=np.int64),
+                               g.const([2, 3], dtype=np.int64)])
+        y = g.op("Mul", [g.op("AveragePool", [y], kernel_shape=[s, s], strides=[s, s]), g.const(np.float32(s * s))])
+    return y if scale == 1 else g.op("Mul", [y, g.const(np.float32(scale))])
+
+
+def _reorg(g, layer, x, in_shape):
+    """The C core's permutation (layers/reorg.c) as one Gather over each image's values."""
+    a = layer.spec.attrs
+    s, reverse = a["stride"], a["reverse"]
+    old = layer.type == "reorg"
+    c, h, w = in_shape
+    oc, oh, ow = _shape(layer)
+    # the index space: the input's shape for [reorg], the output's for [reorg3d]
+    C, H, W = (c, h, w) if old else (oc, oh, ow)
+    oc2 = C // (s * s)
+    k, j, i = np.meshgrid(np.arange(C), np.arange(H), np.arange(W), indexing="ij")
+    off = k // oc2
+    z = ((k % oc2) * (H * s) + j * s + off // s) * (W * s) + i * s + off % s
+    a_idx = (k * H + j) * W + i
+    n = c * h * w
+    idx = np.empty(n, np.int64)
+    if not reverse:   # out[a] = in[z]
+        idx[a_idx.reshape(-1)] = z.reshape(-1)
+    else:             # out[z] = in[a]
+        idx[z.reshape(-1)] = a_idx.reshape(-1)
+    flat = g.op("Reshape", [x, g.const([0, n], dtype=np.int64)])
+    y = g.op("Gather", [flat, g.const(idx, dtype=np.int64)], axis=1)
+    return g.op("Reshape", [y, g.const([0, oc, oh, ow], dtype=np.int64)])
+
+
+def _connected(g, layer, x, in_shape):
+    a = layer.spec.attrs
+    n_in = int(np.prod(in_shape))
+    n_out = a["output"]
+    wt, bias = _folded(layer, layer.params["weights"].reshape(n_out, n_in), n_out)
+    flat = g.op("Reshape", [x, g.const([0, n_in], dtype=np.int64)])
+    y = g.op("Gemm", [flat, g.const(wt, "w"), g.const(bias, "b")], transB=1)
+    y = _activation(g, y, a["activation"], _where(layer))
+    return g.op("Reshape", [y, g.const([0, n_out, 1, 1], dtype=np.int64)])
+
+
+def _softmax(g, layer, x, in_shape):
+    a = layer.spec.attrs
+    if a.get("tree"):
+        raise OnnxExportError(f"{_where(layer)}: tree= has no ONNX export")
+    if a.get("spatial"):
+        raise OnnxExportError(f"{_where(layer)}: spatial softmax has no ONNX export yet")
+    n = int(np.prod(in_shape))
+    groups, temp = a["groups"], a["temperature"]
+    y = g.op("Reshape", [x, g.const([0, groups, n // groups], dtype=np.int64)])
+    if temp != 1:
+        y = g.op("Div", [y, g.const(np.float32(temp))])
+    y = g.op("Softmax", [y], axis=-1)
+    return g.op("Reshape", [y, g.const([0] + list(_shape(layer)), dtype=np.int64)])
+
+
+def _batchnorm_layer(g, layer, x):
+    p = layer.params
+    a = p["scales"].astype(np.float64) / np.sqrt(p["rolling_variance"].astype(np.float64) + BN_EPS)
+    b = p["biases"].astype(np.float64) - p["rolling_mean"].astype(np.float64) * a
+    shape = (1, -1, 1, 1)
+    return g.op("Add", [g.op("Mul", [x, g.const(a.astype(np.float32).reshape(shape))]),
+                        g.const(b.astype(np.float32).reshape(shape))])
+
+
+def _yolo(g, layer, x):
+    """net.predict's [yolo] output: the logistic on x, y, objectness and classes (not with new_coords), then
+    x, y * scale_x_y - (scale_x_y - 1) / 2."""
+    a = layer.spec.attrs
+    c, _, _ = _shape(layer)
+    per = a["classes"] + 5
+    k = np.arange(c) % per
+    s = np.float32(a["scale_x_y"])
+    if a["new_coords"]:
+        sig = x
+    else:
+        logistic = ((k < 2) | (k >= 4)).reshape(1, c, 1, 1)
+        sig = g.op("Where", [g.const(logistic, dtype=np.bool_), g.op("Sigmoid", [x]), x])
+    xy = (k < 2).reshape(1, c, 1, 1)
+    scaled = g.op("Add", [g.op("Mul", [sig, g.const(s)]), g.const(np.float32(-0.5 * (s - 1)))])
+    return g.op("Where", [g.const(xy, dtype=np.bool_), scaled, sig])
+
+
+def _region(g, layer, x):
+    """net.predict's [region] output: [B, H, W, num, 5 + classes] with the logistic on objectness and the
+    softmax over the classes (with softmax=1), x, y, w, h raw."""
+    a = layer.spec.attrs
+    h, w, num, per = _shape(layer)
+    coords = a["coords"]
+    if coords != 4:
+        raise OnnxExportError(f"{_where(layer)}: coords={coords} has no ONNX export")
+    y = g.op("Reshape", [x, g.const([0, num, per, h, w], dtype=np.int64)])
+    y = g.op("Transpose", [y], perm=[0, 3, 4, 1, 2])
+
+    def part(lo, hi):
+        return g.op("Slice", [y, g.const([lo], dtype=np.int64), g.const([hi], dtype=np.int64),
+                              g.const([4], dtype=np.int64)])
+
+    box, obj, cls = part(0, 4), g.op("Sigmoid", [part(4, 5)]), part(5, per)
+    if a["softmax"]:
+        cls = g.op("Softmax", [cls], axis=-1)
+    return g.op("Concat", [box, obj, cls], axis=4)
+
+
+# ----------------------------------------------------------------------------- the graph
+
+def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None):
+    """The ONNX ModelProto of `net` (see the module docstring)."""
+    onnx, TensorProto, helper, numpy_helper = _onnx()
+    g = _Graph(helper, numpy_helper)
+    _, c, h, w = net._input_shape()
+    outs, shapes = {}, {}
+    x, in_shape = "input", (c, h, w)
+    for layer in net.layers:
+        t, where = layer.type, _where(layer)
+        a = layer.spec.attrs
+        if t in ("convolutional",):
+            y = _conv(g, layer, x, in_shape)
+        elif t == "maxpool":
+            y = _maxpool(g, layer, x, in_shape)
+        elif t == "local_avgpool":
+            y = _local_avgpool(g, layer, x, in_shape)
+        elif t == "avgpool":
+            y = g.op("GlobalAveragePool", [x])
+        elif t == "route":
+            y = _route(g, layer, outs, shapes)
+        elif t == "shortcut":
+            y = _shortcut(g, layer, x, outs, shapes, in_shape)
+        elif t == "sam":
+            src = a["from"][0]
+            y = _activation(g, g.op("Mul", [x, outs[src]]), a["activation"], where)
+        elif t == "scale_channels":
+            src = a["from"][0]
+            y = _activation(g, g.op("Mul", [outs[src], x]), a["activation"], where)
+        elif t == "upsample":
+            y = _upsample(g, layer, x, in_shape)
+        elif t in ("reorg", "reorg3d"):
+            y = _reorg(g, layer, x, in_shape)
+        elif t == "connected":
+            y = _connected(g, layer, x, in_shape)
+        elif t == "softmax":
+            y = _softmax(g, layer, x, in_shape)
+        elif t in ("dropout", "cost", "empty"):
+            y = x
+        elif t == "batchnorm":
+            y = _batchnorm_layer(g, layer, x)
+        elif t == "activation":
+            y = _activation(g, x, a["activation"], where)
+        elif t == "yolo":
+            y = _yolo(g, layer, x)
+        elif t == "region":
+            y = _region(g, layer, x)
+        else:
+            raise OnnxExportError(f"{where}: this layer type has no ONNX export yet")
+        outs[layer.index], shapes[layer.index] = y, tuple(int(v) for v in layer.shape)
+        x, in_shape = y, shapes[layer.index]
+
+    heads = [l.index for l in net.layers if l.type in HEAD_TYPES] or [len(net.layers) - 1]
+    batch = "batch" if dynamic_batch else net.batch
+    outputs = []
+    for i in heads:
+        out_name = f"layer{i}_{net.layers[i].type}"
+        g.nodes.append(helper.make_node("Identity", [outs[i]], [out_name], name=g.name("output")))
+        outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT,
+                                                     [batch] + list(_shape(net.layers[i]))))
+    graph = helper.make_graph(g.nodes, name or "pydarknet",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, c, h, w])],
+                              outputs, initializer=g.inits)
+    model = helper.make_model(graph, producer_name="pydarknet", opset_imports=[helper.make_opsetid("", int(opset))])
+    model.ir_version = min(model.ir_version, 9)   # what current onnxruntime releases read
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False):
+    """Writes `net` as an ONNX model to `path` (see the module docstring); returns the path."""
+    onnx = _onnx()[0]
+    model = build_model(net, opset=opset, dynamic_batch=dynamic_batch)
+    onnx.save(model, str(path))
+    return path

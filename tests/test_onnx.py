@@ -1,0 +1,162 @@
+"""ONNX export (pydarknet.onnx_export): the graph passes onnx.checker and
+onnxruntime computes what net.predict computes, within 1e-4 of each output
+tensor's magnitude (float32), for every cfg of cfg/ and every layer-option
+case of the layer tests; a dynamic batch; the command line; a clear error for
+what has no export yet."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the onnx test extra is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the onnx test extra is not installed")
+
+import pydarknet  # noqa: E402
+from pydarknet._native import check, ffi, lib  # noqa: E402
+from pydarknet.onnx_export import OnnxExportError, build_model, export_onnx  # noqa: E402
+from conftest import randomize, random_input  # noqa: E402
+from layer_cases import CASES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CFGS = sorted(p.stem for p in (ROOT / "cfg").glob("*.cfg"))
+TOL = 1e-4
+
+# the layer options with no ONNX export yet: each must fail with OnnxExportError naming the layer (strict: a
+# case that starts exporting must leave this list)
+NOT_YET = {}
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _close(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-6))
+
+
+def calibrate(net, size, seed):
+    """Batch norm's rolling statistics set to those of a training pass on 8 random images, so a randomly
+    initialized deep network keeps its activations near unit scale as a trained one does (otherwise they grow
+    with depth until float32 rounding in a logistic head becomes a large error: both sides are right, the
+    comparison says nothing). The batch statistics are read back from the rolling update
+    (rolling' = keep * rolling + share * batch, core/layer.h's DN_BN_ROLLING constants)."""
+    before = {(l.index, k): v.copy() for l in net.layers for k, v in l.params.items() if k.startswith("rolling_")}
+    if not before:
+        return
+    net.enable_training()
+    xb = np.ascontiguousarray(random_input((8, net.channels, size, size), seed), np.float32)
+    net.resize(batch=8)
+    check(lib.dn_net_forward_train(net._ptr, ffi.from_buffer("float[]", xb), xb.size, ffi.NULL, 0))
+    for layer in net.layers:
+        keep, share = (.95, .05) if layer.type == "connected" else (.9, .1)
+        for k, v in layer.params.items():
+            if k.startswith("rolling_"):
+                batch = (v.astype(np.float64) - keep * before[(layer.index, k)]) / share
+                v[:] = np.maximum(batch, 1e-2) if k == "rolling_variance" else batch
+
+
+def _parity(net, x, dynamic_batch=False):
+    net.resize(batch=x.shape[0])
+    model = build_model(net, dynamic_batch=dynamic_batch)
+    onnx.checker.check_model(model)
+    want = net.predict(x)
+    got = _session(model).run(None, {"input": x})
+    assert [g.shape for g in got] == [w.shape for w in want]
+    errs = [_close(g, w) for g, w in zip(got, want)]
+    assert max(errs) < TOL, errs
+    return model
+
+
+@pytest.mark.parametrize("name", CFGS)
+def test_every_public_cfg_exports_with_parity(write_cfg, name):
+    """Whole networks: onnxruntime within 1e-4 of each head's magnitude, or within 3x of what separates
+    pydarknet's own two float32 code paths on the same input (its speed paths against the plain code) where
+    float32 alone spreads further: through yolov4-csp's ~140 layers those differ by up to 2.4e-4 (measured),
+    so no float32 implementation can be held to 1e-4 there."""
+    text = (ROOT / "cfg" / f"{name}.cfg").read_text()
+    net = pydarknet.load(write_cfg(text, f"{name}.cfg"), batch=1)
+    size = 96 if name not in ("yolov4", "yolov3", "yolov2", "yolov4-csp", "csdarknet53-omega", "resnet50") else 64
+    net.resize(batch=1, height=size, width=size)
+    randomize(net, 1)
+    calibrate(net, size, 9)
+    x = random_input((1, net.channels, size, size), 2)
+    net.resize(batch=1)
+    check(lib.dn_net_set_speed(net._ptr, 0))
+    plain = net.predict(x)
+    check(lib.dn_net_set_speed(net._ptr, lib.DN_SPEED_ALL))
+    model = build_model(net)
+    onnx.checker.check_model(model)
+    want = net.predict(x)
+    got = _session(model).run(None, {"input": x})
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w, p in zip(got, want, plain):
+        assert _close(g, w) <= max(TOL, 3 * _close(p, w)), (_close(g, w), _close(p, w))
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=pytest.mark.xfail(
+    strict=True, raises=OnnxExportError, reason=f"{NOT_YET[c.id]} has no ONNX export yet")) if c.id in NOT_YET
+    else pytest.param(c, id=c.id) for c in CASES])
+def test_every_layer_case_exports_with_parity(write_cfg, case):
+    c, h, w = case.shape
+    net = pydarknet.load(write_cfg(case.cfg, "case.cfg"), batch=2)
+    randomize(net, 3)
+    x = random_input((2, c, h, w), 4) * 2 - 1
+    _parity(net, x)
+
+
+def test_every_layer_type_is_exported_by_some_case():
+    """Every layer type pydarknet runs appears in a case above (so its export is checked), and what the
+    exporter cannot write is one error naming the layer and the option (here an activation name it does not
+    know: every real one exports)."""
+    from pydarknet.cfg import SUPPORTED_LAYERS
+    from pydarknet.onnx_export import _Graph, _activation, _onnx
+
+    bodies = " ".join(c.cfg for c in CASES) + " ".join((ROOT / "cfg" / f"{n}.cfg").read_text() for n in CFGS)
+    assert {t for t in SUPPORTED_LAYERS if f"[{t}]" not in bodies} == set()
+    _, _, helper, numpy_helper = _onnx()
+    with pytest.raises(OnnxExportError, match=r"layer 3 \[activation\]: activation=sparkle"):
+        _activation(_Graph(helper, numpy_helper), "x", "sparkle", "layer 3 [activation]")
+
+
+def test_dynamic_batch_gives_each_image_its_own_result(write_cfg):
+    text = (ROOT / "cfg" / "yolov4-tiny.cfg").read_text()
+    net = pydarknet.load(write_cfg(text, "t.cfg"), batch=1)
+    net.resize(batch=1, height=64, width=64)
+    randomize(net, 5)
+    x = random_input((3, 3, 64, 64), 6)
+    calibrate(net, 64, 9)
+    net.resize(batch=1)
+    model = build_model(net, dynamic_batch=True)
+    sess = _session(model)
+    three = sess.run(None, {"input": x})
+    for i in range(3):
+        one = sess.run(None, {"input": x[i:i + 1]})
+        for a, b in zip(one, three):
+            assert _close(a[0], b[i]) < 1e-6
+    net.resize(batch=3)
+    for g, w in zip(three, net.predict(x)):
+        assert _close(g, w) < TOL
+
+
+def test_export_command_writes_onnx(write_cfg, tmp_path):
+    cfg = write_cfg((ROOT / "cfg" / "yolov3-tiny.cfg").read_text().replace("width=416", "width=64")
+                    .replace("height=416", "height=64"), "y.cfg")
+    net = pydarknet.load(cfg)
+    randomize(net, 7)
+    weights = tmp_path / "y.weights"
+    net.save_weights(str(weights))
+    out = tmp_path / "y.onnx"
+    r = subprocess.run([sys.executable, "-m", "pydarknet", "export", cfg, str(weights), "-o", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    x = random_input((1, 3, 64, 64), 8)
+    for g, w in zip(_session(model).run(None, {"input": x}), net.predict(x)):
+        assert _close(g, w) < TOL
+    assert os.path.getsize(out) > 4 * sum(v.size for l in net.layers for v in l.params.values()) * 0.5
