@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime", reason="the onnx test extra is not inst
 
 import pydarknet  # noqa: E402
 from pydarknet._native import check, ffi, lib  # noqa: E402
-from pydarknet.onnx_export import OnnxExportError, build_model, export_onnx  # noqa: E402
+from pydarknet.onnx_export import OnnxExportError, build_model  # noqa: E402
 from conftest import randomize, random_input  # noqa: E402
 from layer_cases import CASES  # noqa: E402
 
