@@ -70,6 +70,8 @@ def parse_args(argv=None):
                          "quiet (default 300; 0 to skip)")
     ap.add_argument("--no-check", action="store_true", help="skip the output sanity check")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-memory measurement")
+    ap.add_argument("--onnx", action="store_true",
+                    help="also time onnxruntime (CPU, the same threads) on the model pydarknet exports to ONNX")
     return ap.parse_args(argv)
 
 
@@ -216,6 +218,21 @@ def bench_model(cfg, args):
     out_names = cv.getUnconnectedOutLayersNames()
 
     check = None if args.no_check else sanity_check(dn, cv, x)
+    ort_sess = None
+    if args.onnx:   # the exported model under onnxruntime: the CPU runtime a deployed model would use
+        import onnxruntime as ort
+        from pydarknet.onnx_export import export_onnx
+
+        path = os.path.join(args.cache, name + "-%d.onnx" % args.size)
+        export_onnx(dn, path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        ort_sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        got, want = ort_sess.run(None, {"input": x}), dn.predict(x)
+        err = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-6)) for a, b in zip(got, want))
+        print("  onnxruntime %s: heads within %.1e of pydarknet's" % (ort.__version__, err), flush=True)
+        check = dict(check or {}, onnx_max_rel_diff=err, onnxruntime=ort.__version__)
 
     def timed(fn):
         if args.pause:
@@ -231,13 +248,18 @@ def bench_model(cfg, args):
         cv.setInput(x)
         cv.forward(out_names)
 
+    def run_ort():
+        ort_sess.run(None, {"input": x})
+
     for _ in range(args.warmup):
         timed(run_dn)
         timed(run_cv)
+        if ort_sess is not None:
+            timed(run_ort)
     if args.wait_idle:
         wait_idle(args.wait_idle)
     max_redo = args.repeat if args.max_redo is None else args.max_redo
-    t_dn, t_cv, kept_load, dropped = [], [], [], []
+    t_dn, t_cv, t_ort, kept_load, dropped = [], [], [], [], []
     mon = Neighbours()
     r = 0
     while len(t_dn) < args.repeat:
@@ -247,6 +269,7 @@ def bench_model(cfg, args):
             a, b = timed(run_dn), timed(run_cv)
         else:
             b, a = timed(run_cv), timed(run_dn)
+        o = timed(run_ort) if ort_sess is not None else None
         load = mon.stop()
         r += 1
         if load > args.max_neighbours and len(dropped) < max_redo:
@@ -256,6 +279,8 @@ def bench_model(cfg, args):
             continue
         t_dn.append(a)
         t_cv.append(b)
+        if o is not None:
+            t_ort.append(o)
         kept_load.append(round(load, 3))
     if dropped:
         print("  %d round(s) run again: other processes used %s CPU during them"
@@ -266,6 +291,10 @@ def bench_model(cfg, args):
               % max(kept_load))
     s_dn, s_cv = stats(t_dn), stats(t_cv)
     ratio = s_dn["median"] / s_cv["median"]
+    s_ort = stats(t_ort) if t_ort else None
+    if s_ort is not None:
+        print("  onnxruntime median %.1f ms (min %.1f, p90 %.1f); pydarknet / onnxruntime %.2f"
+              % (s_ort["median"], s_ort["min"], s_ort["p90"], s_dn["median"] / s_ort["median"]), flush=True)
     rss = None
     if not args.no_rss:
         dn_peak, dn_base = peak_rss("pydarknet", cfg_sized, weights, args.size, args.threads)
@@ -281,20 +310,28 @@ def bench_model(cfg, args):
             "repeat": args.repeat, "warmup": args.warmup, "uses_blas": dn.uses_blas,
             "pause_s": args.pause, "pydarknet_ms": s_dn, "opencv_ms": s_cv, "ratio_median": ratio,
             "ratio_min": s_dn["min"] / s_cv["min"], "peak_rss": rss, "neighbour_cpus_kept_rounds": kept_load,
-            "neighbour_cpus_dropped_rounds": dropped, "noisy": noisy, "check": check}
+            "neighbour_cpus_dropped_rounds": dropped, "noisy": noisy, "check": check,
+            "onnxruntime_ms": s_ort, "ratio_onnxruntime_median": s_dn["median"] / s_ort["median"] if s_ort else None}
 
 
 def markdown(results):
+    with_ort = any(r.get("onnxruntime_ms") for r in results)
     rows = ["| model | size | threads | pydarknet ms (min / p90) | OpenCV ms (min / p90) | ratio "
-            "| peak RSS MiB pydarknet / OpenCV |",
-            "|---|---|---|---|---|---|---|"]
+            "| peak RSS MiB pydarknet / OpenCV |" + (" onnxruntime ms (min / p90) | pydarknet / onnxruntime |"
+                                                     if with_ort else ""),
+            "|---|---|---|---|---|---|---|" + ("---|---|" if with_ort else "")]
     for r in results:
         d, c = r["pydarknet_ms"], r["opencv_ms"]
         m = r.get("peak_rss")
         mem = "%.0f / %.0f" % (m["pydarknet_peak_mib"], m["opencv_peak_mib"]) if m else "-"
-        rows.append("| %s | %d | %d | %.1f (%.1f / %.1f) | %.1f (%.1f / %.1f) | %.2f | %s |"
-                    % (r["model"] + (" (noisy)" if r["noisy"] else ""), r["size"], r["threads"], d["median"], d["min"], d["p90"],
-                       c["median"], c["min"], c["p90"], r["ratio_median"], mem))
+        row = ("| %s | %d | %d | %.1f (%.1f / %.1f) | %.1f (%.1f / %.1f) | %.2f | %s |"
+               % (r["model"] + (" (noisy)" if r["noisy"] else ""), r["size"], r["threads"], d["median"], d["min"],
+                  d["p90"], c["median"], c["min"], c["p90"], r["ratio_median"], mem))
+        if with_ort:
+            o = r.get("onnxruntime_ms")
+            row += (" %.1f (%.1f / %.1f) | %.2f |" % (o["median"], o["min"], o["p90"], r["ratio_onnxruntime_median"])
+                    if o else " - | - |")
+        rows.append(row)
     return "\n".join(rows)
 
 
