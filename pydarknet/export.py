@@ -34,6 +34,18 @@ def add_parser(commands):
                         help="ONNX opset of an .onnx export (default 17)")
     export.add_argument("--dynamic-batch", action="store_true",
                         help="an .onnx export takes any batch size (else the batch is 1)")
+    export.add_argument("--decode", action="store_true",
+                        help=".onnx: one output 'detections', the heads' boxes decoded in input pixels (see --layout)")
+    export.add_argument("--layout", choices=("yolov5", "yolov8"), default="yolov5",
+                        help="with --decode: yolov5 = [B, N, 5+C] (cx cy w h objectness class-probabilities), "
+                             "yolov8 = [B, 4+C, N] (cx cy w h, objectness x class probability)")
+    export.add_argument("--nms", action="store_true",
+                        help="with --decode: ONNX NonMaxSuppression in the graph, output 'selected' [K, 3] "
+                             "(batch, class, box) per class, as net.detect suppresses")
+    export.add_argument("--iou", type=float, default=.45, help="--nms IoU threshold (default .45)")
+    export.add_argument("--thresh", type=float, default=.25,
+                        help="--nms confidence threshold, objectness x class probability (default .25)")
+    export.add_argument("--max-per-class", type=int, default=100, help="--nms boxes kept per class (default 100)")
     flag(export, "names", metavar="FILE", help="class names file, one name per line, stored in the model")
     export.set_defaults(func=_cmd_export)
     return export
@@ -68,14 +80,24 @@ def _export_onnx(args, net, output) -> int:
         raise CliError(f"--opset {opset}: the export needs opset 13 or newer")
     if net.batch != 1:
         net.resize(batch=1)
+    if (args.nms or args.layout != "yolov5") and not args.decode:
+        raise CliError("--nms and --layout need --decode")
+    for name in ("iou", "thresh"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise CliError(f"--{name} {getattr(args, name)}: give a number from 0 to 1")
+    if args.max_per_class < 1:
+        raise CliError(f"--max-per-class {args.max_per_class}: give a positive number")
+    nms = (args.iou, args.thresh, args.max_per_class) if args.nms else None
     try:
-        export_onnx(net, output, opset=opset, dynamic_batch=args.dynamic_batch)
+        export_onnx(net, output, opset=opset, dynamic_batch=args.dynamic_batch, decode=args.decode,
+                    layout=args.layout, nms=nms)
     except OnnxExportError as e:
         raise CliError(f"{args.cfg}: {e}") from None
     except OSError as e:
         raise CliError(f"{output}: cannot write the ONNX model: {e.strerror or e}") from None
     heads = [layer for layer in net.layers if layer.type in ("yolo", "region")] or [net.layers[-1]]
+    outputs = (f"'detections' ({args.layout} layout)" + (", 'selected' (NMS)" if nms else "") if args.decode else
+               ", ".join(f"layer {l.index} [{l.type}] {'x'.join(map(str, l.output_shape))}" for l in heads))
     note(f"wrote {output}: ONNX opset {opset}, input 'input' [{'batch' if args.dynamic_batch else 1}, "
-         f"{net.channels}, {net.height}, {net.width}], outputs " +
-         ", ".join(f"layer {l.index} [{l.type}] {'x'.join(map(str, l.output_shape))}" for l in heads))
+         f"{net.channels}, {net.height}, {net.width}], outputs {outputs}")
     return EXIT_OK

@@ -30,6 +30,15 @@ tests compare onnxruntime's outputs with ``net.predict``):
   stair, and across the channels normalize_channels(_softmax(_maxval));
   darknet's formulas composed from ONNX operators.
 
+With ``decode=True`` (``--decode``) the graph ends in one output
+``detections`` instead: every head's boxes decoded as ``net.detect`` decodes
+them, in network-input pixels, anchor by anchor and cell by cell, head after
+head; ``layout="yolov5"`` [B, N, 5 + classes] (cx, cy, w, h, objectness,
+class probabilities) or ``"yolov8"`` [B, 4 + classes, N] (cx, cy, w, h, then
+objectness x class probability). ``nms=(iou, score, max_per_class)``
+(``--nms``) adds ONNX NonMaxSuppression: output ``selected`` [K, 3] (batch,
+class, row) per class, greedy IoU as ``net.detect`` suppresses.
+
 Anything else (a [region] with coords other than 4, a tree softmax, ...) raises
 OnnxExportError naming the layer and the option. ``onnx`` is needed (the
 ``pydarknet[onnx]`` extra, with onnxruntime to run the result); it is
@@ -432,10 +441,80 @@ def _region(g, layer, x):
     return g.op("Concat", [box, obj, cls], axis=4)
 
 
+# ----------------------------------------------------------------------------- decoding and NMS
+
+LAYOUTS = ("yolov5", "yolov8")
+
+
+def _decoded_head(g, layer, head, net_w, net_h):
+    """One head's boxes as net.detect decodes them (layers/yolo.c and region.c), in network-input pixels:
+    [B, n*H*W, 5 + classes] rows (cx, cy, w, h, objectness, class probabilities), anchor by anchor, each
+    anchor's cells row by row (darknet's candidate order)."""
+    a = layer.spec.attrs
+    i64 = dict(dtype=np.int64)
+    classes = a["classes"]
+    per = classes + 5
+    if layer.type == "yolo":
+        c, h, w = (int(v) for v in layer.shape)
+        n = c // per
+        anchors = np.asarray(a["anchors"], np.float32).reshape(-1, 2)[list(a["mask"])]
+        t = g.op("Reshape", [head, g.const([0, n, per, h, w], **i64)])
+        t = g.op("Transpose", [t], perm=[0, 1, 3, 4, 2])            # [B, n, H, W, per]
+    else:   # [region]: [B, H, W, num, per], x and y raw
+        h, w, n, _ = _shape(layer)
+        anchors = np.asarray(a["anchors"], np.float32).reshape(-1, 2)[:n] * np.float32([net_w / w, net_h / h])
+        t = g.op("Transpose", [head], perm=[0, 3, 1, 2, 4])          # [B, n, H, W, per]
+
+    def part(lo, hi):
+        return g.op("Slice", [t, g.const([lo], **i64), g.const([hi], **i64), g.const([4], **i64)])
+
+    col = np.arange(w, dtype=np.float32).reshape(1, 1, 1, w, 1)
+    row = np.arange(h, dtype=np.float32).reshape(1, 1, h, 1, 1)
+    aw = anchors[:, 0].reshape(1, n, 1, 1, 1)
+    ah = anchors[:, 1].reshape(1, n, 1, 1, 1)
+    x, y, bw, bh = part(0, 1), part(1, 2), part(2, 3), part(3, 4)
+    if layer.type == "region":
+        x, y = g.op("Sigmoid", [x]), g.op("Sigmoid", [y])
+    cx = g.op("Mul", [g.op("Add", [x, g.const(col)]), g.const(np.float32(net_w / w))])
+    cy = g.op("Mul", [g.op("Add", [y, g.const(row)]), g.const(np.float32(net_h / h))])
+    if layer.type == "yolo" and a["new_coords"]:   # w^2 * 4 * anchor
+        bw = g.op("Mul", [g.op("Mul", [bw, bw]), g.const(4 * aw)])
+        bh = g.op("Mul", [g.op("Mul", [bh, bh]), g.const(4 * ah)])
+    else:
+        bw = g.op("Mul", [g.op("Exp", [bw]), g.const(aw)])
+        bh = g.op("Mul", [g.op("Exp", [bh]), g.const(ah)])
+    rows = g.op("Concat", [cx, cy, bw, bh, part(4, per)], axis=4)
+    return g.op("Reshape", [rows, g.const([0, n * h * w, per], **i64)])
+
+
+def _decoded(g, net, heads, outs):
+    """Every head's decoded rows, one after the other: [B, N, 5 + classes]."""
+    classes = {net.layers[i].spec.attrs["classes"] for i in heads}
+    if len(classes) != 1 or any(net.layers[i].type not in HEAD_TYPES for i in heads):
+        raise OnnxExportError("decoding needs [yolo] or [region] heads with one number of classes")
+    parts = [_decoded_head(g, net.layers[i], outs[i], net.width, net.height) for i in heads]
+    return (parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=1)), classes.pop()
+
+
+def _scores(g, rows, classes):
+    """[B, N, classes]: objectness x class probability, darknet's confidence of each class."""
+    i64 = dict(dtype=np.int64)
+    obj = g.op("Slice", [rows, g.const([4], **i64), g.const([5], **i64), g.const([2], **i64)])
+    cls = g.op("Slice", [rows, g.const([5], **i64), g.const([5 + classes], **i64), g.const([2], **i64)])
+    return g.op("Mul", [obj, cls])
+
+
 # ----------------------------------------------------------------------------- the graph
 
-def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None):
-    """The ONNX ModelProto of `net` (see the module docstring)."""
+def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode=False, layout="yolov5",
+                nms=None):
+    """The ONNX ModelProto of `net` (see the module docstring). decode: one output `detections` instead of
+    the raw heads, in `layout`; nms: (iou_threshold, score_threshold, max_per_class) adds the output
+    `selected` of ONNX NonMaxSuppression (needs decode)."""
+    if layout not in LAYOUTS:
+        raise OnnxExportError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if nms is not None and not decode:
+        raise OnnxExportError("NMS in the graph needs the decoded boxes (decode=True)")
     onnx, TensorProto, helper, numpy_helper = _onnx()
     g = _Graph(helper, numpy_helper)
     _, c, h, w = net._input_shape()
@@ -488,11 +567,34 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None):
     heads = [l.index for l in net.layers if l.type in HEAD_TYPES] or [len(net.layers) - 1]
     batch = "batch" if dynamic_batch else net.batch
     outputs = []
-    for i in heads:
-        out_name = f"layer{i}_{net.layers[i].type}"
-        g.nodes.append(helper.make_node("Identity", [outs[i]], [out_name], name=g.name("output")))
-        outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT,
-                                                     [batch] + list(_shape(net.layers[i]))))
+
+    def output(tensor, out_name, shape, elem=TensorProto.FLOAT):
+        g.nodes.append(helper.make_node("Identity", [tensor], [out_name], name=g.name("output")))
+        outputs.append(helper.make_tensor_value_info(out_name, elem, shape))
+
+    if decode:
+        rows, classes = _decoded(g, net, heads, outs)
+        n_rows = sum(int(np.prod(net.layers[i].shape[1:])) * (net.layers[i].shape[0] // (classes + 5))
+                     if net.layers[i].type == "yolo" else int(np.prod(_shape(net.layers[i])[:3])) for i in heads)
+        scores = _scores(g, rows, classes)
+        if layout == "yolov5":   # [B, N, 5 + C]: cx, cy, w, h, objectness, class probabilities
+            output(rows, "detections", [batch, n_rows, 5 + classes])
+        else:                    # [B, 4 + C, N]: cx, cy, w, h, then objectness x class probability
+            i64 = dict(dtype=np.int64)
+            box = g.op("Slice", [rows, g.const([0], **i64), g.const([4], **i64), g.const([2], **i64)])
+            output(g.op("Transpose", [g.op("Concat", [box, scores], axis=2)], perm=[0, 2, 1]), "detections",
+                   [batch, 4 + classes, n_rows])
+        if nms is not None:
+            iou, score, max_per_class = nms
+            i64 = dict(dtype=np.int64)
+            box = g.op("Slice", [rows, g.const([0], **i64), g.const([4], **i64), g.const([2], **i64)])
+            sel = g.op("NonMaxSuppression", [box, g.op("Transpose", [scores], perm=[0, 2, 1]),
+                                             g.const([int(max_per_class)], **i64), g.const([float(iou)]),
+                                             g.const([float(score)])], center_point_box=1)
+            output(sel, "selected", ["selected", 3], TensorProto.INT64)
+    else:
+        for i in heads:
+            output(outs[i], f"layer{i}_{net.layers[i].type}", [batch] + list(_shape(net.layers[i])))
     graph = helper.make_graph(g.nodes, name or "pydarknet",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, c, h, w])],
                               outputs, initializer=g.inits)
@@ -502,9 +604,9 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None):
     return model
 
 
-def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False):
-    """Writes `net` as an ONNX model to `path` (see the module docstring); returns the path."""
+def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False, decode=False, layout="yolov5", nms=None):
+    """Writes `net` as an ONNX model to `path` (see build_model and the module docstring); returns the path."""
     onnx = _onnx()[0]
-    model = build_model(net, opset=opset, dynamic_batch=dynamic_batch)
+    model = build_model(net, opset=opset, dynamic_batch=dynamic_batch, decode=decode, layout=layout, nms=nms)
     onnx.save(model, str(path))
     return path

@@ -143,6 +143,41 @@ def test_dynamic_batch_gives_each_image_its_own_result(write_cfg):
         assert _close(g, w) < TOL
 
 
+@pytest.mark.parametrize("name,thresh", [("yolov3-tiny", .5), ("yolov4-tiny-3l", .5), ("yolov2-tiny", .05)])
+def test_decoded_boxes_and_nms_give_net_detect_s_detections(write_cfg, name, thresh):
+    """decode + NMS in the graph: the selected (class, box, confidence) are net.detect's detections on the same
+    network input (boxes in input pixels: the image is the input itself, no letterbox), matched one to one
+    (same class, box and confidence within float32 rounding)."""
+    text = (ROOT / "cfg" / f"{name}.cfg").read_text()
+    net = pydarknet.load(write_cfg(text, f"{name}.cfg"), batch=1)
+    net.resize(batch=1, height=96, width=96)
+    randomize(net, 11)
+    calibrate(net, 96, 12)
+    net.resize(batch=1)
+    x = random_input((1, 3, 96, 96), 13)
+    nms = .45
+    model = build_model(net, decode=True, nms=(nms, thresh, 100000))
+    onnx.checker.check_model(model)
+    rows, selected = _session(model).run(None, {"input": x})
+    net.forward(x)
+    want = [(d.class_id, d.confidence, d.x, d.y, d.w, d.h)
+            for d in net._detections(0, net.width, net.height, thresh, nms, False)]
+    got = [(int(c), float(rows[b, i, 4] * rows[b, i, 5 + c]), *map(float, rows[b, i, :4])) for b, c, i in selected]
+    assert len(want) >= 10 and len(got) == len(want), (len(got), len(want))
+    unmatched = list(got)
+    for w_ in want:
+        match = next((g_ for g_ in unmatched if g_[0] == w_[0] and np.allclose(g_[1:], w_[1:], rtol=1e-4, atol=1e-3)),
+                     None)
+        assert match is not None, w_
+        unmatched.remove(match)
+    # the other layout: [B, 4 + C, N] with objectness x class probability
+    model8 = build_model(net, decode=True, layout="yolov8")
+    (cols,) = _session(model8).run(None, {"input": x})
+    assert cols.shape == (1, rows.shape[2] - 1, rows.shape[1])
+    assert np.allclose(cols[0, :4].T, rows[0, :, :4], rtol=1e-6)
+    assert np.allclose(cols[0, 4:].T, rows[0, :, 4:5] * rows[0, :, 5:], rtol=1e-6)
+
+
 def test_export_command_writes_onnx(write_cfg, tmp_path):
     cfg = write_cfg((ROOT / "cfg" / "yolov3-tiny.cfg").read_text().replace("width=416", "width=64")
                     .replace("height=416", "height=64"), "y.cfg")
@@ -160,3 +195,10 @@ def test_export_command_writes_onnx(write_cfg, tmp_path):
     for g, w in zip(_session(model).run(None, {"input": x}), net.predict(x)):
         assert _close(g, w) < TOL
     assert os.path.getsize(out) > 4 * sum(v.size for l in net.layers for v in l.params.values()) * 0.5
+    r = subprocess.run([sys.executable, "-m", "pydarknet", "export", cfg, str(weights), "-o", str(out), "--decode",
+                        "--nms", "--layout", "yolov8"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["detections", "selected"]
+    r = subprocess.run([sys.executable, "-m", "pydarknet", "export", cfg, str(weights), "-o", str(out), "--nms"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "--nms and --layout need --decode" in r.stderr
