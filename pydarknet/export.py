@@ -46,6 +46,8 @@ def add_parser(commands):
     export.add_argument("--thresh", type=float, default=.25,
                         help="--nms confidence threshold, objectness x class probability (default .25)")
     export.add_argument("--max-per-class", type=int, default=100, help="--nms boxes kept per class (default 100)")
+    export.add_argument("--half", action="store_true",
+                        help=".onnx: float16 weights and arithmetic (float32 input and outputs)")
     flag(export, "names", metavar="FILE", help="class names file, one name per line, stored in the model")
     export.set_defaults(func=_cmd_export)
     return export
@@ -90,7 +92,7 @@ def _export_onnx(args, net, output) -> int:
     nms = (args.iou, args.thresh, args.max_per_class) if args.nms else None
     try:
         export_onnx(net, output, opset=opset, dynamic_batch=args.dynamic_batch, decode=args.decode,
-                    layout=args.layout, nms=nms)
+                    layout=args.layout, nms=nms, half=args.half)
     except OnnxExportError as e:
         raise CliError(f"{args.cfg}: {e}") from None
     except OSError as e:

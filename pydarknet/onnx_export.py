@@ -38,6 +38,8 @@ class probabilities) or ``"yolov8"`` [B, 4 + classes, N] (cx, cy, w, h, then
 objectness x class probability). ``nms=(iou, score, max_per_class)``
 (``--nms``) adds ONNX NonMaxSuppression: output ``selected`` [K, 3] (batch,
 class, row) per class, greedy IoU as ``net.detect`` suppresses.
+``half=True`` (``--half``): float16 weights and arithmetic, float32 input and
+outputs (casts at the edges).
 
 Anything else (a [region] with coords other than 4, a tree softmax, ...) raises
 OnnxExportError naming the layer and the option. ``onnx`` is needed (the
@@ -489,9 +491,11 @@ def _decoded_head(g, layer, head, net_w, net_h):
 
 def _decoded(g, net, heads, outs):
     """Every head's decoded rows, one after the other: [B, N, 5 + classes]."""
+    if any(net.layers[i].type not in HEAD_TYPES for i in heads):
+        raise OnnxExportError("decoding needs [yolo] or [region] heads; this network has none")
     classes = {net.layers[i].spec.attrs["classes"] for i in heads}
-    if len(classes) != 1 or any(net.layers[i].type not in HEAD_TYPES for i in heads):
-        raise OnnxExportError("decoding needs [yolo] or [region] heads with one number of classes")
+    if len(classes) != 1:
+        raise OnnxExportError(f"decoding needs heads of one number of classes, not {sorted(classes)}")
     parts = [_decoded_head(g, net.layers[i], outs[i], net.width, net.height) for i in heads]
     return (parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=1)), classes.pop()
 
@@ -506,11 +510,51 @@ def _scores(g, rows, classes):
 
 # ----------------------------------------------------------------------------- the graph
 
+def _to_half(model, TensorProto, helper, numpy_helper):
+    """The graph in float16: every float constant (except the float32 inputs the operators require: Resize's
+    scales, NonMaxSuppression's thresholds), the input cast to float16 on entry, the float outputs cast back to
+    float32 and NonMaxSuppression fed float32 boxes and scores (its only type)."""
+    g = model.graph
+    keep32 = set()
+    for node in g.node:
+        if node.op_type == "Resize" and len(node.input) > 2:
+            keep32.add(node.input[2])
+        if node.op_type == "NonMaxSuppression":
+            keep32.update(node.input[3:5])
+    for i, init in enumerate(g.initializer):
+        if init.data_type == TensorProto.FLOAT and init.name not in keep32:
+            arr = numpy_helper.to_array(init).astype(np.float16)
+            g.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
+    nodes = [helper.make_node("Cast", ["input"], ["input_half"], to=TensorProto.FLOAT16, name="input_to_half")]
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name == "input":
+                node.input[k] = "input_half"
+        if node.op_type == "NonMaxSuppression":
+            for k in (0, 1):
+                cast = node.input[k] + "_float"
+                nodes.append(helper.make_node("Cast", [node.input[k]], [cast], to=TensorProto.FLOAT,
+                                              name=cast + "_cast"))
+                node.input[k] = cast
+        if node.op_type == "Identity" and node.output[0] in {o.name for o in g.output} and \
+                node.output[0] != "selected":
+            half = node.output[0] + "_half"
+            nodes.append(node)
+            node.output[0] = half
+            nodes.append(helper.make_node("Cast", [half], [half[:-5]], to=TensorProto.FLOAT, name=half + "_cast"))
+            continue
+        nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return model
+
+
 def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode=False, layout="yolov5",
-                nms=None):
+                nms=None, half=False):
     """The ONNX ModelProto of `net` (see the module docstring). decode: one output `detections` instead of
     the raw heads, in `layout`; nms: (iou_threshold, score_threshold, max_per_class) adds the output
-    `selected` of ONNX NonMaxSuppression (needs decode)."""
+    `selected` of ONNX NonMaxSuppression (needs decode); half: float16 weights and arithmetic (float32 input
+    and outputs)."""
     if layout not in LAYOUTS:
         raise OnnxExportError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if nms is not None and not decode:
@@ -600,13 +644,17 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode
                               outputs, initializer=g.inits)
     model = helper.make_model(graph, producer_name="pydarknet", opset_imports=[helper.make_opsetid("", int(opset))])
     model.ir_version = min(model.ir_version, 9)   # what current onnxruntime releases read
+    if half:
+        model = _to_half(model, TensorProto, helper, numpy_helper)
     onnx.checker.check_model(model)
     return model
 
 
-def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False, decode=False, layout="yolov5", nms=None):
+def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False, decode=False, layout="yolov5", nms=None,
+                half=False):
     """Writes `net` as an ONNX model to `path` (see build_model and the module docstring); returns the path."""
     onnx = _onnx()[0]
-    model = build_model(net, opset=opset, dynamic_batch=dynamic_batch, decode=decode, layout=layout, nms=nms)
+    model = build_model(net, opset=opset, dynamic_batch=dynamic_batch, decode=decode, layout=layout, nms=nms,
+                        half=half)
     onnx.save(model, str(path))
     return path
