@@ -73,8 +73,8 @@ def _onnx():
 class _Graph:
     """Nodes and constants being written, with unique names."""
 
-    def __init__(self, helper, numpy_helper):
-        self.h, self.nh = helper, numpy_helper
+    def __init__(self, helper, numpy_helper, opset=DEFAULT_OPSET):
+        self.h, self.nh, self.opset = helper, numpy_helper, int(opset)
         self.nodes, self.inits = [], []
         self._n = 0
 
@@ -86,6 +86,12 @@ class _Graph:
         name = self.name(base)
         self.inits.append(self.nh.from_array(np.ascontiguousarray(np.asarray(value, dtype=dtype)), name))
         return name
+
+    def reduce_max(self, x, axis, keepdims):
+        """ReduceMax over one axis (its axes an attribute before opset 18, an input since)."""
+        if self.opset >= 18:
+            return self.op("ReduceMax", [x, self.const([axis], dtype=np.int64)], keepdims=keepdims)
+        return self.op("ReduceMax", [x], axes=[axis], keepdims=keepdims)
 
     def op(self, op_type, inputs, base="t", **attrs):
         out = self.name(base)
@@ -156,7 +162,7 @@ def _activation(g, x, act, where):
         elif act == "normalize_channels_softmax":
             num = g.op("Exp", [x])
         else:
-            num = g.op("Exp", [g.op("Sub", [x, g.op("ReduceMax", [x], axes=[1], keepdims=1)])])
+            num = g.op("Exp", [g.op("Sub", [x, g.reduce_max(x, 1, 1)])])
         total = g.op("Add", [g.op("ReduceSum", [num, axes], keepdims=1), c(.0001)])
         return g.op("Div", [num, total])
     raise OnnxExportError(f"{where}: activation={act} has no ONNX export yet")
@@ -239,7 +245,7 @@ def _maxpool(g, layer, x, in_shape):
             y = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, rows * G - c, 0, 0], dtype=np.int64),
                              g.const(np.float32(-np.inf))])
         y = g.op("Reshape", [y, g.const([0, rows, G, h, w], dtype=np.int64)])
-        return g.op("ReduceMax", [y], axes=[1], keepdims=0)
+        return g.reduce_max(y, 1, 0)
     pads = _pool_pads(layer, in_shape)
     if pads is None:
         raise OnnxExportError(f"{_where(layer)}: this size/stride/padding has no ONNX pooling window")
@@ -560,7 +566,9 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode
     if nms is not None and not decode:
         raise OnnxExportError("NMS in the graph needs the decoded boxes (decode=True)")
     onnx, TensorProto, helper, numpy_helper = _onnx()
-    g = _Graph(helper, numpy_helper)
+    if not 13 <= int(opset) <= onnx.defs.onnx_opset_version():
+        raise OnnxExportError(f"opset {opset}: the export writes opsets 13 to {onnx.defs.onnx_opset_version()}")
+    g = _Graph(helper, numpy_helper, opset)
     _, c, h, w = net._input_shape()
     outs, shapes = {}, {}
     x, in_shape = "input", (c, h, w)

@@ -123,6 +123,23 @@ def test_every_layer_type_is_exported_by_some_case():
         _activation(_Graph(helper, numpy_helper), "x", "sparkle", "layer 3 [activation]")
 
 
+@pytest.mark.parametrize("opset", [13, 18, 21])
+def test_opsets(write_cfg, opset):
+    """The graph in older and newer opsets (ReduceMax changed its axes to an input in 18): the layers that
+    reduce (maxpool_depth, normalize_channels_softmax_maxval), resize and pad, against net.predict."""
+    net = pydarknet.load(write_cfg("[net]\nwidth=8\nheight=8\nchannels=5\n[maxpool]\nmaxpool_depth=1\n"
+                                   "out_channels=2\n[convolutional]\nfilters=6\nsize=3\npad=1\n"
+                                   "activation=normalize_channels_softmax_maxval\n[upsample]\nstride=2\n"
+                                   "[maxpool]\nsize=3\nstride=2\n", "o.cfg"), batch=2)
+    randomize(net, 3)
+    x = random_input((2, 5, 8, 8), 4)
+    net.resize(batch=2)
+    model = build_model(net, opset=opset)
+    assert model.opset_import[0].version == opset
+    for g, w in zip(_session(model).run(None, {"input": x}), net.predict(x)):
+        assert _close(g, w) < TOL
+
+
 def test_dynamic_batch_gives_each_image_its_own_result(write_cfg):
     text = (ROOT / "cfg" / "yolov4-tiny.cfg").read_text()
     net = pydarknet.load(write_cfg(text, "t.cfg"), batch=1)
