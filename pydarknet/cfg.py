@@ -57,7 +57,7 @@ ACTIVATIONS = (
 
 # darknet's get_policy / get_cost_type names (compared case-sensitively, as strcmp does)
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sigmoid", "random", "sgdr")
-COST_TYPES = ("sse", "masked", "smooth")
+COST_TYPES = ("sse", "masked", "smooth", "L1", "l1", "l2", "smooth_l1", "huber")
 SHORTCUT_WEIGHTS_TYPES = ("none", "per_feature", "per_layer", "per_channel")
 SHORTCUT_WEIGHTS_NORMALIZATIONS = ("none", "relu", "avg_relu", "softmax")
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
@@ -172,7 +172,8 @@ SCHEMA = {
         ("groups", INT, 1), ("temperature", FLOAT, 1.0), ("tree", STR, ""), ("spatial", FLOAT, 0.0),
         ("noloss", INT, 0),
     ) + _COMMON,
-    "cost": (("type", _choice(*COST_TYPES), "sse"), ("scale", FLOAT, 1.0), ("ratio", FLOAT, 0.0)) + _COMMON,
+    "cost": (("type", _choice(*COST_TYPES), "sse"), ("scale", FLOAT, 1.0), ("ratio", FLOAT, 0.0),
+             ("sigma", FLOAT, 1.0), ("delta", FLOAT, 1.0)) + _COMMON,   # sigma: smooth_l1's, delta: huber's
     "batchnorm": _COMMON,
     "activation": (("activation", ACT, "linear"),) + _COMMON,
     "empty": _COMMON,

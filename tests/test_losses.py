@@ -645,33 +645,41 @@ def test_softmax_truth_size_is_checked(write_cfg):
         train_forward(net, classifier_data()[0], np.zeros((2, 5), np.float32))
 
 
-def cost_net(write_cfg, kind, scale):
-    spec = parse_cfg(write_cfg(f"[net]\nwidth=4\nheight=3\nchannels=2\n[empty]\n[cost]\ntype=sse\nscale={scale}\n"))
-    layers = list(spec.layers)
-    layers[1] = replace(layers[1], attrs=dict(layers[1].attrs, type=kind))  # l1 is ours, not darknet's cfg
-    net = Network(replace(spec, layers=layers), batch=2)
+def cost_net(write_cfg, kind, scale, extra=""):
+    net = Network(parse_cfg(write_cfg(f"[net]\nwidth=4\nheight=3\nchannels=2\n[empty]\n[cost]\ntype={kind}\n"
+                                      f"scale={scale}\n{extra}")), batch=2)
     net.enable_training()
     return net
 
 
+SIGMA, DELTA = 1.2, 0.7   # their kinks (1/SIGMA^2 = .694, .7) away from every |d| of the test by > MARGIN
+# the losses per value from their definitions (Caffe's EuclideanLoss divides by the batch, 2 images here)
 COSTS = {
     "sse": lambda d, t: 0.5 * d ** 2,
     "masked": lambda d, t: np.where(t == -1234, 0, 0.5 * d ** 2),
     "smooth": lambda d, t: np.where(np.abs(d) < 1, 0.5 * d ** 2, np.abs(d) - 0.5),
     "l1": lambda d, t: np.abs(d),
+    "L1": lambda d, t: np.abs(d),
+    "l2": lambda d, t: d ** 2 / (2 * 2),
+    "smooth_l1": lambda d, t: np.where(np.abs(d) < 1 / SIGMA ** 2, 0.5 * (SIGMA * d) ** 2,
+                                       np.abs(d) - 0.5 / SIGMA ** 2),
+    "huber": lambda d, t: np.where(np.abs(d) <= DELTA, 0.5 * d ** 2, DELTA * (np.abs(d) - 0.5 * DELTA)),
 }
+KINKS = {"smooth": 1, "l1": 0, "L1": 0, "smooth_l1": 1 / SIGMA ** 2, "huber": DELTA}
 
 
 @pytest.mark.parametrize("kind", list(COSTS))
 def test_cost(write_cfg, kind):
-    net = cost_net(write_cfg, kind, 2.0)
+    net = cost_net(write_cfg, kind, 2.0, f"sigma={SIGMA}\ndelta={DELTA}\n")
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1.5, (2, 2, 3, 4)).astype(np.float32)
     t = rng.normal(0, 1.5, (2, 24)).astype(np.float32)
     if kind == "masked":
         t[:, ::3] = -1234
     d = x.reshape(2, 24).astype(np.float64) - t
-    kink = {"smooth": 1, "l1": 0}.get(kind)
+    kink = KINKS.get(kind)
+    if kind in ("smooth_l1", "huber"):   # values on both sides of the kink
+        assert (np.abs(d) < kink).sum() > 5 and (np.abs(d) > kink).sum() > 5
     assert kink is None or np.abs(np.abs(d) - kink).min() > MARGIN  # away from the kink
     loss, grad = train_forward(net, x, t)
     assert loss == pytest.approx(2.0 * COSTS[kind](d, t).sum(), rel=1e-5)

@@ -7,6 +7,14 @@
  *     masked:  as sse, skipping values whose truth is -1234 (darknet's SECRET_NUM)
  *     smooth:  s * sum (|d| < 1 ? d^2 / 2 : |d| - 1/2)   gradient s * d, or s * sign(d)
  *     l1:      s * sum |d|                     gradient s * sign(d) (s at d = 0, as darknet)
+ *     l2:      s * sum d^2 / (2 B)              gradient s * d / B, B the images of the pass
+ *              (Caffe's EuclideanLoss)
+ *     smooth_l1 (sigma, default 1): s * sum (|d| < 1/sigma^2 ? (sigma d)^2 / 2 : |d| - 1/(2 sigma^2)),
+ *              gradient s * sigma^2 d, or s * sign(d) (tensorpack's and Fast R-CNN's smooth L1;
+ *              sigma = 1 is darknet's `smooth`; Keras's Huber(delta) is huber below)
+ *     huber (delta, default 1): s * sum (|d| <= delta ? d^2 / 2 : delta (|d| - delta/2)),
+ *              gradient s * d, or s * delta * sign(d) (Keras's and PyTorch's HuberLoss with reduction
+ *              "sum"; smooth_l1 with sigma equals huber with delta = 1/sigma^2 divided by delta)
  * summed over the images and added to net->loss; l->delta holds the gradient
  * with respect to the input. Each gradient is darknet's step scale * delta
  * exactly; darknet reports sum d^2 (sse, masked), sum (2|d| - 1 or d^2)
@@ -21,11 +29,11 @@
 
 #define SECRET_NUM (-1234.f)
 
-enum { COST_SSE, COST_MASKED, COST_SMOOTH, COST_L1 };
+enum { COST_SSE, COST_MASKED, COST_SMOOTH, COST_L1, COST_L2, COST_SMOOTH_L1, COST_HUBER };
 
 typedef struct {
     int type;
-    float scale;
+    float scale, sigma, delta;
 } cost_state;
 
 static dn_status cost_make(dn_layer *l, dn_net *net)
@@ -44,10 +52,20 @@ static dn_status cost_make(dn_layer *l, dn_net *net)
         s->type = COST_SMOOTH;
     else if (!strcmp(type, "L1") || !strcmp(type, "l1"))
         s->type = COST_L1;
+    else if (!strcmp(type, "l2"))
+        s->type = COST_L2;
+    else if (!strcmp(type, "smooth_l1"))
+        s->type = COST_SMOOTH_L1;
+    else if (!strcmp(type, "huber"))
+        s->type = COST_HUBER;
     else
         return dn_layer_fail(l, DN_ERR_ARG, "unknown cost type '%s'", type);
-    s->scale = 1.f;
+    s->scale = s->sigma = s->delta = 1.f;
     if (dn_attr_has(l, "scale") && (st = dn_attr_float(l, "scale", &s->scale))) return st;
+    if (dn_attr_has(l, "sigma") && (st = dn_attr_float(l, "sigma", &s->sigma))) return st;
+    if (dn_attr_has(l, "delta") && (st = dn_attr_float(l, "delta", &s->delta))) return st;
+    if (!(s->sigma > 0.f) || !(s->delta > 0.f))
+        return dn_layer_fail(l, DN_ERR_ARG, "sigma and delta must be positive (sigma=%g delta=%g)", s->sigma, s->delta);
     l->is_loss = 1;
     return DN_OK;
 }
@@ -78,6 +96,30 @@ static dn_status cost_forward(dn_layer *l, dn_net *net)
         case COST_SMOOTH:
             g = a < 1.f ? d : (d > 0.f ? 1.f : -1.f);
             loss += a < 1.f ? 0.5 * (double)d * d : (double)a - 0.5;
+            break;
+        case COST_L2:
+            g = d / (float)l->batch;
+            loss += 0.5 * (double)d * d / l->batch;
+            break;
+        case COST_SMOOTH_L1: {
+            const float ss = s->sigma * s->sigma;
+            if (a < 1.f / ss) {
+                g = ss * d;
+                loss += 0.5 * (double)ss * d * d;
+            } else {
+                g = d > 0.f ? 1.f : -1.f;
+                loss += (double)a - 0.5 / ss;
+            }
+            break;
+        }
+        case COST_HUBER:
+            if (a <= s->delta) {
+                g = d;
+                loss += 0.5 * (double)d * d;
+            } else {
+                g = d > 0.f ? s->delta : -s->delta;
+                loss += (double)s->delta * (a - 0.5 * s->delta);
+            }
             break;
         default:
             g = d < 0.f ? -1.f : 1.f;
