@@ -177,6 +177,8 @@ SCHEMA = {
     "batchnorm": _COMMON,
     "activation": (("activation", ACT, "linear"),) + _COMMON,
     "empty": _COMMON,
+    # pydarknet's (Caffe's Reshape): the values per image read as c,h,w (0: the input's, one -1: inferred)
+    "reshape": (("shape", INTS, REQUIRED),) + _COMMON,
     "yolo": (
         ("classes", INT, 20), ("num", INT, 1), ("mask", INTS, lambda a: list(range(a["num"]))),
         ("max", INT, 200), ("show_details", INT, 1), ("max_delta", FLOAT, FLT_MAX),

@@ -224,6 +224,11 @@ CASES += [layer("softmax", "groups=1", 5, 1, 1, forward="softmax"),
 CASES += [layer("batchnorm", "", 3, 4, 4, forward="batchnorm")]
 CASES += [layer(section, opts, 3, 4, 4, forward="identity_at_inference", grad="away")
           for section, opts in [("dropout", "probability=.5"), ("empty", ""), ("cost", "type=sse")]]
+# [reshape]: the values in their order under a new shape (0 copies a dimension, -1 is inferred), then a
+# convolution that sees the new layout
+CASES += [Case(f"reshape-{tag(shape)}-conv", f"[reshape]\nshape={shape}\n" + ONE.format(f=3), (4, 6, 5),
+               forward="reshape", grad="away", out_shape=(3,) + out)
+          for shape, out in [("0,-1,10", (3, 10)), ("-1,3,2", (20, 3, 2)[1:]), ("24,5,1", (5, 1))]]
 # the checker reseeds before every pass, so each pass draws the same dropout mask
 CASES += [Case("tanh-dropout-logistic", "[activation]\nactivation=tanh\n[dropout]\nprobability=.3\n[activation]\n"
                "activation=logistic\n", (3, 6, 6), grad="away")]

@@ -381,6 +381,23 @@ def test_identity_at_inference(write_cfg, case):
     close(net.layers[0].output, x, tol=1e-7)
 
 
+@pytest.mark.parametrize("case", select(forward="reshape"))
+def test_reshape(write_cfg, case):
+    """[reshape] keeps every image's values in order (NumPy's reshape of the same buffer)."""
+    net, x = forward(write_cfg, case)
+    c, h, w = net.layers[0].shape
+    assert c * h * w == int(np.prod(case.shape))
+    np.testing.assert_array_equal(net.layers[0].output, x.reshape(x.shape[0], c, h, w))
+
+
+@pytest.mark.parametrize("shape,message", [("5,-1,1", "cannot hold the input's 2 x 3 x 4 values"),
+                                           ("2,3,5", "holds 30 values, the input 2 x 3 x 4 has 24"),
+                                           ("-1,-1,4", "infer one dimension"), ("2,3", "needs 3 values")])
+def test_reshape_refuses_another_count_naming_the_line(write_cfg, shape, message):
+    with pytest.raises(pydarknet.CfgError, match=r"r\.cfg:5: layer 0 \[reshape\]: .*" + message):
+        pydarknet.load(write_cfg(f"[net]\nwidth=4\nheight=3\nchannels=2\n[reshape]\nshape={shape}\n", "r.cfg"))
+
+
 # ---------------------------------------------------------------- heads
 @pytest.mark.parametrize("case", select(forward="yolo_forward"))
 def test_yolo_forward(write_cfg, case):
