@@ -70,6 +70,9 @@ SECTION_ALIASES = {
     "silence": "empty",
 }
 
+# layer types of pydarknet's own, which darknet does not have (no darknet fixture can cover them)
+OWN_LAYERS = ("reshape", "scale")
+
 # the detection heads: the layers a detector's boxes come from
 HEAD_TYPES = ("yolo", "region")
 
@@ -179,6 +182,8 @@ SCHEMA = {
     "empty": _COMMON,
     # pydarknet's (Caffe's Reshape): the values per image read as c,h,w (0: the input's, one -1: inferred)
     "reshape": (("shape", INTS, REQUIRED),) + _COMMON,
+    # pydarknet's (Caffe's Scale): per channel y = gamma * x + beta (beta with bias_term)
+    "scale": (("bias_term", INT, 1),) + _COMMON,
     "yolo": (
         ("classes", INT, 20), ("num", INT, 1), ("mask", INTS, lambda a: list(range(a["num"]))),
         ("max", INT, 200), ("show_details", INT, 1), ("max_delta", FLOAT, FLT_MAX),

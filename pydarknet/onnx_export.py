@@ -24,7 +24,7 @@ tests compare onnxruntime's outputs with ``net.predict``):
   `scale` (stride > 0), block sums (stride < 0). [reorg]/[reorg3d]: the exact
   permutation of the C core as one Gather. [connected]: Gemm with its batch
   norm folded. [softmax]: groups and temperature. [dropout], [cost],
-  [empty]: the identity. [reshape]: Reshape. [batchnorm], [activation].
+  [empty]: the identity. [reshape]: Reshape. [scale]: Mul and Add per channel. [batchnorm], [activation].
 * activations: linear, logistic, leaky, relu, relu6, relie, ramp, elu, selu,
   gelu, tanh, loggy, plse, hardtan, lhtan, swish, mish, hard_mish, revleaky,
   stair, and across the channels normalize_channels(_softmax(_maxval));
@@ -603,6 +603,10 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode
             y = _softmax(g, layer, x, in_shape)
         elif t in ("dropout", "cost", "empty"):
             y = x
+        elif t == "scale":
+            y = g.op("Mul", [x, g.const(layer.params["scales"].reshape(1, -1, 1, 1))])
+            if "biases" in layer.params:
+                y = g.op("Add", [y, g.const(layer.params["biases"].reshape(1, -1, 1, 1))])
         elif t == "reshape":
             y = g.op("Reshape", [x, g.const([0] + list(_shape(layer)), dtype=np.int64)])
         elif t == "batchnorm":

@@ -640,6 +640,9 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                 pass
         raise
     finally:
+        if chart_job[0] is not None:   # a drawing still running finishes before train() returns
+            chart_job[0].join()
+            chart_job[0] = None
         if bar is not None:
             bar.close()
             out.bar = None

@@ -229,6 +229,9 @@ CASES += [layer(section, opts, 3, 4, 4, forward="identity_at_inference", grad="a
 CASES += [Case(f"reshape-{tag(shape)}-conv", f"[reshape]\nshape={shape}\n" + ONE.format(f=3), (4, 6, 5),
                forward="reshape", grad="away", out_shape=(3,) + out)
           for shape, out in [("0,-1,10", (3, 10)), ("-1,3,2", (20, 3, 2)[1:]), ("24,5,1", (5, 1))]]
+# [scale]: per channel gamma * x (+ beta), after a convolution so the parameters meet varied inputs
+CASES += [Case(f"conv-scale-bias_term{bt}", ONE.format(f=4) + f"[scale]\nbias_term={bt}\n", (3, 5, 4),
+               forward="scale", grad="away") for bt in (1, 0)]
 # the checker reseeds before every pass, so each pass draws the same dropout mask
 CASES += [Case("tanh-dropout-logistic", "[activation]\nactivation=tanh\n[dropout]\nprobability=.3\n[activation]\n"
                "activation=logistic\n", (3, 6, 6), grad="away")]

@@ -236,10 +236,14 @@ def test_repeated_detect_calls_do_not_leak(tiny):
         return found
 
     assert work(300) > 0                # warm-up: buffers, free lists and allocator arenas reach their size
-    before = _rss_bytes()
-    work(3000)
-    grown = _rss_bytes() - before
     # Each call returns ~70 Detection records (~10 kB); keeping a single one per call (~350 bytes)
     # adds ~1 MB over 3000 calls, so a margin of 512 kB catches any leak of ~170 bytes a call or
-    # more. Without a leak the growth measured is a page or two of allocator noise.
-    assert grown < 512 << 10, f"resident memory grew by {grown} bytes over 3000 detect calls"
+    # more. Without a leak the growth measured is a page or two of allocator noise. A leak grows in
+    # every window of 3000 calls; a one-off (an allocator arena or a collection in the worker
+    # process the test shares with others) in one window only: the smaller of two windows counts.
+    grown = []
+    for _ in range(2):
+        before = _rss_bytes()
+        work(3000)
+        grown.append(_rss_bytes() - before)
+    assert min(grown) < 512 << 10, f"resident memory grew by {grown} bytes over two runs of 3000 detect calls"

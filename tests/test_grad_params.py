@@ -132,6 +132,17 @@ def test_batchnorm(write_cfg):
     check_gradients(net, x)
 
 
+@pytest.mark.parametrize("bias_term", [1, 0])
+def test_scale(write_cfg, bias_term):
+    """[scale]'s gamma and beta (and the input) against central differences, between two layers."""
+    body = (f"[convolutional]\nfilters=3\nsize=3\nstride=1\npad=1\nactivation=logistic\n[scale]\n"
+            f"bias_term={bias_term}\n[connected]\noutput=4\nactivation=logistic\n")
+    net = build(write_cfg, body, 2, 3, 4)
+    assert ("biases" in net.layers[1].params) == bool(bias_term)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 2, 3, 4)).astype(np.float32)
+    check_gradients(net, x)
+
+
 def test_batchnorm_between_layers(write_cfg):
     body = ("[convolutional]\nfilters=3\nsize=3\nstride=1\npad=1\nactivation=logistic\n[batchnorm]\n"
             "[connected]\noutput=4\nactivation=logistic\n")

@@ -390,6 +390,34 @@ def test_reshape(write_cfg, case):
     np.testing.assert_array_equal(net.layers[0].output, x.reshape(x.shape[0], c, h, w))
 
 
+@pytest.mark.parametrize("case", select(forward="scale"))
+def test_scale(write_cfg, case):
+    net, _ = forward(write_cfg, case)
+    p = net.layers[1].params
+    assert list(p) == (["biases", "scales"] if "biases" in p else ["scales"])   # the weights-file order
+    x = np.asarray(net.layers[0].output, np.float64)
+    want = x * p["scales"].reshape(1, -1, 1, 1) + (p["biases"].reshape(1, -1, 1, 1) if "biases" in p else 0)
+    close(net.layers[1].output, want, tol=1e-6)
+
+
+def test_caffe_batchnorm_and_scale_map_onto_batchnorm_then_scale(write_cfg):
+    """Caffe's BatchNorm (use_global_stats: y = (x - mean) / sqrt(var + eps)) + Scale (gamma, beta), eps
+    darknet's .00001: [batchnorm] with Caffe's mean and variance as its rolling statistics, scales 1 and
+    biases 0, then [scale] with gamma and beta, computes Caffe's pair in inference (NumPy's formula)."""
+    rng = np.random.default_rng(4)
+    C = 5
+    mean, var = rng.normal(0, 1, C), rng.uniform(.2, 2, C)
+    gamma, beta = rng.normal(1, .3, C), rng.normal(0, .5, C)
+    net = pydarknet.load(write_cfg("[net]\nwidth=4\nheight=3\nchannels=5\n[batchnorm]\n[scale]\n", "bs.cfg"))
+    bn, sc = net.layers[0].params, net.layers[1].params
+    bn["rolling_mean"][:], bn["rolling_variance"][:], bn["scales"][:], bn["biases"][:] = mean, var, 1, 0
+    sc["scales"][:], sc["biases"][:] = gamma, beta
+    x = rng.normal(0, 2, (2, C, 3, 4)).astype(np.float32)
+    want = (gamma.reshape(1, -1, 1, 1) * (x - mean.reshape(1, -1, 1, 1)) / np.sqrt(var.reshape(1, -1, 1, 1) + 1e-5)
+            + beta.reshape(1, -1, 1, 1))
+    close(net.predict(x)[0], want, tol=1e-6)
+
+
 @pytest.mark.parametrize("shape,message", [("5,-1,1", "cannot hold the input's 2 x 3 x 4 values"),
                                            ("2,3,5", "holds 30 values, the input 2 x 3 x 4 has 24"),
                                            ("-1,-1,4", "infer one dimension"), ("2,3", "needs 3 values")])
