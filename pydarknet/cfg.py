@@ -71,7 +71,7 @@ SECTION_ALIASES = {
 }
 
 # layer types of pydarknet's own, which darknet does not have (no darknet fixture can cover them)
-OWN_LAYERS = ("reshape", "scale")
+OWN_LAYERS = ("reshape", "scale", "reduction")
 
 # the detection heads: the layers a detector's boxes come from
 HEAD_TYPES = ("yolo", "region")
@@ -184,6 +184,9 @@ SCHEMA = {
     "reshape": (("shape", INTS, REQUIRED),) + _COMMON,
     # pydarknet's (Caffe's Scale): per channel y = gamma * x + beta (beta with bias_term)
     "scale": (("bias_term", INT, 1),) + _COMMON,
+    # pydarknet's (Caffe's Reduction): every axis from `axis` (1 C, 2 H, 3 W) on reduced, times coeff
+    "reduction": (("operation", _choice("sum", "asum", "sumsq", "mean"), "sum"), ("axis", INT, 1),
+                  ("coeff", FLOAT, 1.0)) + _COMMON,
     "yolo": (
         ("classes", INT, 20), ("num", INT, 1), ("mask", INTS, lambda a: list(range(a["num"]))),
         ("max", INT, 200), ("show_details", INT, 1), ("max_delta", FLOAT, FLT_MAX),

@@ -24,7 +24,8 @@ tests compare onnxruntime's outputs with ``net.predict``):
   `scale` (stride > 0), block sums (stride < 0). [reorg]/[reorg3d]: the exact
   permutation of the C core as one Gather. [connected]: Gemm with its batch
   norm folded. [softmax]: groups and temperature. [dropout], [cost],
-  [empty]: the identity. [reshape]: Reshape. [scale]: Mul and Add per channel. [batchnorm], [activation].
+  [empty]: the identity. [reshape]: Reshape. [scale]: Mul and Add per channel.
+  [reduction]: one ReduceSum over each output value's run. [batchnorm], [activation].
 * activations: linear, logistic, leaky, relu, relu6, relie, ramp, elu, selu,
   gelu, tanh, loggy, plse, hardtan, lhtan, swish, mish, hard_mish, revleaky,
   stair, and across the channels normalize_channels(_softmax(_maxval));
@@ -401,6 +402,25 @@ def _softmax(g, layer, x, in_shape):
     return g.op("Reshape", [y, g.const([0] + list(_shape(layer)), dtype=np.int64)])
 
 
+def _reduction(g, layer, x, in_shape):
+    """Each output value's run of n trailing input values (layers/reduction.c), one ReduceSum."""
+    a = layer.spec.attrs
+    outs = int(np.prod(_shape(layer)))
+    n = int(np.prod(in_shape)) // outs
+    i64 = dict(dtype=np.int64)
+    y = g.op("Reshape", [x, g.const([0, outs, n], **i64)])
+    op = a["operation"]
+    if op == "asum":
+        y = g.op("Abs", [y])
+    elif op == "sumsq":
+        y = g.op("Mul", [y, y])
+    y = g.op("ReduceSum", [y, g.const([2], **i64)], keepdims=0)
+    k = a["coeff"] / n if op == "mean" else a["coeff"]
+    if k != 1:
+        y = g.op("Mul", [y, g.const(np.float32(k))])
+    return g.op("Reshape", [y, g.const([0] + list(_shape(layer)), **i64)])
+
+
 def _batchnorm_layer(g, layer, x):
     p = layer.params
     a = p["scales"].astype(np.float64) / np.sqrt(p["rolling_variance"].astype(np.float64) + BN_EPS)
@@ -607,6 +627,8 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode
             y = g.op("Mul", [x, g.const(layer.params["scales"].reshape(1, -1, 1, 1))])
             if "biases" in layer.params:
                 y = g.op("Add", [y, g.const(layer.params["biases"].reshape(1, -1, 1, 1))])
+        elif t == "reduction":
+            y = _reduction(g, layer, x, in_shape)
         elif t == "reshape":
             y = g.op("Reshape", [x, g.const([0] + list(_shape(layer)), dtype=np.int64)])
         elif t == "batchnorm":

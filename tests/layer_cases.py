@@ -229,6 +229,10 @@ CASES += [layer(section, opts, 3, 4, 4, forward="identity_at_inference", grad="a
 CASES += [Case(f"reshape-{tag(shape)}-conv", f"[reshape]\nshape={shape}\n" + ONE.format(f=3), (4, 6, 5),
                forward="reshape", grad="away", out_shape=(3,) + out)
           for shape, out in [("0,-1,10", (3, 10)), ("-1,3,2", (20, 3, 2)[1:]), ("24,5,1", (5, 1))]]
+# [reduction]: every operation over every axis, with a coeff
+CASES += [layer("reduction", f"operation={op}\naxis={axis}\ncoeff={coeff}", 3, 4, 5, forward="reduction", grad="away",
+                out_shape=((1, 1, 1), (3, 1, 1), (3, 4, 1))[axis - 1])
+          for op, coeff in [("sum", 1), ("asum", 0.5), ("sumsq", 2), ("mean", -1.5)] for axis in (1, 2, 3)]
 # [scale]: per channel gamma * x (+ beta), after a convolution so the parameters meet varied inputs
 CASES += [Case(f"conv-scale-bias_term{bt}", ONE.format(f=4) + f"[scale]\nbias_term={bt}\n", (3, 5, 4),
                forward="scale", grad="away") for bt in (1, 0)]

@@ -390,6 +390,26 @@ def test_reshape(write_cfg, case):
     np.testing.assert_array_equal(net.layers[0].output, x.reshape(x.shape[0], c, h, w))
 
 
+@pytest.mark.parametrize("case", select(forward="reduction"))
+def test_reduction(write_cfg, case):
+    """Caffe's Reduction: the axes from `axis` to the last reduced (NumPy), times coeff."""
+    net, x = forward(write_cfg, case)
+    a = net.layers[0].spec.attrs
+    x = np.asarray(x, np.float64)
+    f = {"sum": lambda v: v, "asum": np.abs, "sumsq": np.square, "mean": lambda v: v}[a["operation"]](x)
+    axes = tuple(range(a["axis"], 4))
+    want = (f.mean(axis=axes, keepdims=True) if a["operation"] == "mean" else f.sum(axis=axes, keepdims=True))
+    want = a["coeff"] * want
+    close(net.layers[0].output, want.reshape(net.layers[0].output.shape), tol=1e-6)
+
+
+@pytest.mark.parametrize("opts,message", [("axis=0", "the batch is never reduced"), ("axis=4", "axis=4"),
+                                          ("operation=prod", "operation")])
+def test_reduction_refuses_bad_options_naming_the_line(write_cfg, opts, message):
+    with pytest.raises(pydarknet.CfgError, match=r"r\.cfg:\d+: .*" + message):
+        pydarknet.load(write_cfg(f"[net]\nwidth=4\nheight=3\nchannels=2\n[reduction]\n{opts}\n", "r.cfg"))
+
+
 @pytest.mark.parametrize("case", select(forward="scale"))
 def test_scale(write_cfg, case):
     net, _ = forward(write_cfg, case)

@@ -166,4 +166,41 @@ static inline DN_HD void dn_shortcut_weight_grad(const double *G, const float *w
     if (normalization == DN_WNORM_SOFTMAX) gw[imax * step] += (float)(-DN_WNORM_EPS * dot / S);
 }
 
+/* [reduction] (layers/reduction.c): the operation's number, -1 for an unknown name; one output value from its
+ * run of n inputs (summed in double); the gradient of one input value given its output's delta. */
+enum { DN_REDUCE_SUM, DN_REDUCE_ASUM, DN_REDUCE_SUMSQ, DN_REDUCE_MEAN };
+
+static inline int dn_reduction_op(const char *name)
+{
+    static const char *const names[] = {"sum", "asum", "sumsq", "mean"};
+    for (int k = 0; k < 4; ++k) {
+        const char *a = names[k], *b = name;
+        while (*a && *a == *b) ++a, ++b;
+        if (!*a && !*b) return k;
+    }
+    return -1;
+}
+
+static inline DN_HD float dn_reduce_run(const float *x, size_t n, int op, float coeff)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const double v = x[i];
+        s += op == DN_REDUCE_ASUM ? fabs(v) : op == DN_REDUCE_SUMSQ ? v * v : v;
+    }
+    if (op == DN_REDUCE_MEAN) s /= (double)n;
+    return (float)(s * coeff);
+}
+
+static inline DN_HD float dn_reduce_grad(float x, float delta, size_t n, int op, float coeff)
+{
+    const float g = coeff * delta;
+    switch (op) {
+    case DN_REDUCE_ASUM: return x > 0.f ? g : (x < 0.f ? -g : 0.f);
+    case DN_REDUCE_SUMSQ: return 2.f * x * g;
+    case DN_REDUCE_MEAN: return g / (float)n;
+    default: return g;
+    }
+}
+
 #endif /* DN_LAYER_MATH_H */
