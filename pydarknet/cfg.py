@@ -71,7 +71,7 @@ SECTION_ALIASES = {
 }
 
 # layer types of pydarknet's own, which darknet does not have (no darknet fixture can cover them)
-OWN_LAYERS = ("reshape", "scale", "reduction")
+OWN_LAYERS = ("reshape", "scale", "reduction", "groupnorm")
 
 # the detection heads: the layers a detector's boxes come from
 HEAD_TYPES = ("yolo", "region")
@@ -187,6 +187,8 @@ SCHEMA = {
     # pydarknet's (Caffe's Reduction): every axis from `axis` (1 C, 2 H, 3 W) on reduced, times coeff
     "reduction": (("operation", _choice("sum", "asum", "sumsq", "mean"), "sum"), ("axis", INT, 1),
                   ("coeff", FLOAT, 1.0)) + _COMMON,
+    # pydarknet's (GroupNorm): per image and group of channels, mean and biased variance, then gamma, beta
+    "groupnorm": (("groups", INT, 32), ("eps", FLOAT, 0.00001)) + _COMMON,
     "yolo": (
         ("classes", INT, 20), ("num", INT, 1), ("mask", INTS, lambda a: list(range(a["num"]))),
         ("max", INT, 200), ("show_details", INT, 1), ("max_delta", FLOAT, FLT_MAX),

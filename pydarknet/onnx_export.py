@@ -25,7 +25,7 @@ tests compare onnxruntime's outputs with ``net.predict``):
   permutation of the C core as one Gather. [connected]: Gemm with its batch
   norm folded. [softmax]: groups and temperature. [dropout], [cost],
   [empty]: the identity. [reshape]: Reshape. [scale]: Mul and Add per channel.
-  [reduction]: one ReduceSum over each output value's run. [batchnorm], [activation].
+  [reduction]: one ReduceSum over each output value's run. [groupnorm]: composed. [batchnorm], [activation].
 * activations: linear, logistic, leaky, relu, relu6, relie, ramp, elu, selu,
   gelu, tanh, loggy, plse, hardtan, lhtan, swish, mish, hard_mish, revleaky,
   stair, and across the channels normalize_channels(_softmax(_maxval));
@@ -421,6 +421,26 @@ def _reduction(g, layer, x, in_shape):
     return g.op("Reshape", [y, g.const([0] + list(_shape(layer)), **i64)])
 
 
+def _groupnorm(g, layer, x, in_shape):
+    """GroupNorm with its biased variance: the groups' values as rows, normalized, then gamma and beta per
+    channel (composed: ONNX's GroupNormalization arrived in opset 18 and changed in 21)."""
+    a = layer.spec.attrs
+    c, h, w = in_shape
+    G = a["groups"]
+    i64 = dict(dtype=np.int64)
+    axes = g.const([2], **i64)
+    rows = g.op("Reshape", [x, g.const([0, G, (c // G) * h * w], **i64)])
+    centered = g.op("Sub", [rows, g.op("ReduceMean", [rows], axes=[2], keepdims=1)
+                            if g.opset < 18 else g.op("ReduceMean", [rows, axes], keepdims=1)])
+    sq = g.op("Mul", [centered, centered])
+    var = g.op("ReduceMean", [sq], axes=[2], keepdims=1) if g.opset < 18 else g.op("ReduceMean", [sq, axes],
+                                                                                   keepdims=1)
+    xhat = g.op("Div", [centered, g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(a["eps"]))])])])
+    y = g.op("Reshape", [xhat, g.const([0, c, h, w], **i64)])
+    y = g.op("Mul", [y, g.const(layer.params["scales"].reshape(1, -1, 1, 1))])
+    return g.op("Add", [y, g.const(layer.params["biases"].reshape(1, -1, 1, 1))])
+
+
 def _batchnorm_layer(g, layer, x):
     p = layer.params
     a = p["scales"].astype(np.float64) / np.sqrt(p["rolling_variance"].astype(np.float64) + BN_EPS)
@@ -627,6 +647,8 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode
             y = g.op("Mul", [x, g.const(layer.params["scales"].reshape(1, -1, 1, 1))])
             if "biases" in layer.params:
                 y = g.op("Add", [y, g.const(layer.params["biases"].reshape(1, -1, 1, 1))])
+        elif t == "groupnorm":
+            y = _groupnorm(g, layer, x, in_shape)
         elif t == "reduction":
             y = _reduction(g, layer, x, in_shape)
         elif t == "reshape":

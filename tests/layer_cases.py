@@ -233,6 +233,11 @@ CASES += [Case(f"reshape-{tag(shape)}-conv", f"[reshape]\nshape={shape}\n" + ONE
 CASES += [layer("reduction", f"operation={op}\naxis={axis}\ncoeff={coeff}", 3, 4, 5, forward="reduction", grad="away",
                 out_shape=((1, 1, 1), (3, 1, 1), (3, 4, 1))[axis - 1])
           for op, coeff in [("sum", 1), ("asum", 0.5), ("sumsq", 2), ("mean", -1.5)] for axis in (1, 2, 3)]
+# [groupnorm]: one group (LayerNorm-like), groups of 2 channels, one channel each (InstanceNorm-like: then the
+# convolution's bias has no effect at all, a zero gradient that finite differences only see as noise, so that
+# case is checked forward only; test_grad_params.py checks it behind a logistic)
+CASES += [Case(f"conv-groupnorm-groups{g}", ONE.format(f=6) + f"[groupnorm]\ngroups={g}\n", (3, 4, 5),
+               forward="groupnorm", grad="away" if g < 6 else "") for g in (1, 3, 6)]
 # [scale]: per channel gamma * x (+ beta), after a convolution so the parameters meet varied inputs
 CASES += [Case(f"conv-scale-bias_term{bt}", ONE.format(f=4) + f"[scale]\nbias_term={bt}\n", (3, 5, 4),
                forward="scale", grad="away") for bt in (1, 0)]

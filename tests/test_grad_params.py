@@ -143,6 +143,16 @@ def test_scale(write_cfg, bias_term):
     check_gradients(net, x)
 
 
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_groupnorm(write_cfg, groups):
+    """[groupnorm]'s gamma, beta and input against central differences, between two layers."""
+    body = (f"[convolutional]\nfilters=6\nsize=3\nstride=1\npad=1\nactivation=logistic\n[groupnorm]\n"
+            f"groups={groups}\n[connected]\noutput=4\nactivation=logistic\n")
+    net = build(write_cfg, body, 2, 3, 4)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 2, 3, 4)).astype(np.float32)
+    check_gradients(net, x)
+
+
 def test_batchnorm_between_layers(write_cfg):
     body = ("[convolutional]\nfilters=3\nsize=3\nstride=1\npad=1\nactivation=logistic\n[batchnorm]\n"
             "[connected]\noutput=4\nactivation=logistic\n")

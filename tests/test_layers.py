@@ -410,6 +410,22 @@ def test_reduction_refuses_bad_options_naming_the_line(write_cfg, opts, message)
         pydarknet.load(write_cfg(f"[net]\nwidth=4\nheight=3\nchannels=2\n[reduction]\n{opts}\n", "r.cfg"))
 
 
+@pytest.mark.parametrize("case", select(forward="groupnorm"))
+def test_groupnorm(write_cfg, case):
+    """GroupNorm: per image and group, the biased variance (NumPy), then gamma and beta per channel."""
+    net, _ = forward(write_cfg, case)
+    layer = net.layers[1]
+    G, eps = layer.spec.attrs["groups"], layer.spec.attrs["eps"]
+    x = np.asarray(net.layers[0].output, np.float64)
+    B, C, H, W = x.shape
+    r = x.reshape(B, G, -1)
+    xhat = ((r - r.mean(axis=2, keepdims=True)) / np.sqrt(r.var(axis=2, keepdims=True) + eps)).reshape(x.shape)
+    p = layer.params
+    assert list(p) == ["biases", "scales"]   # the weights-file order: beta, then gamma
+    want = xhat * p["scales"].reshape(1, -1, 1, 1) + p["biases"].reshape(1, -1, 1, 1)
+    close(layer.output, want, tol=1e-5)
+
+
 @pytest.mark.parametrize("case", select(forward="scale"))
 def test_scale(write_cfg, case):
     net, _ = forward(write_cfg, case)
