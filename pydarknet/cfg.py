@@ -174,6 +174,7 @@ SCHEMA = {
     "softmax": (
         ("groups", INT, 1), ("temperature", FLOAT, 1.0), ("tree", STR, ""), ("spatial", FLOAT, 0.0),
         ("noloss", INT, 0),
+        ("focal_gamma", FLOAT, 0.0), ("focal_alpha", FLOAT, 1.0),   # pydarknet's: focal loss for classifiers
     ) + _COMMON,
     "cost": (("type", _choice(*COST_TYPES), "sse"), ("scale", FLOAT, 1.0), ("ratio", FLOAT, 0.0),
              ("sigma", FLOAT, 1.0), ("delta", FLOAT, 1.0)) + _COMMON,   # sigma: smooth_l1's, delta: huber's

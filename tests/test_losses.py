@@ -615,6 +615,21 @@ def test_softmax_cross_entropy(write_cfg, soft):
     check_gradients(net, x, t, samples=x.size)
 
 
+@pytest.mark.parametrize("gamma,alpha,soft", [(2.0, 1.0, False), (0.5, 0.25, False), (2.0, 0.75, True)])
+def test_softmax_focal_loss(write_cfg, gamma, alpha, soft):
+    """focal_gamma / focal_alpha: -alpha * sum t (1 - p)^gamma log p (NumPy), its exact gradient against central
+    differences; focal_gamma=0 is the cross-entropy."""
+    net = build(write_cfg, f"[softmax]\ngroups=3\ntemperature=0.5\nfocal_gamma={gamma}\nfocal_alpha={alpha}\n",
+                12, 1, 1)
+    x, t = classifier_data(soft=soft, seed=3)
+    loss, _ = train_forward(net, x, t)
+    p = softmax_ref(x, 3, 0.5).reshape(2, 12)
+    assert loss == pytest.approx(-(alpha * t * (1 - p) ** gamma * np.log(p)).sum(), rel=1e-5)
+    check_gradients(net, x, t, samples=x.size)
+    plain = build(write_cfg, "[softmax]\ngroups=3\ntemperature=0.5\nfocal_gamma=0\n", 12, 1, 1)
+    assert train_forward(plain, x, t)[0] == pytest.approx(-(t * np.log(p)).sum(), rel=1e-5)
+
+
 def test_softmax_then_cost(write_cfg):
     """Both losses: the cross-entropy's gradient plus the cost's through the softmax Jacobian."""
     net = build(write_cfg, "[softmax]\ngroups=2\ntemperature=0.5\n[cost]\ntype=sse\nscale=3\n", 12, 1, 1)

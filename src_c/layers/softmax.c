@@ -11,6 +11,11 @@
  * a one-hot group). Darknet's softmax_x_ent logs -log p_j for every t_j != 0
  * and steps by t - p without the 1/T; the two agree for one-hot truths at
  * T = 1.
+ * Focal loss (focal_gamma = g > 0, focal_alpha = a, default 1; Lin et al.):
+ * L = -a sum_j t_j (1 - p_j)^g log p_j (a one-hot group: -a (1 - p)^g log p of
+ * the true class); with a_j = p_j dL/dp_j = a t_j (g p_j (1 - p_j)^(g-1) log p_j
+ * - (1 - p_j)^g), the exact gradient dL/dx_k = (a_k - p_k sum_j a_j) / T
+ * (g = 0, a = 1 is the cross-entropy above).
  * Backward: dL/dx = the cross-entropy gradient (when the pass had one) plus
  * the softmax Jacobian applied to l->delta (dLoss/d(output) set by the layers
  * after it, e.g. a [cost]): dx_j += p_j (g_j - sum_i g_i p_i) / T. Darknet
@@ -25,7 +30,7 @@
 
 typedef struct {
     int groups, noloss;
-    float temperature;
+    float temperature, focal_gamma, focal_alpha;
     float *xent; /* gradient of the cross-entropy, kept from a training pass for backward */
     size_t xent_cap;
     int has_loss;
@@ -47,6 +52,12 @@ static dn_status softmax_make(dn_layer *l, dn_net *net)
         if (spatial != 0.f) return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "spatial softmax is not supported");
     }
     if (dn_attr_has(l, "noloss") && (st = dn_attr_int(l, "noloss", &s->noloss))) return st;
+    s->focal_alpha = 1.f;
+    if (dn_attr_has(l, "focal_gamma") && (st = dn_attr_float(l, "focal_gamma", &s->focal_gamma))) return st;
+    if (dn_attr_has(l, "focal_alpha") && (st = dn_attr_float(l, "focal_alpha", &s->focal_alpha))) return st;
+    if (!(s->focal_gamma >= 0.f) || !(s->focal_alpha > 0.f))
+        return dn_layer_fail(l, DN_ERR_ARG, "focal_gamma must be >= 0 and focal_alpha > 0 (got %g, %g)", s->focal_gamma,
+                             s->focal_alpha);
     l->is_loss = !s->noloss;
     return DN_OK;
 }
@@ -84,6 +95,25 @@ static dn_status softmax_loss(dn_layer *l, dn_net *net)
         for (size_t j = 0; j < n; ++j) largest = fmax(largest, x[j]);
         for (size_t j = 0; j < n; ++j) sum += exp((x[j] - largest) / T);
         const double lse = log(sum);
+        if (s->focal_gamma > 0.f) {   /* focal loss: a_j = p_j dL/dp_j, then (a_k - p_k sum a) / T */
+            const double ga = s->focal_gamma, al = s->focal_alpha;
+            double asum = 0;
+            for (size_t j = 0; j < n; ++j) {
+                if (t[j] == 0.f) continue;
+                const double logp = (x[j] - largest) / T - lse, pj = exp(logp), q = 1.0 - pj;
+                loss -= al * t[j] * pow(q, ga) * logp;
+                asum += al * t[j] * (ga * pj * pow(q, ga - 1.0) * logp - pow(q, ga));
+            }
+            for (size_t j = 0; j < n; ++j) {
+                double aj = 0;
+                if (t[j] != 0.f) {
+                    const double logp = (x[j] - largest) / T - lse, pj = exp(logp), q = 1.0 - pj;
+                    aj = al * t[j] * (ga * pj * pow(q, ga - 1.0) * logp - pow(q, ga));
+                }
+                s->xent[g0 + j] = (float)((aj - p[j] * asum) / T);
+            }
+            continue;
+        }
         for (size_t j = 0; j < n; ++j) {
             tsum += t[j];
             if (t[j] != 0.f) loss -= t[j] * ((x[j] - largest) / T - lse);
