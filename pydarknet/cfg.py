@@ -71,7 +71,7 @@ SECTION_ALIASES = {
 }
 
 # layer types of pydarknet's own, which darknet does not have (no darknet fixture can cover them)
-OWN_LAYERS = ("reshape", "scale", "reduction", "groupnorm")
+OWN_LAYERS = ("reshape", "scale", "reduction", "groupnorm", "deformable")
 
 # the detection heads: the layers a detector's boxes come from
 HEAD_TYPES = ("yolo", "region")
@@ -190,6 +190,12 @@ SCHEMA = {
                   ("coeff", FLOAT, 1.0)) + _COMMON,
     # pydarknet's (GroupNorm): per image and group of channels, mean and biased variance, then gamma, beta
     "groupnorm": (("groups", INT, 32), ("eps", FLOAT, 0.00001)) + _COMMON,
+    # pydarknet's (DCNv2): a convolution sampling at learned offsets (an internal convolution, zero at first)
+    "deformable": (
+        ("filters", INT, 1), ("size", INT, 1), ("stride", INT, 1), ("stride_x", INT, -1), ("stride_y", INT, -1),
+        ("dilation", INT, 1), ("pad", INT, 0), ("padding", INT, 0), ("activation", ACT, "logistic"),
+        ("batch_normalize", INT, 0), ("deformable_groups", INT, 1), ("modulated", INT, 1),
+    ) + _COMMON,
     "yolo": (
         ("classes", INT, 20), ("num", INT, 1), ("mask", INTS, lambda a: list(range(a["num"]))),
         ("max", INT, 200), ("show_details", INT, 1), ("max_delta", FLOAT, FLT_MAX),
@@ -446,6 +452,17 @@ def _convolutional(ctx, a):
               "[convolutional] share_index (weights shared with another layer) is not supported by pydarknet")
 
 
+def _deformable(ctx, a):
+    if a["stride_x"] < 1:
+        a["stride_x"] = a["stride"]
+    if a["stride_y"] < 1:
+        a["stride_y"] = a["stride"]
+    if a["pad"]:
+        a["padding"] = a["size"] // 2
+    _positive(ctx, a, "filters", "size", "stride", "stride_x", "stride_y", "dilation", "deformable_groups")
+    ctx.check(a["padding"] >= 0, "padding", f"[deformable] padding must be >= 0, got {a['padding']}")
+
+
 def _connected(ctx, a):
     _positive(ctx, a, "output")
 
@@ -516,7 +533,8 @@ def _region(ctx, a):
 
 
 _RULES = {
-    "net": _net, "convolutional": _convolutional, "connected": _connected, "maxpool": _pool,
+    "net": _net, "convolutional": _convolutional, "deformable": _deformable, "connected": _connected,
+    "maxpool": _pool,
     "local_avgpool": _pool, "route": _route, "shortcut": _shortcut, "scale_channels": _single_from,
     "sam": _single_from, "upsample": _upsample, "reorg": _reorg, "reorg3d": _reorg,
     "dropout": _dropout, "softmax": _softmax,

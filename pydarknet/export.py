@@ -31,7 +31,7 @@ def add_parser(commands):
                         help="the model file to write, .pdn or .onnx by its extension (default: <cfg-name>.pdn in "
                              "the current folder)")
     export.add_argument("--opset", type=int, default=None, metavar="N",
-                        help="ONNX opset of an .onnx export (default 17)")
+                        help="ONNX opset of an .onnx export (default 17, or 19 with [deformable] layers)")
     export.add_argument("--dynamic-batch", action="store_true",
                         help="an .onnx export takes any batch size (else the batch is 1)")
     export.add_argument("--decode", action="store_true",
@@ -75,10 +75,10 @@ def _cmd_export(args) -> int:
 
 
 def _export_onnx(args, net, output) -> int:
-    from .onnx_export import DEFAULT_OPSET, OnnxExportError, export_onnx
+    from .onnx_export import OnnxExportError, export_onnx
 
-    opset = args.opset or DEFAULT_OPSET
-    if opset < 13:
+    opset = args.opset
+    if opset is not None and opset < 13:
         raise CliError(f"--opset {opset}: the export needs opset 13 or newer")
     if net.batch != 1:
         net.resize(batch=1)
@@ -100,6 +100,9 @@ def _export_onnx(args, net, output) -> int:
     heads = [layer for layer in net.layers if layer.type in ("yolo", "region")] or [net.layers[-1]]
     outputs = (f"'detections' ({args.layout} layout)" + (", 'selected' (NMS)" if nms else "") if args.decode else
                ", ".join(f"layer {l.index} [{l.type}] {'x'.join(map(str, l.output_shape))}" for l in heads))
+    from .onnx_export import _onnx
+
+    opset = _onnx()[0].load(output, load_external_data=False).opset_import[0].version
     note(f"wrote {output}: ONNX opset {opset}, input 'input' [{'batch' if args.dynamic_batch else 1}, "
          f"{net.channels}, {net.height}, {net.width}], outputs {outputs}")
     return EXIT_OK

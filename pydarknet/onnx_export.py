@@ -25,7 +25,8 @@ tests compare onnxruntime's outputs with ``net.predict``):
   permutation of the C core as one Gather. [connected]: Gemm with its batch
   norm folded. [softmax]: groups and temperature. [dropout], [cost],
   [empty]: the identity. [reshape]: Reshape. [scale]: Mul and Add per channel.
-  [reduction]: one ReduceSum over each output value's run. [groupnorm]: composed. [batchnorm], [activation].
+  [reduction]: one ReduceSum over each output value's run. [groupnorm]: composed.
+  [deformable]: DeformConv (opset 19, the default opset then). [batchnorm], [activation].
 * activations: linear, logistic, leaky, relu, relu6, relie, ramp, elu, selu,
   gelu, tanh, loggy, plse, hardtan, lhtan, swish, mish, hard_mish, revleaky,
   stair, and across the channels normalize_channels(_softmax(_maxval));
@@ -221,6 +222,40 @@ def _end_pad(n, begin, window, stride, out):
     `begin` in front (ONNX counts floor((n + begin + end - window) / stride) + 1); None when none does."""
     end = max(0, (out - 1) * stride + window - n - begin)
     return end if (n + begin + end - window) // stride + 1 == out else None
+
+
+def _deformable(g, layer, x, in_shape):
+    """DCNv2 (layers/deformable.c) as ONNX's DeformConv (opset 19): the internal convolution gives the offsets
+    (torchvision's layout, ONNX's too) and the mask logits; batch norm folded into the main weights."""
+    a = layer.spec.attrs
+    where = _where(layer)
+    if g.opset < 19:
+        raise OnnxExportError(f"{where}: DeformConv needs opset 19 or newer, not {g.opset}")
+    c, h, w = in_shape
+    f, k, dil, dg = a["filters"], a["size"], a["dilation"], a["deformable_groups"]
+    sy, sx, pad = a["stride_y"], a["stride_x"], a["padding"] * a["dilation"]
+    _, oh, ow = _shape(layer)
+    end_h = _end_pad(h, pad, dil * (k - 1) + 1, sy, oh)
+    end_w = _end_pad(w, pad, dil * (k - 1) + 1, sx, ow)
+    if end_h is None or end_w is None:
+        raise OnnxExportError(f"{where}: darknet's output size {oh}x{ow} has no ONNX padding")
+    geometry = dict(kernel_shape=[k, k], strides=[sy, sx], pads=[pad, pad, end_h, end_w], dilations=[dil, dil])
+    n_off = 2 * dg * k * k
+    O = (3 if a["modulated"] else 2) * dg * k * k
+    p = layer.params
+    offsets = g.op("Conv", [x, g.const(p["offset_weights"].reshape(O, c, k, k), "w"),
+                            g.const(p["offset_biases"], "b")], **geometry)
+    i64 = dict(dtype=np.int64)
+
+    def channels(lo, hi):
+        return g.op("Slice", [offsets, g.const([lo], **i64), g.const([hi], **i64), g.const([1], **i64)])
+
+    wt, bias = _folded(layer, p["weights"].reshape(f, c, k, k), f)
+    inputs = [x, g.const(wt, "w"), channels(0, n_off), g.const(bias, "b")]
+    if a["modulated"]:
+        inputs.append(g.op("Sigmoid", [channels(n_off, O)]))
+    y = g.op("DeformConv", inputs, offset_group=dg, group=1, **geometry)
+    return _activation(g, y, a["activation"], where)
 
 
 def _pool_pads(layer, in_shape):
@@ -595,7 +630,7 @@ def _to_half(model, TensorProto, helper, numpy_helper):
     return model
 
 
-def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode=False, layout="yolov5",
+def build_model(net, opset=None, dynamic_batch=False, name=None, decode=False, layout="yolov5",
                 nms=None, half=False):
     """The ONNX ModelProto of `net` (see the module docstring). decode: one output `detections` instead of
     the raw heads, in `layout`; nms: (iou_threshold, score_threshold, max_per_class) adds the output
@@ -606,6 +641,8 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode
     if nms is not None and not decode:
         raise OnnxExportError("NMS in the graph needs the decoded boxes (decode=True)")
     onnx, TensorProto, helper, numpy_helper = _onnx()
+    if opset is None:   # the default, or 19 where a [deformable] needs DeformConv
+        opset = 19 if any(l.type == "deformable" for l in net.layers) else DEFAULT_OPSET
     if not 13 <= int(opset) <= onnx.defs.onnx_opset_version():
         raise OnnxExportError(f"opset {opset}: the export writes opsets 13 to {onnx.defs.onnx_opset_version()}")
     g = _Graph(helper, numpy_helper, opset)
@@ -617,6 +654,8 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode
         a = layer.spec.attrs
         if t in ("convolutional",):
             y = _conv(g, layer, x, in_shape)
+        elif t == "deformable":
+            y = _deformable(g, layer, x, in_shape)
         elif t == "maxpool":
             y = _maxpool(g, layer, x, in_shape)
         elif t == "local_avgpool":
@@ -708,7 +747,7 @@ def build_model(net, opset=DEFAULT_OPSET, dynamic_batch=False, name=None, decode
     return model
 
 
-def export_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False, decode=False, layout="yolov5", nms=None,
+def export_onnx(net, path, opset=None, dynamic_batch=False, decode=False, layout="yolov5", nms=None,
                 half=False):
     """Writes `net` as an ONNX model to `path` (see build_model and the module docstring); returns the path."""
     onnx = _onnx()[0]

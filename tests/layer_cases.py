@@ -233,6 +233,14 @@ CASES += [Case(f"reshape-{tag(shape)}-conv", f"[reshape]\nshape={shape}\n" + ONE
 CASES += [layer("reduction", f"operation={op}\naxis={axis}\ncoeff={coeff}", 3, 4, 5, forward="reduction", grad="away",
                 out_shape=((1, 1, 1), (3, 1, 1), (3, 4, 1))[axis - 1])
           for op, coeff in [("sum", 1), ("asum", 0.5), ("sumsq", 2), ("mean", -1.5)] for axis in (1, 2, 3)]
+# [deformable] (DCNv2): deformable groups, strides, modulation, batch norm; the offset convolution's weights are
+# random here (zero, the default, samples the plain grid). Its gradients are checked in test_grad_params.py, with
+# sample positions kept off the integers (where the bilinear weights have kinks that finite differences cross).
+CASES += [Case(f"deformable-{tag(opts)}", f"[deformable]\nfilters=3\nsize=3\npad=1\n{opts}\n",
+               (4, 6, 5), forward="deformable")
+          for opts in ["deformable_groups=1\nactivation=linear", "deformable_groups=2\nstride=2\nactivation=linear",
+                       "modulated=0\nbatch_normalize=1\nactivation=linear",
+                       "deformable_groups=4\nstride_x=2\nactivation=logistic"]]
 # [groupnorm]: one group (LayerNorm-like), groups of 2 channels, one channel each (InstanceNorm-like: then the
 # convolution's bias has no effect at all, a zero gradient that finite differences only see as noise, so that
 # case is checked forward only; test_grad_params.py checks it behind a logistic)

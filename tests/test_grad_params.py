@@ -153,6 +153,24 @@ def test_groupnorm(write_cfg, groups):
     check_gradients(net, x)
 
 
+@pytest.mark.parametrize("opts", ["deformable_groups=2\nactivation=linear", "modulated=0\nstride=2\nactivation=linear",
+                                  "batch_normalize=1\nstride_x=2\nactivation=linear",
+                                  "deformable_groups=4\nactivation=logistic"])
+def test_deformable(write_cfg, opts):
+    """[deformable]: the input, the main weights and the offset convolution's weights and biases against central
+    differences. The sample positions must stay off the integers, where the bilinear weights' derivatives jump
+    (finite differences across one are wrong, not the gradient): offset biases put every sample mid-way
+    between pixels (0.5) and the offset weights are small enough that the input moves it by < 0.2."""
+    body = f"[deformable]\nfilters=3\nsize=3\npad=1\n{opts}\n"
+    net = build(write_cfg, body, 4, 6, 5)
+    p = net.layers[0].params
+    rng = np.random.default_rng(6)
+    p["offset_weights"][:] = rng.uniform(-0.004, 0.004, p["offset_weights"].size)
+    p["offset_biases"][:] = 0.5 + rng.uniform(-0.05, 0.05, p["offset_biases"].size)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 4, 6, 5)).astype(np.float32)
+    check_gradients(net, x, samples=40)
+
+
 def test_batchnorm_between_layers(write_cfg):
     body = ("[convolutional]\nfilters=3\nsize=3\nstride=1\npad=1\nactivation=logistic\n[batchnorm]\n"
             "[connected]\noutput=4\nactivation=logistic\n")

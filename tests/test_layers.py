@@ -410,6 +410,75 @@ def test_reduction_refuses_bad_options_naming_the_line(write_cfg, opts, message)
         pydarknet.load(write_cfg(f"[net]\nwidth=4\nheight=3\nchannels=2\n[reduction]\n{opts}\n", "r.cfg"))
 
 
+def deform_conv_ref(x, w, offset, mask, stride, pad, dgroups):
+    """DCNv2 as torchvision's deform_conv2d documents it, written out in loops: every tap of every output
+    position samples its channel bilinearly at the grid point plus its (dy, dx) offset (zero beyond one pixel
+    outside the image, corners outside count zero), times its mask."""
+    B, C, H, W = x.shape
+    F, _, k, _ = w.shape
+    _, _, oh, ow = offset.shape
+    sy, sx = stride
+    cpg = C // dgroups
+
+    def sample(plane, h, ww):
+        if not (-1 < h < H and -1 < ww < W):
+            return 0.0
+        h0, w0 = int(np.floor(h)), int(np.floor(ww))
+        lh, lw = h - h0, ww - w0
+        v = 0.0
+        for yy, xx, wt in ((h0, w0, (1 - lh) * (1 - lw)), (h0, w0 + 1, (1 - lh) * lw), (h0 + 1, w0, lh * (1 - lw)),
+                           (h0 + 1, w0 + 1, lh * lw)):
+            if 0 <= yy < H and 0 <= xx < W:
+                v += wt * plane[yy, xx]
+        return v
+
+    cols = np.zeros((B, C * k * k, oh * ow))
+    for b in range(B):
+        for c in range(C):
+            g = c // cpg
+            for i in range(k * k):
+                ky, kx = divmod(i, k)
+                for oy in range(oh):
+                    for ox in range(ow):
+                        h = oy * sy - pad + ky + offset[b, 2 * (g * k * k + i), oy, ox]
+                        ww = ox * sx - pad + kx + offset[b, 2 * (g * k * k + i) + 1, oy, ox]
+                        m = 1.0 if mask is None else mask[b, g * k * k + i, oy, ox]
+                        cols[b, c * k * k + i, oy * ow + ox] = m * sample(x[b, c], h, ww)
+    return np.einsum("fk,bkn->bfn", w.reshape(F, -1), cols).reshape(B, F, oh, ow)
+
+
+@pytest.mark.parametrize("case", select(forward="deformable"))
+def test_deformable(write_cfg, case):
+    """DCNv2 against deform_conv_ref: the offsets and masks from the internal convolution (computed here in
+    NumPy too), then batch norm / bias and the activation as [convolutional]."""
+    net, x = forward(write_cfg, case)
+    layer = net.layers[0]
+    a, p = layer.spec.attrs, layer.params
+    k, dg, C = a["size"], a["deformable_groups"], case.shape[0]
+    x = np.asarray(x, np.float64)
+    pad = a["padding"]
+    O = (3 if a["modulated"] else 2) * dg * k * k
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    _, F, oh, ow = layer.output.shape
+    wo = p["offset_weights"].reshape(O, C, k, k).astype(np.float64)
+    off = np.zeros((x.shape[0], O, oh, ow))
+    for oy in range(oh):
+        for ox in range(ow):
+            patch = xp[:, :, oy * a["stride_y"]:oy * a["stride_y"] + k, ox * a["stride_x"]:ox * a["stride_x"] + k]
+            off[:, :, oy, ox] = np.einsum("bckl,ockl->bo", patch, wo) + p["offset_biases"]
+    assert np.abs(off[:, :2 * dg * k * k]).max() > 0.05   # offsets that move the samples off the grid
+    mask = 1 / (1 + np.exp(-off[:, 2 * dg * k * k:])) if a["modulated"] else None
+    z = deform_conv_ref(x, p["weights"].reshape(F, C, k, k).astype(np.float64), off[:, :2 * dg * k * k], mask,
+                        (a["stride_y"], a["stride_x"]), pad, dg)
+    if a["batch_normalize"]:
+        z = ((z - p["rolling_mean"].reshape(1, -1, 1, 1)) / np.sqrt(p["rolling_variance"].reshape(1, -1, 1, 1) + 1e-5)
+             * p["scales"].reshape(1, -1, 1, 1))
+    z = z + p["biases"].reshape(1, -1, 1, 1)
+    if a["activation"] == "logistic":
+        z = 1 / (1 + np.exp(-z))
+    close(layer.output, z, tol=1e-5)
+
+
 @pytest.mark.parametrize("case", select(forward="groupnorm"))
 def test_groupnorm(write_cfg, case):
     """GroupNorm: per image and group, the biased variance (NumPy), then gamma and beta per channel."""

@@ -203,4 +203,37 @@ static inline DN_HD float dn_reduce_grad(float x, float delta, size_t n, int op,
     }
 }
 
+/* torchvision's bilinear sampling (deform_conv2d) of an H x W plane at (h, w): zero when (h, w) is at least
+ * one pixel outside, else the four corners' weights, a corner outside counting zero (idx -1). dh, dw: the
+ * weights' derivatives with respect to h and w. */
+typedef struct {
+    int idx[4];
+    float wt[4], dh[4], dw[4];
+} dn_bilinear_pts;
+
+static inline DN_HD dn_bilinear_pts dn_bilinear_points(int H, int W, float h, float w)
+{
+    dn_bilinear_pts p;
+    for (int k = 0; k < 4; ++k) p.idx[k] = -1, p.wt[k] = p.dh[k] = p.dw[k] = 0.f;
+    if (!(h > -1.f && h < (float)H && w > -1.f && w < (float)W)) return p;
+    const int h0 = (int)floorf(h), w0 = (int)floorf(w), h1 = h0 + 1, w1 = w0 + 1;
+    const float lh = h - (float)h0, lw = w - (float)w0, hh = 1.f - lh, hw = 1.f - lw;
+    const int ys[4] = {h0, h0, h1, h1}, xs[4] = {w0, w1, w0, w1};
+    const float wt[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
+    const float dh[4] = {-hw, -lw, hw, lw}, dw[4] = {-hh, hh, -lh, lh};
+    for (int k = 0; k < 4; ++k) {
+        if (ys[k] < 0 || ys[k] >= H || xs[k] < 0 || xs[k] >= W) continue;
+        p.idx[k] = ys[k] * W + xs[k];
+        p.wt[k] = wt[k];
+        p.dh[k] = dh[k];
+        p.dw[k] = dw[k];
+    }
+    return p;
+}
+
+/* Where kernel tap (ky, kx) of output position (oy, ox) samples a [deformable] layer's input, before the offset */
+typedef struct {
+    int k, stride_y, stride_x, pad, dilation, groups, modulated; /* groups: deformable groups */
+} dn_deform_shape;
+
 #endif /* DN_LAYER_MATH_H */
