@@ -108,8 +108,10 @@ dn_status dn_net_detections(dn_net *net, int batch_index, int img_w, int img_h, 
             if (!gone[i]) c->items[kept++] = c->items[i];
         free(gone);
     }
-    qsort(c->items, (size_t)kept, sizeof(dn_detection), by_confidence);
+    /* with no candidate the list is NULL: qsort and memcpy must not see it (undefined even for a count of 0) */
+    if (kept > 1) qsort(c->items, (size_t)kept, sizeof(dn_detection), by_confidence);
     *found = kept;
-    if (capacity > 0) memcpy(out, c->items, sizeof(dn_detection) * (size_t)(kept < capacity ? kept : capacity));
+    if (capacity > 0 && kept > 0)
+        memcpy(out, c->items, sizeof(dn_detection) * (size_t)(kept < capacity ? kept : capacity));
     return DN_OK;
 }
