@@ -1,0 +1,125 @@
+"""Fuzzed readers (property-based, hypothesis): valid seeds of the files
+pydarknet reads, mutated (bytes flipped, inserted, deleted, truncated), fed
+to the real readers. Every input must give a result or the package's own
+exception with a message (CfgError, WeightsError, ModelFileError,
+DarknetError), never a crash or another exception from deep inside. The runs
+here are short (a bounded number of inputs per reader, no deadline); set
+PYDARKNET_FUZZ_EXAMPLES for a long run."""
+import os
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis", reason="the hypothesis test extra is not installed")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+import pydarknet  # noqa: E402
+from pydarknet import CfgError, DarknetError, ModelFileError, WeightsError  # noqa: E402
+from conftest import randomize  # noqa: E402
+
+EXAMPLES = int(os.environ.get("PYDARKNET_FUZZ_EXAMPLES", "150"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+SEED_CFG = b"""[net]
+width=16
+height=16
+channels=3
+batch=2
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+batch_normalize=1
+activation=leaky
+[maxpool]
+size=2
+stride=1
+[route]
+layers=-1,-2
+[convolutional]
+filters=14
+size=1
+activation=linear
+[yolo]
+mask=0,1
+anchors=2,3, 4,5, 6,7
+classes=2
+num=3
+"""
+
+
+@st.composite
+def mutated(draw, seed):
+    """seed with a few byte-level edits: flips, inserts, deletes, a truncation."""
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "printable"]))
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        if kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete":
+            del data[at:at + draw(st.integers(1, 16))]
+        elif kind == "truncate":
+            del data[at:]
+        else:   # a printable character in place: keeps cfgs mostly text, reaching the option parsers
+            data[at] = draw(st.sampled_from(b"0123456789-=,.[]#\n abcxyz"))
+    return bytes(data)
+
+
+def _built(tmp_path, name="seed.cfg"):
+    path = tmp_path / name
+    path.write_bytes(SEED_CFG)
+    net = pydarknet.load(str(path))
+    randomize(net, 1)
+    return net
+
+
+@FUZZ
+@given(data=mutated(SEED_CFG))
+def test_cfg_reader(tmp_path, data):
+    path = tmp_path / "fuzz.cfg"
+    path.write_bytes(data)
+    try:
+        net = pydarknet.load(str(path))
+    except (CfgError, DarknetError) as e:
+        assert str(e), "an error without a message"
+        return
+    net.predict(np.zeros((net.batch, net.channels, net.height, net.width), np.float32))
+
+
+@FUZZ
+@given(st.data())
+def test_weights_reader(tmp_path, data):
+    net = _built(tmp_path)
+    weights = tmp_path / "seed.weights"
+    if not weights.exists():
+        net.save_weights(str(weights))
+    bad = tmp_path / "fuzz.weights"
+    bad.write_bytes(data.draw(mutated(weights.read_bytes())))
+    try:
+        net.load_weights(str(bad))
+    except (WeightsError, DarknetError) as e:
+        assert str(e), "an error without a message"
+
+
+@FUZZ
+@given(st.data())
+def test_model_file_reader(tmp_path, data):
+    """.pdn model files through the C core's loader (what a C program calls) and the Python reader."""
+    seed = tmp_path / "seed.pdn"
+    if not seed.exists():
+        pydarknet.write_model(_built(tmp_path), str(seed), names=["a", "b"])
+    bad = tmp_path / "fuzz.pdn"
+    bad.write_bytes(data.draw(mutated(seed.read_bytes())))
+    try:
+        net = pydarknet.load_model(str(bad))
+    except (ModelFileError, DarknetError) as e:
+        assert str(e), "an error without a message"
+        return
+    net.predict(np.zeros((1, net.channels, net.height, net.width), np.float32))
