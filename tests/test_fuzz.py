@@ -1,8 +1,10 @@
 """Fuzzed readers (property-based, hypothesis): valid seeds of the files
-pydarknet reads, mutated (bytes flipped, inserted, deleted, truncated), fed
-to the real readers. Every input must give a result or the package's own
-exception with a message (CfgError, WeightsError, ModelFileError,
-DarknetError), never a crash or another exception from deep inside. The runs
+pydarknet reads (cfg, .weights, .pdn, .data, .names, YOLO labels), mutated
+(bytes flipped, inserted, deleted, truncated), fed to the real readers. Every
+input must give a result or the package's own exception with a message
+(CfgError, WeightsError, ModelFileError, DataFileError, DarknetError; label
+files: usable rows and an issue per bad line), never a crash or another
+exception from deep inside. The runs
 here are short (a bounded number of inputs per reader, no deadline); set
 PYDARKNET_FUZZ_EXAMPLES for a long run."""
 import os
@@ -123,3 +125,55 @@ def test_model_file_reader(tmp_path, data):
         assert str(e), "an error without a message"
         return
     net.predict(np.zeros((1, net.channels, net.height, net.width), np.float32))
+
+
+SEED_DATA = b"classes = 3\ntrain = train.txt\nvalid = valid.txt\nnames = shapes.names\nbackup = backup/\n"
+SEED_NAMES = b"square\ncircle\ntriangle\n"
+SEED_LABELS = b"0 0.5 0.5 0.2 0.3\n2 0.1 0.9 0.05 0.1\n1 0.75 0.25 0.4 0.4\n"
+
+
+@FUZZ
+@given(data=mutated(SEED_DATA))
+def test_data_file_reader(tmp_path, data):
+    """.data files: read_data_file and load_data_file (the typed view) give values or DataFileError."""
+    from pydarknet.datafiles import DataFileError, load_data_file
+
+    path = tmp_path / "fuzz.data"
+    path.write_bytes(data)
+    try:
+        d = load_data_file(path)
+        d.classes
+        d.train, d.valid, d.names_path, d.backup
+    except DataFileError as e:
+        assert str(e), "an error without a message"
+
+
+@FUZZ
+@given(data=mutated(SEED_NAMES))
+def test_names_reader(tmp_path, data):
+    from pydarknet.datafiles import DataFileError, read_names
+
+    path = tmp_path / "fuzz.names"
+    path.write_bytes(data)
+    try:
+        names = read_names(path)
+    except DataFileError as e:
+        assert str(e), "an error without a message"
+        return
+    assert all(isinstance(n, str) and n for n in names)
+
+
+@FUZZ
+@given(data=mutated(SEED_LABELS))
+def test_label_reader(tmp_path, data):
+    """YOLO label files: usable rows as float32 [n, 5] inside the image, every other line an issue naming it."""
+    from pydarknet.data.lists import read_labels
+
+    path = tmp_path / "fuzz.txt"
+    path.write_bytes(data)
+    rows, issues = read_labels(path, classes=3)
+    assert rows.dtype == np.float32 and rows.ndim == 2 and rows.shape[1] == 5
+    assert np.isfinite(rows).all()
+    if len(rows):
+        assert ((rows[:, 0] >= 0) & (rows[:, 0] < 3)).all()
+    assert all(str(i) for i in issues)
