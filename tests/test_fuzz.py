@@ -177,3 +177,30 @@ def test_label_reader(tmp_path, data):
     if len(rows):
         assert ((rows[:, 0] >= 0) & (rows[:, 0] < 3)).all()
     assert all(str(i) for i in issues)
+
+
+@FUZZ
+@given(st.data())
+def test_image_list_reader(tmp_path, data):
+    """Image lists: the paths that exist are kept (each image's labels then read), the others reported; a list
+    with none is one DataError, a binary one a DataFileError; never another exception."""
+    from pydarknet.data import DataError, DetectionDataset
+    from pydarknet.datafiles import DataFileError
+
+    images = tmp_path / "images"
+    if not images.exists():
+        images.mkdir()
+        for i in range(3):
+            (images / f"im{i}.jpg").write_bytes(b"\xff\xd8\xff\xd9")   # existence is what the list reader checks
+            (images / f"im{i}.txt").write_bytes(SEED_LABELS)
+    seed = "".join(f"{images / f'im{i}.jpg'}\n" for i in range(3)).encode()
+    path = tmp_path / "fuzz.txt"
+    path.write_bytes(data.draw(mutated(seed)))
+    try:
+        ds = DetectionDataset.from_list(path, 3)
+    except (DataError, DataFileError) as e:   # no usable path; not a text file
+        assert str(e), "an error without a message"
+        return
+    for i in range(len(ds)):
+        rows, _ = ds.labels(i)
+        assert rows.shape[1] == 5
