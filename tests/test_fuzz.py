@@ -204,3 +204,6 @@ def test_image_list_reader(tmp_path, data):
     for i in range(len(ds)):
         rows, _ = ds.labels(i)
         assert rows.shape[1] == 5
+    for examples in ds.summary.examples.values():   # undecodable bytes shown as escapes: logs and other
+        for text in examples:                         # processes (pytest-xdist's workers) can carry them
+            text.encode("utf-8")

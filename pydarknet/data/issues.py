@@ -41,9 +41,15 @@ ISSUE_KINDS = {
 }
 
 
+def printable(text):
+    """A path or message read from a file, shown safely: bytes that are not UTF-8 (kept as surrogate escapes so
+    the path still opens) written as backslash escapes, so logs, reports and other processes can carry it."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _format(issue):
     where = issue.path if issue.line is None else f"{issue.path}:{issue.line}"
-    return f"{where}: {issue.message}" if issue.message else where
+    return printable(f"{where}: {issue.message}" if issue.message else where)
 
 
 class DataSummary:

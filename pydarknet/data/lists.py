@@ -33,7 +33,7 @@ import numpy as np
 
 from ..datafiles import DataFileError, load_data_file, read_names
 from ..fileio import not_text
-from .issues import DataError, DataSummary, Issue
+from .issues import DataError, DataSummary, Issue, printable
 
 __all__ = [
     "read_image_list", "resolve_listed", "label_path", "label_paths", "read_labels", "read_image",
@@ -95,7 +95,7 @@ def read_image_list(path, summary=None, check=True):
         if found is None:
             where = f" (looked in {folder or '.'} and the working folder)" if not os.path.isabs(line) else ""
             if summary is not None:
-                summary.record(Issue("missing_image", path, n, f"image {line} not found{where}; left out"))
+                summary.record(Issue("missing_image", path, n, f"image {printable(line)} not found{where}; left out"))
             continue
         out.append(found)
     return out
