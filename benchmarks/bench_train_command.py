@@ -27,7 +27,6 @@ the loader. After --warmup iterations:
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_training import train_cfg  # noqa: E402
-from common import resolve_cfg  # noqa: E402
+from common import machine_info, resolve_cfg  # noqa: E402
 from paths import CFG_DIR  # noqa: E402
 
 
@@ -61,17 +60,6 @@ def parse_args(argv=None):
     if args.iterations < 2 or args.warmup < 0 or args.batch < 1 or args.batch % args.subdivisions:
         ap.error("need --iterations >= 2, --warmup >= 0 and --batch a multiple of --subdivisions")
     return args
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def dataset(folder, images, size):
@@ -141,11 +129,12 @@ def main(args):
         devices = pydarknet.cuda_devices() if args.gpus != "none" else []
     except Exception:  # noqa: BLE001 - the figure stands without the name
         devices = []
+    info = machine_info()
     result = {
         "cfg": os.path.basename(resolve_cfg(args.cfg, args.cfg_dir)), "size": args.size, "batch": args.batch,
         "subdivisions": args.subdivisions, "mosaic": args.mosaic, "gpus": args.gpus, "workers": args.workers,
         "device": devices[int(args.gpus.split(",")[0])] if devices else "CPU",
-        "cpu": cpu_model(), "cpus": len(os.sched_getaffinity(0)), "iterations": n,
+        "cpu": info["cpu_model"], "cpus": info["cpus_usable"], "iterations": n,
         "command_images_per_s": round(command_ips, 2), "iteration_images_per_s": round(iteration_ips, 2),
         "share": round(command_ips / iteration_ips, 3), "median_load_wait_s": round(load_wait, 4),
         "command_wall_s": round(wall, 1), "startup_lines": startup[:4],

@@ -190,23 +190,23 @@ class World:
         self.comm.Abort(1)
 
 
-@ffi.def_extern()
-def _pydarknet_reduce_hook(net_ptr, user, values, count):
+def _hook(user, work, *args):
+    """A hook's work for the C core: DN_OK, or the error kept on the World and DN_ERR_STATE (an exception must
+    never unwind through C; the caller raises it)."""
     world = ffi.from_handle(user)
     try:
-        world._reduce_sums(values, count)
+        getattr(world, work)(*args)
         return lib.DN_OK
-    except BaseException as e:   # never unwind through C: the caller raises it
+    except BaseException as e:
         world.error = e
         return lib.DN_ERR_STATE
+
+
+@ffi.def_extern()
+def _pydarknet_reduce_hook(net_ptr, user, values, count):
+    return _hook(user, "_reduce_sums", values, count)
 
 
 @ffi.def_extern()
 def _pydarknet_gradient_hook(net_ptr, user, images):
-    world = ffi.from_handle(user)
-    try:
-        world._reduce_gradients(net_ptr, images)
-        return lib.DN_OK
-    except BaseException as e:   # never unwind through C: the caller raises it
-        world.error = e
-        return lib.DN_ERR_STATE
+    return _hook(user, "_reduce_gradients", net_ptr, images)

@@ -89,11 +89,11 @@ class _Graph:
         self.inits.append(self.nh.from_array(np.ascontiguousarray(np.asarray(value, dtype=dtype)), name))
         return name
 
-    def reduce_max(self, x, axis, keepdims):
-        """ReduceMax over one axis (its axes an attribute before opset 18, an input since)."""
+    def reduce(self, op_type, x, axis, keepdims):
+        """ReduceMax / ReduceMean over one axis (their axes an attribute before opset 18, an input since)."""
         if self.opset >= 18:
-            return self.op("ReduceMax", [x, self.const([axis], dtype=np.int64)], keepdims=keepdims)
-        return self.op("ReduceMax", [x], axes=[axis], keepdims=keepdims)
+            return self.op(op_type, [x, self.const([axis], dtype=np.int64)], keepdims=keepdims)
+        return self.op(op_type, [x], axes=[axis], keepdims=keepdims)
 
     def op(self, op_type, inputs, base="t", **attrs):
         out = self.name(base)
@@ -164,7 +164,7 @@ def _activation(g, x, act, where):
         elif act == "normalize_channels_softmax":
             num = g.op("Exp", [x])
         else:
-            num = g.op("Exp", [g.op("Sub", [x, g.reduce_max(x, 1, 1)])])
+            num = g.op("Exp", [g.op("Sub", [x, g.reduce("ReduceMax", x, 1, 1)])])
         total = g.op("Add", [g.op("ReduceSum", [num, axes], keepdims=1), c(.0001)])
         return g.op("Div", [num, total])
     raise OnnxExportError(f"{where}: activation={act} has no ONNX export yet")
@@ -200,21 +200,28 @@ def _conv(g, layer, x, in_shape):
                 "stretch_sway"):
         if a.get(key):
             raise OnnxExportError(f"{where}: {key}={a[key]} has no ONNX export")
-    c, h, w = in_shape
-    f, k, groups, dil = a["filters"], a["size"], a["groups"], a["dilation"]
+    c = in_shape[0]
+    f, k, groups = a["filters"], a["size"], a["groups"]
+    wt, bias = _folded(layer, layer.params["weights"].reshape(f, c // groups, k, k), f)
+    y = g.op("Conv", [x, g.const(wt, "w"), g.const(bias, "b")], group=groups, **_conv_geometry(layer, in_shape))
+    return _activation(g, y, a["activation"], where)
+
+
+def _conv_geometry(layer, in_shape):
+    """Kernel, strides, dilations and pads of a darknet convolution ([convolutional], [deformable]): the pads
+    begin at padding * dilation (the C core's im2col), the end padding gives darknet's output size (ONNX's is
+    floor((h + begin + end - dil*(k - 1) - 1) / s) + 1)."""
+    a = layer.spec.attrs
+    _, h, w = in_shape
+    k, dil = a["size"], a["dilation"]
     sy, sx, pad = a["stride_y"], a["stride_x"], a["padding"] * a["dilation"]
     _, oh, ow = _shape(layer)
-    weights = layer.params["weights"].reshape(f, c // groups, k, k)
-    wt, bias = _folded(layer, weights, f)
-    # ONNX's output size floor((h + begin + end - dil*(k - 1) - 1) / s) + 1 made darknet's by the end padding
     end_h = _end_pad(h, pad, dil * (k - 1) + 1, sy, oh)
     end_w = _end_pad(w, pad, dil * (k - 1) + 1, sx, ow)
     if end_h is None or end_w is None:
-        raise OnnxExportError(f"{where}: darknet's output size {oh}x{ow} (padding {a['padding']}, dilation {dil}) "
-                              f"has no ONNX padding")
-    y = g.op("Conv", [x, g.const(wt, "w"), g.const(bias, "b")], kernel_shape=[k, k], strides=[sy, sx],
-             pads=[pad, pad, end_h, end_w], dilations=[dil, dil], group=groups)
-    return _activation(g, y, a["activation"], where)
+        raise OnnxExportError(f"{_where(layer)}: darknet's output size {oh}x{ow} (padding {a['padding']}, "
+                              f"dilation {dil}) has no ONNX padding")
+    return dict(kernel_shape=[k, k], strides=[sy, sx], pads=[pad, pad, end_h, end_w], dilations=[dil, dil])
 
 
 def _end_pad(n, begin, window, stride, out):
@@ -231,15 +238,9 @@ def _deformable(g, layer, x, in_shape):
     where = _where(layer)
     if g.opset < 19:
         raise OnnxExportError(f"{where}: DeformConv needs opset 19 or newer, not {g.opset}")
-    c, h, w = in_shape
-    f, k, dil, dg = a["filters"], a["size"], a["dilation"], a["deformable_groups"]
-    sy, sx, pad = a["stride_y"], a["stride_x"], a["padding"] * a["dilation"]
-    _, oh, ow = _shape(layer)
-    end_h = _end_pad(h, pad, dil * (k - 1) + 1, sy, oh)
-    end_w = _end_pad(w, pad, dil * (k - 1) + 1, sx, ow)
-    if end_h is None or end_w is None:
-        raise OnnxExportError(f"{where}: darknet's output size {oh}x{ow} has no ONNX padding")
-    geometry = dict(kernel_shape=[k, k], strides=[sy, sx], pads=[pad, pad, end_h, end_w], dilations=[dil, dil])
+    c = in_shape[0]
+    f, k, dg = a["filters"], a["size"], a["deformable_groups"]
+    geometry = _conv_geometry(layer, in_shape)
     n_off = 2 * dg * k * k
     O = (3 if a["modulated"] else 2) * dg * k * k
     p = layer.params
@@ -281,7 +282,7 @@ def _maxpool(g, layer, x, in_shape):
             y = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, rows * G - c, 0, 0], dtype=np.int64),
                              g.const(np.float32(-np.inf))])
         y = g.op("Reshape", [y, g.const([0, rows, G, h, w], dtype=np.int64)])
-        return g.reduce_max(y, 1, 0)
+        return g.reduce("ReduceMax", y, 1, 0)
     pads = _pool_pads(layer, in_shape)
     if pads is None:
         raise OnnxExportError(f"{_where(layer)}: this size/stride/padding has no ONNX pooling window")
@@ -463,13 +464,9 @@ def _groupnorm(g, layer, x, in_shape):
     c, h, w = in_shape
     G = a["groups"]
     i64 = dict(dtype=np.int64)
-    axes = g.const([2], **i64)
     rows = g.op("Reshape", [x, g.const([0, G, (c // G) * h * w], **i64)])
-    centered = g.op("Sub", [rows, g.op("ReduceMean", [rows], axes=[2], keepdims=1)
-                            if g.opset < 18 else g.op("ReduceMean", [rows, axes], keepdims=1)])
-    sq = g.op("Mul", [centered, centered])
-    var = g.op("ReduceMean", [sq], axes=[2], keepdims=1) if g.opset < 18 else g.op("ReduceMean", [sq, axes],
-                                                                                   keepdims=1)
+    centered = g.op("Sub", [rows, g.reduce("ReduceMean", rows, 2, 1)])
+    var = g.reduce("ReduceMean", g.op("Mul", [centered, centered]), 2, 1)
     xhat = g.op("Div", [centered, g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(a["eps"]))])])])
     y = g.op("Reshape", [xhat, g.const([0, c, h, w], **i64)])
     y = g.op("Mul", [y, g.const(layer.params["scales"].reshape(1, -1, 1, 1))])

@@ -233,22 +233,30 @@ static dn_status sync_backward(dn_layer *l, dn_net *net, conv_state *s, channel_
 
 /* after the convolution: batch norm (the batch's statistics in training), bias and activation by channels on the
  * worker threads, the statistics synchronized over the processes when the layer asks */
+/* a training pass's batch-norm scratch (batch statistics, x_norm); a mini-batch of a single value per filter is
+ * refused unless its statistics are every process's (sync) */
+static dn_status bn_training_buffers(dn_layer *l, conv_state *s, int sync)
+{
+    const size_t total = (size_t)l->batch * l->outputs;
+    dn_status st;
+    if ((size_t)l->batch * l->out_h * l->out_w < 2 && !sync)
+        return dn_layer_fail(l, DN_ERR_SHAPE,
+                             "batch normalization in training needs at least 2 values per filter "
+                             "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
+    if ((st = dn_ensure_floats(&s->mean, &s->mean_cap, (size_t)l->out_c)) ||
+        (st = dn_ensure_floats(&s->variance, &s->variance_cap, (size_t)l->out_c)) ||
+        (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
+        return st;
+    return DN_OK;
+}
+
 static dn_status channels_forward(dn_layer *l, dn_net *net, conv_state *s, int sync)
 {
     const int N = l->out_h * l->out_w;
     const size_t total = (size_t)l->batch * l->outputs;
     const int keep_x = net->train && dn_activation_needs_input(s->activation);
     dn_status st;
-    if (s->batch_normalize && net->train) {
-        if ((size_t)l->batch * N < 2 && !sync)
-            return dn_layer_fail(l, DN_ERR_SHAPE,
-                                 "batch normalization in training needs at least 2 values per filter "
-                                 "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
-        if ((st = dn_ensure_floats(&s->mean, &s->mean_cap, (size_t)l->out_c)) ||
-            (st = dn_ensure_floats(&s->variance, &s->variance_cap, (size_t)l->out_c)) ||
-            (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
-            return st;
-    }
+    if (s->batch_normalize && net->train && (st = bn_training_buffers(l, s, sync))) return st;
     if (keep_x && (st = dn_ensure_floats(&s->x, &s->x_cap, total))) return st;
     channel_job j = channel_setup(l, s, net->train);
     if (sync) {
@@ -386,14 +394,7 @@ static dn_status conv_forward(dn_layer *l, dn_net *net)
     }
     if (s->batch_normalize) {
         if (net->train) {
-            if ((size_t)l->batch * N < 2)
-                return dn_layer_fail(l, DN_ERR_SHAPE,
-                                     "batch normalization in training needs at least 2 values per filter "
-                                     "(batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
-            if ((st = dn_ensure_floats(&s->mean, &s->mean_cap, (size_t)l->out_c)) ||
-                (st = dn_ensure_floats(&s->variance, &s->variance_cap, (size_t)l->out_c)) ||
-                (st = dn_ensure_floats(&s->x_norm, &s->x_norm_cap, total)))
-                return st;
+            if ((st = bn_training_buffers(l, s, 0))) return st;
             dn_batchnorm_forward_train(l->output, l->batch, l->out_c, N, s->mean, s->variance, s->x_norm,
                                        s->rolling_mean, s->rolling_variance, DN_BN_ROLLING);
         } else {

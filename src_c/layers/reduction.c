@@ -42,7 +42,7 @@ static dn_status reduction_setup(dn_layer *l, dn_net *net)
     return DN_OK;
 }
 
-static dn_status read(const dn_layer *l, int *op, float *coeff, size_t *n)
+dn_status dn_reduction_options(const dn_layer *l, int *op, float *coeff, size_t *n)
 {
     const char *name;
     dn_status st;
@@ -57,7 +57,7 @@ static dn_status reduction_forward(dn_layer *l, dn_net *net)
     int op;
     float coeff;
     size_t n;
-    dn_status st = read(l, &op, &coeff, &n);
+    dn_status st = dn_reduction_options(l, &op, &coeff, &n);
     if (st) return st;
     const float *in = dn_layer_input(net, l);
     const size_t outs = (size_t)l->batch * l->outputs;
@@ -72,7 +72,7 @@ static dn_status reduction_backward(dn_layer *l, dn_net *net)
     int op;
     float coeff;
     size_t n;
-    dn_status st = read(l, &op, &coeff, &n);
+    dn_status st = dn_reduction_options(l, &op, &coeff, &n);
     if (st) return st;
     const float *in = dn_layer_input(net, l);
     const size_t total = (size_t)l->batch * l->inputs;

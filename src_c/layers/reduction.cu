@@ -1,5 +1,5 @@
 /* reduction.cu - [reduction] on the device, as reduction.c (layer_math.h's
- * dn_reduce_run and dn_reduce_grad): one thread per output value reducing
+ * dn_reduce_run and dn_reduce_grad, reduction.c's options): one thread per output value reducing
  * its run, backward one thread per input value. */
 #include "cuda.h"
 #include "../ops/ops.h"
@@ -16,23 +16,13 @@ __global__ static void reduce_grad_kernel(const float *in, const float *delta, s
     DN_KERNEL_LOOP(i, total) d[i] += dn_reduce_grad(in[i], delta[i / n], n, op, coeff);
 }
 
-static dn_status read(const dn_layer *l, int *op, float *coeff, size_t *n)
-{
-    const char *name;
-    dn_status st;
-    if ((st = dn_attr_string(l, "operation", &name)) || (st = dn_attr_float(l, "coeff", coeff))) return st;
-    *op = dn_reduction_op(name);
-    *n = l->inputs / ((size_t)l->out_c * l->out_h * l->out_w);
-    return DN_OK;
-}
-
 extern "C" {
 dn_status dn_reduction_forward_gpu(dn_layer *l, dn_net *net)
 {
     int op;
     float coeff;
     size_t n;
-    dn_status st = read(l, &op, &coeff, &n);
+    dn_status st = dn_reduction_options(l, &op, &coeff, &n);
     if (st) return st;
     const size_t outs = (size_t)l->batch * l->outputs;
     reduce_kernel<<<dn_grid(outs), DN_BLOCK>>>(dn_gpu_input(net, l), outs, n, op, coeff, l->output_gpu);
@@ -46,7 +36,7 @@ dn_status dn_reduction_backward_gpu(dn_layer *l, dn_net *net)
     int op;
     float coeff;
     size_t n;
-    dn_status st = read(l, &op, &coeff, &n);
+    dn_status st = dn_reduction_options(l, &op, &coeff, &n);
     if (st) return st;
     const size_t total = (size_t)l->batch * l->inputs;
     reduce_grad_kernel<<<dn_grid(total), DN_BLOCK>>>(dn_gpu_input(net, l), l->delta_gpu, total, n, op, coeff, d);

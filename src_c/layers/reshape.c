@@ -59,9 +59,7 @@ static dn_status reshape_setup(dn_layer *l, dn_net *net)
 static dn_status reshape_backward(dn_layer *l, dn_net *net)
 {
     float *d = dn_layer_input_delta(net, l);
-    if (!d) return DN_OK;
-    const size_t n = (size_t)l->batch * l->outputs;
-    for (size_t i = 0; i < n; ++i) d[i] += l->delta[i];
+    if (d) dn_head_pass_delta(l, d); /* input delta += delta, value by value */
     return DN_OK;
 }
 

@@ -34,6 +34,9 @@ void dn_affine_activate(float *x, size_t n, float a, float b, dn_activation act)
  * applies act to the layer's output. Backward: *out = dLoss/d(pre-activation),
  * the layer's delta itself for a linear act, else a copy in *g times f'(.). */
 dn_status dn_activate_output(dn_layer *l, const dn_net *net, dn_activation act, float **x, size_t *x_cap);
+/* [reduction]'s options (layers/reduction.c, for its CPU and device passes): the operation (layer_math.h's
+ * DN_REDUCE_*), coeff, and n, the input values each output value reduces */
+dn_status dn_reduction_options(const dn_layer *l, int *op, float *coeff, size_t *n);
 dn_status dn_activation_delta(dn_layer *l, dn_activation act, const float *x, size_t x_cap, float **g,
                               size_t *g_cap, const float **out);
 
