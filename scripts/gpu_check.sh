@@ -7,6 +7,7 @@
 # cores, and writes every log and JSON into the folder it is given.
 #
 #   bash scripts/gpu_check.sh OUT_DIR [ARCH]      # ARCH: CUDA compute capability, e.g. 90 (default: 90)
+#   SKIP="bench_gpu_yolov4 profile_layers" bash scripts/gpu_check.sh OUT_DIR   # leaves the named steps out
 #
 # Needs: nvcc, a CUDA device, the project's Python dependencies (cffi, numpy,
 # scipy-openblas32, pytest, pytest-xdist, nvidia-cublas; nvidia-cudnn-cu13 for
@@ -26,6 +27,7 @@ T0=$SECONDS
 
 step() { # name, time limit (s), command...: runs it with its log in $OUT/<name>.log, prints the outcome
     local name=$1 limit=$2; shift 2
+    case " ${SKIP:-} " in *" $name "*) echo "$name: skipped (SKIP)"; return 0;; esac
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?

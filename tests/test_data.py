@@ -305,6 +305,27 @@ def test_process_workers_shared_slots_reused_across_sizes(shapes, write_cfg):
         assert not set(slots) & set(os.listdir("/dev/shm"))
 
 
+def test_process_workers_leave_the_resource_tracker_quiet(shapes, write_cfg):
+    """The shared slots are the loader's: a worker attaching one must not unregister it from the resource tracker
+    it shares with the loader (the loader's own unregister then made the tracker print a KeyError traceback for
+    every slot). Run in a fresh interpreter, whose tracker prints to the captured stderr."""
+    import subprocess
+    import sys
+    cfg = write_cfg("[net]\nbatch=4\nwidth=64\nheight=64\nchannels=3\nmosaic=1\n"
+                    "[convolutional]\nfilters=24\nsize=1\nactivation=linear\n"
+                    "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=3\nnum=3\n")
+    code = ("import sys\nfrom pydarknet.data import DetectionLoader\n"
+            "with DetectionLoader.from_files(sys.argv[1], sys.argv[2], seed=1, workers=2, backend='process') as p:\n"
+            "    n = sum(1 for _ in p.iterate(0, 6))\n"
+            "print('batches', n)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(shapes), str(cfg)], capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["batches", "6"]
+    assert "Traceback" not in r.stderr and "KeyError" not in r.stderr, r.stderr
+    assert "leaked shared_memory" not in r.stderr, r.stderr
+
+
 def test_process_batches_without_copy_stay_valid_until_the_batch_after_next(shapes, write_cfg):
     """iterate(copy=False) hands out views of the workers' shared memory (no copy in this process): each batch,
     checked when the next one is taken and again when the one after it is, equals what the threads make; a batch

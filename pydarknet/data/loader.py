@@ -220,12 +220,13 @@ _WORKER_SLOTS = OrderedDict()   # shared-memory slots this worker has attached, 
 def _attach(name):
     shm = _WORKER_SLOTS.get(name)
     if shm is None:
-        shm = shared_memory.SharedMemory(name=name)
-        try:   # the loader owns the slot; this process must not unlink it when it exits (Python < 3.13)
-            from multiprocessing import resource_tracker
-            resource_tracker.unregister(shm._name, "shared_memory")
-        except Exception:
-            pass
+        # The loader owns the slot and unlinks it. Before Python 3.13 attaching registers the name with the
+        # resource tracker, but the spawned workers share the loader's tracker, where that is a no-op: the
+        # worker must not unregister it (the loader's own unregister would then fail in the tracker)
+        try:
+            shm = shared_memory.SharedMemory(name=name, track=False)
+        except TypeError:
+            shm = shared_memory.SharedMemory(name=name)
         _WORKER_SLOTS[name] = shm
         while len(_WORKER_SLOTS) > 16:
             _WORKER_SLOTS.popitem(last=False)[1].close()
