@@ -49,6 +49,11 @@ struct dn_cuda {
     float *workspace;
     size_t workspace_n;
     int *delta_dirty;         /* per layer, and [nlayers] for the input: the host delta was handed out */
+    /* host buffers registered as page-locked (cudaHostRegister): those that cross to the host in every
+     * training pass (a loss head's input, output and delta, a host-pass layer's and its sources'), so that
+     * their copies run as DMA at full speed instead of through the driver's small pageable staging */
+    void **pinned;
+    int npinned, pinned_cap;
     /* per layer: a plan (dn_gpu_plan) and how to release it */
     void **plans;
     void (**plan_release)(void *);
@@ -222,6 +227,59 @@ static void free_scratch(dn_layer *l)
     }
 }
 
+/* ---- page-locked host buffers ---- */
+static void pin(dn_cuda *ctx, void *p, size_t bytes)
+{
+    if (!p || !bytes) return;
+    for (int k = 0; k < ctx->npinned; ++k)
+        if (ctx->pinned[k] == p) return;
+    if (ctx->npinned == ctx->pinned_cap) {
+        const int cap = ctx->pinned_cap ? 2 * ctx->pinned_cap : 16;
+        void **grown = (void **)realloc(ctx->pinned, (size_t)cap * sizeof(void *));
+        if (!grown) return; /* the pageable copy serves */
+        ctx->pinned = grown;
+        ctx->pinned_cap = cap;
+    }
+    if (cudaHostRegister(p, bytes, cudaHostRegisterDefault) == cudaSuccess) ctx->pinned[ctx->npinned++] = p;
+    else cudaGetLastError(); /* refused (a page shared with another registered buffer, a limit): not sticky */
+}
+
+static dn_status pin_source(dn_net *net, int i)
+{
+    if (i == net->nlayers) return DN_OK; /* the input has its own staging */
+    dn_layer *src = net->layers[i];
+    const size_t bytes = (size_t)net->batch * src->outputs * sizeof(float);
+    pin(net->cuda, src->output, bytes);
+    pin(net->cuda, src->delta, bytes);
+    return DN_OK;
+}
+
+static dn_status for_sources(dn_net *net, dn_layer *l, dn_status (*fn)(dn_net *, int));
+
+/* Registers the host buffers of the layers whose passes copy through the host (the loss heads, the layers
+ * without a device pass) and of the layers they read. */
+static void pin_host_crossings(dn_net *net)
+{
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        if (!l->is_loss && l->ops->forward_gpu) continue;
+        const size_t bytes = (size_t)net->batch * l->outputs * sizeof(float);
+        pin(net->cuda, l->output, bytes);
+        pin(net->cuda, l->delta, bytes);
+        for_sources(net, l, pin_source);
+    }
+}
+
+void dn_gpu_unpin(dn_net *net)
+{
+    dn_cuda *ctx = net->cuda;
+    if (!ctx) return;
+    cudaSetDevice(ctx->device);
+    for (int k = 0; k < ctx->npinned; ++k) cudaHostUnregister(ctx->pinned[k]);
+    cudaGetLastError();
+    ctx->npinned = 0;
+}
+
 static dn_status gpu_allocate(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
@@ -273,6 +331,8 @@ static dn_status gpu_allocate(dn_net *net)
         ctx->delta_dirty = (int *)calloc((size_t)net->nlayers + 1, sizeof(int));
         if (!ctx->delta_dirty) return dn_fail(DN_ERR_NOMEM, "out of memory");
     }
+    dn_gpu_unpin(net); /* buffers of an earlier size (dn_net_allocate unpins before it frees them) */
+    pin_host_crossings(net);
     return DN_OK;
 }
 
@@ -321,7 +381,7 @@ void dn_gpu_close(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
     if (!ctx) return;
-    cudaSetDevice(ctx->device);
+    dn_gpu_unpin(net);
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
         for (int j = 0; j < l->nparams; ++j) {
@@ -359,6 +419,7 @@ void dn_gpu_close(dn_net *net)
 #endif
     cublasDestroy(ctx->blas);
     free(ctx->delta_dirty);
+    free(ctx->pinned);
     free(ctx);
     net->cuda = NULL;
     net->backend = &dn_cpu_backend;
@@ -567,6 +628,15 @@ dn_status dn_gpu_pull_sources(dn_net *net, dn_layer *l)
 {
     dn_status s = for_sources(net, l, pull_source_output);
     return s ? s : pull_output(net, l);
+}
+
+dn_status dn_gpu_host_loss(dn_net *net, dn_layer *l)
+{
+    dn_status s = for_sources(net, l, pull_source_output);
+    if (!s) s = l->ops->forward(l, net);
+    if (!s) l->host_stale = 0;
+    if (!s && l->has_loss) s = push(l->delta_gpu, l->delta, (size_t)net->batch * l->outputs);
+    return s;
 }
 
 dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l)

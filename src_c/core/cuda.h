@@ -86,6 +86,7 @@ dn_status dn_gpu_device_name(int index, char *buf, int size);
 /* ---- the network on a device (core/cuda.cu) ---- */
 dn_status dn_gpu_open(dn_net *net, int device);   /* allocates the device copies and moves the parameters */
 void dn_gpu_close(dn_net *net);                   /* parameters back to the host, device memory freed */
+void dn_gpu_unpin(dn_net *net);                   /* host buffers page-locked for their copies released */
 int dn_gpu_device(const dn_net *net);
 /* cuDNN (a build with PYDARKNET_CUDNN=1): whether the network's convolutions
  * run on it (on by default, off with PYDARKNET_CUDNN=0 in the environment
@@ -117,6 +118,10 @@ dn_status dn_gpu_plan(dn_net *net, const dn_layer *l, size_t size, void (*releas
 dn_status dn_gpu_workspace(dn_net *net, size_t n, float **out);
 /* The CPU pass of layer l on host copies (for cases a .cu leaves to the host). */
 dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l);
+/* A loss head's training pass with truths on the host: its CPU forward on the
+ * pulled input makes the host output (one copy fewer than pulling the
+ * device's), the loss and l->delta, which goes to the device. */
+dn_status dn_gpu_host_loss(dn_net *net, dn_layer *l);
 dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l);
 /* Copies of n floats between a host and a device buffer (nothing for NULL or n = 0). */
 dn_status dn_gpu_push(float *dev, const float *host, size_t n);
@@ -222,6 +227,7 @@ static inline dn_status dn_gpu_open(dn_net *net, int device)
     return dn_gpu_device_count(&device);
 }
 static inline void dn_gpu_close(dn_net *net) { (void)net; }
+static inline void dn_gpu_unpin(dn_net *net) { (void)net; }
 static inline int dn_gpu_device(const dn_net *net) { (void)net; return -1; }
 static inline int dn_gpu_cudnn_on(const dn_net *net) { (void)net; return 0; }
 static inline dn_status dn_gpu_set_cudnn(dn_net *net, int on)

@@ -246,6 +246,7 @@ float *dn_scratch(const dn_net *net, const dn_layer *l, int worker)
 /* (Re)allocates activations and the workspace to the current sizes. */
 dn_status dn_net_allocate(dn_net *net)
 {
+    dn_gpu_unpin(net); /* the host buffers some copies use page-locked are freed below */
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
         free(l->output);

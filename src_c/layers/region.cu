@@ -3,9 +3,9 @@
  * and anchor running layer_math.h's dn_region_cell_forward (raw x, y, w, h,
  * the logistic on objectness, the softmax over the classes with softmax=1).
  * The loss stays on the host with region.c's one implementation: in a
- * training pass with truths the input and output are copied to the host,
- * dn_region_train_loss adds the loss and writes l->delta (in the input's
- * layout), which is copied back. Backward adds that delta into the input
+ * training pass with truths the input is copied to the host (page-locked),
+ * where region.c's forward makes the output, adds the loss and writes
+ * l->delta (in the input's layout), which is copied back. Backward adds that delta into the input
  * delta, or without a loss applies the forward's Jacobian
  * (dn_region_cell_backward, one thread per image, cell and anchor: each
  * writes its own input positions). */
@@ -61,9 +61,8 @@ static dn_status region_forward_gpu(dn_layer *l, dn_net *net)
     const size_t groups = cell_groups(l, &q);
     region_kernel<<<dn_grid(groups), DN_BLOCK>>>(dn_gpu_input(net, l), groups, q, l->output_gpu);
     if (!net->train) return DN_OK;
-    if (net->truth && (s = dn_gpu_pull_sources(net, l))) return s;
-    if ((s = dn_region_train_loss(l, net))) return s;
-    return l->has_loss ? dn_gpu_push(l->delta_gpu, l->delta, (size_t)l->batch * l->outputs) : DN_OK;
+    /* without truths: no loss (has_loss cleared) */
+    return net->truth ? dn_gpu_host_loss(net, l) : dn_region_train_loss(l, net);
 }
 
 static dn_status region_backward_gpu(dn_layer *l, dn_net *net)

@@ -2,9 +2,9 @@
  * as yolo.c (the logistic on x, y, objectness and the classes unless
  * new_coords, then x, y scaled by scale_x_y around the cell centre). The loss
  * stays on the host with yolo.c's one implementation: in a training pass with
- * truths the input and output are copied to the host, dn_yolo_train_loss
- * adds the loss and writes l->delta (the gradient with respect to the
- * input), which is copied back. Backward adds that delta into the input
+ * truths the input is copied to the host (into page-locked memory), where
+ * yolo.c's forward makes the output, adds the loss and writes l->delta (the
+ * gradient with respect to the input), which is copied back. Backward adds that delta into the input
  * delta, or without a loss applies the forward's Jacobian on the device. */
 #include "cuda.h"
 #include "../ops/ops.h"
@@ -63,9 +63,8 @@ static dn_status yolo_forward_gpu(dn_layer *l, dn_net *net)
     const size_t n = (size_t)l->batch * l->outputs;
     yolo_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), n, l->out_c, q, l->output_gpu);
     if (!net->train) return DN_OK;
-    if (net->truth && (s = dn_gpu_pull_sources(net, l))) return s;
-    if ((s = dn_yolo_train_loss(l, net))) return s;
-    return l->has_loss ? dn_gpu_push(l->delta_gpu, l->delta, n) : DN_OK;
+    /* without truths: no loss (has_loss cleared) */
+    return net->truth ? dn_gpu_host_loss(net, l) : dn_yolo_train_loss(l, net);
 }
 
 static dn_status yolo_backward_gpu(dn_layer *l, dn_net *net)
