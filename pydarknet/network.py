@@ -7,9 +7,11 @@ when they are float32 and C-contiguous; outputs come back as NumPy arrays.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import threading
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -31,6 +33,15 @@ _LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERR
 @ffi.def_extern()
 def _pydarknet_log(level, message, user):
     log.log(_LEVELS.get(level, logging.INFO), ffi.string(message).decode("utf-8", "replace"))
+
+
+def _locked(method):
+    """Runs a Network method under the network's own lock (see Network)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
 
 
 def default_threads():
@@ -55,7 +66,8 @@ class Layer:
     def shape(self):
         """Output shape (channels, height, width) for one image."""
         c, h, w = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
-        check(lib.dn_layer_shape(self._net._ptr, self.index, c, h, w))
+        with self._net._lock:
+            check(lib.dn_layer_shape(self._net._ptr, self.index, c, h, w))
         return (c[0], h[0], w[0])
 
     @property
@@ -74,18 +86,23 @@ class Layer:
         """A copy of this layer's output from the last forward pass,
         [B] + output_shape: [B, C, H, W] ([region]: [B, H, W, num, 5 + classes])."""
         data, count = ffi.new("const float **"), ffi.new("size_t *")
-        check(lib.dn_layer_output(self._net._ptr, self.index, data, count))
-        arr = np.frombuffer(ffi.buffer(data[0], count[0] * 4), dtype=np.float32)
-        return arr.reshape((self._net.batch,) + self.output_shape).copy()
+        with self._net._lock:  # copied before another thread's call can overwrite it
+            check(lib.dn_layer_output(self._net._ptr, self.index, data, count))
+            arr = np.frombuffer(ffi.buffer(data[0], count[0] * 4), dtype=np.float32)
+            return arr.reshape((self._net.batch,) + self.output_shape).copy()
 
     @property
     def params(self) -> dict:
-        """Name -> float32 array viewing the C tensor (valid while the network lives)."""
+        """Name -> float32 array viewing the C tensor (valid while the network
+        lives; a view, so not guarded by the network's lock: read or write it
+        while no other thread trains or loads weights into this network)."""
         out = {}
-        for j in range(lib.dn_layer_num_params(self._net._ptr, self.index)):
-            name, data, count = ffi.new("const char **"), ffi.new("float **"), ffi.new("size_t *")
-            check(lib.dn_layer_param(self._net._ptr, self.index, j, name, data, count))
-            out[ffi.string(name[0]).decode()] = np.frombuffer(ffi.buffer(data[0], count[0] * 4), dtype=np.float32)
+        with self._net._lock:
+            for j in range(lib.dn_layer_num_params(self._net._ptr, self.index)):
+                name, data, count = ffi.new("const char **"), ffi.new("float **"), ffi.new("size_t *")
+                check(lib.dn_layer_param(self._net._ptr, self.index, j, name, data, count))
+                out[ffi.string(name[0]).decode()] = np.frombuffer(ffi.buffer(data[0], count[0] * 4),
+                                                                  dtype=np.float32)
         return out
 
     def __repr__(self):
@@ -132,7 +149,14 @@ def _set_attr(ptr, key, value, setters=_LAYER_SETTERS):
 
 
 class Network:
-    """A network built from a parsed cfg. Use :func:`load` to make one."""
+    """A network built from a parsed cfg. Use :func:`load` to make one.
+
+    Threads: every method and property that enters the C core or reads the
+    network's buffers takes the network's own lock (an RLock), so one
+    Network shared by several threads runs their calls one at a time, each
+    returning its own results (outputs are copied before the lock is let
+    go). Distinct networks share no state and run in parallel (the C calls
+    release the GIL). The arrays of Layer.params are views, outside the lock."""
 
     def __init__(self, spec: NetSpec, batch: Optional[int] = None, threads: Optional[int] = None, names=None,
                  seed: int = 0, handle=None):
@@ -140,6 +164,7 @@ class Network:
         runs mini-batches of batch / subdivisions images, as darknet does.
         `handle`: a finalized C network already built from `spec` with its
         parameters and [net] options set (a model file's), taken over."""
+        self._lock = threading.RLock()
         self.spec = spec
         subdivisions = max(1, int(spec.options.get("subdivisions", 1) or 1))
         self.full_batch = int(batch if batch is not None else max(1, spec.batch))
@@ -204,6 +229,7 @@ class Network:
         return [last]
 
     # ---- properties
+    @_locked
     def _input_shape(self):
         b, c, h, w = (ffi.new("int *") for _ in range(4))
         check(lib.dn_net_input_shape(self._ptr, b, c, h, w))
@@ -230,12 +256,14 @@ class Network:
         return [self.layers[i] for i in self._outputs]
 
     @property
+    @_locked
     def gpu(self) -> Optional[int]:
         """The CUDA device the network runs on, or None for the CPU."""
         d = lib.dn_net_device(self._ptr)
         return None if d < 0 else int(d)
 
     @property
+    @_locked
     def device_name(self) -> str:
         """'CPU', or the CUDA device's name as nvidia-smi gives it, with its index."""
         gpu = self.gpu
@@ -245,6 +273,7 @@ class Network:
         check(lib.dn_cuda_device_name(gpu, buf, 256))
         return f"GPU {gpu} ({ffi.string(buf).decode('utf-8', 'replace')})"
 
+    @_locked
     def set_device(self, gpu: Optional[int]):
         """Runs the network on CUDA device `gpu` (darknet's -i / -gpus) or,
         with None, on the CPU. Raises DarknetError when the build has no CUDA
@@ -255,6 +284,7 @@ class Network:
               "CPU" if gpu is None else f"GPU {gpu}")
 
     @property
+    @_locked
     def cudnn(self) -> bool:
         """Whether the convolutions run on cuDNN (a CUDA build with
         PYDARKNET_CUDNN=1, on a device; on by default there, off with
@@ -263,17 +293,21 @@ class Network:
         return bool(lib.dn_net_cudnn(self._ptr))
 
     @cudnn.setter
+    @_locked
     def cudnn(self, on: bool):
         check(lib.dn_net_set_cudnn(self._ptr, int(bool(on))))
 
     @property
+    @_locked
     def uses_blas(self):
         return bool(lib.dn_net_uses_blas(self._ptr))
 
+    @_locked
     def set_threads(self, threads: int):
         check(lib.dn_net_set_threads(self._ptr, int(threads)))
         self.threads = int(threads)
 
+    @_locked
     def resize(self, batch=None, height=None, width=None):
         """Changes the batch size or the input size (every layer's shape follows)."""
         b, _, h, w = self._input_shape()
@@ -281,15 +315,18 @@ class Network:
 
     # ---- training
     @property
+    @_locked
     def iteration(self) -> int:
         """Updates made so far (darknet's batch number)."""
         return int(lib.dn_net_iteration(self._ptr))
 
     @property
+    @_locked
     def seen(self) -> int:
         """Images trained on."""
         return int(lib.dn_net_seen(self._ptr))
 
+    @_locked
     def learning_rate(self, iteration: Optional[int] = None) -> float:
         """The schedule's learning rate for an iteration (default: the next update's)."""
         rate = ffi.new("float *")
@@ -297,6 +334,7 @@ class Network:
         check(lib.dn_net_learning_rate(self._ptr, it, rate), f"{self.spec.path}: [net]")
         return float(rate[0])
 
+    @_locked
     def enable_training(self):
         """Allocates gradients and optimizer state (done by the first train_batch)."""
         if not self._training:
@@ -305,6 +343,7 @@ class Network:
             check(lib.dn_net_enable_training(self._ptr), self.spec.path)
             self._training = True
 
+    @_locked
     def train_batch(self, x: np.ndarray, truths: np.ndarray) -> float:
         """One training iteration on a full batch: x float32 [B, C, H, W] in
         0..1, truths float32 [B, max_boxes, 5] (rows x y w h class, normalized;
@@ -331,6 +370,7 @@ class Network:
         return float(loss[0])
 
     # ---- weights
+    @_locked
     def load_weights(self, path, max_layers=None, clear=False):
         """Reads a darknet weights file. Its `seen` count sets where training
         resumes (iteration = seen / batch, as darknet counts), unless `clear`
@@ -341,21 +381,25 @@ class Network:
         check(lib.dn_net_set_iteration(self._ptr, seen // self.full_batch, seen))
         return header
 
+    @_locked
     def save_weights(self, path, max_layers=None):
         """Writes a darknet weights file (header as read, with the images seen so far)."""
         header = self.weights_header or _weights.WeightsHeader()
         header = _weights.WeightsHeader(header.major, header.minor, header.revision, self.seen)
         _weights.save_weights(self, path, header=header, max_layers=max_layers)
 
+    @_locked
     def save_training_state(self, path):
         """Writes what resuming needs besides the weights: iteration, images
         seen, the random generator, and the optimizer's buffers."""
         save_state(self, path)
 
+    @_locked
     def load_training_state(self, path):
         load_state(self, path)
 
     # ---- running
+    @_locked
     def forward(self, x: np.ndarray):
         """Runs the network on x, float32 [B, C, H, W] (or [C, H, W]) in 0..1."""
         x = np.asarray(x)
@@ -369,6 +413,7 @@ class Network:
         x = np.ascontiguousarray(x, dtype=np.float32)
         check(lib.dn_net_forward(self._ptr, ffi.from_buffer("float[]", x), x.size))
 
+    @_locked
     def predict(self, x: np.ndarray) -> List[np.ndarray]:
         """Forward pass; returns one array per output layer ([yolo]/[region]
         heads, or the last layer), each in darknet's layout: [B, C, H, W]
@@ -399,6 +444,10 @@ class Network:
             return []
         if letterbox is None:
             letterbox = bool(self.spec.options.get("letter_box", 0))
+        with self._lock:
+            return self._detect_images(imgs, thresh, nms, letterbox)
+
+    def _detect_images(self, imgs, thresh, nms, letterbox):
         if self.batch != len(imgs):
             self.resize(batch=len(imgs))
         for b, img in enumerate(imgs):
@@ -410,6 +459,7 @@ class Network:
         return [self._detections(b, img.shape[1], img.shape[0], thresh, nms, letterbox)
                 for b, img in enumerate(imgs)]
 
+    @_locked
     def classify(self, image, top: int = 5) -> List[Classification]:
         """The `top` most probable classes of one image (a BGR uint8 array as
         OpenCV reads it, or a path) as pydarknet.classification.Classification
