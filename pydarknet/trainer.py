@@ -103,6 +103,51 @@ def state_path(weights_path) -> str:
     return (stem if ext.lower() == ".weights" else p) + ".state"
 
 
+def previous_state_path(weights_path) -> str:
+    """Where the training state of the weights still in place waits while a
+    new pair is being written (x.weights -> x.prev.state)."""
+    return state_path(weights_path)[:-len(".state")] + ".prev.state"
+
+
+def _write_weights_and_state(net, path):
+    """The weights and their training state written so that a process killed
+    at any moment (SIGKILL, a power cut) leaves weights with a state of their
+    iteration: the state in place first moves to x.prev.state (it belongs to
+    the weights still in place), then the new state and the new weights are
+    each written whole and renamed into place. Resuming takes whichever of
+    x.state and x.prev.state matches the weights."""
+    spath, prev = state_path(path), previous_state_path(path)
+    try:
+        if os.path.exists(spath) and os.path.exists(path):
+            os.replace(spath, prev)
+    except OSError as e:
+        raise TrainError(f"{spath}: cannot write the checkpoint: {e.strerror or e}") from None
+    _write_checkpoint(net.save_training_state, spath)
+    _write_checkpoint(net.save_weights, path)
+    try:
+        os.remove(prev)   # the pair in place matches: the old state is no longer needed
+    except OSError:
+        pass
+
+
+def _matching_state(weights, iteration):
+    """(the training-state file saved with these weights, or None; a warning
+    to print, or None): x.state, or x.prev.state when a run stopped while it
+    replaced the pair."""
+    current = state_path(weights)
+    for path in (current, previous_state_path(weights)):
+        at = peek_state(path) if os.path.exists(path) else None
+        if at is not None and at[0] == iteration:
+            return path, None
+    if not os.path.exists(current):
+        return None, None
+    at = peek_state(current)
+    if at is None:
+        return None, f"warning: {current}: not a readable training-state file; resuming without it"
+    return None, (f"warning: {current} was saved at iteration {at[0]}, {weights} at {iteration}; resuming "
+                  f"without the training state")
+
+
 def copy_params(src, dst):
     """Copies every parameter of network `src` into `dst` (the same cfg), as
     the networks that evaluate during training take the trained weights."""
@@ -379,16 +424,10 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
                      f"from darknet's random initialization")
         else:
             net.load_weights(weights, clear=clear)
-        candidate = state_path(weights)
-        if not clear and os.path.exists(candidate):
-            saved_at = peek_state(candidate)
-            if saved_at is None:
-                out.note(f"warning: {candidate}: not a readable training-state file; resuming without it")
-            elif saved_at[0] != net.iteration:
-                out.note(f"warning: {candidate} was saved at iteration {saved_at[0]}, {weights} at "
-                         f"{net.iteration}; resuming without the training state")
-            else:
-                state_file = candidate
+        if not clear:
+            state_file, warning = _matching_state(weights, net.iteration)
+            if warning:
+                out.note(warning)
         if state_file is not None:
             try:
                 net.load_training_state(state_file)
@@ -534,9 +573,10 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
             return path
         if not quiet:
             out.line(f"Saving weights to {path}")
-        _write_checkpoint(net.save_weights, path)
         if with_state:
-            _write_checkpoint(net.save_training_state, state_path(path))
+            _write_weights_and_state(net, path)
+        else:
+            _write_checkpoint(net.save_weights, path)
         summary.saved[str(tag)] = path
         return path
 

@@ -33,6 +33,7 @@ import math
 import multiprocessing as mp
 import os
 import threading
+import time
 from collections import OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -205,13 +206,24 @@ class _Job:
 _WORKER_JOB = None
 
 
-def _init_process(job):
+def _init_process(job, parent=None):
     global _WORKER_JOB
     _WORKER_JOB = job
     try:
         cv2.setNumThreads(1)   # one worker, one core
     except Exception:
         pass
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), name="pydarknet-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent, every=0.25):
+    """A worker whose loader's process is gone (killed: SIGKILL, an OOM kill, a crash, with no chance to stop
+    its pool) ends itself: it would otherwise wait for tasks forever, and keep the resource tracker, and with it
+    the shared slots, alive."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(0)
 
 
 _WORKER_SLOTS = OrderedDict()   # shared-memory slots this worker has attached, by name (the newest few)
@@ -335,7 +347,7 @@ class _Loader:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pydarknet-data")
             else:
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                                 initializer=_init_process, initargs=(self._job,))
+                                                 initializer=_init_process, initargs=(self._job, os.getpid()))
                 self._slots = _SharedSlots(self.prefetch + 2)
 
     # ---- shapes
