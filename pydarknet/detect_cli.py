@@ -841,14 +841,38 @@ class _JsonFrames:
         self.count = 0
 
     def add(self, entry):
-        self.f.write((",\n" if self.count else "") + json.dumps(entry))
+        self._write((",\n" if self.count else "") + json.dumps(entry))
         self.count += 1
+
+    def _write(self, text):
+        try:
+            self.f.write(text)
+        except OSError as e:   # a full disk, a size limit: the file there before stays as it was
+            self.discard()
+            raise CliError(f"{self.path}: cannot write: {e.strerror or e} (a file there before is unchanged)") \
+                from None
+
+    def discard(self):
+        f, self.f = self.f, None
+        try:
+            f.close()
+        except OSError:
+            pass
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
     def close(self):
         """Renames the file into place when it holds a frame; without one
         (a video that yields none) a file already there is left as it was."""
-        self.f.write("\n]\n")
-        self.f.close()
+        if self.f is None:   # discarded after a failed write
+            return
+        self._write("\n]\n")
+        try:
+            self.f.close()
+        except OSError as e:
+            self.discard()
+            raise CliError(f"{self.path}: cannot write: {e.strerror or e} (a file there before is unchanged)") \
+                from None
         if self.count:
             os.replace(self.tmp, self.path)
         else:

@@ -117,13 +117,23 @@ def _write_weights_and_state(net, path):
     each written whole and renamed into place. Resuming takes whichever of
     x.state and x.prev.state matches the weights."""
     spath, prev = state_path(path), previous_state_path(path)
+    moved = False
     try:
         if os.path.exists(spath) and os.path.exists(path):
             os.replace(spath, prev)
+            moved = True
     except OSError as e:
         raise TrainError(f"{spath}: cannot write the checkpoint: {e.strerror or e}") from None
-    _write_checkpoint(net.save_training_state, spath)
-    _write_checkpoint(net.save_weights, path)
+    try:
+        _write_checkpoint(net.save_training_state, spath)
+        _write_checkpoint(net.save_weights, path)
+    except TrainError:
+        if moved:   # a failed write (a full disk): the pair in place goes back as it was
+            try:
+                os.replace(prev, spath)
+            except OSError:
+                pass
+        raise
     try:
         os.remove(prev)   # the pair in place matches: the old state is no longer needed
     except OSError:
@@ -168,6 +178,7 @@ class _TrainLog:
     def __init__(self, path, start):
         self.path = path
         self.records: List[dict] = []
+        self.failed = False
         if start > 0 and os.path.exists(path):
             try:
                 with open(path, encoding="utf-8", errors="replace") as f:   # a damaged line is dropped
@@ -186,9 +197,30 @@ class _TrainLog:
                 f.write(json.dumps(rec) + "\n")
 
     def append(self, rec):
+        """Adds one line; None, or a warning when the file cannot take it (a full disk, a size limit): the file
+        is cut back to its whole lines and not written again, the records stay in memory (the chart, resume
+        within this run)."""
         self.records.append(rec)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        if self.failed:
+            return None
+        data = memoryview((json.dumps(rec) + "\n").encode("utf-8"))
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                end = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    while data:
+                        data = data[os.write(fd, data):]
+                except OSError:
+                    os.ftruncate(fd, end)   # no half line left behind
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.failed = True
+            return (f"warning: {self.path}: cannot append to the training log: {e.strerror or e}; it keeps "
+                    f"iterations up to {rec.get('iteration', 1) - 1}, training goes on without it")
+        return None
 
     def last(self, key):
         for rec in reversed(self.records):
@@ -542,7 +574,8 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
         except ImportError:
             chart_job[1] = "warning: matplotlib is not installed; no training chart is drawn (pip install matplotlib)"
         except (OSError, ValueError, RuntimeError) as e:
-            chart_job[1] = f"warning: {chart_path}: cannot draw the training chart: {e}"
+            chart_job[1] = (f"warning: {chart_path}: cannot draw the training chart: {e}; training goes on "
+                            f"without it")
 
     def redraw(hours, wait=True):
         """Draws the chart; during training (wait=False) in a thread of its own, so the
@@ -573,10 +606,14 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
             return path
         if not quiet:
             out.line(f"Saving weights to {path}")
-        if with_state:
-            _write_weights_and_state(net, path)
-        else:
-            _write_checkpoint(net.save_weights, path)
+        try:
+            if with_state:
+                _write_weights_and_state(net, path)
+            else:
+                _write_checkpoint(net.save_weights, path)
+        except TrainError as e:
+            raise TrainError(f"{e}; training stopped at iteration {net.iteration} (files written before are "
+                             f"intact)") from None
         summary.saved[str(tag)] = path
         return path
 
@@ -638,7 +675,9 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
             if evaluated:
                 iter_eval = it
                 task.evaluate(net, record, out, summary, save, bar)
-            trainlog.append(record)
+            problem = trainlog.append(record)
+            if problem:
+                out.note(problem)
 
             # ---- checkpoints (darknet's conditions, plus the steps)
             if it >= iter_save + save_every or it % save_every == 0 or it in steps:
