@@ -21,6 +21,7 @@ import cv2
 from ._native import DarknetError
 from .console import PROG, note, warnings_as_notes
 from .data.issues import DataError
+from .data.lists import imread
 from .evaluate import EvaluationError
 from .network import load
 from .state import StateError
@@ -271,7 +272,7 @@ def read_image(path, channels=3):
     if os.path.isdir(path):
         raise CliError(f"{path}: cannot open image file: Is a directory")
     read_head(path, "image", 1)
-    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+    image = imread(path, channels)
     if image is None:
         raise CliError(f"{path}: cannot decode image (not an image format OpenCV reads, or corrupt)")
     return image

@@ -40,10 +40,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-import cv2
 import numpy as np
 
-from .data.lists import DetectionDataset, read_image
+from .data.lists import DetectionDataset, imread, read_image
 
 __all__ = [
     "box_iou", "pairwise_iou", "average_precision", "evaluate", "ClassResult", "MapResult", "COCO_IOUS",
@@ -271,7 +270,7 @@ def detect_dataset(net, images, thresh=0.005, nms=0.45, letterbox=None):
     (class, confidence, x, y, w, h) normalized to each image."""
     out = []
     for image in images:
-        img = cv2.imread(image) if isinstance(image, str) else image
+        img = imread(image) if isinstance(image, str) else image   # None: unreadable, no detections
         if img is None:
             out.append(np.zeros((0, 6)))
             continue

@@ -521,9 +521,9 @@ def _read_image(image, channels=3):
         if not os.path.isfile(path):
             reason = "Is a directory" if os.path.isdir(path) else "No such file or directory"
             raise DarknetError(f"{path}: cannot read image: {reason}")
-        import cv2  # OpenCV (~25 MiB, ~80 ms) only when used: `import pydarknet` stays light
+        from .data.lists import imread  # OpenCV (~25 MiB, ~80 ms) only when used: `import pydarknet` stays light
 
-        img = cv2.imread(path, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+        img = imread(path, channels)
         if img is None:
             raise DarknetError(f"{path}: cannot read image (missing, unreadable or not an image)")
         return img

@@ -1,5 +1,6 @@
 """Fuzzed readers (property-based, hypothesis): valid seeds of the files
-pydarknet reads (cfg, .weights, .pdn, .data, .names, YOLO labels), mutated
+pydarknet reads (cfg, .weights, .pdn, .data, .names, YOLO labels, image
+lists, the JSON-lines training log, JPEG/PNG/BMP images), mutated
 (bytes flipped, inserted, deleted, truncated), fed to the real readers. Every
 input must give a result or the package's own exception with a message
 (CfgError, WeightsError, ModelFileError, DataFileError, DarknetError; label
@@ -207,3 +208,95 @@ def test_image_list_reader(tmp_path, data):
     for examples in ds.summary.examples.values():   # undecodable bytes shown as escapes: logs and other
         for text in examples:                         # processes (pytest-xdist's workers) can carry them
             text.encode("utf-8")
+
+
+SEED_LOG = b"".join(
+    b'{"iteration": %d, "loss": %.6f, "avg_loss": %.6f, "learning_rate": 0.001, "images": %d, "seconds": 0.01, '
+    b'"load_seconds": 0.0, "images_per_s": 400.0, "width": 32, "height": 32, "time": 1700000000.5%s}\n'
+    % (i, 10.0 / i, 12.0 / i, 4 * i, b', "mAP": 0.%d' % i if i % 2 == 0 else b"") for i in range(1, 7))
+
+
+def _check_log(path, start):
+    import json
+    import math
+
+    from pydarknet.trainer import _TrainLog
+
+    log = _TrainLog(str(path), start)
+    for rec in log.records:
+        assert isinstance(rec, dict) and isinstance(rec["iteration"], int) and rec["iteration"] <= start
+    for key in ("loss", "avg_loss", "mAP"):
+        for v in (log.last(key), log.best(key)):
+            assert v is None or (isinstance(v, (int, float)) and math.isfinite(v))
+    kept = path.read_bytes().splitlines()   # the log as the resumed run leaves it: whole JSON lines
+    assert [json.loads(line) for line in kept] == log.records
+    return log
+
+
+@FUZZ
+@given(data=mutated(SEED_LOG))
+def test_training_log_reader(tmp_path, data):
+    """The JSON-lines training log read back on resume: the lines that are JSON objects of an iteration up to
+    the one resumed from are kept, the rest dropped; the file is rewritten whole; the last and best values
+    are finite numbers or None. Never an exception."""
+    path = tmp_path / "x_train.jsonl"
+    path.write_bytes(data)
+    _check_log(path, 4)
+
+
+@settings(max_examples=max(10, EXAMPLES // 6), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=mutated(SEED_LOG))
+def test_training_chart_from_a_fuzzed_log(tmp_path, data):
+    """The chart drawn from what a fuzzed log keeps (fewer inputs: drawing takes a tenth of a second)."""
+    pytest.importorskip("matplotlib")
+    from pydarknet.chart import draw_chart
+
+    path = tmp_path / "x_train.jsonl"
+    path.write_bytes(data)
+    log = _check_log(path, 6)
+    out = tmp_path / "chart.png"
+    draw_chart(str(out), log.records, 10, title="x", hours_left=0.5, size=(3, 2), dpi=50)
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def _seed_images():
+    import cv2
+
+    img = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
+    return {ext: cv2.imencode(ext, img)[1].tobytes() for ext in (".jpg", ".png", ".bmp")}
+
+
+SEED_IMAGES = _seed_images()
+
+
+@FUZZ
+@given(st.data())
+def test_image_readers(tmp_path, data):
+    """Mutated JPEG, PNG and BMP files through the three image readers: the dataset's (an image, or None with
+    a corrupt_image issue), the command line's (an image, or CliError) and the Python API's (an image, or
+    DarknetError). Each decodes the same bytes the same way."""
+    from pydarknet.commands import CliError, read_image as cli_read
+    from pydarknet.data.lists import read_image as data_read
+    from pydarknet.network import _read_image as api_read
+
+    ext = data.draw(st.sampled_from(sorted(SEED_IMAGES)))
+    path = tmp_path / f"fuzz{ext}"
+    path.write_bytes(data.draw(mutated(SEED_IMAGES[ext])))
+    for channels in (3, 1):
+        img, issue = data_read(str(path), channels)
+        try:
+            cli = cli_read(str(path), channels)
+        except CliError as e:
+            cli = None
+            assert str(path) in str(e)
+        try:
+            api = api_read(str(path), channels)
+        except DarknetError as e:
+            api = None
+            assert str(path) in str(e)
+        if img is None:
+            assert issue is not None and issue.kind == "corrupt_image" and cli is None and api is None
+        else:
+            assert issue is None and img.dtype == np.uint8 and img.ndim == (3 if channels == 3 else 2)
+            assert np.array_equal(img, cli) and np.array_equal(img, api)

@@ -195,15 +195,23 @@ def read_labels(path, classes=None):
     return np.array(rows, np.float32).reshape(-1, 5), issues
 
 
+def imread(path, channels=3):
+    """The image file as darknet's load_image reads it (OpenCV's imread,
+    colour BGR or grey for channels=1), or None when OpenCV cannot decode it
+    (a corrupt header can make it raise rather than return None: a BMP
+    claiming a height past its limits)."""
+    try:
+        img = cv2.imread(os.fspath(path), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    return None if img is None or img.size == 0 else img
+
+
 def read_image(path, channels=3):
     """An image as OpenCV decodes it: BGR uint8 [H, W, 3] (or [H, W] for
     channels=1), or None with an issue when it is missing or corrupt."""
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    try:
-        img = cv2.imread(path, flag)
-    except cv2.error:
-        img = None
-    if img is None or img.size == 0:
+    img = imread(path, channels)
+    if img is None:
         if not os.path.exists(path):
             return None, Issue("missing_image", path, None, "image file not found; left out")
         return None, Issue("corrupt_image", path, None, "cannot decode image; left out")
