@@ -175,6 +175,9 @@ class _TrainLog:
     after its last checkpoint) are dropped, so a resumed run's log reads as
     one run."""
 
+    FILE_ONLY = frozenset(("learning_rate", "images", "seconds", "load_seconds", "images_per_s", "width", "height",
+                           "time"))
+
     def __init__(self, path, start):
         self.path = path
         self.records: List[dict] = []
@@ -200,7 +203,9 @@ class _TrainLog:
         """Adds one line; None, or a warning when the file cannot take it (a full disk, a size limit): the file
         is cut back to its whole lines and not written again, the records stay in memory (the chart, resume
         within this run)."""
-        self.records.append(rec)
+        # in memory only what the chart, last() and best() read: a whole record (~0.9 KB) an iteration made
+        # a long run's resident memory grow (benchmarks/bench_long_run.py); the file keeps every field
+        self.records.append({k: v for k, v in rec.items() if k not in self.FILE_ONLY})
         if self.failed:
             return None
         data = memoryview((json.dumps(rec) + "\n").encode("utf-8"))
