@@ -24,6 +24,9 @@ PYDARKNET_CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -f
     $PY setup.py -q build_ext --inplace > build.log 2>&1 || { tail -30 build.log; exit 1; }
 asan=$(gcc -print-file-name=libasan.so)
 ubsan=$(gcc -print-file-name=libubsan.so)
+for rt in "$asan" "$ubsan"; do   # gcc prints the bare name when it has no such library
+    [ -f "$rt" ] || { echo "sanitize.sh: gcc has no sanitizer runtime $rt (Debian: part of gcc's libgcc-dev)" >&2; exit 2; }
+done
 export LD_PRELOAD="$asan:$ubsan${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
