@@ -71,10 +71,10 @@ SECTION_ALIASES = {
 }
 
 # layer types of pydarknet's own, which darknet does not have (no darknet fixture can cover them)
-OWN_LAYERS = ("reshape", "scale", "reduction", "groupnorm", "deformable")
+OWN_LAYERS = ("reshape", "scale", "reduction", "groupnorm", "deformable", "fcos")
 
 # the detection heads: the layers a detector's boxes come from
-HEAD_TYPES = ("yolo", "region")
+HEAD_TYPES = ("yolo", "region", "fcos")
 
 # ----------------------------------------------------------------------------- schema
 
@@ -209,6 +209,14 @@ SCHEMA = {
         ("track_history_size", INT, 5), ("sim_thresh", FLOAT, 0.8), ("dets_for_track", INT, 1),
         ("dets_for_show", INT, 1), ("track_ciou_norm", FLOAT, 0.01), ("embedding_layer", INT, 999999),
         ("map", STR, ""), ("anchors", FLOATS, lambda a: [0.5] * (2 * a["num"])),
+    ) + _COMMON,
+    # pydarknet's (FCOS): anchor-free, per position 4 distances (in strides), centerness and class scores
+    "fcos": (
+        ("classes", INT, 20), ("object_sizes", FLOATS, [0.0, -1.0]), ("center_sampling", FLOAT, 0.0),
+        ("alpha", FLOAT, 0.25), ("gamma", FLOAT, 2.0), ("iou_loss", _choice("giou", "iou"), "giou"),
+        ("distance", _choice("exp", "relu"), "exp"), ("iou_normalizer", FLOAT, 1.0), ("max", INT, 200),
+        ("jitter", FLOAT, 0.2), ("resize", FLOAT, 1.0), ("random", FLOAT, 0.0), ("beta_nms", FLOAT, 0.6),
+        ("nms_kind", _choice(*NMS_KINDS), "default"),
     ) + _COMMON,
     "region": (
         ("coords", INT, 4), ("classes", INT, 20), ("num", INT, 1), ("max", INT, 200), ("log", INT, 0),
@@ -463,6 +471,17 @@ def _deformable(ctx, a):
     ctx.check(a["padding"] >= 0, "padding", f"[deformable] padding must be >= 0, got {a['padding']}")
 
 
+def _fcos(ctx, a):
+    _positive(ctx, a, "classes")
+    sizes = a["object_sizes"]
+    ctx.check(len(sizes) == 2 and sizes[0] >= 0 and (sizes[1] < 0 or sizes[1] > sizes[0]), "object_sizes",
+              f"[fcos] object_sizes must be lo,hi with 0 <= lo < hi (hi = -1: no bound), got {sizes}")
+    ctx.check(a["center_sampling"] >= 0, "center_sampling",
+              f"[fcos] center_sampling must be >= 0, got {a['center_sampling']}")
+    ctx.check(0 <= a["alpha"] <= 1 and a["gamma"] >= 0, "alpha",
+              f"[fcos] alpha must be in 0..1 and gamma >= 0, got {a['alpha']}, {a['gamma']}")
+
+
 def _connected(ctx, a):
     _positive(ctx, a, "output")
 
@@ -538,7 +557,7 @@ _RULES = {
     "local_avgpool": _pool, "route": _route, "shortcut": _shortcut, "scale_channels": _single_from,
     "sam": _single_from, "upsample": _upsample, "reorg": _reorg, "reorg3d": _reorg,
     "dropout": _dropout, "softmax": _softmax,
-    "yolo": _yolo, "region": _region,
+    "yolo": _yolo, "region": _region, "fcos": _fcos,
 }
 
 

@@ -500,6 +500,16 @@ def _yolo(g, layer, x):
     return g.op("Where", [g.const(xy, dtype=np.bool_), scaled, sig])
 
 
+def _fcos(g, layer, x):
+    """net.predict's [fcos] output: the 4 distances through exp (or relu), the logistic on the rest."""
+    i64 = dict(dtype=np.int64)
+    dist = g.op("Slice", [x, g.const([0], **i64), g.const([4], **i64), g.const([1], **i64)])
+    rest = g.op("Slice", [x, g.const([4], **i64), g.const([5 + layer.spec.attrs["classes"]], **i64),
+                          g.const([1], **i64)])
+    dist = g.op("Exp" if layer.spec.attrs["distance"] == "exp" else "Relu", [dist])
+    return g.op("Concat", [dist, g.op("Sigmoid", [rest])], axis=1)
+
+
 def _region(g, layer, x):
     """net.predict's [region] output: [B, H, W, num, 5 + classes] with the logistic on objectness and the
     softmax over the classes (with softmax=1), x, y, w, h raw."""
@@ -534,6 +544,8 @@ def _decoded_head(g, layer, head, net_w, net_h):
     i64 = dict(dtype=np.int64)
     classes = a["classes"]
     per = classes + 5
+    if layer.type == "fcos":
+        return _decoded_fcos(g, layer, head, net_w, net_h)
     if layer.type == "yolo":
         c, h, w = (int(v) for v in layer.shape)
         n = c // per
@@ -567,10 +579,45 @@ def _decoded_head(g, layer, head, net_w, net_h):
     return g.op("Reshape", [rows, g.const([0, n * h * w, per], **i64)])
 
 
+def _decoded_fcos(g, layer, head, net_w, net_h):
+    """[fcos] rows as layers/fcos.c decodes them: the box around each position from its distances, objectness
+    sqrt(centerness) and class columns sqrt(class score), whose product is the head's score
+    sqrt(class x centerness); positions row by row."""
+    i64 = dict(dtype=np.int64)
+    c, h, w = (int(v) for v in layer.shape)
+    t = g.op("Transpose", [g.op("Reshape", [head, g.const([0, c, h * w], **i64)])], perm=[0, 2, 1])   # [B, HW, c]
+
+    def part(lo, hi):
+        return g.op("Slice", [t, g.const([lo], **i64), g.const([hi], **i64), g.const([2], **i64)])
+
+    pos = np.arange(h * w)
+    px = ((pos % w) + 0.5).astype(np.float32).reshape(1, -1, 1)
+    py = ((pos // w) + 0.5).astype(np.float32).reshape(1, -1, 1)
+    sx, sy = np.float32(net_w / w), np.float32(net_h / h)
+    left, top, right, bottom = part(0, 1), part(1, 2), part(2, 3), part(3, 4)
+    half = np.float32(0.5)
+    cx = g.op("Mul", [g.op("Add", [g.const(px), g.op("Mul", [g.op("Sub", [right, left]), g.const(half)])]),
+                      g.const(sx)])
+    cy = g.op("Mul", [g.op("Add", [g.const(py), g.op("Mul", [g.op("Sub", [bottom, top]), g.const(half)])]),
+                      g.const(sy)])
+    bw = g.op("Mul", [g.op("Add", [left, right]), g.const(sx)])
+    bh = g.op("Mul", [g.op("Add", [top, bottom]), g.const(sy)])
+    return g.op("Concat", [cx, cy, bw, bh, g.op("Sqrt", [part(4, c)])], axis=2)
+
+
+def _head_rows(layer, classes):
+    """How many decoded rows a head gives."""
+    if layer.type == "yolo":
+        return int(np.prod(layer.shape[1:])) * (layer.shape[0] // (classes + 5))
+    if layer.type == "fcos":
+        return int(np.prod(layer.shape[1:]))
+    return int(np.prod(_shape(layer)[:3]))
+
+
 def _decoded(g, net, heads, outs):
     """Every head's decoded rows, one after the other: [B, N, 5 + classes]."""
     if any(net.layers[i].type not in HEAD_TYPES for i in heads):
-        raise OnnxExportError("decoding needs [yolo] or [region] heads; this network has none")
+        raise OnnxExportError("decoding needs [yolo], [region] or [fcos] heads; this network has none")
     classes = {net.layers[i].spec.attrs["classes"] for i in heads}
     if len(classes) != 1:
         raise OnnxExportError(f"decoding needs heads of one number of classes, not {sorted(classes)}")
@@ -697,6 +744,8 @@ def build_model(net, opset=None, dynamic_batch=False, name=None, decode=False, l
             y = _yolo(g, layer, x)
         elif t == "region":
             y = _region(g, layer, x)
+        elif t == "fcos":
+            y = _fcos(g, layer, x)
         else:
             raise OnnxExportError(f"{where}: this layer type has no ONNX export yet")
         outs[layer.index], shapes[layer.index] = y, tuple(int(v) for v in layer.shape)
@@ -712,8 +761,7 @@ def build_model(net, opset=None, dynamic_batch=False, name=None, decode=False, l
 
     if decode:
         rows, classes = _decoded(g, net, heads, outs)
-        n_rows = sum(int(np.prod(net.layers[i].shape[1:])) * (net.layers[i].shape[0] // (classes + 5))
-                     if net.layers[i].type == "yolo" else int(np.prod(_shape(net.layers[i])[:3])) for i in heads)
+        n_rows = sum(_head_rows(net.layers[i], classes) for i in heads)
         scores = _scores(g, rows, classes)
         if layout == "yolov5":   # [B, N, 5 + C]: cx, cy, w, h, objectness, class probabilities
             output(rows, "detections", [batch, n_rows, 5 + classes])

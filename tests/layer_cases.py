@@ -261,6 +261,9 @@ CASES += [Case(f"yolo-{tag(extra) or 'plain'}-{shape_tag(14, h, w)}", YOLO + ext
                               ("", 3, 4), ("new_coords=1\nscale_x_y=1.1\n", 3, 4)]]
 CASES += [Case(f"region-{shape_tag(16, h, w)}", "[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n",
                (16, h, w), forward="region_forward") for h, w in [(3, 3), (3, 4)]]
+# [fcos]: its output pass (without truths, its Jacobian); the loss is checked in test_fcos.py
+CASES += [Case(f"fcos-{tag(extra) or 'exp'}-{shape_tag(8, h, w)}", "[fcos]\nclasses=3\n" + extra, (8, h, w),
+               grad="away", train_pass=True) for extra, h, w in [("", 4, 4), ("distance=relu\n", 3, 5)]]
 
 # ----------------------------------------------------------------------------- networks for the speed paths
 # shapes reaching each plan of the tiled convolution (1x1 direct, column tiles

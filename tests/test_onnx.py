@@ -160,7 +160,8 @@ def test_dynamic_batch_gives_each_image_its_own_result(write_cfg):
         assert _close(g, w) < TOL
 
 
-@pytest.mark.parametrize("name,thresh", [("yolov3-tiny", .5), ("yolov4-tiny-3l", .5), ("yolov2-tiny", .05)])
+@pytest.mark.parametrize("name,thresh", [("yolov3-tiny", .5), ("yolov4-tiny-3l", .5), ("yolov2-tiny", .05),
+                                         ("shapes-fcos", .3)])
 def test_decoded_boxes_and_nms_give_net_detect_s_detections(write_cfg, name, thresh):
     """decode + NMS in the graph: the selected (class, box, confidence) are net.detect's detections on the same
     network input (boxes in input pixels: the image is the input itself, no letterbox), matched one to one
