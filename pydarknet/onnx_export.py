@@ -6,7 +6,9 @@ writes one graph: input ``input`` float32 [batch, C, H, W] (0..1, as
 ``net.predict`` takes it), outputs the tensors ``net.predict`` returns, in its
 order and layout (the [yolo] heads [B, C, H, W] with the logistic and
 scale_x_y applied as darknet applies them; [region] heads [B, H, W, num,
-5 + classes]; a network without heads: its last layer). Every layer is
+5 + classes]; [fcos] heads [B, 5 + classes, H, W] with the distances through
+exp or relu and the logistic on the rest; a network without heads: its last
+layer). Every layer is
 written with darknet's semantics as pydarknet's C core computes them (the
 tests compare onnxruntime's outputs with ``net.predict``):
 
@@ -37,7 +39,9 @@ With ``decode=True`` (``--decode``) the graph ends in one output
 them, in network-input pixels, anchor by anchor and cell by cell, head after
 head; ``layout="yolov5"`` [B, N, 5 + classes] (cx, cy, w, h, objectness,
 class probabilities) or ``"yolov8"`` [B, 4 + classes, N] (cx, cy, w, h, then
-objectness x class probability). ``nms=(iou, score, max_per_class)``
+objectness x class probability; an [fcos] head's rows have objectness
+sqrt(centerness) and class columns sqrt(class score), so that the product is
+its score sqrt(class x centerness)). ``nms=(iou, score, max_per_class)``
 (``--nms``) adds ONNX NonMaxSuppression: output ``selected`` [K, 3] (batch,
 class, row) per class, greedy IoU as ``net.detect`` suppresses.
 ``half=True`` (``--half``): float16 weights and arithmetic, float32 input and

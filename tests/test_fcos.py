@@ -85,34 +85,40 @@ def box_term(d, t, giou):
 
 
 def fcos_reference(x, truth, stride=1, **opts):
-    """The loss of a batch (float64), and the number of positives per image."""
+    """The loss of a batch (float64): each image's class and centerness sums divided by the mini-batch's
+    positives per image, its box terms' centerness weights by the mini-batch's centerness targets per image
+    (FCOS's normalizers over the batch, the sum over images every head's loss is); and the positives of each
+    image."""
     x = x.astype(np.float64)
     alpha, gamma = opts.get("alpha", 0.25), opts.get("gamma", 2.0)
     giou = opts.get("iou_loss", "giou") == "giou"
     dist = (lambda z: np.maximum(z, 0)) if opts.get("distance", "exp") == "relu" else np.exp
-    total, counts = 0.0, []
-    for b in range(x.shape[0]):
-        targets = assignment(truth[b], opts, stride)
+    images = x.shape[0]
+    targets = [assignment(truth[b], opts, stride) for b in range(images)]
+    cstars = [{k: np.sqrt(min(v[1], v[3]) / max(v[1], v[3]) * min(v[2], v[4]) / max(v[2], v[4]))
+               for k, v in t.items()} for t in targets]
+    positives = sum(len(t) for t in targets)
+    per_image = positives / images if positives else 1.0
+    ctr_per_image = sum(sum(c.values()) for c in cstars) / images
+    total = 0.0
+    for b in range(images):
         p = sig(x[b, 5:])                                     # [classes, G, G]
         y = np.zeros_like(p)
-        for (row, col), (r, *_) in targets.items():
+        for (row, col), (r, *_) in targets[b].items():
             y[int(truth[b, r, 4]), row, col] = 1
         pt = np.where(y == 1, p, 1 - p)
         at = np.where(y == 1, alpha, 1 - alpha)
         bce = np.where(y == 1, softplus(-x[b, 5:]), softplus(x[b, 5:]))
         cls = (at * (1 - pt) ** gamma * bce).sum()
         ctr = box = 0.0
-        cstars = {k: np.sqrt(min(v[1], v[3]) / max(v[1], v[3]) * min(v[2], v[4]) / max(v[2], v[4]))
-                  for k, v in targets.items()}
-        for (row, col), (r, *t) in targets.items():
+        for (row, col), (r, *t) in targets[b].items():
             z = x[b, 4, row, col]
-            ctr += softplus(z) - cstars[(row, col)] * z
+            cstar = cstars[b][(row, col)]
+            ctr += softplus(z) - cstar * z
             d = dist(x[b, :4, row, col])
-            box += opts.get("iou_normalizer", 1.0) * cstars[(row, col)] * box_term(d, t, giou)
-        n = max(len(targets), 1)
-        total += (cls + ctr) / n + (box / sum(cstars.values()) if targets else 0.0)
-        counts.append(len(targets))
-    return total, counts
+            box += opts.get("iou_normalizer", 1.0) * cstar / ctr_per_image * box_term(d, t, giou)
+        total += (cls + ctr) / per_image + box
+    return total, [len(t) for t in targets]
 
 
 CASES = {

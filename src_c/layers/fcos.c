@@ -28,12 +28,16 @@
  *    default) or c* (1 - IoU) (iou_loss=iou) of the predicted and target
  *    boxes (both around the position, so in l, t, r, b form), weighted by the
  *    centerness target c* = sqrt(min(l*, r*) / max(l*, r*) * min(t*, b*) /
- *    max(t*, b*)) and divided by the sum of c* over the image's positives.
+ *    max(t*, b*)).
  *  - Centerness, positives only: BCE(sigma(z_c), c*).
- *  - The class and centerness sums are divided by the image's number of
- *    positives (at least 1). Loss = the sum over the images, added to
- *    net->loss; l->delta = its exact gradient with respect to z (IoU's min
- *    and max take the derivative of the side that is smaller, larger).
+ *  - FCOS's normalizers, over the mini-batch and per image (the loss of
+ *    every head is a sum over the images): the class and centerness terms
+ *    are divided by P / B, the box terms' weights c* by S / B, with P the
+ *    positives and S the sum of c* over the B images of the mini-batch (an
+ *    image alone: its own; none: the class terms divided by 1). Loss = the
+ *    sum over the images, added to net->loss; l->delta = its exact gradient
+ *    with respect to z (IoU's min and max take the derivative of the side
+ *    that is smaller, larger).
  * Backward: input delta += l->delta; in a training pass without truths
  * (l->delta = dLoss/d(output)) the forward's Jacobian instead. */
 #include "../ops/ops.h"
@@ -89,12 +93,16 @@ static dn_status fcos_setup(dn_layer *l, dn_net *net)
 {
     const fcos_state *s = l->priv;
     if (l->c != s->classes + 5)
-        return dn_layer_fail(l, DN_ERR_SHAPE, "input has %d channels; 4 distances + centerness + %d classes = %d needed",
-                             l->c, s->classes, s->classes + 5);
+        return dn_layer_fail(l, DN_ERR_SHAPE,
+                             "input has %d channels; 4 distances + centerness + %d classes = %d needed", l->c,
+                             s->classes, s->classes + 5);
     return dn_setup_same_shape(l, net);
 }
 
-static float distance_of(const fcos_state *s, float z) { return s->distance == DIST_EXP ? expf(z) : (z > 0.f ? z : 0.f); }
+static float distance_of(const fcos_state *s, float z)
+{
+    return s->distance == DIST_EXP ? expf(z) : (z > 0.f ? z : 0.f);
+}
 
 /* d(distance)/dz from the input z and the output d */
 static float distance_slope(const fcos_state *s, float z, float d)
@@ -168,13 +176,17 @@ static int target_of(const fcos_state *s, const dn_layer *l, const dn_net *net, 
     return far >= s->lo && far <= s->hi;
 }
 
-static double image_loss(fcos_state *s, dn_layer *l, const dn_net *net, const float *in, const float *out,
-                         float *delta, const float *truth, int rows)
+static double centerness_target(const float t[4])
+{
+    return sqrt((double)fminf(t[0], t[2]) / fmaxf(t[0], t[2]) * fminf(t[1], t[3]) / fmaxf(t[1], t[3]));
+}
+
+/* the truth row each position of one image is assigned to (-1: none); adds the positives and their
+ * centerness targets to *npos, *ctr_sum */
+static void assign(const fcos_state *s, const dn_layer *l, const dn_net *net, const float *truth, int rows,
+                   int *assigned, int *npos, double *ctr_sum)
 {
     const size_t hw = (size_t)l->h * l->w;
-    int *assigned = s->assigned;
-    int npos = 0;
-    double ctr_sum = 0;
     for (size_t i = 0; i < hw; ++i) {
         const int col = (int)(i % l->w), row = (int)(i / l->w);
         float best = INFINITY, t[4];
@@ -189,11 +201,18 @@ static double image_loss(fcos_state *s, dn_layer *l, const dn_net *net, const fl
             }
         }
         if (assigned[i] < 0) continue;
-        ++npos;
+        ++*npos;
         target_of(s, l, net, truth + 5 * (size_t)assigned[i], col, row, t);
-        ctr_sum += sqrt((double)fminf(t[0], t[2]) / fmaxf(t[0], t[2]) * fminf(t[1], t[3]) / fmaxf(t[1], t[3]));
+        *ctr_sum += centerness_target(t);
     }
-    const double per_pos = 1.0 / (npos > 0 ? npos : 1);
+}
+
+/* one image's terms: class and centerness terms times per_pos, box terms times iou_normalizer * c* / ctr_sum */
+static double image_loss(const fcos_state *s, const dn_layer *l, const dn_net *net, const float *in,
+                         const float *out, float *delta, const float *truth, const int *assigned, double per_pos,
+                         double ctr_sum)
+{
+    const size_t hw = (size_t)l->h * l->w;
     double cls = 0, ctr = 0, box = 0;
     memset(delta, 0, l->outputs * sizeof(float));
     for (size_t i = 0; i < hw; ++i) {
@@ -208,7 +227,7 @@ static double image_loss(fcos_state *s, dn_layer *l, const dn_net *net, const fl
         const int col = (int)(i % l->w), row = (int)(i / l->w);
         float t[4], d[4];
         target_of(s, l, net, truth + 5 * (size_t)r, col, row, t);
-        const double cstar = sqrt((double)fminf(t[0], t[2]) / fmaxf(t[0], t[2]) * fminf(t[1], t[3]) / fmaxf(t[1], t[3]));
+        const double cstar = centerness_target(t);
         const size_t ec = 4 * hw + i;
         ctr += softplus(in[ec]) - cstar * in[ec];
         delta[ec] = (float)((dn_logistic(in[ec]) - cstar) * per_pos);
@@ -230,19 +249,27 @@ static dn_status fcos_loss(dn_layer *l, dn_net *net)
     if (net->truth_stride % 5)
         return dn_layer_fail(l, DN_ERR_SHAPE, "%d truth values per image are not rows of 5 (x, y, w, h, class)",
                              net->truth_stride);
-    const size_t hw = (size_t)l->h * l->w;
-    if (!s->assigned || s->assigned_cap < hw) {
-        int *p = realloc(s->assigned, hw * sizeof(int));
+    const size_t hw = (size_t)l->h * l->w, n = hw * (size_t)l->batch;
+    if (!s->assigned || s->assigned_cap < n) {
+        int *p = realloc(s->assigned, n * sizeof(int));
         if (!p) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss scratch");
         s->assigned = p;
-        s->assigned_cap = hw;
+        s->assigned_cap = n;
     }
+    const int rows = net->truth_stride / 5;
+    int npos = 0;
+    double ctr_sum = 0;
+    for (int b = 0; b < l->batch; ++b)
+        assign(s, l, net, net->truth + (size_t)b * net->truth_stride, rows, s->assigned + (size_t)b * hw, &npos,
+               &ctr_sum);
+    /* FCOS's normalizers over the mini-batch, per image (the loss is a sum over images, as every head's) */
+    const double per_pos = (double)l->batch / (npos > 0 ? npos : l->batch), ctr_per_image = ctr_sum / l->batch;
     const float *in = dn_layer_input(net, l);
     double total = 0;
     for (int b = 0; b < l->batch; ++b) {
         const size_t o = (size_t)b * l->outputs;
         total += image_loss(s, l, net, in + o, l->output + o, l->delta + o, net->truth + (size_t)b * net->truth_stride,
-                            net->truth_stride / 5);
+                            s->assigned + (size_t)b * hw, per_pos, ctr_per_image);
     }
     net->loss += total;
     return DN_OK;
