@@ -47,15 +47,16 @@ import math
 import os
 import sys
 import tempfile
-import threading
 import time
 import warnings
+from array import array
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from ._native import DarknetError, check, lib
 from .cfg import parse_cfg
-from .chart import draw_chart
+from .chart import LossCurve, draw_chart
 from .console import Output, warnings_as_notes
 from .datafiles import load_data_file
 from .distributed import pick_device
@@ -173,15 +174,26 @@ class _TrainLog:
     """<backup>/<cfg-name>_train.jsonl: one JSON object per iteration. On
     start the lines past the starting iteration (from a run that went on
     after its last checkpoint) are dropped, so a resumed run's log reads as
-    one run."""
+    one run.
+
+    In memory it keeps only what the chart, last() and best() read, in
+    columns: iteration, loss and average loss as machine numbers (24 bytes an
+    iteration), and the other numbers of the rare records that have more (an
+    evaluation's mAP or top-1) by row. A dict per iteration (~0.5 KB, more as
+    the allocator scatters them) made a long run's resident memory grow
+    (benchmarks/bench_long_run.py); the file keeps every field."""
 
     FILE_ONLY = frozenset(("learning_rate", "images", "seconds", "load_seconds", "images_per_s", "width", "height",
                            "time"))
+    COLUMNS = ("iteration", "loss", "avg_loss")
 
     def __init__(self, path, start):
         self.path = path
-        self.records: List[dict] = []
         self.failed = False
+        self._it, self._loss, self._avg = array("q"), array("d"), array("d")
+        self._extra: Dict[int, dict] = {}   # row -> the record's other numbers
+        self._curve = LossCurve()           # what the chart draws of the losses, in bounded memory
+        kept = []
         if start > 0 and os.path.exists(path):
             try:
                 with open(path, encoding="utf-8", errors="replace") as f:   # a damaged line is dropped
@@ -190,22 +202,48 @@ class _TrainLog:
                             rec = json.loads(line)
                         except ValueError:
                             continue
-                        if isinstance(rec, dict) and isinstance(rec.get("iteration"), int) \
-                                and rec["iteration"] <= start:
-                            self.records.append(rec)
+                        if isinstance(rec, dict) and type(rec.get("iteration")) is int \
+                                and 0 <= rec["iteration"] <= start:
+                            kept.append(rec)
             except OSError:
-                self.records = []
+                kept = []
         with replacing(path, "w") as f:
-            for rec in self.records:
+            for rec in kept:
                 f.write(json.dumps(rec) + "\n")
+        for rec in kept:
+            self._keep(rec)
+
+    def _keep(self, rec):
+        self._it.append(rec["iteration"])
+        self._loss.append(_number(rec.get("loss")))
+        self._avg.append(_number(rec.get("avg_loss")))
+        self._curve.add(rec["iteration"], self._loss[-1], self._avg[-1])
+        extra = {k: v for k, v in rec.items()
+                 if k not in self.COLUMNS and k not in self.FILE_ONLY and math.isfinite(_number(v))}
+        if extra:
+            self._extra[len(self._it) - 1] = extra
+
+    def __len__(self):
+        return len(self._it)
+
+    @property
+    def records(self) -> List[dict]:
+        """The kept records as dicts (iteration, loss and avg_loss where finite, the other numbers kept)."""
+        out = []
+        for row, it in enumerate(self._it):
+            rec = {"iteration": it}
+            for key, col in (("loss", self._loss), ("avg_loss", self._avg)):
+                if math.isfinite(col[row]):
+                    rec[key] = col[row]
+            rec.update(self._extra.get(row, ()))
+            out.append(rec)
+        return out
 
     def append(self, rec):
         """Adds one line; None, or a warning when the file cannot take it (a full disk, a size limit): the file
         is cut back to its whole lines and not written again, the records stay in memory (the chart, resume
         within this run)."""
-        # in memory only what the chart, last() and best() read: a whole record (~0.9 KB) an iteration made
-        # a long run's resident memory grow (benchmarks/bench_long_run.py); the file keeps every field
-        self.records.append({k: v for k, v in rec.items() if k not in self.FILE_ONLY})
+        self._keep(rec)
         if self.failed:
             return None
         data = memoryview((json.dumps(rec) + "\n").encode("utf-8"))
@@ -227,16 +265,39 @@ class _TrainLog:
                     f"iterations up to {rec.get('iteration', 1) - 1}, training goes on without it")
         return None
 
+    def series(self, metric):
+        """The chart's curves (as chart.chart_series gives them): the losses from the bounded LossCurve, the
+        points of `metric`."""
+        import numpy as np
+
+        its, loss, avg = self._curve.arrays()
+        rows = [(row, extra[metric]) for row, extra in sorted(self._extra.items()) if metric in extra]
+        map_its = np.array([self._it[row] for row, _ in rows], np.float64)
+        maps = np.array([100.0 * float(v) for _, v in rows], np.float64)
+        return its, loss, avg, map_its, maps
+
+    def _values(self, key):
+        if key in ("loss", "avg_loss"):
+            return [v for v in (self._loss if key == "loss" else self._avg) if math.isfinite(v)]
+        return [extra[key] for _, extra in sorted(self._extra.items()) if key in extra]
+
     def last(self, key):
-        for rec in reversed(self.records):
-            v = rec.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                return v
-        return None
+        vals = self._values(key)
+        return vals[-1] if vals else None
 
     def best(self, key):
-        vals = [r[key] for r in self.records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        vals = self._values(key)
         return max(vals) if vals else None
+
+
+def _number(v) -> float:
+    """v as a float when it is a finite-able number (not a bool), else NaN."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    try:
+        return float(v)
+    except OverflowError:   # an integer past float's range
+        return math.nan
 
 
 # ----------------------------------------------------------------------------- summary
@@ -390,6 +451,12 @@ class _NoLog:
     """The training log of an MPI rank other than 0 (rank 0 alone writes files)."""
 
     records: List[dict] = []
+
+    def __len__(self):
+        return 0
+
+    def series(self, metric):
+        return None
 
     def append(self, rec):
         pass
@@ -571,11 +638,15 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
             progress = False
 
     chart_ok = [chart_path is not None]
-    chart_job = [None, None]   # the drawing thread, and what stopped it
+    # the drawing in progress (a future of the one chart thread), and what stopped the chart. One thread for
+    # the whole run: a new thread per drawing took a malloc arena of its own each time, and the resident memory
+    # of a long training grew by what those arenas kept (benchmarks/bench_long_run.py)
+    chart_job = [None, None]
+    chart_thread = []
 
-    def draw(records, hours):
+    def draw(series, hours):
         try:
-            draw_chart(chart_path, records, max_b, title=base, hours_left=hours, metric=task.chart_metric)
+            draw_chart(chart_path, (), max_b, title=base, hours_left=hours, metric=task.chart_metric, series=series)
         except ImportError:
             chart_job[1] = "warning: matplotlib is not installed; no training chart is drawn (pip install matplotlib)"
         except (OSError, ValueError, RuntimeError) as e:
@@ -583,26 +654,27 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                             f"without it")
 
     def redraw(hours, wait=True):
-        """Draws the chart; during training (wait=False) in a thread of its own, so the
+        """Draws the chart; during training (wait=False) in the chart's thread, so the
         iterations do not stop for it (a drawing still running is let finish, this one
         skipped). The last drawing (wait=True) waits for that thread and draws in this one."""
-        if chart_job[0] is not None and (wait or not chart_job[0].is_alive()):
-            chart_job[0].join()
+        if chart_job[0] is not None and (wait or chart_job[0].done()):
+            chart_job[0].result()
             chart_job[0] = None
         if chart_job[1] is not None and chart_ok[0]:
             chart_ok[0] = False
             out.note(chart_job[1])
         if not chart_ok[0] or chart_job[0] is not None:
             return
-        records = list(trainlog.records)
+        series = trainlog.series(task.chart_metric)   # a snapshot: the drawing may run in its own thread
         if wait:
-            draw(records, hours)
+            draw(series, hours)
             if chart_job[1] is not None:
                 chart_ok[0] = False
                 out.note(chart_job[1])
             return
-        chart_job[0] = threading.Thread(target=draw, args=(records, hours), name="pydarknet-chart", daemon=True)
-        chart_job[0].start()
+        if not chart_thread:
+            chart_thread.append(ThreadPoolExecutor(1, thread_name_prefix="pydarknet-chart"))
+        chart_job[0] = chart_thread[0].submit(draw, series, hours)
 
     def save(tag, with_state=False, quiet=False):
         path = checkpoint_path(backup_dir, base, tag)
@@ -725,8 +797,11 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
         raise
     finally:
         if chart_job[0] is not None:   # a drawing still running finishes before train() returns
-            chart_job[0].join()
+            chart_job[0].result()
             chart_job[0] = None
+        for pool in chart_thread:
+            pool.shutdown(wait=True)
+        chart_thread.clear()
         if bar is not None:
             bar.close()
             out.bar = None

@@ -116,3 +116,22 @@ def test_training_memory_is_flat_over_1200_iterations(tmp_path):
     assert r["samples_after_warmup"] >= 10, _explain(r)
     assert r["growth_bytes"] < 6 * MiB, _explain(r)
     assert r["slope_bytes_per_step"] < 4 * 1024, _explain(r)
+
+
+def test_chart_loss_curve_stays_bounded_and_keeps_the_extremes():
+    """The training chart's curve (pydarknet.chart.LossCurve) over 100,000 iterations: at most 2 points per
+    bucket plus the last, in iteration order, every point a real (iteration, loss, average loss) of the run,
+    the highest and lowest losses kept (a spike stays visible), the last iteration last."""
+    import numpy as np
+
+    from pydarknet.chart import LossCurve
+
+    curve = LossCurve(buckets=50)
+    loss = lambda it: 1000.0 if it == 31337 else (0.001 if it == 77777 else 1.0 + 1.0 / it)
+    for it in range(1, 100001):
+        curve.add(it, loss(it), 2.0 / it)
+    its, losses, avgs = curve.arrays()
+    assert len(its) <= 2 * 50 + 1 and np.all(np.diff(its) > 0)
+    assert its[-1] == 100000 and losses[-1] == loss(100000)
+    assert np.array_equal(losses, [loss(int(i)) for i in its]) and np.array_equal(avgs, 2.0 / its)
+    assert losses.max() == 1000.0 and losses.min() == 0.001
