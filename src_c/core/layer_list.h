@@ -27,7 +27,7 @@ DN_LAYER_GPU(reshape)
 DN_LAYER_GPU(scale)
 DN_LAYER_GPU(reduction)
 DN_LAYER_GPU(groupnorm)
-DN_LAYER(deformable) /* on a device it runs its CPU passes on host copies (no .cu yet) */
+DN_LAYER_GPU(deformable)
 DN_LAYER_GPU(yolo)
 DN_LAYER_GPU(region)
 DN_LAYER(fcos) /* its loss on the host; on a device it runs its CPU passes on host copies */

@@ -271,4 +271,5 @@ const dn_layer_ops dn_deformable_ops = {
     .setup = deform_setup,
     .forward = deform_forward,
     .backward = deform_backward,
+    DN_GPU_OPS(dn_deformable_forward_gpu, dn_deformable_backward_gpu),
 };
