@@ -223,8 +223,18 @@ def child_env(threads):
         env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def _package_root():
+    """The folder holding the pydarknet this process imports (an installed one, or a checkout built in place);
+    the checkout when none imports: the children run that one, never a source tree without its built core."""
+    try:
+        import pydarknet
+    except ImportError:
+        return REPO
+    return os.path.dirname(os.path.dirname(os.path.abspath(pydarknet.__file__)))
 
 
 # ------------------------------------------------------------------ the two runs
