@@ -56,7 +56,7 @@ from .cfg import parse_cfg
 from .classification import Classification, ClassifierError, classify_output, require_classifier, top_k
 from .commands import (EXIT_FAILURE, EXIT_OK, TRAIN_ERRORS, CliError, add_gpu_flag, add_model_files,
                        add_training_flags, flag, load_network, note, order_data_cfg, positive_int, read_image,
-                       stdin_paths, warnings_as_notes)
+                       stdin_paths, training_watch, warnings_as_notes)
 from .data import ClassificationDataset, ClassifierAugment, ClassifierLoader, default_backend
 from .datafiles import DATA_DEFAULTS, load_data_file, read_names
 from .network import Network
@@ -234,7 +234,7 @@ class _ClassifierTask(TrainTask):
 
 def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup=None, max_batches=None, seed=0,
                      save_every=None, last_every=None, chart=None, chart_every=10, workers=2, threads=None,
-                     log=None, progress=None, stop_after=None, callback=None, gpu=None):
+                     log=None, progress=None, stop_after=None, callback=None, gpu=None, watch=None):
     """Trains the classifier of `cfg` (ending in [softmax]) on the train=
     list of the .data file `data` (classes from the labels= names in the
     image paths, augmented as the cfg's [net] asks), from `weights` when
@@ -255,7 +255,7 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
     return train_network(_ClassifierTask(topk), cfg, data, weights, clear=clear, backup=backup,
                          max_batches=max_batches, seed=seed, save_every=save_every, last_every=last_every,
                          chart=chart, chart_every=chart_every, workers=workers, threads=threads, log=log,
-                         progress=progress, stop_after=stop_after, callback=callback, gpu=gpu)
+                         progress=progress, stop_after=stop_after, callback=callback, gpu=gpu, watch=watch)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -322,7 +322,8 @@ def _cmd_train(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg, "classifier train")
     try:
         train_classifier(cfg_path, data_path, args.weights, topk=args.topk, clear=args.clear, backup=args.backup,
-                         max_batches=args.max_batches, seed=args.seed, workers=args.workers, gpu=args.gpus)
+                         max_batches=args.max_batches, seed=args.seed, workers=args.workers, gpu=args.gpus,
+                         watch=training_watch(args))
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
     except TRAIN_ERRORS as e:

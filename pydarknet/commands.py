@@ -30,8 +30,9 @@ from .weights import WeightsError
 
 __all__ = [
     "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "IMAGE_EXTS", "CliError", "UsageError", "TRAIN_ERRORS",
-    "Parser", "flag", "threshold", "positive_int", "non_negative_int", "seed_int", "add_gpu_flag",
-    "add_model_files", "add_training_flags",
+    "Parser", "flag", "threshold", "positive_int", "non_negative_int", "seed_int", "port_number", "jpeg_quality",
+    "add_gpu_flag",
+    "add_model_files", "add_training_flags", "training_watch",
     "read_head", "order_data_cfg", "emit_warnings", "load_network", "read_image", "stdin_paths",
     "PROG", "note", "warnings_as_notes", "display_available", "Viewer",
 ]
@@ -123,6 +124,28 @@ def positive_int(text):
     return _whole_number(text, 1)
 
 
+def port_number(text):
+    """A TCP port, 1..65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return value
+
+
+def jpeg_quality(text):
+    """A JPEG quality, 1..100."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a JPEG quality from 1 to 100, got {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a JPEG quality from 1 to 100, got {text!r}")
+    return value
+
+
 def non_negative_int(text):
     return _whole_number(text, 0)
 
@@ -165,6 +188,18 @@ def add_training_flags(parser, seed_help):
                         help="background workers making batches (default 2 on the CPU, on a GPU one per core but "
                              "two; 0: in the training thread): threads up to 2, processes writing into "
                              "shared memory beyond, which scale with the cores")
+    flag(parser, "mjpeg_port", type=port_number, metavar="P",
+         help="serve a live training page on port P (http://HOST:P/: loss, average loss, learning rate and mAP "
+              "curves from the log, images/s, time left, the latest augmented training images with their boxes) "
+              "and the chart as Motion JPEG at /chart.mjpg")
+    parser.add_argument("--http-host", default="127.0.0.1", metavar="HOST",
+                        help="address -mjpeg_port listens on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+                             "interface)")
+
+
+def training_watch(args):
+    """train_network's `watch` from the training flags: (port, host), or None."""
+    return None if getattr(args, "mjpeg_port", None) is None else (args.mjpeg_port, args.http_host)
 
 
 # ----------------------------------------------------------------------------- files

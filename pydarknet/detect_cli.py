@@ -44,9 +44,9 @@ from . import anchors
 from ._native import DarknetError
 from .cfg import HEAD_TYPES, parse_cfg
 from .commands import (EXIT_FAILURE, EXIT_OK, IMAGE_EXTS, TRAIN_ERRORS, CliError, Viewer, add_gpu_flag,
-                       add_model_files, add_training_flags, display_available, flag, load_network, non_negative_int,
-                       note, order_data_cfg, positive_int, read_head, read_image, stdin_paths, threshold,
-                       warnings_as_notes)
+                       add_model_files, add_training_flags, display_available, flag, jpeg_quality, load_network,
+                       non_negative_int, note, order_data_cfg, port_number, positive_int, read_head, read_image,
+                       stdin_paths, threshold, training_watch, warnings_as_notes)
 from .data.lists import label_path, label_paths, read_labels, resolve_listed
 from .datafiles import load_data_file, read_data_file, read_names, resolve_path
 from .detection import Detection, draw_detections
@@ -197,6 +197,17 @@ def add_parser(commands):
     flag(demo, "time_limit_sec", type=non_negative_int, default=0, metavar="N",
          help="stop after N seconds (default 0: at the end of the video)")
     flag(demo, "avgframes", type=positive_int, default=3, metavar="N", help="accepted; not used on the CPU")
+    flag(demo, "mjpeg_port", type=port_number, metavar="P",
+         help="serve the annotated frames over HTTP as Motion JPEG (multipart/x-mixed-replace) on port P, to "
+              "any number of clients; a slow client skips frames, never slows the detector")
+    flag(demo, "json_port", type=port_number, metavar="P",
+         help="serve each frame's detections over HTTP on port P as darknet does (one growing JSON array of "
+              "-json_file_output's records)")
+    demo.add_argument("--mjpeg-quality", type=jpeg_quality, default=80, metavar="Q",
+                      help="JPEG quality of the -mjpeg_port frames (1..100, default 80)")
+    demo.add_argument("--http-host", default="127.0.0.1", metavar="HOST",
+                      help="address the ports listen on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+                           "interface)")
     demo.add_argument("--frames", choices=("all", "latest"),
                       help="every frame, or only the newest one each time (default: latest for a camera or "
                            "stream URL, all for a file)")
@@ -572,7 +583,7 @@ def _cmd_detector_train(args) -> int:
                        map_every=args.map_every, map_epochs=args.mAP_epochs, backup=args.backup,
                        max_batches=args.max_batches, seed=args.seed, dont_show=args.dont_show,
                        thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers,
-                       gpu=args.gpus)
+                       gpu=args.gpus, watch=training_watch(args))
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
     except TRAIN_ERRORS as e:
@@ -899,16 +910,37 @@ def detector_demo(args) -> int:
     except VideoError as e:
         raise CliError(str(e)) from None
     with video:
-        _, _, net, names = _load_detector(args, "detector demo")
-        note(f"{'video file' if args.video is not None else 'webcam index'}: {video.name}"
-             f"{' (latest-frame mode: frames that arrive while one is processed are dropped)' if latest else ''}")
+        watch = _open_watch(args)   # a busy port: one error before the network loads
         try:
-            return _demo_loop(net, video, args, open_video_writer)
-        except VideoError as e:
-            raise CliError(str(e)) from None
+            _, _, net, names = _load_detector(args, "detector demo")
+            note(f"{'video file' if args.video is not None else 'webcam index'}: {video.name}"
+                 f"{' (latest-frame mode: frames that arrive while one is processed are dropped)' if latest else ''}")
+            try:
+                return _demo_loop(net, video, args, open_video_writer, watch)
+            except VideoError as e:
+                raise CliError(str(e)) from None
+        finally:
+            if watch is not None:
+                watch.close()
 
 
-def _demo_loop(net, video, args, open_video_writer) -> int:
+def _open_watch(args):
+    """-mjpeg_port / -json_port: the servers bound and serving, or None without either."""
+    if args.mjpeg_port is None and args.json_port is None:
+        return None
+    from .watch import DetectionWatch, WatchError
+
+    try:
+        watch = DetectionWatch(args.mjpeg_port, args.json_port, host=args.http_host, quality=args.mjpeg_quality)
+    except WatchError as e:
+        raise CliError(str(e)) from None
+    for port, what in ((args.mjpeg_port, "annotated frames (Motion JPEG)"), (args.json_port, "detections (JSON)")):
+        if port is not None:
+            note(f"serving the {what} at http://{args.http_host}:{port}/")
+    return watch
+
+
+def _demo_loop(net, video, args, open_video_writer, watch=None) -> int:
     classes = detection_classes(net)
     letterbox = True if args.letter_box else None
     show = not args.dont_show and display_available()
@@ -926,8 +958,11 @@ def _demo_loop(net, video, args, open_video_writer) -> int:
                 print(line)
             sys.stdout.flush()
             annotated = draw_detections(frame, detections, classes=classes or 80)
+            record = json_entry(count, None, detections, frame.shape[1], frame.shape[0])
             if json_out is not None:
-                json_out.add(json_entry(count, None, detections, frame.shape[1], frame.shape[0]))
+                json_out.add(record)
+            if watch is not None:
+                watch.publish(annotated, record)
             if args.out_filename:
                 if writer is None:
                     writer = open_video_writer(args.out_filename, video.fps, (frame.shape[1], frame.shape[0]))

@@ -184,7 +184,7 @@ class _TrainLog:
     (benchmarks/bench_long_run.py); the file keeps every field."""
 
     FILE_ONLY = frozenset(("learning_rate", "images", "seconds", "load_seconds", "images_per_s", "width", "height",
-                           "time"))
+                           "time", "hours_left"))
     COLUMNS = ("iteration", "loss", "avg_loss")
 
     def __init__(self, path, start):
@@ -404,7 +404,7 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
                   save_every=None, last_every=None, chart=None, chart_every=10, workers=2, threads=None,
                   log: Optional[Callable[[str], None]] = None, progress=None, stop_after=None,
                   callback: Optional[Callable[[dict], None]] = None,
-                  gpu: Union[int, Sequence[int], None] = None) -> TrainSummary:
+                  gpu: Union[int, Sequence[int], None] = None, watch=None) -> TrainSummary:
     """The training run that detectors and classifiers share, `task` saying
     what differs (see TrainTask and the module notes).
 
@@ -420,21 +420,37 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
       error is a terminal).
     stop_after: stop as Ctrl-C does once this iteration is done (saves
       _last and raises KeyboardInterrupt).
-    callback: called with each iteration's log record (may raise)."""
+    callback: called with each iteration's log record (may raise).
+    watch: (port, host): darknet's -mjpeg_port, the live page and the chart
+      served over HTTP (pydarknet.watch.TrainingWatch), bound before anything
+      else (rank 0 alone under MPI)."""
     dist = mpi_world()   # None unless several MPI ranks run this
     out = Output(log) if dist is None or dist.leader else _Silent()
+    server = None
     try:
+        if watch is not None and (dist is None or dist.leader):
+            from .watch import TrainingWatch, WatchError
+
+            try:
+                server = TrainingWatch(*watch)
+            except WatchError as e:
+                raise TrainError(str(e)) from None
+            out.note(f"serving the training page at http://{watch[1]}:{watch[0]}/ (the chart as Motion JPEG at "
+                     f"/chart.mjpg)")
         with warnings_as_notes(out):
             return _train(out, task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches,
                           seed=seed, save_every=save_every, last_every=last_every, chart=chart,
                           chart_every=chart_every, workers=workers, threads=threads, progress=progress,
-                          stop_after=stop_after, callback=callback, gpu=gpu, dist=dist)
+                          stop_after=stop_after, callback=callback, gpu=gpu, dist=dist, watch=server)
     except KeyboardInterrupt:
         raise
     except BaseException as e:
         if dist is not None:   # the other ranks would wait for this one forever: end the whole job
             dist.abort(e)
         raise
+    finally:
+        if server is not None:
+            server.close()
 
 
 class _Silent(Output):
@@ -466,7 +482,7 @@ class _NoLog:
 
 
 def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, save_every, last_every, chart,
-           chart_every, workers, threads, progress, stop_after, callback, gpu=None, dist=None):
+           chart_every, workers, threads, progress, stop_after, callback, gpu=None, dist=None, watch=None):
     cfg, data = os.fspath(cfg), os.fspath(data)
     weights = None if weights is None else os.fspath(weights)
     base = cfg_base(cfg)
@@ -586,7 +602,7 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
         return _loop(out, task, net, loader, cfg=cfg, data=data, base=base, backup_dir=backup_dir, weights=weights,
                      state_file=state_file, train_list=train_list, save_every=save_every, last_every=last_every,
                      steps=steps, burn_in=burn_in, chart=chart, chart_every=chart_every, progress=progress,
-                     stop_after=stop_after, callback=callback, dist=dist)
+                     stop_after=stop_after, callback=callback, dist=dist, watch=watch)
     finally:
         loader.close()
         if dist is not None:
@@ -594,7 +610,7 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
 
 
 def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state_file, train_list, save_every,
-          last_every, steps, burn_in, chart, chart_every, progress, stop_after, callback, dist=None):
+          last_every, steps, burn_in, chart, chart_every, progress, stop_after, callback, dist=None, watch=None):
     start = net.iteration
     full_batch = net.full_batch
     opts = net.spec.options
@@ -612,6 +628,8 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
     if chart is not False and leader:
         chart_path = os.fspath(chart) if chart is not None else os.path.join(backup_dir, f"chart_{base}.png")
 
+    if watch is not None:
+        watch.begin(log_path, title=base, max_batches=max_b, metric=task.chart_metric)
     summary = TrainSummary(cfg=cfg, data=data, backup=backup_dir, start_iteration=start, iteration=start,
                            max_batches=max_b, log_path=log_path, chart_path=chart_path,
                            data_problems=loader.summary)
@@ -647,6 +665,8 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
     def draw(series, hours):
         try:
             draw_chart(chart_path, (), max_b, title=base, hours_left=hours, metric=task.chart_metric, series=series)
+            if watch is not None:
+                watch.publish_chart(chart_path)
         except ImportError:
             chart_job[1] = "warning: matplotlib is not installed; no training chart is drawn (pip install matplotlib)"
         except (OSError, ValueError, RuntimeError) as e:
@@ -745,7 +765,10 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
             record = {"iteration": it, "loss": loss, "avg_loss": avg_loss, "learning_rate": rate,
                       "images": it * full_batch, "seconds": round(train_time, 6),
                       "load_seconds": round(load_time, 6), "images_per_s": round(ips, 3),
-                      "width": w, "height": h, "time": round(time.time(), 3)}
+                      "width": w, "height": h, "time": round(time.time(), 3),
+                      "hours_left": round(hours_left, 6)}
+            if watch is not None and (k == start or it % max(1, chart_every or 10) == 0):
+                watch.publish_sample(x, truths)   # before the next batch is taken: x may be shared memory
 
             # ---- evaluation (-map, -topk)
             evaluated = task.evaluation_due(it, iter_eval, max_b, n_train, full_batch, burn_in) and leader
