@@ -100,6 +100,7 @@ def add_parser(commands):
          help="write each image's detections as a YOLO label file beside it (<image>.txt)")
     test.add_argument("--output-dir", dest="output_dir", metavar="DIR",
                       help=f"write one annotated image per input to DIR (<name>.jpg) instead of {PREDICTIONS}")
+    _add_watch_flags(test, "annotated images")
     test.set_defaults(func=_cmd_detector_test)
 
     train = detector_commands.add_parser(
@@ -197,17 +198,7 @@ def add_parser(commands):
     flag(demo, "time_limit_sec", type=non_negative_int, default=0, metavar="N",
          help="stop after N seconds (default 0: at the end of the video)")
     flag(demo, "avgframes", type=positive_int, default=3, metavar="N", help="accepted; not used on the CPU")
-    flag(demo, "mjpeg_port", type=port_number, metavar="P",
-         help="serve the annotated frames over HTTP as Motion JPEG (multipart/x-mixed-replace) on port P, to "
-              "any number of clients; a slow client skips frames, never slows the detector")
-    flag(demo, "json_port", type=port_number, metavar="P",
-         help="serve each frame's detections over HTTP on port P as darknet does (one growing JSON array of "
-              "-json_file_output's records)")
-    demo.add_argument("--mjpeg-quality", type=jpeg_quality, default=80, metavar="Q",
-                      help="JPEG quality of the -mjpeg_port frames (1..100, default 80)")
-    demo.add_argument("--http-host", default="127.0.0.1", metavar="HOST",
-                      help="address the ports listen on (default 127.0.0.1: this machine only; 0.0.0.0: every "
-                           "interface)")
+    _add_watch_flags(demo, "annotated frames")
     demo.add_argument("--frames", choices=("all", "latest"),
                       help="every frame, or only the newest one each time (default: latest for a camera or "
                            "stream URL, all for a file)")
@@ -233,6 +224,20 @@ def _map_points(text):
     if text not in ("0", "11", "101"):
         raise argparse.ArgumentTypeError(f"expected 0, 11 or 101, got {text!r}")
     return int(text)
+
+
+def _add_watch_flags(parser, what):
+    flag(parser, "mjpeg_port", type=port_number, metavar="P",
+         help=f"serve the {what} over HTTP as Motion JPEG (multipart/x-mixed-replace) on port P, to any number "
+              "of clients; a slow client skips some, never slows the detector")
+    flag(parser, "json_port", type=port_number, metavar="P",
+         help="serve the detections over HTTP on port P as darknet does (one growing JSON array of "
+              "darknet's JSON records, as -json_file_output / -out write them)")
+    parser.add_argument("--mjpeg-quality", type=jpeg_quality, default=80, metavar="Q",
+                        help="JPEG quality of the -mjpeg_port images (1..100, default 80)")
+    parser.add_argument("--http-host", default="127.0.0.1", metavar="HOST",
+                        help="address the ports listen on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+                             "interface)")
 
 
 def _add_detect_flags(parser, thresh_default):
@@ -478,7 +483,7 @@ class _WriteError(CliError):
     """The annotated image could not be written: ends a whole run."""
 
 
-def _detect_image(net, path, args, classes, viewer, outputs):
+def _detect_image(net, path, args, classes, viewer, outputs, watch=None, index=0):
     """Detects, prints darknet's lines, writes predictions.jpg (or what
     `outputs`, a TestOutputs, asks for). CliError for an image
     that cannot be used."""
@@ -496,6 +501,8 @@ def _detect_image(net, path, args, classes, viewer, outputs):
         print(line)
     sys.stdout.flush()
     annotated = draw_detections(image, shown, classes=classes or 80)
+    if watch is not None:
+        watch.publish(annotated, json_entry(index, path, shown, image.shape[1], image.shape[0]))
     try:
         outputs.add(path, image, detections, annotated)
     except CliError as e:
@@ -511,7 +518,7 @@ def _detect_image(net, path, args, classes, viewer, outputs):
     viewer.show(annotated)
 
 
-def _run_images(net, image, args) -> int:
+def _run_images(net, image, args, watch=None) -> int:
     """One image, or each image of a list file, a folder or standard input
     (those reported and skipped when they cannot be read)."""
     classes = detection_classes(net)
@@ -521,11 +528,11 @@ def _run_images(net, image, args) -> int:
     failed = 0
     try:
         if paths is None:
-            _detect_image(net, image, args, classes, viewer, outputs)
+            _detect_image(net, image, args, classes, viewer, outputs, watch, 1)
             return EXIT_OK
-        for path in paths:
+        for index, path in enumerate(paths, 1):
             try:
-                _detect_image(net, path, args, classes, viewer, outputs)
+                _detect_image(net, path, args, classes, viewer, outputs, watch, index)
             except _WriteError:
                 raise
             except CliError as e:
@@ -553,10 +560,15 @@ def _cmd_detector_test(args) -> int:
     data_path, cfg_path = order_data_cfg(args.data, args.cfg)
     names, names_path = _names_from_data(data_path)
     _check_image_arg(args.image, args.weights)
-    net = load_network(cfg_path, args.weights, names, args.gpu)
-    require_detector(net, cfg_path, "detector test")
-    _check_names(net, names, names_path, cfg_path)
-    return _run_images(net, args.image, args)
+    watch = _open_watch(args)   # a busy port: one error before the network loads
+    try:
+        net = load_network(cfg_path, args.weights, names, args.gpu)
+        require_detector(net, cfg_path, "detector test")
+        _check_names(net, names, names_path, cfg_path)
+        return _run_images(net, args.image, args, watch)
+    finally:
+        if watch is not None:
+            watch.close()
 
 
 def _cmd_detect(args) -> int:
@@ -934,7 +946,7 @@ def _open_watch(args):
         watch = DetectionWatch(args.mjpeg_port, args.json_port, host=args.http_host, quality=args.mjpeg_quality)
     except WatchError as e:
         raise CliError(str(e)) from None
-    for port, what in ((args.mjpeg_port, "annotated frames (Motion JPEG)"), (args.json_port, "detections (JSON)")):
+    for port, what in ((args.mjpeg_port, "annotated images (Motion JPEG)"), (args.json_port, "detections (JSON)")):
         if port is not None:
             note(f"serving the {what} at http://{args.http_host}:{port}/")
     return watch

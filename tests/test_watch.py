@@ -83,6 +83,20 @@ def _mjpeg_frames(port, count, out):
     cap.release()
 
 
+def _next_jpeg(stream):
+    """The next part of a multipart/x-mixed-replace stream, decoded by OpenCV."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = stream.read(1)
+        assert byte, "the stream ended"
+        head += byte
+    assert head.lstrip(b"\r\n").startswith(b"--mjpegstream\r\nContent-Type: image/jpeg\r\n"), head
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    image = cv2.imdecode(np.frombuffer(stream.read(length), np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    return image
+
+
 def _json_records(port, count):
     """The first `count` records of darknet's JSON stream: '[', then records separated by ','."""
     stream = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30)
@@ -242,3 +256,46 @@ def test_training_page_renders_in_a_headless_browser(work, tmp_path):
     # the average-loss curve in the loss canvas (640 px wide, 576 for the iterations 0..2000): at least a
     # pixel per column it spans
     assert close[:450, :700].sum() >= 576 * it / 2000, (close[:450, :700].sum(), it)
+
+
+def test_detector_test_streams_each_image_it_is_given(work):
+    """detector test reading paths from standard input: each image's annotated picture and JSON record (the
+    -out record of that image) reach the clients as it is processed."""
+    images = sorted(os.path.relpath(os.path.join(d, f), work) for d, _, fs in os.walk(work) for f in fs
+                    if f.endswith(".jpg"))[:3]
+    assert len(images) == 3
+    mjpeg, jport = _free_port(), _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pydarknet", "detector", "test", "shapes.data", "d.cfg",
+                             "d.weights", "-dont_show", "-thresh", "0.01", "-mjpeg_port", str(mjpeg), "-json_port",
+                             str(jport), "-out", "result.json"], cwd=work, env=_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_port(mjpeg, proc)
+    _wait_port(jport, proc)
+    stream = urllib.request.urlopen(f"http://127.0.0.1:{jport}/", timeout=30)
+    frames = urllib.request.urlopen(f"http://127.0.0.1:{mjpeg}/", timeout=30)
+    assert frames.headers.get("Content-Type") == "multipart/x-mixed-replace; boundary=mjpegstream"
+    assert stream.read(2) == b"[\n"
+    decoder, text, got, shapes = json.JSONDecoder(), "", [], []
+    for path in images:
+        proc.stdin.write((path + "\n").encode())
+        proc.stdin.flush()
+        while len(got) < len(shapes) + 1:
+            text += stream.read1(65536).decode("utf-8")
+            try:
+                rec, end = decoder.raw_decode(text.lstrip(", \n"))
+            except ValueError:
+                continue
+            got.append(rec)
+            text = text.lstrip(", \n")[end:]
+        shapes.append(_next_jpeg(frames).shape)
+    proc.stdin.close()
+    proc.wait(timeout=120)
+    err = proc.stderr.read()
+    stream.close()
+    frames.close()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    with open(work / "result.json") as f:
+        written = json.load(f)
+    assert [r["filename"] for r in got] == images and [r["frame_id"] for r in got] == [1, 2, 3]
+    assert [r["objects"] for r in got] == [r["objects"] for r in written]
+    assert shapes == [cv2.imread(str(work / p)).shape for p in images]
