@@ -45,11 +45,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from array import array
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -437,7 +440,7 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
                 raise TrainError(str(e)) from None
             out.note(f"serving the training page at http://{watch[1]}:{watch[0]}/ (the chart as Motion JPEG at "
                      f"/chart.mjpg)")
-        with warnings_as_notes(out):
+        with warnings_as_notes(out), _terminate_as_interrupt():
             return _train(out, task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches,
                           seed=seed, save_every=save_every, last_every=last_every, chart=chart,
                           chart_every=chart_every, workers=workers, threads=threads, progress=progress,
@@ -451,6 +454,29 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
     finally:
         if server is not None:
             server.close()
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a batch system's notice before it kills the job, `kill`, a container stopping) ends training as
+    Ctrl-C does: _last is saved and the way to resume printed. Only from the main thread, where Python's
+    signal handlers run; the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except (ValueError, OSError):   # no such signal here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Silent(Output):

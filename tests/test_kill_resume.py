@@ -127,3 +127,28 @@ def test_sigkilled_three_times_and_resumed_ends_with_the_same_weights(tmp_path):
         got = f.read()
     assert got == want, f"(seed {seed}) killed after logged iterations {kills}: the final weights differ"
     assert not [n for n in os.listdir(folder / "cut") if n.endswith(".prev.state")]
+
+
+def test_sigterm_saves_last_as_ctrl_c_does(tmp_path):
+    """SIGTERM (a batch system's notice before it kills a job) ends training as Ctrl-C does: exit 130, _last
+    and its state saved at the iteration reached, the way to resume printed, no worker left behind."""
+    write_shapes_dataset(tmp_path, count=8, width=64, height=64)
+    (tmp_path / "tiny.cfg").write_text(CFG.replace(f"max_batches={ITERATIONS}", "max_batches=5000"))
+    proc = subprocess.Popen(_command(tmp_path, "bk", workers=3), cwd=tmp_path, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "bk" / "tiny_train.jsonl"
+    deadline = time.monotonic() + 120
+    while _logged_iterations(log) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    children = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130, err[-2000:]
+    done = pydarknet.load(str(tmp_path / "tiny.cfg"), str(tmp_path / "bk" / "tiny_last.weights")).iteration
+    assert 5 <= done < 5000 and f"interrupted at iteration {done}: saved" in err and "resume with" in err
+    from pydarknet.trainer import _matching_state
+    assert _matching_state(str(tmp_path / "bk" / "tiny_last.weights"), done)[0] is not None
+    deadline = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [c for c in children if _alive(c)]
