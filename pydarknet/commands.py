@@ -126,24 +126,12 @@ def positive_int(text):
 
 def port_number(text):
     """A TCP port, 1..65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
-    return value
+    return _whole_number(text, 1, 65535)
 
 
 def jpeg_quality(text):
     """A JPEG quality, 1..100."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a JPEG quality from 1 to 100, got {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"expected a JPEG quality from 1 to 100, got {text!r}")
-    return value
+    return _whole_number(text, 1, 100)
 
 
 def non_negative_int(text):

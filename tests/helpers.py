@@ -2,7 +2,9 @@
 test_learning.py, test_train_cli.py, and test_cuda.py's training comparison):
 cfg text written section by section, the small yolo networks they train on
 the synthetic shapes (pydarknet.synthetic: 3 classes), and the loops and
-snapshots around training."""
+snapshots around training, and the environment of the tests' child processes."""
+import os
+
 import pydarknet
 from pydarknet.synthetic import shapes_batch
 from conftest import randomize
@@ -82,3 +84,37 @@ def train_cycling(net, x, t, iterations, batch):
 def params(net):
     """A copy of every parameter, by (layer index, name)."""
     return {(l.index, k): v.copy() for l in net.layers for k, v in l.params.items()}
+
+
+def shapes_found(net, x, t, size, thresh=0.3):
+    """(found, total): the shapes of a shapes_batch (x, t) of `size` x `size` images that net.detect finds,
+    with the right class and an IoU above .5."""
+    def iou(a, b):
+        ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+        bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+        w, h = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+        inter = max(w, 0) * max(h, 0)
+        return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+    found = total = 0
+    for i in range(len(x)):
+        img = (x[i].transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype("uint8")
+        dets = net.detect(img, thresh=thresh)
+        for row in t[i]:
+            if row[2] == 0:
+                continue
+            total += 1
+            truth = row[:4] * size
+            found += any(d.class_id == int(row[4]) and iou((d.x, d.y, d.w, d.h), truth) > 0.5 for d in dets)
+    return found, total
+
+
+def child_env(**extra):
+    """The environment for a child Python running pydarknet: the pydarknet these tests import first on its path
+    (never a source tree in the child's working folder), OMP_NUM_THREADS=1, and `extra`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(pydarknet.__file__))] +
+                                        [p for p in [env.get("PYTHONPATH")] if p])
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env

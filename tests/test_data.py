@@ -318,11 +318,9 @@ def test_process_workers_leave_the_resource_tracker_quiet(shapes, write_cfg):
             "with DetectionLoader.from_files(sys.argv[1], sys.argv[2], seed=1, workers=2, backend='process') as p:\n"
             "    n = sum(1 for _ in p.iterate(0, 6))\n"
             "print('batches', n)\n")
-    import pydarknet
+    from helpers import child_env
 
-    env = dict(os.environ)   # the pydarknet this process imports, not a source tree in the working folder
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(pydarknet.__file__))] +
-                                        [p for p in [env.get("PYTHONPATH")] if p])
+    env = child_env()   # the pydarknet this process imports, not a source tree in the working folder
     r = subprocess.run([sys.executable, "-c", code, str(shapes), str(cfg)], capture_output=True, text=True,
                        timeout=240, cwd=str(cfg.parent), env=env)
     assert r.returncode == 0, r.stderr

@@ -13,7 +13,7 @@ from pydarknet._native import check, ffi, lib
 from pydarknet.synthetic import shapes_batch
 from conftest import randomize
 from gradcheck import check_gradients
-from helpers import conv, maxpool, section, train_cycling
+from helpers import conv, maxpool, section, shapes_found, train_cycling
 from test_losses import build, sig, softplus, train_forward
 
 CLASSES, G = 3, 6   # a 6x6 grid
@@ -241,7 +241,7 @@ def test_fcos_cfg_errors(write_cfg, body, match):
 
 def test_fcos_input_channels_must_fit(write_cfg):
     with pytest.raises(CfgError, match=r"4 distances \+ centerness \+ 3 classes = 8 needed"):
-        pydarknet.load(write_cfg(f"[net]\nwidth=48\nheight=48\nchannels=7\n" + fcos_cfg()))
+        pydarknet.load(write_cfg("[net]\nwidth=48\nheight=48\nchannels=7\n" + fcos_cfg()))
 
 
 DETECTOR = (section("net", width=64, height=64, channels=3, batch=16, subdivisions=1, learning_rate=0.002, adam=1,
@@ -253,22 +253,11 @@ DETECTOR = (section("net", width=64, height=64, channels=3, batch=16, subdivisio
 
 def test_small_fcos_learns_to_detect_shapes(write_cfg):
     """A small FCOS network trained for a few seconds finds most shapes it saw, with the right class."""
-    from test_learning import iou
-
     net = pydarknet.load(write_cfg(DETECTOR))
     randomize(net, 0)
     x, t = shapes_batch(64, 64, per_image=(1, 2), seed=7)
     losses = train_cycling(net, x, t, 300, batch=16)
     start, end = np.mean(losses[:10]), np.mean(losses[-10:])
     assert end < 0.3 * start, (start, end)
-    found = total = 0
-    for i in range(16):
-        img = (x[i].transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
-        dets = net.detect(img, thresh=0.3)
-        for row in t[i]:
-            if row[2] == 0:
-                continue
-            total += 1
-            box = row[:4] * 64
-            found += any(d.class_id == int(row[4]) and iou((d.x, d.y, d.w, d.h), box) > 0.5 for d in dets)
+    found, total = shapes_found(net, x[:16], t[:16], 64)
     assert found >= 0.8 * total, (found, total)

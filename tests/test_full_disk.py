@@ -14,7 +14,7 @@ import pytest
 
 import pydarknet
 from pydarknet.data.shapes import write_shapes_dataset
-from helpers import conv, section, shapes_head
+from helpers import child_env, conv, section, shapes_head
 
 pytestmark = pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no RLIMIT_FSIZE on this system")
 
@@ -38,10 +38,7 @@ def _cli(folder, args, limit=None):
     def limited():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(pydarknet.__file__))] +
-                                        [p for p in [env.get("PYTHONPATH")] if p])
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env = child_env(PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run([sys.executable, "-m", "pydarknet"] + args, cwd=folder, env=env, capture_output=True,
                           text=True, timeout=300, preexec_fn=limited if limit else None)
 

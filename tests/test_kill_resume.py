@@ -16,7 +16,7 @@ import time
 
 import pydarknet
 from pydarknet.data.shapes import write_shapes_dataset
-from helpers import conv, section, shapes_head
+from helpers import child_env, conv, section, shapes_head
 
 ITERATIONS = 24
 CFG = (section("net", width=32, height=32, channels=3, batch=4, subdivisions=2, learning_rate=0.001, burn_in=2,
@@ -31,11 +31,7 @@ def _command(folder, backup, weights=None, workers=None):
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(pydarknet.__file__))] +
-                                        [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return child_env()
 
 
 def _logged_iterations(path):

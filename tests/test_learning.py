@@ -6,21 +6,13 @@ import numpy as np
 import pydarknet
 from pydarknet.synthetic import shapes_batch
 from conftest import randomize
-from helpers import conv, maxpool, section, shapes_head, train_cycling
+from helpers import conv, maxpool, section, shapes_found, shapes_head, train_cycling
 
 DETECTOR = (section("net", width=64, height=64, channels=3, batch=16, subdivisions=1, learning_rate=0.002, adam=1,
                     burn_in=20, policy="constant", decay=0.0005)
             + conv(16, bn=True) + maxpool() + conv(32, bn=True) + maxpool() + conv(32, bn=True) + maxpool()
             + conv(64, bn=True) + shapes_head("8,8, 13,13, 20,20", iou_loss="ciou", iou_normalizer=0.07,
                                              ignore_thresh=".7"))
-
-
-def iou(a, b):
-    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
-    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    w, h = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
-    inter = max(w, 0) * max(h, 0)
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def test_small_yolo_learns_to_detect_shapes(write_cfg):
@@ -31,16 +23,7 @@ def test_small_yolo_learns_to_detect_shapes(write_cfg):
     start, end = np.mean(losses[:10]), np.mean(losses[-10:])
     assert end < 0.25 * start, (start, end)
     # the trained network finds the shapes it saw, with the right class
-    found = total = 0
-    for i in range(16):
-        img = (x[i].transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
-        dets = net.detect(img, thresh=0.3)
-        for row in t[i]:
-            if row[2] == 0:
-                continue
-            total += 1
-            truth = row[:4] * 64
-            found += any(d.class_id == int(row[4]) and iou((d.x, d.y, d.w, d.h), truth) > 0.5 for d in dets)
+    found, total = shapes_found(net, x[:16], t[:16], 64)
     assert found >= 0.8 * total, f"{found} of {total} shapes found"
 
 

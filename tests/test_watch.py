@@ -20,6 +20,7 @@ import pytest
 import pydarknet
 from pydarknet.data.shapes import write_shapes_dataset
 from pydarknet.weights import save_weights
+from helpers import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,11 +32,7 @@ def _free_port():
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(pydarknet.__file__))] +
-                                        [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return child_env()
 
 
 def _wait_port(port, proc, seconds=60):

@@ -69,18 +69,29 @@ __device__ static void entry_of(const deform_geom &g, size_t e, int *c, int *i, 
     *w = (float)(ox * g.stride_x - g.pad + kx * g.dilation) + (*dx)[*p];
 }
 
+/* the sample of a plane at the bilinear points b, and its derivatives along h and w */
+__device__ static float sample(const float *plane, const dn_bilinear_pts &b, float *vh, float *vw)
+{
+    float v = 0.f;
+    *vh = *vw = 0.f;
+    for (int t = 0; t < 4; ++t)
+        if (b.idx[t] >= 0) {
+            const float x = plane[b.idx[t]];
+            v += b.wt[t] * x;
+            *vh += b.dh[t] * x;
+            *vw += b.dw[t] * x;
+        }
+    return v;
+}
+
 __global__ static void columns_kernel(deform_geom g, const float *im, const float *off, float *cols, size_t n)
 {
     DN_KERNEL_LOOP(e, n) {
         int c, i, p;
-        float h, w;
+        float h, w, vh, vw;
         const float *dy, *dx, *mk;
         entry_of(g, e, &c, &i, &p, &h, &w, &dy, &dx, &mk, off);
-        const dn_bilinear_pts b = dn_bilinear_points(g.H, g.W, h, w);
-        const float *plane = im + (size_t)c * g.H * g.W;
-        float v = 0.f;
-        for (int t = 0; t < 4; ++t)
-            if (b.idx[t] >= 0) v += b.wt[t] * plane[b.idx[t]];
+        const float v = sample(im + (size_t)c * g.H * g.W, dn_bilinear_points(g.H, g.W, h, w), &vh, &vw);
         cols[e] = mk ? v * dn_logistic1(mk[p]) : v;
     }
 }
@@ -91,19 +102,11 @@ __global__ static void columns_backward_kernel(deform_geom g, const float *im, c
 {
     DN_KERNEL_LOOP(e, n) {
         int c, i, p;
-        float h, w;
+        float h, w, vh, vw;
         const float *dy, *dx, *mk;
         entry_of(g, e, &c, &i, &p, &h, &w, &dy, &dx, &mk, off);
         const dn_bilinear_pts b = dn_bilinear_points(g.H, g.W, h, w);
-        const float *plane = im + (size_t)c * g.H * g.W;
-        float v = 0.f, vh = 0.f, vw = 0.f;
-        for (int t = 0; t < 4; ++t)
-            if (b.idx[t] >= 0) {
-                const float x = plane[b.idx[t]];
-                v += b.wt[t] * x;
-                vh += b.dh[t] * x;
-                vw += b.dw[t] * x;
-            }
+        const float v = sample(im + (size_t)c * g.H * g.W, b, &vh, &vw);
         const float m = mk ? dn_logistic1(mk[p]) : 1.f, dc = dcols[e], dv = dc * m;
         const size_t gdy = (size_t)(dy - off) + p, gdx = (size_t)(dx - off) + p;
         atomicAdd(doff + gdy, dv * vh);
