@@ -221,31 +221,69 @@ def file_route(path: str, content_type: str):
     return bytes_route(read, content_type)
 
 
+class LogReader:
+    """The records of a JSON-lines training log after an iteration, without reading the whole file each time:
+    while it scans, it notes (iteration, byte offset) marks every `every` lines, and a later read starts at the
+    last mark at or before the iteration asked for. A file that shrank (a resumed run rewrites the log up to
+    its checkpoint) or was replaced drops the marks. A long run's log (a quarter of a kilobyte an iteration)
+    is then read once, not at every poll of the page."""
+
+    def __init__(self, path, every=256):
+        self.path, self.every = path, every
+        self._marks = [(0, 0)]   # (iteration before the line, offset of the line), ascending
+        self._key = None         # (device, inode) of the file the marks belong to
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def read(self, since, limit=5000):
+        where = self.path() if callable(self.path) else self.path
+        out = []
+        try:
+            with open(where, "rb") as f:
+                st = os.fstat(f.fileno())
+                with self._lock:
+                    if (st.st_dev, st.st_ino) != self._key or st.st_size < self._size:
+                        self._marks, self._key = [(0, 0)], (st.st_dev, st.st_ino)
+                    self._size = st.st_size
+                    start = max((m for m in self._marks if m[0] <= since), default=(0, 0))
+                f.seek(start[1])
+                last, offset, lines = start[0], start[1], 0
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break   # a line still being written
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        rec = None
+                    if isinstance(rec, dict) and type(rec.get("iteration")) is int:
+                        if rec["iteration"] > since:
+                            out.append(rec)
+                        lines += 1
+                        if lines % self.every == 0:
+                            with self._lock:
+                                if offset > self._marks[-1][1] and last >= self._marks[-1][0]:
+                                    self._marks.append((last, offset))
+                        last = max(last, rec["iteration"])
+                    offset += len(line)
+                    if len(out) >= limit:
+                        break
+        except (OSError, TypeError):
+            return []
+        return out
+
+
 def log_route(path, limit: int = 5000):
     """The records of a JSON-lines log after iteration `since` (query ?since=N), at most `limit` of them (the
-    page asks again for the rest), as a JSON array. `path`: the log's path, or a callable giving it. The file is
-    read at each request: the server keeps nothing of it."""
+    page asks again for the rest), as a JSON array. `path`: the log's path, or a callable giving it (LogReader
+    reads it)."""
+    reader = LogReader(path)
+
     def route(h, query):
         try:
             since = int(query.get("since", ["0"])[0])
         except ValueError:
             since = 0
-        out = []
-        where = path() if callable(path) else path
-        try:
-            with open(where, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict) and type(rec.get("iteration")) is int and rec["iteration"] > since:
-                        out.append(rec)
-                        if len(out) >= limit:
-                            break
-        except (OSError, TypeError):
-            pass
-        body = json.dumps(out).encode("utf-8")
+        body = json.dumps(reader.read(since, limit)).encode("utf-8")
         h.head("application/json", len(body))
         h.wfile.write(body)
     return route

@@ -296,3 +296,29 @@ def test_detector_test_streams_each_image_it_is_given(work):
     assert [r["filename"] for r in got] == images and [r["frame_id"] for r in got] == [1, 2, 3]
     assert [r["objects"] for r in got] == [r["objects"] for r in written]
     assert shapes == [cv2.imread(str(work / p)).shape for p in images]
+
+
+def test_log_reader_reads_from_its_marks_and_follows_a_rewritten_log(tmp_path):
+    """The page's log reads start at a mark near the iteration asked for (a long run's log is not read whole
+    at every poll), and stay right when the log grows, gets a damaged or half-written line, or is rewritten
+    shorter (a resumed run)."""
+    from pydarknet.watch import LogReader
+
+    path = tmp_path / "x_train.jsonl"
+    line = lambda i: json.dumps({"iteration": i, "loss": 1.0 / i}) + "\n"
+    path.write_text("".join(line(i) for i in range(1, 3001)))
+    reader = LogReader(str(path), every=100)
+    assert [r["iteration"] for r in reader.read(0)] == list(range(1, 3001))
+    assert len(reader._marks) >= 29
+    mark = max(m for m in reader._marks if m[0] <= 2990)
+    assert mark[0] >= 2800 and mark[1] > 0   # the next read starts near the end
+    assert [r["iteration"] for r in reader.read(2990)] == list(range(2991, 3001))
+    with open(path, "a") as f:
+        f.write("not json\n" + line(3001) + '{"iteration": 3002, "lo')   # a damaged line, a half-written one
+    assert [r["iteration"] for r in reader.read(2995)] == list(range(2996, 3002))
+    assert [r["iteration"] for r in reader.read(0, limit=5)] == [1, 2, 3, 4, 5]
+    shorter = tmp_path / "new.jsonl"
+    shorter.write_text("".join(line(i) for i in range(1, 101)))
+    os.replace(shorter, path)   # a resumed run rewrites the log up to its checkpoint
+    assert [r["iteration"] for r in reader.read(50)] == list(range(51, 101))
+    assert [r["iteration"] for r in reader.read(0)] == list(range(1, 101))
