@@ -125,6 +125,8 @@ typedef struct {
     size_t terms_cap;
     double *image_loss; /* per image of the batch */
     size_t image_loss_cap;
+    int *valid; /* per worker: the image's usable truth rows, in order */
+    size_t valid_cap;
 } yolo_state;
 
 static dn_status iou_kind(const dn_layer *l, const char *key, int allow_mse, int *out)
@@ -185,7 +187,7 @@ static dn_status yolo_make(dn_layer *l, dn_net *net)
     yolo_state *s = dn_layer_priv(l, sizeof(yolo_state));
     if (!s) return DN_ERR_NOMEM;
     if (dn_layer_owns(l, &s->anchors, &s->all_anchors, &s->mask, &s->class_mult, &s->cells, &s->terms,
-                      &s->image_loss, NULL))
+                      &s->image_loss, &s->valid, NULL))
         return DN_ERR_ARG;
     const int *mask;
     const float *anchors;
@@ -235,6 +237,8 @@ typedef struct {
     float *delta;          /* the image's gradient */
     const float *truth;    /* its truth rows */
     int rows;
+    const int *valid;      /* the rows that hold a truth (dn_truth_class >= 0), in order */
+    int nvalid;
     size_t hw;
     cell_state *cells; /* the worker's scratch of steps 1-3 */
     cls_term *terms;
@@ -536,8 +540,8 @@ static void judge_prediction(image_ctx *c, int a, size_t i)
     for (int k = 0; k < s->classes && !class_match; ++k) class_match = c->out[entry(c, a, 5 + k, i)] > .25f;
     float best_match = 0.f, best = 0.f;
     int best_match_r = 0, best_r = 0;
-    for (int r = 0; r < c->rows; ++r) {
-        if (truth_class(c, r) < 0) continue;
+    for (int v = 0; v < c->nvalid; ++v) {
+        const int r = c->valid[v];
         const float m = dn_box_measure(pred, truth_box(c, r), DN_IOU_PLAIN, NULL);
         if (m > best_match && class_match) {
             best_match = m;
@@ -651,16 +655,19 @@ static void image_loss(void *ctx, int b, int worker)
     yolo_state *s = j->s;
     dn_layer *l = j->l;
     const size_t hw = j->hw;
+    const int rows = j->net->truth_stride / 5;
+    int *valid = s->valid + (size_t)worker * (size_t)rows, nvalid = 0;
+    const float *truth = j->net->truth + (size_t)b * j->net->truth_stride;
+    for (int r = 0; r < rows; ++r) /* the usable rows once, not at every prediction */
+        if (dn_truth_class(truth + 5 * (size_t)r, s->classes) >= 0) valid[nvalid++] = r;
     image_ctx c = {s, l, j->net, j->input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
-                   l->delta + (size_t)b * l->outputs, j->net->truth + (size_t)b * j->net->truth_stride,
-                   j->net->truth_stride / 5, hw, s->cells + (size_t)worker * j->cells,
-                   s->terms + (size_t)worker * j->cells * (size_t)s->classes};
+                   l->delta + (size_t)b * l->outputs, truth, rows, valid, nvalid, hw,
+                   s->cells + (size_t)worker * j->cells, s->terms + (size_t)worker * j->cells * (size_t)s->classes};
     memset(c.delta, 0, l->outputs * sizeof(float));
     for (int a = 0; a < s->n; ++a)
         for (size_t i = 0; i < hw; ++i) judge_prediction(&c, a, i);
-    for (int r = 0; r < c.rows; ++r) {
-        const int k = truth_class(&c, r);
-        if (k < 0) continue;
+    for (int v = 0; v < c.nvalid; ++v) {
+        const int r = c.valid[v], k = truth_class(&c, r);
         const dn_box tb = truth_box(&c, r);
         int col = (int)(tb.x * l->w), row = (int)(tb.y * l->h);
         col = col < 0 ? 0 : col >= l->w ? l->w - 1 : col;
@@ -724,7 +731,8 @@ static dn_status yolo_loss(dn_layer *l, dn_net *net)
     dn_status st;
     if ((st = grow((void **)&s->cells, &s->cells_cap, workers * cells, sizeof(cell_state))) ||
         (st = grow((void **)&s->terms, &s->terms_cap, workers * cells * (size_t)s->classes, sizeof(cls_term))) ||
-        (st = grow((void **)&s->image_loss, &s->image_loss_cap, (size_t)l->batch, sizeof(double))))
+        (st = grow((void **)&s->image_loss, &s->image_loss_cap, (size_t)l->batch, sizeof(double))) ||
+        (st = grow((void **)&s->valid, &s->valid_cap, workers * (size_t)(net->truth_stride / 5), sizeof(int))))
         return dn_layer_fail(l, st, "out of memory for the loss scratch");
     loss_job j = {s, l, net, dn_layer_input(net, l), hw, cells};
     dn_parallel(net, l->batch, image_loss, &j);
