@@ -86,28 +86,6 @@ def _malloc_trim():
     return _TRIM[0]
 
 
-def _thin(its, values, limit=_MAX_POINTS):
-    """The points of a curve to plot: all of them up to `limit`, beyond it
-    the lowest and the highest of each of limit/2 runs of consecutive points
-    (in their order) and the last, so that spikes stay visible while the
-    memory a redraw takes stops growing with the iterations done."""
-    n = len(its)
-    if n <= limit:
-        return its, values
-    import numpy as np
-
-    x, y = np.asarray(its, np.float64), np.asarray(values, np.float64)
-    edges = np.linspace(0, n, limit // 2 + 1).astype(np.int64)
-    keep = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        if b > a:
-            i, j = a + int(np.argmin(y[a:b])), a + int(np.argmax(y[a:b]))
-            keep.extend((i, j) if i < j else (j, i) if j < i else (i,))
-    if keep[-1] != n - 1:
-        keep.append(n - 1)
-    return x[keep], y[keep]
-
-
 class LossCurve:
     """The loss curves of a training as the chart draws them, in bounded
     memory however long the training: the points go into buckets of `size`
@@ -163,22 +141,19 @@ class LossCurve:
 
 def chart_series(records: Iterable[Mapping], metric: str = "mAP"):
     """The curves of `records` as float64 arrays: iterations, losses and average losses (where both are
-    finite), and the iterations and values (in %) of `metric`."""
+    finite; through a LossCurve, so at most its points), and the iterations and values (in %) of `metric`."""
     import numpy as np
 
-    its, losses, avgs, map_its, maps = [], [], [], [], []
+    curve, map_its, maps = LossCurve(), [], []
     for r in records:
         it = r.get("iteration")
         if it is None:
             continue
-        if _finite(r.get("loss")) and _finite(r.get("avg_loss")):
-            its.append(int(it))
-            losses.append(float(r["loss"]))
-            avgs.append(float(r["avg_loss"]))
+        curve.add(it, r.get("loss"), r.get("avg_loss"))
         if _finite(r.get(metric)):
             map_its.append(int(it))
             maps.append(100.0 * float(r[metric]))
-    return tuple(np.asarray(v, np.float64) for v in (its, losses, avgs, map_its, maps))
+    return curve.arrays() + (np.asarray(map_its, np.float64), np.asarray(maps, np.float64))
 
 
 def _draw(path, records, max_batches, title, hours_left, size, dpi, metric, series=None):
@@ -193,8 +168,8 @@ def _draw(path, records, max_batches, title, hours_left, size, dpi, metric, seri
     fig = Figure(figsize=size, dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(*_thin(its, losses), color="#9ab8e0", linewidth=0.8, label="loss")
-    ax.plot(*_thin(its, avgs), color="#1f4fa0", linewidth=1.6, label="avg loss")
+    ax.plot(its, losses, color="#9ab8e0", linewidth=0.8, label="loss")
+    ax.plot(its, avgs, color="#1f4fa0", linewidth=1.6, label="avg loss")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.grid(True, color="#dddddd", linewidth=0.6)

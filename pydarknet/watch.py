@@ -155,24 +155,28 @@ class WatchServer:
         self.close()
 
 
+def _items(h, latest: Latest):
+    """The newest item of `latest` each time there is one newer than the last given (a slow client skips the
+    ones in between), until the server stops or `latest` closes."""
+    sent = 0
+    while not h.server.stopping.is_set():
+        got = latest.newer(sent)
+        if got is None:
+            if latest.closed:
+                return
+            continue
+        sent, item = got
+        yield item
+
+
 def mjpeg_route(latest: Latest):
     """JPEG bytes published to `latest`, streamed as multipart/x-mixed-replace."""
     def route(h, query):
         h.head(f"multipart/x-mixed-replace; boundary={BOUNDARY}", extra=(("Connection", "close"),))
-        sent = 0
-        count, item = latest.get()
-        while not h.server.stopping.is_set():
-            if item is not None and count > sent:
-                h.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(item)}\r\n\r\n"
-                              .encode("ascii") + item + b"\r\n")
-                h.wfile.flush()
-                sent = count
-            got = latest.newer(sent)
-            if got is None:
-                if latest.closed:
-                    return
-                continue
-            count, item = got
+        for item in _items(h, latest):
+            h.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(item)}\r\n\r\n"
+                          .encode("ascii") + item + b"\r\n")
+            h.wfile.flush()
     return route
 
 
@@ -183,17 +187,11 @@ def json_route(latest: Latest):
         h.head("application/json", extra=(("Connection", "close"),))
         h.wfile.write(b"[\n")
         h.wfile.flush()
-        sent, first = 0, True
-        while not h.server.stopping.is_set():
-            got = latest.newer(sent)
-            if got is None:
-                if latest.closed:
-                    break
-                continue
-            sent, item = got
-            h.wfile.write((b"" if first else b", \n") + json.dumps(item).encode("utf-8"))
+        separator = b""
+        for item in _items(h, latest):
+            h.wfile.write(separator + json.dumps(item).encode("utf-8"))
             h.wfile.flush()
-            first = False
+            separator = b", \n"
         h.wfile.write(b"\n]\n")
     return route
 

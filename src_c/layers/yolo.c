@@ -236,7 +236,6 @@ typedef struct {
     const float *in, *out; /* the image's input (z) and output */
     float *delta;          /* the image's gradient */
     const float *truth;    /* its truth rows */
-    int rows;
     const int *valid;      /* the rows that hold a truth (dn_truth_class >= 0), in order */
     int nvalid;
     size_t hw;
@@ -661,7 +660,7 @@ static void image_loss(void *ctx, int b, int worker)
     for (int r = 0; r < rows; ++r) /* the usable rows once, not at every prediction */
         if (dn_truth_class(truth + 5 * (size_t)r, s->classes) >= 0) valid[nvalid++] = r;
     image_ctx c = {s, l, j->net, j->input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
-                   l->delta + (size_t)b * l->outputs, truth, rows, valid, nvalid, hw,
+                   l->delta + (size_t)b * l->outputs, truth, valid, nvalid, hw,
                    s->cells + (size_t)worker * j->cells, s->terms + (size_t)worker * j->cells * (size_t)s->classes};
     memset(c.delta, 0, l->outputs * sizeof(float));
     for (int a = 0; a < s->n; ++a)
