@@ -8,7 +8,7 @@ PYDARKNET_NO_BLAS=1 to build the portable GEMM only).
 
 Compiler flags: PYDARKNET_CFLAGS (default -O3). The build stays portable:
 the hot loops are compiled for several instruction sets and picked at load
-time (GCC target_clones), and the AVX-512 GEMM kernel is chosen at run time
+time (GCC target_clones), and the GEMM kernel (AVX-512 or AVX2 + FMA) is chosen at run time
 (add -DDN_NO_PACKED_GEMM or -DDN_NO_CLONES to leave either out). No
 -ffast-math: results and NaN checks must not change (-fno-trapping-math,
 always on, only gives up FP exception flags, which the library never reads).

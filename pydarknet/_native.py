@@ -69,5 +69,15 @@ def blas_available():
     return bool(lib.dn_blas_available())
 
 
+def cpu_kernel():
+    """The CPU GEMM kernel in use: "avx512", "avx2" or "none" (OpenBLAS)."""
+    return ffi.string(lib.dn_cpu_kernel()).decode()
+
+
+def set_cpu_kernel(name):
+    """Use another CPU kernel the CPU runs (for measurements; all give the same bits)."""
+    check(lib.dn_set_cpu_kernel(str(name).encode()))
+
+
 def version():
     return ffi.string(lib.dn_version()).decode()

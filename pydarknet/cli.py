@@ -54,7 +54,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__, classifier, detect_cli, export
-from ._native import DarknetError, blas_available, version as core_version
+from ._native import DarknetError, blas_available, cpu_kernel, version as core_version
 from .cfg import CfgError
 from .commands import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, CliError, Parser, UsageError, note
 from .datafiles import DataFileError
@@ -63,7 +63,8 @@ from .weights import WeightsError
 
 
 def _version_text():
-    return f"{PROG} {__version__} (C core {core_version()}, BLAS {'yes' if blas_available() else 'no'})"
+    return (f"{PROG} {__version__} (C core {core_version()}, BLAS {'yes' if blas_available() else 'no'}, "
+            f"CPU kernel {cpu_kernel()})")
 
 
 def build_parser() -> argparse.ArgumentParser:

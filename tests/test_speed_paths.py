@@ -199,3 +199,97 @@ def test_forked_child_runs_serially(write_cfg):
     got = os.read(r, 1)
     os.waitpid(pid, 0)
     assert got == b"1"
+
+
+# ---- the CPU kernels (AVX-512, AVX2 + FMA): the same bits, chosen at run time
+
+KERNELS = [k for k in ("avx512", "avx2") if lib.dn_cpu_kernel_available(k.encode())]
+
+
+@pytest.fixture
+def restore_kernel():
+    before = pydarknet.cpu_kernel()
+    yield
+    pydarknet.set_cpu_kernel(before)
+
+
+def run_with_kernel(kernel, write_cfg, c, h, w, body, x, batch):
+    """Inference outputs and a training pass's results with one CPU kernel
+    (set before the network is built: setup sizes Winograd's workspace for it)."""
+    pydarknet.set_cpu_kernel(kernel)
+    net = build(write_cfg, c, h, w, body, batch, threads=2)
+    net.forward(x)
+    return outputs(net), train_pass(net, x)
+
+
+def assert_same_runs(got, want, what):
+    for i, (a, b) in enumerate(zip(got[0], want[0])):
+        np.testing.assert_array_equal(a, b, err_msg=f"{what}: inference output of layer {i}")
+    for key, value in want[1].items():
+        if key == "outputs":
+            for i, (a, b) in enumerate(zip(got[1][key], value)):
+                np.testing.assert_array_equal(a, b, err_msg=f"{what}: training output of layer {i}")
+        else:
+            np.testing.assert_array_equal(got[1][key], value, err_msg=f"{what}: {key}")
+
+
+# filters 1..8 and 15 give every count of rows of a last micro-tile; the
+# outputs every count of columns of a last panel (6 x 7 = 42: 10; 5 x 9 = 45:
+# 13; 1 x 17: 17; 4 x 8 = 32: a whole panel; 2 x 3: 6) and the shapes of the
+# tiled plans (KSHARED below 16 panels, KPRIVATE from 512 positions: 23 x 24)
+EDGE_BODIES = [(3, 6, 7, conv(1) + conv(2, act="relu") + conv(3, act="linear") + conv(4, act="mish")),
+               (5, 5, 9, conv(5, act="logistic") + conv(6, size=1) + conv(7, bn=0) + conv(8, size=1, act="relu")),
+               (4, 1, 17, conv(15, act="linear") + conv(9, size=1)),
+               (6, 4, 8, conv(7) + conv(16, act="mish")),
+               (3, 2, 3, conv(8) + conv(3)),
+               (8, 23, 24, conv(11) + conv(15, size=1, act="linear") + conv(7, stride=2))]
+
+
+@pytest.mark.skipif(not KERNELS, reason="the CPU runs none of the packed kernels")
+@pytest.mark.parametrize("case", select(speed=True) + [pytest.param(b, id=f"edges-{i}") for i, b in
+                                                      enumerate(EDGE_BODIES)])
+def test_cpu_kernels_give_the_same_bits(write_cfg, case, restore_kernel):
+    """Every kernel the CPU runs gives the bits of every other (the same fused
+    multiply-adds in the same order), and the portable path within rounding."""
+    c, h, w, body = case if isinstance(case, tuple) else (*case.shape, case.body)
+    x = random_input((3, c, h, w), 6) * 2 - 1
+    runs = {k: run_with_kernel(k, write_cfg, c, h, w, body, x, 3) for k in KERNELS + ["none"]}
+    for k in KERNELS[1:]:
+        assert_same_runs(runs[k], runs[KERNELS[0]], f"{k} vs {KERNELS[0]}")
+    for i, (a, b) in enumerate(zip(runs[KERNELS[0]][0], runs["none"][0])):
+        assert rel_err(a, b) < 1e-4, f"layer {i}: {KERNELS[0]} vs none: {rel_err(a, b):.2e}"
+
+
+def test_cpu_kernel_choice(restore_kernel):
+    best = pydarknet.cpu_kernel()
+    assert best == (KERNELS[0] if KERNELS else "none")
+    assert lib.dn_cpu_kernel_available(b"none") == 1
+    assert lib.dn_cpu_kernel_available(b"sse9") == 0
+    with pytest.raises(pydarknet.DarknetError, match="unknown CPU kernel 'sse9'"):
+        pydarknet.set_cpu_kernel("sse9")
+    for k in ("avx512", "avx2"):
+        if k not in KERNELS:
+            with pytest.raises(pydarknet.DarknetError, match=f"does not run the {k} kernel"):
+                pydarknet.set_cpu_kernel(k)
+    pydarknet.set_cpu_kernel("none")
+    assert pydarknet.cpu_kernel() == "none"
+
+
+@pytest.mark.parametrize("value", ["avx2", "none", "sse9"])
+def test_cpu_kernel_environment(value, tmp_path):
+    import subprocess
+    import sys
+    from helpers import child_env
+
+    code = "import pydarknet; print(pydarknet.cpu_kernel())"
+    r = subprocess.run([sys.executable, "-c", code], env=child_env(PYDARKNET_CPU_KERNEL=value),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    best = KERNELS[0] if KERNELS else "none"
+    if value == "sse9":
+        assert r.stdout.strip() == best
+        assert f"PYDARKNET_CPU_KERNEL=sse9: unknown kernel (avx512, avx2 or none); using {best}" in r.stderr
+    elif value == "avx2" and "avx2" not in KERNELS:
+        assert r.stdout.strip() == best and "this CPU does not run it" in r.stderr
+    else:
+        assert r.stdout.strip() == value and r.stderr == ""

@@ -116,9 +116,9 @@ int dn_net_uses_blas(const dn_net *net);
  * 3x3 stride-1 convolutions in inference with at least 128 output tiles of
  * 4x4 (and the packed kernel available) use Winograd's F(4x4, 3x3).
  * DN_SPEED_KERNEL: with the worker threads, convolutions (forward, and the
- * weight and input gradients) run on the project's packed AVX-512 GEMM kernel
- * (im2col folded into its packing) where the CPU has AVX-512; off, or
- * elsewhere: OpenBLAS per tile. The speed paths change results only by
+ * weight and input gradients) run on the project's packed GEMM kernel (im2col
+ * folded into its packing) where the CPU has AVX-512 or AVX2 + FMA (see
+ * dn_cpu_kernel); off, or elsewhere: OpenBLAS per tile. The speed paths change results only by
  * float32 rounding; with them on, results do not depend on the thread count.
  * The environment variable PYDARKNET_SPEED, read when a network is created,
  * sets the initial value (a number, e.g. 0 for all plain). */
@@ -131,6 +131,15 @@ typedef enum dn_speed_path {
 } dn_speed_path;
 dn_status dn_net_set_speed(dn_net *net, unsigned paths);
 unsigned dn_net_speed(const dn_net *net);
+/* The packed GEMM's CPU kernel, one for the whole process: "avx512",
+ * "avx2" (AVX2 + FMA) or "none" (OpenBLAS per tile). The best one the CPU
+ * runs is chosen when first needed; the environment variable
+ * PYDARKNET_CPU_KERNEL (read then) or dn_set_cpu_kernel pick another one the
+ * CPU runs, to measure it. All kernels give the same bits; "none" differs by
+ * float32 rounding. Set it while no network runs. */
+const char *dn_cpu_kernel(void);
+int dn_cpu_kernel_available(const char *name);
+dn_status dn_set_cpu_kernel(const char *name);
 /* Per-layer timing: dn_net_set_profiling(net, 1) zeroes the counters and
  * starts adding up, per layer, the seconds spent in forward and backward
  * passes and the number of forward calls; 0 stops. */

@@ -27,7 +27,7 @@
  *
  * The code below the plain passes is the reference. With DN_SPEED_THREADS
  * the passes run split over the network's worker threads: the GEMMs as tiles
- * (ops/conv_tiled.c; on AVX-512 CPUs the packed kernel with im2col folded
+ * (ops/conv_tiled.c; on AVX-512 or AVX2 + FMA CPUs the packed kernel with im2col folded
  * into its packing), inference batch norm folded into a per-filter scale and
  * bias applied with the activation on each tile (DN_SPEED_FUSE), Winograd for
  * 3x3 stride-1 layers in inference (ops/winograd.c), per-channel batch norm,
@@ -53,6 +53,7 @@ typedef struct {
     double *sync_sums; /* synchronized batch norm: the per-channel sums (2 per filter, and the count) */
     double sync_count; /* the values the last synchronized forward pass normalized over (every process's) */
     int synced;        /* the last training forward pass was synchronized */
+    int winograd;      /* setup sized the workspace for Winograd (the CPU kernel at setup allowed it) */
 } conv_state;
 
 static dn_status conv_make(dn_layer *l, dn_net *net)
@@ -309,7 +310,7 @@ static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
                 s->fold_bias[f] = s->biases[f];
             }
         }
-        if ((net->speed & DN_SPEED_WINOGRAD) && dn_winograd_applies(&d))
+        if ((net->speed & DN_SPEED_WINOGRAD) && s->winograd && dn_winograd_applies(&d))
             dn_winograd_forward(net, l, &d, input, l->output, s->fold_scale, s->fold_bias, s->activation);
         else
             dn_conv_tiled_forward(net, l, &d, input, l->output, s->fold_scale, s->fold_bias, s->activation);
@@ -338,7 +339,8 @@ static dn_status conv_setup(dn_layer *l, dn_net *net)
     dn_conv_tiled_workspace(&d, &shared, &per_worker);
     if (shared > l->workspace) l->workspace = shared;
     l->worker_workspace = per_worker;
-    if (dn_winograd_applies(&d)) {
+    s->winograd = dn_winograd_applies(&d);
+    if (s->winograd) {
         dn_winograd_workspace(&d, &shared, &per_worker);
         if (shared > l->workspace) l->workspace = shared;
         if (per_worker > l->worker_workspace) l->worker_workspace = per_worker;

@@ -4,7 +4,7 @@
  *
  * For image b and group g the convolution is C[M x N] = W_g[M x K] * cols[K x N]
  * (convolutional.c explains the shapes). Without the packed kernel (CPUs
- * without AVX-512, or DN_SPEED_KERNEL off) each tile is one OpenBLAS call; the
+ * without AVX-512 or AVX2 + FMA, or DN_SPEED_KERNEL off) each tile is one OpenBLAS call; the
  * plan, chosen from the shape alone:
  *
  *   DIRECT   1x1 kernel, stride 1, no padding: the input is the columns;
@@ -17,7 +17,7 @@
  *   SHARED   otherwise: the whole im2col matrix is built once per image and
  *            group (tasks over channels), then C is cut into tiles.
  *
- * With the packed kernel (gemm_packed.c, DN_SPEED_KERNEL, AVX-512 CPUs) the
+ * With the packed kernel (gemm_packed.c, DN_SPEED_KERNEL, AVX-512 or AVX2 + FMA CPUs) the
  * im2col matrix is never written as such: its rows are generated straight
  * into the kernel's B panels, one K block at a time, and the weights are read
  * in place (each weight read once per column tile, never copied):

@@ -100,7 +100,7 @@ typedef struct dn_epilogue {
     const float *scale, *bias; /* per row of C (NULL: 1 and 0) */
     dn_activation act;
 } dn_epilogue;
-/* 1 when the CPU runs the AVX-512 kernel (checked at run time). */
+/* 1 when a packed kernel runs (AVX-512 or AVX2 + FMA, chosen at run time; see dn_cpu_kernel). */
 int dn_packed_gemm_available(void);
 /* Panels: ap [kc][DN_MR] from mr rows of A (A[i][k] at a[i*lda+k], or a[k*lda+i]
  * when trans); bp [panel][kc][DN_NR] from n columns of B (B[k][j] at
