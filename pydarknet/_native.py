@@ -75,7 +75,7 @@ def cpu_kernel():
 
 
 def set_cpu_kernel(name):
-    """Use another CPU kernel the CPU runs (for measurements; all give the same bits)."""
+    """Use another CPU kernel the CPU runs, for networks built afterwards (for measurements)."""
     check(lib.dn_set_cpu_kernel(str(name).encode()))
 
 

@@ -269,7 +269,7 @@ CASES += [Case(f"fcos-{tag(extra) or 'exp'}-{shape_tag(8, h, w)}", "[fcos]\nclas
 # shapes reaching each plan of the tiled convolution (1x1 direct, column tiles
 # with private packing, shared packing, groups, stride 2, dilation, filters not
 # a multiple of 8, fewer than 32 positions) and Winograd (with and without
-# padding, outputs not a multiple of 4)
+# padding, outputs not a multiple of 4, filters in several chunks)
 SPEED = dict(speed=True, gpu=False)
 CASES += [Case(name, body, (c, h, w), **SPEED) for name, c, h, w, body in [
     ("private-stride1", 3, 48, 48, conv(16) + conv(24, act="logistic")),
@@ -278,6 +278,8 @@ CASES += [Case(name, body, (c, h, w), **SPEED) for name, c, h, w, body in [
     ("groups-dilation", 8, 50, 46, conv(16, groups=2) + conv(16, groups=4, dilation=2)),
     ("tiny", 6, 3, 5, conv(10) + conv(3, size=1, bn=0, act="linear")),
     ("winograd-edges", 8, 51, 45, conv(12) + conv(20, pad=0, act="logistic") + conv(9, bn=0, act="linear")),
+    # several filter chunks per tile panel (Winograd's shared input transform): 70 filters in chunks of 24
+    ("winograd-filter-chunks", 9, 48, 48, conv(70, act="logistic") + conv(64, bn=0, act="linear")),
     ("shortcut", 8, 30, 30, conv(8) + conv(8, act="mish") + "[shortcut]\nfrom=-2\nactivation=leaky\n" + conv(8)
      + "[shortcut]\nfrom=-3\nactivation=mish\n"),
     ("spp", 6, 13, 11, conv(8, size=1) + "[maxpool]\nsize=5\nstride=1\n" + "[route]\nlayers=-2\n"

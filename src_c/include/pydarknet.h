@@ -113,8 +113,9 @@ int dn_net_uses_blas(const dn_net *net);
  * calling thread and each GEMM uses OpenBLAS's own threads. DN_SPEED_FUSE:
  * inference convolutions fold batch norm into a per-filter scale and bias
  * applied with the activation right after each GEMM tile. DN_SPEED_WINOGRAD:
- * 3x3 stride-1 convolutions in inference with at least 128 output tiles of
- * 4x4 (and the packed kernel available) use Winograd's F(4x4, 3x3).
+ * 3x3 stride-1 convolutions in inference with enough output tiles of 4x4
+ * (128 with the AVX-512 kernel, 48 with AVX2; none without a packed kernel)
+ * use Winograd's F(4x4, 3x3).
  * DN_SPEED_KERNEL: with the worker threads, convolutions (forward, and the
  * weight and input gradients) run on the project's packed GEMM kernel (im2col
  * folded into its packing) where the CPU has AVX-512 or AVX2 + FMA (see
@@ -135,8 +136,10 @@ unsigned dn_net_speed(const dn_net *net);
  * "avx2" (AVX2 + FMA) or "none" (OpenBLAS per tile). The best one the CPU
  * runs is chosen when first needed; the environment variable
  * PYDARKNET_CPU_KERNEL (read then) or dn_set_cpu_kernel pick another one the
- * CPU runs, to measure it. All kernels give the same bits; "none" differs by
- * float32 rounding. Set it while no network runs. */
+ * CPU runs, to measure it. The kernels give the same bits for the same
+ * GEMM; what differs by float32 rounding is "none", and where a kernel's
+ * choices differ (AVX2 takes Winograd from smaller layers). Set it before
+ * building networks (setup sizes their workspace for it) and while none runs. */
 const char *dn_cpu_kernel(void);
 int dn_cpu_kernel_available(const char *name);
 dn_status dn_set_cpu_kernel(const char *name);

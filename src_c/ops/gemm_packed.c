@@ -20,7 +20,8 @@
  * The kernels (kernels.h): AVX-512 (kernel_avx512.c) and AVX2 + FMA
  * (kernel_avx2.c), the best one the CPU runs picked when first needed; the
  * environment variable PYDARKNET_CPU_KERNEL or dn_set_cpu_kernel choose a
- * lower one (to measure it). They give the same bits. Without any, callers
+ * lower one (to measure it). They give the same bits for the same GEMM
+ * (the Winograd threshold is theirs too: kernels.h). Without any, callers
  * use OpenBLAS (dn_packed_gemm_available is 0). */
 #include "kernels.h"
 
@@ -101,6 +102,12 @@ dn_status dn_set_cpu_kernel(const char *name)
 }
 
 int dn_packed_gemm_available(void) { return kernels() != NULL; }
+
+int dn_packed_winograd_min_tiles(void)
+{
+    const dn_cpu_kernels *k = kernels();
+    return k ? k->winograd_min_tiles : 0;
+}
 
 void dn_kernel_activate_rest(float *c, size_t ldc, int mr, int nr, const dn_epilogue *e)
 {

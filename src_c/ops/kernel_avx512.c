@@ -199,7 +199,7 @@ __attribute__((target("prfchw"))) void dn_prefetch_tile_prfchw(const float *c, s
 const dn_cpu_kernels *dn_kernels_avx512(void)
 {
     static const dn_cpu_kernels k = {"avx512", kernel_avx512, kernel_rows_avx512, transpose16_avx512,
-                                     transpose_panel_avx512, dn_prefetch_tile_prfchw};
+                                     transpose_panel_avx512, dn_prefetch_tile_prfchw, 128};
     return &k;
 }
 

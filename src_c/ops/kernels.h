@@ -4,7 +4,7 @@
  *
  * Every kernel computes each value of C as the same chain of fused
  * multiply-adds in k order (then the same add to C and the same epilogue),
- * so all of them give the same bits: the choice changes speed only. */
+ * so all of them give the same bits for the same GEMM. */
 #ifndef DN_KERNELS_H
 #define DN_KERNELS_H
 
@@ -19,6 +19,10 @@ typedef struct dn_cpu_kernels {
     void (*transpose16)(const float *in, size_t ld_in, float *out, size_t ld_out);
     void (*transpose_panel)(const float *rows, size_t ld, int n, float *bp);
     void (*prefetch_tile)(const float *c, size_t ldc, int rows);
+    /* the fewest 4x4 output tiles for which a 3x3 convolution runs Winograd
+     * (winograd.c) rather than the direct kernel path: the slower the kernel's
+     * arithmetic, the smaller the layers at which Winograd's memory traffic pays */
+    int winograd_min_tiles;
 } dn_cpu_kernels;
 
 /* NULL where the compiler cannot build them (not x86-64 GCC/clang) */

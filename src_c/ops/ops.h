@@ -102,6 +102,8 @@ typedef struct dn_epilogue {
 } dn_epilogue;
 /* 1 when a packed kernel runs (AVX-512 or AVX2 + FMA, chosen at run time; see dn_cpu_kernel). */
 int dn_packed_gemm_available(void);
+/* the fewest 4x4 output tiles at which Winograd pays with the kernel in use (0: no kernel) */
+int dn_packed_winograd_min_tiles(void);
 /* Panels: ap [kc][DN_MR] from mr rows of A (A[i][k] at a[i*lda+k], or a[k*lda+i]
  * when trans); bp [panel][kc][DN_NR] from n columns of B (B[k][j] at
  * b[k*ldb+j], or b[j*ldb+k] when trans); dn_pack_b_row packs one k (the kk-th

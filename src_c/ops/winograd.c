@@ -25,7 +25,9 @@
  * straight into the kernel's B panels (lanes = tiles), then 36 kernel calls
  * per 8 filters add into M_p; finally A^T M A per filter, with the epilogue
  * act(scale * y + bias), written into the output (tiles past the edge
- * clipped). Work is cut by the shape alone, so results do not depend on the
+ * clipped). When few tiles leave the filters cut into several chunks (one
+ * task per chunk and tile panel), V is made once per tile panel and channel
+ * block beforehand, in a pass of its own, instead of once per task. Work is cut by the shape alone, so results do not depend on the
  * thread count. The arithmetic differs from direct convolution by rounding
  * (transform entries up to 8 and 1/24: about 1e-6 relative in float32). */
 #include "ops.h"
@@ -69,22 +71,28 @@ int dn_winograd_applies(const dn_conv_desc *d)
     if (d->pad > 2 || d->c < 8) return 0;
     if (d->out_h != d->h + 2 * d->pad - 2 || d->out_w != d->w + 2 * d->pad - 2) return 0;
     /* Enough tiles that the GEMMs, not the transformed weights, dominate: U is
-     * 4x the weights, made and read once per tile panel. Measured on
-     * yolov4-tiny (AVX-512, 1-2 threads): 104x104 and 52x52 outputs (676 and
-     * 169 tiles) gain 1.2-1.6x over the direct kernel path; 26x26 (49 tiles,
-     * 256-384 channels) lose under memory pressure. */
+     * 4x the weights, made and read once per tile panel. How many depends on
+     * the kernel (kernels.h). Measured on yolov4-tiny (AVX-512, 1-2 threads):
+     * 104x104 and 52x52 outputs (676 and 169 tiles) gain 1.2-1.6x over the
+     * direct kernel path; 26x26 (49 tiles, 256-384 channels) lose under
+     * memory pressure with AVX-512 and gain with AVX2. */
     const wino_geom g = geom_of(d);
-    return g.T >= 128 && dn_packed_gemm_available();
+    const int min_tiles = dn_packed_winograd_min_tiles();
+    return min_tiles > 0 && g.T >= min_tiles;
 }
 
 static size_t fb(size_t n) { return (n * sizeof(float) + 63) / 64 * 64; }
 
+/* V of one image's tile panel for all channels, kept when several filter
+ * chunks read it: block after block of WG_C channels, each [36][kc][DN_NR] */
+static size_t shared_v_floats(const wino_geom *g) { return (size_t)36 * g->C * WG_TILES; }
+
 void dn_winograd_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker)
 {
     const wino_geom g = geom_of(d);
-    *shared = fb((size_t)36 * g.M * g.C) + fb((size_t)d->batch * g.C * g.hp * g.wp);
-    *per_worker = fb((size_t)36 * WG_C * WG_TILES) + fb((size_t)36 * WG_M * WG_TILES) + fb(16 * WG_TILES) +
-                  fb(WG_TILES);
+    *shared = fb((size_t)36 * g.M * g.C) + fb((size_t)d->batch * g.C * g.hp * g.wp) +
+              (g.mchunks > 1 ? fb((size_t)d->batch * g.tpanels * shared_v_floats(&g)) : 0);
+    *per_worker = fb((size_t)36 * WG_C * WG_TILES) + fb((size_t)36 * WG_M * WG_TILES) + fb(16 * WG_TILES);
 }
 
 /* ---- transforms ---- */
@@ -217,6 +225,7 @@ typedef struct {
     wino_geom g;
     const float *input;
     float *output, *u, *padded;
+    float *v; /* shared V (several filter chunks) or NULL (each task makes its own) */
     const float *scale, *bias;
     dn_activation act;
 } wino_job;
@@ -250,6 +259,43 @@ static void pad_task(void *ctx, int task, int worker)
     }
 }
 
+/* where each of the panel's tiles starts in the padded plane (lanes past
+ * the last tile repeat the first) */
+static void tile_bases(const wino_geom *g, int t0, int nt, int *base)
+{
+    for (int l = 0; l < WG_TILES; ++l) {
+        const int t = t0 + (l < nt ? l : 0);
+        base[l] = 4 * (t / g->tw) * g->wp + 4 * (t % g->tw);
+    }
+}
+
+/* V of channels [c0, c0 + kc) of one image's tile panel into vp ([36][kc][DN_NR]) */
+static void transform_block(const wino_job *j, int b, int t0, int nt, int c0, int kc, float *vp)
+{
+    const wino_geom *g = &j->g;
+    int base[WG_TILES];
+    tile_bases(g, t0, nt, base);
+    const float *pimg = j->padded + (size_t)b * g->C * g->hp * g->wp;
+    float d[36][WG_TILES];
+    for (int kk = 0; kk < kc; ++kk) {
+        gather_patches(pimg + (size_t)(c0 + kk) * g->hp * g->wp, (size_t)g->wp, base, d);
+        input_transform((const float(*)[WG_TILES])d, vp, kc, kk);
+    }
+}
+
+/* shared V: one task per (image, tile panel, block of WG_C channels) */
+static void v_task(void *ctx, int task, int worker)
+{
+    (void)worker;
+    const wino_job *j = ctx;
+    const wino_geom *g = &j->g;
+    const int cblocks = (g->C + WG_C - 1) / WG_C;
+    const int bt = task / cblocks, c0 = task % cblocks * WG_C;
+    const int tp = bt % g->tpanels, t0 = tp * WG_TILES, nt = g->T - t0 < WG_TILES ? g->T - t0 : WG_TILES;
+    const int kc = g->C - c0 < WG_C ? g->C - c0 : WG_C;
+    transform_block(j, bt / g->tpanels, t0, nt, c0, kc, j->v + (size_t)bt * shared_v_floats(g) + (size_t)36 * c0 * WG_TILES);
+}
+
 static void tile_task(void *ctx, int task, int worker)
 {
     const wino_job *j = ctx;
@@ -258,22 +304,16 @@ static void tile_task(void *ctx, int task, int worker)
     const int b = task / per_image, tp = task % per_image / g->mchunks, mc = task % g->mchunks;
     const int t0 = tp * WG_TILES, nt = g->T - t0 < WG_TILES ? g->T - t0 : WG_TILES;
     const int m0 = mc * g->mchunk, mn = g->M - m0 < g->mchunk ? g->M - m0 : g->mchunk;
-    float *vp = dn_scratch(j->net, j->l, worker);
-    float *macc = vp + fb((size_t)36 * WG_C * WG_TILES) / sizeof(float);
+    float *own = dn_scratch(j->net, j->l, worker);
+    float *macc = own + fb((size_t)36 * WG_C * WG_TILES) / sizeof(float);
     float(*y)[WG_TILES] = (float(*)[WG_TILES])(macc + fb((size_t)36 * WG_M * WG_TILES) / sizeof(float));
-    int *base = (int *)((float *)y + fb(16 * WG_TILES) / sizeof(float));
-    for (int l = 0; l < WG_TILES; ++l) {
-        const int t = t0 + (l < nt ? l : 0);
-        base[l] = 4 * (t / g->tw) * g->wp + 4 * (t % g->tw);
-    }
-    const float *pimg = j->padded + (size_t)b * g->C * g->hp * g->wp;
-    float d[36][WG_TILES];
     for (int c0 = 0; c0 < g->C; c0 += WG_C) {
         const int kc = g->C - c0 < WG_C ? g->C - c0 : WG_C;
-        for (int kk = 0; kk < kc; ++kk) {
-            gather_patches(pimg + (size_t)(c0 + kk) * g->hp * g->wp, (size_t)g->wp, base, d);
-            input_transform((const float(*)[WG_TILES])d, vp, kc, kk);
-        }
+        float *vp = own;
+        if (j->v)
+            vp = j->v + ((size_t)b * g->tpanels + tp) * shared_v_floats(g) + (size_t)36 * c0 * WG_TILES;
+        else
+            transform_block(j, b, t0, nt, c0, kc, vp);
         for (int p = 0; p < 36; ++p)
             for (int i0 = 0; i0 < mn; i0 += DN_MR) {
                 const int mr = mn - i0 < DN_MR ? mn - i0 : DN_MR;
@@ -283,7 +323,7 @@ static void tile_task(void *ctx, int task, int worker)
             }
     }
     float *out = j->output + (size_t)b * g->M * g->oh * g->ow;
-    float *yt = (float *)d; /* [WG_TILES][16]: each tile's 4 x 4 outputs together */
+    float yt[WG_TILES * 16]; /* [WG_TILES][16]: each tile's 4 x 4 outputs together */
     for (int i = 0; i < mn; ++i) {
         const int m = m0 + i;
         output_transform(macc + (size_t)i * WG_TILES, (size_t)WG_M * WG_TILES, y);
@@ -317,10 +357,12 @@ void dn_winograd_forward(const dn_net *net, const dn_layer *l, const dn_conv_des
     j.output = output;
     j.u = dn_scratch(net, l, -1);
     j.padded = j.u + fb((size_t)36 * j.g.M * j.g.C) / sizeof(float);
+    if (j.g.mchunks > 1) j.v = j.padded + fb((size_t)d->batch * j.g.C * j.g.hp * j.g.wp) / sizeof(float);
     j.scale = scale;
     j.bias = bias;
     j.act = act;
     dn_parallel(net, j.g.M, weights_task, &j);
     dn_parallel(net, d->batch * j.g.C, pad_task, &j);
+    if (j.v) dn_parallel(net, d->batch * j.g.tpanels * ((j.g.C + WG_C - 1) / WG_C), v_task, &j);
     dn_parallel(net, d->batch * j.g.tpanels * j.g.mchunks, tile_task, &j);
 }
