@@ -6,7 +6,8 @@ cached in a temp folder), writes a copy of the cfg with [net] width/height set t
 --size, loads it in both pydarknet and OpenCV's darknet importer (OpenCV backend,
 CPU target), checks that both give outputs of the same shapes and close values at
 the convolution feeding each [yolo] head, warms both up, then times them in
-alternation (pydarknet, OpenCV, pydarknet, ...) for --repeat rounds, batch 1.
+alternation (pydarknet, OpenCV, pydarknet, ...) for --repeat rounds, batch 1
+(or --batch copies of the photo, one forward call each).
 
 Two things keep the comparison fair on a small shared machine:
   * --pause (0.3 s) of idle before every timed run. Both libraries leave their
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     ap.add_argument("--all", action="store_true", help="run " + ", ".join(ALL_MODELS))
     ap.add_argument("--size", type=int, default=416, help="input width and height (default 416)")
     ap.add_argument("--threads", type=int, default=2, help="threads for both systems (default 2)")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="images per forward call for both systems (default 1); the table adds images/s")
     ap.add_argument("--repeat", type=int, default=15, help="timed rounds per system (default 15)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs per system first (default 3)")
     add_image_arg(ap)
@@ -203,13 +206,16 @@ def stats(ms):
 
 def bench_model(cfg, args):
     name = os.path.splitext(os.path.basename(cfg))[0]
-    print("%s at %d, %d thread(s):" % (name, args.size, args.threads), flush=True)
+    print("%s at %d, %d thread(s), batch %d, CPU kernel %s:" % (name, args.size, args.threads, args.batch,
+                                                                pydarknet.cpu_kernel()), flush=True)
     os.makedirs(args.cache, exist_ok=True)
     weights = random_weights(cfg, args.seed, args.cache, args.threads)
     cfg_sized = sized_cfg(cfg, args.size, args.cache)
     x = load_input(args.image, args.size)
+    if args.batch > 1:
+        x = np.ascontiguousarray(np.repeat(x, args.batch, axis=0))
 
-    dn = pydarknet.load(cfg_sized, weights, batch=1, threads=args.threads)
+    dn = pydarknet.load(cfg_sized, weights, batch=args.batch, threads=args.threads)
     dn.set_threads(args.threads)
     cv2.setNumThreads(args.threads)
     cv = cv2.dnn.readNetFromDarknet(cfg_sized, weights)
@@ -306,7 +312,10 @@ def bench_model(cfg, args):
     print("  pydarknet median %.1f ms (min %.1f, p90 %.1f); OpenCV median %.1f ms (min %.1f, p90 %.1f); "
           "ratio %.2f" % (s_dn["median"], s_dn["min"], s_dn["p90"], s_cv["median"], s_cv["min"],
                           s_cv["p90"], ratio), flush=True)
-    return {"model": name, "cfg": shown_path(cfg), "size": args.size, "threads": args.threads, "batch": 1,
+    return {"model": name, "cfg": shown_path(cfg), "size": args.size, "threads": args.threads, "batch": args.batch,
+            "cpu_kernel": pydarknet.cpu_kernel(),
+            "pydarknet_images_per_s": 1e3 * args.batch / s_dn["median"],
+            "opencv_images_per_s": 1e3 * args.batch / s_cv["median"],
             "repeat": args.repeat, "warmup": args.warmup, "uses_blas": dn.uses_blas,
             "pause_s": args.pause, "pydarknet_ms": s_dn, "opencv_ms": s_cv, "ratio_median": ratio,
             "ratio_min": s_dn["min"] / s_cv["min"], "peak_rss": rss, "neighbour_cpus_kept_rounds": kept_load,
@@ -316,10 +325,12 @@ def bench_model(cfg, args):
 
 def markdown(results):
     with_ort = any(r.get("onnxruntime_ms") for r in results)
+    batched = any(r["batch"] > 1 for r in results)
     rows = ["| model | size | threads | pydarknet ms (min / p90) | OpenCV ms (min / p90) | ratio "
             "| peak RSS MiB pydarknet / OpenCV |" + (" onnxruntime ms (min / p90) | pydarknet / onnxruntime |"
-                                                     if with_ort else ""),
-            "|---|---|---|---|---|---|---|" + ("---|---|" if with_ort else "")]
+                                                     if with_ort else "")
+            + (" batch | images/s pydarknet / OpenCV |" if batched else ""),
+            "|---|---|---|---|---|---|---|" + ("---|---|" if with_ort else "") + ("---|---|" if batched else "")]
     for r in results:
         d, c = r["pydarknet_ms"], r["opencv_ms"]
         m = r.get("peak_rss")
@@ -331,6 +342,8 @@ def markdown(results):
             o = r.get("onnxruntime_ms")
             row += (" %.1f (%.1f / %.1f) | %.2f |" % (o["median"], o["min"], o["p90"], r["ratio_onnxruntime_median"])
                     if o else " - | - |")
+        if batched:
+            row += " %d | %.1f / %.1f |" % (r["batch"], r["pydarknet_images_per_s"], r["opencv_images_per_s"])
         rows.append(row)
     return "\n".join(rows)
 
@@ -347,12 +360,15 @@ def main(args):
           % (info["cpu_model"], info["cpus_usable"], info["python"], info["numpy"], info["cv2"]))
     results = [bench_model(c, args) for c in cfgs]
     info["pydarknet_blas"] = results[0]["uses_blas"] if results else None
-    info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                                  "PYDARKNET_GEMM")}
+    info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "PYDARKNET_GEMM",
+                                                  "PYDARKNET_SPEED", "PYDARKNET_CPU_KERNEL", "OPENBLAS_CORETYPE",
+                                                  "OPENCV_CPU_DISABLE")}
+    info["pydarknet_cpu_kernel"] = pydarknet.cpu_kernel()
     table = markdown(results)
     print()
     print("Medians of %d interleaved rounds (%.2g s idle before each run) after %d warm-up runs; "
-          "ratio = pydarknet / OpenCV medians (lower is better)." % (args.repeat, args.pause, args.warmup))
+          "ratio = pydarknet / OpenCV medians (lower is better); CPU kernel %s."
+          % (args.repeat, args.pause, args.warmup, pydarknet.cpu_kernel()))
     print()
     print(table)
     if args.json:

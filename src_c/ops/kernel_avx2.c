@@ -51,7 +51,10 @@ DN_AVX2 DN_INLINE void block(const int R, const int W, const int KS, int kc, con
     for (int k = 0; k < kc; ++k) {
         __m256 b[4];
 #pragma GCC unroll 4
-        for (int w = 0; w < W; ++w) b[w] = _mm256_load_ps(bp + 8 * w);
+        for (int w = 0; w < W; ++w) {
+            b[w] = _mm256_load_ps(bp + 8 * w);
+            __asm__("" : "+x"(b[w])); /* one load per vector, kept in a register (not one per use) */
+        }
 #pragma GCC unroll 6
         for (int i = 0; i < R; ++i) {
             const __m256 t = _mm256_broadcast_ss(a + (size_t)i * rs + (size_t)k * KS);
