@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ["tests/test_layers.py", "tests/test_grad_layers.py", "tests/test_grad_params.py", "tests/test_losses.py",
          "tests/test_fcos.py", "tests/test_weights.py", "tests/test_modelfile.py", "tests/test_data.py",
+         "tests/test_speed_paths.py",
          "tests/test_fuzz.py"]
 
 
