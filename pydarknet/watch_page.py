@@ -1,8 +1,8 @@
 """The live training page a training's -mjpeg_port serves at / (pydarknet.watch.TrainingWatch): plain HTML
 and JavaScript, nothing from elsewhere (the machines that train often have no internet). It asks the server
-for /info.json once and /log.json?since=N every two seconds, draws the loss and average loss, the learning
-rate and the evaluation metric (mAP or top-1) on canvases, shows the latest figures, the images per second and
-the time left, and reloads the latest sample of augmented training images (/sample.jpg) and the chart."""
+for /info.json (again at each poll until the training has begun) and /log.json?since=N every two seconds,
+draws the loss and average loss, the learning rate and the evaluation metric (mAP or top-1) on canvases,
+shows the latest figures, the images per second and the time left, and reloads the latest sample of augmented training images (/sample.jpg) and the chart."""
 
 PAGE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pydarknet training</title>
@@ -100,6 +100,7 @@ function draw() {
       (left >= 1 ? left.toFixed(2) + " h" : (60 * left).toFixed(1) + " min") : "-";
 }
 function poll() {
+  if (!info.max_batches) { askInfo(); }   /* empty until the training has loaded its network and data */
   fetch("log.json?since=" + last, {cache: "no-store"}).then(function (res) { return res.json(); }).then(function (got) {
     got.forEach(function (r) { records.push(r); last = Math.max(last, r.iteration); });
     document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString() +
@@ -117,10 +118,13 @@ function reload() {
   document.getElementById("chart").src = "chart.jpg?t=" + t;
   setTimeout(reload, 5000);
 }
-fetch("info.json", {cache: "no-store"}).then(function (res) { return res.json(); }).then(function (got) {
-  info = got || {};
-  document.getElementById("title").textContent = "pydarknet training: " + (info.title || "");
-}).catch(function () {}).then(function () { poll(); setTimeout(reload, 5000); });
+function askInfo() {
+  return fetch("info.json", {cache: "no-store"}).then(function (res) { return res.json(); }).then(function (got) {
+    info = got || {};
+    document.getElementById("title").textContent = "pydarknet training: " + (info.title || "");
+  }).catch(function () {});
+}
+askInfo().then(function () { poll(); setTimeout(reload, 5000); });
 </script>
 </body></html>
 """

@@ -190,7 +190,8 @@ def test_training_serves_its_page_log_sample_and_chart(work):
         status, kind, page = _get(port, "/")
         assert status == 200 and kind.startswith("text/html") and b"<canvas" in page
         assert not re.search(rb"(src|href)=\"(https?:)?//", page)   # nothing from elsewhere
-        info = json.loads(_get(port, "/info.json")[2])
+        # empty while the network and data load (the server listens first, so a busy port fails at once)
+        info = _wait_for(lambda: json.loads(_get(port, "/info.json")[2]), proc)
         assert info == {"title": "t", "max_batches": 2000, "metric": "mAP"}
         _wait_for(lambda: len(json.loads(_get(port, "/log.json?since=0")[2])) >= 25, proc)
         served = json.loads(_get(port, "/log.json?since=10")[2])
