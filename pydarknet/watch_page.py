@@ -2,7 +2,8 @@
 and JavaScript, nothing from elsewhere (the machines that train often have no internet). It asks the server
 for /info.json (again at each poll until the training has begun) and /log.json?since=N every two seconds,
 draws the loss and average loss, the learning rate and the evaluation metric (mAP or top-1) on canvases,
-shows the latest figures, the images per second and the time left, and reloads the latest sample of augmented training images (/sample.jpg) and the chart."""
+shows the latest figures, the images per second and the time left, and reloads the latest sample of
+augmented training images (/sample.jpg) and the chart."""
 
 PAGE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pydarknet training</title>
