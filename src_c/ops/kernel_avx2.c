@@ -94,15 +94,20 @@ DN_AVX2 DN_INLINE void block(const int R, const int W, const int KS, int kc, con
         block(R, W, KS, kc, a, rs, bp, c, ldc, nr_left, accumulate, e, row);                                           \
         return
 
-/* rows 0..5 (r rows, 1..6) and w vectors of 8 columns (1..2) */
-DN_AVX2 DN_INLINE void block6(const int KS, int r, int w, int kc, const float *a, size_t rs, const float *bp, float *c,
-                              size_t ldc, int nr_left, int accumulate, const dn_epilogue *e, int row)
+/* one block of r rows and w vectors of 8 columns, the shapes the tile uses:
+ * rows 0..5 (r 1..6) x w 1..2, rows 6..7 (r 1..2) x w 1..4 */
+DN_AVX2 DN_INLINE void block_of(const int KS, int r, int w, int kc, const float *a, size_t rs, const float *bp,
+                                float *c, size_t ldc, int nr_left, int accumulate, const dn_epilogue *e, int row)
 {
     switch (r * 8 + w) {
         BLOCK_CASE(1, 1);
         BLOCK_CASE(1, 2);
+        BLOCK_CASE(1, 3);
+        BLOCK_CASE(1, 4);
         BLOCK_CASE(2, 1);
         BLOCK_CASE(2, 2);
+        BLOCK_CASE(2, 3);
+        BLOCK_CASE(2, 4);
         BLOCK_CASE(3, 1);
         BLOCK_CASE(3, 2);
         BLOCK_CASE(4, 1);
@@ -114,22 +119,6 @@ DN_AVX2 DN_INLINE void block6(const int KS, int r, int w, int kc, const float *a
     }
 }
 
-/* rows 6..7 (r rows, 1..2) and w vectors of 8 columns (1..4) */
-DN_AVX2 DN_INLINE void block2(const int KS, int r, int w, int kc, const float *a, size_t rs, const float *bp, float *c,
-                              size_t ldc, int nr_left, int accumulate, const dn_epilogue *e, int row)
-{
-    switch (r * 8 + w) {
-        BLOCK_CASE(1, 1);
-        BLOCK_CASE(1, 2);
-        BLOCK_CASE(1, 3);
-        BLOCK_CASE(1, 4);
-        BLOCK_CASE(2, 1);
-        BLOCK_CASE(2, 2);
-        BLOCK_CASE(2, 3);
-        BLOCK_CASE(2, 4);
-    }
-}
-
 /* The tile: A's row i, value k at a + i*rs + k*KS. */
 DN_AVX2 DN_INLINE void tile(const int KS, int kc, const float *a, size_t rs, const float *bp, float *c, size_t ldc,
                             int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
@@ -137,10 +126,10 @@ DN_AVX2 DN_INLINE void tile(const int KS, int kc, const float *a, size_t rs, con
     const int r6 = mr < 6 ? mr : 6;
     for (int h = 0; 16 * h < nr; ++h) {
         const int left = nr - 16 * h;
-        block6(KS, r6, left > 8 ? 2 : 1, kc, a, rs, bp + 16 * h, c + 16 * h, ldc, left, accumulate, e, row0);
+        block_of(KS, r6, left > 8 ? 2 : 1, kc, a, rs, bp + 16 * h, c + 16 * h, ldc, left, accumulate, e, row0);
     }
     if (mr > 6)
-        block2(KS, mr - 6, (nr + 7) / 8, kc, a + 6 * rs, rs, bp, c + 6 * ldc, ldc, nr, accumulate, e, row0 + 6);
+        block_of(KS, mr - 6, (nr + 7) / 8, kc, a + 6 * rs, rs, bp, c + 6 * ldc, ldc, nr, accumulate, e, row0 + 6);
     if (e && e->act != DN_ACT_LINEAR && e->act != DN_ACT_LEAKY && e->act != DN_ACT_RELU)
         dn_kernel_activate_rest(c, ldc, mr, nr, e);
 }
