@@ -109,6 +109,24 @@ def shapes_found(net, x, t, size, thresh=0.3):
     return found, total
 
 
+# a small detector's [net] and backbone for 64 x 64 shapes images (16 images a batch, Adam): a head completes it
+SHAPES_BACKBONE = (section("net", width=64, height=64, channels=3, batch=16, subdivisions=1, learning_rate=0.002,
+                           adam=1, burn_in=20, policy="constant", decay=0.0005)
+                   + conv(16, bn=True) + maxpool() + conv(32, bn=True) + maxpool() + conv(32, bn=True) + maxpool()
+                   + conv(64, bn=True))
+
+
+def learn_shapes(write_cfg, cfg_text, iterations=300):
+    """Trains the network of cfg_text (seeded) on 64 shapes images for `iterations` batches of 16; returns
+    (mean loss of the first 10 batches, of the last 10, shapes found in the first 16 images, shapes there)."""
+    net = pydarknet.load(write_cfg(cfg_text))
+    randomize(net, 0)
+    x, t = shapes_batch(64, 64, per_image=(1, 2), seed=7)
+    losses = train_cycling(net, x, t, iterations, batch=16)
+    found, total = shapes_found(net, x[:16], t[:16], 64)
+    return sum(losses[:10]) / 10, sum(losses[-10:]) / 10, found, total
+
+
 def child_env(**extra):
     """The environment for a child Python running pydarknet: the pydarknet these tests import first on its path
     (never a source tree in the child's working folder), OMP_NUM_THREADS=1, and `extra`."""

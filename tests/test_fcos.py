@@ -10,10 +10,8 @@ import pytest
 import pydarknet
 from pydarknet import CfgError
 from pydarknet._native import check, ffi, lib
-from pydarknet.synthetic import shapes_batch
-from conftest import randomize
 from gradcheck import check_gradients
-from helpers import conv, maxpool, section, shapes_found, train_cycling
+from helpers import SHAPES_BACKBONE, conv, learn_shapes, section
 from test_losses import build, sig, softplus, train_forward
 
 CLASSES, G = 3, 6   # a 6x6 grid
@@ -244,20 +242,11 @@ def test_fcos_input_channels_must_fit(write_cfg):
         pydarknet.load(write_cfg("[net]\nwidth=48\nheight=48\nchannels=7\n" + fcos_cfg()))
 
 
-DETECTOR = (section("net", width=64, height=64, channels=3, batch=16, subdivisions=1, learning_rate=0.002, adam=1,
-                    burn_in=20, policy="constant", decay=0.0005)
-            + conv(16, bn=True) + maxpool() + conv(32, bn=True) + maxpool() + conv(32, bn=True) + maxpool()
-            + conv(64, bn=True) + conv(C, size=1, activation="linear")
-            + section("fcos", classes=CLASSES, center_sampling=1.5))
+DETECTOR = SHAPES_BACKBONE + conv(C, size=1, activation="linear") + section("fcos", classes=CLASSES, center_sampling=1.5)
 
 
 def test_small_fcos_learns_to_detect_shapes(write_cfg):
     """A small FCOS network trained for a few seconds finds most shapes it saw, with the right class."""
-    net = pydarknet.load(write_cfg(DETECTOR))
-    randomize(net, 0)
-    x, t = shapes_batch(64, 64, per_image=(1, 2), seed=7)
-    losses = train_cycling(net, x, t, 300, batch=16)
-    start, end = np.mean(losses[:10]), np.mean(losses[-10:])
+    start, end, found, total = learn_shapes(write_cfg, DETECTOR)
     assert end < 0.3 * start, (start, end)
-    found, total = shapes_found(net, x[:16], t[:16], 64)
     assert found >= 0.8 * total, (found, total)

@@ -6,24 +6,15 @@ import numpy as np
 import pydarknet
 from pydarknet.synthetic import shapes_batch
 from conftest import randomize
-from helpers import conv, maxpool, section, shapes_found, shapes_head, train_cycling
+from helpers import SHAPES_BACKBONE, conv, learn_shapes, maxpool, section, shapes_head, train_cycling
 
-DETECTOR = (section("net", width=64, height=64, channels=3, batch=16, subdivisions=1, learning_rate=0.002, adam=1,
-                    burn_in=20, policy="constant", decay=0.0005)
-            + conv(16, bn=True) + maxpool() + conv(32, bn=True) + maxpool() + conv(32, bn=True) + maxpool()
-            + conv(64, bn=True) + shapes_head("8,8, 13,13, 20,20", iou_loss="ciou", iou_normalizer=0.07,
-                                             ignore_thresh=".7"))
+DETECTOR = SHAPES_BACKBONE + shapes_head("8,8, 13,13, 20,20", iou_loss="ciou", iou_normalizer=0.07, ignore_thresh=".7")
 
 
 def test_small_yolo_learns_to_detect_shapes(write_cfg):
-    net = pydarknet.load(write_cfg(DETECTOR))
-    randomize(net, 0)
-    x, t = shapes_batch(64, 64, per_image=(1, 2), seed=7)
-    losses = train_cycling(net, x, t, 300, batch=16)
-    start, end = np.mean(losses[:10]), np.mean(losses[-10:])
+    start, end, found, total = learn_shapes(write_cfg, DETECTOR)
     assert end < 0.25 * start, (start, end)
     # the trained network finds the shapes it saw, with the right class
-    found, total = shapes_found(net, x[:16], t[:16], 64)
     assert found >= 0.8 * total, f"{found} of {total} shapes found"
 
 
