@@ -27,8 +27,8 @@
  * act(scale * y + bias), written into the output (tiles past the edge
  * clipped). When few tiles leave the filters cut into several chunks (one
  * task per chunk and tile panel), V is made once per tile panel and channel
- * block beforehand, in a pass of its own, instead of once per task. Work is cut by the shape alone, so results do not depend on the
- * thread count. The arithmetic differs from direct convolution by rounding
+ * block beforehand, in a pass of its own, instead of once per task. Work is
+ * cut by the shape alone, so results do not depend on the thread count. The arithmetic differs from direct convolution by rounding
  * (transform entries up to 8 and 1/24: about 1e-6 relative in float32). */
 #include "ops.h"
 
@@ -283,6 +283,12 @@ static void transform_block(const wino_job *j, int b, int t0, int nt, int c0, in
     }
 }
 
+/* the shared V of image b's tile panel tp, the block of channels from c0 */
+static float *shared_v_block(const wino_job *j, int b, int tp, int c0)
+{
+    return j->v + ((size_t)b * j->g.tpanels + tp) * shared_v_floats(&j->g) + (size_t)36 * c0 * WG_TILES;
+}
+
 /* shared V: one task per (image, tile panel, block of WG_C channels) */
 static void v_task(void *ctx, int task, int worker)
 {
@@ -293,7 +299,7 @@ static void v_task(void *ctx, int task, int worker)
     const int bt = task / cblocks, c0 = task % cblocks * WG_C;
     const int tp = bt % g->tpanels, t0 = tp * WG_TILES, nt = g->T - t0 < WG_TILES ? g->T - t0 : WG_TILES;
     const int kc = g->C - c0 < WG_C ? g->C - c0 : WG_C;
-    transform_block(j, bt / g->tpanels, t0, nt, c0, kc, j->v + (size_t)bt * shared_v_floats(g) + (size_t)36 * c0 * WG_TILES);
+    transform_block(j, bt / g->tpanels, t0, nt, c0, kc, shared_v_block(j, bt / g->tpanels, tp, c0));
 }
 
 static void tile_task(void *ctx, int task, int worker)
@@ -309,11 +315,8 @@ static void tile_task(void *ctx, int task, int worker)
     float(*y)[WG_TILES] = (float(*)[WG_TILES])(macc + fb((size_t)36 * WG_M * WG_TILES) / sizeof(float));
     for (int c0 = 0; c0 < g->C; c0 += WG_C) {
         const int kc = g->C - c0 < WG_C ? g->C - c0 : WG_C;
-        float *vp = own;
-        if (j->v)
-            vp = j->v + ((size_t)b * g->tpanels + tp) * shared_v_floats(g) + (size_t)36 * c0 * WG_TILES;
-        else
-            transform_block(j, b, t0, nt, c0, kc, vp);
+        float *vp = j->v ? shared_v_block(j, b, tp, c0) : own;
+        if (!j->v) transform_block(j, b, t0, nt, c0, kc, vp);
         for (int p = 0; p < 36; ++p)
             for (int i0 = 0; i0 < mn; i0 += DN_MR) {
                 const int mr = mn - i0 < DN_MR ? mn - i0 : DN_MR;
