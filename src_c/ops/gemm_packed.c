@@ -33,6 +33,15 @@
 
 /* ---- which kernel ---- */
 
+static const char *const KERNEL_NAMES[] = {"avx512", "avx2", "none"}; /* best first */
+
+static int known(const char *name)
+{
+    for (size_t i = 0; i < sizeof KERNEL_NAMES / sizeof *KERNEL_NAMES; ++i)
+        if (!strcmp(name, KERNEL_NAMES[i])) return 1;
+    return 0;
+}
+
 static const dn_cpu_kernels *kernel_of(const char *name)
 {
     if (!strcmp(name, "avx512")) return dn_kernels_avx512();
@@ -51,7 +60,6 @@ static int cpu_runs(const char *name)
     return !strcmp(name, "none");
 }
 
-static const char *const KERNEL_NAMES[] = {"avx512", "avx2", "none"};
 static const dn_cpu_kernels *active;
 static pthread_once_t chosen = PTHREAD_ONCE_INIT;
 
@@ -69,8 +77,7 @@ static void choose(void)
             best = want;
         else
             fprintf(stderr, "pydarknet: PYDARKNET_CPU_KERNEL=%s: %s; using %s\n", want,
-                    kernel_of(want) || !strcmp(want, "none") ? "this CPU does not run it"
-                                                             : "unknown kernel (avx512, avx2 or none)",
+                    known(want) ? "this CPU does not run it" : "unknown kernel (avx512, avx2 or none)",
                     best);
     }
     __atomic_store_n(&active, kernel_of(best), __ATOMIC_RELEASE);
@@ -93,7 +100,7 @@ int dn_cpu_kernel_available(const char *name) { return name && cpu_runs(name); }
 dn_status dn_set_cpu_kernel(const char *name)
 {
     if (!name) return dn_fail(DN_ERR_ARG, "CPU kernel name is NULL");
-    if (!kernel_of(name) && strcmp(name, "none"))
+    if (!known(name))
         return dn_fail(DN_ERR_ARG, "unknown CPU kernel '%s' (avx512, avx2 or none)", name);
     if (!cpu_runs(name)) return dn_fail(DN_ERR_ARG, "this CPU does not run the %s kernel", name);
     pthread_once(&chosen, choose);
