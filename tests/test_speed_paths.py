@@ -299,3 +299,57 @@ def test_cpu_kernel_environment(value, tmp_path):
         assert r.stdout.strip() == best and "this CPU does not run it" in r.stderr
     else:
         assert r.stdout.strip() == value and r.stderr == ""
+
+
+# ---- Winograd keeps its transformed filters between passes
+
+WINOGRAD_NET = (9, 48, 48, conv(70, act="logistic") + conv(64, bn=0, act="linear"))  # 144 tiles, C*9: 81, 630
+
+
+def run(net, x):
+    """Every layer's output of one inference pass, stacked."""
+    net.forward(x)
+    return np.concatenate([o.ravel() for o in outputs(net)])
+
+
+@pytest.mark.skipif(not KERNELS, reason="Winograd runs on the packed kernels")
+def test_winograd_sees_every_weight_change(write_cfg, tmp_path):
+    """The transformed filters are made again for every filter whose weights
+    changed, however they changed: through a view kept from before the
+    earlier passes (one value, the last of a filter's, which the fingerprint
+    reads alone), a whole filter, or a weights file loaded; each pass equals a
+    network built with those weights (the same bits), and none equals the pass
+    before it."""
+    c, h, w, body = WINOGRAD_NET
+    x = random_input((1, c, h, w), 8)
+    net = build(write_cfg, c, h, w, body, 1, threads=2)
+    first = run(net, x)
+    direct = build(write_cfg, c, h, w, body, 1, threads=2)
+    set_speed(direct, ALL & ~lib.DN_SPEED_WINOGRAD)
+    assert not np.array_equal(run(direct, x), first), "Winograd did not run: nothing below would test it"
+    kept = [layer.params["weights"] for layer in net.layers]  # views, written after passes below
+
+    def fresh():
+        other = build(write_cfg, c, h, w, body, 1, threads=2)
+        for layer, mine in zip(other.layers, net.layers):
+            for name, values in mine.params.items():
+                layer.params[name][:] = values
+        return run(other, x)
+
+    before = first
+    changes = [lambda: kept[0].__setitem__(9 * c * 5 + 4, kept[0][9 * c * 5 + 4] + 0.25),  # filter 5, middle
+               lambda: kept[1].__setitem__(kept[1].size - 1, -kept[1][-1] + 0.5),  # last filter's last value
+               lambda: kept[1].__setitem__(slice(630 * 3, 630 * 4), 0.01)]  # filter 3, all of it
+    for i, change in enumerate(changes):
+        change()
+        got = run(net, x)
+        assert not np.array_equal(got, before), f"change {i}: the output did not move"
+        np.testing.assert_array_equal(got, fresh(), err_msg=f"change {i}")
+        before = got
+    saved = tmp_path / "other.weights"
+    other = build(write_cfg, c, h, w, body, 1, seed=11, threads=2)
+    other.save_weights(str(saved))
+    net.load_weights(str(saved))
+    got = run(net, x)
+    assert not np.array_equal(got, before)
+    np.testing.assert_array_equal(got, run(other, x))

@@ -54,6 +54,7 @@ typedef struct {
     double sync_count; /* the values the last synchronized forward pass normalized over (every process's) */
     int synced;        /* the last training forward pass was synchronized */
     int winograd;      /* setup sized the workspace for Winograd (the CPU kernel at setup allowed it) */
+    void *wino_cache;  /* Winograd's transformed filters (ops/winograd.c), made at the first such pass */
 } conv_state;
 
 static dn_status conv_make(dn_layer *l, dn_net *net)
@@ -62,7 +63,7 @@ static dn_status conv_make(dn_layer *l, dn_net *net)
     conv_state *s = dn_layer_priv(l, sizeof(conv_state));
     if (!s) return DN_ERR_NOMEM;
     if (dn_layer_owns(l, &s->x, &s->x_norm, &s->mean, &s->variance, &s->fold_scale, &s->fold_bias, &s->sync_sums,
-                      NULL))
+                      &s->wino_cache, NULL))
         return DN_ERR_ARG;
     const char *act;
     dn_status st;
@@ -310,8 +311,12 @@ static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
                 s->fold_bias[f] = s->biases[f];
             }
         }
-        if ((net->speed & DN_SPEED_WINOGRAD) && s->winograd && dn_winograd_applies(&d))
-            dn_winograd_forward(net, l, &d, input, l->output, s->fold_scale, s->fold_bias, s->activation);
+        const int winograd = (net->speed & DN_SPEED_WINOGRAD) && s->winograd && dn_winograd_applies(&d);
+        /* its cache is 4x the weights: without the memory for it, the tiled path computes the same */
+        if (winograd && !s->wino_cache) s->wino_cache = dn_calloc(1, dn_winograd_cache_bytes(&d));
+        if (winograd && s->wino_cache)
+            dn_winograd_forward(net, l, &d, s->wino_cache, input, l->output, s->fold_scale, s->fold_bias,
+                                s->activation);
         else
             dn_conv_tiled_forward(net, l, &d, input, l->output, s->fold_scale, s->fold_bias, s->activation);
         return DN_OK;

@@ -202,10 +202,10 @@ static void prefetch_tile_read(const float *c, size_t ldc, int rows)
     }
 }
 
-/* Winograd from 48 tiles (26 x 26 outputs and up): at half the AVX-512
- * kernel's arithmetic rate, yolov4-tiny's 26 x 26 layers (49 tiles, 128-384
- * channels) measured 10-25 % faster with it (in-process alternating runs, 2
- * threads), while the AVX-512 kernel runs them faster directly. */
+/* Winograd from 48 tiles (26 x 26 outputs and up): yolov4-tiny's 26 x 26
+ * layers (49 tiles, 128-384 channels) measured 10-25 % faster with it
+ * (in-process alternating runs, 2 threads); its 13 x 13 layers (16 tiles)
+ * 4-20 % slower. */
 #define AVX2_WINOGRAD_MIN_TILES 48
 
 const dn_cpu_kernels *dn_kernels_avx2(void)

@@ -150,9 +150,14 @@ void dn_conv_tiled_forward(const dn_net *net, const dn_layer *l, const dn_conv_d
 /* 1 when the shape suits it (3x3, stride 1, no dilation or groups, enough tiles) and the kernel runs here. */
 int dn_winograd_applies(const dn_conv_desc *d);
 void dn_winograd_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker);
-/* output = act(scale * conv(input) + bias) (scale, bias per filter; NULL: 1 and 0) */
-void dn_winograd_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
-                         float *output, const float *scale, const float *bias, dn_activation act);
+/* Bytes of the block that keeps a layer's transformed filters between passes
+ * (allocated zeroed by the layer, for its filters and channels). */
+size_t dn_winograd_cache_bytes(const dn_conv_desc *d);
+/* output = act(scale * conv(input) + bias) (scale, bias per filter; NULL: 1
+ * and 0); the filters' transforms come from `cache`, made again for the
+ * filters whose weights changed since the last pass */
+void dn_winograd_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, void *cache,
+                         const float *input, float *output, const float *scale, const float *bias, dn_activation act);
 
 /* ---- one channel's batch norm, bias and activation (ops/bn_fused.c) ---- */
 typedef struct dn_bn_channel {

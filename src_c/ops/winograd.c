@@ -18,8 +18,8 @@
  *         [0  2 -1 -2  1  0]       [1/24 -1/12   1/6]
  *         [0  4  0 -5  0  1]       [ 0     0      1 ]
  *
- * Passes of a forward call: (1) U for all filters and channels (tasks over
- * filters) and a copy of the input inside a frame of zeros covering every
+ * Passes of a forward call: (1) U for the filters whose weights changed since
+ * the last pass (U is kept between passes; tasks over filters) and a copy of the input inside a frame of zeros covering every
  * tile (tasks over channels); (2) tasks over (32 tiles, up to 256 filters): for
  * blocks of WG_C channels, V of the block's channels for the 32 tiles goes
  * straight into the kernel's B panels (lanes = tiles), then 36 kernel calls
@@ -32,6 +32,7 @@
  * (transform entries up to 8 and 1/24: about 1e-6 relative in float32). */
 #include "ops.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #define WG_TILES DN_NR /* tiles per task: one B panel */
@@ -71,11 +72,10 @@ int dn_winograd_applies(const dn_conv_desc *d)
     if (d->pad > 2 || d->c < 8) return 0;
     if (d->out_h != d->h + 2 * d->pad - 2 || d->out_w != d->w + 2 * d->pad - 2) return 0;
     /* Enough tiles that the GEMMs, not the transformed weights, dominate: U is
-     * 4x the weights, made and read once per tile panel. How many depends on
-     * the kernel (kernels.h). Measured on yolov4-tiny (AVX-512, 1-2 threads):
-     * 104x104 and 52x52 outputs (676 and 169 tiles) gain 1.2-1.6x over the
-     * direct kernel path; 26x26 (49 tiles, 256-384 channels) lose under
-     * memory pressure with AVX-512 and gain with AVX2. */
+     * 4x the weights, read once per tile panel. How many depends on the
+     * kernel (kernels.h): on yolov4-tiny, 104x104 and 52x52 outputs (676 and
+     * 169 tiles) gain 1.2-1.6x over the direct kernel path, 26x26 (49 tiles)
+     * gains a little with AVX-512 and more with AVX2, 13x13 (16) loses. */
     const wino_geom g = geom_of(d);
     const int min_tiles = dn_packed_winograd_min_tiles();
     return min_tiles > 0 && g.T >= min_tiles;
@@ -90,7 +90,7 @@ static size_t shared_v_floats(const wino_geom *g) { return (size_t)36 * g->C * W
 void dn_winograd_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker)
 {
     const wino_geom g = geom_of(d);
-    *shared = fb((size_t)36 * g.M * g.C) + fb((size_t)d->batch * g.C * g.hp * g.wp) +
+    *shared = fb((size_t)d->batch * g.C * g.hp * g.wp) +
               (g.mchunks > 1 ? fb((size_t)d->batch * g.tpanels * shared_v_floats(&g)) : 0);
     *per_worker = fb((size_t)36 * WG_C * WG_TILES) + fb((size_t)36 * WG_M * WG_TILES) + fb(16 * WG_TILES);
 }
@@ -138,6 +138,56 @@ static void filter_transform(const float *w, int n, float *u, size_t ustride)
             for (int k = 0; k < 9; ++k) g[k][l] = l < m ? w[(size_t)(i0 + l) * 9 + k] : 0.f;
         filter_transform16((const float(*)[WG_PAIRS])g, u + i0, ustride, m);
     }
+}
+
+/* ---- the transformed filters, kept between passes ----
+ * The cache block: a header, one fingerprint per filter (of the 9*C weights
+ * its U rows were made from), then U ([36][M][C]). A forward pass
+ * fingerprints each filter's weights and transforms again only the filters
+ * whose fingerprint changed, so weights written by any means (training,
+ * loading, a caller writing through dn_layer_param's pointer at any time)
+ * are always the ones used. The fingerprint: 4 lanes, each a chain
+ * h = (h ^ x) * P over its 64-bit words x (P odd, so each step is one-to-one
+ * in h and in x), the lanes then chained the same way: a change of any one
+ * word always changes it; several changed words collide with odds near
+ * 2^-64. It reads the weights once, a small part of making U again (which
+ * reads them, computes 36 values from each 9 and writes 4 times as much). */
+typedef struct {
+    int filled; /* U and the fingerprints describe the weights of the last pass */
+    int pad_[15];
+} wino_cache_head;
+
+#define WG_FP_PRIME 0x9E3779B97F4A7C15ull /* odd */
+
+size_t dn_winograd_cache_bytes(const dn_conv_desc *d)
+{
+    return sizeof(wino_cache_head) + fb((size_t)d->filters * 2) + fb((size_t)36 * d->filters * d->c);
+}
+
+static uint64_t *cache_fingerprints(void *cache) { return (uint64_t *)((char *)cache + sizeof(wino_cache_head)); }
+
+static float *cache_u(void *cache, int M)
+{
+    return (float *)((char *)cache_fingerprints(cache) + fb((size_t)M * 2));
+}
+
+static uint64_t fingerprint(const float *w, size_t n)
+{
+    uint64_t h[4] = {1, 2, 3, 4}, x;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 4; ++k) {
+            memcpy(&x, w + i + 2 * k, sizeof(x));
+            h[k] = (h[k] ^ x) * WG_FP_PRIME;
+        }
+    for (; i < n; ++i) {
+        uint32_t y;
+        memcpy(&y, w + i, sizeof(y));
+        h[0] = (h[0] ^ y) * WG_FP_PRIME;
+    }
+    uint64_t r = n;
+    for (int k = 0; k < 4; ++k) r = (r ^ h[k]) * WG_FP_PRIME;
+    return r ^ (r >> 29);
 }
 
 /* the 6x6 patches of WG_TILES tiles: d[r*6 + s][lane] = src[base[lane] + r*wp + s] */
@@ -225,18 +275,25 @@ typedef struct {
     wino_geom g;
     const float *input;
     float *output, *u, *padded;
+    uint64_t *fingerprints; /* per filter, of the weights U was made from (valid when filled) */
+    int filled;
     float *v; /* shared V (several filter chunks) or NULL (each task makes its own) */
     const float *scale, *bias;
     dn_activation act;
 } wino_job;
 
+/* filter `task`'s U rows, made again when its weights changed */
 static void weights_task(void *ctx, int task, int worker)
 {
     (void)worker;
     const wino_job *j = ctx;
     const size_t pairs = (size_t)j->g.M * j->g.C;
     /* filter m: its C pairs are consecutive in the weights and in U's rows */
-    filter_transform(j->d->weights + (size_t)task * j->g.C * 9, j->g.C, j->u + (size_t)task * j->g.C, pairs);
+    const float *w = j->d->weights + (size_t)task * j->g.C * 9;
+    const uint64_t fp = fingerprint(w, (size_t)j->g.C * 9);
+    if (j->filled && j->fingerprints[task] == fp) return;
+    filter_transform(w, j->g.C, j->u + (size_t)task * j->g.C, pairs);
+    j->fingerprints[task] = fp;
 }
 
 static void pad_task(void *ctx, int task, int worker)
@@ -347,8 +404,8 @@ static void tile_task(void *ctx, int task, int worker)
     }
 }
 
-void dn_winograd_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
-                         float *output, const float *scale, const float *bias, dn_activation act)
+void dn_winograd_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, void *cache,
+                         const float *input, float *output, const float *scale, const float *bias, dn_activation act)
 {
     wino_job j;
     memset(&j, 0, sizeof(j));
@@ -358,13 +415,17 @@ void dn_winograd_forward(const dn_net *net, const dn_layer *l, const dn_conv_des
     j.g = geom_of(d);
     j.input = input;
     j.output = output;
-    j.u = dn_scratch(net, l, -1);
-    j.padded = j.u + fb((size_t)36 * j.g.M * j.g.C) / sizeof(float);
+    wino_cache_head *head = cache;
+    j.u = cache_u(cache, j.g.M);
+    j.fingerprints = cache_fingerprints(cache);
+    j.filled = head->filled;
+    j.padded = dn_scratch(net, l, -1);
     if (j.g.mchunks > 1) j.v = j.padded + fb((size_t)d->batch * j.g.C * j.g.hp * j.g.wp) / sizeof(float);
     j.scale = scale;
     j.bias = bias;
     j.act = act;
     dn_parallel(net, j.g.M, weights_task, &j);
+    head->filled = 1;
     dn_parallel(net, d->batch * j.g.C, pad_task, &j);
     if (j.v) dn_parallel(net, d->batch * j.g.tpanels * ((j.g.C + WG_C - 1) / WG_C), v_task, &j);
     dn_parallel(net, d->batch * j.g.tpanels * j.g.mchunks, tile_task, &j);
