@@ -275,7 +275,8 @@ def test_cpu_kernel_choice(restore_kernel):
         pydarknet.set_cpu_kernel("sse9")
     for k in ("avx512", "avx2"):
         if k not in KERNELS:
-            with pytest.raises(pydarknet.DarknetError, match=f"does not run the {k} kernel"):
+            with pytest.raises(pydarknet.DarknetError, match=f"the {k} kernel: (this CPU does not run it|this build "
+                                                               f"leaves it out)"):
                 pydarknet.set_cpu_kernel(k)
     pydarknet.set_cpu_kernel("none")
     assert pydarknet.cpu_kernel() == "none"
@@ -353,3 +354,37 @@ def test_winograd_sees_every_weight_change(write_cfg, tmp_path):
     got = run(net, x)
     assert not np.array_equal(got, before)
     np.testing.assert_array_equal(got, run(other, x))
+
+
+# ---- denormals in inference (DN_SPEED_FLUSH)
+
+def test_inference_flushes_denormals(write_cfg):
+    """Products below 2^-126 count as zero in inference passes with
+    DN_SPEED_FLUSH and the worker threads (every thread's share: they take
+    the caller's mode), not without them (OpenBLAS's threads keep their
+    own mode) nor in training; the caller's own mode is restored after the
+    pass."""
+    rng = np.random.default_rng(4)
+    net = build(write_cfg, 64, 64, 64, conv(16, bn=0, act="linear"), 1, threads=2)  # Winograd: 256 tiles
+    net.layers[0].params["weights"][:] = rng.uniform(1e-21, 2e-21, net.layers[0].params["weights"].size)
+    net.layers[0].params["biases"][:] = 0
+    x = rng.uniform(0.5e-19, 1e-19, (1, 64, 64, 64)).astype(np.float32)  # products near 1e-40
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    for paths in (ALL, lib.DN_SPEED_THREADS | lib.DN_SPEED_FLUSH):
+        set_speed(net, paths)
+        net.forward(x)
+        assert np.count_nonzero(net.layers[0].output) == 0, f"speed {paths}: denormal products kept"
+        assert tiny / np.float32(4) != 0, f"speed {paths}: the caller's thread left flushing denormals"
+    # the sums of 576 products, each 0.5e-40 .. 2e-40: 3e-38 .. 1.2e-37, as the plain path computes them
+    set_speed(net, PLAIN)
+    net.forward(x)
+    want = net.layers[0].output
+    assert want.min() > 2e-38 and want.max() < 2e-37
+    for paths in (ALL & ~lib.DN_SPEED_FLUSH, lib.DN_SPEED_FLUSH):
+        set_speed(net, paths)
+        net.forward(x)
+        assert rel_err(net.layers[0].output, want) < 1e-4, f"speed {paths}"
+    set_speed(net, ALL)
+    net.enable_training()
+    check(lib.dn_net_forward_train(net._ptr, ffi.from_buffer("float[]", x), x.size, ffi.NULL, 0))
+    assert rel_err(net.layers[0].output, want) < 1e-4, "a training pass flushed denormals"

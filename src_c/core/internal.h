@@ -18,9 +18,15 @@ extern "C" {
 
 /* Hot elementwise loops are compiled for several instruction sets and the
  * best one the CPU has is picked when the library loads (GCC's target_clones),
- * so a portable build still uses AVX2/AVX-512 where present. */
+ * so a portable build still uses AVX2/AVX-512 where present. DN_NO_AVX512
+ * (PYDARKNET_CFLAGS="-O3 -DDN_NO_AVX512") leaves every AVX-512 path out of
+ * the build, these and the GEMM kernel: an AVX2 machine on any machine. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(DN_NO_CLONES)
+#ifdef DN_NO_AVX512
+#define DN_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
 #define DN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 #else
 #define DN_VECTOR_CLONES
 #endif

@@ -12,6 +12,10 @@
  * network.c, sets its thread count to 1 while the pool drives the work; the
  * setter is here, dn_blas_set_threads), so the two never compete for the CPUs.
  *
+ * A helper runs a job's tasks in the caller's floating-point mode (on x86 its
+ * MXCSR: rounding, and flushing denormals to zero as inference passes do,
+ * loop.c), so results never depend on which thread ran a task.
+ *
  * Between jobs a helper spins for up to a millisecond (a layer's next loop
  * usually follows within microseconds, and waking a sleeping thread costs
  * far more on a virtual machine), then sleeps on a condition variable. A job
@@ -37,8 +41,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define DN_RELAX() _mm_pause()
+#define DN_FP_MODE() _mm_getcsr()
+#define DN_SET_FP_MODE(m) _mm_setcsr(m)
 #else
 #define DN_RELAX() ((void)0)
+#define DN_FP_MODE() 0u
+#define DN_SET_FP_MODE(m) ((void)(m))
 #endif
 
 /* how long an idle helper spins before sleeping, and how long the caller
@@ -63,6 +71,7 @@ struct dn_pool {
     dn_task_fn fn;
     void *ctx;
     int ntasks;
+    unsigned fp_mode; /* the caller's floating-point mode (x86: MXCSR), which helpers take for the job */
     pid_t pid;
 };
 
@@ -118,7 +127,10 @@ static void *helper_main(void *arg)
         seen = s;
         if (!(s & 1u)) continue; /* a job closed before we looked */
         atomic_fetch_add(&p->inside, 1);
-        if (atomic_load(&p->seq) == s) take_tasks(p, a->index);
+        if (atomic_load(&p->seq) == s) {
+            DN_SET_FP_MODE(p->fp_mode);
+            take_tasks(p, a->index);
+        }
         atomic_fetch_sub(&p->inside, 1);
     }
     return NULL;
@@ -215,6 +227,7 @@ void dn_pool_run(struct dn_pool *p, int ntasks, dn_task_fn fn, void *ctx)
     p->fn = fn;
     p->ctx = ctx;
     p->ntasks = ntasks;
+    p->fp_mode = DN_FP_MODE();
     atomic_store(&p->next, 0);
     atomic_store(&p->done, 0);
     const unsigned s = atomic_load(&p->seq) + 1u; /* odd: open */

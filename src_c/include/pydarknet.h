@@ -114,13 +114,18 @@ int dn_net_uses_blas(const dn_net *net);
  * inference convolutions fold batch norm into a per-filter scale and bias
  * applied with the activation right after each GEMM tile. DN_SPEED_WINOGRAD:
  * 3x3 stride-1 convolutions in inference with enough output tiles of 4x4
- * (128 with the AVX-512 kernel, 48 with AVX2; none without a packed kernel)
- * use Winograd's F(4x4, 3x3).
+ * (48 with the AVX-512 or AVX2 kernel; none without a packed kernel) use
+ * Winograd's F(4x4, 3x3), each layer keeping its transformed filters between
+ * passes (4x its weights' memory; made again for filters whose weights changed).
  * DN_SPEED_KERNEL: with the worker threads, convolutions (forward, and the
  * weight and input gradients) run on the project's packed GEMM kernel (im2col
  * folded into its packing) where the CPU has AVX-512 or AVX2 + FMA (see
- * dn_cpu_kernel); off, or elsewhere: OpenBLAS per tile. The speed paths change results only by
- * float32 rounding; with them on, results do not depend on the thread count.
+ * dn_cpu_kernel); off, or elsewhere: OpenBLAS per tile. DN_SPEED_FLUSH (with
+ * DN_SPEED_THREADS): inference passes (on x86) treat denormal floats, below 2^-126, as zero
+ * (flush-to-zero and denormals-are-zero, as OpenCV's DNN), which spares the
+ * processor's slow path for them; darknet keeps them. The speed paths change
+ * results only by float32 rounding (and FLUSH below 2^-126); with them on,
+ * results do not depend on the thread count.
  * The environment variable PYDARKNET_SPEED, read when a network is created,
  * sets the initial value (a number, e.g. 0 for all plain). */
 typedef enum dn_speed_path {
@@ -128,7 +133,8 @@ typedef enum dn_speed_path {
     DN_SPEED_FUSE = 2,
     DN_SPEED_WINOGRAD = 4,
     DN_SPEED_KERNEL = 8,
-    DN_SPEED_ALL = 15
+    DN_SPEED_FLUSH = 16,
+    DN_SPEED_ALL = 31
 } dn_speed_path;
 dn_status dn_net_set_speed(dn_net *net, unsigned paths);
 unsigned dn_net_speed(const dn_net *net);

@@ -60,6 +60,12 @@ static int cpu_runs(const char *name)
     return !strcmp(name, "none");
 }
 
+/* why a known kernel cannot run here */
+static const char *missing(const char *name)
+{
+    return kernel_of(name) ? "this CPU does not run it" : "this build leaves it out";
+}
+
 static const dn_cpu_kernels *active;
 static pthread_once_t chosen = PTHREAD_ONCE_INIT;
 
@@ -77,7 +83,7 @@ static void choose(void)
             best = want;
         else
             fprintf(stderr, "pydarknet: PYDARKNET_CPU_KERNEL=%s: %s; using %s\n", want,
-                    known(want) ? "this CPU does not run it" : "unknown kernel (avx512, avx2 or none)",
+                    known(want) ? missing(want) : "unknown kernel (avx512, avx2 or none)",
                     best);
     }
     __atomic_store_n(&active, kernel_of(best), __ATOMIC_RELEASE);
@@ -102,7 +108,7 @@ dn_status dn_set_cpu_kernel(const char *name)
     if (!name) return dn_fail(DN_ERR_ARG, "CPU kernel name is NULL");
     if (!known(name))
         return dn_fail(DN_ERR_ARG, "unknown CPU kernel '%s' (avx512, avx2 or none)", name);
-    if (!cpu_runs(name)) return dn_fail(DN_ERR_ARG, "this CPU does not run the %s kernel", name);
+    if (!cpu_runs(name)) return dn_fail(DN_ERR_ARG, "the %s kernel: %s", name, missing(name));
     pthread_once(&chosen, choose);
     __atomic_store_n(&active, kernel_of(name), __ATOMIC_RELEASE);
     return DN_OK;
@@ -115,6 +121,20 @@ int dn_packed_winograd_min_tiles(void)
     const dn_cpu_kernels *k = kernels();
     return k ? k->winograd_min_tiles : 0;
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* every line a row of DN_NR floats can touch at any alignment: its first,
+ * 64 bytes on (the middle of three), and its last */
+__attribute__((target("prfchw"))) void dn_prefetch_tile_prfchw(const float *c, size_t ldc, int rows)
+{
+    for (int i = 0; i < rows; ++i) {
+        const char *r = (const char *)(c + (size_t)i * ldc);
+        __builtin_prefetch(r, 1, 3);
+        __builtin_prefetch(r + 64, 1, 3);
+        __builtin_prefetch(r + DN_NR * sizeof(float) - 4, 1, 3);
+    }
+}
+#endif
 
 void dn_kernel_activate_rest(float *c, size_t ldc, int mr, int nr, const dn_epilogue *e)
 {

@@ -8,7 +8,7 @@
  * (leaky, relu and linear in registers, the others after the store). */
 #include "kernels.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(DN_NO_PACKED_GEMM)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(DN_NO_PACKED_GEMM) && !defined(DN_NO_AVX512)
 #include <immintrin.h>
 
 #define DN_AVX512 __attribute__((target("avx512f")))
@@ -182,18 +182,6 @@ DN_AVX512 static void transpose_panel_avx512(const float *rows, size_t ld, int n
         }
     for (; j < n; ++j)
         for (int i = 0; i < DN_NR; ++i) bp[(size_t)j * DN_NR + i] = rows[(size_t)i * ld + j];
-}
-
-/* every line a row of DN_NR floats can touch at any alignment: its first,
- * 64 bytes on (the middle of three), and its last */
-__attribute__((target("prfchw"))) void dn_prefetch_tile_prfchw(const float *c, size_t ldc, int rows)
-{
-    for (int i = 0; i < rows; ++i) {
-        const char *r = (const char *)(c + (size_t)i * ldc);
-        __builtin_prefetch(r, 1, 3);
-        __builtin_prefetch(r + 64, 1, 3);
-        __builtin_prefetch(r + DN_NR * sizeof(float) - 4, 1, 3);
-    }
 }
 
 /* Winograd from 48 tiles (26 x 26 outputs and up) since its transformed

@@ -29,7 +29,7 @@ typedef struct dn_cpu_kernels {
 const dn_cpu_kernels *dn_kernels_avx512(void);
 const dn_cpu_kernels *dn_kernels_avx2(void);
 
-/* PREFETCHW of every line the rows of a micro-tile can touch (kernel_avx512.c;
+/* PREFETCHW of every line the rows of a micro-tile can touch (gemm_packed.c;
  * only on CPUs with PRFCHW) */
 void dn_prefetch_tile_prfchw(const float *c, size_t ldc, int rows);
 
