@@ -364,6 +364,10 @@ def main(args):
                                                   "PYDARKNET_SPEED", "PYDARKNET_CPU_KERNEL", "OPENBLAS_CORETYPE",
                                                   "OPENCV_CPU_DISABLE")}
     info["pydarknet_cpu_kernel"] = pydarknet.cpu_kernel()
+    # which kernels this build and CPU run (a build with -DDN_NO_AVX512 has no AVX-512 path at all)
+    from pydarknet._native import lib
+    info["pydarknet_cpu_kernels_available"] = [k for k in ("avx512", "avx2")
+                                               if lib.dn_cpu_kernel_available(k.encode())]
     table = markdown(results)
     print()
     print("Medians of %d interleaved rounds (%.2g s idle before each run) after %d warm-up runs; "

@@ -280,6 +280,8 @@ CASES += [Case(name, body, (c, h, w), **SPEED) for name, c, h, w, body in [
     ("winograd-edges", 8, 51, 45, conv(12) + conv(20, pad=0, act="logistic") + conv(9, bn=0, act="linear")),
     # several filter chunks per tile panel (Winograd's shared input transform): 70 filters in chunks of 24
     ("winograd-filter-chunks", 9, 48, 48, conv(70, act="logistic") + conv(64, bn=0, act="linear")),
+    # channels in two blocks of 128 + 8, 49 tiles (a panel of 17), 2 filter chunks: tasks of 2 panels
+    ("winograd-channel-blocks", 136, 26, 26, conv(40, act="mish") + conv(24, bn=0, act="linear")),
     ("shortcut", 8, 30, 30, conv(8) + conv(8, act="mish") + "[shortcut]\nfrom=-2\nactivation=leaky\n" + conv(8)
      + "[shortcut]\nfrom=-3\nactivation=mish\n"),
     ("spp", 6, 13, 11, conv(8, size=1) + "[maxpool]\nsize=5\nstride=1\n" + "[route]\nlayers=-2\n"
