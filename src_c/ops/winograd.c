@@ -220,16 +220,61 @@ static uint64_t fingerprint(const float *w, size_t n)
     return r ^ (r >> 29);
 }
 
-/* the 6x6 patches of WG_TILES tiles: d[r*6 + s][lane] = src[base[lane] + r*wp + s] */
-DN_VECTOR_CLONES
-static void gather_patches(const float *src, size_t wp, const int *base, float (*d)[WG_TILES])
+/* the 6x6 patches of lanes [l0, l0 + n): d[r*6 + s][lane] = src[base[lane] + r*wp + s] */
+static void gather_lanes(const float *src, size_t wp, const int *base, float (*d)[WG_TILES], int l0, int n)
 {
     for (int r = 0; r < 6; ++r)
         for (int s = 0; s < 6; ++s) {
             const float *p = src + (size_t)r * wp + s;
-            for (int l = 0; l < WG_TILES; ++l) d[6 * r + s][l] = p[base[l]];
+            for (int l = l0; l < l0 + n; ++l) d[6 * r + s][l] = p[base[l]];
         }
 }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(DN_NO_PACKED_GEMM)
+#include <immintrin.h>
+/* The same. Winograd runs only with a packed kernel, so on a CPU with AVX2 at
+ * least: 8 lanes that are consecutive tiles of one tile row (their patches
+ * 4 columns apart) come from 34 floats of each patch row, 4 vector loads and
+ * a transpose of their 8 groups of 4 instead of 48 scalar loads; columns 4
+ * and 5 are columns 0 and 1 of the next tile. Other lanes (a tile row's end,
+ * the repeated tile of a panel's unused lanes) one by one. */
+__attribute__((target("avx2"))) static void gather_patches(const float *src, size_t wp, const int *base,
+                                                            float (*d)[WG_TILES])
+{
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), next = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7);
+    for (int l = 0; l < WG_TILES; l += 8) {
+        if (base[l + 7] != base[l] + 28) {
+            gather_lanes(src, wp, base, d, l, 8);
+            continue;
+        }
+        for (int r = 0; r < 6; ++r) {
+            const float *q = src + (size_t)r * wp + base[l]; /* tile i's row r: q[4i .. 4i + 5] */
+            const __m256 a0 = _mm256_loadu_ps(q), a1 = _mm256_loadu_ps(q + 8), a2 = _mm256_loadu_ps(q + 16),
+                         a3 = _mm256_loadu_ps(q + 24);
+            const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+            const __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+            /* column s of tiles 0, 2, 4, 6 | 1, 3, 5, 7, then in tile order */
+            const __m256 c0 = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t2, 0x44), order);
+            const __m256 c1 = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t2, 0xEE), order);
+            const __m256 c2 = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t1, t3, 0x44), order);
+            const __m256 c3 = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t1, t3, 0xEE), order);
+            const __m256 c4 = _mm256_blend_ps(_mm256_permutevar8x32_ps(c0, next), _mm256_set1_ps(q[32]), 0x80);
+            const __m256 c5 = _mm256_blend_ps(_mm256_permutevar8x32_ps(c1, next), _mm256_set1_ps(q[33]), 0x80);
+            _mm256_storeu_ps(&d[6 * r][l], c0);
+            _mm256_storeu_ps(&d[6 * r + 1][l], c1);
+            _mm256_storeu_ps(&d[6 * r + 2][l], c2);
+            _mm256_storeu_ps(&d[6 * r + 3][l], c3);
+            _mm256_storeu_ps(&d[6 * r + 4][l], c4);
+            _mm256_storeu_ps(&d[6 * r + 5][l], c5);
+        }
+    }
+}
+#else
+static void gather_patches(const float *src, size_t wp, const int *base, float (*d)[WG_TILES])
+{
+    gather_lanes(src, wp, base, d, 0, WG_TILES);
+}
+#endif
 
 /* V = B^T d B for WG_TILES tiles side by side (lane = tile): d[(r*6 + c)][lane],
  * written as row `kk` of the 36 B panels (panel p at vp + p*kc*DN_NR) */
