@@ -10,7 +10,8 @@ iteration's forward and backward passes), from the C core's layer timers
 
 Times are wall-clock medians over --repeat runs (with worker threads a layer's
 time is how long the caller waited for it). --speed sets the speed paths
-(dn_net_set_speed bits: 1 threads, 2 fused batch norm, 4 Winograd; default all).
+(dn_net_set_speed bits: 1 threads, 2 fused batch norm, 4 Winograd, 8 packed kernel, 16 denormals
+flushed in inference; default all).
 """
 import argparse
 import os
