@@ -153,10 +153,11 @@ static padded_geom padded_of(const dn_conv_desc *d)
     return g;
 }
 
-/* the input channel into the padded plane's interior (its frame stays zero) */
-static void fill_padded(const dn_conv_desc *d, const padded_geom *pg, const float *src, float *pad)
+/* input rows [y0, y1) of a channel into the padded plane's interior (its
+ * frame stays zero) */
+static void fill_padded(const dn_conv_desc *d, const padded_geom *pg, const float *src, float *pad, int y0, int y1)
 {
-    for (int y = 0; y < d->h; ++y)
+    for (int y = y0; y < y1; ++y)
         memcpy(pad + (size_t)(y + d->pad) * pg->wp + d->pad, src + (size_t)y * d->w, (size_t)d->w * sizeof(float));
 }
 
@@ -422,9 +423,17 @@ static void kprivate_task(void *ctx, int task, int worker)
     int *idx = (int *)(pad + (pg.plane + 15) / 16 * 16);
     int cur = -1; /* the channel in the padded plane */
     const int ss = d->size * d->size;
+    /* the input rows this task's output columns read (each task pads only
+     * those: padding whole channels in every task cost yolov4's stride-2
+     * layers an eighth of their time) */
+    int y0 = 0, y1 = 0;
     if (gather) {
         for (int q = 0; q < n; ++q) idx[q] = (n0 + q) / d->out_w * d->stride_y * pg.wp + (n0 + q) % d->out_w * d->stride_x;
         memset(pad, 0, pg.plane * sizeof(float));
+        y0 = n0 / d->out_w * d->stride_y - d->pad;
+        y1 = (n0 + n - 1) / d->out_w * d->stride_y + (d->size - 1) * d->dilation + 1 - d->pad;
+        y0 = y0 < 0 ? 0 : y0;
+        y1 = y1 > d->h ? d->h : y1;
     }
     for (int k0 = 0; k0 < p->K; k0 += DN_KC) {
         const int kc = p->K - k0 < DN_KC ? p->K - k0 : DN_KC;
@@ -436,7 +445,7 @@ static void kprivate_task(void *ctx, int task, int worker)
             }
             const int ch = k / ss, t = k % ss;
             if (ch != cur) {
-                fill_padded(d, &pg, im + (size_t)ch * d->h * d->w, pad);
+                fill_padded(d, &pg, im + (size_t)ch * d->h * d->w, pad, y0, y1);
                 cur = ch;
             }
             gather_panels(pad + (size_t)(t / d->size) * d->dilation * pg.wp + (t % d->size) * d->dilation, idx, n, kc,
@@ -469,7 +478,7 @@ static void kshared_pack_task(void *ctx, int task, int worker)
     for (int q = 0; q < p->N; ++q) idx[q] = q / d->out_w * d->stride_y * pg.wp + q % d->out_w * d->stride_x;
     memset(pad, 0, pg.plane * sizeof(float));
     for (int c = c0; c < c1; ++c) {
-        fill_padded(d, &pg, im + (size_t)c * d->h * d->w, pad);
+        fill_padded(d, &pg, im + (size_t)c * d->h * d->w, pad, 0, d->h);
         for (int t = 0; t < ss; ++t) {
             const int k = c * ss + t, ky = t / d->size, kx = t % d->size;
             const int k0 = k / DN_KC * DN_KC, kc = p->K - k0 < DN_KC ? p->K - k0 : DN_KC;
