@@ -223,6 +223,16 @@ def bench_model(cfg, args):
     cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     out_names = cv.getUnconnectedOutLayersNames()
 
+    # the first pass measures each convolution's algorithm on this CPU unless the tuning file
+    # already holds them (pydarknet.tuning_file(); PYDARKNET_TUNING=off: the fixed rules)
+    t = time.perf_counter()
+    dn.predict(x)
+    first_ms = (time.perf_counter() - t) * 1e3
+    algorithms = {}
+    for layer in dn.layers:
+        if layer.algorithm:
+            algorithms[layer.algorithm] = algorithms.get(layer.algorithm, 0) + 1
+    print("  first pass %.0f ms; convolution algorithms %s" % (first_ms, algorithms), flush=True)
     check = None if args.no_check else sanity_check(dn, cv, x)
     ort_sess = None
     if args.onnx:   # the exported model under onnxruntime: the CPU runtime a deployed model would use
@@ -313,7 +323,7 @@ def bench_model(cfg, args):
           "ratio %.2f" % (s_dn["median"], s_dn["min"], s_dn["p90"], s_cv["median"], s_cv["min"],
                           s_cv["p90"], ratio), flush=True)
     return {"model": name, "cfg": shown_path(cfg), "size": args.size, "threads": args.threads, "batch": args.batch,
-            "cpu_kernel": pydarknet.cpu_kernel(),
+            "cpu_kernel": pydarknet.cpu_kernel(), "first_pass_ms": first_ms, "conv_algorithms": algorithms,
             "pydarknet_images_per_s": 1e3 * args.batch / s_dn["median"],
             "opencv_images_per_s": 1e3 * args.batch / s_cv["median"],
             "repeat": args.repeat, "warmup": args.warmup, "uses_blas": dn.uses_blas,
@@ -362,8 +372,11 @@ def main(args):
     info["pydarknet_blas"] = results[0]["uses_blas"] if results else None
     info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "PYDARKNET_GEMM",
                                                   "PYDARKNET_SPEED", "PYDARKNET_CPU_KERNEL", "OPENBLAS_CORETYPE",
-                                                  "OPENCV_CPU_DISABLE")}
+                                                  "OPENCV_CPU_DISABLE", "PYDARKNET_TUNING")}
     info["pydarknet_cpu_kernel"] = pydarknet.cpu_kernel()
+    # measured convolution algorithms (on unless PYDARKNET_TUNING=off); the file's place is the user's own
+    info["pydarknet_tuning"] = "off" if pydarknet.tuning_file() is None else "on"
+    info["pydarknet_tuning_machine"] = pydarknet.tuning_machine()
     # which kernels this build and CPU run (a build with -DDN_NO_AVX512 has no AVX-512 path at all)
     from pydarknet._native import lib
     info["pydarknet_cpu_kernels_available"] = [k for k in ("avx512", "avx2")

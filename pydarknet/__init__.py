@@ -5,7 +5,8 @@
     for d in net.detect("dog.jpg"):
         print(d.name, d.confidence, d.corners)
 """
-from ._native import DarknetError, blas_available, cpu_kernel, cuda_devices, set_cpu_kernel, version
+from ._native import (DarknetError, blas_available, cpu_kernel, cuda_devices, set_cpu_kernel, set_tuning,
+                      tuning_file, tuning_machine, version)
 from .cfg import CfgError, CfgWarning, parse_cfg
 from .detection import Detection, draw_detections
 from .modelfile import ModelFileError, load_model, write_model
@@ -20,6 +21,6 @@ __all__ = [
     "load", "Network", "Layer", "Detection", "draw_detections", "video_frames", "VideoSource", "VideoError",
     "parse_cfg", "CfgError", "CfgWarning",
     "DarknetError", "WeightsError", "WeightsHeader", "blas_available", "cpu_kernel", "cuda_devices", "set_cpu_kernel",
-    "version",
+    "set_tuning", "tuning_file", "tuning_machine", "version",
     "load_model", "write_model", "ModelFileError", "export_onnx", "OnnxExportError",
 ]

@@ -79,5 +79,27 @@ def set_cpu_kernel(name):
     check(lib.dn_set_cpu_kernel(str(name).encode()))
 
 
+def tuning_file():
+    """The file that keeps the choices measured on this machine (see
+    set_tuning): its path, "" when they are kept in memory only, None when
+    measuring is off and the fixed rules apply."""
+    f = lib.dn_tuning_file()
+    return ffi.string(f).decode("utf-8", "replace") if f != ffi.NULL else None
+
+
+def set_tuning(file=None):
+    """Where measured choices are kept: a file path, None for the default
+    ($XDG_CACHE_HOME or ~/.cache, pydarknet/cpu-tuning.txt) or "off" (no
+    measuring: the fixed rules). The environment variable PYDARKNET_TUNING
+    sets the same when the library first needs it. Choices in memory are
+    dropped; the new file is read at the next pass that needs it."""
+    check(lib.dn_set_tuning(ffi.NULL if file is None else os.fsencode(file)))
+
+
+def tuning_machine():
+    """How the tuning file names this machine (CPU, family/model, caches, CPUs)."""
+    return ffi.string(lib.dn_tuning_machine()).decode("utf-8", "replace")
+
+
 def version():
     return ffi.string(lib.dn_version()).decode()

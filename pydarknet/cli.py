@@ -54,7 +54,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__, classifier, detect_cli, export
-from ._native import DarknetError, blas_available, cpu_kernel, version as core_version
+from ._native import DarknetError, blas_available, cpu_kernel, tuning_file, version as core_version
 from .cfg import CfgError
 from .commands import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, CliError, Parser, UsageError, note
 from .datafiles import DataFileError
@@ -63,8 +63,10 @@ from .weights import WeightsError
 
 
 def _version_text():
+    tuning = tuning_file()
+    tuning = "off" if tuning is None else tuning or "in memory"
     return (f"{PROG} {__version__} (C core {core_version()}, BLAS {'yes' if blas_available() else 'no'}, "
-            f"CPU kernel {cpu_kernel()})")
+            f"CPU kernel {cpu_kernel()}, measured choices {tuning})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """What the commands and training print besides their results: darknet's
 lines go to standard output, pydarknet's notes (``pydarknet: ...``) to
 standard error, both above a progress bar when there is one; and, while
-asked, the ``pydarknet`` logger's warnings (data problems) as notes."""
+asked, the ``pydarknet`` logger's warnings (data problems) and information
+as notes."""
 from __future__ import annotations
 
 import contextlib
@@ -47,15 +48,18 @@ class Output:
 
 
 class _NoteHandler(logging.Handler):
-    """Sends the pydarknet logger's warnings (data problems) to the notes."""
+    """Sends the pydarknet logger's warnings (data problems) to the notes, and
+    its information (the core measuring its algorithms on a first run, which
+    takes a while) as notes of their own."""
 
     def __init__(self, out):
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.out = out
 
     def emit(self, record):
         try:
-            self.out.note(f"warning: {record.getMessage()}")
+            self.out.note(f"warning: {record.getMessage()}" if record.levelno >= logging.WARNING
+                          else record.getMessage())
         except Exception:
             self.handleError(record)
 
@@ -66,12 +70,15 @@ def warnings_as_notes(out=None):
     'pydarknet: warning: ...' lines on standard error (through `out`, an
     Output, when given), unless the program has set up logging itself."""
     out = out or Output()
-    handler = None
+    handler, level = None, _logger.level
     if not _logger.hasHandlers():
         handler = _NoteHandler(out)
         _logger.addHandler(handler)
+        if _logger.getEffectiveLevel() > logging.INFO:
+            _logger.setLevel(logging.INFO)
     try:
         yield out
     finally:
         if handler is not None:
             _logger.removeHandler(handler)
+            _logger.setLevel(level)

@@ -92,6 +92,16 @@ class Layer:
             return arr.reshape((self._net.batch,) + self.output_shape).copy()
 
     @property
+    def algorithm(self) -> Optional[str]:
+        """How this layer's last inference pass on the CPU computed it, where a
+        layer type has several ways ("winograd", "packed" or "blas" for a
+        convolution; measured on this machine when tuning is on, see
+        pydarknet.tuning_file); None otherwise."""
+        with self._net._lock:
+            a = lib.dn_layer_algorithm(self._net._ptr, self.index)
+        return ffi.string(a).decode() if a != ffi.NULL else None
+
+    @property
     def params(self) -> dict:
         """Name -> float32 array viewing the C tensor (valid while the network
         lives; a view, so not guarded by the network's lock: read or write it

@@ -1,12 +1,19 @@
 """Common fixtures: the project's own model files (cfg/) and photos (data/),
 a way to write small cfgs, and seeded random weights."""
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The layers' measured choices (core/tuning.c) stay off in the tests, which
+# compare paths bit for bit and must not write the user's cache; they apply
+# the fixed rules, and tests/test_tuning.py turns measuring on in a folder of
+# its own. Child processes inherit this.
+os.environ["PYDARKNET_TUNING"] = "off"
 CFG_DIR = ROOT / "cfg"      # public darknet model files, unchanged (cfg/README.md)
 DATA_DIR = ROOT / "data"    # photos and class names
 

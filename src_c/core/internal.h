@@ -119,6 +119,7 @@ struct dn_net {
     dn_reduce_hook reduce_hook;  /* synchronized batch norm's sums over the processes */
     void *reduce_hook_user;
     struct dn_cuda *cuda;        /* the CUDA backend's device context (core/cuda.cu); NULL on the CPU */
+    int tuning_told;             /* its log has heard that layers measure their algorithms (core/tuning.c) */
     char **names;                /* class names from a model file (core/model.c) */
     int nnames;
 };
@@ -139,6 +140,22 @@ void dn_log(const dn_net *net, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+
+/* ---- measured choices (core/tuning.c) ----
+ * A layer whose fastest way depends on the CPU measures its alternatives once
+ * and keeps the winner under a key naming everything the timing depends on.
+ * dn_tuning_on: 0 when measuring is off (the fixed rules apply);
+ * dn_tuning_find: 1 and the kept choice (at most n chars) when the key has one;
+ * dn_tuning_keep: keeps a choice (in memory and in the file), with the
+ * measured times as text for the file's reader. net: whose log hears of
+ * unreadable lines and unwritable files (may be NULL). */
+/* a monotonic clock in seconds (core/loop.c) */
+double dn_seconds(void);
+int dn_tuning_on(const dn_net *net);
+int dn_tuning_find(const dn_net *net, const char *key, char *choice, size_t n);
+void dn_tuning_keep(const dn_net *net, const char *key, const char *choice, const char *times);
+/* one line to the network's log, before its first measurement */
+void dn_tuning_announce(dn_net *net, const char *what);
 
 /* ---- the network's memory (core/network.c) ---- */
 /* (Re)allocates activations, deltas (when training) and the workspace. */

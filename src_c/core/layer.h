@@ -126,6 +126,7 @@ struct dn_layer {
     float *gpu_buf[DN_GPU_BUFS];
     size_t gpu_cap[DN_GPU_BUFS];
     int host_stale;
+    const char *algorithm;       /* where a layer has several ways: the one its last inference pass took (static) */
     dn_switches sw;
     void *owned[DN_MAX_OWNED];   /* addresses of the priv state's buffer pointers, freed with the layer */
     int nowned;

@@ -46,7 +46,7 @@ static unsigned fp_mode_begin(const dn_net *net)
 static void fp_mode_end(unsigned m) { (void)m; }
 #endif
 
-static double seconds(void)
+double dn_seconds(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -70,10 +70,10 @@ static dn_status pass(dn_net *net, dn_layer *l, int backward)
     dn_status (*run)(dn_net *, dn_layer *) = backward ? b->layer_backward : b->layer_forward;
     if (!net->profiling) return run(net, l);
     dn_status s = b->synchronize(net);
-    const double t = seconds();
+    const double t = dn_seconds();
     if (!s) s = run(net, l);
     if (!s) s = b->synchronize(net);
-    (backward ? net->prof_backward : net->prof_forward)[l->index] += seconds() - t;
+    (backward ? net->prof_backward : net->prof_forward)[l->index] += dn_seconds() - t;
     if (!backward) net->prof_calls[l->index] += 1;
     return s;
 }

@@ -3,7 +3,8 @@
  * the layer loop (core/loop.c) times every layer's forward and backward pass
  * with the monotonic clock (wall time: with worker threads a layer's time is
  * how long the caller waited for it; on a device the backend is synchronized
- * around the layer) and adds it to that layer's counters. */
+ * around the layer) and adds it to that layer's counters. dn_layer_algorithm
+ * tells which way a layer's last inference pass took (convolutional.c). */
 #include "layer.h"
 
 #include <stdlib.h>
@@ -45,4 +46,10 @@ dn_status dn_net_layer_times(const dn_net *net, int layer, double *forward_s, do
     if (backward_s) *backward_s = have ? net->prof_backward[layer] : 0.0;
     if (calls) *calls = have ? net->prof_calls[layer] : 0;
     return DN_OK;
+}
+
+const char *dn_layer_algorithm(const dn_net *net, int layer)
+{
+    if (!net || layer < 0 || layer >= net->nlayers) return NULL;
+    return net->layers[layer]->algorithm;
 }

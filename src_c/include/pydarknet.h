@@ -149,6 +149,26 @@ unsigned dn_net_speed(const dn_net *net);
 const char *dn_cpu_kernel(void);
 int dn_cpu_kernel_available(const char *name);
 dn_status dn_set_cpu_kernel(const char *name);
+/* Measured choices. Where the fastest way to run a layer depends on the CPU
+ * (today: an inference convolution's algorithm, "winograd", "packed" or
+ * "blas"), the first pass that needs it times the alternatives on the real
+ * input and keeps the fastest (the rule's own choice unless another is 5 %
+ * faster), so later passes and later processes on the same machine take it
+ * without measuring. Choices only change results by float32 rounding, and a
+ * pass's output is always that of the kept choice. The choices are kept in a
+ * text file: PYDARKNET_TUNING (read when first needed) names it, or "off"
+ * (no measuring: the fixed rules); unset, $XDG_CACHE_HOME/pydarknet/cpu-tuning.txt
+ * or ~/.cache/pydarknet/cpu-tuning.txt. dn_set_tuning(file) does the same at
+ * run time (NULL: the default file; "off"); the choices in memory are
+ * dropped and the new file read. dn_tuning_file: the file in use, "" when
+ * choices are kept in memory only, NULL when off (valid until the next call).
+ * dn_tuning_machine: how the file names this machine. dn_layer_algorithm:
+ * the algorithm of a layer's last inference pass on the CPU (NULL when it
+ * has none or has not run). */
+dn_status dn_set_tuning(const char *file);
+const char *dn_tuning_file(void);
+const char *dn_tuning_machine(void);
+const char *dn_layer_algorithm(const dn_net *net, int layer);
 /* Per-layer timing: dn_net_set_profiling(net, 1) zeroes the counters and
  * starts adding up, per layer, the seconds spent in forward and backward
  * passes and the number of forward calls; 0 stops. */

@@ -37,6 +37,7 @@
 #include "cuda.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -295,6 +296,115 @@ static dn_status channels_backward(dn_layer *l, dn_net *net, conv_state *s)
     return DN_OK;
 }
 
+/* ---- the inference algorithm: a fixed rule, or measured on this machine ----
+ * A fused inference pass computes the same thing three ways: Winograd
+ * (ops/winograd.c, 3x3 stride-1 layers with enough tiles), the packed kernel
+ * (ops/conv_tiled.c on AVX-512 or AVX2 + FMA) and OpenBLAS per tile. The rule
+ * takes the first of them that the layer, the CPU and the speed bits allow;
+ * which is fastest depends on the CPU (cache sizes, FMA width, OpenBLAS's
+ * kernel for it), so with tuning on (core/tuning.c) the first pass at a shape
+ * times every allowed one on its real input and keeps the fastest (the rule's
+ * unless another is 5 % faster), and the layer's output is the kept one's. */
+enum { ALGO_WINOGRAD, ALGO_PACKED, ALGO_BLAS, ALGO_COUNT };
+static const char *const ALGORITHM_NAMES[ALGO_COUNT] = {"winograd", "packed", "blas"};
+#define TUNE_ROUNDS 3    /* timed runs of each, after one untimed, and more for small layers: */
+#define TUNE_SECONDS 2e-3 /* until each has run this long in all (the timer's noise), */
+#define TUNE_MAX_ROUNDS 25 /* or this many rounds */
+#define TUNE_MARGIN 0.95 /* another algorithm must take at most this share of the rule's time */
+
+static unsigned algorithms_here(const dn_net *net, conv_state *s, const dn_conv_desc *d)
+{
+    unsigned m = 1u << ALGO_BLAS;
+    const int packed = (net->speed & DN_SPEED_KERNEL) && dn_packed_gemm_available();
+    if (packed) m |= 1u << ALGO_PACKED;
+    if (packed && (net->speed & DN_SPEED_WINOGRAD) && s->winograd && dn_winograd_applies(d)) {
+        /* its cache is 4x the weights: without the memory for it, the others compute the same */
+        if (!s->wino_cache) s->wino_cache = dn_calloc(1, dn_winograd_cache_bytes(d));
+        if (s->wino_cache) m |= 1u << ALGO_WINOGRAD;
+    }
+    return m;
+}
+
+static int rule_of(unsigned algos)
+{
+    for (int a = 0; a < ALGO_COUNT; ++a)
+        if (algos & (1u << a)) return a;
+    return ALGO_BLAS;
+}
+
+static void run_algorithm(const dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_desc *d,
+                          const float *input, int algo)
+{
+    if (algo == ALGO_WINOGRAD)
+        dn_winograd_forward(net, l, d, s->wino_cache, input, l->output, s->fold_scale, s->fold_bias, s->activation);
+    else
+        dn_conv_tiled_forward_on(net, l, d, input, l->output, s->fold_scale, s->fold_bias, s->activation,
+                                 algo == ALGO_PACKED);
+}
+
+static int algorithm_named(const char *name, unsigned algos)
+{
+    for (int a = 0; a < ALGO_COUNT; ++a)
+        if ((algos & (1u << a)) && !strcmp(name, ALGORITHM_NAMES[a])) return a;
+    return -1;
+}
+
+/* the kept algorithm for this layer's shape, measuring it when there is none
+ * yet; the output is that algorithm's */
+static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_desc *d, const float *input,
+                  unsigned algos)
+{
+    const int rule = rule_of(algos);
+    if (!dn_tuning_on(net)) {
+        run_algorithm(net, l, s, d, input, rule);
+        return rule;
+    }
+    /* everything the timing depends on: the shape, the choices open, the kernel, the threads */
+    char key[256], kept[64];
+    snprintf(key, sizeof key, "conv b%d c%d %dx%d f%d k%d s%dx%d p%d d%d g%d | %s%s%s | %s | %d threads",
+             d->batch, d->c, d->h, d->w, d->filters, d->size, d->stride_x, d->stride_y, d->pad, d->dilation,
+             d->groups, algos & (1u << ALGO_WINOGRAD) ? "winograd " : "", algos & (1u << ALGO_PACKED) ? "packed " : "",
+             "blas", dn_cpu_kernel(), dn_workers(net));
+    int algo = dn_tuning_find(net, key, kept, sizeof kept) ? algorithm_named(kept, algos) : -1;
+    if (algo >= 0) {
+        run_algorithm(net, l, s, d, input, algo);
+        return algo;
+    }
+    dn_tuning_announce(net, "which convolution algorithm is fastest");
+    double best[ALGO_COUNT], total[ALGO_COUNT];
+    for (int a = 0; a < ALGO_COUNT; ++a) {
+        best[a] = 1e30;
+        total[a] = 0;
+        if (algos & (1u << a)) run_algorithm(net, l, s, d, input, a); /* warm: caches, Winograd's filters */
+    }
+    double least = 0; /* the shortest total time of one algorithm so far */
+    for (int r = 0; r < TUNE_MAX_ROUNDS && (r < TUNE_ROUNDS || least < TUNE_SECONDS); ++r) {
+        least = 1e30;
+        for (int a = 0; a < ALGO_COUNT; ++a)
+            if (algos & (1u << a)) {
+                const double t0 = dn_seconds();
+                run_algorithm(net, l, s, d, input, a);
+                const double t = dn_seconds() - t0;
+                if (t < best[a]) best[a] = t;
+                total[a] += t;
+                if (total[a] < least) least = total[a];
+            }
+    }
+    algo = rule;
+    for (int a = 0; a < ALGO_COUNT; ++a)
+        if ((algos & (1u << a)) && best[a] < best[rule] * TUNE_MARGIN && best[a] < best[algo]) algo = a;
+    char times[160];
+    int n = 0;
+    for (int a = 0; a < ALGO_COUNT; ++a)
+        if (algos & (1u << a))
+            n += snprintf(times + n, sizeof times - (size_t)n, "%s%s=%.9g", n ? " " : "", ALGORITHM_NAMES[a], best[a]);
+    dn_tuning_keep(net, key, ALGORITHM_NAMES[algo], times);
+    dn_log(net, DN_LOG_DEBUG, "layer %d [convolutional]: %s (measured: %s)", l->index, ALGORITHM_NAMES[algo], times);
+    /* the last run was OpenBLAS's (always allowed); the output is the kept one's */
+    if (algo != ALGO_BLAS) run_algorithm(net, l, s, d, input, algo);
+    return algo;
+}
+
 static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
 {
     const float *input = dn_layer_input(net, l);
@@ -311,16 +421,14 @@ static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
                 s->fold_bias[f] = s->biases[f];
             }
         }
-        const int winograd = (net->speed & DN_SPEED_WINOGRAD) && s->winograd && dn_winograd_applies(&d);
-        /* its cache is 4x the weights: without the memory for it, the tiled path computes the same */
-        if (winograd && !s->wino_cache) s->wino_cache = dn_calloc(1, dn_winograd_cache_bytes(&d));
-        if (winograd && s->wino_cache)
-            dn_winograd_forward(net, l, &d, s->wino_cache, input, l->output, s->fold_scale, s->fold_bias,
-                                s->activation);
-        else
-            dn_conv_tiled_forward(net, l, &d, input, l->output, s->fold_scale, s->fold_bias, s->activation);
+        const unsigned algos = algorithms_here(net, s, &d);
+        int algo = rule_of(algos);
+        if (algos & (algos - 1)) algo = chosen(net, l, s, &d, input, algos);
+        else run_algorithm(net, l, s, &d, input, algo);
+        l->algorithm = ALGORITHM_NAMES[algo];
         return DN_OK;
     }
+    l->algorithm = NULL;
     dn_conv_tiled_forward(net, l, &d, input, l->output, NULL, NULL, s->activation);
     return channels_forward(l, net, s, s->batch_normalize && dn_layer_sync_bn(net, l));
 }

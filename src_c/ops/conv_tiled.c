@@ -540,7 +540,14 @@ static void conv_kernel_forward(const dn_net *net, const dn_layer *l, const dn_c
 void dn_conv_tiled_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
                            float *output, const float *scale, const float *bias, dn_activation act)
 {
-    if ((net->speed & DN_SPEED_KERNEL) && dn_packed_gemm_available()) {
+    dn_conv_tiled_forward_on(net, l, d, input, output, scale, bias, act,
+                             (net->speed & DN_SPEED_KERNEL) && dn_packed_gemm_available());
+}
+
+void dn_conv_tiled_forward_on(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
+                              float *output, const float *scale, const float *bias, dn_activation act, int packed)
+{
+    if (packed && dn_packed_gemm_available()) {
         conv_kernel_forward(net, l, d, input, output, scale, bias, act);
         return;
     }

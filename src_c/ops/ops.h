@@ -145,6 +145,10 @@ void dn_conv_tiled_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_
  * given (per filter), output = act(scale * output + bias) tile by tile. */
 void dn_conv_tiled_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
                            float *output, const float *scale, const float *bias, dn_activation act);
+/* The same on the packed kernel (packed = 1, where dn_packed_gemm_available)
+ * or on OpenBLAS per tile (0), whatever the network's speed bits say. */
+void dn_conv_tiled_forward_on(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
+                              float *output, const float *scale, const float *bias, dn_activation act, int packed);
 
 /* ---- Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions in inference (ops/winograd.c) ---- */
 /* 1 when the shape suits it (3x3, stride 1, no dilation or groups, enough tiles) and the kernel runs here. */
