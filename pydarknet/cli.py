@@ -56,7 +56,7 @@ from typing import Optional, Sequence
 from . import __version__, classifier, detect_cli, export
 from ._native import DarknetError, blas_available, cpu_kernel, tuning_file, version as core_version
 from .cfg import CfgError
-from .commands import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, CliError, Parser, UsageError, note
+from .commands import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, CliError, Parser, UsageError, note, warnings_as_notes
 from .datafiles import DataFileError
 from .embed import main as print_flags
 from .weights import WeightsError
@@ -92,7 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as e:  # -h and --version
             return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_FAILURE)
-        return args.func(args)
+        with warnings_as_notes():  # the core's warnings and information as notes (a command may route them)
+            return args.func(args)
     except UsageError as e:
         note(f"error: {e}")
         return EXIT_USAGE

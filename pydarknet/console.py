@@ -70,6 +70,14 @@ def warnings_as_notes(out=None):
     'pydarknet: warning: ...' lines on standard error (through `out`, an
     Output, when given), unless the program has set up logging itself."""
     out = out or Output()
+    outer = next((h for h in _logger.handlers if isinstance(h, _NoteHandler)), None)
+    if outer is not None:  # inside another one (the command's): its notes go through `out` meanwhile
+        before, outer.out = outer.out, out
+        try:
+            yield out
+        finally:
+            outer.out = before
+        return
     handler, level = None, _logger.level
     if not _logger.hasHandlers():
         handler = _NoteHandler(out)

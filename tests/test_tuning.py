@@ -241,3 +241,28 @@ def test_environment_chooses_the_file(write_cfg, tmp_path, setting):
     else:
         assert file == str(want) and len(lines(want)) == len(CONVS)
         assert algorithm == lines(want)[0][2]
+
+
+def test_commands_tell_of_measuring(tmp_path):
+    """A first run that measures says so (it takes a while), once; a second run reads the file."""
+    from conftest import DATA_DIR, data_image, small_detector
+
+    _, cfg, weights = small_detector(tmp_path)
+    data = tmp_path / "coco.data"
+    data.write_text(f"classes=80\nnames={DATA_DIR / 'coco.names'}\n")
+    tuning = tmp_path / "tuning.txt"
+    argv = [sys.executable, "-m", "pydarknet", "detector", "test", str(data), str(cfg), str(weights),
+            str(data_image()), "-dont_show"]
+
+    def command():
+        r = subprocess.run(argv, env=child_env(PYDARKNET_TUNING=str(tuning)), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    err = command()
+    assert err.count("pydarknet: measuring which convolution algorithm is fastest on this CPU, once for each shape "
+                     f"(kept in {tuning}; PYDARKNET_TUNING=off: fixed rules)") == 1, err
+    kept = tuning.read_text()
+    assert len(kept.splitlines()) >= 10
+    assert "measuring" not in command() and tuning.read_text() == kept
