@@ -388,3 +388,44 @@ def test_inference_flushes_denormals(write_cfg):
     net.enable_training()
     check(lib.dn_net_forward_train(net._ptr, ffi.from_buffer("float[]", x), x.size, ffi.NULL, 0))
     assert rel_err(net.layers[0].output, want) < 1e-4, "a training pass flushed denormals"
+
+
+# ---- the packed convolution's column tiles are sized from the L2 cache: never the results
+
+TILE_CHILD = """
+import sys, numpy as np, pydarknet
+net = pydarknet.load(sys.argv[1], threads=2)
+rng = np.random.default_rng(4)
+for layer in net.layers:
+    for name, p in layer.params.items():
+        p[...] = 1 + rng.random(p.size) if name == "rolling_variance" else rng.standard_normal(p.size) * 0.2
+net.forward(rng.random((1, 16, 96, 96), dtype=np.float32))
+np.save(sys.argv[2], np.concatenate([l.output.ravel() for l in net.layers]))
+"""
+
+
+@pytest.mark.skipif(not KERNELS, reason="the CPU runs none of the packed kernels")
+def test_tile_sizes_follow_the_l2_cache_and_keep_the_bits(write_cfg, tmp_path):
+    """A B block of an eighth of the L2 cache, 64-256 KiB: 96 x 96 outputs (288 panels of 32, K blocks of
+    128) are cut into 18 column tiles with a 2 MiB L2 or more, 36 with 1 MiB, 72 with 512 KiB or less. The
+    same bits every way (inference, Winograd off, which would take the 3x3 layer); a bad size is named."""
+    import subprocess
+    import sys
+    from helpers import child_env
+
+    cfg = write_cfg(NET.format(c=16, h=96, w=96) + conv(16) + conv(24, size=1, act="relu") +
+                    conv(16, stride=2, act="mish"))
+    runs = {}
+    for l2 in ("", "64M", "1M", "524288", "100k", "2Q"):
+        out = tmp_path / f"out{l2}.npy"
+        r = subprocess.run([sys.executable, "-c", TILE_CHILD, str(cfg), str(out)], cwd=tmp_path, timeout=120,
+                           env=child_env(PYDARKNET_CPU_L2=l2, PYDARKNET_SPEED=str(ALL & ~lib.DN_SPEED_WINOGRAD)),
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        if l2 == "2Q":
+            assert "pydarknet: PYDARKNET_CPU_L2=2Q: not a size (bytes, or with K or M); using " in r.stderr
+        else:
+            assert r.stderr == ""
+        runs[l2] = np.load(out)
+    for l2, got in runs.items():
+        np.testing.assert_array_equal(got, runs[""], err_msg=f"L2 {l2}")

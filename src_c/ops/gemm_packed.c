@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- which kernel ---- */
 
@@ -120,6 +121,38 @@ int dn_packed_winograd_min_tiles(void)
 {
     const dn_cpu_kernels *k = kernels();
     return k ? k->winograd_min_tiles : 0;
+}
+
+/* ---- the cache the tiles are sized for ---- */
+
+static size_t l2_bytes;
+static pthread_once_t l2_read = PTHREAD_ONCE_INIT;
+
+static void read_l2(void)
+{
+    long v = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    l2_bytes = v > 0 ? (size_t)v : (size_t)2 << 20;
+    const char *e = getenv("PYDARKNET_CPU_L2");
+    if (e && *e) {
+        char *end;
+        const double n = strtod(e, &end);
+        const double unit = (*end == 'K' || *end == 'k') ? 1024. : (*end == 'M' || *end == 'm') ? 1048576. : 1.;
+        if (unit > 1.) ++end;
+        if (n >= 1 && n * unit <= (double)(1u << 30) && !*end)
+            l2_bytes = (size_t)(n * unit);
+        else
+            fprintf(stderr, "pydarknet: PYDARKNET_CPU_L2=%s: not a size (bytes, or with K or M); using %zu\n", e,
+                    l2_bytes);
+    }
+}
+
+size_t dn_cpu_l2_bytes(void)
+{
+    pthread_once(&l2_read, read_l2);
+    return l2_bytes;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -104,6 +104,10 @@ typedef struct dn_epilogue {
 int dn_packed_gemm_available(void);
 /* the fewest 4x4 output tiles at which Winograd pays with the kernel in use (0: no kernel) */
 int dn_packed_winograd_min_tiles(void);
+/* The L2 cache of one core in bytes (2 MiB when the system does not say),
+ * which sizes the packed convolution's column tiles; PYDARKNET_CPU_L2 (bytes,
+ * or with K or M; read once) stands in for it, to measure other sizes. */
+size_t dn_cpu_l2_bytes(void);
 /* Panels: ap [kc][DN_MR] from mr rows of A (A[i][k] at a[i*lda+k], or a[k*lda+i]
  * when trans); bp [panel][kc][DN_NR] from n columns of B (B[k][j] at
  * b[k*ldb+j], or b[j*ldb+k] when trans); dn_pack_b_row packs one k (the kk-th
