@@ -154,6 +154,9 @@ double dn_seconds(void);
 int dn_tuning_on(const dn_net *net);
 int dn_tuning_find(const dn_net *net, const char *key, char *choice, size_t n);
 void dn_tuning_keep(const dn_net *net, const char *key, const char *choice, const char *times);
+/* changes whenever the settings change (dn_set_tuning): a layer may keep using
+ * the choice it found while this stays the same */
+unsigned dn_tuning_generation(void);
 /* one line to the network's log, before its first measurement */
 void dn_tuning_announce(dn_net *net, const char *what);
 

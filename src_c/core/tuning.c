@@ -53,6 +53,7 @@ static struct {
     entry *items;
     int count, capacity;
     char machine[256];
+    unsigned generation; /* counts settle()s: a choice a layer remembers holds while it is unchanged */
 } T = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static char *dup_str(const char *s)
@@ -234,7 +235,10 @@ static void settle(const char *where, int from_env)
         T.path = default_path();
     T.ready = 1;
     T.loaded = 0;
+    __atomic_add_fetch(&T.generation, 1, __ATOMIC_RELEASE);
 }
+
+unsigned dn_tuning_generation(void) { return __atomic_load_n(&T.generation, __ATOMIC_ACQUIRE); }
 
 static void ready(const dn_net *net)
 {

@@ -56,6 +56,9 @@ typedef struct {
     int synced;        /* the last training forward pass was synchronized */
     int winograd;      /* setup sized the workspace for Winograd (the CPU kernel at setup allowed it) */
     void *wino_cache;  /* Winograd's transformed filters (ops/winograd.c), made at the first such pass */
+    char algo_key[256]; /* the tuning key of the last fused inference pass, its algorithm and the */
+    int algo;           /* tuning settings' generation it was looked up in (no lookup while they hold) */
+    unsigned algo_generation;
 } conv_state;
 
 static dn_status conv_make(dn_layer *l, dn_net *net)
@@ -349,6 +352,13 @@ static int algorithm_named(const char *name, unsigned algos)
     return -1;
 }
 
+static void remember(conv_state *s, const char *key, int algo, unsigned generation)
+{
+    snprintf(s->algo_key, sizeof s->algo_key, "%s", key);
+    s->algo = algo;
+    s->algo_generation = generation;
+}
+
 /* the kept algorithm for this layer's shape, measuring it when there is none
  * yet; the output is that algorithm's */
 static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_desc *d, const float *input,
@@ -365,8 +375,14 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
              d->batch, d->c, d->h, d->w, d->filters, d->size, d->stride_x, d->stride_y, d->pad, d->dilation,
              d->groups, algos & (1u << ALGO_WINOGRAD) ? "winograd " : "", algos & (1u << ALGO_PACKED) ? "packed " : "",
              "blas", dn_cpu_kernel(), dn_workers(net));
-    int algo = dn_tuning_find(net, key, kept, sizeof kept) ? algorithm_named(kept, algos) : -1;
+    const unsigned generation = dn_tuning_generation();
+    int algo = -1;
+    if (s->algo_generation == generation && !strcmp(key, s->algo_key))
+        algo = s->algo;
+    else if (dn_tuning_find(net, key, kept, sizeof kept))
+        algo = algorithm_named(kept, algos);
     if (algo >= 0) {
+        remember(s, key, algo, generation);
         run_algorithm(net, l, s, d, input, algo);
         return algo;
     }
@@ -399,6 +415,7 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
         if (algos & (1u << a))
             n += snprintf(times + n, sizeof times - (size_t)n, "%s%s=%.9g", n ? " " : "", ALGORITHM_NAMES[a], best[a]);
     dn_tuning_keep(net, key, ALGORITHM_NAMES[algo], times);
+    remember(s, key, algo, generation);
     dn_log(net, DN_LOG_DEBUG, "layer %d [convolutional]: %s (measured: %s)", l->index, ALGORITHM_NAMES[algo], times);
     /* the last run was OpenBLAS's (always allowed); the output is the kept one's */
     if (algo != ALGO_BLAS) run_algorithm(net, l, s, d, input, algo);
