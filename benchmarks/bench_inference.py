@@ -372,7 +372,7 @@ def main(args):
     info["pydarknet_blas"] = results[0]["uses_blas"] if results else None
     info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "PYDARKNET_GEMM",
                                                   "PYDARKNET_SPEED", "PYDARKNET_CPU_KERNEL", "OPENBLAS_CORETYPE",
-                                                  "OPENCV_CPU_DISABLE", "PYDARKNET_TUNING")}
+                                                  "OPENCV_CPU_DISABLE", "PYDARKNET_CPU_L2")}
     info["pydarknet_cpu_kernel"] = pydarknet.cpu_kernel()
     # measured convolution algorithms (on unless PYDARKNET_TUNING=off); the file's place is the user's own
     info["pydarknet_tuning"] = "off" if pydarknet.tuning_file() is None else "on"
