@@ -38,7 +38,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from paths import add_cfg_dir_arg, add_image_arg  # noqa: E402
+from paths import add_cfg_dir_arg, add_image_arg, recorded_command  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -250,7 +250,7 @@ def main(args):
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
-            json.dump({"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+            json.dump({"machine": info, "command": recorded_command(sys.argv),
                        "model": name, "size": args.size, "threads": args.threads, "repeat": args.repeat,
                        "pause_s": args.pause, "layers": rows, "conv_gflop": total,
                        "sgemm_sum_ms": {"median": sum_med, "min": sum_min},

@@ -64,7 +64,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from paths import add_cfg_dir_arg, add_image_arg  # noqa: E402
+from paths import add_cfg_dir_arg, add_image_arg, recorded_command  # noqa: E402
 
 # per device: (batch, warm-up runs, latency rounds, batch rounds, threads, pause s, wait-idle s)
 DEFAULTS = {"cuda": (64, 10, 50, 10, None, 0.0, 0.0), "cpu": (16, 2, 10, 3, 2, 0.3, 120.0)}
@@ -456,7 +456,7 @@ def main(args):
     rng = np.random.default_rng(args.seed)
     photo = load_input(args.image, args.size)
     xb = rng.random((args.batch, 3, args.size, args.size), dtype=np.float32)
-    result = {"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    result = {"machine": info, "command": recorded_command(sys.argv),
               "cfg": os.path.basename(cfg),
               "device": args.device, "batch": args.batch, "subdivisions": args.subdivisions,
               "threads": args.threads, "pause_s": args.pause, "tolerance": TOLERANCE,

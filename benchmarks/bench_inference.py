@@ -38,7 +38,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from paths import add_cfg_dir_arg, add_image_arg, shown_path  # noqa: E402
+from paths import add_cfg_dir_arg, add_image_arg, recorded_command, shown_path  # noqa: E402
 
 ALL_MODELS = ["yolov3-tiny", "yolov4-tiny", "yolov7-tiny", "yolov4"]
 
@@ -391,7 +391,7 @@ def main(args):
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
-            json.dump({"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+            json.dump({"machine": info, "command": recorded_command(sys.argv),
                        "results": results, "table": table}, fh, indent=2)
         print("\nwrote %s" % args.json)
 

@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
-from paths import CFG_DIR, DATA_DIR  # noqa: E402
+from paths import CFG_DIR, DATA_DIR, recorded_command  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -106,7 +106,7 @@ def main(argv=None):
     workers = args.workers or [1, 2]
     backends = args.backend or ["thread"]
     tmp = tempfile.mkdtemp(prefix="pydarknet-bench-loader-")
-    results = {"machine": machine_info(), "command": sys.argv, "size": args.size, "batch": args.batch,
+    results = {"machine": machine_info(), "command": recorded_command(sys.argv), "size": args.size, "batch": args.batch,
                "images": args.images, "loader": [], "train": None}
     try:
         cfg = sized_cfg(args.cfg, args.size, tmp)

@@ -321,8 +321,9 @@ def main(argv=None):
 
     sys.path.insert(0, HERE)
     from common import machine_info
+    from paths import recorded_command
 
-    results = {"machine": machine_info(), "command": " ".join(["benchmarks/bench_long_run.py"] + sys.argv[1:]),
+    results = {"machine": machine_info(), "command": recorded_command(sys.argv),
                "warmup_fraction": args.warmup, "interval_s": args.interval}
     if args.only in (None, "demo"):
         print("demo: %d frames of %dx%d, network %d ..." % (args.frames, args.width, args.height, args.size),

@@ -43,7 +43,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from paths import add_cfg_dir_arg  # noqa: E402
+from paths import add_cfg_dir_arg, recorded_command  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -245,7 +245,7 @@ def main(args):
     info = machine_info()
     print("machine: %s, %s usable CPU(s); %d thread(s); %s at %d, batch %d, subdivisions %d"
           % (info["cpu_model"], info["cpus_usable"], args.threads, stem, args.size, args.batch, args.subdivisions))
-    result = {"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    result = {"machine": info, "command": recorded_command(sys.argv),
               "cfg": os.path.basename(cfg),
               "data": data, "threads": args.threads, "batch": args.batch, "subdivisions": args.subdivisions}
     print("pydarknet (1):", flush=True)

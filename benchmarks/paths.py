@@ -35,3 +35,16 @@ def shown_path(path):
     """path relative to the checkout when it lies inside it (as results record it), else unchanged."""
     full = os.path.abspath(path)
     return os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else path
+
+
+def recorded_command(argv):
+    """The command line as results record it: the script's name, then its arguments with paths inside
+    the checkout relative to it and other absolute paths as .../<name> (no machine's own folders)."""
+    def shown(arg):
+        key, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        if os.path.isabs(value):
+            value = shown_path(value)
+            if os.path.isabs(value):
+                value = ".../" + os.path.basename(value)
+        return key + eq + value
+    return " ".join([os.path.basename(argv[0])] + [shown(a) for a in argv[1:]])
