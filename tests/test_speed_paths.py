@@ -429,3 +429,39 @@ def test_tile_sizes_follow_the_l2_cache_and_keep_the_bits(write_cfg, tmp_path):
         runs[l2] = np.load(out)
     for l2, got in runs.items():
         np.testing.assert_array_equal(got, runs[""], err_msg=f"L2 {l2}")
+
+
+# ---- 2x2 stride-2 max pooling in vector registers: darknet's comparisons, the same bits
+
+@pytest.mark.parametrize("kernel", KERNELS or ["none"])
+@pytest.mark.parametrize("w", [2, 4, 15, 16, 17, 31, 32, 33, 34, 48, 66, 70])
+def test_maxpool_2x2_vectors_give_the_plain_bits(write_cfg, w, kernel, restore_kernel):
+    """The vector rows (16 or 8 outputs at a time, the rest in scalar; odd widths take the general
+    path, their last window reaching past the image) take `v > best ? v : best` in the plain loop's order: NaN ignored, the first of equal signed zeros kept, -FLT_MAX for an all-NaN
+    window; against the plain pass (speed 0) and a NumPy statement of that rule."""
+    h, c = 6, 3
+    pydarknet.set_cpu_kernel(kernel)  # the rows follow the GEMM kernel's instruction set
+    net = pydarknet.load(write_cfg(NET.format(c=c, h=h, w=w) + "[maxpool]\nsize=2\nstride=2\n"), batch=2, threads=2)
+    rng = np.random.default_rng(w)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    specials = np.array([np.nan, 0.0, -0.0, -np.inf, np.inf, -3.4028235e38], np.float32)
+    mask = rng.random(x.shape) < 0.3
+    x[mask] = rng.choice(specials, mask.sum())
+    x[0, 0, :2, :2] = np.nan           # an all-NaN window
+    x[1, 1, 2:4, :2] = [[-0.0, 0.0], [0.0, -0.0]]
+    set_speed(net, ALL)
+    net.forward(x)
+    fast = net.layers[0].output
+    set_speed(net, PLAIN)
+    net.forward(x)
+    plain = net.layers[0].output
+    assert fast.tobytes() == plain.tobytes()
+    # darknet's padding (size - 1) gives odd widths a last window half outside: NaN there is skipped too
+    ow = (w - 1) // 2 + 1
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 0), (0, 2 * ow - w)), constant_values=np.nan)
+    want = np.full((2, c, h // 2, ow), -3.4028235e38, np.float32)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        v = padded[:, :, dy::2, dx::2]
+        want = np.where(v > want, v, want)
+    assert fast.tobytes() == want.tobytes()
+    assert np.signbit(fast[1, 1, 1, 0])  # -0.0 came first
