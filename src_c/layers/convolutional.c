@@ -320,11 +320,7 @@ static unsigned algorithms_here(const dn_net *net, conv_state *s, const dn_conv_
     unsigned m = 1u << ALGO_BLAS;
     const int packed = (net->speed & DN_SPEED_KERNEL) && dn_packed_gemm_available();
     if (packed) m |= 1u << ALGO_PACKED;
-    if (packed && (net->speed & DN_SPEED_WINOGRAD) && s->winograd && dn_winograd_applies(d)) {
-        /* its cache is 4x the weights: without the memory for it, the others compute the same */
-        if (!s->wino_cache) s->wino_cache = dn_calloc(1, dn_winograd_cache_bytes(d));
-        if (s->wino_cache) m |= 1u << ALGO_WINOGRAD;
-    }
+    if (packed && (net->speed & DN_SPEED_WINOGRAD) && s->winograd && dn_winograd_applies(d)) m |= 1u << ALGO_WINOGRAD;
     return m;
 }
 
@@ -335,14 +331,20 @@ static int rule_of(unsigned algos)
     return ALGO_BLAS;
 }
 
-static void run_algorithm(const dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_desc *d,
-                          const float *input, int algo)
+/* runs `algo`; returns the one that ran: Winograd's kept filters are 4x the
+ * weights, made at its first pass, and without the memory for them the
+ * packed kernel computes the same (within rounding) */
+static int run_algorithm(const dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_desc *d,
+                         const float *input, int algo)
 {
+    if (algo == ALGO_WINOGRAD && !s->wino_cache) s->wino_cache = dn_calloc(1, dn_winograd_cache_bytes(d));
+    if (algo == ALGO_WINOGRAD && !s->wino_cache) algo = ALGO_PACKED;
     if (algo == ALGO_WINOGRAD)
         dn_winograd_forward(net, l, d, s->wino_cache, input, l->output, s->fold_scale, s->fold_bias, s->activation);
     else
         dn_conv_tiled_forward_on(net, l, d, input, l->output, s->fold_scale, s->fold_bias, s->activation,
                                  algo == ALGO_PACKED);
+    return algo;
 }
 
 static int algorithm_named(const char *name, unsigned algos)
@@ -365,10 +367,7 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
                   unsigned algos)
 {
     const int rule = rule_of(algos);
-    if (!dn_tuning_on(net)) {
-        run_algorithm(net, l, s, d, input, rule);
-        return rule;
-    }
+    if (!dn_tuning_on(net)) return run_algorithm(net, l, s, d, input, rule);
     /* everything the timing depends on: the shape, the choices open, the kernel, the threads */
     char key[256], kept[64];
     snprintf(key, sizeof key, "conv b%d c%d %dx%d f%d k%d s%dx%d p%d d%d g%d | %s%s%s | %s | %d threads",
@@ -383,8 +382,7 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
         algo = algorithm_named(kept, algos);
     if (algo >= 0) {
         remember(s, key, algo, generation);
-        run_algorithm(net, l, s, d, input, algo);
-        return algo;
+        return run_algorithm(net, l, s, d, input, algo);
     }
     dn_tuning_announce(net, "which convolution algorithm is fastest");
     double best[ALGO_COUNT], total[ALGO_COUNT];
@@ -417,9 +415,12 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
     dn_tuning_keep(net, key, ALGORITHM_NAMES[algo], times);
     remember(s, key, algo, generation);
     dn_log(net, DN_LOG_DEBUG, "layer %d [convolutional]: %s (measured: %s)", l->index, ALGORITHM_NAMES[algo], times);
+    if (algo != ALGO_WINOGRAD && s->wino_cache) { /* made for the measurement only */
+        free(s->wino_cache);
+        s->wino_cache = NULL;
+    }
     /* the last run was OpenBLAS's (always allowed); the output is the kept one's */
-    if (algo != ALGO_BLAS) run_algorithm(net, l, s, d, input, algo);
-    return algo;
+    return algo != ALGO_BLAS ? run_algorithm(net, l, s, d, input, algo) : algo;
 }
 
 static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
@@ -439,9 +440,8 @@ static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
             }
         }
         const unsigned algos = algorithms_here(net, s, &d);
-        int algo = rule_of(algos);
-        if (algos & (algos - 1)) algo = chosen(net, l, s, &d, input, algos);
-        else run_algorithm(net, l, s, &d, input, algo);
+        const int algo = algos & (algos - 1) ? chosen(net, l, s, &d, input, algos)
+                                             : run_algorithm(net, l, s, &d, input, rule_of(algos));
         l->algorithm = ALGORITHM_NAMES[algo];
         return DN_OK;
     }
