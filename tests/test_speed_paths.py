@@ -465,3 +465,20 @@ def test_maxpool_2x2_vectors_give_the_plain_bits(write_cfg, w, kernel, restore_k
         want = np.where(v > want, v, want)
     assert fast.tobytes() == want.tobytes()
     assert np.signbit(fast[1, 1, 1, 0])  # -0.0 came first
+
+
+def test_many_workers_cut_more_tasks_with_the_same_bits(write_cfg):
+    """With more workers than the shape's own cut has tasks, the packed convolution cuts more (a 13x13
+    layer of 256 filters: 2 chunks of 128 for up to 2 workers, 8 of 32 for 8, 16 of 16 for 16; a 24x24
+    one: 4 column tiles, then 8 and 9): every value is the same, inference and training."""
+    body = conv(256, act="leaky") + conv(64, size=1, act="relu") + conv(24, act="mish")
+    cases = [(16, 13, 13, body), (16, 24, 24, conv(40) + conv(24, size=1, act="linear"))]
+    for c, h, w, net_body in cases:
+        x = random_input((2, c, h, w), 8) * 2 - 1
+        runs = {}
+        for threads in (1, 2, 8, 16):
+            net = build(write_cfg, c, h, w, net_body, 2, threads=threads)
+            net.forward(x)
+            runs[threads] = (outputs(net), train_pass(net, x))
+        for threads in (2, 8, 16):
+            assert_same_runs(runs[threads], runs[1], f"{h}x{w}, {threads} threads vs 1")

@@ -173,7 +173,9 @@ float *dn_scratch(const dn_net *net, const dn_layer *l, int worker);
  * fn(ctx, task, worker) for every task; worker in [0, dn_workers(net)) names
  * the thread (for its scratch). Tasks run in any order and concurrently, so
  * each must write its own part of the output; cut the work into tasks by the
- * shape alone (never by the thread count) so results do not depend on it. */
+ * shape alone (never by the thread count) so results do not depend on it,
+ * unless the cut cannot change a value (how a GEMM's rows and columns are
+ * shared out: ops/conv_tiled.c gives many workers more tasks). */
 typedef void (*dn_task_fn)(void *ctx, int task, int worker);
 struct dn_pool;
 dn_status dn_pool_create(int threads, struct dn_pool **out);

@@ -99,7 +99,10 @@ static size_t private_b_bytes(void)
     return b;
 }
 
-static kernel_plan make_kernel_plan(const dn_conv_desc *d)
+/* threads: the workers that will share the tasks (1 sizes the workspace: the
+ * widest tiles). Task counts follow it only where the shape alone leaves
+ * fewer tasks than workers; cutting never changes a value (see above). */
+static kernel_plan make_kernel_plan(const dn_conv_desc *d, int threads)
 {
     kernel_plan p;
     memset(&p, 0, sizeof(p));
@@ -123,7 +126,8 @@ static kernel_plan make_kernel_plan(const dn_conv_desc *d)
         if (per > 64) per = 64;
         if (per < 4) per = 4;
         int tiles = (panels + per - 1) / per;
-        const int want = panels >= 64 ? 16 : 4; /* tasks per image to share */
+        int want = panels >= 64 ? 16 : 4; /* tasks per image to share, */
+        if (want < threads) want = threads; /* or one per worker on many cores */
         if (tiles < want) tiles = want < panels / 2 ? want : panels / 2;
         p.n_tiles = tiles;
         p.nc = (panels + tiles - 1) / tiles * DN_NR; /* the widest tile */
@@ -131,13 +135,15 @@ static kernel_plan make_kernel_plan(const dn_conv_desc *d)
     } else {
         /* KSHARED: few positions, many filters: the B panels packed once, tiles
          * over filters. Few large filter chunks (up to 128 filters, at least 2
-         * tasks): each task's call overhead and cold start (its first weights
-         * come from memory) is paid fewer times; 8 chunks of 32 measured 4-8 %
-         * slower on the 13 x 13 layers with 2 threads. */
+         * tasks, or one per worker): each task's call overhead and cold start
+         * (its first weights come from memory) is paid fewer times; 8 chunks of
+         * 32 measured 4-8 % slower on the 13 x 13 layers with 2 threads, but
+         * with 16 workers 2-4 chunks of 128 would leave most of them idle. */
         p.plan = KPLAN_SHARED;
         p.nc = p.N <= 256 ? p.N : 256;
         p.mc = p.M <= 128 ? (p.M + DN_MR - 1) / DN_MR * DN_MR : 128;
-        while (p.mc > 16 && ((p.M + p.mc - 1) / p.mc) * ((p.N + p.nc - 1) / p.nc) < 2)
+        const int want = threads > 2 ? threads : 2;
+        while (p.mc > 16 && ((p.M + p.mc - 1) / p.mc) * ((p.N + p.nc - 1) / p.nc) < want)
             p.mc = (p.mc / 2 + DN_MR - 1) / DN_MR * DN_MR; /* whole A panels */
         p.n_tiles = (p.N + p.nc - 1) / p.nc;
     }
@@ -185,7 +191,7 @@ void dn_conv_tiled_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_
     *shared = p.plan == PLAN_SHARED ? (size_t)p.K * p.N * sizeof(float) : 0;
     *per_worker = p.plan == PLAN_PRIVATE ? (size_t)p.K * p.nt * sizeof(float) : 0;
     /* the kernel plans' needs */
-    const kernel_plan k = make_kernel_plan(d);
+    const kernel_plan k = make_kernel_plan(d, 1);
     size_t ks = 0, kw;
     if (k.plan == KPLAN_PRIVATE) {
         const padded_geom pg = padded_of(d);
@@ -526,7 +532,7 @@ static void conv_kernel_forward(const dn_net *net, const dn_layer *l, const dn_c
     j.net = net;
     j.l = l;
     j.d = d;
-    j.p = make_kernel_plan(d);
+    j.p = make_kernel_plan(d, dn_workers(net));
     j.input = input;
     j.output = output;
     j.has_epi = scale != NULL;
