@@ -22,6 +22,7 @@ from pydarknet._native import check, lib
 
 ALL = lib.DN_SPEED_ALL
 PACKED = pydarknet.cpu_kernel() != "none"
+DIRECT = pydarknet.cpu_kernel() == "avx512"  # the kernels with a direct convolution
 pytestmark = pytest.mark.skipif(not PACKED, reason="without a packed kernel a convolution has one algorithm")
 
 # a 3x3 stride-1 layer with 7 x 7 tiles of 4 x 4 (Winograd's, the kernel's and OpenBLAS's),
@@ -74,7 +75,9 @@ def test_first_pass_measures_keeps_and_outputs_the_choice(write_cfg, tuning, cap
     assert len(rows) == len(CONVS)
     assert {m for m, *_ in rows} == {pydarknet.tuning_machine()}
     keys = [k for _, k, _, _ in rows]
-    assert any("winograd packed blas" in k for k in keys) and sum("| packed blas |" in k for k in keys) == 2
+    # Winograd for the 3x3 stride-1 layer; the direct convolution where the kernel has it, stride 1
+    direct = " direct" if DIRECT else ""
+    assert [k.split(" | ")[1] for k in keys] == ["winograd packed blas" + direct, "packed blas", "packed blas"]
     for (_, key, choice, times), i in zip(rows, CONVS):
         allowed = key.split(" | ")[1].split()
         assert choice in allowed, key
@@ -101,18 +104,21 @@ def test_first_pass_measures_keeps_and_outputs_the_choice(write_cfg, tuning, cap
 
 
 # each choice against the path that computes it with tuning off: the speed bits that leave it as the rule
+# (the direct convolution gives the packed kernel's bits: the same multiply-adds in the same order)
 SAME_AS = {"blas": ALL & ~(lib.DN_SPEED_KERNEL | lib.DN_SPEED_WINOGRAD), "packed": ALL & ~lib.DN_SPEED_WINOGRAD,
-           "winograd": ALL}
+           "winograd": ALL, "direct": ALL & ~lib.DN_SPEED_WINOGRAD}
+TAKEN_BY = {"winograd": [0], "direct": [0]}  # the layers that may take it (the others take "packed")
 
 
-@pytest.mark.parametrize("algorithm", ["blas", "packed", "winograd"])
+@pytest.mark.parametrize("algorithm", ["blas", "packed", "winograd"] +
+                         (["direct"] if DIRECT else []))
 def test_kept_choices_are_followed(write_cfg, tuning, algorithm):
     run(build(write_cfg))
-    # every layer told to take `algorithm` where it may (Winograd only on the first)
+    # every layer told to take `algorithm` where it may
     rewrite_choices(tuning, lambda key, c: algorithm if algorithm in key.split(" | ")[1].split() else "packed")
     before = tuning.read_text()
     pydarknet.set_tuning(tuning)  # drops the choices in memory and reads the file again
-    want_algos = [algorithm if algorithm != "winograd" or i == 0 else "packed" for i in CONVS]
+    want_algos = [algorithm if i in TAKEN_BY.get(algorithm, CONVS) else "packed" for i in CONVS]
     tuned = build(write_cfg)
     got = run(tuned)
     assert [tuned.layers[i].algorithm for i in CONVS] == want_algos
@@ -120,7 +126,7 @@ def test_kept_choices_are_followed(write_cfg, tuning, algorithm):
     pydarknet.set_tuning("off")
     net = build(write_cfg, speed=SAME_AS[algorithm])
     want = run(net)
-    assert [net.layers[i].algorithm for i in CONVS] == want_algos
+    assert [net.layers[i].algorithm for i in CONVS] == [a if a != "direct" else "packed" for a in want_algos]
     for i, (a, b) in enumerate(zip(got, want)):
         np.testing.assert_array_equal(a, b, err_msg=f"layer {i}")
 
@@ -266,3 +272,39 @@ def test_commands_tell_of_measuring(tmp_path):
     kept = tuning.read_text()
     assert len(kept.splitlines()) >= 10
     assert "measuring" not in command() and tuning.read_text() == kept
+
+
+# the direct convolution over the shapes that exercise it: strips cut short (widths 6..70), dilation, 2x2 and
+# 5x5 windows, no padding, K over one block (c*k*k > 128), over 128 filters (two chunks), batch 2, activations
+DIRECT_NETS = [
+    (3, 9, 6, conv(8, act="leaky") + conv(5, size=5, act="mish") + conv(9, size=2, act="logistic")),
+    (16, 11, 37, conv(24, act="relu") + conv(7, dilation=2, act="leaky") + conv(130, act="linear")),
+    (32, 5, 70, conv(16, act="swish") + conv(12, pad=0, act="leaky") + conv(20, size=5, act="mish")),
+]
+
+
+@pytest.mark.skipif(not DIRECT, reason="the kernel in use has no direct convolution")
+@pytest.mark.parametrize("case", range(len(DIRECT_NETS)))
+def test_direct_convolution_gives_the_packed_bits(write_cfg, tuning, case):
+    c, h, w, body = DIRECT_NETS[case]
+
+    def net_of(speed=ALL):
+        net = pydarknet.load(write_cfg(NET.format(c=c, h=h, w=w) + body), batch=2, threads=2)
+        randomize(net, 5)
+        check(lib.dn_net_set_speed(net._ptr, speed))
+        return net
+
+    x = random_input((2, c, h, w), 9) * 2 - 1
+    net_of().forward(x)
+    rewrite_choices(tuning, lambda key, choice: "direct")
+    pydarknet.set_tuning(tuning)
+    net = net_of()
+    net.forward(x)
+    assert [layer.algorithm for layer in net.layers] == ["direct"] * 3
+    got = [layer.output for layer in net.layers]
+    pydarknet.set_tuning("off")
+    packed = net_of(ALL & ~lib.DN_SPEED_WINOGRAD)
+    packed.forward(x)
+    assert [layer.algorithm for layer in packed.layers] == ["packed"] * 3
+    for i, (a, layer) in enumerate(zip(got, packed.layers)):
+        np.testing.assert_array_equal(a, layer.output, err_msg=f"layer {i}")

@@ -55,6 +55,7 @@ typedef struct {
     double sync_count; /* the values the last synchronized forward pass normalized over (every process's) */
     int synced;        /* the last training forward pass was synchronized */
     int winograd;      /* setup sized the workspace for Winograd (the CPU kernel at setup allowed it) */
+    int direct;        /* and for the direct convolution (ops/conv_tiled.c) */
     void *wino_cache;  /* Winograd's transformed filters (ops/winograd.c), made at the first such pass */
     char algo_key[256]; /* the tuning key of the last fused inference pass, its algorithm and the */
     int algo;           /* tuning settings' generation it was looked up in (no lookup while they hold) */
@@ -308,8 +309,8 @@ static dn_status channels_backward(dn_layer *l, dn_net *net, conv_state *s)
  * kernel for it), so with tuning on (core/tuning.c) the first pass at a shape
  * times every allowed one on its real input and keeps the fastest (the rule's
  * unless another is 5 % faster), and the layer's output is the kept one's. */
-enum { ALGO_WINOGRAD, ALGO_PACKED, ALGO_BLAS, ALGO_COUNT };
-static const char *const ALGORITHM_NAMES[ALGO_COUNT] = {"winograd", "packed", "blas"};
+enum { ALGO_WINOGRAD, ALGO_PACKED, ALGO_BLAS, ALGO_DIRECT, ALGO_COUNT }; /* the rule's order; direct only measured */
+static const char *const ALGORITHM_NAMES[ALGO_COUNT] = {"winograd", "packed", "blas", "direct"};
 #define TUNE_ROUNDS 3    /* timed runs of each, after one untimed, and more for small layers: */
 #define TUNE_SECONDS 2e-3 /* until each has run this long in all (the timer's noise), */
 #define TUNE_MAX_ROUNDS 25 /* or this many rounds */
@@ -321,6 +322,7 @@ static unsigned algorithms_here(const dn_net *net, conv_state *s, const dn_conv_
     const int packed = (net->speed & DN_SPEED_KERNEL) && dn_packed_gemm_available();
     if (packed) m |= 1u << ALGO_PACKED;
     if (packed && (net->speed & DN_SPEED_WINOGRAD) && s->winograd && dn_winograd_applies(d)) m |= 1u << ALGO_WINOGRAD;
+    if (packed && s->direct && dn_conv_direct_applies(d)) m |= 1u << ALGO_DIRECT;
     return m;
 }
 
@@ -341,6 +343,8 @@ static int run_algorithm(const dn_net *net, const dn_layer *l, conv_state *s, co
     if (algo == ALGO_WINOGRAD && !s->wino_cache) algo = ALGO_PACKED;
     if (algo == ALGO_WINOGRAD)
         dn_winograd_forward(net, l, d, s->wino_cache, input, l->output, s->fold_scale, s->fold_bias, s->activation);
+    else if (algo == ALGO_DIRECT)
+        dn_conv_direct_forward(net, l, d, input, l->output, s->fold_scale, s->fold_bias, s->activation);
     else
         dn_conv_tiled_forward_on(net, l, d, input, l->output, s->fold_scale, s->fold_bias, s->activation,
                                  algo == ALGO_PACKED);
@@ -370,10 +374,14 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
     if (!dn_tuning_on(net)) return run_algorithm(net, l, s, d, input, rule);
     /* everything the timing depends on: the shape, the choices open, the kernel, the threads */
     char key[256], kept[64];
-    snprintf(key, sizeof key, "conv b%d c%d %dx%d f%d k%d s%dx%d p%d d%d g%d | %s%s%s | %s | %d threads",
-             d->batch, d->c, d->h, d->w, d->filters, d->size, d->stride_x, d->stride_y, d->pad, d->dilation,
-             d->groups, algos & (1u << ALGO_WINOGRAD) ? "winograd " : "", algos & (1u << ALGO_PACKED) ? "packed " : "",
-             "blas", dn_cpu_kernel(), dn_workers(net));
+    char open_to[64] = "";
+    for (int a = 0; a < ALGO_COUNT; ++a)
+        if (algos & (1u << a))
+            snprintf(open_to + strlen(open_to), sizeof open_to - strlen(open_to), "%s%s", *open_to ? " " : "",
+                     ALGORITHM_NAMES[a]);
+    snprintf(key, sizeof key, "conv b%d c%d %dx%d f%d k%d s%dx%d p%d d%d g%d | %s | %s | %d threads", d->batch, d->c,
+             d->h, d->w, d->filters, d->size, d->stride_x, d->stride_y, d->pad, d->dilation, d->groups, open_to,
+             dn_cpu_kernel(), dn_workers(net));
     const unsigned generation = dn_tuning_generation();
     int algo = -1;
     if (s->algo_generation == generation && !strcmp(key, s->algo_key))
@@ -391,13 +399,14 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
         total[a] = 0;
         if (algos & (1u << a)) run_algorithm(net, l, s, d, input, a); /* warm: caches, Winograd's filters */
     }
+    int last = -1;     /* the algorithm of the last run: its output is the layer's */
     double least = 0; /* the shortest total time of one algorithm so far */
     for (int r = 0; r < TUNE_MAX_ROUNDS && (r < TUNE_ROUNDS || least < TUNE_SECONDS); ++r) {
         least = 1e30;
         for (int a = 0; a < ALGO_COUNT; ++a)
             if (algos & (1u << a)) {
                 const double t0 = dn_seconds();
-                run_algorithm(net, l, s, d, input, a);
+                last = run_algorithm(net, l, s, d, input, a);
                 const double t = dn_seconds() - t0;
                 if (t < best[a]) best[a] = t;
                 total[a] += t;
@@ -419,8 +428,8 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
         free(s->wino_cache);
         s->wino_cache = NULL;
     }
-    /* the last run was OpenBLAS's (always allowed); the output is the kept one's */
-    return algo != ALGO_BLAS ? run_algorithm(net, l, s, d, input, algo) : algo;
+    /* the output is the kept algorithm's */
+    return algo != last ? run_algorithm(net, l, s, d, input, algo) : algo;
 }
 
 static dn_status conv_forward_threaded(dn_layer *l, dn_net *net, conv_state *s)
@@ -472,6 +481,12 @@ static dn_status conv_setup(dn_layer *l, dn_net *net)
     s->winograd = dn_winograd_applies(&d);
     if (s->winograd) {
         dn_winograd_workspace(&d, &shared, &per_worker);
+        if (shared > l->workspace) l->workspace = shared;
+        if (per_worker > l->worker_workspace) l->worker_workspace = per_worker;
+    }
+    s->direct = dn_conv_direct_applies(&d);
+    if (s->direct) {
+        dn_conv_direct_workspace(&d, &shared, &per_worker);
         if (shared > l->workspace) l->workspace = shared;
         if (per_worker > l->worker_workspace) l->worker_workspace = per_worker;
     }

@@ -595,3 +595,145 @@ void dn_conv_tiled_forward_on(const dn_net *net, const dn_layer *l, const dn_con
             dn_parallel(net, j.p.m_tiles * j.p.n_tiles, shared_tile_task, &j);
         }
 }
+
+/* ---- the direct convolution: taps read in place from a zero-framed copy ----
+ * For stride 1 the im2col row of tap (c, ky, kx) is the input plane c shifted
+ * by (ky, kx) * dilation: a strip of DN_NR consecutive output pixels of one
+ * output row reads DN_NR consecutive values of one row of the framed copy.
+ * So no B panels are packed: the kernel reads B's row k at the strip's
+ * origin + boff[k]. The frame holds the padding and widens each row to whole
+ * strips (their lanes past the row are computed and not stored). The K
+ * blocks, their order and the kernel's arithmetic are the packed path's, so
+ * the values are its bits. Tasks: filter chunks x bands of output rows, per
+ * image (more bands when there are many workers: the values do not change). */
+
+typedef struct {
+    int hp, wp;        /* framed plane: out_h + ext rows, whole strips + ext columns */
+    size_t plane;
+} direct_geom;
+
+static direct_geom direct_of(const dn_conv_desc *d)
+{
+    direct_geom g;
+    const int ext = (d->size - 1) * d->dilation;
+    g.hp = d->out_h + ext;
+    g.wp = round_panels(d->out_w) + ext;
+    g.plane = (size_t)g.hp * g.wp;
+    return g;
+}
+
+int dn_conv_direct_applies(const dn_conv_desc *d)
+{
+    /* where it can pay: every 1x1 layer and every 3x3 one over 1152 values of K (128 channels) of
+     * yolov3/4/7-tiny measured 1.35-2.7x the packed path's time (the weights are read again for
+     * every strip); 3 and 16 channels 0.71 of it, 32-64 0.76-0.99 (Winograd faster there) */
+    if (d->stride_x != 1 || d->stride_y != 1 || d->groups != 1 || d->size == 1 || !dn_kernel_rows_at_available())
+        return 0;
+    if (d->c * d->size * d->size > 1152) return 0;
+    const direct_geom g = direct_of(d);
+    return (size_t)d->c * g.plane < (size_t)1 << 31; /* offsets are ints */
+}
+
+void dn_conv_direct_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker)
+{
+    const direct_geom g = direct_of(d);
+    *shared = floats_bytes((size_t)d->c * g.plane) + floats_bytes((size_t)d->c * d->size * d->size);
+    *per_worker = 0;
+}
+
+typedef struct {
+    const dn_conv_desc *d;
+    direct_geom g;
+    const float *input; /* this image's */
+    float *output;      /* this image's */
+    float *framed;
+    int *boff;
+    int K, M, mc, m_chunks, band, bands;
+    int has_epi;
+    dn_epilogue epi;
+} direct_job;
+
+/* channel `task` of the image into its framed plane: zeros where no input pixel lands */
+static void direct_frame_task(void *ctx, int task, int worker)
+{
+    const direct_job *j = ctx;
+    const dn_conv_desc *d = j->d;
+    (void)worker;
+    float *dst = j->framed + (size_t)task * j->g.plane;
+    const float *src = j->input + (size_t)task * d->h * d->w;
+    const int wp = j->g.wp, hp = j->g.hp;
+    /* input column x lands at x + pad; the copy keeps the columns and rows that fit */
+    const int x1 = d->w + d->pad < wp ? d->w : wp - d->pad;
+    for (int yp = 0; yp < hp; ++yp) {
+        float *row = dst + (size_t)yp * wp;
+        const int y = yp - d->pad;
+        if (y < 0 || y >= d->h || x1 <= 0) {
+            memset(row, 0, (size_t)wp * sizeof(float));
+            continue;
+        }
+        memset(row, 0, (size_t)d->pad * sizeof(float));
+        memcpy(row + d->pad, src + (size_t)y * d->w, (size_t)x1 * sizeof(float));
+        memset(row + d->pad + x1, 0, (size_t)(wp - d->pad - x1) * sizeof(float));
+    }
+}
+
+static void direct_task(void *ctx, int task, int worker)
+{
+    const direct_job *j = ctx;
+    const dn_conv_desc *d = j->d;
+    (void)worker;
+    const int mi = task % j->m_chunks, bi = task / j->m_chunks;
+    const int m0 = mi * j->mc, m = j->M - m0 < j->mc ? j->M - m0 : j->mc;
+    const int y0 = bi * j->band, y1 = y0 + j->band < d->out_h ? y0 + j->band : d->out_h;
+    const size_t N = (size_t)d->out_h * d->out_w;
+    for (int y = y0; y < y1; ++y)
+        for (int x0 = 0; x0 < d->out_w; x0 += DN_NR) {
+            const int nr = d->out_w - x0 < DN_NR ? d->out_w - x0 : DN_NR;
+            const float *b = j->framed + (size_t)y * j->g.wp + x0;
+            for (int i0 = 0; i0 < m; i0 += DN_MR) {
+                const int mr = m - i0 < DN_MR ? m - i0 : DN_MR;
+                float *c = j->output + (size_t)(m0 + i0) * N + (size_t)y * d->out_w + x0;
+                const float *w = d->weights + (size_t)(m0 + i0) * j->K;
+                for (int k0 = 0; k0 < j->K; k0 += DN_KC) {
+                    const int kc = j->K - k0 < DN_KC ? j->K - k0 : DN_KC;
+                    const dn_epilogue *e = j->has_epi && k0 + kc >= j->K ? &j->epi : NULL;
+                    dn_kernel_rows_at(kc, w + k0, (size_t)j->K, b, j->boff + k0, c, N, mr, nr, k0 > 0, e, m0 + i0);
+                }
+            }
+        }
+}
+
+void dn_conv_direct_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
+                            float *output, const float *scale, const float *bias, dn_activation act)
+{
+    direct_job j;
+    memset(&j, 0, sizeof(j));
+    j.d = d;
+    j.g = direct_of(d);
+    j.K = d->c * d->size * d->size;
+    j.M = d->filters;
+    j.framed = dn_scratch(net, l, -1);
+    j.boff = (int *)((char *)j.framed + floats_bytes((size_t)d->c * j.g.plane));
+    for (int ci = 0, k = 0; ci < d->c; ++ci)
+        for (int ky = 0; ky < d->size; ++ky)
+            for (int kx = 0; kx < d->size; ++kx, ++k)
+                j.boff[k] = (int)((size_t)ci * j.g.plane + (size_t)ky * d->dilation * j.g.wp + (size_t)kx * d->dilation);
+    j.mc = j.M <= 128 ? (j.M + DN_MR - 1) / DN_MR * DN_MR : 128;
+    j.m_chunks = (j.M + j.mc - 1) / j.mc;
+    const int threads = dn_workers(net);
+    int want = (threads > 8 ? threads : 8) * 2; /* tasks per image */
+    int bands = (want + j.m_chunks - 1) / j.m_chunks;
+    if (bands > d->out_h) bands = d->out_h;
+    j.band = (d->out_h + bands - 1) / bands;
+    j.bands = (d->out_h + j.band - 1) / j.band;
+    j.has_epi = scale != NULL;
+    j.epi.scale = scale;
+    j.epi.bias = bias;
+    j.epi.act = act;
+    for (int b = 0; b < d->batch; ++b) {
+        j.input = input + (size_t)b * d->c * d->h * d->w;
+        j.output = output + (size_t)b * j.M * d->out_h * d->out_w;
+        dn_parallel(net, d->c, direct_frame_task, &j);
+        dn_parallel(net, j.m_chunks * j.bands, direct_task, &j);
+    }
+}

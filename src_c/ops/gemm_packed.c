@@ -293,6 +293,18 @@ void dn_kernel_rows(int kc, const float *a, size_t lda, const float *bp, float *
     dn_kernel(kc, ap, bp, c, ldc, mr, nr, accumulate, e, row0);
 }
 
+int dn_kernel_rows_at_available(void)
+{
+    const dn_cpu_kernels *k = kernels();
+    return k && k->kernel_rows_at;
+}
+
+void dn_kernel_rows_at(int kc, const float *a, size_t lda, const float *b, const int *boff, float *c, size_t ldc,
+                       int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
+{
+    kernels()->kernel_rows_at(kc, a, lda, b, boff, c, ldc, mr, nr, accumulate, e, row0);
+}
+
 void dn_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr, int accumulate,
                const dn_epilogue *e, int row0)
 {

@@ -23,6 +23,10 @@ typedef struct dn_cpu_kernels {
      * (winograd.c) rather than the direct kernel path: the slower the kernel's
      * arithmetic, the smaller the layers at which Winograd's memory traffic pays */
     int winograd_min_tiles;
+    /* kernel_rows with B's row k at b + boff[k] (unaligned; NULL where a
+     * kernel has none): the direct convolution's taps (conv_tiled.c) */
+    void (*kernel_rows_at)(int kc, const float *a, size_t lda, const float *b, const int *boff, float *c, size_t ldc,
+                           int mr, int nr, int accumulate, const dn_epilogue *e, int row0);
 } dn_cpu_kernels;
 
 /* NULL where the compiler cannot build them (not x86-64 GCC/clang) */

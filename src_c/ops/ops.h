@@ -121,6 +121,11 @@ void dn_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, i
 /* The same reading A in place: row i at a + i*lda (kc <= DN_KC). */
 void dn_kernel_rows(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc, int mr, int nr,
                     int accumulate, const dn_epilogue *e, int row0);
+/* The same with B's row k at b + boff[k] (DN_NR floats, any alignment), where
+ * dn_kernel_rows_at_available (the kernel in use has it): the same bits. */
+int dn_kernel_rows_at_available(void);
+void dn_kernel_rows_at(int kc, const float *a, size_t lda, const float *b, const int *boff, float *c, size_t ldc,
+                       int mr, int nr, int accumulate, const dn_epilogue *e, int row0);
 /* Prefetches for writing (prefetchw) the lines of `rows` rows of a micro-tile
  * (DN_NR floats each, row i at c + i*ldc) that a kernel call will store next;
  * nothing on CPUs without the kernel. */
@@ -153,6 +158,15 @@ void dn_conv_tiled_forward(const dn_net *net, const dn_layer *l, const dn_conv_d
  * or on OpenBLAS per tile (0), whatever the network's speed bits say. */
 void dn_conv_tiled_forward_on(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
                               float *output, const float *scale, const float *bias, dn_activation act, int packed);
+
+/* The direct convolution on the kernel (stride 1, no groups; where
+ * dn_kernel_rows_at_available): each output row's strips of DN_NR pixels
+ * read their taps from a zero-framed copy of the input, no im2col, no
+ * packing; the same bits as the packed path. */
+int dn_conv_direct_applies(const dn_conv_desc *d);
+void dn_conv_direct_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker);
+void dn_conv_direct_forward(const dn_net *net, const dn_layer *l, const dn_conv_desc *d, const float *input,
+                            float *output, const float *scale, const float *bias, dn_activation act);
 
 /* ---- Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions in inference (ops/winograd.c) ---- */
 /* 1 when the shape suits it (3x3, stride 1, no dilation or groups, enough tiles) and the kernel runs here. */
