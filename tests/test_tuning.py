@@ -22,7 +22,8 @@ from pydarknet._native import check, lib
 
 ALL = lib.DN_SPEED_ALL
 PACKED = pydarknet.cpu_kernel() != "none"
-DIRECT = pydarknet.cpu_kernel() == "avx512"  # the kernels with a direct convolution
+DIRECT = pydarknet.cpu_kernel() in ("avx512", "avx2")  # the kernels with a direct convolution
+KERNELS = [k for k in ("avx512", "avx2") if lib.dn_cpu_kernel_available(k.encode())]
 pytestmark = pytest.mark.skipif(not PACKED, reason="without a packed kernel a convolution has one algorithm")
 
 # a 3x3 stride-1 layer with 7 x 7 tiles of 4 x 4 (Winograd's, the kernel's and OpenBLAS's),
@@ -283,10 +284,18 @@ DIRECT_NETS = [
 ]
 
 
-@pytest.mark.skipif(not DIRECT, reason="the kernel in use has no direct convolution")
+@pytest.fixture
+def kernel_back():
+    before = pydarknet.cpu_kernel()
+    yield
+    pydarknet.set_cpu_kernel(before)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("case", range(len(DIRECT_NETS)))
-def test_direct_convolution_gives_the_packed_bits(write_cfg, tuning, case):
+def test_direct_convolution_gives_the_packed_bits(write_cfg, tuning, case, kernel, kernel_back):
     c, h, w, body = DIRECT_NETS[case]
+    pydarknet.set_cpu_kernel(kernel)
 
     def net_of(speed=ALL):
         net = pydarknet.load(write_cfg(NET.format(c=c, h=h, w=w) + body), batch=2, threads=2)

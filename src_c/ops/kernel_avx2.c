@@ -38,9 +38,11 @@ DN_AVX2 DN_INLINE __m256 finish(__m256 v, int has_e, __m256 sc, __m256 bi, int a
 
 /* One block: R rows of A (row i, value k at a + i*rs + k*KS) times W vectors
  * of B's panel from column col (bp already at that column), stored to c (the
- * block's first value) for the columns below nr_left (counted from col). */
+ * block's first value) for the columns below nr_left (counted from col).
+ * With boff (the direct convolution), B's row k is at bp + boff[k] instead,
+ * unaligned. */
 DN_AVX2 DN_INLINE void block(const int R, const int W, const int KS, int kc, const float *a, size_t rs,
-                             const float *bp, float *c, size_t ldc, int nr_left, int accumulate,
+                             const float *bp, const int *boff, float *c, size_t ldc, int nr_left, int accumulate,
                              const dn_epilogue *e, int row)
 {
     __m256 acc[6][4];
@@ -52,7 +54,7 @@ DN_AVX2 DN_INLINE void block(const int R, const int W, const int KS, int kc, con
         __m256 b[4];
 #pragma GCC unroll 4
         for (int w = 0; w < W; ++w) {
-            b[w] = _mm256_load_ps(bp + 8 * w);
+            b[w] = boff ? _mm256_loadu_ps(bp + boff[k] + 8 * w) : _mm256_load_ps(bp + 8 * w);
             __asm__("" : "+x"(b[w])); /* one load per vector, kept in a register (not one per use) */
         }
 #pragma GCC unroll 6
@@ -61,7 +63,7 @@ DN_AVX2 DN_INLINE void block(const int R, const int W, const int KS, int kc, con
 #pragma GCC unroll 4
             for (int w = 0; w < W; ++w) acc[i][w] = _mm256_fmadd_ps(t, b[w], acc[i][w]);
         }
-        bp += DN_NR;
+        if (!boff) bp += DN_NR;
     }
     const int has_e = e != NULL;
     const int act = e ? (int)e->act : DN_ACT_LINEAR;
@@ -91,13 +93,14 @@ DN_AVX2 DN_INLINE void block(const int R, const int W, const int KS, int kc, con
 
 #define BLOCK_CASE(R, W)                                                                                              \
     case (R) * 8 + (W):                                                                                               \
-        block(R, W, KS, kc, a, rs, bp, c, ldc, nr_left, accumulate, e, row);                                           \
+        block(R, W, KS, kc, a, rs, bp, boff, c, ldc, nr_left, accumulate, e, row);                                     \
         return
 
 /* one block of r rows and w vectors of 8 columns, the shapes the tile uses:
  * rows 0..5 (r 1..6) x w 1..2, rows 6..7 (r 1..2) x w 1..4 */
 DN_AVX2 DN_INLINE void block_of(const int KS, int r, int w, int kc, const float *a, size_t rs, const float *bp,
-                                float *c, size_t ldc, int nr_left, int accumulate, const dn_epilogue *e, int row)
+                                const int *boff, float *c, size_t ldc, int nr_left, int accumulate,
+                                const dn_epilogue *e, int row)
 {
     switch (r * 8 + w) {
         BLOCK_CASE(1, 1);
@@ -120,16 +123,17 @@ DN_AVX2 DN_INLINE void block_of(const int KS, int r, int w, int kc, const float 
 }
 
 /* The tile: A's row i, value k at a + i*rs + k*KS. */
-DN_AVX2 DN_INLINE void tile(const int KS, int kc, const float *a, size_t rs, const float *bp, float *c, size_t ldc,
-                            int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
+DN_AVX2 DN_INLINE void tile(const int KS, int kc, const float *a, size_t rs, const float *bp, const int *boff,
+                            float *c, size_t ldc, int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
 {
     const int r6 = mr < 6 ? mr : 6;
     for (int h = 0; 16 * h < nr; ++h) {
         const int left = nr - 16 * h;
-        block_of(KS, r6, left > 8 ? 2 : 1, kc, a, rs, bp + 16 * h, c + 16 * h, ldc, left, accumulate, e, row0);
+        block_of(KS, r6, left > 8 ? 2 : 1, kc, a, rs, bp + 16 * h, boff, c + 16 * h, ldc, left, accumulate, e, row0);
     }
     if (mr > 6)
-        block_of(KS, mr - 6, (nr + 7) / 8, kc, a + 6 * rs, rs, bp, c + 6 * ldc, ldc, nr, accumulate, e, row0 + 6);
+        block_of(KS, mr - 6, (nr + 7) / 8, kc, a + 6 * rs, rs, bp, boff, c + 6 * ldc, ldc, nr, accumulate, e,
+                 row0 + 6);
     if (e && e->act != DN_ACT_LINEAR && e->act != DN_ACT_LEAKY && e->act != DN_ACT_RELU)
         dn_kernel_activate_rest(c, ldc, mr, nr, e);
 }
@@ -137,13 +141,20 @@ DN_AVX2 DN_INLINE void tile(const int KS, int kc, const float *a, size_t rs, con
 DN_AVX2 static void kernel_avx2(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr,
                                 int accumulate, const dn_epilogue *e, int row0)
 {
-    tile(DN_MR, kc, ap, 1, bp, c, ldc, mr, nr, accumulate, e, row0);
+    tile(DN_MR, kc, ap, 1, bp, NULL, c, ldc, mr, nr, accumulate, e, row0);
 }
 
 DN_AVX2 static void kernel_rows_avx2(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc, int mr,
                                      int nr, int accumulate, const dn_epilogue *e, int row0)
 {
-    tile(1, kc, a, lda, bp, c, ldc, mr, nr, accumulate, e, row0);
+    tile(1, kc, a, lda, bp, NULL, c, ldc, mr, nr, accumulate, e, row0);
+}
+
+/* B's row k at b + boff[k] (the direct convolution): the same blocks, the same bits */
+DN_AVX2 static void kernel_rows_at_avx2(int kc, const float *a, size_t lda, const float *b, const int *boff, float *c,
+                                        size_t ldc, int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
+{
+    tile(1, kc, a, lda, b, boff, c, ldc, mr, nr, accumulate, e, row0);
 }
 
 /* 8 x 8 transpose in registers: r[i] holds row i; afterwards column i */
@@ -211,9 +222,11 @@ static void prefetch_tile_read(const float *c, size_t ldc, int rows)
 const dn_cpu_kernels *dn_kernels_avx2(void)
 {
     static const dn_cpu_kernels with_w = {"avx2", kernel_avx2, kernel_rows_avx2, transpose16_avx2,
-                                          transpose_panel_avx2, dn_prefetch_tile_prfchw, AVX2_WINOGRAD_MIN_TILES};
+                                          transpose_panel_avx2, dn_prefetch_tile_prfchw, AVX2_WINOGRAD_MIN_TILES,
+                                          kernel_rows_at_avx2};
     static const dn_cpu_kernels without_w = {"avx2", kernel_avx2, kernel_rows_avx2, transpose16_avx2,
-                                             transpose_panel_avx2, prefetch_tile_read, AVX2_WINOGRAD_MIN_TILES};
+                                             transpose_panel_avx2, prefetch_tile_read, AVX2_WINOGRAD_MIN_TILES,
+                                             kernel_rows_at_avx2};
     unsigned a, b, c, d;
     /* PRFCHW: CPUID 0x80000001, ECX bit 8 */
     const int prfchw = __get_cpuid(0x80000001u, &a, &b, &c, &d) && (c & (1u << 8));
