@@ -94,8 +94,8 @@ class Layer:
     @property
     def algorithm(self) -> Optional[str]:
         """How this layer's last inference pass on the CPU computed it, where a
-        layer type has several ways ("winograd", "packed" or "blas" for a
-        convolution; measured on this machine when tuning is on, see
+        layer type has several ways ("winograd", "packed", "blas" or "direct"
+        for a convolution; measured on this machine when tuning is on, see
         pydarknet.tuning_file); None otherwise."""
         with self._net._lock:
             a = lib.dn_layer_algorithm(self._net._ptr, self.index)

@@ -150,8 +150,8 @@ const char *dn_cpu_kernel(void);
 int dn_cpu_kernel_available(const char *name);
 dn_status dn_set_cpu_kernel(const char *name);
 /* Measured choices. Where the fastest way to run a layer depends on the CPU
- * (today: an inference convolution's algorithm, "winograd", "packed" or
- * "blas"), the first pass that needs it times the alternatives on the real
+ * (today: an inference convolution's algorithm, "winograd", "packed",
+ * "blas" or "direct"), the first pass that needs it times the alternatives on the real
  * input and keeps the fastest (the rule's own choice unless another is 5 %
  * faster), so later passes and later processes on the same machine take it
  * without measuring. Choices only change results by float32 rounding, and a

@@ -301,10 +301,12 @@ static dn_status channels_backward(dn_layer *l, dn_net *net, conv_state *s)
 }
 
 /* ---- the inference algorithm: a fixed rule, or measured on this machine ----
- * A fused inference pass computes the same thing three ways: Winograd
+ * A fused inference pass computes the same thing four ways: Winograd
  * (ops/winograd.c, 3x3 stride-1 layers with enough tiles), the packed kernel
- * (ops/conv_tiled.c on AVX-512 or AVX2 + FMA) and OpenBLAS per tile. The rule
- * takes the first of them that the layer, the CPU and the speed bits allow;
+ * (ops/conv_tiled.c on AVX-512 or AVX2 + FMA), OpenBLAS per tile, and the
+ * direct convolution (conv_tiled.c: stride 1, few channels; the packed
+ * kernel's bits). The rule takes the first of the first three that the
+ * layer, the CPU and the speed bits allow (direct only when measured);
  * which is fastest depends on the CPU (cache sizes, FMA width, OpenBLAS's
  * kernel for it), so with tuning on (core/tuning.c) the first pass at a shape
  * times every allowed one on its real input and keeps the fastest (the rule's
