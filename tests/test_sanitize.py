@@ -2,8 +2,8 @@
 (scripts/sanitize.sh: a copy of the checkout built with -fsanitize=address,
 undefined, the sanitizer runtimes preloaded into Python) on the tests that
 drive the core hardest: every layer forward and backward, the loss heads,
-the gradient checks, the weights and model-file readers, the data pipeline
-and the fuzzed readers. Any report fails it. The whole suite under the
+the gradient checks, the weights and model-file readers, the data pipeline,
+the speed paths, the measured choices (and their file) and the fuzzed readers. Any report fails it. The whole suite under the
 sanitizers: bash scripts/sanitize.sh (far longer than CI's budget)."""
 import os
 import subprocess
@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ["tests/test_layers.py", "tests/test_grad_layers.py", "tests/test_grad_params.py", "tests/test_losses.py",
          "tests/test_fcos.py", "tests/test_weights.py", "tests/test_modelfile.py", "tests/test_data.py",
-         "tests/test_speed_paths.py",
+         "tests/test_speed_paths.py", "tests/test_tuning.py",
          "tests/test_fuzz.py"]
 
 
