@@ -132,23 +132,25 @@ def main(args):
     t = truths(net, n, rng) if args.train else None
     fast = lib.DN_SPEED_ALL if args.speed is None else args.speed
     speeds = [0, fast] if args.compare else [fast]
-    results = {}
+    results, algorithms = {}, {}
     for _ in range(1):
         for sp in speeds:
             results[sp] = profile(net, args, x, t, sp)
+            # how each convolution ran (measured on this machine unless PYDARKNET_TUNING=off)
+            algorithms[sp] = [layer.algorithm or "" for layer in net.layers]
     mode = "training mini-batch of %d (forward+backward+update)" % n if args.train else "inference, batch 1"
     print("%s at %d, %s, %s, %d thread(s); medians of %d runs, ms"
           % (args.cfg, args.size, mode, net.device_name, args.threads, args.repeat))
     head = "%-48s" % "layer"
     for sp in speeds:
         head += " | fwd sp=%d" % sp + (" | bwd sp=%d" % sp if args.train else "")
-    print(head)
+    print(head + " | algorithm")
     for i, layer in enumerate(net.layers):
         row = "%-48s" % describe(layer)
         for sp in speeds:
             lt = results[sp][0]
             row += " | %9.2f" % lt[i, 0] + (" | %9.2f" % lt[i, 1] if args.train else "")
-        print(row)
+        print(row + " | " + algorithms[speeds[-1]][i])
     row = "%-48s" % "sum of layers"
     for sp in speeds:
         lt = results[sp][0]
