@@ -110,3 +110,13 @@ def small_detector(folder, size=160, seed=1):
     weights = Path(folder) / f"yolov4-tiny-{size}.weights"
     net.save_weights(weights)
     return net, cfg, weights
+
+
+@pytest.fixture
+def restore_kernel():
+    """Gives the CPU kernel in use back after a test that sets another (pydarknet.set_cpu_kernel)."""
+    import pydarknet
+
+    before = pydarknet.cpu_kernel()
+    yield
+    pydarknet.set_cpu_kernel(before)

@@ -206,13 +206,6 @@ def test_forked_child_runs_serially(write_cfg):
 KERNELS = [k for k in ("avx512", "avx2") if lib.dn_cpu_kernel_available(k.encode())]
 
 
-@pytest.fixture
-def restore_kernel():
-    before = pydarknet.cpu_kernel()
-    yield
-    pydarknet.set_cpu_kernel(before)
-
-
 def run_with_kernel(kernel, write_cfg, c, h, w, body, x, batch, paths=ALL):
     """Inference outputs and a training pass's results with one CPU kernel
     (set before the network is built: setup sizes Winograd's workspace for it)."""

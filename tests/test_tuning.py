@@ -281,19 +281,15 @@ DIRECT_NETS = [
     (3, 9, 6, conv(8, act="leaky") + conv(5, size=5, act="mish") + conv(9, size=2, act="logistic")),
     (16, 11, 37, conv(24, act="relu") + conv(7, dilation=2, act="leaky") + conv(130, act="linear")),
     (32, 5, 70, conv(16, act="swish") + conv(12, pad=0, act="leaky") + conv(20, size=5, act="mish")),
+    # a padding larger than the window needs, with dilation: the frame must hold every input pixel
+    (3, 7, 9, "[convolutional]\nfilters=8\nsize=3\nstride=1\npadding=5\ndilation=3\nactivation=leaky\n" +
+     conv(6, act="relu") + conv(5, size=2, act="linear")),
 ]
-
-
-@pytest.fixture
-def kernel_back():
-    before = pydarknet.cpu_kernel()
-    yield
-    pydarknet.set_cpu_kernel(before)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("case", range(len(DIRECT_NETS)))
-def test_direct_convolution_gives_the_packed_bits(write_cfg, tuning, case, kernel, kernel_back):
+def test_direct_convolution_gives_the_packed_bits(write_cfg, tuning, case, kernel, restore_kernel):
     c, h, w, body = DIRECT_NETS[case]
     pydarknet.set_cpu_kernel(kernel)
 

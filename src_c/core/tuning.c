@@ -56,14 +56,6 @@ static struct {
     unsigned generation; /* counts settle()s: a choice a layer remembers holds while it is unchanged */
 } T = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-static char *dup_str(const char *s)
-{
-    const size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
 /* The CPU's name as the file keys it: brand string, family/model/stepping,
  * L2 and L3 sizes and the logical CPUs (VMs often show a generic brand). */
 static void describe_machine(char *out, size_t n)
@@ -118,7 +110,7 @@ static int put(const char *key, const char *choice)
 {
     for (int i = 0; i < T.count; ++i)
         if (!strcmp(T.items[i].key, key)) {
-            char *c = dup_str(choice);
+            char *c = strdup(choice);
             if (!c) return -1;
             free(T.items[i].choice);
             T.items[i].choice = c;
@@ -131,7 +123,7 @@ static int put(const char *key, const char *choice)
         T.items = e;
         T.capacity = cap;
     }
-    char *k = dup_str(key), *c = dup_str(choice);
+    char *k = strdup(key), *c = strdup(choice);
     if (!k || !c) {
         free(k);
         free(c);
@@ -153,7 +145,7 @@ static char *default_path(void)
         snprintf(buf, sizeof buf, "%s/.cache/pydarknet/cpu-tuning.txt", home);
     else
         return NULL;
-    return dup_str(buf);
+    return strdup(buf);
 }
 
 /* every line of this machine; a line that is not one is reported once */
@@ -230,7 +222,7 @@ static void settle(const char *where, int from_env)
     if (where && (!strcmp(where, "off") || (from_env && !strcmp(where, "0"))))
         T.off = 1;
     else if (where && *where)
-        T.path = dup_str(where);
+        T.path = strdup(where);
     else
         T.path = default_path();
     T.ready = 1;

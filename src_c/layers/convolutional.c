@@ -373,7 +373,6 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
                   unsigned algos)
 {
     const int rule = rule_of(algos);
-    if (!dn_tuning_on(net)) return run_algorithm(net, l, s, d, input, rule);
     /* everything the timing depends on: the shape, the choices open, the kernel, the threads */
     char key[256], kept[64];
     char open_to[64] = "";
@@ -384,12 +383,13 @@ static int chosen(dn_net *net, const dn_layer *l, conv_state *s, const dn_conv_d
     snprintf(key, sizeof key, "conv b%d c%d %dx%d f%d k%d s%dx%d p%d d%d g%d | %s | %s | %d threads", d->batch, d->c,
              d->h, d->w, d->filters, d->size, d->stride_x, d->stride_y, d->pad, d->dilation, d->groups, open_to,
              dn_cpu_kernel(), dn_workers(net));
-    const unsigned generation = dn_tuning_generation();
-    int algo = -1;
+    /* the steady pass: the choice this layer found while the settings hold (no lock, no lookup) */
+    unsigned generation = dn_tuning_generation();
     if (s->algo_generation == generation && !strcmp(key, s->algo_key))
-        algo = s->algo;
-    else if (dn_tuning_find(net, key, kept, sizeof kept))
-        algo = algorithm_named(kept, algos);
+        return run_algorithm(net, l, s, d, input, s->algo);
+    if (!dn_tuning_on(net)) return run_algorithm(net, l, s, d, input, rule);
+    generation = dn_tuning_generation(); /* the settings may have been read just now */
+    int algo = dn_tuning_find(net, key, kept, sizeof kept) ? algorithm_named(kept, algos) : -1;
     if (algo >= 0) {
         remember(s, key, algo, generation);
         return run_algorithm(net, l, s, d, input, algo);

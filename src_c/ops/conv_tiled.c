@@ -607,17 +607,17 @@ void dn_conv_tiled_forward_on(const dn_net *net, const dn_layer *l, const dn_con
  * the values are its bits. Tasks: filter chunks x bands of output rows, per
  * image (more bands when there are many workers: the values do not change). */
 
-typedef struct {
-    int hp, wp;        /* framed plane: out_h + ext rows, whole strips + ext columns */
-    size_t plane;
-} direct_geom;
-
-static direct_geom direct_of(const dn_conv_desc *d)
+/* the framed plane: out_h + ext rows, whole strips + ext columns (the padded
+ * plane of the other plans, wider) */
+static padded_geom direct_of(const dn_conv_desc *d)
 {
-    direct_geom g;
+    padded_geom g;
     const int ext = (d->size - 1) * d->dilation;
     g.hp = d->out_h + ext;
     g.wp = round_panels(d->out_w) + ext;
+    /* and room for every input pixel, as padded_of gives (a large padding with dilation can reach past) */
+    if (g.hp < d->h + d->pad) g.hp = d->h + d->pad;
+    if (g.wp < d->w + d->pad) g.wp = d->w + d->pad;
     g.plane = (size_t)g.hp * g.wp;
     return g;
 }
@@ -630,20 +630,20 @@ int dn_conv_direct_applies(const dn_conv_desc *d)
     if (d->stride_x != 1 || d->stride_y != 1 || d->groups != 1 || d->size == 1 || !dn_kernel_rows_at_available())
         return 0;
     if (d->c * d->size * d->size > 1152) return 0;
-    const direct_geom g = direct_of(d);
+    const padded_geom g = direct_of(d);
     return (size_t)d->c * g.plane < (size_t)1 << 31; /* offsets are ints */
 }
 
 void dn_conv_direct_workspace(const dn_conv_desc *d, size_t *shared, size_t *per_worker)
 {
-    const direct_geom g = direct_of(d);
+    const padded_geom g = direct_of(d);
     *shared = floats_bytes((size_t)d->c * g.plane) + floats_bytes((size_t)d->c * d->size * d->size);
     *per_worker = 0;
 }
 
 typedef struct {
     const dn_conv_desc *d;
-    direct_geom g;
+    padded_geom g;
     const float *input; /* this image's */
     float *output;      /* this image's */
     float *framed;
@@ -657,24 +657,10 @@ typedef struct {
 static void direct_frame_task(void *ctx, int task, int worker)
 {
     const direct_job *j = ctx;
-    const dn_conv_desc *d = j->d;
     (void)worker;
-    float *dst = j->framed + (size_t)task * j->g.plane;
-    const float *src = j->input + (size_t)task * d->h * d->w;
-    const int wp = j->g.wp, hp = j->g.hp;
-    /* input column x lands at x + pad; the copy keeps the columns and rows that fit */
-    const int x1 = d->w + d->pad < wp ? d->w : wp - d->pad;
-    for (int yp = 0; yp < hp; ++yp) {
-        float *row = dst + (size_t)yp * wp;
-        const int y = yp - d->pad;
-        if (y < 0 || y >= d->h || x1 <= 0) {
-            memset(row, 0, (size_t)wp * sizeof(float));
-            continue;
-        }
-        memset(row, 0, (size_t)d->pad * sizeof(float));
-        memcpy(row + d->pad, src + (size_t)y * d->w, (size_t)x1 * sizeof(float));
-        memset(row + d->pad + x1, 0, (size_t)(wp - d->pad - x1) * sizeof(float));
-    }
+    float *plane = j->framed + (size_t)task * j->g.plane;
+    memset(plane, 0, j->g.plane * sizeof(float));
+    fill_padded(j->d, &j->g, j->input + (size_t)task * j->d->h * j->d->w, plane, 0, j->d->h);
 }
 
 static void direct_task(void *ctx, int task, int worker)
