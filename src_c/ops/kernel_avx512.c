@@ -103,14 +103,10 @@ DN_AVX512 static void kernel_avx512(int kc, const float *ap, const float *bp, fl
  * past mr repeat row 0 and are not stored). With wide = 0 (a caller's last
  * panel of at most 16 columns) only the first 16 columns are computed: a
  * 13 x 13 layer's 169 columns are 5 whole panels and 9 columns, so that
- * panel costs half; the values computed are the same. With boff, B's row k
- * is at bp + boff[k] (32 floats, any alignment) instead of the panel: a
- * stride-1 convolution reads its taps straight from a zero-framed copy of
- * the input (conv_tiled.c, direct), no panels packed; the same fused
- * multiply-adds in the same order, so the same bits. */
+ * panel costs half; the values computed are the same. */
 DN_AVX512 static inline __attribute__((always_inline)) void
-kernel_rows_body(int kc, const float *a, size_t lda, const float *bp, const int *boff, float *c, size_t ldc, int mr,
-                 int nr, int accumulate, const dn_epilogue *e, int row0, const int wide)
+kernel_rows_body(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc, int mr, int nr,
+                 int accumulate, const dn_epilogue *e, int row0, const int wide)
 {
     const float *r0 = a, *r1 = mr > 1 ? a + lda : a, *r2 = mr > 2 ? a + 2 * lda : a, *r3 = mr > 3 ? a + 3 * lda : a;
     const float *r4 = mr > 4 ? a + 4 * lda : a, *r5 = mr > 5 ? a + 5 * lda : a, *r6 = mr > 6 ? a + 6 * lda : a;
@@ -118,9 +114,45 @@ kernel_rows_body(int kc, const float *a, size_t lda, const float *bp, const int 
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
     __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     for (int k = 0; k < kc; ++k) {
-        const float *bk = boff ? bp + boff[k] : bp + (size_t)k * DN_NR;
-        const __m512 b0 = boff ? _mm512_loadu_ps(bk) : _mm512_load_ps(bk);
-        const __m512 b1 = !wide ? b0 : boff ? _mm512_loadu_ps(bk + 16) : _mm512_load_ps(bk + 16);
+        const __m512 b0 = _mm512_load_ps(bp), b1 = wide ? _mm512_load_ps(bp + 16) : b0;
+        ROW_FMA_DIRECT(0);
+        ROW_FMA_DIRECT(1);
+        ROW_FMA_DIRECT(2);
+        ROW_FMA_DIRECT(3);
+        ROW_FMA_DIRECT(4);
+        ROW_FMA_DIRECT(5);
+        ROW_FMA_DIRECT(6);
+        ROW_FMA_DIRECT(7);
+        bp += DN_NR;
+    }
+    STORE_TILE();
+}
+
+DN_AVX512 static void kernel_rows_avx512(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc,
+                                         int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
+{
+    if (nr > 16)
+        kernel_rows_body(kc, a, lda, bp, c, ldc, mr, nr, accumulate, e, row0, 1);
+    else
+        kernel_rows_body(kc, a, lda, bp, c, ldc, mr, nr, accumulate, e, row0, 0);
+}
+
+/* The same with B's row k at b + boff[k] (32 floats, any alignment): a
+ * stride-1 convolution reads its taps straight from a zero-framed copy of
+ * the input (conv_tiled.c, direct), no panels packed. The same fused
+ * multiply-adds in the same order as kernel_rows, so the same bits. */
+DN_AVX512 static inline __attribute__((always_inline)) void
+kernel_rows_at_body(int kc, const float *a, size_t lda, const float *b, const int *boff, float *c, size_t ldc, int mr,
+                    int nr, int accumulate, const dn_epilogue *e, int row0, const int wide)
+{
+    const float *r0 = a, *r1 = mr > 1 ? a + lda : a, *r2 = mr > 2 ? a + 2 * lda : a, *r3 = mr > 3 ? a + 3 * lda : a;
+    const float *r4 = mr > 4 ? a + 4 * lda : a, *r5 = mr > 5 ? a + 5 * lda : a, *r6 = mr > 6 ? a + 6 * lda : a;
+    const float *r7 = mr > 7 ? a + 7 * lda : a;
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    for (int k = 0; k < kc; ++k) {
+        const float *bk = b + boff[k];
+        const __m512 b0 = _mm512_loadu_ps(bk), b1 = wide ? _mm512_loadu_ps(bk + 16) : b0;
         ROW_FMA_DIRECT(0);
         ROW_FMA_DIRECT(1);
         ROW_FMA_DIRECT(2);
@@ -133,23 +165,14 @@ kernel_rows_body(int kc, const float *a, size_t lda, const float *bp, const int 
     STORE_TILE();
 }
 
-DN_AVX512 static void kernel_rows_avx512(int kc, const float *a, size_t lda, const float *bp, float *c, size_t ldc,
-                                         int mr, int nr, int accumulate, const dn_epilogue *e, int row0)
-{
-    if (nr > 16)
-        kernel_rows_body(kc, a, lda, bp, NULL, c, ldc, mr, nr, accumulate, e, row0, 1);
-    else
-        kernel_rows_body(kc, a, lda, bp, NULL, c, ldc, mr, nr, accumulate, e, row0, 0);
-}
-
 DN_AVX512 static void kernel_rows_at_avx512(int kc, const float *a, size_t lda, const float *b, const int *boff,
                                             float *c, size_t ldc, int mr, int nr, int accumulate,
                                             const dn_epilogue *e, int row0)
 {
     if (nr > 16)
-        kernel_rows_body(kc, a, lda, b, boff, c, ldc, mr, nr, accumulate, e, row0, 1);
+        kernel_rows_at_body(kc, a, lda, b, boff, c, ldc, mr, nr, accumulate, e, row0, 1);
     else
-        kernel_rows_body(kc, a, lda, b, boff, c, ldc, mr, nr, accumulate, e, row0, 0);
+        kernel_rows_at_body(kc, a, lda, b, boff, c, ldc, mr, nr, accumulate, e, row0, 0);
 }
 
 /* 16 x 16 transpose in registers: r[i] holds row i; afterwards r[i] holds column i */
