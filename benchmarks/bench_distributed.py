@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Data-parallel training over MPI: iteration time and images/s with 1 and
-more ranks on this machine, the all-reduce's share of an iteration, and the
+more ranks on this machine, the time an iteration waits for the gradient
+all-reduce after its backward pass (all of it with --bucket-mb 0; with
+buckets, what their all-reduces during the backward pass left), and the
 all-reduce bandwidth measured on a buffer of the model's gradient size.
 
     python benchmarks/bench_distributed.py                    # yolov4-tiny at 256, batch 8, 1 and 2 ranks
@@ -29,6 +31,9 @@ def parse_args(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8, help="the global batch of an iteration")
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--bucket-mb", type=float, nargs="+", default=[0.0, 4.0],
+                    help="PYDARKNET_MPI_BUCKET_MB of the runs with several ranks (0: one all-reduce after the "
+                         "backward pass; more: buckets all-reduced while it runs)")
     ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--iterations", type=int, default=4, help="timed iterations (after one warm-up)")
     ap.add_argument("--seed", type=int, default=1)
@@ -100,7 +105,9 @@ def worker(args):
         bandwidth = 2 * (size - 1) / size * buf.nbytes / per / 1e9
     if rank == 0:
         med = float(np.median(times))
-        row = {"ranks": size, "threads_per_rank": threads, "iteration_s": med, "images_per_s": args.batch / med,
+        row = {"ranks": size, "threads_per_rank": threads,
+               "bucket_mb": None if dist is None else dist.bucket_mb,
+               "iteration_s": med, "images_per_s": args.batch / med,
                "allreduce_s": float(np.median(reduce_times[1:])) if len(reduce_times) > 1 else 0.0,
                "allreduce_GBps": bandwidth}
         print("ROW " + json.dumps(row), flush=True)
@@ -111,25 +118,29 @@ def main(args):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     rows = []
     for r in args.ranks:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker"] + [a for a in sys.argv[1:]]
-        if r > 1:
-            cmd = [mpiexec, "-n", str(r), "--oversubscribe", "--bind-to", "none"] + cmd
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if p.returncode:
-            raise SystemExit(f"bench_distributed.py: {r} rank(s) failed:\n{p.stderr[-2000:]}")
-        rows += [json.loads(line[4:]) for line in p.stdout.splitlines() if line.startswith("ROW ")]
+        for mb in args.bucket_mb if r > 1 else [None]:
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker"] + [a for a in sys.argv[1:]]
+            if r > 1:
+                cmd = [mpiexec, "-n", str(r), "--oversubscribe", "--bind-to", "none"] + cmd
+                env["PYDARKNET_MPI_BUCKET_MB"] = str(mb)
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(f"bench_distributed.py: {r} rank(s) failed:\n{p.stderr[-2000:]}")
+            rows += [json.loads(line[4:]) for line in p.stdout.splitlines() if line.startswith("ROW ")]
     import platform
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                platform.processor())
     print(f"{args.cfg} at {args.size}, global batch {args.batch}, {args.cores} cores in all; {cpu}")
-    print("| ranks | threads per rank | iteration s | images/s | all-reduce s (share) | all-reduce GB/s |")
-    print("|---|---|---|---|---|---|")
+    print("| ranks | threads per rank | bucket MB | iteration s | images/s | all-reduce wait after the backward s "
+          "(share) | all-reduce GB/s |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         share = row["allreduce_s"] / row["iteration_s"]
         bw = "-" if row["allreduce_GBps"] is None else f"{row['allreduce_GBps']:.2f}"
-        print(f"| {row['ranks']} | {row['threads_per_rank']} | {row['iteration_s']:.3f} | {row['images_per_s']:.1f} | "
-              f"{row['allreduce_s']:.4f} ({100 * share:.1f}%) | {bw} |")
+        mb = "-" if row["bucket_mb"] is None else f"{row['bucket_mb']:g}"
+        print(f"| {row['ranks']} | {row['threads_per_rank']} | {mb} | {row['iteration_s']:.3f} | "
+              f"{row['images_per_s']:.1f} | {row['allreduce_s']:.4f} ({100 * share:.1f}%) | {bw} |")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
@@ -140,6 +151,14 @@ def main(args):
 if __name__ == "__main__":
     ARGS = parse_args()
     if ARGS.worker:
-        worker(ARGS)
+        try:
+            worker(ARGS)
+        except BaseException as e:   # one rank failing must not leave the others waiting in a collective
+            from pydarknet.distributed import world
+
+            dist = world()
+            if dist is None:
+                raise
+            dist.abort(e)
     else:
         main(ARGS)

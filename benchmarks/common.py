@@ -42,8 +42,10 @@ def sized_cfg(cfg, size, folder):
     stem = os.path.splitext(os.path.basename(cfg))[0]
     os.makedirs(folder, exist_ok=True)
     out = os.path.join(folder, "%s-%d.cfg" % (stem, size))
-    with open(out, "w") as fh:
+    tmp = out + ".part%d" % os.getpid()   # whole or not at all: processes started together (MPI ranks) read it
+    with open(tmp, "w") as fh:
         fh.write("\n".join(lines))
+    os.replace(tmp, out)
     return out
 
 

@@ -224,6 +224,7 @@ def build_ffi():
     ffi.cdef('extern "Python" void _pydarknet_log(int, const char *, void *);')
     ffi.cdef('extern "Python" dn_status _pydarknet_gradient_hook(dn_net *, void *, unsigned long long *);')
     ffi.cdef('extern "Python" dn_status _pydarknet_reduce_hook(dn_net *, void *, double *, size_t);')
+    ffi.cdef('extern "Python" dn_status _pydarknet_bucket_hook(dn_net *, void *, size_t, size_t);')
     blas = blas_config() or {}
     cuda = cuda_config() or {}
     opt = os.environ.get("PYDARKNET_CFLAGS", "-O3").split()

@@ -5,26 +5,43 @@ many) train one model.
 command. ``[net] batch`` stays the global batch: rank r trains on rows
 r*batch/N .. (r+1)*batch/N - 1 of every iteration's global batch (the very
 images, augmentations and sizes one process would draw), in its own
-``subdivisions`` mini-batches. Once per iteration, between the last backward
-pass and the update, the C core hands every parameter gradient over as one
-run of floats (``dn_net_gradients``) and this module sums it over the ranks
-with one MPI all-reduce, with the image count the update divides by; every
-rank then makes the same update. So N ranks with ``subdivisions=S`` train the
-parameters one process with ``subdivisions=N*S`` trains, up to the order of
-float sums. Batch-norm rolling statistics, which each rank moves with its own
-mini-batches, are averaged over the ranks at every update, so every rank
-holds the same network and rank 0's checkpoints are the run's. With
-``sync_bn=1`` ([net], or per [convolutional] layer) batch norm takes its
-statistics over every rank's mini-batch (the C layer hands its per-channel
-sums over through the reduce hook: two all-reduces forward, one backward), so
-N ranks of mini-batch m train what one process of mini-batch N*m trains.
+``subdivisions`` mini-batches. The C core keeps every parameter gradient in
+one block of floats (``dn_net_gradient_block``), and this module sums it over
+the ranks in place, in buckets: during the last mini-batch's backward pass the
+core hands over each range of the block whose gradients have become final
+(the bucket hook, every ``PYDARKNET_MPI_BUCKET_MB`` megabytes, the later
+layers first), a non-blocking all-reduce of that range starts on a thread of
+this module while the earlier layers' backward passes run, and between the
+backward pass and the update the gradient hook waits for them all and sums
+the image count the update divides by; every rank then makes the same update.
+So N ranks with ``subdivisions=S`` train the parameters one process with
+``subdivisions=N*S`` trains, up to the order of float sums. Batch-norm
+rolling statistics, which each rank moves with its own mini-batches, are
+averaged over the ranks at every update, so every rank holds the same network
+and rank 0's checkpoints are the run's. With ``sync_bn=1`` ([net], or per
+[convolutional] layer) batch norm takes its statistics over every rank's
+mini-batch (the C layer hands its per-channel sums over through the reduce
+hook: two all-reduces forward, one backward), so N ranks of mini-batch m
+train what one process of mini-batch N*m trains.
+
+Every collective call of the training loop is made, in the order the ranks
+post it (the same on every rank), by one thread (``_Courier``), which keeps
+each non-blocking all-reduce moving (MPI implementations progress a
+non-blocking collective only inside MPI calls) and ends it with an error after
+``PYDARKNET_MPI_TIMEOUT`` seconds without an answer. An MPI library without
+thread support (below MPI_THREAD_SERIALIZED) gets the same calls from the
+main thread: the all-reduces start during the backward pass and finish at the
+gradient hook. A network on a GPU hands the whole block over after its
+backward pass (its gradients come to the host then).
 
 Without MPI (or with one rank) nothing here is used, and mpi4py is never
 imported. ``pip install 'pydarknet[mpi]'`` installs mpi4py and an MPI.
 """
 import os
+import queue
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -37,6 +54,8 @@ _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
 # seconds an all-reduce may wait for the other ranks before the job is ended (a rank stopped or hung); long
 # enough for rank 0's -map evaluation, which the others wait through
 TIMEOUT_VARIABLE, DEFAULT_TIMEOUT = "PYDARKNET_MPI_TIMEOUT", 3600.0
+# megabytes of gradients per all-reduce started during the backward pass (0: one all-reduce after it)
+BUCKET_VARIABLE, DEFAULT_BUCKET_MB = "PYDARKNET_MPI_BUCKET_MB", 4.0
 
 
 def launched_size():
@@ -88,11 +107,13 @@ class World:
         self._net = None
         self._rolling = None   # the attached network's rolling statistics
         self._handle = ffi.new_handle(self)
-        try:
-            self.timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT))
-        except ValueError:
-            raise TrainError(f"{TIMEOUT_VARIABLE}={os.environ[TIMEOUT_VARIABLE]!r} is not a number of seconds") from None
-        self.iteration = 0
+        self.timeout = _number(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT, "a number of seconds")
+        self.bucket_mb = _number(BUCKET_VARIABLE, DEFAULT_BUCKET_MB, "a number of megabytes, 0 or more")
+        self.iteration = 0     # updates made
+        self._block = None     # the attached network's gradient block (a view of the C floats)
+        self._pending = []     # this update's all-reduces of gradient ranges, in the order they started
+        # one thread makes the training loop's collective calls where the MPI library allows it
+        self._courier = _Courier(self) if mpi.Query_thread() >= mpi.THREAD_SERIALIZED else None
 
     @property
     def leader(self):
@@ -112,49 +133,69 @@ class World:
         averages its batch-norm rolling statistics, so every rank holds the same
         network and any rank's checkpoint is the run's)."""
         self._net, self._rolling = net, None
+        bucket = int(self.bucket_mb * 1e6 / 4)
+        check(lib.dn_net_set_bucket_hook(net._ptr, lib._pydarknet_bucket_hook, self._handle, bucket))
         check(lib.dn_net_set_gradient_hook(net._ptr, lib._pydarknet_gradient_hook, self._handle))
         # synchronized batch norm (sync_bn=1 in the cfg): the per-channel sums of every rank's mini-batch
         check(lib.dn_net_set_reduce_hook(net._ptr, lib._pydarknet_reduce_hook, self._handle))
 
     def detach(self, net):
+        check(lib.dn_net_set_bucket_hook(net._ptr, ffi.NULL, ffi.NULL, 0))
         check(lib.dn_net_set_gradient_hook(net._ptr, ffi.NULL, ffi.NULL))
         check(lib.dn_net_set_reduce_hook(net._ptr, ffi.NULL, ffi.NULL))
-        self._net = self._rolling = None
+        self._net = self._rolling = self._block = None
+        self._pending = []
+        if self._courier is not None:
+            self._courier.stop()
+            self._courier = None
 
     def _reduce_sums(self, values, count):
         """sync_bn's per-channel sums (doubles, in the C layer's buffer) summed over the ranks in place."""
         self._allreduce(np.frombuffer(ffi.buffer(values, count * 8), np.float64))
 
+    def _start_bucket(self, net_ptr, offset, count):
+        """A range of the gradient block is final for this update: its all-reduce starts (in place)."""
+        if not self._pending:   # the block (allocated when training was enabled), viewed once per update
+            block, total = ffi.new("float **"), ffi.new("size_t *")
+            check(lib.dn_net_gradient_block(net_ptr, block, total))
+            self._block = np.frombuffer(ffi.buffer(block[0], total[0] * 4), np.float32)
+        self._pending.append(self._start(self._block[offset:offset + count]))
+
     def _reduce_gradients(self, net_ptr, images):
-        n = lib.dn_net_gradient_count(net_ptr)
-        if self._buffer is None or self._buffer.size != n:
-            self._buffer = np.empty(n, np.float32)
-        buf = ffi.from_buffer("float[]", self._buffer)
-        check(lib.dn_net_gradients(net_ptr, buf, n, 1))
-        self.iteration += 1
-        self._allreduce(self._buffer)
-        check(lib.dn_net_gradients(net_ptr, buf, n, 0))
+        """Between the backward pass and the update: the image count and the rolling statistics posted behind the
+        gradient ranges, then every all-reduce of the update waited for."""
+        pending, self._pending = self._pending, []
         count = np.array([images[0]], np.uint64)
-        self._allreduce(count)
+        pending.append(self._start(count))
+        finish = self._average_rolling_statistics(self._net, pending)
+        for job in pending:
+            job.wait()
         images[0] = int(count[0])
-        self.average_rolling_statistics(self._net)
+        finish()
+        self.iteration += 1
+
+    def _start(self, array):
+        """Starts summing `array` over the ranks in place; the returned job's wait() ends it."""
+        if self._courier is not None:
+            return self._courier.post(array)
+        return _Started(self, self.comm.Iallreduce(self._mpi.IN_PLACE, array, op=self._mpi.SUM))
 
     def _allreduce(self, array):
         """Sums `array` over the ranks in place, waiting at most `timeout` seconds
-        (every collective of the training loop goes through here)."""
-        self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, array, op=self._mpi.SUM))
+        (every collective of the training loop goes through here or _start)."""
+        self._start(array).wait()
 
     def _wait(self, request):
         """Waits for a non-blocking collective, at most `timeout` seconds."""
         deadline = time.monotonic() + self.timeout
-        pause = 0.0001
+        pause = 0.00005
         while not request.Test():
             if time.monotonic() > deadline:
-                raise TrainError(f"an all-reduce of update {self.iteration} got no answer within "
+                raise TrainError(f"an all-reduce of update {self.iteration + 1} got no answer within "
                                  f"{self.timeout:g} s: another rank stopped or hangs ({TIMEOUT_VARIABLE} sets the "
                                  f"limit)")
             time.sleep(pause)
-            pause = min(pause * 2, 0.01)
+            pause = min(pause * 2, 0.001)
 
     def sum(self, value):
         total = np.array([value], np.float64)
@@ -164,18 +205,31 @@ class World:
     def average_rolling_statistics(self, net):
         """Batch norm's rolling mean and variance averaged over the ranks, in one
         all-reduce (every rank calls it; the host copies must be current, as
-        dn_net_gradients leaves them)."""
+        they are inside the gradient hook)."""
+        pending = []
+        finish = self._average_rolling_statistics(net, pending)
+        for job in pending:
+            job.wait()
+        finish()
+
+    def _average_rolling_statistics(self, net, pending):
+        """Starts the all-reduce of the rolling statistics (appended to `pending`); the returned function writes
+        the averages back once it is done."""
         if self._rolling is None:   # views of the C tensors, valid while the network lives
             self._rolling = [v for layer in net.layers for k, v in layer.params.items() if k.startswith("rolling_")]
         if not self._rolling:
-            return
+            return lambda: None
         values = np.concatenate(self._rolling)
-        self._allreduce(values)
-        values /= self.size
-        at = 0
-        for v in self._rolling:
-            v[:] = values[at:at + v.size]
-            at += v.size
+        pending.append(self._start(values))
+
+        def finish():
+            values[:] /= self.size
+            at = 0
+            for v in self._rolling:
+                v[:] = values[at:at + v.size]
+                at += v.size
+
+        return finish
 
     def barrier(self):
         self.comm.Barrier()
@@ -188,6 +242,73 @@ class World:
         sys.stderr.write(f"pydarknet: error: rank {self.rank} of {self.size} on {socket.gethostname()}: {text}\n")
         sys.stderr.flush()
         self.comm.Abort(1)
+
+
+def _number(variable, default, what):
+    text = os.environ.get(variable)
+    try:
+        value = default if text is None else float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise TrainError(f"{variable}={text!r} is not {what}")
+    return value
+
+
+class _Started:
+    """A non-blocking all-reduce started on the calling thread (an MPI library without thread support)."""
+
+    def __init__(self, world, request):
+        self._world, self._request = world, request
+
+    def wait(self):
+        self._world._wait(self._request)
+
+
+class _Job:
+    """An all-reduce posted to the courier: wait() returns when it is done, or raises its error."""
+
+    def __init__(self, array):
+        self.array, self.error, self.done = array, None, threading.Event()
+
+    def wait(self):
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class _Courier:
+    """The thread that makes the training loop's collective calls, one at a time in the order they were posted
+    (every rank posts the same sequence): it starts each all-reduce and polls it to the end, so an all-reduce
+    posted during the backward pass moves while the main thread computes."""
+
+    def __init__(self, world):
+        self._world = world
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pydarknet-allreduce", daemon=True)
+        self._thread.start()
+
+    def post(self, array):
+        job = _Job(array)
+        self._jobs.put(job)
+        return job
+
+    def stop(self):
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self):
+        world, mpi = self._world, self._world._mpi
+        failed = None
+        while (job := self._jobs.get()) is not None:
+            try:
+                if failed is not None:   # a collective that failed leaves the ranks out of step: no more
+                    raise failed
+                world._wait(world.comm.Iallreduce(mpi.IN_PLACE, job.array, op=mpi.SUM))
+            except BaseException as e:
+                job.error = failed = e
+            finally:
+                job.done.set()
 
 
 def _hook(user, work, *args):
@@ -205,6 +326,11 @@ def _hook(user, work, *args):
 @ffi.def_extern()
 def _pydarknet_reduce_hook(net_ptr, user, values, count):
     return _hook(user, "_reduce_sums", values, count)
+
+
+@ffi.def_extern()
+def _pydarknet_bucket_hook(net_ptr, user, offset, count):
+    return _hook(user, "_start_bucket", net_ptr, offset, count)
 
 
 @ffi.def_extern()

@@ -32,8 +32,8 @@ def mpiexec():
     return str(here) if here.exists() else shutil.which("mpiexec")
 
 
-def run(args, ranks, cwd, timeout=240):
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+def run(args, ranks, cwd, timeout=240, **extra_env):
+    env = dict(os.environ, **extra_env, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
     cmd = [sys.executable, "-m", "pydarknet"] + args
     if ranks > 1:
@@ -93,6 +93,36 @@ def test_two_ranks_train_what_one_process_with_twice_the_subdivisions_trains(wor
         scale = max(np.abs(one[k]).max(), 1e-6)
         assert np.abs(one[k] - two[k]).max() <= 1e-4 * scale, k
     assert sorted(os.listdir(tmp / "two" / "bk")) == sorted(os.listdir(tmp / "one" / "bk"))
+
+
+def test_all_reduces_during_the_backward_pass_train_what_one_after_it_trains(work):
+    """The gradients summed in buckets of 100 floats as their layers finish the backward pass (many all-reduces
+    overlapping it) against one all-reduce after it (PYDARKNET_MPI_BUCKET_MB=0): the same sums of the same two
+    floats, so the same trained parameters bit for bit; and with sync_bn, whose all-reduces come between
+    them on the same thread."""
+    tmp, data = work
+    for sync_bn in (0, 1):
+        got = {}
+        for name, mb in (("after", "0"), ("during", "0.0004")):
+            folder = tmp / f"{name}{sync_bn}"
+            folder.mkdir()
+            (folder / "net.cfg").write_text(cfg_text(1, sync_bn=sync_bn))
+            r = run(["detector", "train", os.path.join("..", data), "net.cfg", "-dont_show", "-seed", "5",
+                     "--backup", "bk", "--workers", "0"], 2, folder, PYDARKNET_MPI_BUCKET_MB=mb)
+            assert r.returncode == 0, r.stderr[-3000:]
+            got[name] = trained(folder / "bk" / "net_final.weights")
+        assert got["after"].keys() == got["during"].keys()
+        for k in got["after"]:
+            assert np.array_equal(got["after"][k], got["during"][k]), k
+
+
+def test_a_bad_bucket_size_is_refused(work):
+    tmp, data = work
+    (tmp / "net.cfg").write_text(cfg_text(1))
+    r = run(["detector", "train", data, "net.cfg", "-dont_show", "--workers", "0"], 2, tmp,
+            PYDARKNET_MPI_BUCKET_MB="-1")
+    assert r.returncode != 0
+    assert "PYDARKNET_MPI_BUCKET_MB='-1' is not a number of megabytes, 0 or more" in r.stderr, r.stderr[-2000:]
 
 
 def test_two_ranks_with_sync_bn_train_what_one_process_with_the_doubled_mini_batch_trains(work):

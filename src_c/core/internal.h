@@ -118,6 +118,15 @@ struct dn_net {
     void *grad_hook_user;
     dn_reduce_hook reduce_hook;  /* synchronized batch norm's sums over the processes */
     void *reduce_hook_user;
+    /* every parameter gradient in one block, in layer and parameter order (each p->grad points into it; training
+     * only): grad_offset[i] is where layer i's gradients start, grad_offset[nlayers] == grad_count */
+    float *grad_arena;
+    size_t grad_count, *grad_offset;
+    dn_bucket_hook bucket_hook;  /* gradients handed over as they become final (core/train.c) */
+    void *bucket_hook_user;
+    size_t bucket_floats;        /* hand over once this many are final (0: all at once, after the backward) */
+    int bucketing;               /* inside the last backward pass of dn_net_train_batch */
+    size_t bucket_end;           /* the gradients at and above this offset are handed over */
     struct dn_cuda *cuda;        /* the CUDA backend's device context (core/cuda.cu); NULL on the CPU */
     int tuning_told;             /* its log has heard that layers measure their algorithms (core/tuning.c) */
     char **names;                /* class names from a model file (core/model.c) */

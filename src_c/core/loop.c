@@ -114,9 +114,11 @@ dn_status dn_run_backward(dn_net *net)
         dn_layer *l = net->layers[i];
         const int step = backward_step(net, l);
         if (step < 0) break;
-        if (!step) continue;
-        s = named(l, pass(net, l, 1));
-        if (!s) s = b->layer_done(net, l, "backward");
+        if (step) {
+            s = named(l, pass(net, l, 1));
+            if (!s) s = b->layer_done(net, l, "backward");
+        }
+        if (!s) s = dn_gradients_final(net, i);
     }
     return s;
 }

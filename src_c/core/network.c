@@ -55,8 +55,7 @@ static void free_layer(dn_layer *l)
     if (l->ops && l->ops->destroy) l->ops->destroy(l);
     else free(l->priv);
     for (int i = 0; i < l->nparams; ++i) {
-        free(l->params[i].data);
-        free(l->params[i].grad);
+        free(l->params[i].data); /* grad: a part of the network's gradient block */
         free(l->params[i].m);
         free(l->params[i].v);
     }
@@ -90,6 +89,8 @@ void dn_net_free(dn_net *net)
     free(net->input_buf);
     free(net->candidates.items);
     free(net->input_delta);
+    free(net->grad_arena);
+    free(net->grad_offset);
     dn_attrs_free(&net->train_opts);
     free_names(net);
     free(net);

@@ -173,6 +173,12 @@ static int layer_updates(const dn_layer *l, long long t, int burn_in)
 }
 
 /* ---- enabling ---- */
+/* a parameter the optimizer trains in this run (frozen layers' and train_only_bn's others have no gradient) */
+static int has_gradient(const dn_layer *l, const dn_param *p)
+{
+    return (p->flags & DN_PARAM_TRAIN) && !l->sw.frozen && !l->sw.only_bn;
+}
+
 dn_status dn_net_enable_training(dn_net *net)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
@@ -182,17 +188,35 @@ dn_status dn_net_enable_training(dn_net *net)
     dn_status s = read_config(net, &c);
     if (!s) s = resolve_switches(net);
     if (s) return s;
+    /* the gradients: one block in layer and parameter order (an all-reduce takes ranges of it in place) */
+    size_t total = 0;
+    free(net->grad_offset);
+    if (!(net->grad_offset = dn_calloc((size_t)net->nlayers + 1, sizeof(size_t))))
+        return dn_fail(DN_ERR_NOMEM, "out of memory for the gradients' offsets");
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
         if (!l->ops->backward)
             return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "training (backward) is not implemented for this layer type");
+        net->grad_offset[i] = total;
+        for (int j = 0; j < l->nparams; ++j)
+            if (has_gradient(l, &l->params[j])) total += l->params[j].count;
+    }
+    net->grad_offset[net->nlayers] = total;
+    free(net->grad_arena);
+    if (!(net->grad_arena = dn_calloc(total ? total : 1, sizeof(float))))
+        return dn_fail(DN_ERR_NOMEM, "out of memory for %zu gradient values", total);
+    net->grad_count = total;
+    for (int i = 0; i < net->nlayers; ++i) {
+        dn_layer *l = net->layers[i];
+        size_t at = net->grad_offset[i];
         for (int j = 0; j < l->nparams; ++j) {
             dn_param *p = &l->params[j];
-            if (!(p->flags & DN_PARAM_TRAIN) || l->sw.frozen || l->sw.only_bn) continue;
-            p->grad = dn_calloc(p->count, sizeof(float));
+            if (!has_gradient(l, p)) continue;
+            p->grad = net->grad_arena + at;
+            at += p->count;
             p->m = dn_calloc(p->count, sizeof(float));
             p->v = c.adam ? dn_calloc(p->count, sizeof(float)) : NULL;
-            if (!p->grad || !p->m || (c.adam && !p->v))
+            if (!p->m || (c.adam && !p->v))
                 return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the optimizer state of '%s'", p->name);
         }
     }
@@ -210,6 +234,8 @@ static dn_status need_training(const dn_net *net)
 }
 
 static void zero_layer_grads(dn_net *net, dn_layer *l) { net->backend->zero_grads(net, l); }
+
+static dn_status hand_over(dn_net *net, size_t low);
 
 static void zero_grads(dn_net *net)
 {
@@ -341,7 +367,13 @@ dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, cons
         if (!s && !isfinite(net->loss))
             s = dn_fail(DN_ERR_STATE, "the loss is not finite (%g) in mini-batch %zu of iteration %lld; no update made",
                         net->loss, k, net->iteration + 1);
-        if (!s) s = dn_net_backward(net);
+        if (!s) {
+            /* the last mini-batch's backward pass hands gradients over as they become final (on the CPU) */
+            net->bucketing = net->bucket_hook && net->bucket_floats && k + 1 == n / mb && net->backend == &dn_cpu_backend;
+            net->bucket_end = net->grad_count;
+            s = dn_net_backward(net);
+            net->bucketing = 0;
+        }
         if (s) {
             zero_grads(net);
             return s;
@@ -349,6 +381,10 @@ dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, cons
         total += net->loss;
         net->seen += mb;
         net->images_since_update += mb;
+    }
+    if (net->bucket_hook && (s = hand_over(net, 0))) {
+        zero_grads(net);
+        return s;
     }
     if (net->grad_hook) {
         const unsigned long long before = net->images_since_update;
@@ -380,6 +416,43 @@ dn_status dn_net_set_reduce_hook(dn_net *net, dn_reduce_hook hook, void *user)
     return DN_OK;
 }
 
+/* ---- gradients handed over as they become final (the bucket hook) ---- */
+/* the range [low, bucket_end) to the hook; on a device the host copies brought up to date first */
+static dn_status hand_over(dn_net *net, size_t low)
+{
+    dn_status s = DN_OK;
+    if (net->backend != &dn_cpu_backend && (s = dn_net_to_host(net, 0))) return s;
+    if (low < net->bucket_end) s = net->bucket_hook(net, net->bucket_hook_user, low, net->bucket_end - low);
+    net->bucket_end = low;
+    return s;
+}
+
+dn_status dn_gradients_final(dn_net *net, int layer)
+{
+    if (!net->bucketing) return DN_OK;
+    const size_t low = net->grad_offset[layer];
+    if (net->bucket_end - low < net->bucket_floats) return DN_OK;
+    return hand_over(net, low);
+}
+
+dn_status dn_net_set_bucket_hook(dn_net *net, dn_bucket_hook hook, void *user, size_t bucket_floats)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    net->bucket_hook = hook;
+    net->bucket_hook_user = user;
+    net->bucket_floats = bucket_floats;
+    return DN_OK;
+}
+
+dn_status dn_net_gradient_block(dn_net *net, float **block, size_t *count)
+{
+    dn_status s = need_training(net);
+    if (s) return s;
+    if (block) *block = net->grad_arena;
+    if (count) *count = net->grad_count;
+    return DN_OK;
+}
+
 size_t dn_net_gradient_count(const dn_net *net)
 {
     size_t n = 0;
@@ -402,7 +475,8 @@ dn_status dn_net_gradients(dn_net *net, float *buffer, size_t count, int to_buff
         for (int j = 0; j < net->layers[i]->nparams; ++j) {
             dn_param *p = &net->layers[i]->params[j];
             if (!p->grad) continue;
-            if (to_buffer) memcpy(buffer + at, p->grad, p->count * sizeof(float));
+            if (p->grad == buffer + at) { /* the block itself */
+            } else if (to_buffer) memcpy(buffer + at, p->grad, p->count * sizeof(float));
             else memcpy(p->grad, buffer + at, p->count * sizeof(float));
             at += p->count;
         }

@@ -278,6 +278,27 @@ dn_status dn_net_set_reduce_hook(dn_net *net, dn_reduce_hook hook, void *user);
  * host copy is brought up to date first (and goes back before the next pass). */
 size_t dn_net_gradient_count(const dn_net *net);
 dn_status dn_net_gradients(dn_net *net, float *buffer, size_t count, int to_buffer);
+/* That run itself: with training enabled, the host gradients are one block
+ * of dn_net_gradient_count floats in that order (each parameter's gradient a
+ * part of it), valid while the network lives; *count gets its length. The
+ * block holds the current values on the CPU, and on a device inside the
+ * bucket and gradient hooks of dn_net_train_batch. */
+dn_status dn_net_gradient_block(dn_net *net, float **block, size_t *count);
+/* Data-parallel training with the all-reduce overlapping the backward pass:
+ * a hook dn_net_train_batch calls with each range [offset, offset + count) of
+ * the gradient block whose values are final for this update, as soon as they
+ * are: during the last mini-batch's backward pass, when at least
+ * `bucket_floats` more have become final (the layers' backward passes run
+ * last layer first, so the ranges come highest offset first), and once after
+ * it for the rest; together the ranges cover the block once per update, and
+ * the gradient hook follows. The hook may start a non-blocking all-reduce of
+ * the range in place, which the gradient hook waits for; it must not change
+ * the range before then (earlier layers' backward passes still run).
+ * bucket_floats 0, or a network on a device (whose gradients come to the host
+ * after the backward pass): one range, the whole block, after the backward
+ * pass. NULL removes it. */
+typedef dn_status (*dn_bucket_hook)(dn_net *net, void *user, size_t offset, size_t count);
+dn_status dn_net_set_bucket_hook(dn_net *net, dn_bucket_hook hook, void *user, size_t bucket_floats);
 dn_status dn_net_learning_rate(const dn_net *net, long long iteration, float *rate);
 long long dn_net_iteration(const dn_net *net);
 dn_status dn_net_set_iteration(dn_net *net, long long iteration, unsigned long long seen);
