@@ -380,3 +380,35 @@ def test_public_model_gradients_match_cpu(write_cfg, name):
     spread = np.linalg.norm(plain - want) / np.linalg.norm(want)
     assert np.isfinite(got).all()
     assert np.linalg.norm(got - want) / np.linalg.norm(want) <= max(3 * spread, 0.1), spread
+
+
+def test_the_bucket_hook_gets_the_devices_gradients_in_one_range(write_cfg):
+    """On a device the gradient block comes to the host once, after the backward pass: one range, the whole
+    block, holding the device's gradients (the CPU's within 1e-3); a hook that doubles it in place with a doubled
+    image count trains what the CPU trains without one (the doubled gradients went back to the device)."""
+    from test_gradient_buckets import CFG, Recorder, params
+    from pydarknet.synthetic import shapes_batch
+
+    device = _gpu()
+    nets = []
+    for name in ("cpu.cfg", "gpu.cfg"):
+        net = pydarknet.load(write_cfg(CFG, name))
+        randomize(net, 3)
+        nets.append(net)
+    cpu, gpu = nets
+    gpu.set_device(device)
+    cpu.enable_training()
+    gpu.enable_training()
+    seen = Recorder(cpu, 0)
+    rec = Recorder(gpu, 200, double=True)
+    x, t = shapes_batch(12, 32, seed=4)
+    for k in range(2):
+        cpu.train_batch(x[6 * k:6 * k + 6], t[6 * k:6 * k + 6])
+        gpu.train_batch(x[6 * k:6 * k + 6], t[6 * k:6 * k + 6])
+    total = lib.dn_net_gradient_count(gpu._ptr)
+    assert rec.ranges == [(0, total), (0, total)]
+    for got, want in zip(rec.at_handover, seen.final):
+        close(got, 2 * want, 1e-3)
+    a, b = params(cpu), params(gpu)
+    for k in a:
+        close(b[k], a[k], 1e-3)
