@@ -2,6 +2,7 @@
 colours are drawn at known label boxes, the image is augmented, and each
 output box must match the bounding box of its colour's pixels."""
 import math
+import os
 
 import cv2
 import numpy as np
@@ -293,3 +294,31 @@ def test_one_channel_network():
     for s in range(4):
         x, t = detection_sample(ListSource([(gray, labels)]), aug, np.random.default_rng(s))
         assert x.shape == (1, 48, 64) and 0 <= x.min() and x.max() <= 1 and (t[:, 2] > 0).any()
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_mosaic_quarters_only_give_the_whole_image_values(monkeypatch, channels):
+    """A mosaic part's flip and colour distortion done on the quarter that shows give the values darknet's order
+    (the whole image, then the quarter cut out) gives, bit for bit: photos of several sizes, jitter, flips, hue,
+    saturation and exposure; with blur or noise the whole image is worked as before."""
+    from pydarknet.data import augment
+
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
+    photos = [cv2.imread(os.path.join(data, name)) for name in ("dog.jpg", "eagle.jpg", "person.jpg")]
+    if channels == 1:
+        photos = [cv2.cvtColor(p, cv2.COLOR_BGR2GRAY) for p in photos]
+    labels = np.array([[0, 0.5, 0.5, 0.3, 0.4], [1, 0.3, 0.6, 0.2, 0.2]], np.float32)
+    items = [(p, labels) for p in photos]
+    used = 0
+    for extra in ({}, dict(blur=1), dict(gaussian_noise=10)):
+        aug = DetectionAugment(width=96, height=64, channels=channels, classes=2, jitter=0.3, resize=1.5, flip=1,
+                               hue=0.1, saturation=1.5, exposure=1.5, mosaic=1, **extra)
+        for seed in range(24):
+            info = {}
+            monkeypatch.setattr(augment, "MOSAIC_QUARTERS_ONLY", True)
+            x1, t1 = detection_sample(Cycle(items), aug, np.random.default_rng(seed), info=info)
+            monkeypatch.setattr(augment, "MOSAIC_QUARTERS_ONLY", False)
+            x2, t2 = detection_sample(Cycle(items), aug, np.random.default_rng(seed))
+            assert np.array_equal(x1, x2) and np.array_equal(t1, t2), (extra, seed)
+            used += info["mode"] == 3 and any(p["flip"] for p in info["parts"])
+    assert used >= 10   # flipped mosaics were among them

@@ -340,9 +340,22 @@ def _place(src, w, h, pleft, ptop, swidth, sheight):
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _augment_image(src, w, h, pleft, ptop, swidth, sheight, flip, dhue, dsat, dexp, noise, blur, truth, rng):
-    """darknet's image_data_augmentation on an 8-bit image."""
+# a mosaic part's flip and colour distortion run on the rows of it that show (False: on the whole image, as darknet;
+# the same values, tests/test_augment.py)
+MOSAIC_QUARTERS_ONLY = True
+
+
+def _augment_image(src, w, h, pleft, ptop, swidth, sheight, flip, dhue, dsat, dexp, noise, blur, truth, rng,
+                   region=None):
+    """darknet's image_data_augmentation on an 8-bit image. `region` (y0, y1):
+    only those rows of the result are wanted (a mosaic quarter's); without
+    blur and noise, which read or draw over the whole image, the flip and the
+    colour distortion then run on those rows alone (whole rows: OpenCV's HSV
+    conversions give a pixel's value by its place in a row, so that only
+    whole rows keep every value), and only they are returned."""
     sized = _place(src, w, h, pleft, ptop, swidth, sheight)
+    if region is not None and not blur and not noise:
+        sized = sized[region[0]:region[1]]
     if flip:
         sized = cv2.flip(sized, 1)
     sized = _hsv(sized, dhue, dsat, dexp)
@@ -568,8 +581,22 @@ def detection_sample(source, aug, rng, width=None, height=None, info=None):
         truth, min_w_h = _truths(labels, rng, dx, dy, 1.0 / sx, 1.0 / sy, flip, w, h, aug.max_boxes)
         if blur > 1 and min_w_h // 8 < blur:
             blur = min_w_h // 8
+        region = ys = None
+        if mode == 3:
+            # the padding each side got, in network pixels (darknet scales by
+            # w / ow instead of w / swidth, which can cut objects off while
+            # their boxes stay whole); the flip swaps the sides
+            sl, sr = (pright, pleft) if flip else (pleft, pright)
+            left_shift = min(cut_x, max(0, (-sl * w) // swidth))
+            top_shift = min(cut_y, max(0, (-ptop * h) // sheight))
+            right_shift = min(w - cut_x, max(0, (-sr * w) // swidth))
+            bot_shift = min(h - cut_y, max(0, (-pbot * h) // sheight))
+            # the part of this image that shows in its quarter
+            ys = (h - cut_y - bot_shift, h - bot_shift) if part < 2 else (top_shift, top_shift + h - cut_y)
+            xs = (w - cut_x - right_shift, w - right_shift) if part % 2 == 0 else (left_shift, left_shift + w - cut_x)
+            region = ys + xs
         ai = _augment_image(src, w, h, pleft, ptop, swidth, sheight, flip, dhue, dsat, dexp, noise, blur,
-                            truth, rng)
+                            truth, rng, ys if MOSAIC_QUARTERS_ONLY else None)
         if info is not None:
             info["parts"].append(dict(name=name, pleft=pleft, ptop=ptop, pright=pright, pbot=pbot,
                                       swidth=swidth, sheight=sheight, flip=flip, dhue=dhue, dsat=dsat,
@@ -597,23 +624,10 @@ def detection_sample(source, aug, rng, width=None, height=None, info=None):
                 if info is not None:
                     info["cut"] = (cx, cy, cx + cut_w, cy + cut_h)
         else:
-            if flip:
-                pleft, pright = pright, pleft
-            # the padding each side got, in network pixels (darknet scales by
-            # w / ow instead of w / swidth, which can cut objects off while
-            # their boxes stay whole)
-            left_shift = min(cut_x, max(0, (-pleft * w) // swidth))
-            top_shift = min(cut_y, max(0, (-ptop * h) // sheight))
-            right_shift = min(w - cut_x, max(0, (-pright * w) // swidth))
-            bot_shift = min(h - cut_y, max(0, (-pbot * h) // sheight))
-            if part == 0:
-                canvas[:cut_y, :cut_x] = ai[h - cut_y - bot_shift:h - bot_shift, w - cut_x - right_shift:w - right_shift]
-            elif part == 1:
-                canvas[:cut_y, cut_x:] = ai[h - cut_y - bot_shift:h - bot_shift, left_shift:left_shift + w - cut_x]
-            elif part == 2:
-                canvas[cut_y:, :cut_x] = ai[top_shift:top_shift + h - cut_y, w - cut_x - right_shift:w - right_shift]
-            else:
-                canvas[cut_y:, cut_x:] = ai[top_shift:top_shift + h - cut_y, left_shift:left_shift + w - cut_x]
+            y0, y1, x0, x1 = region
+            quarter = (ai[y0:y1] if ai.shape[0] == h else ai)[:, x0:x1]   # the whole image (blur, noise) or its rows
+            canvas[(slice(0, cut_y) if part < 2 else slice(cut_y, h)),
+                   (slice(0, cut_x) if part % 2 == 0 else slice(cut_x, w))] = quarter
             _mosaic_truth(acc, truth, w, h, cut_x, cut_y, part, left_shift, right_shift, top_shift, bot_shift,
                           aug.mosaic_bound, aug.max_boxes)
             out = canvas
