@@ -17,6 +17,7 @@ spent waiting for the loader while both ran together (workers 2, mosaic on).
     python benchmarks/bench_loader.py                      # 416, batch 16, workers 1 and 2, threads
     python benchmarks/bench_loader.py --backend thread --backend process --batches 10
     python benchmarks/bench_loader.py --no-train           # loader only
+    python benchmarks/bench_loader.py --no-train --cache-images --backend process --workers 1 --workers 2
 """
 import argparse
 import json
@@ -47,6 +48,9 @@ def parse_args(argv=None):
                     help="folder of the .jpg photos of --images photos (default: the checkout's data/)")
     ap.add_argument("--train-steps", type=int, default=2, help="timed training steps (default 2)")
     ap.add_argument("--no-train", action="store_true", help="time the loader only")
+    ap.add_argument("--cache-images", action="store_true",
+                    help="also time each row with the decoded images kept in shared memory (cache_images=True), "
+                         "after batches that put every image there: an epoch after the first")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=os.path.join(HERE, "results", "loader.json"))
     return ap.parse_args(argv)
@@ -81,12 +85,17 @@ def make_dataset(folder, kind, photo_dir=DATA_DIR, count=64, seed=0):
     return lst
 
 
-def time_loader(ds, aug, batch, workers, backend, batches):
+def time_loader(ds, aug, batch, workers, backend, batches, cache=False):
     from pydarknet.data import DetectionLoader
 
-    with DetectionLoader(ds, aug, batch, seed=0, workers=workers, backend=backend, prefetch=3) as loader:
+    with DetectionLoader(ds, aug, batch, seed=0, workers=workers, backend=backend, prefetch=3,
+                         cache_images=cache or None) as loader:
         it = loader.iterate(copy=False)             # as the trainer takes its batches
         next(it)                                    # warm-up (and process start-up)
+        for _ in range(100):                        # with the cache: until every image is there
+            if not cache or loader.image_cache.stats()[0] == len(ds):
+                break
+            next(it)
         t0 = time.perf_counter()
         for _ in range(batches):
             next(it)
@@ -122,10 +131,12 @@ def main(argv=None):
             aug = base.replace(mosaic=mosaic, letter_box=0, classes=80)
             for backend in backends:
                 for w in workers:
-                    r = time_loader(ds, aug, args.batch, w, backend, args.batches)
-                    r.update(mosaic=mosaic, workers=w, backend=backend)
-                    rows.append(r)
-                    print(f"  mosaic={mosaic} {backend} x{w}: {r['images_per_s']:.1f} images/s", flush=True)
+                    for cache in (False, True) if args.cache_images else (False,):
+                        r = time_loader(ds, aug, args.batch, w, backend, args.batches, cache)
+                        r.update(mosaic=mosaic, workers=w, backend=backend, cache_images=cache)
+                        rows.append(r)
+                        print(f"  mosaic={mosaic} {backend} x{w}{' cache' if cache else ''}: "
+                              f"{r['images_per_s']:.1f} images/s", flush=True)
         results["loader"] = rows
 
         train = None
@@ -161,10 +172,11 @@ def main(argv=None):
     print(f"Loader at {args.size}x{args.size}, batch {args.batch}, {args.images} "
           f"({results['machine']['cpus_usable']} CPUs usable):")
     print()
-    print("| mosaic | backend | workers | images/s | ms per sample per worker |")
-    print("|---|---|---|---|---|")
+    print("| mosaic | backend | workers | decoded images kept | images/s | ms per sample per worker |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {'on' if r['mosaic'] else 'off'} | {r['backend']} | {r['workers']} | {r['images_per_s']:.1f} | "
+        print(f"| {'on' if r['mosaic'] else 'off'} | {r['backend']} | {r['workers']} | "
+              f"{'yes' if r['cache_images'] else 'no'} | {r['images_per_s']:.1f} | "
               f"{r['ms_per_sample_per_worker']:.1f} |")
     if train:
         print()

@@ -52,6 +52,7 @@ def parse_args(argv=None):
     ap.add_argument("--mosaic", type=int, choices=(0, 1), default=1)
     ap.add_argument("--gpus", default="0", help="-gpus of the command (default 0; 'none' trains on the CPU)")
     ap.add_argument("--workers", type=int, default=None, help="--workers of the command (default: its own)")
+    ap.add_argument("--cache-images", action="store_true", help="the command's --cache-images (decoded images kept)")
     ap.add_argument("--iterations", type=int, default=20, help="timed iterations (default 20)")
     ap.add_argument("--warmup", type=int, default=5, help="iterations left out first (default 5)")
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "pydarknet-bench-command"))
@@ -101,6 +102,8 @@ def main(args):
         cmd += ["-gpus", args.gpus]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
+    if args.cache_images:
+        cmd += ["--cache-images"]
     print("running:", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -133,6 +136,7 @@ def main(args):
     result = {
         "cfg": os.path.basename(resolve_cfg(args.cfg, args.cfg_dir)), "size": args.size, "batch": args.batch,
         "subdivisions": args.subdivisions, "mosaic": args.mosaic, "gpus": args.gpus, "workers": args.workers,
+        "cache_images": args.cache_images,
         "device": devices[int(args.gpus.split(",")[0])] if devices else "CPU",
         "cpu": info["cpu_model"], "cpus": info["cpus_usable"], "iterations": n,
         "command_images_per_s": round(command_ips, 2), "iteration_images_per_s": round(iteration_ips, 2),

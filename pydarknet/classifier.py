@@ -54,7 +54,7 @@ import numpy as np
 
 from .cfg import parse_cfg
 from .classification import Classification, ClassifierError, classify_output, require_classifier, top_k
-from .commands import (EXIT_FAILURE, EXIT_OK, TRAIN_ERRORS, CliError, add_gpu_flag, add_model_files,
+from .commands import (EXIT_FAILURE, EXIT_OK, TRAIN_ERRORS, CliError, add_gpu_flag, add_model_files, cache_budget,
                        add_training_flags, flag, load_network, note, order_data_cfg, positive_int, read_image,
                        stdin_paths, training_watch, warnings_as_notes)
 from .data import ClassificationDataset, ClassifierAugment, ClassifierLoader, default_backend
@@ -200,12 +200,12 @@ class _ClassifierTask(TrainTask):
             self.eval_net = Network(net.spec, batch=1, threads=net.threads, names=self.names)
             self.valid_ds = ClassificationDataset.from_list(self.valid_list, self.names, channels=net.channels)
 
-    def make_loader(self, data, net, seed, workers, rows=None):
+    def make_loader(self, data, net, seed, workers, rows=None, cache_images=None):
         df = load_data_file(data)
         ds = ClassificationDataset.from_list(df.train, self.names, channels=net.channels)
         aug = ClassifierAugment.from_spec(net.spec, ds.classes)
         return ClassifierLoader(ds, aug, net.full_batch, seed=seed, workers=workers, backend=default_backend(workers),
-                                rows=rows)
+                                rows=rows, cache_images=cache_images)
 
     def header(self, base, opts, n_train, save_every, last_every):
         return [base, rate_line(opts), str(n_train)]
@@ -234,7 +234,8 @@ class _ClassifierTask(TrainTask):
 
 def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup=None, max_batches=None, seed=0,
                      save_every=None, last_every=None, chart=None, chart_every=10, workers=2, threads=None,
-                     log=None, progress=None, stop_after=None, callback=None, gpu=None, watch=None):
+                     log=None, progress=None, stop_after=None, callback=None, gpu=None, watch=None,
+                     cache_images=None):
     """Trains the classifier of `cfg` (ending in [softmax]) on the train=
     list of the .data file `data` (classes from the labels= names in the
     image paths, augmented as the cfg's [net] asks), from `weights` when
@@ -255,7 +256,8 @@ def train_classifier(cfg, data, weights=None, *, topk=False, clear=False, backup
     return train_network(_ClassifierTask(topk), cfg, data, weights, clear=clear, backup=backup,
                          max_batches=max_batches, seed=seed, save_every=save_every, last_every=last_every,
                          chart=chart, chart_every=chart_every, workers=workers, threads=threads, log=log,
-                         progress=progress, stop_after=stop_after, callback=callback, gpu=gpu, watch=watch)
+                         progress=progress, stop_after=stop_after, callback=callback, gpu=gpu, watch=watch,
+                         cache_images=cache_images)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -323,7 +325,7 @@ def _cmd_train(args) -> int:
     try:
         train_classifier(cfg_path, data_path, args.weights, topk=args.topk, clear=args.clear, backup=args.backup,
                          max_batches=args.max_batches, seed=args.seed, workers=args.workers, gpu=args.gpus,
-                         watch=training_watch(args))
+                         watch=training_watch(args), cache_images=cache_budget(args))
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
     except TRAIN_ERRORS as e:

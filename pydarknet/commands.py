@@ -176,6 +176,11 @@ def add_training_flags(parser, seed_help):
                         help="background workers making batches (default 2 on the CPU, on a GPU one per core but "
                              "two; 0: in the training thread): threads up to 2, processes writing into "
                              "shared memory beyond, which scale with the cores")
+    parser.add_argument("--cache-images", dest="cache_images", type=cache_size, nargs="?", const="auto",
+                        default=None, metavar="GB",
+                        help="keep the decoded training images in shared memory for the run, so that each is "
+                             "decoded once and not once an epoch (the same pixels): at most GB gigabytes, default "
+                             "half the memory available; images beyond it are decoded each time")
     flag(parser, "mjpeg_port", type=port_number, metavar="P",
          help="serve a live training page on port P (http://HOST:P/: loss, average loss, learning rate and mAP "
               "curves from the log, images/s, time left, the latest augmented training images with their boxes) "
@@ -183,6 +188,25 @@ def add_training_flags(parser, seed_help):
     parser.add_argument("--http-host", default="127.0.0.1", metavar="HOST",
                         help="address -mjpeg_port listens on (default 127.0.0.1: this machine only; 0.0.0.0: every "
                              "interface)")
+
+
+def cache_size(text):
+    """--cache-images GB: a positive number of gigabytes, or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of gigabytes, got {text!r}")
+    return value
+
+
+def cache_budget(args):
+    """train_network's `cache_images` from --cache-images: None, True (the default budget) or bytes."""
+    value = getattr(args, "cache_images", None)
+    return None if value is None else True if value == "auto" else int(value * 1e9)
 
 
 def training_watch(args):

@@ -43,7 +43,7 @@ import numpy as np
 from . import anchors
 from ._native import DarknetError
 from .cfg import HEAD_TYPES, parse_cfg
-from .commands import (EXIT_FAILURE, EXIT_OK, IMAGE_EXTS, TRAIN_ERRORS, CliError, Viewer, add_gpu_flag,
+from .commands import (EXIT_FAILURE, EXIT_OK, IMAGE_EXTS, TRAIN_ERRORS, CliError, Viewer, add_gpu_flag, cache_budget,
                        add_model_files, add_training_flags, display_available, flag, jpeg_quality, load_network,
                        non_negative_int, note, order_data_cfg, port_number, positive_int, read_head, read_image,
                        stdin_paths, threshold, training_watch, warnings_as_notes)
@@ -595,7 +595,7 @@ def _cmd_detector_train(args) -> int:
                        map_every=args.map_every, map_epochs=args.mAP_epochs, backup=args.backup,
                        max_batches=args.max_batches, seed=args.seed, dont_show=args.dont_show,
                        thresh=args.thresh, iou_thresh=args.iou_thresh, points=args.points, workers=args.workers,
-                       gpu=args.gpus, watch=training_watch(args))
+                       gpu=args.gpus, watch=training_watch(args), cache_images=cache_budget(args))
     except KeyboardInterrupt:
         return 130  # _last was saved and the way to resume printed
     except TRAIN_ERRORS as e:

@@ -85,8 +85,8 @@ class _DetectorTask(TrainTask):
             self.valid_ds = DetectionDataset.from_list(self.valid_list, net_classes or data_classes,
                                                        channels=net.channels)
 
-    def make_loader(self, data, net, seed, workers, rows=None):
-        kw = {"rows": rows}
+    def make_loader(self, data, net, seed, workers, rows=None, cache_images=None):
+        kw = {"rows": rows, "cache_images": cache_images}
         if self.multiscale is False:
             kw["multiscale"] = False
         elif self.multiscale is not None:
@@ -145,7 +145,7 @@ def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_
                    points=0, save_every=None, last_every=None, chart=None, chart_every=10, multiscale=None,
                    workers=2, threads=None, log: Optional[Callable[[str], None]] = None, progress=None,
                    stop_after=None, callback: Optional[Callable[[dict], None]] = None,
-                   gpu: Union[int, Sequence[int], None] = None, watch=None) -> TrainSummary:
+                   gpu: Union[int, Sequence[int], None] = None, watch=None, cache_images=None) -> TrainSummary:
     """Trains the detector of `cfg` on the `train=` list of the .data file
     `data`, from `weights` when given (a full or partial weights file), up
     to the cfg's max_batches (or `max_batches`). See the module notes.
@@ -170,4 +170,4 @@ def train_detector(cfg, data, weights=None, *, clear=False, calc_map=False, map_
     return train_network(task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches, seed=seed,
                          save_every=save_every, last_every=last_every, chart=chart, chart_every=chart_every,
                          workers=workers, threads=threads, log=log, progress=progress, stop_after=stop_after,
-                         callback=callback, gpu=gpu, watch=watch)
+                         callback=callback, gpu=gpu, watch=watch, cache_images=cache_images)

@@ -407,7 +407,7 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
                   save_every=None, last_every=None, chart=None, chart_every=10, workers=2, threads=None,
                   log: Optional[Callable[[str], None]] = None, progress=None, stop_after=None,
                   callback: Optional[Callable[[dict], None]] = None,
-                  gpu: Union[int, Sequence[int], None] = None, watch=None) -> TrainSummary:
+                  gpu: Union[int, Sequence[int], None] = None, watch=None, cache_images=None) -> TrainSummary:
     """The training run that detectors and classifiers share, `task` saying
     what differs (see TrainTask and the module notes).
 
@@ -426,7 +426,10 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
     callback: called with each iteration's log record (may raise).
     watch: (port, host): darknet's -mjpeg_port, the live page and the chart
       served over HTTP (pydarknet.watch.TrainingWatch), bound before anything
-      else (rank 0 alone under MPI)."""
+      else (rank 0 alone under MPI).
+    cache_images: keep the decoded training images in shared memory for the
+      run (True: up to half the memory available; a number: at most that
+      many bytes), so that each is decoded once, not once an epoch."""
     dist = mpi_world()   # None unless several MPI ranks run this
     out = Output(log) if dist is None or dist.leader else _Silent()
     server = None
@@ -444,7 +447,8 @@ def train_network(task: TrainTask, cfg, data, weights=None, *, clear=False, back
             return _train(out, task, cfg, data, weights, clear=clear, backup=backup, max_batches=max_batches,
                           seed=seed, save_every=save_every, last_every=last_every, chart=chart,
                           chart_every=chart_every, workers=workers, threads=threads, progress=progress,
-                          stop_after=stop_after, callback=callback, gpu=gpu, dist=dist, watch=server)
+                          stop_after=stop_after, callback=callback, gpu=gpu, dist=dist, watch=server,
+                          cache_images=cache_images)
     except KeyboardInterrupt:
         raise
     except BaseException as e:
@@ -508,7 +512,8 @@ class _NoLog:
 
 
 def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, save_every, last_every, chart,
-           chart_every, workers, threads, progress, stop_after, callback, gpu=None, dist=None, watch=None):
+           chart_every, workers, threads, progress, stop_after, callback, gpu=None, dist=None, watch=None,
+           cache_images=None):
     cfg, data = os.fspath(cfg), os.fspath(data)
     weights = None if weights is None else os.fspath(weights)
     base = cfg_base(cfg)
@@ -623,7 +628,11 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
     if workers is None:   # the CPU trains: 2 threads; a GPU trains: processes on every core but two (the
         # training thread with the loss heads' host work, and the rest of this process)
         workers = 2 if net.gpu is None else max(2, len(os.sched_getaffinity(0)) - 2)
-    loader = task.make_loader(data, net, seed, workers, rows=None if dist is None else dist.rows(net.full_batch))
+    loader = task.make_loader(data, net, seed, workers, rows=None if dist is None else dist.rows(net.full_batch),
+                              cache_images=cache_images)
+    if loader.image_cache is not None:
+        out.note(f"keeping the decoded training images in shared memory, up to "
+                 f"{loader.image_cache.budget / 1e9:.2f} GB (each is decoded once)")
     try:
         return _loop(out, task, net, loader, cfg=cfg, data=data, base=base, backup_dir=backup_dir, weights=weights,
                      state_file=state_file, train_list=train_list, save_every=save_every, last_every=last_every,

@@ -63,7 +63,7 @@ step bench_gpu_yolov4 150 $PY benchmarks/bench_gpu.py --cfg yolov4 --batch 16 --
 step profile_kernels 90 $PY benchmarks/profile_kernels.py --json "$OUT/kernels.json"
 step profile_layers 90 $PY benchmarks/profile_layers.py --gpu 0 --train --batch 64 --repeat 3 --threads "$(nproc)"
 step train_command 120 $PY benchmarks/bench_train_command.py --json "$OUT/train_command.json"
-step loader 90 $PY benchmarks/bench_loader.py --no-train --backend process --workers $(( $(nproc) / 2 )) \
-    --workers $(( $(nproc) - 2 )) --batches 4 --json "$OUT/loader.json"
+step loader 120 $PY benchmarks/bench_loader.py --no-train --backend process --workers $(( $(nproc) / 2 )) \
+    --workers $(( $(nproc) - 2 )) --batches 4 --cache-images --json "$OUT/loader.json"
 echo "total $((SECONDS - T0)) s; GPU tests $([ $status = 0 ] && echo passed || echo FAILED)"
 exit $status

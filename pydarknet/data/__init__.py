@@ -13,6 +13,7 @@ a loader that makes batches in the background.
 """
 from .augment import (ClassifierAugment, DetectionAugment, ListSource, classifier_sample, detection_sample,
                       rand_scale, to_chw)
+from .cache import ImageCache
 from .issues import ISSUE_KINDS, DataError, DataSummary, Issue
 from .lists import (IMAGE_EXTENSIONS, ClassificationDataset, DetectionDataset, label_path, label_paths,
                     read_image, read_image_list, read_labels)
@@ -26,5 +27,5 @@ __all__ = [
     "rand_scale", "to_chw",
     "DetectionDataset", "ClassificationDataset", "read_image_list", "read_labels", "read_image", "label_path",
     "label_paths", "IMAGE_EXTENSIONS",
-    "DataError", "DataSummary", "Issue", "ISSUE_KINDS",
+    "DataError", "DataSummary", "Issue", "ISSUE_KINDS", "ImageCache",
 ]

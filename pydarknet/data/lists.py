@@ -228,6 +228,7 @@ class _Dataset:
         self.origin = origin   # the list or .data file, for messages
         self.summary = DataSummary()
         self._bad = set()
+        self.image_cache = None   # an ImageCache (pydarknet.data.cache) while a loader keeps decoded images
 
     def __len__(self):
         return len(self.images)
@@ -245,10 +246,17 @@ class _Dataset:
         path = self.images[index]
         if index in self._bad:
             return None, []
+        cache = self.image_cache
+        if cache is not None:
+            img = cache.get(index)   # read-only: the augmentations make new images
+            if img is not None:
+                return img, []
         img, issue = read_image(path, self.channels)
         if img is None:
             self._bad.add(index)
             return None, [issue]
+        if cache is not None:
+            cache.put(index, img)
         return img, []
 
 

@@ -14,7 +14,9 @@ runs them in spawned processes instead, for many cores (spawn-safe: the
 dataset and options are sent once to each worker); they write each sample
 straight into the batch in shared memory (a ring of slots, one per batch in
 the making), so no image crosses a pipe, and the finished batch is copied
-out once. A few batches are prefetched.
+out once. A few batches are prefetched. ``cache_images`` keeps the decoded
+images in shared memory for the run (pydarknet.data.cache), so that each is
+decoded once and not once an epoch: the same pixels.
 
 Bad data never stops a run: workers return the problems they met with the
 samples (missing or corrupt images are replaced by another image drawn from
@@ -45,6 +47,7 @@ import numpy as np
 from ..cfg import NetSpec, parse_cfg
 from .augment import ClassifierAugment, DetectionAugment, classifier_sample, detection_sample, rand_scale
 from .issues import DataError, DataSummary
+from .cache import ImageCache, default_budget
 from .lists import ClassificationDataset, DetectionDataset
 
 __all__ = [
@@ -318,7 +321,7 @@ class _Loader:
     kind = None
 
     def __init__(self, dataset, augment, batch_size, seed=0, workers=2, prefetch=3, backend="thread",
-                 order="random", start=0, rows=None):
+                 order="random", start=0, rows=None, cache_images=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         first, stop = (0, batch_size) if rows is None else (int(rows[0]), int(rows[1]))
@@ -337,6 +340,12 @@ class _Loader:
         self.batch_size, self.seed, self.start = int(batch_size), int(seed), int(start)
         self.workers, self.prefetch, self.backend = max(0, int(workers)), max(1, int(prefetch)), backend
         self.summary = dataset.summary if dataset.summary is not None else DataSummary()
+        # cache_images: keep decoded images in shared memory for the run (True: up to half the memory
+        # available; a number: that many bytes at most); the workers receive it with the dataset
+        self.image_cache = None
+        if cache_images:
+            budget = default_budget() if cache_images is True else int(cache_images)
+            self.image_cache = dataset.image_cache = ImageCache(len(dataset), budget)
         self._job = _Job(self.kind, dataset, augment, batch_size, seed, order)
         self._lock = threading.Lock()
         self._closed = False
@@ -457,6 +466,11 @@ class _Loader:
             pool.shutdown(wait=wait or slots is not None, cancel_futures=True)
         if slots is not None:
             slots.close()
+        cache, self.image_cache = self.image_cache, None
+        if cache is not None:
+            if self.dataset.image_cache is cache:
+                self.dataset.image_cache = None
+            cache.close()
 
     def __enter__(self):
         return self
@@ -484,11 +498,12 @@ class DetectionLoader(_Loader):
     kind = "detection"
 
     def __init__(self, dataset, augment, batch_size, seed=0, workers=2, prefetch=3, backend="thread",
-                 order="random", sizes=None, start=0, rows=None):
+                 order="random", sizes=None, start=0, rows=None, cache_images=None):
         if augment.classes != dataset.classes:
             augment = augment.replace(classes=dataset.classes)
         self._sizes = sizes
-        super().__init__(dataset, augment, batch_size, seed, workers, prefetch, backend, order, start, rows)
+        super().__init__(dataset, augment, batch_size, seed, workers, prefetch, backend, order, start, rows,
+                         cache_images)
 
     @classmethod
     def from_files(cls, data_or_list, cfg, seed=0, batch_size=None, multiscale=True, key="train", **kw):
@@ -525,10 +540,11 @@ class ClassifierLoader(_Loader):
     kind = "classifier"
 
     def __init__(self, dataset, augment, batch_size, seed=0, workers=2, prefetch=3, backend="thread",
-                 order="random", start=0, rows=None):
+                 order="random", start=0, rows=None, cache_images=None):
         if augment.classes != dataset.classes:
             augment = augment.replace(classes=dataset.classes)
-        super().__init__(dataset, augment, batch_size, seed, workers, prefetch, backend, order, start, rows)
+        super().__init__(dataset, augment, batch_size, seed, workers, prefetch, backend, order, start, rows,
+                         cache_images)
 
     @classmethod
     def from_files(cls, data_or_list, cfg, seed=0, batch_size=None, names=None, key="train", **kw):
