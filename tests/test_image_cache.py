@@ -39,6 +39,7 @@ def test_put_and_get_keep_the_pixels_read_only():
         a, b = cache.get(0), cache.get(2)
         assert np.array_equal(a, photo) and a.shape == photo.shape and a.dtype == np.uint8
         assert np.array_equal(b, grey) and b.shape == grey.shape
+        assert a.channel_mean == cv2.mean(photo) and b.channel_mean == cv2.mean(grey)   # the padding colour
         with pytest.raises(ValueError):
             a[0, 0, 0] = 1                              # augmentations make new images; nothing writes here
         assert not cache.put(1, photo[:2])              # the budget is spent
@@ -117,6 +118,24 @@ def test_each_image_is_decoded_once(shapes, monkeypatch):
     decoded.clear()
     _batches(shapes, "thread", 0, None, count=8)
     assert len(decoded) > 60   # 8 batches of 4 mosaics of 4 images
+
+
+def test_a_classifier_loader_too(tmp_path):
+    from pydarknet.data import ClassificationDataset, ClassifierAugment, ClassifierLoader
+    from pydarknet.data.shapes import make_shapes_classification
+
+    data = make_shapes_classification(tmp_path / "set", train=12, valid=3, size=40, seed=3)
+    aug = ClassifierAugment(width=32, height=32, classes=3, min_crop=32, max_crop=48, angle=10, hue=0.1,
+                            saturation=1.5, exposure=1.5)
+    got = {}
+    for cache in (None, True):
+        ds = ClassificationDataset.from_data(data)
+        with ClassifierLoader(ds, aug, 6, seed=0, workers=2, cache_images=cache) as loader:
+            got[cache] = [loader.batch(k) for k in range(6)]
+            if cache:
+                assert 6 < loader.image_cache.stats()[0] <= 12   # most were drawn, and kept
+    for (x1, y1), (x2, y2) in zip(got[None], got[True]):
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
 
 
 def test_a_small_budget_keeps_what_fits_and_decodes_the_rest(shapes):

@@ -319,6 +319,12 @@ def _hsv(img, dhue, dsat, dexp):
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
+def _mean(src):
+    """cv2.mean of the image: kept with it when it comes from the decoded-image cache (data.cache)."""
+    kept = getattr(src, "channel_mean", None)
+    return kept if kept is not None else cv2.mean(src)
+
+
 def _place(src, w, h, pleft, ptop, swidth, sheight):
     """The crop (pleft, ptop, swidth, sheight) of src, padded with the
     image's mean colour where it leaves the image, resized to w x h."""
@@ -328,13 +334,13 @@ def _place(src, w, h, pleft, ptop, swidth, sheight):
     x0, y0 = max(pleft, 0), max(ptop, 0)
     x1, y1 = min(pleft + swidth, ow), min(ptop + sheight, oh)
     if x0 >= x1 or y0 >= y1:
-        mean = cv2.mean(src)[:1 if src.ndim == 2 else 3]
+        mean = _mean(src)[:1 if src.ndim == 2 else 3]
         crop = np.empty((sheight, swidth) + src.shape[2:], np.uint8)
         crop[:] = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
     else:
         crop = src[y0:y1, x0:x1]
         if (x0, y0, x1, y1) != (pleft, ptop, pleft + swidth, ptop + sheight):
-            mean = cv2.mean(src)
+            mean = _mean(src)
             crop = cv2.copyMakeBorder(crop, y0 - ptop, ptop + sheight - y1, x0 - pleft, pleft + swidth - x1,
                                       cv2.BORDER_CONSTANT, value=[int(round(m)) for m in mean])
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)

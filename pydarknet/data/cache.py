@@ -13,7 +13,8 @@ that file system has free (a container's /dev/shm can be small) and by the
 memory available. Images are placed in the order they are first decoded
 until the budget is spent; the rest are decoded each time as without a
 cache. An index in a second block says where each image is (state, height,
-width, offset, byte count); a lock shared by the processes orders every
+width, offset, byte count) and keeps its cv2.mean (the augmentation's
+padding colour, computed once); a lock shared by the processes orders every
 read and write of it, so a worker that finds an image ready sees all of its
 bytes.
 """
@@ -21,9 +22,10 @@ import multiprocessing as mp
 import os
 from multiprocessing import shared_memory
 
+import cv2
 import numpy as np
 
-__all__ = ["ImageCache", "default_budget"]
+__all__ = ["ImageCache", "CachedImage", "default_budget"]
 
 _EMPTY, _WRITING, _READY = 0, 1, 2
 _FIELDS = 5                   # state, height, width, offset, bytes
@@ -60,6 +62,13 @@ def default_budget():
     return budget if free is None else min(budget, free // 2)
 
 
+class CachedImage(np.ndarray):
+    """An image from the cache (a read-only view of the shared block) with `channel_mean`, cv2.mean of its
+    pixels, computed once when it was kept (the augmentation pads with it)."""
+
+    channel_mean = None
+
+
 class ImageCache:
     """Decoded images of a dataset of `count` entries, in shared memory of at most `budget` bytes. Picklable:
     a process it is sent to attaches to the same blocks (the loader's worker processes receive it at start)."""
@@ -70,7 +79,7 @@ class ImageCache:
         if free is not None:
             self.budget = min(self.budget, free // 2)
         self._lock = mp.get_context("spawn").Lock()
-        self._index_shm = shared_memory.SharedMemory(create=True, size=(self.count + 1) * _FIELDS * 8)
+        self._index_shm = shared_memory.SharedMemory(create=True, size=(self.count + 1) * (_FIELDS + 4) * 8)
         self._data_shm = shared_memory.SharedMemory(create=True, size=max(1, self.budget))
         self._owner = True
         self._attach_views()
@@ -78,6 +87,8 @@ class ImageCache:
 
     def _attach_views(self):
         self._index = np.ndarray((self.count + 1, _FIELDS), np.int64, buffer=self._index_shm.buf)
+        self._means = np.ndarray((self.count + 1, 4), np.float64, buffer=self._index_shm.buf,
+                                 offset=self._index.nbytes)
         self._data = np.ndarray((self._data_shm.size,), np.uint8, buffer=self._data_shm.buf)
 
     def __getstate__(self):
@@ -94,17 +105,20 @@ class ImageCache:
         """Image i as it was decoded (a read-only view of the shared block), or None when it is not there."""
         with self._lock:
             state, h, w, offset, nbytes = (int(v) for v in self._index[i + 1])
+            mean = tuple(float(v) for v in self._means[i + 1])
         if state != _READY:
             return None
         shape = (h, w) if nbytes == h * w else (h, w, nbytes // (h * w))
-        img = self._data[offset:offset + nbytes].reshape(shape)
+        img = self._data[offset:offset + nbytes].reshape(shape).view(CachedImage)
         img.flags.writeable = False
+        img.channel_mean = mean
         return img
 
     def put(self, i, img):
         """Keeps image i (uint8, [H, W] or [H, W, C]) if the budget has room and no other worker has it."""
         img = np.ascontiguousarray(img)
         nbytes = img.nbytes
+        mean = cv2.mean(img)
         with self._lock:
             row, top = self._index[i + 1], int(self._index[_NEXT, 0])
             if row[0] != _EMPTY or top + nbytes > self.budget:
@@ -113,6 +127,7 @@ class ImageCache:
             row[:] = (_WRITING, img.shape[0], img.shape[1], top, nbytes)
         self._data[top:top + nbytes] = img.reshape(-1)
         with self._lock:
+            self._means[i + 1] = mean
             self._index[i + 1, 0] = _READY
         return True
 
@@ -124,7 +139,7 @@ class ImageCache:
     def close(self):
         """Detaches; the owner (the loader that made it) also removes the blocks. Views handed out stay valid
         until they are dropped."""
-        self._index = self._data = None
+        self._index = self._data = self._means = None
         for shm in (self._index_shm, self._data_shm):
             try:
                 shm.close()
