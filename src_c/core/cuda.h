@@ -184,6 +184,18 @@ void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spati
                                     float share, float *scratch);
 void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
                                float *scale_grad, int batch, int channels, int spatial, float *scratch);
+/* batch norm's batch mean and (unbiased) variance per channel, the rolling ones moved: keep * rolling + share * batch */
+void dn_gpu_batchnorm_statistics(const float *x, int batch, int channels, int spatial, float *mean, float *variance,
+                                 float *rolling_mean, float *rolling_variance, float keep, float share, float *scratch);
+/* A layer's output stage in one pass (ops/blas.cu): x = f((x - mean) / sqrt(variance + .00001) * scale + bias),
+ * or f(x + bias) with mean NULL; x_norm (with mean) and pre (the value before f) kept where not NULL. The
+ * backward: delta *= f'(x, pre), bias_grad += its channel sums; with x_norm, batch norm's backward (scale_grad
+ * += sum delta * x_norm, then delta through the normalization); the same values as the separate passes. */
+void dn_gpu_output_stage(float *x, float *x_norm, const float *mean, const float *variance, const float *scale,
+                         const float *bias, float *pre, int batch, int channels, int spatial, dn_activation a);
+void dn_gpu_output_stage_backward(float *delta, const float *y, const float *pre, dn_activation act,
+                                  const float *x_norm, const float *variance, const float *scales, float *scale_grad,
+                                  float *bias_grad, int batch, int channels, int spatial, float *scratch);
 void dn_gpu_mul(float *y, const float *a, const float *b, size_t n);     /* y = a * b */
 void dn_gpu_mul_add(float *y, const float *a, const float *b, size_t n); /* y += a * b */
 /* The softmax with temperature of `groups` groups of n values `stride` apart;

@@ -4,9 +4,12 @@
  * images in one launch and one strided batched cuBLAS GEMM for them, 1x1
  * convolutions straight on the input; backward by chunks, the weight
  * gradient one GEMM per chunk over all its images; batch norm with
- * the batch's statistics in training and the rolling ones otherwise, bias,
- * activation; backward through the activation, bias, batch norm, then the
- * weight gradient and col2im of W^T * delta).
+ * the batch's statistics in training and the rolling ones otherwise, then
+ * normalization, scale, bias and activation in one pass over the output
+ * (dn_gpu_output_stage); backward the activation's gradient, the bias and
+ * scale gradients' sums and batch norm in one pass and one more
+ * (dn_gpu_output_stage_backward), then the weight gradient and col2im of
+ * W^T * delta).
  *
  * Device scratch slots: 0 batch mean, 1 batch variance, 2 x_norm, 3 the
  * pre-activation values (kept when the activation's derivative needs them).
@@ -266,11 +269,17 @@ static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
     if (c.batch_normalize && dn_layer_sync_bn(net, l))
         return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "sync_bn (batch statistics over the processes) is not "
                                                     "implemented on CUDA devices yet; train with sync_bn=0");
+    /* batch norm's statistics, then normalization, scale, bias and activation in one pass (ops/blas.cu) */
+    const float *mean = NULL, *var = NULL, *scales = NULL;
+    float *xn = NULL, *pre = NULL;
     if (c.batch_normalize) {
-        const float *mean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
+        scales = dn_layer_find_param(l, "scales")->data_gpu;
+        float *rmean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
         float *rvar = dn_layer_find_param(l, "rolling_variance")->data_gpu;
+        mean = rmean;
+        var = rvar;
         if (net->train) {
-            float *bm, *bv, *xn;
+            float *bm, *bv;
             if ((size_t)l->batch * c.N < 2)
                 return dn_layer_fail(l, DN_ERR_SHAPE,
                                      "batch normalization in training needs at least 2 values per filter "
@@ -280,21 +289,15 @@ static dn_status conv_forward_gpu(dn_layer *l, dn_net *net)
                 (s = dn_gpu_buffer(l, 2, total, &xn)) ||
                 (s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, l->out_c, c.N), &scratch)))
                 return s;
-            dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, l->out_c, c.N, bm, bv, xn,
-                                           dn_layer_find_param(l, "rolling_mean")->data_gpu, rvar, DN_BN_ROLLING,
-                                           scratch);
-        } else {
-            dn_gpu_normalize(l->output_gpu, mean, rvar, l->batch, l->out_c, c.N);
+            dn_gpu_batchnorm_statistics(l->output_gpu, l->batch, l->out_c, c.N, bm, bv, rmean, rvar, DN_BN_ROLLING,
+                                        scratch);
+            mean = bm;
+            var = bv;
         }
-        dn_gpu_scale_bias(l->output_gpu, dn_layer_find_param(l, "scales")->data_gpu, l->batch, l->out_c, c.N);
     }
-    dn_gpu_add_bias(l->output_gpu, dn_layer_find_param(l, "biases")->data_gpu, l->batch, l->out_c, c.N);
-    if (net->train && dn_activation_needs_input(c.activation)) {
-        float *x;
-        if ((s = dn_gpu_buffer(l, 3, total, &x))) return s;
-        dn_gpu_copy(x, l->output_gpu, total);
-    }
-    dn_gpu_activate(l->output_gpu, l->batch, l->out_c, c.N, c.activation);
+    if (net->train && dn_activation_needs_input(c.activation) && (s = dn_gpu_buffer(l, 3, total, &pre))) return s;
+    dn_gpu_output_stage(l->output_gpu, xn, mean, var, scales, dn_layer_find_param(l, "biases")->data_gpu, pre,
+                        l->batch, l->out_c, c.N, c.activation);
     return DN_OK;
 }
 
@@ -307,17 +310,15 @@ static dn_status conv_backward_gpu(dn_layer *l, dn_net *net)
     const int needs_x = dn_activation_needs_input(c.activation);
     if ((c.batch_normalize && l->gpu_cap[2] < total) || (needs_x && l->gpu_cap[3] < total))
         return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
-    dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, l->delta_gpu, l->batch, l->out_c, c.N,
-                               c.activation);
     dn_param *bias = dn_layer_find_param(l, "biases"), *w = dn_layer_find_param(l, "weights");
+    dn_param *scales = c.batch_normalize ? dn_layer_find_param(l, "scales") : NULL;
     float *scratch; /* the workspace, before the columns use it */
     if ((s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, l->out_c, c.N), &scratch))) return s;
-    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, l->out_c, c.N, scratch);
-    if (c.batch_normalize) {
-        dn_param *scales = dn_layer_find_param(l, "scales");
-        dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu,
-                                  l->batch, l->out_c, c.N, scratch);
-    }
+    /* the activation's gradient, the bias and scale gradients and batch norm's backward in one pass (ops/blas.cu) */
+    dn_gpu_output_stage_backward(l->delta_gpu, l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, c.activation,
+                                 scales ? l->gpu_buf[2] : NULL, scales ? l->gpu_buf[1] : NULL,
+                                 scales ? scales->data_gpu : NULL, scales ? scales->grad_gpu : NULL, bias->grad_gpu,
+                                 l->batch, l->out_c, c.N, scratch);
 #ifdef DN_CUDNN
     dnn_plan *plan;
     if ((s = dnn_plan_of(net, l, &c, &plan))) return s;

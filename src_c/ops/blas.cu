@@ -10,6 +10,7 @@
  * thread per value; the arithmetic after the sums is blas.c's. */
 #include "cuda.h"
 #include "layer_math.h"
+#include "activation_math.h"
 
 #include <math.h>
 
@@ -262,9 +263,8 @@ __global__ static void bn_normalize_kernel(float *x, float *x_norm, const float 
     }
 }
 
-void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                    float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
-                                    float share, float *scratch)
+void dn_gpu_batchnorm_statistics(const float *x, int batch, int channels, int spatial, float *mean, float *variance,
+                                 float *rolling_mean, float *rolling_variance, float keep, float share, float *scratch)
 {
     double *part = (double *)scratch;
     const size_t per = (size_t)batch * spatial;
@@ -274,6 +274,14 @@ void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spati
     channel_sums(x, NULL, mean, batch, channels, spatial, SUM_SQ_DEV, part);
     bn_variance_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(mean, variance, rolling_mean, rolling_variance,
                                                                channels, chunks, (double)per, keep, share, part);
+}
+
+void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
+                                    float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
+                                    float share, float *scratch)
+{
+    dn_gpu_batchnorm_statistics(x, batch, channels, spatial, mean, variance, rolling_mean, rolling_variance, keep,
+                                share, scratch);
     const size_t rows = (size_t)batch * channels;
     bn_normalize_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(x, x_norm, mean, variance, rows, channels,
                                                                           spatial);
@@ -305,6 +313,97 @@ void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *v
     const size_t per = (size_t)batch * spatial;
     const int chunks = channel_chunks(per);
     channel_sums(delta, x_norm, NULL, batch, channels, spatial, SUM_D_DX, part);
+    if (scale_grad) bn_scale_grad_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(scale_grad, channels, chunks, part);
+    const size_t rows = (size_t)batch * channels;
+    bn_backward_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(delta, x_norm, variance, scales, rows,
+                                                                         channels, spatial, chunks, (double)per, part);
+}
+
+/* ---- a layer's output stage in one pass each way ----
+ * Forward: out = f((x - mean) * inv * scale + bias), inv = 1 / sqrt(variance + .00001) (batch norm: the batch's
+ * statistics in training, the rolling ones in inference; without it out = f(x + bias)), keeping x_norm and the
+ * value before f where training needs them: the arithmetic of the separate passes (normalize, scale, bias, copy,
+ * activate), each product and sum rounded on its own (__fmul_rn, __fadd_rn: never fused into one FMA), so the
+ * same values. Backward: delta *= f'(out, pre) in the pass that sums it per channel (and delta * x_norm), the
+ * sums in channel_sums' order; the bias gradient takes the first sum, batch norm both (the separate passes
+ * summed delta twice). Activations across channels (norm_chan...) keep their own pass. */
+static int across_channels(dn_activation a)
+{
+    return a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL;
+}
+
+__global__ static void output_stage_kernel(float *x, float *x_norm, const float *mean, const float *variance,
+                                           const float *scale, const float *bias, float *pre, size_t rows,
+                                           int channels, int spatial, dn_activation a)
+{
+    DN_ROW_LOOP(r, i, rows, spatial) {
+        const int c = (int)(r % (unsigned)channels);
+        const size_t o = r * spatial + i;
+        float v = x[o];
+        if (mean) {
+            v = (v - mean[c]) * (1.f / sqrtf(variance[c] + .00001f));
+            if (x_norm) x_norm[o] = v;
+            v = __fmul_rn(v, scale[c]);
+        }
+        v = __fadd_rn(v, bias[c]);
+        if (pre) pre[o] = v;
+        x[o] = activate1(v, a);
+    }
+}
+
+void dn_gpu_output_stage(float *x, float *x_norm, const float *mean, const float *variance, const float *scale,
+                         const float *bias, float *pre, int batch, int channels, int spatial, dn_activation a)
+{
+    const size_t rows = (size_t)batch * channels;
+    output_stage_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(
+        x, x_norm, mean, variance, scale, bias, pre, rows, channels, spatial, across_channels(a) ? DN_ACT_LINEAR : a);
+    if (across_channels(a)) dn_gpu_activate(x, batch, channels, spatial, a);
+}
+
+/* channel_sums_kernel's SUM_D (x_norm NULL) or SUM_D_DX with delta *= f'(y, pre) on the way */
+__global__ static void gradient_sums_kernel(float *delta, const float *y, const float *pre, dn_activation act,
+                                            const float *x_norm, int batch, int channels, int spatial, int chunks,
+                                            double *part)
+{
+    __shared__ double shared[DN_BLOCK];
+    const int c = blockIdx.x, k = blockIdx.y;
+    const size_t n = (size_t)batch * spatial, j0 = n * k / chunks, j1 = n * (k + 1) / chunks;
+    double s0 = 0, s1 = 0;
+    for (size_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+        const size_t o = at(c, (unsigned)j, channels, (unsigned)spatial);
+        const float d = delta[o] * gradient1(y[o], pre ? pre[o] : 0.f, act);
+        delta[o] = d;
+        s0 += d;
+        if (x_norm) s1 += (double)d * x_norm[o];
+    }
+    s0 = block_sum(s0, shared);
+    if (x_norm) s1 = block_sum(s1, shared);
+    if (threadIdx.x == 0) {
+        part[((size_t)c * chunks + k) * 2] = s0;
+        part[((size_t)c * chunks + k) * 2 + 1] = s1;
+    }
+}
+
+void dn_gpu_output_stage_backward(float *delta, const float *y, const float *pre, dn_activation act,
+                                  const float *x_norm, const float *variance, const float *scales, float *scale_grad,
+                                  float *bias_grad, int batch, int channels, int spatial, float *scratch)
+{
+    if (!x_norm && !bias_grad) {   /* nothing to sum */
+        dn_gpu_activation_backward(y, pre, delta, batch, channels, spatial, act);
+        return;
+    }
+    if (across_channels(act)) {
+        dn_gpu_activation_backward(y, pre, delta, batch, channels, spatial, act);
+        act = DN_ACT_LINEAR;   /* f' = 1: the sums' pass leaves delta as it is */
+    }
+    double *part = (double *)scratch;
+    const size_t per = (size_t)batch * spatial;
+    const int chunks = channel_chunks(per);
+    gradient_sums_kernel<<<dim3((unsigned)channels, (unsigned)chunks), DN_BLOCK>>>(delta, y, pre, act, x_norm, batch,
+                                                                                  channels, spatial, chunks, part);
+    channel_totals_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(channels, chunks, part);
+    if (bias_grad) add_total_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(bias_grad, channels, chunks, part);
+    if (!x_norm) return;
     if (scale_grad) bn_scale_grad_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(scale_grad, channels, chunks, part);
     const size_t rows = (size_t)batch * channels;
     bn_backward_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(delta, x_norm, variance, scales, rows,
