@@ -46,6 +46,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -511,6 +512,35 @@ class _NoLog:
         return None
 
 
+class _FeedHint:
+    """Watches how long the training loop waits for its batches and says once, after `after` iterations past
+    the first `skip`, when the median wait is over a fifth of the median training step: the loader limits
+    training, and what feeds it faster."""
+
+    def __init__(self, out, loader, workers, skip=5, after=20):
+        self.out, self.loader, self.workers = out, loader, workers
+        self.skip, self.after = skip, after
+        self.waits, self.steps, self.seen = [], [], 0
+
+    def add(self, wait, step):
+        self.seen += 1
+        if self.seen <= self.skip or self.waits is None:
+            return
+        self.waits.append(wait)
+        self.steps.append(step)
+        if len(self.waits) < self.after:
+            return
+        wait, step = statistics.median(self.waits), statistics.median(self.steps)
+        self.waits = self.steps = None   # said, or not needed: once either way
+        if wait <= 0.2 * step:
+            return
+        cached = getattr(self.loader, "image_cache", None) is not None
+        ways = [] if cached else ["--cache-images (each image decoded once, not once an epoch)"]
+        ways.append(f"more --workers (now {self.workers}) where cores are free")
+        self.out.note(f"the data loader limits training: each iteration waited {wait * 1000:.0f} ms for its batch "
+                      f"against {step * 1000:.0f} ms of training; " + " or ".join(ways) + " would feed it faster")
+
+
 def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, save_every, last_every, chart,
            chart_every, workers, threads, progress, stop_after, callback, gpu=None, dist=None, watch=None,
            cache_images=None):
@@ -749,6 +779,8 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
         summary.saved[str(tag)] = path
         return path
 
+    # one note when the loader cannot keep up (the first batches and the start-up left out)
+    feed_hint = _FeedHint(out, loader, loader.workers) if leader else None
     t0 = time.perf_counter()
     iter_save = iter_save_last = iter_eval = start
     hours_left = None
@@ -804,6 +836,8 @@ def _loop(out, task, net, loader, *, cfg, data, base, backup_dir, weights, state
                       "hours_left": round(hours_left, 6)}
             if watch is not None and (k == start or it % max(1, chart_every or 10) == 0):
                 watch.publish_sample(x, truths)   # before the next batch is taken: x may be shared memory
+            if feed_hint is not None:
+                feed_hint.add(load_time, train_time)
 
             # ---- evaluation (-map, -topk)
             evaluated = task.evaluation_due(it, iter_eval, max_b, n_train, full_batch, burn_in) and leader

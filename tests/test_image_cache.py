@@ -176,3 +176,34 @@ def test_the_training_commands_take_cache_images(tmp_path):
     assert r.returncode == 0 and "up to 0.00 GB" in r.stderr, r.stderr[-2000:]
     r = run("--cache-images", "-2")
     assert r.returncode == 2 and "expected a positive number of gigabytes, got '-2'" in r.stderr
+
+
+def _train_cli(tmp_path, cfg_text, *more, count=8):
+    data = write_shapes_dataset(tmp_path, count=count, width=64, height=64, seed=1)
+    cfg = tmp_path / "net.cfg"
+    cfg.write_text(cfg_text)
+    return subprocess.run([sys.executable, "-m", "pydarknet", "detector", "train", data, str(cfg), "-dont_show",
+                           "--backup", str(tmp_path / "bk"), *more], capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+
+
+HEAD = "[convolutional]\nfilters=24\nsize=1\nstride=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=4,4, 8,8, 12,12\n" \
+       "classes=3\nnum=3\n"
+
+
+def test_a_loader_that_limits_training_is_named_once(tmp_path):
+    """A tiny network whose batches (mosaics, made in the training thread: --workers 0) take longer than its
+    steps: one note saying so and what would help."""
+    r = _train_cli(tmp_path, "[net]\nwidth=32\nheight=32\nchannels=3\nbatch=4\nsubdivisions=1\nlearning_rate=0.001\n"
+                   "max_batches=30\nmosaic=1\n" + HEAD, "--workers", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("the data loader limits training") == 1, r.stderr[-3000:]
+    assert "--cache-images (each image decoded once" in r.stderr and "more --workers (now 0)" in r.stderr
+
+
+def test_no_note_when_training_is_the_slow_part(tmp_path):
+    conv = "[convolutional]\nbatch_normalize=1\nfilters=64\nsize=3\nstride=1\npad=1\nactivation=leaky\n"
+    r = _train_cli(tmp_path, "[net]\nwidth=64\nheight=64\nchannels=3\nbatch=8\nsubdivisions=1\nlearning_rate=0.001\n"
+                   "max_batches=27\n" + conv * 3 + HEAD, "--workers", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "the data loader limits training" not in r.stderr
