@@ -94,11 +94,11 @@ extern const dn_backend dn_cpu_backend;
 dn_status dn_run_forward(dn_net *net);
 /* A backward pass, last layer first, as far as the per-layer switches let it. */
 dn_status dn_run_backward(dn_net *net);
-/* After layer `layer`'s place in a backward pass (run, skipped, or the pass
- * stopped above it): the gradients of it and every later layer are final;
- * inside dn_net_train_batch's last backward pass the bucket hook may get
- * them (core/train.c). */
-dn_status dn_gradients_final(dn_net *net, int layer);
+/* The gradient block's range [low, net->bucket_end) to the bucket hook (on a
+ * device the host copies brought up to date first); bucket_end becomes low.
+ * Inside dn_net_train_batch's last backward pass (net->bucketing) the loop
+ * calls it as layers finish; train.c hands over the rest after the pass. */
+dn_status dn_hand_over_gradients(dn_net *net, size_t low);
 /* The host copies of every parameter (and with outputs, every layer output)
  * brought up to date; parameters go back before the next pass. */
 dn_status dn_net_to_host(dn_net *net, int outputs);

@@ -105,6 +105,26 @@ dn_status dn_run_forward(dn_net *net)
     return s;
 }
 
+/* ---- gradients handed over as they become final (the bucket hook of dn_net_train_batch, core/train.c) ---- */
+dn_status dn_hand_over_gradients(dn_net *net, size_t low)
+{
+    dn_status s = DN_OK;
+    if (net->backend != &dn_cpu_backend && (s = dn_net_to_host(net, 0))) return s;
+    if (low < net->bucket_end) s = net->bucket_hook(net, net->bucket_hook_user, low, net->bucket_end - low);
+    net->bucket_end = low;
+    return s;
+}
+
+/* after layer `layer`'s place in the last mini-batch's backward pass: its gradients and every later layer's are
+ * final; handed over once at least bucket_floats of them wait */
+static dn_status gradients_final(dn_net *net, int layer)
+{
+    if (!net->bucketing) return DN_OK;
+    const size_t low = net->grad_offset[layer];
+    if (net->bucket_end - low < net->bucket_floats) return DN_OK;
+    return dn_hand_over_gradients(net, low);
+}
+
 dn_status dn_run_backward(dn_net *net)
 {
     const dn_backend *b = net->backend;
@@ -118,7 +138,7 @@ dn_status dn_run_backward(dn_net *net)
             s = named(l, pass(net, l, 1));
             if (!s) s = b->layer_done(net, l, "backward");
         }
-        if (!s) s = dn_gradients_final(net, i);
+        if (!s) s = gradients_final(net, i);
     }
     return s;
 }

@@ -235,8 +235,6 @@ static dn_status need_training(const dn_net *net)
 
 static void zero_layer_grads(dn_net *net, dn_layer *l) { net->backend->zero_grads(net, l); }
 
-static dn_status hand_over(dn_net *net, size_t low);
-
 static void zero_grads(dn_net *net)
 {
     for (int i = 0; i < net->nlayers; ++i) zero_layer_grads(net, net->layers[i]);
@@ -382,7 +380,7 @@ dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, cons
         net->seen += mb;
         net->images_since_update += mb;
     }
-    if (net->bucket_hook && (s = hand_over(net, 0))) {
+    if (net->bucket_hook && (s = dn_hand_over_gradients(net, 0))) {
         zero_grads(net);
         return s;
     }
@@ -416,25 +414,7 @@ dn_status dn_net_set_reduce_hook(dn_net *net, dn_reduce_hook hook, void *user)
     return DN_OK;
 }
 
-/* ---- gradients handed over as they become final (the bucket hook) ---- */
-/* the range [low, bucket_end) to the hook; on a device the host copies brought up to date first */
-static dn_status hand_over(dn_net *net, size_t low)
-{
-    dn_status s = DN_OK;
-    if (net->backend != &dn_cpu_backend && (s = dn_net_to_host(net, 0))) return s;
-    if (low < net->bucket_end) s = net->bucket_hook(net, net->bucket_hook_user, low, net->bucket_end - low);
-    net->bucket_end = low;
-    return s;
-}
-
-dn_status dn_gradients_final(dn_net *net, int layer)
-{
-    if (!net->bucketing) return DN_OK;
-    const size_t low = net->grad_offset[layer];
-    if (net->bucket_end - low < net->bucket_floats) return DN_OK;
-    return hand_over(net, low);
-}
-
+/* ---- gradients handed over as they become final (the bucket hook; core/loop.c hands them over) ---- */
 dn_status dn_net_set_bucket_hook(dn_net *net, dn_bucket_hook hook, void *user, size_t bucket_floats)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
