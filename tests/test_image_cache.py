@@ -168,7 +168,8 @@ def test_the_training_commands_take_cache_images(tmp_path):
                    "[yolo]\nmask=0,1,2\nanchors=4,4, 8,8, 12,12\nclasses=3\nnum=3\n")
     run = lambda *more: subprocess.run([sys.executable, "-m", "pydarknet", "detector", "train", data, str(cfg),
                                         "-dont_show", "--backup", str(tmp_path / "bk"), "--workers", "0", *more],
-                                       capture_output=True, text=True, env=child_env(), timeout=120)
+                                       capture_output=True, text=True, env=child_env(), timeout=120,
+                                       cwd=tmp_path)   # not the checkout: -m would import its source tree
     r = run("--cache-images")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "keeping the decoded training images in shared memory" in r.stderr
@@ -184,7 +185,7 @@ def _train_cli(tmp_path, cfg_text, *more, count=8):
     cfg.write_text(cfg_text)
     return subprocess.run([sys.executable, "-m", "pydarknet", "detector", "train", data, str(cfg), "-dont_show",
                            "--backup", str(tmp_path / "bk"), *more], capture_output=True, text=True,
-                          env=child_env(), timeout=300)
+                          env=child_env(), timeout=300, cwd=tmp_path)
 
 
 HEAD = "[convolutional]\nfilters=24\nsize=1\nstride=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=4,4, 8,8, 12,12\n" \
