@@ -112,8 +112,7 @@ class World:
         self.iteration = 0     # updates made
         self._block = None     # the attached network's gradient block (a view of the C floats)
         self._pending = []     # this update's all-reduces of gradient ranges, in the order they started
-        # one thread makes the training loop's collective calls where the MPI library allows it
-        self._courier = _Courier(self) if mpi.Query_thread() >= mpi.THREAD_SERIALIZED else None
+        self._courier = None   # while a network is attached (and the MPI library allows threads)
 
     @property
     def leader(self):
@@ -133,6 +132,9 @@ class World:
         averages its batch-norm rolling statistics, so every rank holds the same
         network and any rank's checkpoint is the run's)."""
         self._net, self._rolling = net, None
+        # one thread makes the training loop's collective calls where the MPI library allows it
+        if self._courier is None and self._mpi.Query_thread() >= self._mpi.THREAD_SERIALIZED:
+            self._courier = _Courier(self)
         bucket = int(self.bucket_mb * 1e6 / 4)
         check(lib.dn_net_set_bucket_hook(net._ptr, lib._pydarknet_bucket_hook, self._handle, bucket))
         check(lib.dn_net_set_gradient_hook(net._ptr, lib._pydarknet_gradient_hook, self._handle))
