@@ -256,11 +256,49 @@ def test_loss_heads_match_cpu(write_cfg, head, c):
             close(got[k], want[k], 1e-3)
 
 
+# [yolo] options that take the loss down each of its paths (yolo.c's comment)
+YOLO_LOSS_OPTIONS = ["iou_loss=iou\nignore_thresh=0.05", "iou_loss=mse", "iou_loss=giou\nfocal_loss=1",
+                     "iou_loss=diou\nobjectness_smooth=1\ntruth_thresh=0.2",
+                     "iou_loss=ciou\niou_thresh=0.2\nlabel_smooth_eps=0.1\nignore_thresh=0.1",
+                     "counters_per_class=10,30\ndelta_normalizer=0.5\nmax_delta=2\niou_normalizer=0.07",
+                     "new_coords=1\nscale_x_y=2.0\niou_loss=ciou\nfocal_loss=1"]
+
+
+@pytest.mark.parametrize("options", YOLO_LOSS_OPTIONS)
+def test_yolo_loss_on_the_device_matches_cpu(write_cfg, monkeypatch, options):
+    """PYDARKNET_YOLO_LOSS=device: yolo_loss.h's functions run on the device (a thread per prediction, then per
+    image for the truths) give the CPU's loss (1e-4) and gradients (1e-3), along every path of the loss; the
+    default host loss on the same GPU network too."""
+    act = "logistic" if "new_coords=1" in options else "linear"   # new_coords: the layer before applies it
+    body = f"[convolutional]\nfilters=14\nsize=3\npad=1\nactivation={act}\n" + YOLO + options + "\n"
+    x = random_input((3, 3, 8, 8), 1)
+    truth = np.zeros((3, 5, 5), np.float32)
+    truth[:, 0] = [0.4, 0.5, 0.3, 0.4, 1]
+    truth[:, 1] = [0.7, 0.3, 0.2, 0.2, 0]
+    truth[1, 2] = [0.45, 0.55, 0.9, 0.8, 1]   # a large box: another best anchor
+    truth[2, 3] = [0.1, 0.9, 0.05, 0.1, 0]    # a small one at the edge
+    truth = truth.reshape(-1)
+    want = None
+    for where in ("host", "device"):
+        cpu, gpu = _pair(write_cfg, body, 3, 8, 8, batch=3)
+        if want is None:
+            want = _grads(cpu, x, None, truth)
+        monkeypatch.setenv("PYDARKNET_YOLO_LOSS", where)
+        got = _grads(gpu, x, None, truth)
+        assert abs(got["loss"] - want["loss"]) <= 1e-4 * abs(want["loss"]), (where, got["loss"], want["loss"])
+        for k in want:
+            if k != "loss":
+                close(got[k], want[k], 1e-3)
+
+
+@pytest.mark.parametrize("where", ["host", "device"])
 @pytest.mark.parametrize("extra", ["", "adam=1\nB1=0.9\nB2=0.999\neps=0.000001"])
-def test_training_iterations_match_cpu(write_cfg, extra):
+def test_training_iterations_match_cpu(write_cfg, monkeypatch, extra, where):
     """Two iterations of batch 8 in mini-batches of 4: accumulation, batch-norm
-    statistics, the yolo loss and the optimizer (SGD with momentum and decay, or Adam)."""
+    statistics, the yolo loss (on the host or on the device) and the optimizer
+    (SGD with momentum and decay, or Adam)."""
     device = _gpu()
+    monkeypatch.setenv("PYDARKNET_YOLO_LOSS", where)
     cpu, cpu_losses = trained(write_cfg, 2, 2, extra, "cpu.cfg")
     gpu, gpu_losses = trained(write_cfg, 2, 2, extra, "gpu.cfg", device=device)
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)

@@ -83,30 +83,12 @@
  * and classes (new_coords: 1), 1 for w, h. */
 #include "../ops/ops.h"
 #include "cuda.h"
+#include "yolo_loss.h"
 
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define FOCAL_ALPHA 0.5f
-#define BOX_MSE (-1)
-
-enum { OBJ_NONE, OBJ_CONST, OBJ_IOU };
-enum { CLS_NONE, CLS_CONST, CLS_IOU, CLS_FOCAL_POS, CLS_FOCAL_NEG };
-
-typedef struct {
-    unsigned char kind;
-    float t, w;
-} cls_term;
-
-/* what steps 1-3 decided for one prediction of the current image */
-typedef struct {
-    int obj, obj_truth, obj_square; /* OBJ_IOU: target IoU (squared) with truth row obj_truth */
-    float obj_t, obj_w;
-    int classes_set, focal, iou_truth; /* CLS_IOU targets: IoU^2 with truth row iou_truth */
-    double box_loss;
-} cell_state;
 
 typedef struct {
     int classes, n, total, new_coords;
@@ -136,7 +118,7 @@ static dn_status iou_kind(const dn_layer *l, const char *key, int allow_mse, int
     dn_status st = dn_attr_string(l, key, &name);
     if (st) return st;
     if (allow_mse && !strcmp(name, "mse")) {
-        *out = BOX_MSE;
+        *out = YOLO_BOX_MSE;
         return DN_OK;
     }
     for (int i = 0; i < 4; ++i)
@@ -228,406 +210,6 @@ static dn_status yolo_setup(dn_layer *l, dn_net *net)
 
 /* ---------------------------------------------------------------- the loss */
 
-/* one image of a training pass */
-typedef struct {
-    yolo_state *s;
-    const dn_layer *l;
-    const dn_net *net;
-    const float *in, *out; /* the image's input (z) and output */
-    float *delta;          /* the image's gradient */
-    const float *truth;    /* its truth rows */
-    const int *valid;      /* the rows that hold a truth (dn_truth_class >= 0), in order */
-    int nvalid;
-    size_t hw;
-    cell_state *cells; /* the worker's scratch of steps 1-3 */
-    cls_term *terms;
-} image_ctx;
-
-static size_t entry(const image_ctx *c, int a, int k, size_t i)
-{
-    return ((size_t)a * (c->s->classes + 5) + (size_t)k) * c->hw + i;
-}
-
-static double softplus(double z) { return (z > 0 ? z : 0) + log1p(exp(-fabs(z))); }
-
-static int truth_class(const image_ctx *c, int r) { return dn_truth_class(c->truth + 5 * (size_t)r, c->s->classes); }
-
-static dn_box truth_box(const image_ctx *c, int r)
-{
-    const float *t = c->truth + 5 * (size_t)r;
-    dn_box b = {t[0], t[1], t[2], t[3]};
-    return b;
-}
-
-static dn_box pred_box(const image_ctx *c, int a, size_t i)
-{
-    const yolo_state *s = c->s;
-    const dn_layer *l = c->l;
-    const float aw = s->anchors[2 * a], ah = s->anchors[2 * a + 1];
-    const float zw = c->in[entry(c, a, 2, i)], zh = c->in[entry(c, a, 3, i)];
-    dn_box b;
-    b.x = ((float)(i % l->w) + c->out[entry(c, a, 0, i)]) / l->w;
-    b.y = ((float)(i / l->w) + c->out[entry(c, a, 1, i)]) / l->h;
-    if (s->new_coords) {
-        b.w = zw * zw * 4.f * aw / c->net->w;
-        b.h = zh * zh * 4.f * ah / c->net->h;
-    } else {
-        b.w = expf(zw) * aw / c->net->w;
-        b.h = expf(zh) * ah / c->net->h;
-    }
-    return b;
-}
-
-/* d(bx, by, bw, bh) / d(z_x, z_y, z_w, z_h) */
-static void box_jacobian(const image_ctx *c, int a, size_t i, float jac[4])
-{
-    const yolo_state *s = c->s;
-    const float aw = s->anchors[2 * a], ah = s->anchors[2 * a + 1];
-    const float *z = c->in;
-    const float zw = z[entry(c, a, 2, i)], zh = z[entry(c, a, 3, i)];
-    if (s->new_coords) {
-        jac[0] = s->scale_x_y / c->l->w;
-        jac[1] = s->scale_x_y / c->l->h;
-        jac[2] = 8.f * zw * aw / c->net->w;
-        jac[3] = 8.f * zh * ah / c->net->h;
-    } else {
-        const float sx = dn_logistic(z[entry(c, a, 0, i)]), sy = dn_logistic(z[entry(c, a, 1, i)]);
-        jac[0] = s->scale_x_y * sx * (1.f - sx) / c->l->w;
-        jac[1] = s->scale_x_y * sy * (1.f - sy) / c->l->h;
-        jac[2] = expf(zw) * aw / c->net->w;
-        jac[3] = expf(zh) * ah / c->net->h;
-    }
-}
-
-static float finite_or_zero(float v) { return isfinite(v) ? v : 0.f; }
-
-/* adds d(term)/d(target) * d(target)/d(box) into the box gradient of (a, i)
- * for a target iou (squared when `square`) whose gradient is g */
-static void add_iou_target_grad(image_ctx *c, int a, size_t i, int square, float iou, const float g[4], float dloss_dt)
-{
-    float jac[4];
-    box_jacobian(c, a, i, jac);
-    const float dt = square ? 2.f * iou : 1.f;
-    for (int q = 0; q < 4; ++q) c->delta[entry(c, a, q, i)] += finite_or_zero(dloss_dt * dt * g[q] * jac[q]);
-}
-
-/* probability term w * BCE(sigma(z), t) (new_coords: w/2 (z - t)^2); adds
- * its gradient to *g, returns its value; *dt = d(term)/d(t) when asked */
-static double prob_term(int new_coords, float z, float t, float w, float *g, float *dt)
-{
-    if (new_coords) {
-        const float e = z - t;
-        *g += w * e;
-        if (dt) *dt = -w * e;
-        return 0.5 * w * (double)e * e;
-    }
-    *g += w * (dn_logistic(z) - t);
-    if (dt) *dt = -w * z;
-    return w * (softplus(z) - (double)t * z);
-}
-
-/* ---- focal loss pieces: pt, log(pt) and d(pt)/dz of the positive class */
-typedef struct {
-    double pt, lp, dpt, g, dg;
-} focal_pt;
-
-static focal_pt focal_at(int new_coords, float z)
-{
-    focal_pt f;
-    if (new_coords) {
-        f.pt = z > 1e-15f ? z : 1e-15;
-        f.lp = log(f.pt);
-        f.dpt = 1;
-    } else {
-        f.pt = 1 / (1 + exp(-(double)z));
-        f.lp = -softplus(-(double)z);
-        f.dpt = f.pt * (1 - f.pt);
-    }
-    const double p = f.pt, lp = f.lp;
-    f.g = (1 - p) * (1 - p - 2 * p * lp);
-    f.dg = -(1 - p - 2 * p * lp) - (1 - p) * (3 + 2 * lp);
-    return f;
-}
-
-/* alpha * FL(pt); gradient with respect to z_k added to *g. For the logistic,
- * d(FL)/dz = (1 - pt)^2 (2 pt log pt + pt - 1); new_coords takes the function
- * H of pt with that derivative (with respect to pt = z), H(1) = 0. */
-static double focal_pos(int new_coords, const focal_pt *f, float *g)
-{
-    const double p = f->pt, lp = f->lp;
-    *g += (float)(FOCAL_ALPHA * (1 - p) * (1 - p) * (2 * p * lp + p - 1));
-    if (new_coords) {
-        const double H = (1 - p) * (1 - p) * (1 - p) * (1 - p) / 4 +
-                         2 * ((p * p / 2 - 2 * p * p * p / 3 + p * p * p * p / 4) * lp - p * p / 4 +
-                              2 * p * p * p / 9 - p * p * p * p / 16);
-        return FOCAL_ALPHA * (H + 13.0 / 72.0);
-    }
-    return FOCAL_ALPHA * (1 - p) * (1 - p) * (-lp);
-}
-
-/* alpha * g(pt) * BCE(sigma(z_c), 0) (new_coords alpha*g(pt)*z_c^2/2);
- * gradients added to *gc (z_c) and *gk (z_k) */
-static double focal_neg(int new_coords, const focal_pt *f, float zc, float *gc, float *gk)
-{
-    double base, dbase;
-    if (new_coords) {
-        base = 0.5 * (double)zc * zc;
-        dbase = zc;
-    } else {
-        base = softplus(zc);
-        dbase = dn_logistic(zc);
-    }
-    *gc += (float)(FOCAL_ALPHA * f->g * dbase);
-    *gk += (float)(FOCAL_ALPHA * f->dg * f->dpt * base);
-    return FOCAL_ALPHA * f->g * base;
-}
-
-/* ---- the state machine of steps 1-3 */
-static float class_mult(const image_ctx *c, int k) { return c->s->class_mult ? c->s->class_mult[k] : 1.f; }
-
-static cell_state *cell_at(image_ctx *c, int a, size_t i) { return &c->cells[(size_t)a * c->hw + i]; }
-
-static cls_term *terms_at(image_ctx *c, int a, size_t i)
-{
-    return &c->terms[((size_t)a * c->hw + i) * (size_t)c->s->classes];
-}
-
-static float measure_with(const image_ctx *c, int a, size_t i, int r, float grad[4])
-{
-    return dn_box_measure(pred_box(c, a, i), truth_box(c, r), DN_IOU_PLAIN, grad);
-}
-
-/* darknet's objectness delta w*(t - p) for the current state (zero: no term) */
-static float obj_gap(image_ctx *c, int a, size_t i)
-{
-    const cell_state *cs = cell_at(c, a, i);
-    const float p = c->out[entry(c, a, 4, i)];
-    if (cs->obj == OBJ_CONST) return cs->obj_w * (cs->obj_t - p);
-    if (cs->obj == OBJ_IOU) {
-        float m = measure_with(c, a, i, cs->obj_truth, NULL);
-        return cs->obj_w * ((cs->obj_square ? m * m : m) - p);
-    }
-    return 0.f;
-}
-
-/* darknet's class delta for entry k, as decided so far */
-static float class_gap(image_ctx *c, int a, size_t i, int k)
-{
-    const cell_state *cs = cell_at(c, a, i);
-    const cls_term *t = terms_at(c, a, i) + k;
-    const float p = c->out[entry(c, a, 5 + k, i)];
-    switch (t->kind) {
-    case CLS_CONST: return t->w * (t->t - p);
-    case CLS_IOU: {
-        const float m = measure_with(c, a, i, cs->iou_truth, NULL);
-        return t->w * (m * m - p);
-    }
-    case CLS_FOCAL_POS:
-    case CLS_FOCAL_NEG: {
-        const focal_pt f = focal_at(c->s->new_coords, c->in[entry(c, a, 5 + cs->focal, i)]);
-        return (float)(((t->kind == CLS_FOCAL_POS ? 1.f : 0.f) - p) * FOCAL_ALPHA * f.g);
-    }
-    default: return 0.f;
-    }
-}
-
-/* darknet's delta_yolo_class */
-static void set_classes(image_ctx *c, int a, size_t i, int k)
-{
-    const yolo_state *s = c->s;
-    cell_state *cs = cell_at(c, a, i);
-    cls_term *t = terms_at(c, a, i);
-    const float eps = s->label_smooth_eps;
-    const float one = 1.f * (1.f - eps) + .5f * eps, zero = .5f * eps;
-    if (cs->classes_set) {
-        t[k].kind = CLS_CONST;
-        t[k].t = one;
-        t[k].w = class_mult(c, k);
-        return;
-    }
-    cs->classes_set = 1;
-    if (s->focal_loss) {
-        cs->focal = k;
-        for (int n = 0; n < s->classes; ++n) t[n].kind = n == k ? CLS_FOCAL_POS : CLS_FOCAL_NEG;
-        return;
-    }
-    for (int n = 0; n < s->classes; ++n) {
-        t[n].kind = CLS_CONST;
-        t[n].t = n == k ? one : zero;
-        t[n].w = (n == k && s->class_mult) ? s->class_mult[k] * s->cls_normalizer : 1.f;
-    }
-}
-
-/* darknet's delta_yolo_box: the box term of truth row r on prediction (a, i) */
-static void add_box_term(image_ctx *c, int a, size_t i, int r, float norm)
-{
-    const yolo_state *s = c->s;
-    const dn_layer *l = c->l;
-    cell_state *cs = cell_at(c, a, i);
-    const dn_box tb = truth_box(c, r);
-    const float aw = s->anchors[2 * a], ah = s->anchors[2 * a + 1], sxy = s->scale_x_y;
-    if (s->iou_loss == BOX_MSE) {
-        const float k = (2.f - tb.w * tb.h) * norm;
-        const float tgt[4] = {
-            tb.x * l->w - (float)(i % l->w), tb.y * l->h - (float)(i / l->w),
-            s->new_coords ? sqrtf(tb.w * c->net->w / (4.f * aw)) : logf(tb.w * c->net->w / aw),
-            s->new_coords ? sqrtf(tb.h * c->net->h / (4.f * ah)) : logf(tb.h * c->net->h / ah)};
-        for (int q = 0; q < 2; ++q) {
-            const size_t e = entry(c, a, q, i);
-            const float z = c->in[e], o = c->out[e];
-            c->delta[e] += k * (o - tgt[q]);
-            if (s->new_coords)
-                cs->box_loss += k / (2.0 * sxy) * (double)(o - tgt[q]) * (o - tgt[q]);
-            else
-                cs->box_loss += (double)k * sxy * (softplus(z) - (tgt[q] + (sxy - 1) / 2) / sxy * (double)z);
-        }
-        for (int q = 2; q < 4; ++q) {
-            const size_t e = entry(c, a, q, i);
-            const float d = c->in[e] - tgt[q];
-            c->delta[e] += k * d;
-            cs->box_loss += 0.5 * k * (double)d * d;
-        }
-        return;
-    }
-    float g[4], jac[4];
-    const float m = dn_box_measure(pred_box(c, a, i), tb, (dn_iou_kind)s->iou_loss, g);
-    box_jacobian(c, a, i, jac);
-    cs->box_loss += (double)norm * (1.0 - m);
-    for (int q = 0; q < 4; ++q) {
-        float v = finite_or_zero(-norm * g[q] * jac[q]);
-        if (s->max_delta < FLT_MAX) v = fminf(fmaxf(v, -s->max_delta), s->max_delta);
-        c->delta[entry(c, a, q, i)] += v;
-    }
-}
-
-/* step 2 for one (truth, anchor) pair */
-static void assign_truth(image_ctx *c, int a, size_t i, int r, int k)
-{
-    const yolo_state *s = c->s;
-    cell_state *cs = cell_at(c, a, i);
-    const float cm = class_mult(c, k);
-    add_box_term(c, a, i, r, s->iou_normalizer * cm);
-    if (!s->objectness_smooth || obj_gap(c, a, i) == 0.f) {
-        cs->obj = OBJ_CONST;
-        cs->obj_t = 1.f;
-        cs->obj_w = cm * s->obj_normalizer;
-    }
-    set_classes(c, a, i, k);
-}
-
-static int mask_index(const yolo_state *s, int anchor)
-{
-    for (int i = 0; i < s->n; ++i)
-        if (s->mask[i] == anchor) return i;
-    return -1;
-}
-
-/* step 1 for prediction (a, i) */
-static void judge_prediction(image_ctx *c, int a, size_t i)
-{
-    const yolo_state *s = c->s;
-    cell_state *cs = cell_at(c, a, i);
-    memset(cs, 0, sizeof(*cs));
-    cs->focal = -1;
-    cs->obj = OBJ_CONST;
-    cs->obj_t = 0.f;
-    cs->obj_w = s->obj_normalizer;
-    memset(terms_at(c, a, i), 0, sizeof(cls_term) * (size_t)s->classes);
-
-    const dn_box pred = pred_box(c, a, i);
-    int class_match = 0;
-    for (int k = 0; k < s->classes && !class_match; ++k) class_match = c->out[entry(c, a, 5 + k, i)] > .25f;
-    float best_match = 0.f, best = 0.f;
-    int best_match_r = 0, best_r = 0;
-    for (int v = 0; v < c->nvalid; ++v) {
-        const int r = c->valid[v];
-        const float m = dn_box_measure(pred, truth_box(c, r), DN_IOU_PLAIN, NULL);
-        if (m > best_match && class_match) {
-            best_match = m;
-            best_match_r = r;
-        }
-        if (m > best) {
-            best = m;
-            best_r = r;
-        }
-    }
-    const float p = c->out[entry(c, a, 4, i)];
-    if (best_match > s->ignore_thresh) {
-        if (!s->objectness_smooth)
-            cs->obj = OBJ_NONE;
-        else if (s->obj_normalizer * (best_match - p) > s->obj_normalizer * (0.f - p)) {
-            cs->obj = OBJ_IOU;
-            cs->obj_truth = best_match_r;
-            cs->obj_square = 0;
-        }
-    }
-    if (best > s->truth_thresh) {
-        const int k = truth_class(c, best_r);
-        const float cm = class_mult(c, k);
-        if (s->objectness_smooth) {
-            cs->obj = OBJ_IOU;
-            cs->obj_truth = best_r;
-            cs->obj_square = 1;
-            cs->obj_w = s->obj_normalizer;
-        } else {
-            cs->obj = OBJ_CONST;
-            cs->obj_t = 1.f;
-            cs->obj_w = s->obj_normalizer;
-        }
-        set_classes(c, a, i, k);
-        if (s->objectness_smooth) {
-            cls_term *t = terms_at(c, a, i) + k;
-            t->kind = CLS_IOU;
-            t->w = cm;
-            cs->iou_truth = best_r;
-        }
-        add_box_term(c, a, i, best_r, s->iou_normalizer * cm);
-    }
-}
-
-/* the terms of prediction (a, i) as decided: value, gradients into delta */
-static double cell_loss(image_ctx *c, int a, size_t i)
-{
-    const yolo_state *s = c->s;
-    const int nc = s->new_coords;
-    cell_state *cs = cell_at(c, a, i);
-    double loss = cs->box_loss;
-    const size_t eo = entry(c, a, 4, i);
-    if (cs->obj == OBJ_CONST) {
-        loss += prob_term(nc, c->in[eo], cs->obj_t, cs->obj_w, &c->delta[eo], NULL);
-    } else if (cs->obj == OBJ_IOU) {
-        float g[4], dt;
-        const float m = measure_with(c, a, i, cs->obj_truth, g);
-        loss += prob_term(nc, c->in[eo], cs->obj_square ? m * m : m, cs->obj_w, &c->delta[eo], &dt);
-        add_iou_target_grad(c, a, i, cs->obj_square, m, g, dt);
-    }
-    if (!cs->classes_set) return loss;
-    const cls_term *t = terms_at(c, a, i);
-    focal_pt f = {0, 0, 0, 0, 0};
-    size_t ek = 0;
-    if (cs->focal >= 0) {
-        ek = entry(c, a, 5 + cs->focal, i);
-        f = focal_at(nc, c->in[ek]);
-    }
-    for (int k = 0; k < s->classes; ++k) {
-        const size_t e = entry(c, a, 5 + k, i);
-        switch (t[k].kind) {
-        case CLS_CONST: loss += prob_term(nc, c->in[e], t[k].t, t[k].w, &c->delta[e], NULL); break;
-        case CLS_IOU: {
-            float g[4], dt;
-            const float m = measure_with(c, a, i, cs->iou_truth, g);
-            loss += prob_term(nc, c->in[e], m * m, t[k].w, &c->delta[e], &dt);
-            add_iou_target_grad(c, a, i, 1, m, g, dt);
-            break;
-        }
-        case CLS_FOCAL_POS: loss += focal_pos(nc, &f, &c->delta[e]); break;
-        case CLS_FOCAL_NEG: loss += focal_neg(nc, &f, c->in[e], &c->delta[e], &c->delta[ek]); break;
-        default: break;
-        }
-    }
-    return loss;
-}
-
 static dn_status grow(void **buf, size_t *cap, size_t n, size_t size)
 {
     if (*buf && *cap >= n) return DN_OK;
@@ -644,9 +226,22 @@ typedef struct {
     yolo_state *s;
     dn_layer *l;
     dn_net *net;
+    yolo_params p;
     const float *input;
     size_t hw, cells;
 } loss_job;
+
+/* yolo_loss.h's view of the layer: its options and arrays (host memory), grid and the network's size */
+void dn_yolo_params(const dn_layer *l, const dn_net *net, yolo_params *p)
+{
+    const yolo_state *s = l->priv;
+    const yolo_params v = {s->classes, s->n, s->total, s->new_coords, s->scale_x_y, s->anchors, s->all_anchors,
+                           s->mask, s->iou_loss, s->iou_thresh_kind, s->focal_loss, s->objectness_smooth,
+                           s->ignore_thresh, s->truth_thresh, s->iou_thresh, s->label_smooth_eps, s->max_delta,
+                           s->iou_normalizer, s->obj_normalizer, s->cls_normalizer, s->delta_normalizer,
+                           s->class_mult, l->w, l->h, net->w, net->h};
+    *p = v;
+}
 
 static void image_loss(void *ctx, int b, int worker)
 {
@@ -655,56 +250,19 @@ static void image_loss(void *ctx, int b, int worker)
     dn_layer *l = j->l;
     const size_t hw = j->hw;
     const int rows = j->net->truth_stride / 5;
-    int *valid = s->valid + (size_t)worker * (size_t)rows, nvalid = 0;
+    int *valid = s->valid + (size_t)worker * (size_t)rows;
     const float *truth = j->net->truth + (size_t)b * j->net->truth_stride;
-    for (int r = 0; r < rows; ++r) /* the usable rows once, not at every prediction */
-        if (dn_truth_class(truth + 5 * (size_t)r, s->classes) >= 0) valid[nvalid++] = r;
-    image_ctx c = {s, l, j->net, j->input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
+    const int nvalid = yolo_valid_rows(&j->p, truth, rows, valid); /* the usable rows once, not at every prediction */
+    image_ctx c = {&j->p, j->input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
                    l->delta + (size_t)b * l->outputs, truth, valid, nvalid, hw,
                    s->cells + (size_t)worker * j->cells, s->terms + (size_t)worker * j->cells * (size_t)s->classes};
     memset(c.delta, 0, l->outputs * sizeof(float));
     for (int a = 0; a < s->n; ++a)
         for (size_t i = 0; i < hw; ++i) judge_prediction(&c, a, i);
-    for (int v = 0; v < c.nvalid; ++v) {
-        const int r = c.valid[v], k = truth_class(&c, r);
-        const dn_box tb = truth_box(&c, r);
-        int col = (int)(tb.x * l->w), row = (int)(tb.y * l->h);
-        col = col < 0 ? 0 : col >= l->w ? l->w - 1 : col;
-        row = row < 0 ? 0 : row >= l->h ? l->h - 1 : row;
-        const size_t i = (size_t)row * l->w + col;
-        const dn_box shape = {0, 0, tb.w, tb.h};
-        float best = 0.f;
-        int best_n = 0;
-        for (int n = 0; n < s->total; ++n) {
-            const dn_box anchor = {0, 0, s->all_anchors[2 * n] / j->net->w, s->all_anchors[2 * n + 1] / j->net->h};
-            const float m = dn_box_measure(anchor, shape, DN_IOU_PLAIN, NULL);
-            if (m > best) {
-                best = m;
-                best_n = n;
-            }
-        }
-        const int a = mask_index(s, best_n);
-        if (a >= 0) assign_truth(&c, a, i, r, k);
-        if (s->iou_thresh < 1.f)
-            for (int n = 0; n < s->total; ++n) {
-                const int an = mask_index(s, n);
-                if (an < 0 || n == best_n) continue;
-                const dn_box anchor = {0, 0, s->all_anchors[2 * n] / j->net->w, s->all_anchors[2 * n + 1] / j->net->h};
-                if (dn_box_measure(anchor, shape, (dn_iou_kind)s->iou_thresh_kind, NULL) > s->iou_thresh)
-                    assign_truth(&c, an, i, r, k);
-            }
-    }
+    yolo_assign_truths(&c);
     if (s->iou_thresh < 1.f)
         for (int a = 0; a < s->n; ++a)
-            for (size_t i = 0; i < hw; ++i) {
-                if (obj_gap(&c, a, i) == 0.f) continue;
-                int positive = 0;
-                if (cell_at(&c, a, i)->classes_set)
-                    for (int k = 0; k < s->classes; ++k) positive += class_gap(&c, a, i, k) > 0.f;
-                if (!positive) continue;
-                cell_at(&c, a, i)->box_loss /= positive;
-                for (int q = 0; q < 4; ++q) c.delta[entry(&c, a, q, i)] /= (float)positive;
-            }
+            for (size_t i = 0; i < hw; ++i) yolo_divide_box_terms(&c, a, i);
     double loss = 0;
     for (int a = 0; a < s->n; ++a)
         for (size_t i = 0; i < hw; ++i) loss += cell_loss(&c, a, i);
@@ -713,10 +271,8 @@ static void image_loss(void *ctx, int b, int worker)
     s->image_loss[b] = loss * s->delta_normalizer;
 }
 
-static dn_status yolo_loss(dn_layer *l, dn_net *net)
+dn_status dn_yolo_loss_ready(const dn_layer *l, const dn_net *net)
 {
-    yolo_state *s = l->priv;
-    const size_t hw = (size_t)l->h * l->w, cells = (size_t)s->n * hw;
     if (net->truth_stride % 5)
         return dn_layer_fail(l, DN_ERR_SHAPE, "%d truth values per image are not rows of 5 (x, y, w, h, class)",
                              net->truth_stride);
@@ -726,6 +282,15 @@ static dn_status yolo_loss(dn_layer *l, dn_net *net)
         if (st) return st;
         if (map[0]) return dn_layer_fail(l, DN_ERR_UNSUPPORTED, "training with a class map is not supported");
     }
+    return DN_OK;
+}
+
+static dn_status yolo_loss(dn_layer *l, dn_net *net)
+{
+    yolo_state *s = l->priv;
+    const size_t hw = (size_t)l->h * l->w, cells = (size_t)s->n * hw;
+    dn_status ready = dn_yolo_loss_ready(l, net);
+    if (ready) return ready;
     const size_t workers = (size_t)dn_workers(net);
     dn_status st;
     if ((st = grow((void **)&s->cells, &s->cells_cap, workers * cells, sizeof(cell_state))) ||
@@ -733,7 +298,8 @@ static dn_status yolo_loss(dn_layer *l, dn_net *net)
         (st = grow((void **)&s->image_loss, &s->image_loss_cap, (size_t)l->batch, sizeof(double))) ||
         (st = grow((void **)&s->valid, &s->valid_cap, workers * (size_t)(net->truth_stride / 5), sizeof(int))))
         return dn_layer_fail(l, st, "out of memory for the loss scratch");
-    loss_job j = {s, l, net, dn_layer_input(net, l), hw, cells};
+    loss_job j = {s, l, net, {0}, dn_layer_input(net, l), hw, cells};
+    dn_yolo_params(l, net, &j.p);
     dn_parallel(net, l->batch, image_loss, &j);
     double total = 0;
     for (int b = 0; b < l->batch; ++b) total += s->image_loss[b];

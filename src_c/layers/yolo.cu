@@ -1,14 +1,28 @@
 /* yolo.cu - [yolo] on the device: the head's output, one thread per value,
  * as yolo.c (the logistic on x, y, objectness and the classes unless
- * new_coords, then x, y scaled by scale_x_y around the cell centre). The loss
- * stays on the host with yolo.c's one implementation: in a training pass with
- * truths the input is copied to the host (into page-locked memory), where
- * yolo.c's forward makes the output, adds the loss and writes l->delta (the
- * gradient with respect to the input), which is copied back. Backward adds that delta into the input
- * delta, or without a loss applies the forward's Jacobian on the device. */
+ * new_coords, then x, y scaled by scale_x_y around the cell centre).
+ *
+ * The loss of a training pass with truths, two ways:
+ *  - on the device (PYDARKNET_YOLO_LOSS=device): yolo_loss.h's functions, the
+ *    ones yolo.c runs on the host, here a thread per prediction for step 1
+ *    (judge_prediction), a thread per image for step 2 (the truths, in row
+ *    order), a thread per prediction for step 3 and the terms (cell_loss);
+ *    the truths go to the device and the per-prediction losses come back
+ *    (summed on the host in yolo.c's order), nothing else crosses.
+ *    Written and compiled without a GPU to run it on: off by default until
+ *    a device run checks it against the CPU (tests/test_cuda.py runs both).
+ *  - on the host (the default): the input is copied to the host (into
+ *    page-locked memory), where yolo.c's forward makes the output, adds the
+ *    loss and writes l->delta, which is copied back.
+ * Backward adds that delta into the input delta, or without a loss applies
+ * the forward's Jacobian on the device. */
 #include "cuda.h"
 #include "../ops/ops.h"
 #include "../ops/activation_math.h"
+#include "yolo_loss.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     size_t hw;
@@ -55,6 +69,154 @@ static dn_status read_shape(const dn_layer *l, yolo_shape *q)
     return DN_OK;
 }
 
+/* ---- the loss on the device ---- */
+typedef struct {
+    const float *in, *out, *truth;
+    float *delta;
+    const int *valid, *nvalid;
+    cell_state *cells;
+    cls_term *terms;
+    double *cell_loss;
+    size_t hw, inputs, outputs;
+    int stride, rows, batch;
+} yolo_batch;
+
+/* image b's context (yolo_loss.h), its scratch the b-th of the batch's */
+static __device__ image_ctx image_of(const yolo_params *p, const yolo_batch &d, int b)
+{
+    const size_t cells = (size_t)p->n * d.hw;
+    image_ctx c = {p, d.in + (size_t)b * d.inputs, d.out + (size_t)b * d.outputs, d.delta + (size_t)b * d.outputs,
+                   d.truth + (size_t)b * d.stride, d.valid + (size_t)b * d.rows, d.nvalid[b], d.hw,
+                   d.cells + (size_t)b * cells, d.terms + (size_t)b * cells * (size_t)p->classes};
+    return c;
+}
+
+__global__ static void valid_rows_kernel(yolo_params p, const float *truth, int stride, int rows, int batch, int *valid,
+                                         int *nvalid)
+{
+    DN_KERNEL_LOOP(b, (size_t)batch) nvalid[b] = yolo_valid_rows(&p, truth + b * stride, rows, valid + b * rows);
+}
+
+/* step: 0 judge_prediction, 1 yolo_divide_box_terms, 2 cell_loss (into d.cell_loss) */
+__global__ static void prediction_kernel(yolo_params p, yolo_batch d, int step)
+{
+    const size_t cells = (size_t)p.n * d.hw;
+    DN_KERNEL_LOOP(e, (size_t)d.batch * cells) {
+        const int b = (int)(e / cells), a = (int)(e % cells / d.hw);
+        const size_t i = e % d.hw;
+        image_ctx c = image_of(&p, d, b);
+        if (step == 0) judge_prediction(&c, a, i);
+        else if (step == 1) yolo_divide_box_terms(&c, a, i);
+        else d.cell_loss[e] = cell_loss(&c, a, i);
+    }
+}
+
+__global__ static void truths_kernel(yolo_params p, yolo_batch d)
+{
+    DN_KERNEL_LOOP(b, (size_t)d.batch) {
+        image_ctx c = image_of(&p, d, (int)b);
+        yolo_assign_truths(&c);
+    }
+}
+
+__global__ static void scale_kernel(float *x, size_t n, float a)
+{
+    DN_KERNEL_LOOP(e, n) x[e] *= a;
+}
+
+/* a device buffer of `bytes` in layer slot `slot` (floats: 4-byte units, 256-byte aligned by cudaMalloc) */
+static dn_status slot_bytes(dn_layer *l, int slot, size_t bytes, void **out)
+{
+    float *p;
+    dn_status s = dn_gpu_buffer(l, slot, (bytes + 3) / 4, &p);
+    if (!s) *out = p;
+    return s;
+}
+
+static size_t round8(size_t bytes) { return (bytes + 7) & ~(size_t)7; }
+
+static dn_status yolo_device_loss(dn_layer *l, dn_net *net)
+{
+    dn_status s = dn_yolo_loss_ready(l, net);
+    if (s) return s;
+    yolo_params p;
+    dn_yolo_params(l, net, &p);
+    const int batch = l->batch, stride = net->truth_stride, rows = stride / 5;
+    const size_t hw = (size_t)l->h * l->w, cells = (size_t)p.n * hw, predictions = (size_t)batch * cells;
+    /* slot 0: the truths, then the layer's arrays; slot 1: the usable rows and their counts; slot 2: the
+     * predictions' states; slot 3: their class terms, then their losses */
+    const size_t truth_n = (size_t)batch * stride, arrays_n = 2 * (size_t)p.n + 2 * (size_t)p.total + (size_t)p.n +
+                                                              (p.class_mult ? (size_t)p.classes : 0);
+    void *in0, *in1, *in2, *in3;
+    const size_t terms_bytes = round8(predictions * (size_t)p.classes * sizeof(cls_term));
+    if ((s = slot_bytes(l, 0, (truth_n + arrays_n) * 4, &in0)) ||
+        (s = slot_bytes(l, 1, ((size_t)batch * rows + (size_t)batch) * sizeof(int), &in1)) ||
+        (s = slot_bytes(l, 2, predictions * sizeof(cell_state), &in2)) ||
+        (s = slot_bytes(l, 3, terms_bytes + predictions * sizeof(double), &in3)))
+        return s;
+    float *f = (float *)in0;
+    float *host = (float *)malloc((truth_n + arrays_n) * sizeof(float));
+    if (!host) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss's truths");
+    memcpy(host, net->truth, truth_n * sizeof(float));
+    size_t at = truth_n;
+    const float *anchors = f + at;
+    memcpy(host + at, p.anchors, 2 * (size_t)p.n * sizeof(float));
+    at += 2 * (size_t)p.n;
+    const float *all_anchors = f + at;
+    memcpy(host + at, p.all_anchors, 2 * (size_t)p.total * sizeof(float));
+    at += 2 * (size_t)p.total;
+    const int *mask = (const int *)(f + at);
+    memcpy(host + at, p.mask, (size_t)p.n * sizeof(int));
+    at += (size_t)p.n;
+    const float *class_mult = NULL;
+    if (p.class_mult) {
+        class_mult = f + at;
+        memcpy(host + at, p.class_mult, (size_t)p.classes * sizeof(float));
+        at += (size_t)p.classes;
+    }
+    s = dn_gpu_push(f, host, at);
+    free(host);
+    if (s) return s;
+    p.anchors = anchors;
+    p.all_anchors = all_anchors;
+    p.mask = mask;
+    p.class_mult = class_mult;
+    int *valid = (int *)in1, *nvalid = valid + (size_t)batch * rows;
+    double *losses = (double *)((char *)in3 + terms_bytes);
+    const yolo_batch d = {dn_gpu_input(net, l), l->output_gpu, f, l->delta_gpu, valid, nvalid, (cell_state *)in2,
+                          (cls_term *)in3, losses, hw, l->inputs, l->outputs, stride, rows, batch};
+    const size_t n = (size_t)batch * l->outputs;
+    dn_gpu_fill(l->delta_gpu, n, 0.f);
+    valid_rows_kernel<<<dn_grid((size_t)batch), DN_BLOCK>>>(p, f, stride, rows, batch, valid, nvalid);
+    prediction_kernel<<<dn_grid(predictions), DN_BLOCK>>>(p, d, 0);
+    truths_kernel<<<dn_grid((size_t)batch), DN_BLOCK>>>(p, d);
+    if (p.iou_thresh < 1.f) prediction_kernel<<<dn_grid(predictions), DN_BLOCK>>>(p, d, 1);
+    prediction_kernel<<<dn_grid(predictions), DN_BLOCK>>>(p, d, 2);
+    if (p.delta_normalizer != 1.f) scale_kernel<<<dn_grid(n), DN_BLOCK>>>(l->delta_gpu, n, p.delta_normalizer);
+    /* the losses to the host, summed as yolo.c sums them: per image in prediction order, then the images */
+    double *host_losses = (double *)malloc(predictions * sizeof(double));
+    if (!host_losses) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss values");
+    s = dn_gpu_pull((float *)host_losses, (const float *)losses, predictions * 2);
+    if (!s) {
+        double total = 0;
+        for (int b = 0; b < batch; ++b) {
+            double loss = 0;
+            for (size_t e = 0; e < cells; ++e) loss += host_losses[(size_t)b * cells + e];
+            total += loss * p.delta_normalizer;
+        }
+        net->loss += total;
+    }
+    free(host_losses);
+    return s;
+}
+
+/* PYDARKNET_YOLO_LOSS=device: the loss on the device (see the top) */
+static int loss_on_device(void)
+{
+    const char *v = getenv("PYDARKNET_YOLO_LOSS");
+    return v && !strcmp(v, "device");
+}
+
 static dn_status yolo_forward_gpu(dn_layer *l, dn_net *net)
 {
     yolo_shape q;
@@ -64,7 +226,10 @@ static dn_status yolo_forward_gpu(dn_layer *l, dn_net *net)
     yolo_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), n, l->out_c, q, l->output_gpu);
     if (!net->train) return DN_OK;
     /* without truths: no loss (has_loss cleared) */
-    return net->truth ? dn_gpu_host_loss(net, l) : dn_yolo_train_loss(l, net);
+    if (!net->truth) return dn_yolo_train_loss(l, net);
+    if (!loss_on_device()) return dn_gpu_host_loss(net, l);
+    l->has_loss = 1;
+    return yolo_device_loss(l, net);
 }
 
 static dn_status yolo_backward_gpu(dn_layer *l, dn_net *net)
