@@ -491,6 +491,19 @@ def main(args):
     if not args.no_real_loss and model.specs[model.heads[0]].type == "yolo":
         truths = random_truths(args.batch, model.specs[model.heads[0]].attrs["classes"], rng)
         parts.append(("pydarknet train_batch ([yolo] loss)", lambda: net.train_batch(xb, truths)))
+
+        def device_loss_batch():   # the [yolo] loss on the device (yolo.cu; the C core reads the variable each pass)
+            before = os.environ.get("PYDARKNET_YOLO_LOSS")
+            os.environ["PYDARKNET_YOLO_LOSS"] = "device"
+            try:
+                return net.train_batch(xb, truths)
+            finally:
+                if before is None:
+                    os.environ.pop("PYDARKNET_YOLO_LOSS")
+                else:
+                    os.environ["PYDARKNET_YOLO_LOSS"] = before
+
+        parts.append(("pydarknet train_batch ([yolo] loss on the device)", device_loss_batch))
     times, loads = compare(parts, max(1, args.warmup // 5), args.batch_repeat, sync, args.pause,
                            args.wait_idle)
     rows += [("training iteration", k, args.batch, summary(times[k], args.batch), max(loads[k])) for k in times]
