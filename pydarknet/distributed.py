@@ -101,7 +101,8 @@ class World:
         self.comm, self._mpi = comm, mpi
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         # the rank among the ranks of this machine (they share its devices)
-        self.local_rank = comm.Split_type(mpi.COMM_TYPE_SHARED).Get_rank()
+        local = comm.Split_type(mpi.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         self.error = None          # an exception raised inside the gradient hook
         self._buffer = None
         self._net = None

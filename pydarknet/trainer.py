@@ -658,6 +658,11 @@ def _train(out, task, cfg, data, weights, *, clear, backup, max_batches, seed, s
     if workers is None:   # the CPU trains: 2 threads; a GPU trains: processes on every core but two (the
         # training thread with the loss heads' host work, and the rest of this process)
         workers = 2 if net.gpu is None else max(2, len(os.sched_getaffinity(0)) - 2)
+    if cache_images is True and dist is not None and dist.local_size > 1:
+        # the ranks of a machine keep a cache each: the default budget is shared between them
+        from .data.cache import default_budget
+
+        cache_images = max(1, default_budget() // dist.local_size)
     loader = task.make_loader(data, net, seed, workers, rows=None if dist is None else dist.rows(net.full_batch),
                               cache_images=cache_images)
     if loader.image_cache is not None:

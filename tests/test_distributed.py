@@ -274,3 +274,26 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(work):
     assert r.returncode != 0
     assert "batch=4 does not split over 2 MPI ranks of subdivisions=4" in r.stderr
     assert not (tmp / "backup").exists() or not os.listdir(tmp / "backup")
+
+
+def test_two_ranks_with_cached_images_train_what_they_train_without(work):
+    """--cache-images under MPI: the same batches, so the same trained weights bit for bit; the ranks of one
+    machine share the default budget (each keeps its own cache)."""
+    from pydarknet.data.cache import default_budget
+
+    tmp, data = work
+    got = {}
+    for name, more in (("plain", []), ("cached", ["--cache-images"])):
+        folder = tmp / name
+        folder.mkdir()
+        (folder / "net.cfg").write_text(cfg_text(1))
+        budget = default_budget()
+        r = run(["detector", "train", os.path.join("..", data), "net.cfg", "-dont_show", "-seed", "5",
+                 "--backup", "bk", "--workers", "0", *more], 2, folder)
+        assert r.returncode == 0, r.stderr[-3000:]
+        if more:
+            line = next(l for l in r.stderr.splitlines() if "keeping the decoded training images" in l)
+            assert float(line.split("up to ")[1].split(" GB")[0]) * 1e9 <= 0.75 * budget, (line, budget)
+        got[name] = trained(folder / "bk" / "net_final.weights")
+    for k in got["plain"]:
+        assert np.array_equal(got["plain"][k], got["cached"][k]), k
