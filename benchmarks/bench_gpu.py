@@ -493,15 +493,15 @@ def main(args):
         parts.append(("pydarknet train_batch ([yolo] loss)", lambda: net.train_batch(xb, truths)))
 
         def device_loss_batch():   # the [yolo] loss on the device (yolo.cu; the C core reads the variable each pass)
-            before = os.environ.get("PYDARKNET_YOLO_LOSS")
-            os.environ["PYDARKNET_YOLO_LOSS"] = "device"
+            before = os.environ.get("PYDARKNET_LOSS")
+            os.environ["PYDARKNET_LOSS"] = "device"
             try:
                 return net.train_batch(xb, truths)
             finally:
                 if before is None:
-                    os.environ.pop("PYDARKNET_YOLO_LOSS")
+                    os.environ.pop("PYDARKNET_LOSS")
                 else:
-                    os.environ["PYDARKNET_YOLO_LOSS"] = before
+                    os.environ["PYDARKNET_LOSS"] = before
 
         parts.append(("pydarknet train_batch ([yolo] loss on the device)", device_loss_batch))
     times, loads = compare(parts, max(1, args.warmup // 5), args.batch_repeat, sync, args.pause,

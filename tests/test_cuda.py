@@ -221,9 +221,12 @@ def test_gradients_match_cpu(write_cfg, case):
             close(got[k], want[k], 1e-3)
 
 
+@pytest.mark.parametrize("where", ["host", "device"])   # PYDARKNET_LOSS: [yolo] and [softmax] have a device loss
 @pytest.mark.parametrize("head,c", [(YOLO, 14), ("[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", 16),
-                                    ("[cost]\ntype=sse\n", 14), ("[softmax]\ngroups=4\ntemperature=0.5\n", 4)])
-def test_loss_heads_match_cpu(write_cfg, head, c):
+                                    ("[cost]\ntype=sse\n", 14), ("[softmax]\ngroups=4\ntemperature=0.5\n", 4),
+                                    ("[softmax]\ngroups=4\nfocal_gamma=2\nfocal_alpha=0.25\n", 4)])
+def test_loss_heads_match_cpu(write_cfg, monkeypatch, head, c, where):
+    monkeypatch.setenv("PYDARKNET_LOSS", where)
     body = f"[convolutional]\nfilters={c}\nsize=3\npad=1\nactivation=linear\n" + head
     cpu, gpu = _pair(write_cfg, body, 3, 8, 8)
     x = random_input((2, 3, 8, 8), 1)
@@ -266,7 +269,7 @@ YOLO_LOSS_OPTIONS = ["iou_loss=iou\nignore_thresh=0.05", "iou_loss=mse", "iou_lo
 
 @pytest.mark.parametrize("options", YOLO_LOSS_OPTIONS)
 def test_yolo_loss_on_the_device_matches_cpu(write_cfg, monkeypatch, options):
-    """PYDARKNET_YOLO_LOSS=device: yolo_loss.h's functions run on the device (a thread per prediction, then per
+    """PYDARKNET_LOSS=device: yolo_loss.h's functions run on the device (a thread per prediction, then per
     image for the truths) give the CPU's loss (1e-4) and gradients (1e-3), along every path of the loss; the
     default host loss on the same GPU network too."""
     act = "logistic" if "new_coords=1" in options else "linear"   # new_coords: the layer before applies it
@@ -283,7 +286,7 @@ def test_yolo_loss_on_the_device_matches_cpu(write_cfg, monkeypatch, options):
         cpu, gpu = _pair(write_cfg, body, 3, 8, 8, batch=3)
         if want is None:
             want = _grads(cpu, x, None, truth)
-        monkeypatch.setenv("PYDARKNET_YOLO_LOSS", where)
+        monkeypatch.setenv("PYDARKNET_LOSS", where)
         got = _grads(gpu, x, None, truth)
         assert abs(got["loss"] - want["loss"]) <= 1e-4 * abs(want["loss"]), (where, got["loss"], want["loss"])
         for k in want:
@@ -298,7 +301,7 @@ def test_training_iterations_match_cpu(write_cfg, monkeypatch, extra, where):
     statistics, the yolo loss (on the host or on the device) and the optimizer
     (SGD with momentum and decay, or Adam)."""
     device = _gpu()
-    monkeypatch.setenv("PYDARKNET_YOLO_LOSS", where)
+    monkeypatch.setenv("PYDARKNET_LOSS", where)
     cpu, cpu_losses = trained(write_cfg, 2, 2, extra, "cpu.cfg")
     gpu, gpu_losses = trained(write_cfg, 2, 2, extra, "gpu.cfg", device=device)
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)

@@ -630,6 +630,12 @@ dn_status dn_gpu_pull_sources(dn_net *net, dn_layer *l)
     return s ? s : pull_output(net, l);
 }
 
+int dn_gpu_loss_on_device(void)
+{
+    const char *v = getenv("PYDARKNET_LOSS");
+    return v && !strcmp(v, "device");
+}
+
 dn_status dn_gpu_host_loss(dn_net *net, dn_layer *l)
 {
     dn_status s = for_sources(net, l, pull_source_output);

@@ -42,6 +42,10 @@ extern "C" {
  * the pass has truths, the head's gradient; l->has_loss tells backward). */
 dn_status dn_softmax_train_loss(dn_layer *l, dn_net *net);
 const float *dn_softmax_xent(const dn_layer *l);  /* the cross-entropy gradient of the last training pass, or NULL */
+/* a pass's loss setup for the device's loss: whether it has one (truths and not noloss), the focal options;
+ * the truths' shape checked */
+dn_status dn_softmax_loss_options(dn_layer *l, const dn_net *net, int *has_loss, float *gamma, float *alpha);
+int dn_softmax_has_loss(const dn_layer *l);
 dn_status dn_yolo_train_loss(dn_layer *l, dn_net *net);
 dn_status dn_region_train_loss(dn_layer *l, dn_net *net);
 /* [reorg] and [reorg3d] share their passes: the index space of their permutation (layers/reorg.c) */
@@ -124,6 +128,9 @@ dn_status dn_gpu_host_forward(dn_net *net, dn_layer *l);
 dn_status dn_gpu_host_loss(dn_net *net, dn_layer *l);
 dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l);
 /* Copies of n floats between a host and a device buffer (nothing for NULL or n = 0). */
+/* PYDARKNET_LOSS=device: the loss heads that have a device loss ([yolo], [softmax]) compute it there instead of
+ * on the host (written without a GPU to run it on: off by default until a device run checks it) */
+int dn_gpu_loss_on_device(void);
 dn_status dn_gpu_push(float *dev, const float *host, size_t n);
 dn_status dn_gpu_pull(float *host, const float *dev, size_t n);
 /* Host copies brought up to date of the outputs layer l reads (the previous

@@ -86,40 +86,10 @@ static dn_status softmax_loss(dn_layer *l, dn_net *net)
     if (st) return dn_layer_fail(l, st, "out of memory for the loss scratch");
     const float *in = dn_layer_input(net, l);
     const size_t n = l->inputs / (size_t)s->groups;
-    const double T = s->temperature;
     double loss = 0;
-    for (size_t g0 = 0; g0 < total; g0 += n) {
-        const float *x = in + g0, *t = net->truth + g0, *p = l->output + g0;
-        /* log p_j = (x_j - max)/T - log sum_i exp((x_i - max)/T) */
-        double largest = -INFINITY, sum = 0, tsum = 0;
-        for (size_t j = 0; j < n; ++j) largest = fmax(largest, x[j]);
-        for (size_t j = 0; j < n; ++j) sum += exp((x[j] - largest) / T);
-        const double lse = log(sum);
-        if (s->focal_gamma > 0.f) {   /* focal loss: a_j = p_j dL/dp_j, then (a_k - p_k sum a) / T */
-            const double ga = s->focal_gamma, al = s->focal_alpha;
-            double asum = 0;
-            for (size_t j = 0; j < n; ++j) {
-                if (t[j] == 0.f) continue;
-                const double logp = (x[j] - largest) / T - lse, pj = exp(logp), q = 1.0 - pj;
-                loss -= al * t[j] * pow(q, ga) * logp;
-                asum += al * t[j] * (ga * pj * pow(q, ga - 1.0) * logp - pow(q, ga));
-            }
-            for (size_t j = 0; j < n; ++j) {
-                double aj = 0;
-                if (t[j] != 0.f) {
-                    const double logp = (x[j] - largest) / T - lse, pj = exp(logp), q = 1.0 - pj;
-                    aj = al * t[j] * (ga * pj * pow(q, ga - 1.0) * logp - pow(q, ga));
-                }
-                s->xent[g0 + j] = (float)((aj - p[j] * asum) / T);
-            }
-            continue;
-        }
-        for (size_t j = 0; j < n; ++j) {
-            tsum += t[j];
-            if (t[j] != 0.f) loss -= t[j] * ((x[j] - largest) / T - lse);
-        }
-        for (size_t j = 0; j < n; ++j) s->xent[g0 + j] = (float)((p[j] * tsum - t[j]) / T);
-    }
+    for (size_t g0 = 0; g0 < total; g0 += n)
+        loss += dn_softmax_group_loss(in + g0, net->truth + g0, l->output + g0, n, s->temperature, s->focal_gamma,
+                                      s->focal_alpha, s->xent + g0);
     net->loss += loss;
     return DN_OK;
 }
@@ -144,6 +114,21 @@ dn_status dn_softmax_train_loss(dn_layer *l, dn_net *net)
     s->has_loss = net->truth && !s->noloss;
     return s->has_loss ? softmax_loss(l, net) : DN_OK;
 }
+
+dn_status dn_softmax_loss_options(dn_layer *l, const dn_net *net, int *has_loss, float *gamma, float *alpha)
+{
+    softmax_state *s = l->priv;
+    s->has_loss = net->train && net->truth && !s->noloss;
+    *has_loss = s->has_loss;
+    *gamma = s->focal_gamma;
+    *alpha = s->focal_alpha;
+    if (s->has_loss && (size_t)net->truth_stride != l->inputs)
+        return dn_layer_fail(l, DN_ERR_SHAPE, "%d truth values per image; the softmax has %zu", net->truth_stride,
+                             l->inputs);
+    return DN_OK;
+}
+
+int dn_softmax_has_loss(const dn_layer *l) { return ((const softmax_state *)l->priv)->has_loss; }
 
 const float *dn_softmax_xent(const dn_layer *l)
 {

@@ -3,7 +3,7 @@
  * new_coords, then x, y scaled by scale_x_y around the cell centre).
  *
  * The loss of a training pass with truths, two ways:
- *  - on the device (PYDARKNET_YOLO_LOSS=device): yolo_loss.h's functions, the
+ *  - on the device (PYDARKNET_LOSS=device): yolo_loss.h's functions, the
  *    ones yolo.c runs on the host, here a thread per prediction for step 1
  *    (judge_prediction), a thread per image for step 2 (the truths, in row
  *    order), a thread per prediction for step 3 and the terms (cell_loss);
@@ -22,7 +22,6 @@
 #include "yolo_loss.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 typedef struct {
     size_t hw;
@@ -210,13 +209,6 @@ static dn_status yolo_device_loss(dn_layer *l, dn_net *net)
     return s;
 }
 
-/* PYDARKNET_YOLO_LOSS=device: the loss on the device (see the top) */
-static int loss_on_device(void)
-{
-    const char *v = getenv("PYDARKNET_YOLO_LOSS");
-    return v && !strcmp(v, "device");
-}
-
 static dn_status yolo_forward_gpu(dn_layer *l, dn_net *net)
 {
     yolo_shape q;
@@ -227,7 +219,7 @@ static dn_status yolo_forward_gpu(dn_layer *l, dn_net *net)
     if (!net->train) return DN_OK;
     /* without truths: no loss (has_loss cleared) */
     if (!net->truth) return dn_yolo_train_loss(l, net);
-    if (!loss_on_device()) return dn_gpu_host_loss(net, l);
+    if (!dn_gpu_loss_on_device()) return dn_gpu_host_loss(net, l);
     l->has_loss = 1;
     return yolo_device_loss(l, net);
 }

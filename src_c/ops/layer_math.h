@@ -51,6 +51,44 @@ static inline DN_HD void dn_softmax_group_backward(const float *p, const float *
     dn_softmax_group_backward_to(p, g, n, temp, stride, d, stride);
 }
 
+/* [softmax]'s loss on one group of n values (layers/softmax.c has the maths): x the inputs, t the truths, p the
+ * softmax of x / T; the cross-entropy (focal loss with gamma > 0, weight alpha), its gradient with respect to x
+ * into g; returns the group's loss. The host and the device run it. */
+static inline DN_HD double dn_softmax_group_loss(const float *x, const float *t, const float *p, size_t n, double T,
+                                                 float gamma, float alpha, float *g)
+{
+    /* log p_j = (x_j - max)/T - log sum_i exp((x_i - max)/T) */
+    double largest = -INFINITY, sum = 0, tsum = 0, loss = 0;
+    for (size_t j = 0; j < n; ++j) largest = fmax(largest, (double)x[j]);
+    for (size_t j = 0; j < n; ++j) sum += exp((x[j] - largest) / T);
+    const double lse = log(sum);
+    if (gamma > 0.f) {   /* focal loss: a_j = p_j dL/dp_j, then (a_k - p_k sum a) / T */
+        const double ga = gamma, al = alpha;
+        double asum = 0;
+        for (size_t j = 0; j < n; ++j) {
+            if (t[j] == 0.f) continue;
+            const double logp = (x[j] - largest) / T - lse, pj = exp(logp), q = 1.0 - pj;
+            loss -= al * t[j] * pow(q, ga) * logp;
+            asum += al * t[j] * (ga * pj * pow(q, ga - 1.0) * logp - pow(q, ga));
+        }
+        for (size_t j = 0; j < n; ++j) {
+            double aj = 0;
+            if (t[j] != 0.f) {
+                const double logp = (x[j] - largest) / T - lse, pj = exp(logp), q = 1.0 - pj;
+                aj = al * t[j] * (ga * pj * pow(q, ga - 1.0) * logp - pow(q, ga));
+            }
+            g[j] = (float)((aj - p[j] * asum) / T);
+        }
+        return loss;
+    }
+    for (size_t j = 0; j < n; ++j) {
+        tsum += t[j];
+        if (t[j] != 0.f) loss -= t[j] * ((x[j] - largest) / T - lse);
+    }
+    for (size_t j = 0; j < n; ++j) g[j] = (float)((p[j] * tsum - t[j]) / T);
+    return loss;
+}
+
 /* darknet's [region] head, one cell and anchor at a time (layers/region.c):
  * the group's `per` input values sit hw apart (the input is NCHW), its output
  * values side by side (darknet's cell-major [h*w][num][per] layout). x, y, w, h
