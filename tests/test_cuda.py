@@ -221,9 +221,11 @@ def test_gradients_match_cpu(write_cfg, case):
             close(got[k], want[k], 1e-3)
 
 
-@pytest.mark.parametrize("where", ["host", "device"])   # PYDARKNET_LOSS: [yolo] and [softmax] have a device loss
+@pytest.mark.parametrize("where", ["host", "device"])   # PYDARKNET_LOSS: [yolo], [softmax], [cost] on the device
 @pytest.mark.parametrize("head,c", [(YOLO, 14), ("[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\nsoftmax=1\n", 16),
-                                    ("[cost]\ntype=sse\n", 14), ("[softmax]\ngroups=4\ntemperature=0.5\n", 4),
+                                    ("[cost]\ntype=sse\n", 14), ("[cost]\ntype=smooth_l1\nsigma=2\n", 14),
+                                    ("[cost]\ntype=huber\ndelta=0.5\nscale=2\n", 14), ("[cost]\ntype=l2\n", 14),
+                                    ("[softmax]\ngroups=4\ntemperature=0.5\n", 4),
                                     ("[softmax]\ngroups=4\nfocal_gamma=2\nfocal_alpha=0.25\n", 4)])
 def test_loss_heads_match_cpu(write_cfg, monkeypatch, head, c, where):
     monkeypatch.setenv("PYDARKNET_LOSS", where)

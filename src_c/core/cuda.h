@@ -46,6 +46,8 @@ const float *dn_softmax_xent(const dn_layer *l);  /* the cross-entropy gradient 
  * the truths' shape checked */
 dn_status dn_softmax_loss_options(dn_layer *l, const dn_net *net, int *has_loss, float *gamma, float *alpha);
 int dn_softmax_has_loss(const dn_layer *l);
+/* [cost]'s options for the device's loss; the truths' shape checked */
+dn_status dn_cost_options(const dn_layer *l, const dn_net *net, int *type, float *scale, float *sigma, float *delta);
 dn_status dn_yolo_train_loss(dn_layer *l, dn_net *net);
 dn_status dn_region_train_loss(dn_layer *l, dn_net *net);
 /* [reorg] and [reorg3d] share their passes: the index space of their permutation (layers/reorg.c) */

@@ -17,7 +17,7 @@ DN_LAYER_GPU(reorg)
 DN_LAYER(reorg3d) /* [reorg]'s passes (layers/reorg.c) */
 DN_LAYER_GPU(dropout)
 DN_LAYER_GPU(softmax)
-DN_LAYER(cost)
+DN_LAYER_GPU(cost)
 DN_LAYER_GPU(scale_channels)
 DN_LAYER_GPU(sam)
 DN_LAYER_GPU(batchnorm)

@@ -23,13 +23,11 @@
  * Backward: input delta += l->delta. Since the output is the input, a
  * gradient a later layer adds into l->delta passes through as well. */
 #include "../ops/ops.h"
+#include "cuda.h"
+#include "cost_math.h"
 
 #include <math.h>
 #include <string.h>
-
-#define SECRET_NUM (-1234.f)
-
-enum { COST_SSE, COST_MASKED, COST_SMOOTH, COST_L1, COST_L2, COST_SMOOTH_L1, COST_HUBER };
 
 typedef struct {
     int type;
@@ -83,52 +81,24 @@ static dn_status cost_forward(dn_layer *l, dn_net *net)
     const size_t n = (size_t)l->batch * l->inputs;
     double loss = 0;
     for (size_t i = 0; i < n; ++i) {
-        const float d = x[i] - t[i], a = fabsf(d);
-        float g = 0.f;
-        switch (s->type) {
-        case COST_MASKED:
-            if (t[i] == SECRET_NUM) break;
-            /* fall through */
-        case COST_SSE:
-            g = d;
-            loss += 0.5 * (double)d * d;
-            break;
-        case COST_SMOOTH:
-            g = a < 1.f ? d : (d > 0.f ? 1.f : -1.f);
-            loss += a < 1.f ? 0.5 * (double)d * d : (double)a - 0.5;
-            break;
-        case COST_L2:
-            g = d / (float)l->batch;
-            loss += 0.5 * (double)d * d / l->batch;
-            break;
-        case COST_SMOOTH_L1: {
-            const float ss = s->sigma * s->sigma;
-            if (a < 1.f / ss) {
-                g = ss * d;
-                loss += 0.5 * (double)ss * d * d;
-            } else {
-                g = d > 0.f ? 1.f : -1.f;
-                loss += (double)a - 0.5 / ss;
-            }
-            break;
-        }
-        case COST_HUBER:
-            if (a <= s->delta) {
-                g = d;
-                loss += 0.5 * (double)d * d;
-            } else {
-                g = d > 0.f ? s->delta : -s->delta;
-                loss += (double)s->delta * (a - 0.5 * s->delta);
-            }
-            break;
-        default:
-            g = d < 0.f ? -1.f : 1.f;
-            loss += a;
-            break;
-        }
+        float g;
+        loss += dn_cost_term(s->type, x[i], t[i], s->sigma, s->delta, l->batch, &g);
         l->delta[i] = k * g;
     }
     net->loss += k * loss;
+    return DN_OK;
+}
+
+dn_status dn_cost_options(const dn_layer *l, const dn_net *net, int *type, float *scale, float *sigma, float *delta)
+{
+    const cost_state *s = l->priv;
+    *type = s->type;
+    *scale = s->scale;
+    *sigma = s->sigma;
+    *delta = s->delta;
+    if ((size_t)net->truth_stride != l->inputs)
+        return dn_layer_fail(l, DN_ERR_SHAPE, "%d truth values per image; the cost layer's input has %zu",
+                             net->truth_stride, l->inputs);
     return DN_OK;
 }
 
@@ -147,4 +117,5 @@ const dn_layer_ops dn_cost_ops = {
     .setup = dn_setup_same_shape,
     .forward = cost_forward,
     .backward = cost_backward,
+    DN_GPU_OPS(dn_cost_forward_gpu, dn_cost_backward_gpu),
 };
