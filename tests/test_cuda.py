@@ -296,6 +296,34 @@ def test_yolo_loss_on_the_device_matches_cpu(write_cfg, monkeypatch, options):
                 close(got[k], want[k], 1e-3)
 
 
+REGION = "[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\n"
+
+
+@pytest.mark.parametrize("options", ["softmax=1\nrescore=1", "softmax=1\nbias_match=1\nrescore=0\nthresh=0.2",
+                                     "softmax=0\nclass_scale=2", "softmax=1\nfocal_loss=1\nobject_scale=5"])
+def test_region_loss_on_the_device_matches_cpu(write_cfg, monkeypatch, options):
+    """PYDARKNET_LOSS=device for [region]: region_loss.h's functions on the device (a thread per anchor and cell,
+    then per image for the truths) give the CPU's loss (1e-4) and gradients (1e-3); the host loss too."""
+    body = "[convolutional]\nfilters=16\nsize=3\npad=1\nactivation=linear\n" + REGION + options + "\n"
+    x = random_input((3, 3, 8, 8), 1)
+    truth = np.zeros((3, 4, 5), np.float32)
+    truth[:, 0] = [0.4, 0.5, 0.3, 0.4, 1]
+    truth[:, 1] = [0.7, 0.3, 0.2, 0.2, 0]
+    truth[1, 2] = [0.45, 0.55, 0.9, 0.8, 2]
+    truth = truth.reshape(-1)
+    want = None
+    for where in ("host", "device"):
+        cpu, gpu = _pair(write_cfg, body, 3, 8, 8, batch=3)
+        if want is None:
+            want = _grads(cpu, x, None, truth)
+        monkeypatch.setenv("PYDARKNET_LOSS", where)
+        got = _grads(gpu, x, None, truth)
+        assert abs(got["loss"] - want["loss"]) <= 1e-4 * abs(want["loss"]), (where, got["loss"], want["loss"])
+        for k in want:
+            if k != "loss":
+                close(got[k], want[k], 1e-3)
+
+
 @pytest.mark.parametrize("where", ["host", "device"])
 @pytest.mark.parametrize("extra", ["", "adam=1\nB1=0.9\nB2=0.999\neps=0.000001"])
 def test_training_iterations_match_cpu(write_cfg, monkeypatch, extra, where):

@@ -50,21 +50,11 @@
 #include "../ops/ops.h"
 #include "cuda.h"
 #include "../ops/layer_math.h"
+#include "region_loss.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define FOCAL_ALPHA 0.5f
-
-enum { BOX_NONE, BOX_PRIOR, BOX_TRUTH };
-enum { OBJ_NONE, OBJ_NEG, OBJ_POS, OBJ_RESCORE };
-
-typedef struct {
-    int box, box_truth; /* BOX_TRUTH: truth row */
-    int obj;
-    int cls;            /* class of the class terms, -1: none */
-} cell_state;
 
 typedef struct {
     int classes, coords, num, softmax;
@@ -72,7 +62,7 @@ typedef struct {
     /* training */
     float coord_scale, object_scale, noobject_scale, class_scale, thresh;
     int rescore, bias_match, focal_loss;
-    cell_state *cells;
+    region_cell *cells;
     size_t cells_cap;
 } region_state;
 
@@ -116,118 +106,10 @@ static dn_status region_setup(dn_layer *l, dn_net *net)
 
 /* ---------------------------------------------------------------- the loss */
 
-typedef struct {
-    region_state *s;
-    const dn_layer *l;
-    const float *in, *out;
-    float *delta;
-    const float *truth;
-    int rows;
-    size_t hw;
-} image_ctx;
-
-/* input and delta: value k of anchor a at cell i, NCHW */
-static size_t entry(const image_ctx *c, int a, int k, size_t i)
-{
-    return ((size_t)a * (c->s->coords + 1 + c->s->classes) + (size_t)k) * c->hw + i;
-}
-
-/* output: value k of anchor a at cell i, cell-major */
-static float out_at(const image_ctx *c, int a, int k, size_t i)
-{
-    return c->out[((i * c->s->num + (size_t)a) * (c->s->coords + 1 + c->s->classes)) + (size_t)k];
-}
-
-/* sigma(z) of the x (k=0) or y (k=1) input of anchor a at cell i */
-static float xy_at(const image_ctx *c, int a, int k, size_t i) { return dn_logistic1(c->in[entry(c, a, k, i)]); }
-
-static int truth_class(const image_ctx *c, int r) { return dn_truth_class(c->truth + 5 * (size_t)r, c->s->classes); }
-
-static dn_box truth_box(const image_ctx *c, int r)
-{
-    const float *t = c->truth + 5 * (size_t)r;
-    dn_box b = {t[0], t[1], t[2], t[3]};
-    return b;
-}
-
-static dn_box pred_box(const image_ctx *c, int a, size_t i)
-{
-    const dn_layer *l = c->l;
-    dn_box b;
-    b.x = ((float)(i % l->w) + xy_at(c, a, 0, i)) / l->w;
-    b.y = ((float)(i / l->w) + xy_at(c, a, 1, i)) / l->h;
-    b.w = expf(c->in[entry(c, a, 2, i)]) * c->s->anchors[2 * a] / l->w;
-    b.h = expf(c->in[entry(c, a, 3, i)]) * c->s->anchors[2 * a + 1] / l->h;
-    return b;
-}
-
-/* k/2 * ((sigma(z_x) - tx)^2 + (sigma(z_y) - ty)^2 + (z_w - tw)^2 + (z_h - th)^2) */
-static double box_term(image_ctx *c, int a, size_t i, const float t[4], float k)
-{
-    double loss = 0;
-    for (int q = 0; q < 4; ++q) {
-        const size_t e = entry(c, a, q, i);
-        if (q < 2) {
-            const float p = xy_at(c, a, q, i), d = p - t[q];
-            c->delta[e] += k * d * p * (1.f - p);
-            loss += 0.5 * k * (double)d * d;
-        } else {
-            const float d = c->in[e] - t[q];
-            c->delta[e] += k * d;
-            loss += 0.5 * k * (double)d * d;
-        }
-    }
-    return loss;
-}
-
-/* 0.5*scale*(sigma(z_o) - t)^2; its gradient with respect to t in *dt */
-static double obj_term(image_ctx *c, int a, size_t i, float t, float scale, float *dt)
-{
-    const size_t e = entry(c, a, c->s->coords, i);
-    const float p = out_at(c, a, c->s->coords, i), d = p - t;
-    c->delta[e] += scale * d * p * (1.f - p);
-    if (dt) *dt = -scale * d;
-    return 0.5 * scale * (double)d * d;
-}
-
-static double class_terms(image_ctx *c, int a, size_t i, int k)
-{
-    const region_state *s = c->s;
-    const float scale = s->class_scale;
-    const size_t e0 = entry(c, a, s->coords + 1, i);
-    float *d = c->delta + e0;
-    const float *z = c->in + e0; /* z and d: hw apart; p: side by side */
-    const float *p = c->out + (i * s->num + (size_t)a) * (s->coords + 1 + s->classes) + s->coords + 1;
-    const size_t hw = c->hw;
-    if (!s->softmax) {
-        double loss = 0;
-        for (int n = 0; n < s->classes; ++n) {
-            const float diff = z[n * hw] - (n == k ? 1.f : 0.f);
-            d[n * hw] += scale * diff;
-            loss += 0.5 * scale * (double)diff * diff;
-        }
-        return loss;
-    }
-    /* log p_k = z_k - logsumexp(z), computed stably */
-    double largest = -INFINITY, sum = 0;
-    for (int n = 0; n < s->classes; ++n) largest = fmax(largest, z[n * hw]);
-    for (int n = 0; n < s->classes; ++n) sum += exp(z[n * hw] - largest);
-    const double lp = z[k * hw] - largest - log(sum), pt = exp(lp);
-    if (!s->focal_loss) {
-        for (int n = 0; n < s->classes; ++n) d[n * hw] += scale * (p[n] - (n == k ? 1.f : 0.f));
-        return -scale * lp;
-    }
-    /* d(-(1-pt)^2 log pt)/dz_n = g(pt) (p_n - [n == k]), g = (1-pt)(1 - pt - 2 pt log pt) */
-    const double g = (1 - pt) * (1 - pt - 2 * pt * lp);
-    for (int n = 0; n < s->classes; ++n)
-        d[n * hw] += (float)(scale * FOCAL_ALPHA * g * (p[n] - (n == k ? 1.f : 0.f)));
-    return -scale * FOCAL_ALPHA * (1 - pt) * (1 - pt) * lp;
-}
-
 static dn_status grow_cells(region_state *s, size_t n)
 {
     if (s->cells && s->cells_cap >= n) return DN_OK;
-    cell_state *p = realloc(s->cells, (n ? n : 1) * sizeof(cell_state));
+    region_cell *p = realloc(s->cells, (n ? n : 1) * sizeof(region_cell));
     if (!p) return DN_ERR_NOMEM;
     s->cells = p;
     s->cells_cap = n;
@@ -256,101 +138,45 @@ static dn_status check_training_options(const dn_layer *l)
     return DN_OK;
 }
 
+void dn_region_params(const dn_layer *l, const dn_net *net, region_params *p)
+{
+    const region_state *s = l->priv;
+    const region_params v = {s->classes, s->coords, s->num, s->softmax, s->anchors, s->coord_scale, s->object_scale,
+                             s->noobject_scale, s->class_scale, s->thresh, s->rescore, s->bias_match, s->focal_loss,
+                             l->w, l->h, net->seen < 12800};
+    *p = v;
+}
+
+dn_status dn_region_loss_ready(const dn_layer *l, const dn_net *net)
+{
+    if (net->truth_stride % 5)
+        return dn_layer_fail(l, DN_ERR_SHAPE, "%d truth values per image are not rows of 5 (x, y, w, h, class)",
+                             net->truth_stride);
+    return check_training_options(l);
+}
+
 static dn_status region_loss(dn_layer *l, dn_net *net)
 {
     region_state *s = l->priv;
     const size_t hw = (size_t)l->h * l->w;
     dn_status st;
-    if (net->truth_stride % 5)
-        return dn_layer_fail(l, DN_ERR_SHAPE, "%d truth values per image are not rows of 5 (x, y, w, h, class)",
-                             net->truth_stride);
-    if ((st = check_training_options(l))) return st;
+    if ((st = dn_region_loss_ready(l, net))) return st;
     if (grow_cells(s, (size_t)s->num * hw)) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss scratch");
+    region_params p;
+    dn_region_params(l, net, &p);
     const float *input = dn_layer_input(net, l);
     memset(l->delta, 0, (size_t)l->batch * l->outputs * sizeof(float));
-    const int prior = net->seen < 12800;
     double total = 0;
     for (int b = 0; b < l->batch; ++b) {
-        image_ctx c = {s, l, input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
-                       l->delta + (size_t)b * l->outputs, net->truth + (size_t)b * net->truth_stride,
-                       net->truth_stride / 5, hw};
-        /* step 1 */
+        region_image c = {&p, input + (size_t)b * l->inputs, l->output + (size_t)b * l->outputs,
+                          l->delta + (size_t)b * l->outputs, net->truth + (size_t)b * net->truth_stride,
+                          net->truth_stride / 5, hw, s->cells};
         for (int a = 0; a < s->num; ++a)
-            for (size_t i = 0; i < hw; ++i) {
-                cell_state *cs = &s->cells[(size_t)a * hw + i];
-                const dn_box pred = pred_box(&c, a, i);
-                float best = 0.f;
-                for (int r = 0; r < c.rows; ++r) {
-                    if (truth_class(&c, r) < 0) continue;
-                    best = fmaxf(best, dn_box_measure(pred, truth_box(&c, r), DN_IOU_PLAIN, NULL));
-                }
-                cs->obj = best > s->thresh ? OBJ_NONE : OBJ_NEG;
-                cs->box = prior ? BOX_PRIOR : BOX_NONE;
-                cs->cls = -1;
-            }
-        /* step 2 */
-        for (int r = 0; r < c.rows; ++r) {
-            const int k = truth_class(&c, r);
-            if (k < 0) continue;
-            const dn_box tb = truth_box(&c, r), shape = {0, 0, tb.w, tb.h};
-            int col = (int)(tb.x * l->w), row = (int)(tb.y * l->h);
-            col = col < 0 ? 0 : col >= l->w ? l->w - 1 : col;
-            row = row < 0 ? 0 : row >= l->h ? l->h - 1 : row;
-            const size_t i = (size_t)row * l->w + col;
-            float best = 0.f;
-            int best_n = 0;
-            for (int a = 0; a < s->num; ++a) {
-                dn_box p = pred_box(&c, a, i);
-                if (s->bias_match) {
-                    p.w = s->anchors[2 * a] / l->w;
-                    p.h = s->anchors[2 * a + 1] / l->h;
-                }
-                p.x = p.y = 0;
-                const float m = dn_box_measure(p, shape, DN_IOU_PLAIN, NULL);
-                if (m > best) {
-                    best = m;
-                    best_n = a;
-                }
-            }
-            cell_state *cs = &s->cells[(size_t)best_n * hw + i];
-            cs->box = BOX_TRUTH;
-            cs->box_truth = r;
-            cs->obj = s->rescore ? OBJ_RESCORE : OBJ_POS;
-            cs->cls = k;
-        }
-        /* the terms */
+            for (size_t i = 0; i < hw; ++i) region_judge(&c, a, i);
+        region_assign_truths(&c);
         double loss = 0;
         for (int a = 0; a < s->num; ++a)
-            for (size_t i = 0; i < hw; ++i) {
-                const cell_state *cs = &s->cells[(size_t)a * hw + i];
-                if (cs->box == BOX_PRIOR) {
-                    const float t[4] = {.5f, .5f, 0.f, 0.f};
-                    loss += box_term(&c, a, i, t, .01f);
-                } else if (cs->box == BOX_TRUTH) {
-                    const dn_box tb = truth_box(&c, cs->box_truth);
-                    const float t[4] = {tb.x * l->w - (float)(i % l->w), tb.y * l->h - (float)(i / l->w),
-                                        logf(tb.w * l->w / s->anchors[2 * a]), logf(tb.h * l->h / s->anchors[2 * a + 1])};
-                    loss += box_term(&c, a, i, t, s->coord_scale);
-                }
-                if (cs->obj == OBJ_NEG) {
-                    loss += obj_term(&c, a, i, 0.f, s->noobject_scale, NULL);
-                } else if (cs->obj == OBJ_POS) {
-                    loss += obj_term(&c, a, i, 1.f, s->object_scale, NULL);
-                } else if (cs->obj == OBJ_RESCORE) {
-                    float g[4], dt;
-                    const float m = dn_box_measure(pred_box(&c, a, i), truth_box(&c, cs->box_truth), DN_IOU_PLAIN, g);
-                    loss += obj_term(&c, a, i, m, s->object_scale, &dt);
-                    /* d(bx)/d(z_x) = sigma'/W, d(bw)/d(z_w) = bw */
-                    const dn_box p = pred_box(&c, a, i);
-                    const float px = xy_at(&c, a, 0, i), py = xy_at(&c, a, 1, i);
-                    const float jac[4] = {px * (1.f - px) / l->w, py * (1.f - py) / l->h, p.w, p.h};
-                    for (int q = 0; q < 4; ++q) {
-                        const float v = dt * g[q] * jac[q];
-                        if (isfinite(v)) c.delta[entry(&c, a, q, i)] += v;
-                    }
-                }
-                if (cs->cls >= 0) loss += class_terms(&c, a, i, cs->cls);
-            }
+            for (size_t i = 0; i < hw; ++i) loss += region_cell_loss(&c, a, i);
         total += loss;
     }
     net->loss += total;

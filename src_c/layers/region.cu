@@ -2,16 +2,25 @@
  * darknet's cell-major [B][H*W][num][per] layout, one thread per image, cell
  * and anchor running layer_math.h's dn_region_cell_forward (raw x, y, w, h,
  * the logistic on objectness, the softmax over the classes with softmax=1).
- * The loss stays on the host with region.c's one implementation: in a
- * training pass with truths the input is copied to the host (page-locked),
- * where region.c's forward makes the output, adds the loss and writes
- * l->delta (in the input's layout), which is copied back. Backward adds that delta into the input
+ * The loss of a training pass with truths, two ways: on the host (the
+ * default), the input copied there (page-locked), where region.c's forward
+ * makes the output, adds the loss and writes l->delta (in the input's
+ * layout), which is copied back; or on the device (PYDARKNET_LOSS=device;
+ * written without a GPU to run it on, off by default until a device run
+ * checks it), region_loss.h's functions, the ones region.c runs, a thread
+ * per anchor and cell for step 1 and the terms and a thread per image for
+ * step 2 (the truths up, the cells' losses down, summed on the host in
+ * region.c's order). Backward adds that delta into the input
  * delta, or without a loss applies the forward's Jacobian
  * (dn_region_cell_backward, one thread per image, cell and anchor: each
  * writes its own input positions). */
 #include "cuda.h"
 #include "../ops/ops.h"
 #include "../ops/layer_math.h"
+#include "region_loss.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     size_t hw, inputs;
@@ -53,6 +62,89 @@ static dn_status read_shape(const dn_layer *l, region_shape *q)
 
 static size_t cell_groups(const dn_layer *l, const region_shape *q) { return (size_t)l->batch * q->num * q->hw; }
 
+/* ---- the loss on the device ---- */
+typedef struct {
+    const float *in, *out, *truth;
+    float *delta;
+    region_cell *cells;
+    double *cell_loss;
+    size_t hw, inputs, outputs;
+    int stride, batch;
+} region_batch;
+
+static __device__ region_image image_of(const region_params *p, const region_batch &d, int b)
+{
+    region_image c = {p, d.in + (size_t)b * d.inputs, d.out + (size_t)b * d.outputs, d.delta + (size_t)b * d.outputs,
+                      d.truth + (size_t)b * d.stride, d.stride / 5, d.hw, d.cells + (size_t)b * p->num * d.hw};
+    return c;
+}
+
+/* step 0: region_judge, 1: region_cell_loss (into d.cell_loss) */
+__global__ static void cells_kernel(region_params p, region_batch d, int step)
+{
+    const size_t cells = (size_t)p.num * d.hw;
+    DN_KERNEL_LOOP(e, (size_t)d.batch * cells) {
+        const int b = (int)(e / cells), a = (int)(e % cells / d.hw);
+        const size_t i = e % d.hw;
+        region_image c = image_of(&p, d, b);
+        if (step == 0) region_judge(&c, a, i);
+        else d.cell_loss[e] = region_cell_loss(&c, a, i);
+    }
+}
+
+__global__ static void truths_kernel(region_params p, region_batch d)
+{
+    DN_KERNEL_LOOP(b, (size_t)d.batch) {
+        region_image c = image_of(&p, d, (int)b);
+        region_assign_truths(&c);
+    }
+}
+
+/* slot 0: the truths, then the anchors; slot 1: the cells' states; slot 2: their losses */
+static dn_status region_device_loss(dn_layer *l, dn_net *net)
+{
+    dn_status s = dn_region_loss_ready(l, net);
+    if (s) return s;
+    region_params p;
+    dn_region_params(l, net, &p);
+    const int batch = l->batch, stride = net->truth_stride;
+    const size_t hw = (size_t)l->h * l->w, cells = (size_t)p.num * hw, total = (size_t)batch * cells;
+    const size_t truth_n = (size_t)batch * stride;
+    float *f, *states, *losses;
+    if ((s = dn_gpu_buffer(l, 0, truth_n + 2 * (size_t)p.num, &f)) ||
+        (s = dn_gpu_buffer(l, 1, (total * sizeof(region_cell) + 3) / 4, &states)) ||
+        (s = dn_gpu_buffer(l, 2, 2 * total, &losses)))
+        return s;
+    float *host = (float *)malloc((truth_n + 2 * (size_t)p.num) * sizeof(float));
+    if (!host) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss's truths");
+    memcpy(host, net->truth, truth_n * sizeof(float));
+    memcpy(host + truth_n, p.anchors, 2 * (size_t)p.num * sizeof(float));
+    s = dn_gpu_push(f, host, truth_n + 2 * (size_t)p.num);
+    free(host);
+    if (s) return s;
+    p.anchors = f + truth_n;
+    const region_batch d = {dn_gpu_input(net, l), l->output_gpu, f, l->delta_gpu, (region_cell *)states,
+                            (double *)losses, hw, l->inputs, l->outputs, stride, batch};
+    dn_gpu_fill(l->delta_gpu, (size_t)batch * l->outputs, 0.f);
+    cells_kernel<<<dn_grid(total), DN_BLOCK>>>(p, d, 0);
+    truths_kernel<<<dn_grid((size_t)batch), DN_BLOCK>>>(p, d);
+    cells_kernel<<<dn_grid(total), DN_BLOCK>>>(p, d, 1);
+    double *values = (double *)malloc(total * sizeof(double));
+    if (!values) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss values");
+    s = dn_gpu_pull((float *)values, losses, 2 * total);
+    if (!s) {
+        double sum = 0;
+        for (int b = 0; b < batch; ++b) {
+            double loss = 0;
+            for (size_t e = 0; e < cells; ++e) loss += values[(size_t)b * cells + e];
+            sum += loss;
+        }
+        net->loss += sum;
+    }
+    free(values);
+    return s;
+}
+
 static dn_status region_forward_gpu(dn_layer *l, dn_net *net)
 {
     region_shape q;
@@ -62,7 +154,10 @@ static dn_status region_forward_gpu(dn_layer *l, dn_net *net)
     region_kernel<<<dn_grid(groups), DN_BLOCK>>>(dn_gpu_input(net, l), groups, q, l->output_gpu);
     if (!net->train) return DN_OK;
     /* without truths: no loss (has_loss cleared) */
-    return net->truth ? dn_gpu_host_loss(net, l) : dn_region_train_loss(l, net);
+    if (!net->truth) return dn_region_train_loss(l, net);
+    if (!dn_gpu_loss_on_device()) return dn_gpu_host_loss(net, l);
+    l->has_loss = 1;
+    return region_device_loss(l, net);
 }
 
 static dn_status region_backward_gpu(dn_layer *l, dn_net *net)
