@@ -257,9 +257,9 @@ dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, cons
                              float *loss);
 /* Data-parallel training: a hook dn_net_train_batch calls between the last
  * backward pass and the update; it may rewrite the gradients (an all-reduce
- * over processes, through dn_net_gradients) and *images, the images they were
- * summed over (the update divides by it; the images counted as seen follow).
- * NULL removes it. */
+ * over processes, in place in dn_net_gradient_block or through
+ * dn_net_gradients) and *images, the images they were summed over (the
+ * update divides by it; the images counted as seen follow). NULL removes it. */
 typedef dn_status (*dn_gradient_hook)(dn_net *net, void *user, unsigned long long *images);
 dn_status dn_net_set_gradient_hook(dn_net *net, dn_gradient_hook hook, void *user);
 /* Synchronized batch norm: a hook that sums `count` doubles over the
