@@ -269,6 +269,22 @@ YOLO_LOSS_OPTIONS = ["iou_loss=iou\nignore_thresh=0.05", "iou_loss=mse", "iou_lo
                      "new_coords=1\nscale_x_y=2.0\niou_loss=ciou\nfocal_loss=1"]
 
 
+def _both_losses_match_cpu(write_cfg, monkeypatch, body, x, truth):
+    """The head's loss on the GPU, on the host (the default) and on the device (PYDARKNET_LOSS=device): the CPU's
+    loss within 1e-4 and its gradients within 1e-3."""
+    want = None
+    for where in ("host", "device"):
+        cpu, gpu = _pair(write_cfg, body, 3, 8, 8, batch=x.shape[0])
+        if want is None:
+            want = _grads(cpu, x, None, truth)
+        monkeypatch.setenv("PYDARKNET_LOSS", where)
+        got = _grads(gpu, x, None, truth)
+        assert abs(got["loss"] - want["loss"]) <= 1e-4 * abs(want["loss"]), (where, got["loss"], want["loss"])
+        for k in want:
+            if k != "loss":
+                close(got[k], want[k], 1e-3)
+
+
 @pytest.mark.parametrize("options", YOLO_LOSS_OPTIONS)
 def test_yolo_loss_on_the_device_matches_cpu(write_cfg, monkeypatch, options):
     """PYDARKNET_LOSS=device: yolo_loss.h's functions run on the device (a thread per prediction, then per
@@ -283,17 +299,7 @@ def test_yolo_loss_on_the_device_matches_cpu(write_cfg, monkeypatch, options):
     truth[1, 2] = [0.45, 0.55, 0.9, 0.8, 1]   # a large box: another best anchor
     truth[2, 3] = [0.1, 0.9, 0.05, 0.1, 0]    # a small one at the edge
     truth = truth.reshape(-1)
-    want = None
-    for where in ("host", "device"):
-        cpu, gpu = _pair(write_cfg, body, 3, 8, 8, batch=3)
-        if want is None:
-            want = _grads(cpu, x, None, truth)
-        monkeypatch.setenv("PYDARKNET_LOSS", where)
-        got = _grads(gpu, x, None, truth)
-        assert abs(got["loss"] - want["loss"]) <= 1e-4 * abs(want["loss"]), (where, got["loss"], want["loss"])
-        for k in want:
-            if k != "loss":
-                close(got[k], want[k], 1e-3)
+    _both_losses_match_cpu(write_cfg, monkeypatch, body, x, truth)
 
 
 REGION = "[region]\nanchors=1,1, 2,2\nclasses=3\nnum=2\ncoords=4\n"
@@ -311,17 +317,7 @@ def test_region_loss_on_the_device_matches_cpu(write_cfg, monkeypatch, options):
     truth[:, 1] = [0.7, 0.3, 0.2, 0.2, 0]
     truth[1, 2] = [0.45, 0.55, 0.9, 0.8, 2]
     truth = truth.reshape(-1)
-    want = None
-    for where in ("host", "device"):
-        cpu, gpu = _pair(write_cfg, body, 3, 8, 8, batch=3)
-        if want is None:
-            want = _grads(cpu, x, None, truth)
-        monkeypatch.setenv("PYDARKNET_LOSS", where)
-        got = _grads(gpu, x, None, truth)
-        assert abs(got["loss"] - want["loss"]) <= 1e-4 * abs(want["loss"]), (where, got["loss"], want["loss"])
-        for k in want:
-            if k != "loss":
-                close(got[k], want[k], 1e-3)
+    _both_losses_match_cpu(write_cfg, monkeypatch, body, x, truth)
 
 
 @pytest.mark.parametrize("where", ["host", "device"])

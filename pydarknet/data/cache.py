@@ -118,7 +118,6 @@ class ImageCache:
         """Keeps image i (uint8, [H, W] or [H, W, C]) if the budget has room and no other worker has it."""
         img = np.ascontiguousarray(img)
         nbytes = img.nbytes
-        mean = cv2.mean(img)
         with self._lock:
             row, top = self._index[i + 1], int(self._index[_NEXT, 0])
             if row[0] != _EMPTY or top + nbytes > self.budget:
@@ -126,6 +125,7 @@ class ImageCache:
             self._index[_NEXT, 0] = top + nbytes
             row[:] = (_WRITING, img.shape[0], img.shape[1], top, nbytes)
         self._data[top:top + nbytes] = img.reshape(-1)
+        mean = cv2.mean(img)   # once an image has its place (a full budget costs no mean)
         with self._lock:
             self._means[i + 1] = mean
             self._index[i + 1, 0] = _READY

@@ -28,6 +28,7 @@
 #ifndef DN_BACKEND_H
 #define DN_BACKEND_H
 
+#include "hd.h"
 #include "layer.h"
 
 #include <math.h>
@@ -42,14 +43,6 @@ typedef struct dn_update_args {
     float rate, decay, batch, momentum, B1, B2, eps, b1t, b2t;
     float clip;   /* then w clamped to [-clip, clip] (0: not) */
 } dn_update_args;
-
-#ifndef DN_HD
-#ifdef __CUDACC__
-#define DN_HD __host__ __device__
-#else
-#define DN_HD
-#endif
-#endif
 
 /* The step of one value: SGD with momentum (m: darknet's update buffer, the
  * negative gradient direction) or Adam; decay only where the parameter takes

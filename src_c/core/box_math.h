@@ -22,17 +22,10 @@
 #ifndef DN_BOX_MATH_H
 #define DN_BOX_MATH_H
 
+#include "hd.h"
 #include "internal.h"
 
 #include <math.h>
-
-#ifndef DN_HD
-#ifdef __CUDACC__
-#define DN_HD __host__ __device__
-#else
-#define DN_HD
-#endif
-#endif
 
 /* Edges as functions of centre and size: d(left)/d(x) = 1, d(left)/d(w) = -1/2,
  * d(right)/d(x) = 1, d(right)/d(w) = +1/2 (top, bottom likewise). */
@@ -111,6 +104,23 @@ static inline DN_HD float dn_box_measure_hd(dn_box a, dn_box b, dn_iou_kind kind
     if (grad)
         for (int k = 0; k < 4; ++k) grad[k] = (float)d[k];
     return (float)v;
+}
+
+/* the box of a truth row (x, y, w, h, class) */
+static inline DN_HD dn_box dn_truth_box_hd(const float *row)
+{
+    const dn_box b = {row[0], row[1], row[2], row[3]};
+    return b;
+}
+
+/* the cell (row * w + col) of a w x h grid that holds the box's centre, clamped to the grid (darknet's
+ * (int)(x * w), (int)(y * h)) */
+static inline DN_HD size_t dn_box_cell_hd(dn_box b, int w, int h)
+{
+    int col = (int)(b.x * w), row = (int)(b.y * h);
+    col = col < 0 ? 0 : col >= w ? w - 1 : col;
+    row = row < 0 ? 0 : row >= h ? h - 1 : row;
+    return (size_t)row * w + col;
 }
 
 /* the class of a truth row (x, y, w, h, class), or -1 when the row holds no usable truth */

@@ -120,6 +120,25 @@ static dn_status pull(float *host, const float *dev, size_t n)
 dn_status dn_gpu_push(float *dev, const float *host, size_t n) { return push(dev, host, n); }
 dn_status dn_gpu_pull(float *host, const float *dev, size_t n) { return pull(host, dev, n); }
 
+dn_status dn_gpu_loss_total(const double *dev, size_t runs, size_t per, double scale, double *total)
+{
+    const size_t n = runs * per;
+    double *host = (double *)malloc((n ? n : 1) * sizeof(double));
+    if (!host) return dn_fail(DN_ERR_NOMEM, "out of memory for %zu loss values", n);
+    dn_status s = pull((float *)host, (const float *)dev, 2 * n);
+    if (!s) {
+        double sum = 0;
+        for (size_t r = 0; r < runs; ++r) {
+            double run = 0;
+            for (size_t e = 0; e < per; ++e) run += host[r * per + e];
+            sum += run * scale;
+        }
+        *total = sum;
+    }
+    free(host);
+    return s;
+}
+
 static dn_status use_device(const dn_net *net)
 {
     const cudaError_t e = cudaSetDevice(net->cuda->device);

@@ -134,6 +134,9 @@ dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l);
  * on the host (written without a GPU to run it on: off by default until a device run checks it) */
 int dn_gpu_loss_on_device(void);
 dn_status dn_gpu_push(float *dev, const float *host, size_t n);
+/* The loss of a device loss kernel: runs x per doubles pulled and added as the CPU's loss adds them, each run in
+ * order, times scale, then the runs in order, into *total. */
+dn_status dn_gpu_loss_total(const double *dev, size_t runs, size_t per, double scale, double *total);
 dn_status dn_gpu_pull(float *host, const float *dev, size_t n);
 /* Host copies brought up to date of the outputs layer l reads (the previous
  * layer's and those its `layers`/`from` name) and of its own output, for a
@@ -180,19 +183,11 @@ void dn_gpu_axpy(float *y, const float *x, size_t n, float a);  /* y += a * x */
 /* rows runs of len floats, dst_stride and src_stride apart: dst = src, or dst += src with add */
 void dn_gpu_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t rows, size_t len,
                       int add);
-void dn_gpu_add_bias(float *out, const float *bias, int batch, int channels, int spatial);
-void dn_gpu_scale_bias(float *out, const float *scale, int batch, int channels, int spatial);
 /* Per-channel sums (bias gradient, batch norm) take device scratch of
  * dn_gpu_channel_scratch(batch, channels, spatial) floats (the network's
  * workspace serves: nothing else is in it while they run). */
 size_t dn_gpu_channel_scratch(int batch, int channels, int spatial);
-void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial, float *scratch);
-void dn_gpu_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial);
-void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                    float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
-                                    float share, float *scratch);
-void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
-                               float *scale_grad, int batch, int channels, int spatial, float *scratch);
+void dn_gpu_backward_bias(float *grad, float *delta, int batch, int channels, int spatial, float *scratch);
 /* batch norm's batch mean and (unbiased) variance per channel, the rolling ones moved: keep * rolling + share * batch */
 void dn_gpu_batchnorm_statistics(const float *x, int batch, int channels, int spatial, float *mean, float *variance,
                                  float *rolling_mean, float *rolling_variance, float keep, float share, float *scratch);

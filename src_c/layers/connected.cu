@@ -27,11 +27,16 @@ static dn_status connected_forward_gpu(dn_layer *l, dn_net *net)
     if ((s = dn_gpu_gemm(net, 0, 1, l->batch, N, K, 1.f, dn_gpu_input(net, l), K,
                          dn_layer_find_param(l, "weights")->data_gpu, K, 0.f, l->output_gpu, N)))
         return dn_layer_fail(l, s, "%s", dn_last_error());
+    const float *mean = NULL, *var = NULL, *scales = NULL;
+    float *xn = NULL, *pre = NULL;
     if (bn) {
         float *rmean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
         float *rvar = dn_layer_find_param(l, "rolling_variance")->data_gpu;
+        scales = dn_layer_find_param(l, "scales")->data_gpu;
+        mean = rmean;
+        var = rvar;
         if (net->train) {
-            float *bm, *bv, *xn;
+            float *bm, *bv;
             if (l->batch < 2)
                 return dn_layer_fail(l, DN_ERR_SHAPE,
                                      "batch normalization in training needs a mini-batch of at least 2 images");
@@ -40,20 +45,16 @@ static dn_status connected_forward_gpu(dn_layer *l, dn_net *net)
                 (s = dn_gpu_buffer(l, 2, total, &xn)) ||
                 (s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, N, 1), &scratch)))
                 return s;
-            dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, N, 1, bm, bv, xn, rmean, rvar,
-                                           DN_BN_ROLLING_CONNECTED, scratch);
-        } else {
-            dn_gpu_normalize(l->output_gpu, rmean, rvar, l->batch, N, 1);
+            dn_gpu_batchnorm_statistics(l->output_gpu, l->batch, N, 1, bm, bv, rmean, rvar, DN_BN_ROLLING_CONNECTED,
+                                        scratch);
+            mean = bm;
+            var = bv;
         }
-        dn_gpu_scale_bias(l->output_gpu, dn_layer_find_param(l, "scales")->data_gpu, l->batch, N, 1);
     }
-    dn_gpu_add_bias(l->output_gpu, dn_layer_find_param(l, "biases")->data_gpu, l->batch, N, 1);
-    if (net->train && dn_activation_needs_input(act)) {
-        float *x;
-        if ((s = dn_gpu_buffer(l, 3, total, &x))) return s;
-        dn_gpu_copy(x, l->output_gpu, total);
-    }
-    dn_gpu_activate(l->output_gpu, l->batch, N, 1, act);
+    if (net->train && dn_activation_needs_input(act) && (s = dn_gpu_buffer(l, 3, total, &pre))) return s;
+    /* normalization, scale, bias and activation in one pass (blas.cu's output stage) */
+    dn_gpu_output_stage(l->output_gpu, xn, mean, var, scales, dn_layer_find_param(l, "biases")->data_gpu, pre, l->batch,
+                        N, 1, act);
     return DN_OK;
 }
 
@@ -68,16 +69,15 @@ static dn_status connected_backward_gpu(dn_layer *l, dn_net *net)
     const int needs_x = dn_activation_needs_input(act);
     if ((bn && l->gpu_cap[2] < total) || (needs_x && l->gpu_cap[3] < total))
         return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
-    dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, l->delta_gpu, l->batch, N, 1, act);
     dn_param *bias = dn_layer_find_param(l, "biases"), *w = dn_layer_find_param(l, "weights");
+    dn_param *scales = bn ? dn_layer_find_param(l, "scales") : NULL;
     float *scratch;
     if ((s = dn_gpu_workspace(net, dn_gpu_channel_scratch(l->batch, N, 1), &scratch))) return s;
-    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, N, 1, scratch);
-    if (bn) {
-        dn_param *scales = dn_layer_find_param(l, "scales");
-        dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu,
-                                  l->batch, N, 1, scratch);
-    }
+    /* the activation's gradient, the bias and scale gradients and batch norm's backward (blas.cu's output stage) */
+    dn_gpu_output_stage_backward(l->delta_gpu, l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, act,
+                                 scales ? l->gpu_buf[2] : NULL, scales ? l->gpu_buf[1] : NULL,
+                                 scales ? scales->data_gpu : NULL, scales ? scales->grad_gpu : NULL, bias->grad_gpu,
+                                 l->batch, N, 1, scratch);
     if (w->grad_gpu && (s = dn_gpu_gemm(net, 1, 0, N, K, l->batch, 1.f, l->delta_gpu, N, dn_gpu_input(net, l), K, 1.f,
                                         w->grad_gpu, K)))
         return dn_layer_fail(l, s, "%s", dn_last_error());

@@ -10,8 +10,6 @@
 #include "../ops/ops.h"
 #include "cost_math.h"
 
-#include <stdlib.h>
-
 __global__ static void cost_kernel(const float *x, const float *t, size_t n, int type, float scale, float sigma,
                                    float delta, int batch, float *d, double *terms)
 {
@@ -36,16 +34,10 @@ static dn_status device_loss(dn_layer *l, dn_net *net)
         return s;
     cost_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), truth, n, type, scale, sigma, delta, l->batch,
                                           l->delta_gpu, (double *)terms);
-    double *host = (double *)malloc(n * sizeof(double));
-    if (!host) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss values");
-    s = dn_gpu_pull((float *)host, terms, 2 * n);
-    if (!s) {
-        double loss = 0;
-        for (size_t i = 0; i < n; ++i) loss += host[i];
-        net->loss += scale * loss;
-    }
-    free(host);
-    return s;
+    double loss; /* the values' losses in order, times the scale, as cost.c adds them */
+    if ((s = dn_gpu_loss_total((const double *)terms, 1, n, scale, &loss))) return s;
+    net->loss += loss;
+    return DN_OK;
 }
 
 static dn_status cost_forward_gpu(dn_layer *l, dn_net *net)

@@ -2,15 +2,9 @@
 #ifndef DN_COST_MATH_H
 #define DN_COST_MATH_H
 
-#include <math.h>
+#include "hd.h"
 
-#ifndef DN_HD
-#ifdef __CUDACC__
-#define DN_HD __host__ __device__
-#else
-#define DN_HD
-#endif
-#endif
+#include <math.h>
 
 #define DN_COST_SECRET_NUM (-1234.f) /* darknet's SECRET_NUM: a masked truth */
 

@@ -129,7 +129,9 @@ static dn_status offsets_of(dn_net *net, const dn_layer *l, const deform_gpu *d,
                   l->out_h, l->out_w, cols_x);
     dn_status s = dn_gpu_gemm(net, 0, 0, d->O, N, K, 1.f, dn_layer_find_param((dn_layer *)l, "offset_weights")->data_gpu,
                               K, cols_x, N, 0.f, off, N);
-    if (!s) dn_gpu_add_bias(off, dn_layer_find_param((dn_layer *)l, "offset_biases")->data_gpu, 1, d->O, N);
+    if (!s)   /* + the offset biases (blas.cu's output stage: linear, no batch norm) */
+        dn_gpu_output_stage(off, NULL, NULL, NULL, NULL, dn_layer_find_param((dn_layer *)l, "offset_biases")->data_gpu,
+                            NULL, 1, d->O, N, DN_ACT_LINEAR);
     return s;
 }
 
@@ -168,31 +170,31 @@ static dn_status deformable_forward_gpu(dn_layer *l, dn_net *net)
         s = dn_gpu_gemm(net, 0, 0, F, N, K, 1.f, w, K, cols, N, 0.f, l->output_gpu + (size_t)b * l->outputs, N);
     }
     if (s) return s;
+    const float *mean = NULL, *var = NULL, *scales = NULL;
+    float *xn = NULL, *pre = NULL;
     if (d.batch_normalize) {
         float *rmean = dn_layer_find_param(l, "rolling_mean")->data_gpu;
         float *rvar = dn_layer_find_param(l, "rolling_variance")->data_gpu;
+        scales = dn_layer_find_param(l, "scales")->data_gpu;
+        mean = rmean;
+        var = rvar;
         if (net->train) {
-            float *bm, *bv, *xn;
+            float *bm, *bv;
             if ((size_t)l->batch * N < 2)
                 return dn_layer_fail(l, DN_ERR_SHAPE, "batch normalization in training needs at least 2 values per "
                                                       "filter (batch %d x %d x %d)", l->batch, l->out_h, l->out_w);
             if ((s = dn_gpu_buffer(l, 0, (size_t)F, &bm)) || (s = dn_gpu_buffer(l, 1, (size_t)F, &bv)) ||
                 (s = dn_gpu_buffer(l, 2, total, &xn)))
                 return s;
-            dn_gpu_batchnorm_forward_train(l->output_gpu, l->batch, F, N, bm, bv, xn, rmean, rvar, DN_BN_ROLLING,
-                                           scratch);
-        } else {
-            dn_gpu_normalize(l->output_gpu, rmean, rvar, l->batch, F, N);
+            dn_gpu_batchnorm_statistics(l->output_gpu, l->batch, F, N, bm, bv, rmean, rvar, DN_BN_ROLLING, scratch);
+            mean = bm;
+            var = bv;
         }
-        dn_gpu_scale_bias(l->output_gpu, dn_layer_find_param(l, "scales")->data_gpu, l->batch, F, N);
     }
-    dn_gpu_add_bias(l->output_gpu, dn_layer_find_param(l, "biases")->data_gpu, l->batch, F, N);
-    if (net->train && dn_activation_needs_input(d.activation)) {
-        float *x;
-        if ((s = dn_gpu_buffer(l, 3, total, &x))) return s;
-        dn_gpu_copy(x, l->output_gpu, total);
-    }
-    dn_gpu_activate(l->output_gpu, l->batch, F, N, d.activation);
+    if (net->train && dn_activation_needs_input(d.activation) && (s = dn_gpu_buffer(l, 3, total, &pre))) return s;
+    /* normalization, scale, bias and activation in one pass (blas.cu's output stage) */
+    dn_gpu_output_stage(l->output_gpu, xn, mean, var, scales, dn_layer_find_param(l, "biases")->data_gpu, pre, l->batch,
+                        F, N, d.activation);
     return dn_gpu_check(l, "the deformable forward pass");
 }
 
@@ -208,16 +210,14 @@ static dn_status deformable_backward_gpu(dn_layer *l, dn_net *net)
         return dn_layer_fail(l, DN_ERR_STATE, "backward needs a training forward pass first");
     float *ws, *scratch;
     if ((s = deform_workspace(net, l, &d, &ws, &scratch))) return s;
-    dn_gpu_activation_backward(l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, l->delta_gpu, l->batch, F, N,
-                               d.activation);
     dn_param *bias = dn_layer_find_param(l, "biases"), *w = dn_layer_find_param(l, "weights");
     dn_param *wo = dn_layer_find_param(l, "offset_weights"), *bo = dn_layer_find_param(l, "offset_biases");
-    if (bias->grad_gpu) dn_gpu_backward_bias(bias->grad_gpu, l->delta_gpu, l->batch, F, N, scratch);
-    if (d.batch_normalize) {
-        dn_param *scales = dn_layer_find_param(l, "scales");
-        dn_gpu_batchnorm_backward(l->delta_gpu, l->gpu_buf[2], l->gpu_buf[1], scales->data_gpu, scales->grad_gpu,
-                                  l->batch, F, N, scratch);
-    }
+    dn_param *scales = d.batch_normalize ? dn_layer_find_param(l, "scales") : NULL;
+    /* the activation's gradient, the bias and scale gradients and batch norm's backward (blas.cu's output stage) */
+    dn_gpu_output_stage_backward(l->delta_gpu, l->output_gpu, needs_x ? l->gpu_buf[3] : NULL, d.activation,
+                                 scales ? l->gpu_buf[2] : NULL, scales ? l->gpu_buf[1] : NULL,
+                                 scales ? scales->data_gpu : NULL, scales ? scales->grad_gpu : NULL, bias->grad_gpu,
+                                 l->batch, F, N, scratch);
     float *cols_x = ws, *cols = cols_x + n, *dcols = cols + n, *off = dcols + n, *doff = off + (size_t)O * N;
     const deform_geom g = geom_of(l, &d);
     const float *input = dn_gpu_input(net, l);

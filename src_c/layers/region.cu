@@ -19,9 +19,6 @@
 #include "../ops/layer_math.h"
 #include "region_loss.h"
 
-#include <stdlib.h>
-#include <string.h>
-
 typedef struct {
     size_t hw, inputs;
     int per, coords, classes, num, softmax;
@@ -115,13 +112,8 @@ static dn_status region_device_loss(dn_layer *l, dn_net *net)
         (s = dn_gpu_buffer(l, 1, (total * sizeof(region_cell) + 3) / 4, &states)) ||
         (s = dn_gpu_buffer(l, 2, 2 * total, &losses)))
         return s;
-    float *host = (float *)malloc((truth_n + 2 * (size_t)p.num) * sizeof(float));
-    if (!host) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss's truths");
-    memcpy(host, net->truth, truth_n * sizeof(float));
-    memcpy(host + truth_n, p.anchors, 2 * (size_t)p.num * sizeof(float));
-    s = dn_gpu_push(f, host, truth_n + 2 * (size_t)p.num);
-    free(host);
-    if (s) return s;
+    if ((s = dn_gpu_push(f, net->truth, truth_n)) || (s = dn_gpu_push(f + truth_n, p.anchors, 2 * (size_t)p.num)))
+        return s;
     p.anchors = f + truth_n;
     const region_batch d = {dn_gpu_input(net, l), l->output_gpu, f, l->delta_gpu, (region_cell *)states,
                             (double *)losses, hw, l->inputs, l->outputs, stride, batch};
@@ -129,20 +121,10 @@ static dn_status region_device_loss(dn_layer *l, dn_net *net)
     cells_kernel<<<dn_grid(total), DN_BLOCK>>>(p, d, 0);
     truths_kernel<<<dn_grid((size_t)batch), DN_BLOCK>>>(p, d);
     cells_kernel<<<dn_grid(total), DN_BLOCK>>>(p, d, 1);
-    double *values = (double *)malloc(total * sizeof(double));
-    if (!values) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss values");
-    s = dn_gpu_pull((float *)values, losses, 2 * total);
-    if (!s) {
-        double sum = 0;
-        for (int b = 0; b < batch; ++b) {
-            double loss = 0;
-            for (size_t e = 0; e < cells; ++e) loss += values[(size_t)b * cells + e];
-            sum += loss;
-        }
-        net->loss += sum;
-    }
-    free(values);
-    return s;
+    double sum; /* as region.c sums: per image in cell order, then the images */
+    if ((s = dn_gpu_loss_total((const double *)losses, (size_t)batch, cells, 1.0, &sum))) return s;
+    net->loss += sum;
+    return DN_OK;
 }
 
 static dn_status region_forward_gpu(dn_layer *l, dn_net *net)

@@ -8,18 +8,11 @@
 #define DN_REGION_LOSS_H
 
 #include "box_math.h"
+#include "hd.h"
 #include "layer.h"
 #include "../ops/layer_math.h"
 
 #include <math.h>
-
-#ifndef DN_HD
-#ifdef __CUDACC__
-#define DN_HD __host__ __device__
-#else
-#define DN_HD
-#endif
-#endif
 
 #define REGION_FOCAL_ALPHA 0.5f
 
@@ -71,12 +64,7 @@ static inline DN_HD float xy_at(const region_image *c, int a, int k, size_t i) {
 
 static inline DN_HD int truth_class(const region_image *c, int r) { return dn_truth_class_hd(c->truth + 5 * (size_t)r, c->p->classes); }
 
-static inline DN_HD dn_box truth_box(const region_image *c, int r)
-{
-    const float *t = c->truth + 5 * (size_t)r;
-    dn_box b = {t[0], t[1], t[2], t[3]};
-    return b;
-}
+static inline DN_HD dn_box truth_box(const region_image *c, int r) { return dn_truth_box_hd(c->truth + 5 * (size_t)r); }
 
 static inline DN_HD dn_box pred_box(const region_image *c, int a, size_t i)
 {
@@ -178,10 +166,7 @@ static inline DN_HD void region_assign_truths(region_image *c)
         const int k = truth_class(c, r);
         if (k < 0) continue;
         const dn_box tb = truth_box(c, r), shape = {0, 0, tb.w, tb.h};
-        int col = (int)(tb.x * l->w), row = (int)(tb.y * l->h);
-        col = col < 0 ? 0 : col >= l->w ? l->w - 1 : col;
-        row = row < 0 ? 0 : row >= l->h ? l->h - 1 : row;
-        const size_t i = (size_t)row * l->w + col;
+        const size_t i = dn_box_cell_hd(tb, l->w, l->h);
         float best = 0.f;
         int best_n = 0;
         for (int a = 0; a < s->num; ++a) {

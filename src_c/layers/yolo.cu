@@ -21,8 +21,6 @@
 #include "../ops/activation_math.h"
 #include "yolo_loss.h"
 
-#include <stdlib.h>
-
 typedef struct {
     size_t hw;
     int per;       /* 5 + classes: the channels of one anchor */
@@ -153,32 +151,17 @@ static dn_status yolo_device_loss(dn_layer *l, dn_net *net)
         (s = slot_bytes(l, 2, predictions * sizeof(cell_state), &in2)) ||
         (s = slot_bytes(l, 3, terms_bytes + predictions * sizeof(double), &in3)))
         return s;
-    float *f = (float *)in0;
-    float *host = (float *)malloc((truth_n + arrays_n) * sizeof(float));
-    if (!host) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss's truths");
-    memcpy(host, net->truth, truth_n * sizeof(float));
-    size_t at = truth_n;
-    const float *anchors = f + at;
-    memcpy(host + at, p.anchors, 2 * (size_t)p.n * sizeof(float));
-    at += 2 * (size_t)p.n;
-    const float *all_anchors = f + at;
-    memcpy(host + at, p.all_anchors, 2 * (size_t)p.total * sizeof(float));
-    at += 2 * (size_t)p.total;
-    const int *mask = (const int *)(f + at);
-    memcpy(host + at, p.mask, (size_t)p.n * sizeof(int));
-    at += (size_t)p.n;
-    const float *class_mult = NULL;
-    if (p.class_mult) {
-        class_mult = f + at;
-        memcpy(host + at, p.class_mult, (size_t)p.classes * sizeof(float));
-        at += (size_t)p.classes;
-    }
-    s = dn_gpu_push(f, host, at);
-    free(host);
-    if (s) return s;
+    /* the truths, then the layer's arrays (the mask's ints pushed as their 4-byte units) */
+    float *f = (float *)in0, *anchors = f + truth_n, *all_anchors = anchors + 2 * (size_t)p.n;
+    float *mask = all_anchors + 2 * (size_t)p.total, *class_mult = p.class_mult ? mask + p.n : NULL;
+    if ((s = dn_gpu_push(f, net->truth, truth_n)) || (s = dn_gpu_push(anchors, p.anchors, 2 * (size_t)p.n)) ||
+        (s = dn_gpu_push(all_anchors, p.all_anchors, 2 * (size_t)p.total)) ||
+        (s = dn_gpu_push(mask, (const float *)p.mask, (size_t)p.n)) ||
+        (class_mult && (s = dn_gpu_push(class_mult, p.class_mult, (size_t)p.classes))))
+        return s;
     p.anchors = anchors;
     p.all_anchors = all_anchors;
-    p.mask = mask;
+    p.mask = (const int *)mask;
     p.class_mult = class_mult;
     int *valid = (int *)in1, *nvalid = valid + (size_t)batch * rows;
     double *losses = (double *)((char *)in3 + terms_bytes);
@@ -192,21 +175,11 @@ static dn_status yolo_device_loss(dn_layer *l, dn_net *net)
     if (p.iou_thresh < 1.f) prediction_kernel<<<dn_grid(predictions), DN_BLOCK>>>(p, d, 1);
     prediction_kernel<<<dn_grid(predictions), DN_BLOCK>>>(p, d, 2);
     if (p.delta_normalizer != 1.f) scale_kernel<<<dn_grid(n), DN_BLOCK>>>(l->delta_gpu, n, p.delta_normalizer);
-    /* the losses to the host, summed as yolo.c sums them: per image in prediction order, then the images */
-    double *host_losses = (double *)malloc(predictions * sizeof(double));
-    if (!host_losses) return dn_layer_fail(l, DN_ERR_NOMEM, "out of memory for the loss values");
-    s = dn_gpu_pull((float *)host_losses, (const float *)losses, predictions * 2);
-    if (!s) {
-        double total = 0;
-        for (int b = 0; b < batch; ++b) {
-            double loss = 0;
-            for (size_t e = 0; e < cells; ++e) loss += host_losses[(size_t)b * cells + e];
-            total += loss * p.delta_normalizer;
-        }
-        net->loss += total;
-    }
-    free(host_losses);
-    return s;
+    /* summed as yolo.c sums them: per image in prediction order, times delta_normalizer, then the images */
+    double total;
+    if ((s = dn_gpu_loss_total(losses, (size_t)batch, cells, p.delta_normalizer, &total))) return s;
+    net->loss += total;
+    return DN_OK;
 }
 
 static dn_status yolo_forward_gpu(dn_layer *l, dn_net *net)

@@ -8,20 +8,13 @@
 #define DN_YOLO_LOSS_H
 
 #include "box_math.h"
+#include "hd.h"
 #include "layer.h"
 #include "../ops/layer_math.h"
 
 #include <float.h>
 #include <math.h>
 #include <string.h>
-
-#ifndef DN_HD
-#ifdef __CUDACC__
-#define DN_HD __host__ __device__
-#else
-#define DN_HD
-#endif
-#endif
 
 #define YOLO_FOCAL_ALPHA 0.5f
 #define YOLO_BOX_MSE (-1) /* iou_loss=mse */
@@ -80,12 +73,7 @@ static inline DN_HD double yolo_softplus(double z) { return (z > 0 ? z : 0) + lo
 
 static inline DN_HD int truth_class(const image_ctx *c, int r) { return dn_truth_class_hd(c->truth + 5 * (size_t)r, c->p->classes); }
 
-static inline DN_HD dn_box truth_box(const image_ctx *c, int r)
-{
-    const float *t = c->truth + 5 * (size_t)r;
-    dn_box b = {t[0], t[1], t[2], t[3]};
-    return b;
-}
+static inline DN_HD dn_box truth_box(const image_ctx *c, int r) { return dn_truth_box_hd(c->truth + 5 * (size_t)r); }
 
 static inline DN_HD dn_box pred_box(const image_ctx *c, int a, size_t i)
 {
@@ -474,10 +462,7 @@ static inline DN_HD void yolo_assign_truths(image_ctx *c)
     for (int v = 0; v < c->nvalid; ++v) {
         const int r = c->valid[v], k = truth_class(c, r);
         const dn_box tb = truth_box(c, r);
-        int col = (int)(tb.x * s->w), row = (int)(tb.y * s->h);
-        col = col < 0 ? 0 : col >= s->w ? s->w - 1 : col;
-        row = row < 0 ? 0 : row >= s->h ? s->h - 1 : row;
-        const size_t i = (size_t)row * s->w + col;
+        const size_t i = dn_box_cell_hd(tb, s->w, s->h);
         const dn_box shape = {0, 0, tb.w, tb.h};
         float best = 0.f;
         int best_n = 0;

@@ -4,15 +4,10 @@
 #ifndef DN_ACTIVATION_MATH_H
 #define DN_ACTIVATION_MATH_H
 
+#include "hd.h"
 #include "layer.h"
 
 #include <math.h>
-
-#ifdef __CUDACC__
-#define DN_HD __host__ __device__
-#else
-#define DN_HD
-#endif
 
 static inline DN_HD float softplus(float x)
 {

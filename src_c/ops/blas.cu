@@ -94,40 +94,6 @@ void dn_gpu_softmax_backward(const float *p, const float *g, float *d, size_t gr
     softmax_backward_kernel<<<dn_grid(groups), DN_BLOCK>>>(p, g, d, groups, n, stride, inner, outer, temp);
 }
 
-/* mode 0: out += v[c]; 1: out *= v[c]; 2: out = (out - mean[c]) / sqrt(var[c] + .00001); a row per (image, channel) */
-__global__ static void channel_kernel(float *out, const float *v, const float *var, size_t rows, int channels,
-                                      int spatial, int mode)
-{
-    DN_ROW_LOOP(r, i, rows, spatial) {
-        const int c = (int)(r % (unsigned)channels);
-        float *o = out + r * spatial + i;
-        if (mode == 0) *o += v[c];
-        else if (mode == 1) *o *= v[c];
-        else *o = (*o - v[c]) * (1.f / sqrtf(var[c] + .00001f));
-    }
-}
-
-static void channel_op(float *out, const float *v, const float *var, int batch, int channels, int spatial, int mode)
-{
-    const size_t rows = (size_t)batch * channels;
-    channel_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(out, v, var, rows, channels, spatial, mode);
-}
-
-void dn_gpu_add_bias(float *out, const float *bias, int batch, int channels, int spatial)
-{
-    channel_op(out, bias, NULL, batch, channels, spatial, 0);
-}
-
-void dn_gpu_scale_bias(float *out, const float *scale, int batch, int channels, int spatial)
-{
-    channel_op(out, scale, NULL, batch, channels, spatial, 1);
-}
-
-void dn_gpu_normalize(float *x, const float *mean, const float *variance, int batch, int channels, int spatial)
-{
-    channel_op(x, mean, variance, batch, channels, spatial, 2);
-}
-
 /* The sum over the block's threads of each thread's v (every thread gets it). */
 static __device__ double block_sum(double v, double *shared)
 {
@@ -150,12 +116,15 @@ static __device__ size_t at(int c, unsigned j, int channels, unsigned spatial)
 
 /* ---- per-channel sums over the whole device ----
  * A channel's batch*spatial values are cut into `chunks` runs; block (c, k) of
- * a channels x chunks grid sums run k of channel c (two sums at once, in
+ * a channels x chunks grid sums run k of channel c (up to two sums at once, in
  * double) into part[(c * chunks + k) * 2 + 0/1]; then one thread per channel
  * adds its chunks' sums in chunk order (the same order every time) and writes
  * the totals over part[c * chunks * 2 + 0/1]. The elementwise passes after
- * that run one thread per value. */
-enum { SUM_X, SUM_SQ_DEV, SUM_D_DX, SUM_D };
+ * that run one thread per value. Forward: the values (SUM_X) or their squared
+ * deviations from the mean (SUM_SQ_DEV), channel_sums_kernel; backward: the
+ * gradient and its products with x_norm, gradient_sums_kernel (the output
+ * stage's, below). */
+enum { SUM_X, SUM_SQ_DEV };
 
 static int channel_chunks(size_t n)
 {
@@ -169,30 +138,26 @@ size_t dn_gpu_channel_scratch(int batch, int channels, int spatial)
     return (size_t)channels * channel_chunks((size_t)batch * spatial) * 2 * 2;
 }
 
-__global__ static void channel_sums_kernel(const float *a, const float *b, const float *mean, int batch, int channels,
-                                           int spatial, int chunks, int what, double *part)
+__global__ static void channel_sums_kernel(const float *a, const float *mean, int batch, int channels, int spatial,
+                                           int chunks, int what, double *part)
 {
     __shared__ double shared[DN_BLOCK];
     const int c = blockIdx.x, k = blockIdx.y;
     const size_t n = (size_t)batch * spatial, j0 = n * k / chunks, j1 = n * (k + 1) / chunks;
-    double s0 = 0, s1 = 0;
+    double s0 = 0;
     for (size_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
         const size_t o = at(c, (unsigned)j, channels, (unsigned)spatial);
-        if (what == SUM_X || what == SUM_D) {
+        if (what == SUM_X) {
             s0 += a[o];
-        } else if (what == SUM_SQ_DEV) {
+        } else {
             const double d = (double)a[o] - mean[c];
             s0 += d * d;
-        } else {
-            s0 += a[o];
-            s1 += (double)a[o] * b[o];
         }
     }
     s0 = block_sum(s0, shared);
-    if (what == SUM_D_DX) s1 = block_sum(s1, shared);
     if (threadIdx.x == 0) {
         part[((size_t)c * chunks + k) * 2] = s0;
-        part[((size_t)c * chunks + k) * 2 + 1] = s1;
+        part[((size_t)c * chunks + k) * 2 + 1] = 0;
     }
 }
 
@@ -213,11 +178,11 @@ __global__ static void channel_totals_kernel(int channels, int chunks, double *p
 static __device__ double total0(const double *part, int c, int chunks) { return part[(size_t)c * chunks * 2]; }
 static __device__ double total1(const double *part, int c, int chunks) { return part[(size_t)c * chunks * 2 + 1]; }
 
-static void channel_sums(const float *a, const float *b, const float *mean, int batch, int channels, int spatial,
-                         int what, double *part)
+static void channel_sums(const float *a, const float *mean, int batch, int channels, int spatial, int what,
+                         double *part)
 {
     const int chunks = channel_chunks((size_t)batch * spatial);
-    channel_sums_kernel<<<dim3((unsigned)channels, (unsigned)chunks), DN_BLOCK>>>(a, b, mean, batch, channels, spatial,
+    channel_sums_kernel<<<dim3((unsigned)channels, (unsigned)chunks), DN_BLOCK>>>(a, mean, batch, channels, spatial,
                                                                                  chunks, what, part);
     channel_totals_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(channels, chunks, part);
 }
@@ -225,14 +190,6 @@ static void channel_sums(const float *a, const float *b, const float *mean, int 
 __global__ static void add_total_kernel(float *grad, int channels, int chunks, const double *part)
 {
     DN_KERNEL_LOOP(c, (size_t)channels) grad[c] += (float)total0(part, (int)c, chunks);
-}
-
-void dn_gpu_backward_bias(float *grad, const float *delta, int batch, int channels, int spatial, float *scratch)
-{
-    double *part = (double *)scratch;
-    channel_sums(delta, NULL, NULL, batch, channels, spatial, SUM_D, part);
-    add_total_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(grad, channels, channel_chunks((size_t)batch * spatial),
-                                                             part);
 }
 
 __global__ static void bn_mean_kernel(float *mean, int channels, int chunks, double n, const double *part)
@@ -252,39 +209,17 @@ __global__ static void bn_variance_kernel(const float *mean, float *variance, fl
     }
 }
 
-__global__ static void bn_normalize_kernel(float *x, float *x_norm, const float *mean, const float *variance,
-                                           size_t rows, int channels, int spatial)
-{
-    DN_ROW_LOOP(r, i, rows, spatial) {
-        const int c = (int)(r % (unsigned)channels);
-        const size_t o = r * spatial + i;
-        const float inv = 1.f / sqrtf(variance[c] + .00001f);
-        x_norm[o] = x[o] = (x[o] - mean[c]) * inv;
-    }
-}
-
 void dn_gpu_batchnorm_statistics(const float *x, int batch, int channels, int spatial, float *mean, float *variance,
                                  float *rolling_mean, float *rolling_variance, float keep, float share, float *scratch)
 {
     double *part = (double *)scratch;
     const size_t per = (size_t)batch * spatial;
     const int chunks = channel_chunks(per);
-    channel_sums(x, NULL, NULL, batch, channels, spatial, SUM_X, part);
+    channel_sums(x, NULL, batch, channels, spatial, SUM_X, part);
     bn_mean_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(mean, channels, chunks, (double)per, part);
-    channel_sums(x, NULL, mean, batch, channels, spatial, SUM_SQ_DEV, part);
+    channel_sums(x, mean, batch, channels, spatial, SUM_SQ_DEV, part);
     bn_variance_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(mean, variance, rolling_mean, rolling_variance,
                                                                channels, chunks, (double)per, keep, share, part);
-}
-
-void dn_gpu_batchnorm_forward_train(float *x, int batch, int channels, int spatial, float *mean, float *variance,
-                                    float *x_norm, float *rolling_mean, float *rolling_variance, float keep,
-                                    float share, float *scratch)
-{
-    dn_gpu_batchnorm_statistics(x, batch, channels, spatial, mean, variance, rolling_mean, rolling_variance, keep,
-                                share, scratch);
-    const size_t rows = (size_t)batch * channels;
-    bn_normalize_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(x, x_norm, mean, variance, rows, channels,
-                                                                          spatial);
 }
 
 __global__ static void bn_scale_grad_kernel(float *scale_grad, int channels, int chunks, const double *part)
@@ -306,27 +241,15 @@ __global__ static void bn_backward_kernel(float *delta, const float *x_norm, con
     }
 }
 
-void dn_gpu_batchnorm_backward(float *delta, const float *x_norm, const float *variance, const float *scales,
-                               float *scale_grad, int batch, int channels, int spatial, float *scratch)
-{
-    double *part = (double *)scratch;
-    const size_t per = (size_t)batch * spatial;
-    const int chunks = channel_chunks(per);
-    channel_sums(delta, x_norm, NULL, batch, channels, spatial, SUM_D_DX, part);
-    if (scale_grad) bn_scale_grad_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(scale_grad, channels, chunks, part);
-    const size_t rows = (size_t)batch * channels;
-    bn_backward_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(delta, x_norm, variance, scales, rows,
-                                                                         channels, spatial, chunks, (double)per, part);
-}
-
 /* ---- a layer's output stage in one pass each way ----
  * Forward: out = f((x - mean) * inv * scale + bias), inv = 1 / sqrt(variance + .00001) (batch norm: the batch's
  * statistics in training, the rolling ones in inference; without it out = f(x + bias)), keeping x_norm and the
- * value before f where training needs them: the arithmetic of the separate passes (normalize, scale, bias, copy,
- * activate), each product and sum rounded on its own (__fmul_rn, __fadd_rn: never fused into one FMA), so the
- * same values. Backward: delta *= f'(out, pre) in the pass that sums it per channel (and delta * x_norm), the
- * sums in channel_sums' order; the bias gradient takes the first sum, batch norm both (the separate passes
- * summed delta twice). Activations across channels (norm_chan...) keep their own pass. */
+ * value before f where training needs them: the formulas of the CPU passes (blas.c, bn_fused.c: normalize, scale, bias,
+ * activate), each product and sum rounded on its own (__fmul_rn, __fadd_rn: never fused into one FMA).
+ * Backward: delta *= f'(out, pre) in the pass that sums it per channel (and delta * x_norm), in chunk order; the
+ * bias gradient takes the first sum, batch norm both. Activations across channels (norm_chan...) keep their own
+ * pass. Every layer with batch norm, a bias and an activation (convolutional, connected, batchnorm, deformable)
+ * goes through it. */
 static int across_channels(dn_activation a)
 {
     return a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL;
@@ -360,7 +283,7 @@ void dn_gpu_output_stage(float *x, float *x_norm, const float *mean, const float
     if (across_channels(a)) dn_gpu_activate(x, batch, channels, spatial, a);
 }
 
-/* channel_sums_kernel's SUM_D (x_norm NULL) or SUM_D_DX with delta *= f'(y, pre) on the way */
+/* the sums of delta (and of delta * x_norm) per channel, with delta *= f'(y, pre) on the way (linear: left as it is) */
 __global__ static void gradient_sums_kernel(float *delta, const float *y, const float *pre, dn_activation act,
                                             const float *x_norm, int batch, int channels, int spatial, int chunks,
                                             double *part)
@@ -371,8 +294,11 @@ __global__ static void gradient_sums_kernel(float *delta, const float *y, const 
     double s0 = 0, s1 = 0;
     for (size_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
         const size_t o = at(c, (unsigned)j, channels, (unsigned)spatial);
-        const float d = delta[o] * gradient1(y[o], pre ? pre[o] : 0.f, act);
-        delta[o] = d;
+        float d = delta[o];
+        if (act != DN_ACT_LINEAR) {
+            d *= gradient1(y[o], pre ? pre[o] : 0.f, act);
+            delta[o] = d;
+        }
         s0 += d;
         if (x_norm) s1 += (double)d * x_norm[o];
     }
@@ -408,6 +334,13 @@ void dn_gpu_output_stage_backward(float *delta, const float *y, const float *pre
     const size_t rows = (size_t)batch * channels;
     bn_backward_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(delta, x_norm, variance, scales, rows,
                                                                          channels, spatial, chunks, (double)per, part);
+}
+
+/* the bias gradient alone (a [deformable] layer's offset convolution): the output stage's sums */
+void dn_gpu_backward_bias(float *grad, float *delta, int batch, int channels, int spatial, float *scratch)
+{
+    dn_gpu_output_stage_backward(delta, NULL, NULL, DN_ACT_LINEAR, NULL, NULL, NULL, NULL, grad, batch,
+                                 channels, spatial, scratch);
 }
 
 /* train.c's dn_net_update for one tensor */

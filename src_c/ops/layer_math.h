@@ -7,16 +7,10 @@
 #ifndef DN_LAYER_MATH_H
 #define DN_LAYER_MATH_H
 
+#include "hd.h"
+
 #include <math.h>
 #include <stddef.h>
-
-#ifndef DN_HD
-#ifdef __CUDACC__
-#define DN_HD __host__ __device__
-#else
-#define DN_HD
-#endif
-#endif
 
 /* 1 / (1 + e^-x) (ops/blas.c's dn_logistic; the vectorized dn_logistic_vec is about 2 ulp away) */
 static inline DN_HD float dn_logistic1(float x) { return 1.f / (1.f + expf(-x)); }
