@@ -21,7 +21,10 @@ waits for pydarknet's work too: both use the device's primary context):
   (a) latency, batch 1: host array in, the [yolo] heads back as host arrays.
       pydarknet ``net.predict(x)`` (input copy to the device, forward, heads
       copied back); PyTorch ``model(torch.from_numpy(x).to(dev))`` in
-      inference mode, then ``.cpu()`` of every head.
+      inference mode, then ``.cpu()`` of every head. On a GPU also
+      "pydarknet (CUDA graph)": a second pydarknet network of batch 1 with the
+      same weights and ``cuda_graphs`` on (its layers launched as one CUDA
+      graph; the heads checked against the first network's before timing).
   (b) throughput: the same at --batch (64) images; images/s = batch / median.
   (c) one training iteration of --batch images in --subdivisions (1)
       mini-batches, gradients accumulated, one SGD step (momentum and decay as
@@ -201,6 +204,17 @@ def build(args):
         dev = torch.device("cpu")
     torch.set_num_threads(args.threads)
     return net, model.to(dev), dev, cfg
+
+
+def graph_network(args, cfg):
+    """A pydarknet network of batch 1 with the benchmark's weights on the GPU, its inference passes as CUDA graphs."""
+    spec = pydarknet.parse_cfg(cfg)
+    spec.options["subdivisions"] = args.subdivisions
+    gnet = pydarknet.Network(spec, batch=1, threads=args.threads)
+    gnet.load_weights(random_weights(cfg, args.seed, args.cache, args.threads))
+    gnet.set_device(args.gpu)
+    gnet.cuda_graphs = True
+    return gnet
 
 
 def sync_for(dev):
@@ -471,11 +485,26 @@ def main(args):
 
     rows = []
     print("timing latency (batch 1)...", flush=True)
-    times, loads = compare([("pydarknet", lambda: dn_predict(net, photo)),
-                            ("PyTorch", lambda: torch_predict(model, dev, photo))],
-                           args.warmup, args.repeat, sync, args.pause, args.wait_idle)
+    parts = [("pydarknet", lambda: dn_predict(net, photo)), ("PyTorch", lambda: torch_predict(model, dev, photo))]
+    gnet = None
+    if dev.type == "cuda":
+        gnet = graph_network(args, cfg)
+        want = dn_predict(net, photo)
+        for _ in range(3):   # the first pass settles the memory, the second makes the graph, the third launches it
+            got = dn_predict(gnet, photo)
+        err = max(rel_err(g, w) for g, w in zip(got, want))
+        if gnet.cuda_graph_launches != 2 or err > TOLERANCE:
+            raise SystemExit("bench_gpu.py: the CUDA graph network launched %d graphs in 3 passes (want 2), its heads "
+                             "differ from the plain network's by %.3g" % (gnet.cuda_graph_launches, err))
+        result["check_cuda_graph"] = {"launches_in_3_passes": 2, "max_rel_err": err}
+        parts.insert(1, ("pydarknet (CUDA graph)", lambda: dn_predict(gnet, photo)))
+    times, loads = compare(parts, args.warmup, args.repeat, sync, args.pause, args.wait_idle)
     rows += [("latency", k, 1, summary(times[k], 1), max(loads[k])) for k in times]
     result["latency"] = {k: dict(summary(times[k], 1), neighbour_cpus=loads[k]) for k in times}
+    if gnet is not None:
+        result["latency"]["pydarknet (CUDA graph)"]["graph_launches"] = gnet.cuda_graph_launches
+        gnet.set_device(None)
+        del gnet
 
     print("timing throughput (batch %d)..." % args.batch, flush=True)
     times, loads = compare([("pydarknet", lambda: dn_predict(net, xb)),
@@ -512,10 +541,15 @@ def main(args):
     print_table(rows)
     ratios = {part: result[part]["pydarknet"]["median_ms"] / result[part]["PyTorch"]["median_ms"]
               for part in ("latency", "throughput", "training")}
+    if "pydarknet (CUDA graph)" in result["latency"]:
+        ratios["latency_cuda_graph"] = (result["latency"]["pydarknet (CUDA graph)"]["median_ms"]
+                                        / result["latency"]["PyTorch"]["median_ms"])
     result["ratio_pydarknet_over_torch"] = ratios
     print("\npydarknet / PyTorch time (medians; below 1: pydarknet faster): latency %.2f, throughput %.2f, "
           "training iteration %.2f (stand-in loss on both)"
           % (ratios["latency"], ratios["throughput"], ratios["training"]))
+    if "latency_cuda_graph" in ratios:
+        print("latency with the CUDA graph: %.2f" % ratios["latency_cuda_graph"])
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

@@ -309,6 +309,27 @@ class Network:
 
     @property
     @_locked
+    def cuda_graphs(self) -> bool:
+        """Whether inference passes on a device run their layers as one CUDA
+        graph (made on the second pass at a size, then launched whole: no
+        per-kernel launch cost). Off by default; on with
+        PYDARKNET_CUDA_GRAPHS=1 in the environment when the network went to
+        the device, or set it here (on a device)."""
+        return bool(lib.dn_net_cuda_graphs(self._ptr))
+
+    @cuda_graphs.setter
+    @_locked
+    def cuda_graphs(self, on: bool):
+        check(lib.dn_net_set_cuda_graphs(self._ptr, int(bool(on))))
+
+    @property
+    @_locked
+    def cuda_graph_launches(self) -> int:
+        """How many passes a CUDA graph ran since the network went to the device."""
+        return int(lib.dn_net_cuda_graph_launches(self._ptr))
+
+    @property
+    @_locked
     def uses_blas(self):
         return bool(lib.dn_net_uses_blas(self._ptr))
 

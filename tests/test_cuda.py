@@ -123,6 +123,16 @@ def test_cudnn_switch_on_the_cpu(write_cfg):
     assert net.cudnn is False
 
 
+def test_cuda_graphs_switch_on_the_cpu(write_cfg):
+    """A network on the CPU runs no CUDA graphs: off, none launched, switching off a no-op, on one clear error."""
+    net = pydarknet.load(write_cfg(NET.format(c=3, h=8, w=8) + ONE.format(f=4)))
+    assert net.cuda_graphs is False and net.cuda_graph_launches == 0
+    net.cuda_graphs = False
+    with pytest.raises(DarknetError, match="CUDA device"):
+        net.cuda_graphs = True
+    assert net.cuda_graphs is False
+
+
 def test_cli_gpu_flag_without_a_device_is_one_error_line(write_cfg, tmp_path, capsys):
     if _status_and_count()[1]:
         pytest.skip("a CUDA device is present")
@@ -479,3 +489,148 @@ def test_the_bucket_hook_gets_the_devices_gradients_in_one_range(write_cfg):
     a, b = params(cpu), params(gpu)
     for k in a:
         close(b[k], a[k], 1e-3)
+
+
+# ----------------------------------------------------------------------------- CUDA graphs, the input's upload
+
+def _public_model(write_cfg, name, size, batch):
+    text = (Path(__file__).resolve().parents[1] / "cfg" / f"{name}.cfg").read_text()
+    text = "\n".join(f"width={size}" if l.startswith("width=") else f"height={size}" if l.startswith("height=")
+                     else l for l in text.splitlines())
+    net = pydarknet.load(write_cfg(text, f"{name}.cfg"), batch=batch)
+    randomize(net, 0)
+    return net
+
+
+def _graph_passes(net, xs, graphs):
+    """Each input's heads (copies) after an inference pass with the graphs switched as given."""
+    net.cuda_graphs = graphs
+    return [[h.copy() for h in net.predict(x)] for x in xs]
+
+
+def _same(got, want):
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            assert a.shape == b.shape and np.array_equal(a, b), f"differ by {np.abs(a - b).max():.3g}"
+
+
+def test_cuda_graphs_run_what_the_layers_run(write_cfg):
+    """Network.cuda_graphs: an inference pass's layers as one CUDA graph give the very bits the same network gives
+    without it (the same kernels with the same arguments), each pass with its own input; the graph is made on the
+    second pass at a memory layout and launched from then on; weights written between passes are read, and a
+    resize, training (its buffers) and the cuDNN switch each make the next graph anew."""
+    device = _gpu()
+    net = _public_model(write_cfg, "yolov4-tiny", 128, 1)
+    net.set_device(device)
+    xs = [random_input((1, 3, 128, 128), k) for k in range(4)]
+    got = _graph_passes(net, xs, True)
+    assert net.cuda_graph_launches == 3        # the first pass settles the memory, the second makes the graph
+    want = _graph_passes(net, xs, False)
+    assert net.cuda_graph_launches == 3
+    _same(got, want)
+
+    # weights written between passes: the graph reads the device copies they go to
+    before = _graph_passes(net, xs[:2], True)
+    w = net.layers[0].params["weights"]
+    w *= 0.5
+    got = _graph_passes(net, xs[:2], True)
+    assert net.cuda_graph_launches == 7
+    assert not np.array_equal(got[0][0], before[0][0])
+    _same(got, _graph_passes(net, xs[:2], False))
+
+    # a resize: new memory, so the first pass at the new size runs as usual and the graph comes on the second
+    net.resize(height=160, width=160)
+    ys = [random_input((1, 3, 160, 160), 10 + k) for k in range(3)]
+    got = _graph_passes(net, ys, True)
+    assert net.cuda_graph_launches == 9
+    _same(got, _graph_passes(net, ys, False))
+
+    # a training iteration between inference passes (its deltas, gradients and scratch are allocated)
+    from pydarknet.synthetic import shapes_batch
+    x, t = shapes_batch(net.mini_batch, 160, seed=4)
+    net.cuda_graphs = True
+    net.train_batch(x, t)
+    net.resize(batch=1)
+    got = _graph_passes(net, ys, True)
+    assert net.cuda_graph_launches == 11
+    _same(got, _graph_passes(net, ys, False))
+
+    if net.cudnn:   # a build with cuDNN: its convolutions in the graph, and the switch makes it anew
+        for on in (False, True):
+            net.cudnn = on
+            launches = net.cuda_graph_launches
+            got = _graph_passes(net, ys, True)
+            assert net.cuda_graph_launches == launches + 2
+            _same(got, _graph_passes(net, ys, False))
+
+
+def _device_layer_types():
+    """The layer types with device passes (a .cu beside their .c; [reorg3d] runs [reorg]'s)."""
+    return {c.stem for c in (_build_ffi.SRC / "layers").glob("*.c") if "DN_GPU_OPS(" in c.read_text()} | {"reorg3d"}
+
+
+@pytest.mark.parametrize("case", select(gpu=True))
+def test_every_layer_case_in_a_cuda_graph_matches_cpu(write_cfg, case):
+    """Every layer case's inference pass as a CUDA graph: the third pass launches the graph the second made, and
+    gives the CPU's outputs for its own input; a case with a layer that runs on host copies is not captured and
+    runs as usual."""
+    c, h, w = case.shape
+    cpu, gpu = _pair(write_cfg, case.body, c, h, w)
+    gpu.cuda_graphs = True
+    xs = [random_input((2, c, h, w), k) * 2 - 1 for k in (1, 2, 3)]
+    for x in xs:
+        gpu.forward(x)
+    cpu.forward(xs[-1])
+    on_device = {l.type for l in gpu.layers} <= _device_layer_types()
+    assert gpu.cuda_graph_launches == (2 if on_device else 0), sorted({l.type for l in gpu.layers})
+    for a, b in zip(cpu.layers, gpu.layers):
+        close(b.output, a.output, 1e-4)
+
+
+def test_cuda_graphs_leave_a_pass_they_cannot_capture_to_run_as_usual(write_cfg):
+    """A layer that runs on host copies ([fcos] copies its input to the host) cannot be in a graph: the capture is
+    given up, the pass runs as usual and gives what it gives without graphs, and that layout is not tried again."""
+    device = _gpu()
+    body = ONE.format(f=8) + "[fcos]\nclasses=3\n"
+    net = pydarknet.load(write_cfg(NET.format(c=3, h=16, w=16) + body))
+    randomize(net, 0)
+    net.set_device(device)
+    xs = [random_input((1, 3, 16, 16), k) for k in range(3)]
+    got = _graph_passes(net, xs, True)
+    assert net.cuda_graph_launches == 0
+    _same(got, _graph_passes(net, xs, False))
+
+
+def test_graphs_from_the_environment(write_cfg, monkeypatch):
+    """PYDARKNET_CUDA_GRAPHS=1 when the network goes to the device turns them on; unset, they are off."""
+    device = _gpu()
+    for value, on in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv("PYDARKNET_CUDA_GRAPHS", value)
+        net = pydarknet.load(write_cfg(NET.format(c=3, h=8, w=8) + ONE.format(f=4)))
+        net.set_device(device)
+        assert net.cuda_graphs is on
+
+
+def test_each_training_pass_reads_its_own_input(write_cfg):
+    """A training pass's input goes up on a stream of its own into the other of two device buffers while the pass
+    before still runs: after an iteration of four mini-batches with different images, the first layer's output is
+    the last mini-batch's (as on the CPU), and so are the weights of two iterations."""
+    from helpers import small_yolo
+    from pydarknet.synthetic import shapes_batch
+
+    device = _gpu()
+    x, t = shapes_batch(8, 32, seed=4)
+    nets = []
+    for name, where in (("cpu.cfg", None), ("gpu.cfg", device)):
+        net = small_yolo(write_cfg, 4, seed=3, name=name)
+        if where is not None:
+            net.set_device(where)
+        for _ in range(2):
+            net.train_batch(x, t)
+        nets.append(net)
+    cpu, gpu = nets
+    assert gpu.mini_batch == 2
+    close(gpu.layers[0].output, cpu.layers[0].output, 1e-3)
+    for a, b in zip(cpu.layers, gpu.layers):
+        for k, v in a.params.items():
+            close(b.params[k], v, 1e-3)

@@ -72,8 +72,8 @@ static dn_status target(dn_net *net, int training, dn_attrs **out)
 static dn_status set_values(dn_net *net, int training, const char *key, dn_attr_kind kind, const void *values,
                             int count, size_t size)
 {
-    dn_attr *at;
-    dn_attrs *a;
+    dn_attr *at = NULL;
+    dn_attrs *a = NULL;
     dn_status s = target(net, training, &a);
     if (!s) s = slot(a, key, &at);
     if (s) return s;
@@ -90,8 +90,8 @@ static dn_status set_values(dn_net *net, int training, const char *key, dn_attr_
 
 static dn_status set_string(dn_net *net, int training, const char *key, const char *value)
 {
-    dn_attr *at;
-    dn_attrs *a;
+    dn_attr *at = NULL;
+    dn_attrs *a = NULL;
     dn_status s = target(net, training, &a);
     if (!s) s = slot(a, key, &at);
     if (s) return s;
@@ -156,7 +156,7 @@ static dn_status need(source src, const char *key, const dn_attr **out)
 
 static dn_status get_int(source src, const char *key, int *out)
 {
-    const dn_attr *at;
+    const dn_attr *at = NULL;
     dn_status s = need(src, key, &at);
     if (s) return s;
     if (at->kind != DN_ATTR_INTS || at->count != 1) return bad(src, "option '%s' must be one integer", key);
@@ -166,7 +166,7 @@ static dn_status get_int(source src, const char *key, int *out)
 
 static dn_status get_float(source src, const char *key, float *out)
 {
-    const dn_attr *at;
+    const dn_attr *at = NULL;
     dn_status s = need(src, key, &at);
     if (s) return s;
     if (at->kind == DN_ATTR_STRING || at->count != 1) return bad(src, "option '%s' must be one number", key);
@@ -176,7 +176,7 @@ static dn_status get_float(source src, const char *key, float *out)
 
 static dn_status get_string(source src, const char *key, const char **out)
 {
-    const dn_attr *at;
+    const dn_attr *at = NULL;
     dn_status s = need(src, key, &at);
     if (s) return s;
     if (at->kind != DN_ATTR_STRING) return bad(src, "option '%s' must be a string", key);
@@ -186,7 +186,7 @@ static dn_status get_string(source src, const char *key, const char **out)
 
 static dn_status get_ints(source src, const char *key, const int **out, int *count)
 {
-    const dn_attr *at;
+    const dn_attr *at = NULL;
     dn_status s = need(src, key, &at);
     if (s) return s;
     if (at->kind != DN_ATTR_INTS) return bad(src, "option '%s' must be a list of integers", key);
@@ -197,7 +197,7 @@ static dn_status get_ints(source src, const char *key, const int **out, int *cou
 
 static dn_status get_floats(source src, const char *key, const float **out, int *count)
 {
-    const dn_attr *at;
+    const dn_attr *at = NULL;
     dn_status s = need(src, key, &at);
     if (s) return s;
     if (at->kind == DN_ATTR_STRING) return bad(src, "option '%s' must be a list of numbers", key);

@@ -13,6 +13,8 @@
  *   allocate        after the host buffers were (re)allocated for a size
  *   begin_forward   before a pass: inputs and anything the caller wrote go to the
  *                   backend; in a training pass (net->train) the deltas are zeroed
+ *   run_layers      runs a forward pass's layers: calls layers(net), the loop over them, or (CUDA, inference
+ *                   passes with graphs on) replays a graph of what that loop launched
  *   layer_forward   one layer's forward pass (layer_backward: its backward)
  *   begin_backward  before a backward pass
  *   layer_done      after a layer's pass: its completion checked ("forward"/"backward")
@@ -67,6 +69,7 @@ struct dn_backend {
     const char *name;
     dn_status (*allocate)(dn_net *net);
     dn_status (*begin_forward)(dn_net *net);
+    dn_status (*run_layers)(dn_net *net, dn_status (*layers)(dn_net *net));
     dn_status (*layer_forward)(dn_net *net, dn_layer *l);
     dn_status (*begin_backward)(dn_net *net);
     dn_status (*layer_backward)(dn_net *net, dn_layer *l);

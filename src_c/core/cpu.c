@@ -69,10 +69,13 @@ static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
     return DN_OK;
 }
 
+static dn_status run_layers(dn_net *net, dn_status (*layers)(dn_net *)) { return layers(net); }
+
 const dn_backend dn_cpu_backend = {
     .name = "CPU",
     .allocate = nothing,
     .begin_forward = begin_forward,
+    .run_layers = run_layers,
     .layer_forward = forward,
     .begin_backward = nothing,
     .layer_backward = backward,

@@ -6,11 +6,18 @@
  * device (see cuda.h for the rules of which copy is current). The layer loop
  * itself is core/loop.c's.
  *
- * Everything runs on the device's default stream, so kernels, cuBLAS calls
- * and copies happen in the order they are issued and a copy to the host
- * waits for the work before it. With PYDARKNET_CUDA_SYNC=1 in the
+ * Everything a pass does runs on the network's stream (dn_gpu_stream: every
+ * kernel, cuBLAS and cuDNN call and copy), so it happens in the order it is
+ * issued and a copy to the host waits for the work before it. The one other
+ * stream is the input's: a pass's input goes up on it while the device still
+ * runs the work before (push_input). With PYDARKNET_CUDA_SYNC=1 in the
  * environment, every layer is followed by a device synchronization, so an
  * error in a kernel is reported by the layer that caused it.
+ *
+ * With PYDARKNET_CUDA_GRAPHS=1, an inference pass's layers run as one CUDA
+ * graph (run_layers): captured on the second pass at a memory layout, then
+ * launched whole, without the per-kernel launch cost that bounds a small
+ * batch's latency.
  *
  * Which layers run where: every layer listed with DN_LAYER_GPU in
  * core/layer_list.h runs on the device through its ops table's forward_gpu
@@ -36,16 +43,32 @@ extern const dn_backend dn_cuda_backend; /* the table at the end */
 struct dn_cuda {
     int device;
     int sync_each;            /* synchronize after every layer (PYDARKNET_CUDA_SYNC) */
+    cudaStream_t stream;      /* the network's: every pass's work, in order */
     cublasHandle_t blas;
-    float *input, *input_delta;
+    float *input, *input_delta; /* input: the buffer of the last pass, one of inputs[] */
     size_t input_n;
+    /* The input's device buffers: [0], and for training passes [1] too, taken in turn, so that a pass's input
+     * goes up on the upload stream while the device still runs the pass before, which reads the other one.
+     * Per buffer: `released` is recorded on the network's stream when a later pass begins (every pass that read
+     * the buffer is queued before it), the upload waits for it; `uploaded` is recorded on the upload stream after
+     * the copy, the pass waits for it, and so does the host before it writes the buffer's staging again. */
+    float *inputs[2];
+    int input_k;
+    cudaStream_t upload;
+    cudaEvent_t uploaded[2], released[2];
+    int upload_pending[2];
     /* the input goes through page-locked staging (a DMA at full speed; a pageable copy is staged by the driver
-     * in small pieces): the caller's array is copied into it, then copied to the device asynchronously; the
-     * event tells when the staging may be written again. NULL: plain copies (page-locked memory refused). */
-    float *staging;
-    size_t staging_n;
-    cudaEvent_t staged;
-    int staged_pending;
+     * in small pieces), one per input buffer: the caller's array is copied into it, then copied to the device
+     * asynchronously. NULL: plain copies (page-locked memory refused). */
+    float *staging[2];
+    size_t staging_n[2];
+    /* The inference layers as a CUDA graph (PYDARKNET_CUDA_GRAPHS=1; run_layers): made for one memory layout
+     * (the allocation count, graph_layout); warm_layout: the layout of the last eager inference pass (a graph is
+     * captured on the pass after); no_graph_layout: a layout whose pass could not be captured. */
+    int graphs;
+    long long graph_launches;
+    cudaGraphExec_t graph;
+    unsigned long long graph_layout, warm_layout, no_graph_layout;
     float *workspace;
     size_t workspace_n;
     int *delta_dirty;         /* per layer, and [nlayers] for the input: the host delta was handed out */
@@ -64,9 +87,20 @@ struct dn_cuda {
 #endif
 };
 
+/* Counts every device allocation, plan release and cuDNN switch: a CUDA graph holds the device pointers and
+ * plans of the pass it was made from, so it serves only while the count is unchanged. */
+static unsigned long long memory_layout;
+static void layout_changed(void) { __atomic_add_fetch(&memory_layout, 1ull, __ATOMIC_RELAXED); }
+static unsigned long long current_layout(void) { return __atomic_load_n(&memory_layout, __ATOMIC_RELAXED); }
+
+/* The stream of the network whose pass runs in this thread (use_device sets it). */
+static thread_local cudaStream_t thread_stream = 0;
+cudaStream_t dn_gpu_stream(void) { return thread_stream; }
+
 /* every layer's plan released (their shapes change, or the device copies go) */
 static void free_plans(dn_cuda *ctx)
 {
+    layout_changed();
     for (int i = 0; i < ctx->nplans; ++i) {
         if (ctx->plans[i] && ctx->plan_release[i]) ctx->plan_release[i](ctx->plans[i]);
         free(ctx->plans[i]);
@@ -85,6 +119,7 @@ static dn_status dev_alloc(float **p, size_t n, const char *what)
 {
     void *q = NULL;
     *p = NULL;
+    layout_changed();
     cudaError_t e = cudaMalloc(&q, (n ? n : 1) * sizeof(float));
     if (e == cudaSuccess) e = cudaMemset(q, 0, (n ? n : 1) * sizeof(float));
     if (e != cudaSuccess) {
@@ -103,17 +138,33 @@ static void dev_free(float **p)
     *p = NULL;
 }
 
+/* Copies on the thread's network stream, finished when they return (the host may reuse or read the buffer).
+ * Never inside a CUDA graph's capture: the graph would hold the copy without the host work around it. */
+static dn_status not_capturing(void)
+{
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    const cudaError_t e = cudaStreamIsCapturing(thread_stream, &st);
+    if (e == cudaSuccess && st == cudaStreamCaptureStatusNone) return DN_OK;
+    return dn_fail(DN_ERR_STATE, "CUDA: a copy between the host and the device while a graph is being captured");
+}
+
 static dn_status push(float *dev, const float *host, size_t n)
 {
     if (!dev || !host || !n) return DN_OK;
-    const cudaError_t e = cudaMemcpy(dev, host, n * sizeof(float), cudaMemcpyHostToDevice);
+    dn_status s = not_capturing();
+    if (s) return s;
+    cudaError_t e = cudaMemcpyAsync(dev, host, n * sizeof(float), cudaMemcpyHostToDevice, thread_stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(thread_stream);
     return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying to the device");
 }
 
 static dn_status pull(float *host, const float *dev, size_t n)
 {
     if (!dev || !host || !n) return DN_OK;
-    const cudaError_t e = cudaMemcpy(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    dn_status s = not_capturing();
+    if (s) return s;
+    cudaError_t e = cudaMemcpyAsync(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost, thread_stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(thread_stream);
     return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying to the host");
 }
 
@@ -139,9 +190,11 @@ dn_status dn_gpu_loss_total(const double *dev, size_t runs, size_t per, double s
     return s;
 }
 
+/* The network's device and stream made the thread's current ones. */
 static dn_status use_device(const dn_net *net)
 {
     const cudaError_t e = cudaSetDevice(net->cuda->device);
+    thread_stream = net->cuda->stream;
     return e == cudaSuccess ? DN_OK : cuda_fail(e, "selecting the device");
 }
 
@@ -190,11 +243,26 @@ void *dn_gpu_cudnn(const dn_net *net)
 
 int dn_gpu_cudnn_on(const dn_net *net) { return dn_gpu_cudnn(net) != NULL; }
 
+static void drop_graph(dn_cuda *ctx);
+
+int dn_gpu_graphs_on(const dn_net *net) { return net->cuda ? net->cuda->graphs : 0; }
+
+dn_status dn_gpu_set_graphs(dn_net *net, int on)
+{
+    if (!net->cuda) return on ? dn_fail(DN_ERR_STATE, "the network is not on a CUDA device") : DN_OK;
+    net->cuda->graphs = on != 0;
+    if (!on) drop_graph(net->cuda);
+    return DN_OK;
+}
+
+long long dn_gpu_graph_launches(const dn_net *net) { return net->cuda ? net->cuda->graph_launches : 0; }
+
 dn_status dn_gpu_set_cudnn(dn_net *net, int on)
 {
 #ifdef DN_CUDNN
     if (!net->cuda) return on ? dn_fail(DN_ERR_STATE, "the network is not on a CUDA device") : DN_OK;
     if (on && !net->cuda->dnn) return dn_fail(DN_ERR_UNSUPPORTED, "cuDNN could not be initialized on this device");
+    if (net->cuda->use_dnn != (on != 0)) layout_changed();
     net->cuda->use_dnn = on != 0;
     return DN_OK;
 #else
@@ -299,6 +367,30 @@ void dn_gpu_unpin(dn_net *net)
     ctx->npinned = 0;
 }
 
+/* Input buffer k (device, and its page-locked staging) for input_n floats; a staging buffer refused leaves the
+ * plain copy. */
+static dn_status input_buffer(dn_cuda *ctx, int k)
+{
+    if (ctx->upload_pending[k]) cudaEventSynchronize(ctx->uploaded[k]);
+    ctx->upload_pending[k] = 0;
+    if (ctx->staging[k] && ctx->staging_n[k] < ctx->input_n) {
+        cudaFreeHost(ctx->staging[k]);
+        ctx->staging[k] = NULL;
+        ctx->staging_n[k] = 0;
+    }
+    if (!ctx->staging[k]) {
+        void *p = NULL;
+        if (cudaHostAlloc(&p, ctx->input_n * sizeof(float), cudaHostAllocDefault) == cudaSuccess) {
+            ctx->staging[k] = (float *)p;
+            ctx->staging_n[k] = ctx->input_n;
+        } else {
+            cudaGetLastError(); /* not sticky: the plain copy serves */
+        }
+    }
+    dev_free(&ctx->inputs[k]);
+    return dev_alloc(&ctx->inputs[k], ctx->input_n, "the input");
+}
+
 static dn_status gpu_allocate(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
@@ -327,24 +419,11 @@ static dn_status gpu_allocate(dn_net *net)
             if ((s = alloc_param(&l->params[j]))) return dn_layer_fail(l, s, "%s", dn_last_error());
     }
     ctx->input_n = (size_t)net->batch * net->c * net->h * net->w;
-    if (ctx->staging && ctx->staging_n < ctx->input_n) {
-        if (ctx->staged_pending) cudaEventSynchronize(ctx->staged);
-        ctx->staged_pending = 0;
-        cudaFreeHost(ctx->staging);
-        ctx->staging = NULL;
-    }
-    if (!ctx->staging) {
-        void *p = NULL;
-        if (cudaHostAlloc(&p, ctx->input_n * sizeof(float), cudaHostAllocDefault) == cudaSuccess) {
-            ctx->staging = (float *)p;
-            ctx->staging_n = ctx->input_n;
-        } else {
-            cudaGetLastError(); /* not sticky: the plain copy serves */
-        }
-    }
-    dev_free(&ctx->input);
+    dev_free(&ctx->inputs[1]); /* made again when a training pass needs it */
+    if ((s = input_buffer(ctx, 0))) return s;
+    ctx->input_k = 0;
+    ctx->input = ctx->inputs[0];
     dev_free(&ctx->input_delta);
-    if ((s = dev_alloc(&ctx->input, ctx->input_n, "the input"))) return s;
     if (net->training && (s = dev_alloc(&ctx->input_delta, ctx->input_n, "the input delta"))) return s;
     if (!ctx->delta_dirty) {
         ctx->delta_dirty = (int *)calloc((size_t)net->nlayers + 1, sizeof(int));
@@ -353,6 +432,13 @@ static dn_status gpu_allocate(dn_net *net)
     dn_gpu_unpin(net); /* buffers of an earlier size (dn_net_allocate unpins before it frees them) */
     pin_host_crossings(net);
     return DN_OK;
+}
+
+/* A switch from the environment: set, not empty and not "0". */
+static int env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
 }
 
 dn_status dn_gpu_open(dn_net *net, int device)
@@ -368,25 +454,39 @@ dn_status dn_gpu_open(dn_net *net, int device)
     dn_cuda *ctx = (dn_cuda *)calloc(1, sizeof(dn_cuda));
     if (!ctx) return dn_fail(DN_ERR_NOMEM, "out of memory");
     ctx->device = device;
-    const char *sync = getenv("PYDARKNET_CUDA_SYNC");
-    ctx->sync_each = sync && *sync && strcmp(sync, "0") != 0;
-    if (cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) {
-        free(ctx);
-        return dn_fail(DN_ERR_STATE, "CUDA: cuBLAS could not be initialized on device %d", device);
-    }
-    if ((e = cudaEventCreateWithFlags(&ctx->staged, cudaEventDisableTiming)) != cudaSuccess) {
-        cublasDestroy(ctx->blas);
-        free(ctx);
-        return cuda_fail(e, "creating an event");
-    }
-#ifdef DN_CUDNN
-    if (cudnnCreate(&ctx->dnn) != CUDNN_STATUS_SUCCESS) ctx->dnn = NULL; /* the GEMM path serves */
-    const char *dnn = getenv("PYDARKNET_CUDNN");
-    ctx->use_dnn = ctx->dnn && !(dnn && !strcmp(dnn, "0"));
-#endif
-    net->cuda = ctx;
+    ctx->sync_each = env_on("PYDARKNET_CUDA_SYNC");
+    ctx->graphs = env_on("PYDARKNET_CUDA_GRAPHS");
+    ctx->warm_layout = ctx->no_graph_layout = ~0ull;
+    net->cuda = ctx; /* from here a failure closes what was made (dn_gpu_close takes a part-made context) */
     net->backend = &dn_cuda_backend;
-    const dn_status s = gpu_allocate(net);
+    dn_status s = DN_OK;
+    /* the network's stream waits for the legacy default stream's work and it for the stream's */
+    if ((e = cudaStreamCreate(&ctx->stream)) != cudaSuccess) s = cuda_fail(e, "creating a stream");
+    if (!s && (e = cudaStreamCreateWithFlags(&ctx->upload, cudaStreamNonBlocking)) != cudaSuccess)
+        s = cuda_fail(e, "creating a stream");
+    for (int k = 0; k < 2 && !s; ++k)
+        if ((e = cudaEventCreateWithFlags(&ctx->uploaded[k], cudaEventDisableTiming)) != cudaSuccess ||
+            (e = cudaEventCreateWithFlags(&ctx->released[k], cudaEventDisableTiming)) != cudaSuccess)
+            s = cuda_fail(e, "creating an event");
+    if (!s && cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) {
+        ctx->blas = NULL;
+        s = dn_fail(DN_ERR_STATE, "CUDA: cuBLAS could not be initialized on device %d", device);
+    }
+    if (!s && cublasSetStream(ctx->blas, ctx->stream) != CUBLAS_STATUS_SUCCESS)
+        s = dn_fail(DN_ERR_STATE, "CUDA: cuBLAS could not take the network's stream");
+#ifdef DN_CUDNN
+    if (!s) {
+        if (cudnnCreate(&ctx->dnn) != CUDNN_STATUS_SUCCESS) ctx->dnn = NULL; /* the GEMM path serves */
+        if (ctx->dnn && cudnnSetStream(ctx->dnn, ctx->stream) != CUDNN_STATUS_SUCCESS) {
+            cudnnDestroy(ctx->dnn);
+            ctx->dnn = NULL;
+        }
+        const char *dnn = getenv("PYDARKNET_CUDNN");
+        ctx->use_dnn = ctx->dnn && !(dnn && !strcmp(dnn, "0"));
+    }
+#endif
+    if (!s) s = use_device(net);
+    if (!s) s = gpu_allocate(net);
     if (s) {
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", dn_last_error());
@@ -396,10 +496,17 @@ dn_status dn_gpu_open(dn_net *net, int device)
     return DN_OK;
 }
 
+static void drop_graph(dn_cuda *ctx)
+{
+    if (ctx->graph) cudaGraphExecDestroy(ctx->graph);
+    ctx->graph = NULL;
+}
+
 void dn_gpu_close(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
     if (!ctx) return;
+    if (ctx->stream) use_device(net); /* (a context part-made by dn_gpu_open has nothing on the device yet) */
     dn_gpu_unpin(net);
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
@@ -424,19 +531,29 @@ void dn_gpu_close(dn_net *net)
         dev_free(&l->delta_gpu);
         free_scratch(l);
     }
-    dev_free(&ctx->input);
+    drop_graph(ctx);
+    for (int k = 0; k < 2; ++k) {
+        if (ctx->upload_pending[k]) cudaEventSynchronize(ctx->uploaded[k]);
+        if (ctx->staging[k]) cudaFreeHost(ctx->staging[k]);
+        dev_free(&ctx->inputs[k]);
+        if (ctx->uploaded[k]) cudaEventDestroy(ctx->uploaded[k]);
+        if (ctx->released[k]) cudaEventDestroy(ctx->released[k]);
+    }
+    ctx->input = NULL;
     dev_free(&ctx->input_delta);
     dev_free(&ctx->workspace);
-    if (ctx->staged_pending) cudaEventSynchronize(ctx->staged);
-    if (ctx->staging) cudaFreeHost(ctx->staging);
-    cudaEventDestroy(ctx->staged);
     free_plans(ctx);
     free(ctx->plans);
     free(ctx->plan_release);
 #ifdef DN_CUDNN
     if (ctx->dnn) cudnnDestroy(ctx->dnn);
 #endif
-    cublasDestroy(ctx->blas);
+    if (ctx->blas) cublasDestroy(ctx->blas);
+    if (ctx->stream) cudaStreamSynchronize(ctx->stream);
+    if (ctx->upload) cudaStreamDestroy(ctx->upload);
+    if (ctx->stream) cudaStreamDestroy(ctx->stream);
+    if (thread_stream == ctx->stream) thread_stream = 0;
+    cudaGetLastError(); /* what failed on the way out is not the next call's */
     free(ctx->delta_dirty);
     free(ctx->pinned);
     free(ctx);
@@ -693,32 +810,47 @@ dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l)
 }
 
 /* ---- passes ---- */
-/* The pass's input to the device through the page-locked staging buffer
- * (after the previous copy out of it has finished), or by a plain copy. The
- * input goes in pieces: the worker threads copy a piece into the staging
- * buffer while the device copies the one before, so the host copy and the
- * transfer overlap. */
+/* The pass's input to the device: on the upload stream, through buffer k's page-locked staging, after the
+ * passes that read buffer k before are done (its `released` event), the pass's work on the network's stream
+ * waiting for the copy (its `uploaded` event); or by a plain copy. A training pass takes the other buffer than
+ * the pass before, so its input goes up while the device still runs that pass (the host arrives early: the
+ * backward pass and the update are queued, not waited for); an inference pass always takes buffer 0 (a CUDA
+ * graph reads it). The input goes in pieces: the worker threads copy a piece into the staging buffer while the
+ * device copies the one before, so the host copy and the transfer overlap. */
 #define STAGE_PIECES 8
 #define STAGE_MIN_PIECE ((size_t)1 << 18) /* floats */
 static dn_status push_input(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
-    if (!ctx->staging) return push(ctx->input, net->input, ctx->input_n);
-    cudaError_t e = ctx->staged_pending ? cudaEventSynchronize(ctx->staged) : cudaSuccess;
-    ctx->staged_pending = 0;
-    if (e != cudaSuccess) return cuda_fail(e, "waiting for the previous input copy");
+    /* the last pass's buffer: free once the work queued so far is done */
+    cudaError_t e = cudaEventRecord(ctx->released[ctx->input_k], ctx->stream);
+    if (e != cudaSuccess) return cuda_fail(e, "recording an event");
+    if (net->train && !ctx->inputs[1] && input_buffer(ctx, 1)) {
+        dev_free(&ctx->inputs[1]); /* no room for a second buffer: the passes take turns with one */
+        cudaGetLastError();
+    }
+    const int k = net->train && ctx->inputs[1] ? ctx->input_k ^ 1 : 0;
+    float *dev = ctx->inputs[k], *staging = ctx->staging[k];
+    ctx->input_k = k;
+    ctx->input = dev;
     const size_t n = ctx->input_n;
+    if (!staging) return push(dev, net->input, n); /* on the network's stream, after the work before */
+    e = ctx->upload_pending[k] ? cudaEventSynchronize(ctx->uploaded[k]) : cudaSuccess;
+    ctx->upload_pending[k] = 0;
+    if (e != cudaSuccess) return cuda_fail(e, "waiting for the previous input copy");
+    if ((e = cudaStreamWaitEvent(ctx->upload, ctx->released[k], 0)) != cudaSuccess)
+        return cuda_fail(e, "ordering the input copy");
     size_t piece = (n + STAGE_PIECES - 1) / STAGE_PIECES;
     if (piece < STAGE_MIN_PIECE) piece = STAGE_MIN_PIECE;
-    for (size_t k = 0; k < n && e == cudaSuccess; k += piece) {
-        const size_t m = n - k < piece ? n - k : piece;
-        dn_parallel_copy(net, ctx->staging + k, net->input + k, m);
-        e = cudaMemcpyAsync(ctx->input + k, ctx->staging + k, m * sizeof(float), cudaMemcpyHostToDevice, 0);
+    for (size_t i = 0; i < n && e == cudaSuccess; i += piece) {
+        const size_t m = n - i < piece ? n - i : piece;
+        dn_parallel_copy(net, staging + i, net->input + i, m);
+        e = cudaMemcpyAsync(dev + i, staging + i, m * sizeof(float), cudaMemcpyHostToDevice, ctx->upload);
     }
-    if (e == cudaSuccess) e = cudaEventRecord(ctx->staged, 0);
-    if (e != cudaSuccess) return cuda_fail(e, "copying the input to the device");
-    ctx->staged_pending = 1;
-    return DN_OK;
+    if (e == cudaSuccess) e = cudaEventRecord(ctx->uploaded[k], ctx->upload);
+    if (e == cudaSuccess) ctx->upload_pending[k] = 1;
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(ctx->stream, ctx->uploaded[k], 0);
+    return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying the input to the device");
 }
 
 /* Before a forward pass: what the caller wrote goes back to the device, the
@@ -739,6 +871,57 @@ static dn_status begin_forward(dn_net *net)
     }
     if (net->train && ctx->input_delta) dn_gpu_fill(ctx->input_delta, ctx->input_n, 0.f);
     return DN_OK;
+}
+
+static dn_status launch_graph(dn_cuda *ctx)
+{
+    const cudaError_t e = cudaGraphLaunch(ctx->graph, ctx->stream);
+    if (e != cudaSuccess) return cuda_fail(e, "launching the forward pass's graph");
+    ctx->graph_launches++;
+    return DN_OK;
+}
+
+/* An inference pass's layers as a CUDA graph (PYDARKNET_CUDA_GRAPHS=1): the first pass at a memory layout runs
+ * them as usual (allocations, cuDNN's algorithm search and plans settle there); the next one captures what the
+ * loop launches on the network's stream into a graph instead of running it, and launches the graph; the passes
+ * after launch it again while the layout stands. The graph holds the kernels' arguments and the device pointers,
+ * which a layout change (any allocation, a plan released, cuDNN switched) may move: then it goes, and the cycle
+ * starts again. A pass that cannot be captured (a layer copying to or from the host, a library call that
+ * refuses) is run again as usual, and its layout is not tried again. Training passes, profiled passes (they
+ * synchronize per layer) and PYDARKNET_CUDA_SYNC run as usual. */
+static dn_status run_layers(dn_net *net, dn_status (*layers)(dn_net *))
+{
+    dn_cuda *ctx = net->cuda;
+    if (!ctx->graphs || net->train || net->profiling || ctx->sync_each) return layers(net);
+    const unsigned long long layout = current_layout();
+    if (ctx->graph && ctx->graph_layout == layout) return launch_graph(ctx);
+    drop_graph(ctx);
+    if (ctx->warm_layout != layout || ctx->no_graph_layout == layout) {
+        const dn_status s = layers(net);
+        ctx->warm_layout = current_layout();
+        return s;
+    }
+    if (cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        ctx->no_graph_layout = layout;
+        return layers(net);
+    }
+    const dn_status s = layers(net);
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(ctx->stream, &g);
+    if (!s && e == cudaSuccess && g && current_layout() == layout)
+        e = cudaGraphInstantiate(&ctx->graph, g, 0);
+    else
+        e = cudaErrorStreamCaptureInvalidated;
+    if (g) cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+        ctx->graph = NULL;
+        cudaGetLastError(); /* a refused capture is not an error of the pass */
+        ctx->no_graph_layout = layout;
+        return layers(net);
+    }
+    ctx->graph_layout = layout;
+    return launch_graph(ctx);
 }
 
 static dn_status layer_forward(dn_net *net, dn_layer *l)
@@ -793,6 +976,7 @@ const dn_backend dn_cuda_backend = {
     "CUDA",
     gpu_allocate,
     begin_forward,
+    run_layers,
     layer_forward,
     begin_backward,
     layer_backward,

@@ -63,6 +63,12 @@ dn_status dn_dropout_mask(dn_layer *l, dn_net *net, const float **mask);
 /* Launch shape of the elementwise kernels: blocks of DN_BLOCK threads, each
  * thread striding over the range (DN_KERNEL_LOOP), so any n fits one launch. */
 #define DN_BLOCK 256
+/* The stream of the network whose pass runs in this thread: the backend sets
+ * it with the device (as the CUDA runtime keeps the current device per
+ * thread), and every kernel, cuBLAS/cuDNN call and copy of the pass goes on
+ * it. Kernels launch with DN_LAUNCH: kernel<<<grid, DN_LAUNCH>>>(...). */
+cudaStream_t dn_gpu_stream(void);
+#define DN_LAUNCH DN_BLOCK, 0, dn_gpu_stream()
 static inline unsigned dn_grid(size_t n)
 {
     const size_t b = (n + DN_BLOCK - 1) / DN_BLOCK;
@@ -99,6 +105,11 @@ int dn_gpu_device(const dn_net *net);
  * when the network goes to the device), and the switch. */
 int dn_gpu_cudnn_on(const dn_net *net);
 dn_status dn_gpu_set_cudnn(dn_net *net, int on);
+/* CUDA graphs for inference passes (on with PYDARKNET_CUDA_GRAPHS=1 when the
+ * network goes to the device), the switch, and how many passes a graph ran. */
+int dn_gpu_graphs_on(const dn_net *net);
+dn_status dn_gpu_set_graphs(dn_net *net, int on);
+long long dn_gpu_graph_launches(const dn_net *net);
 /* While open, the network's backend is the CUDA one (core/backend.h):
  * every pass, hand-out and update goes through it. */
 
@@ -252,6 +263,13 @@ static inline dn_status dn_gpu_set_cudnn(dn_net *net, int on)
     return on ? dn_fail(DN_ERR_UNSUPPORTED, "this build has no cuDNN (PYDARKNET_CUDA=1 PYDARKNET_CUDNN=1 builds it)")
               : DN_OK;
 }
+static inline int dn_gpu_graphs_on(const dn_net *net) { (void)net; return 0; }
+static inline dn_status dn_gpu_set_graphs(dn_net *net, int on)
+{
+    (void)net;
+    return on ? dn_fail(DN_ERR_STATE, "the network is not on a CUDA device (this build has no CUDA)") : DN_OK;
+}
+static inline long long dn_gpu_graph_launches(const dn_net *net) { (void)net; return 0; }
 
 #endif /* DN_CUDA */
 

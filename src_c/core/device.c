@@ -38,6 +38,16 @@ dn_status dn_net_set_cudnn(dn_net *net, int on)
 
 int dn_net_cudnn(const dn_net *net) { return net ? dn_gpu_cudnn_on(net) : 0; }
 
+dn_status dn_net_set_cuda_graphs(dn_net *net, int on)
+{
+    if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");
+    return dn_gpu_set_graphs(net, on);
+}
+
+int dn_net_cuda_graphs(const dn_net *net) { return net ? dn_gpu_graphs_on(net) : 0; }
+
+long long dn_net_cuda_graph_launches(const dn_net *net) { return net ? dn_gpu_graph_launches(net) : 0; }
+
 dn_status dn_net_sync_to_host(dn_net *net)
 {
     if (!net) return dn_fail(DN_ERR_ARG, "network handle is NULL");

@@ -87,21 +87,30 @@ static int backward_step(const dn_net *net, const dn_layer *l)
     return w->onlyforward || w->frozen ? 0 : 1;
 }
 
-dn_status dn_run_forward(dn_net *net)
+/* the forward pass's layers, in order */
+static dn_status forward_layers(dn_net *net)
 {
     const dn_backend *b = net->backend;
-    dn_net_prepare_threads(net);
-    dn_status s = b->begin_forward(net);
     const int train = net->train;
-    const unsigned fp_mode = fp_mode_begin(net);
+    dn_status s = DN_OK;
     for (int i = 0; i < net->nlayers && !s; ++i) {
         dn_layer *l = net->layers[i];
         net->train = train && !l->sw.infer;
         s = named(l, pass(net, l, 0));
         if (!s) s = b->layer_done(net, l, "forward");
     }
-    fp_mode_end(fp_mode);
     net->train = train;
+    return s;
+}
+
+dn_status dn_run_forward(dn_net *net)
+{
+    const dn_backend *b = net->backend;
+    dn_net_prepare_threads(net);
+    dn_status s = b->begin_forward(net);
+    const unsigned fp_mode = fp_mode_begin(net);
+    if (!s) s = b->run_layers(net, forward_layers);
+    fp_mode_end(fp_mode);
     return s;
 }
 

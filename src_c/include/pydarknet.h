@@ -196,6 +196,18 @@ int dn_net_device(const dn_net *net);   /* the CUDA device, -1 for the CPU */
  * im2col + cuBLAS path runs. dn_net_cudnn: 1 while cuDNN is in use. */
 dn_status dn_net_set_cudnn(dn_net *net, int on);
 int dn_net_cudnn(const dn_net *net);
+/* CUDA graphs: a network on a device with graphs on runs each inference
+ * pass's layers as one CUDA graph, made on the second pass at a size (the
+ * first settles its memory) and launched again while the size, the device
+ * memory and the cuDNN switch stand: the same kernels with the same
+ * arguments, without their launch cost (what bounds a small batch's
+ * latency). Training passes run as before. Off by default; on with
+ * PYDARKNET_CUDA_GRAPHS=1 when the network goes to the device, or here (on a
+ * device only). dn_net_cuda_graph_launches: the passes a graph ran since the
+ * network went to the device. */
+dn_status dn_net_set_cuda_graphs(dn_net *net, int on);
+int dn_net_cuda_graphs(const dn_net *net);
+long long dn_net_cuda_graph_launches(const dn_net *net);
 dn_status dn_net_sync_to_host(dn_net *net);
 
 /* Building: one layer at a time, options fully resolved by the caller. */

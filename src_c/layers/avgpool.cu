@@ -22,7 +22,7 @@ __global__ static void avgpool_back_kernel(const float *delta, size_t n, size_t 
 static dn_status avgpool_forward_gpu(dn_layer *l, dn_net *net)
 {
     const size_t planes = (size_t)l->batch * l->c;
-    avgpool_kernel<<<dn_grid(planes), DN_BLOCK>>>(dn_gpu_input(net, l), planes, (size_t)l->h * l->w, l->output_gpu);
+    avgpool_kernel<<<dn_grid(planes), DN_LAUNCH>>>(dn_gpu_input(net, l), planes, (size_t)l->h * l->w, l->output_gpu);
     return DN_OK;
 }
 
@@ -31,7 +31,7 @@ static dn_status avgpool_backward_gpu(dn_layer *l, dn_net *net)
     float *d = dn_gpu_input_delta(net, l);
     if (!d) return DN_OK;
     const size_t n = (size_t)l->batch * l->inputs;
-    avgpool_back_kernel<<<dn_grid(n), DN_BLOCK>>>(l->delta_gpu, n, (size_t)l->h * l->w, d);
+    avgpool_back_kernel<<<dn_grid(n), DN_LAUNCH>>>(l->delta_gpu, n, (size_t)l->h * l->w, d);
     return DN_OK;
 }
 

@@ -166,7 +166,7 @@ static dn_status deformable_forward_gpu(dn_layer *l, dn_net *net)
     for (int b = 0; b < l->batch && !s; ++b) {
         const float *im = input + (size_t)b * plane;
         if ((s = offsets_of(net, l, &d, im, cols_x, off))) break;
-        columns_kernel<<<dn_grid(n), DN_BLOCK>>>(g, im, off, cols, n);
+        columns_kernel<<<dn_grid(n), DN_LAUNCH>>>(g, im, off, cols, n);
         s = dn_gpu_gemm(net, 0, 0, F, N, K, 1.f, w, K, cols, N, 0.f, l->output_gpu + (size_t)b * l->outputs, N);
     }
     if (s) return s;
@@ -226,11 +226,11 @@ static dn_status deformable_backward_gpu(dn_layer *l, dn_net *net)
         const float *im = input + (size_t)b * plane, *delta = l->delta_gpu + (size_t)b * l->outputs;
         float *din = in_delta ? in_delta + (size_t)b * plane : NULL;
         if ((s = offsets_of(net, l, &d, im, cols_x, off))) break;
-        columns_kernel<<<dn_grid(n), DN_BLOCK>>>(g, im, off, cols, n);
+        columns_kernel<<<dn_grid(n), DN_LAUNCH>>>(g, im, off, cols, n);
         if (w->grad_gpu && (s = dn_gpu_gemm(net, 0, 1, F, K, N, 1.f, delta, N, cols, N, 1.f, w->grad_gpu, K))) break;
         if ((s = dn_gpu_gemm(net, 1, 0, K, N, F, 1.f, w->data_gpu, K, delta, N, 0.f, dcols, N))) break;
         dn_gpu_fill(doff, (size_t)O * N, 0.f);
-        columns_backward_kernel<<<dn_grid(n), DN_BLOCK>>>(g, im, off, dcols, doff, din, n);
+        columns_backward_kernel<<<dn_grid(n), DN_LAUNCH>>>(g, im, off, dcols, doff, din, n);
         /* the offset convolution's gradients, as a plain convolution's (cols_x still holds the input's columns) */
         if (wo->grad_gpu && (s = dn_gpu_gemm(net, 0, 1, O, K, N, 1.f, doff, N, cols_x, N, 1.f, wo->grad_gpu, K)))
             break;

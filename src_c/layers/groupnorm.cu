@@ -104,7 +104,7 @@ dn_status dn_groupnorm_forward_gpu(dn_layer *l, dn_net *net)
     dn_status st = read(l, &G, &eps);
     if (!st) st = dn_gpu_buffer(l, 0, (size_t)2 * l->batch * G, &stats);
     if (st) return st;
-    gn_forward_kernel<<<(unsigned)(l->batch * G), DN_BLOCK>>>(
+    gn_forward_kernel<<<(unsigned)(l->batch * G), DN_LAUNCH>>>(
         dn_gpu_input(net, l), dn_layer_find_param(l, "scales")->data_gpu, dn_layer_find_param(l, "biases")->data_gpu,
         l->c, G, l->h * l->w, eps, stats, l->output_gpu);
     return DN_OK;
@@ -122,11 +122,11 @@ dn_status dn_groupnorm_backward_gpu(dn_layer *l, dn_net *net)
     dn_param *gp = dn_layer_find_param(l, "scales"), *bp = dn_layer_find_param(l, "biases");
     const int hw = l->h * l->w;
     if (gp->grad_gpu || bp->grad_gpu)
-        gn_param_grads_kernel<<<(unsigned)l->c, DN_BLOCK>>>(in, l->delta_gpu, stats, l->batch, l->c, G, hw,
+        gn_param_grads_kernel<<<(unsigned)l->c, DN_LAUNCH>>>(in, l->delta_gpu, stats, l->batch, l->c, G, hw,
                                                            gp->grad_gpu, bp->grad_gpu);
     float *d = dn_gpu_input_delta(net, l);
     if (d)
-        gn_input_delta_kernel<<<(unsigned)(l->batch * G), DN_BLOCK>>>(in, l->delta_gpu, gp->data_gpu, stats, l->c, G,
+        gn_input_delta_kernel<<<(unsigned)(l->batch * G), DN_LAUNCH>>>(in, l->delta_gpu, gp->data_gpu, stats, l->c, G,
                                                                      hw, d);
     return DN_OK;
 }

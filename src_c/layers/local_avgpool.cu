@@ -86,7 +86,7 @@ static dn_status local_avgpool_forward_gpu(dn_layer *l, dn_net *net)
     dn_status s = read_shape(l, &p);
     if (s) return s;
     const size_t n = (size_t)l->batch * l->outputs;
-    avg_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), n, p, l->output_gpu);
+    avg_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), n, p, l->output_gpu);
     return DN_OK;
 }
 
@@ -98,7 +98,7 @@ static dn_status local_avgpool_backward_gpu(dn_layer *l, dn_net *net)
     float *d = dn_gpu_input_delta(net, l);
     if (!d) return DN_OK;
     const size_t n = (size_t)l->batch * l->inputs;
-    avg_back_kernel<<<dn_grid(n), DN_BLOCK>>>(l->delta_gpu, n, p, d);
+    avg_back_kernel<<<dn_grid(n), DN_LAUNCH>>>(l->delta_gpu, n, p, d);
     return DN_OK;
 }
 

@@ -77,11 +77,11 @@ static dn_status maxpool_forward_gpu(dn_layer *l, dn_net *net)
     float *idx = NULL;
     if (net->train && (s = dn_gpu_buffer(l, 0, n, &idx))) return s;
     if (depth) {
-        depth_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), l->batch, l->c, l->h * l->w, l->out_c,
+        depth_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), l->batch, l->c, l->h * l->w, l->out_c,
                                                l->output_gpu, (int *)idx);
         return DN_OK;
     }
-    maxpool_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), l->batch, l->c, l->h, l->w, size, sy, sx, padding,
+    maxpool_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), l->batch, l->c, l->h, l->w, size, sy, sx, padding,
                                              l->out_h, l->out_w, l->output_gpu, (int *)idx);
     return DN_OK;
 }
@@ -92,7 +92,7 @@ static dn_status maxpool_backward_gpu(dn_layer *l, dn_net *net)
     if (!d) return DN_OK;
     const size_t n = (size_t)l->batch * l->outputs;
     if (l->gpu_cap[0] < n) return dn_layer_fail(l, DN_ERR_STATE, "no training forward pass recorded the max indices");
-    unpool_kernel<<<dn_grid(n), DN_BLOCK>>>((const int *)l->gpu_buf[0], l->delta_gpu, l->outputs, l->inputs, n, d);
+    unpool_kernel<<<dn_grid(n), DN_LAUNCH>>>((const int *)l->gpu_buf[0], l->delta_gpu, l->outputs, l->inputs, n, d);
     return DN_OK;
 }
 

@@ -25,7 +25,7 @@ dn_status dn_reduction_forward_gpu(dn_layer *l, dn_net *net)
     dn_status st = dn_reduction_options(l, &op, &coeff, &n);
     if (st) return st;
     const size_t outs = (size_t)l->batch * l->outputs;
-    reduce_kernel<<<dn_grid(outs), DN_BLOCK>>>(dn_gpu_input(net, l), outs, n, op, coeff, l->output_gpu);
+    reduce_kernel<<<dn_grid(outs), DN_LAUNCH>>>(dn_gpu_input(net, l), outs, n, op, coeff, l->output_gpu);
     return DN_OK;
 }
 
@@ -39,7 +39,7 @@ dn_status dn_reduction_backward_gpu(dn_layer *l, dn_net *net)
     dn_status st = dn_reduction_options(l, &op, &coeff, &n);
     if (st) return st;
     const size_t total = (size_t)l->batch * l->inputs;
-    reduce_grad_kernel<<<dn_grid(total), DN_BLOCK>>>(dn_gpu_input(net, l), l->delta_gpu, total, n, op, coeff, d);
+    reduce_grad_kernel<<<dn_grid(total), DN_LAUNCH>>>(dn_gpu_input(net, l), l->delta_gpu, total, n, op, coeff, d);
     return DN_OK;
 }
 }

@@ -118,9 +118,9 @@ static dn_status region_device_loss(dn_layer *l, dn_net *net)
     const region_batch d = {dn_gpu_input(net, l), l->output_gpu, f, l->delta_gpu, (region_cell *)states,
                             (double *)losses, hw, l->inputs, l->outputs, stride, batch};
     dn_gpu_fill(l->delta_gpu, (size_t)batch * l->outputs, 0.f);
-    cells_kernel<<<dn_grid(total), DN_BLOCK>>>(p, d, 0);
-    truths_kernel<<<dn_grid((size_t)batch), DN_BLOCK>>>(p, d);
-    cells_kernel<<<dn_grid(total), DN_BLOCK>>>(p, d, 1);
+    cells_kernel<<<dn_grid(total), DN_LAUNCH>>>(p, d, 0);
+    truths_kernel<<<dn_grid((size_t)batch), DN_LAUNCH>>>(p, d);
+    cells_kernel<<<dn_grid(total), DN_LAUNCH>>>(p, d, 1);
     double sum; /* as region.c sums: per image in cell order, then the images */
     if ((s = dn_gpu_loss_total((const double *)losses, (size_t)batch, cells, 1.0, &sum))) return s;
     net->loss += sum;
@@ -133,7 +133,7 @@ static dn_status region_forward_gpu(dn_layer *l, dn_net *net)
     dn_status s = read_shape(l, &q);
     if (s) return s;
     const size_t groups = cell_groups(l, &q);
-    region_kernel<<<dn_grid(groups), DN_BLOCK>>>(dn_gpu_input(net, l), groups, q, l->output_gpu);
+    region_kernel<<<dn_grid(groups), DN_LAUNCH>>>(dn_gpu_input(net, l), groups, q, l->output_gpu);
     if (!net->train) return DN_OK;
     /* without truths: no loss (has_loss cleared) */
     if (!net->truth) return dn_region_train_loss(l, net);
@@ -154,7 +154,7 @@ static dn_status region_backward_gpu(dn_layer *l, dn_net *net)
         return DN_OK;
     }
     const size_t groups = cell_groups(l, &q);
-    region_back_kernel<<<dn_grid(groups), DN_BLOCK>>>(l->output_gpu, l->delta_gpu, groups, q, d);
+    region_back_kernel<<<dn_grid(groups), DN_LAUNCH>>>(l->output_gpu, l->delta_gpu, groups, q, d);
     return DN_OK;
 }
 

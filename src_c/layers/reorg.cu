@@ -27,11 +27,11 @@ static dn_status reorg_pass(dn_layer *l, dn_net *net, int backward)
     dn_reorg_space(l, &w, &h, &c);
     const size_t n = (size_t)l->batch * l->outputs;
     if (!backward) {
-        reorg_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), n, w, h, c, stride, reverse, 0, l->output_gpu);
+        reorg_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), n, w, h, c, stride, reverse, 0, l->output_gpu);
         return DN_OK;
     }
     float *d = dn_gpu_input_delta(net, l);
-    if (d) reorg_kernel<<<dn_grid(n), DN_BLOCK>>>(l->delta_gpu, n, w, h, c, stride, !reverse, 1, d);
+    if (d) reorg_kernel<<<dn_grid(n), DN_LAUNCH>>>(l->delta_gpu, n, w, h, c, stride, !reverse, 1, d);
     return DN_OK;
 }
 

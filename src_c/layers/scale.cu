@@ -60,7 +60,7 @@ dn_status dn_scale_forward_gpu(dn_layer *l, dn_net *net)
 {
     const dn_param *g = dn_layer_find_param(l, "scales"), *b = dn_layer_find_param(l, "biases");
     const size_t rows = (size_t)l->batch * l->c, hw = (size_t)l->h * l->w;
-    scale_kernel<<<dn_row_grid(rows, hw), DN_BLOCK>>>(dn_gpu_input(net, l), g->data_gpu, b ? b->data_gpu : NULL, rows,
+    scale_kernel<<<dn_row_grid(rows, hw), DN_LAUNCH>>>(dn_gpu_input(net, l), g->data_gpu, b ? b->data_gpu : NULL, rows,
                                                       l->c, (int)hw, l->output_gpu);
     return DN_OK;
 }
@@ -70,10 +70,10 @@ dn_status dn_scale_backward_gpu(dn_layer *l, dn_net *net)
     const dn_param *g = dn_layer_find_param(l, "scales"), *b = dn_layer_find_param(l, "biases");
     const size_t rows = (size_t)l->batch * l->c, hw = (size_t)l->h * l->w;
     if (g->grad_gpu || (b && b->grad_gpu))
-        scale_grads_kernel<<<(unsigned)l->c, DN_BLOCK>>>(l->delta_gpu, dn_gpu_input(net, l), l->batch, l->c, (int)hw,
+        scale_grads_kernel<<<(unsigned)l->c, DN_LAUNCH>>>(l->delta_gpu, dn_gpu_input(net, l), l->batch, l->c, (int)hw,
                                                         g->grad_gpu, b ? b->grad_gpu : NULL);
     float *d = dn_gpu_input_delta(net, l);
-    if (d) scale_input_delta_kernel<<<dn_row_grid(rows, hw), DN_BLOCK>>>(l->delta_gpu, g->data_gpu, rows, l->c,
+    if (d) scale_input_delta_kernel<<<dn_row_grid(rows, hw), DN_LAUNCH>>>(l->delta_gpu, g->data_gpu, rows, l->c,
                                                                            (int)hw, d);
     return DN_OK;
 }

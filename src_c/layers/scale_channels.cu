@@ -74,7 +74,7 @@ static dn_status scale_channels_forward_gpu(dn_layer *l, dn_net *net)
     dn_status s = read_options(l, net, &from, &act, &q);
     if (s) return s;
     const size_t n = (size_t)l->batch * l->outputs;
-    scale_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), net->layers[from]->output_gpu, n, q, l->output_gpu);
+    scale_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), net->layers[from]->output_gpu, n, q, l->output_gpu);
     if (net->train && dn_activation_needs_input(act)) {
         float *x;
         if ((s = dn_gpu_buffer(l, 0, n, &x))) return s;
@@ -99,12 +99,12 @@ static dn_status scale_channels_backward_gpu(dn_layer *l, dn_net *net)
     float *din = dn_gpu_input_delta(net, l);
     if (din && q.wh) {
         const size_t m = (size_t)l->batch * q.hw;
-        pixel_delta_kernel<<<dn_grid(m), DN_BLOCK>>>(g, f->output_gpu, m, q, din);
+        pixel_delta_kernel<<<dn_grid(m), DN_LAUNCH>>>(g, f->output_gpu, m, q, din);
     } else if (din) {
         const size_t planes = (size_t)l->batch * q.c;
-        channel_delta_kernel<<<dn_grid(planes), DN_BLOCK>>>(g, f->output_gpu, planes, q, din);
+        channel_delta_kernel<<<dn_grid(planes), DN_LAUNCH>>>(g, f->output_gpu, planes, q, din);
     }
-    from_delta_kernel<<<dn_grid(n), DN_BLOCK>>>(in, g, n, q, f->delta_gpu);
+    from_delta_kernel<<<dn_grid(n), DN_LAUNCH>>>(in, g, n, q, f->delta_gpu);
     return DN_OK;
 }
 

@@ -65,7 +65,7 @@ static void sampled(const dn_layer *l, const dn_layer *p, const float *from, flo
 {
     const dn_sample_shape q = sample_shape(l, p);
     const size_t n = dn_sample_count(&q, l->batch);
-    sample_kernel<<<dn_grid(n), DN_BLOCK>>>(q, n, from, to, backward);
+    sample_kernel<<<dn_grid(n), DN_LAUNCH>>>(q, n, from, to, backward);
 }
 
 /* one thread per weight group: w (groups x terms), then S (groups), then imax (groups) */
@@ -131,7 +131,7 @@ static dn_status normalized_weights(dn_layer *l, const sc_opts *o, int *groups, 
     *groups = o->per_channel ? l->c : 1;
     dn_status s = dn_gpu_buffer(l, 2, (size_t)*groups * (terms + 2), w);
     if (s) return s;
-    norm_kernel<<<dn_grid((size_t)*groups), DN_BLOCK>>>(l->params[0].data_gpu, *groups, terms, o->per_channel ? l->c : 1,
+    norm_kernel<<<dn_grid((size_t)*groups), DN_LAUNCH>>>(l->params[0].data_gpu, *groups, terms, o->per_channel ? l->c : 1,
                                                         o->normalization, *w);
     return DN_OK;
 }
@@ -155,7 +155,7 @@ static dn_status shortcut_forward_gpu(dn_layer *l, dn_net *net)
         float *w;
         if ((s = normalized_weights(l, &o, &groups, &w))) return s;
         for (int t = 0; t <= o.nsrc; ++t)
-            term_kernel<<<dn_grid(n), DN_BLOCK>>>(t ? net->layers[o.src[t - 1]]->output_gpu : in, w, n, l->c, hw,
+            term_kernel<<<dn_grid(n), DN_LAUNCH>>>(t ? net->layers[o.src[t - 1]]->output_gpu : in, w, n, l->c, hw,
                                                   o.per_channel, o.nsrc + 1, t, t > 0, l->output_gpu);
     }
     if (net->train && dn_activation_needs_input(o.act)) {
@@ -186,14 +186,14 @@ static dn_status weighted_backward(dn_layer *l, dn_net *net, const sc_opts *o, c
         float *dt = t ? p->delta_gpu : dn_gpu_input_delta(net, l);
         host_ptrs[t] = t ? p->output_gpu : dn_gpu_input(net, l);
         if (dt)
-            term_kernel<<<dn_grid(n), DN_BLOCK>>>(g, w, n, l->c, hw, o->per_channel, terms, t, 1, dt);
+            term_kernel<<<dn_grid(n), DN_LAUNCH>>>(g, w, n, l->c, hw, o->per_channel, terms, t, 1, dt);
     }
     if ((s = dn_gpu_push(ptrs, (const float *)host_ptrs, terms * sizeof(float *) / sizeof(float)))) return s;
     const dn_param *p = &l->params[0];
     if (!p->grad_gpu) return DN_OK;
     double *G = (double *)(ptrs + 2 * nptr);
-    term_sums_kernel<<<dn_grid((size_t)l->c), DN_BLOCK>>>(g, (const float *const *)ptrs, l->batch, l->c, hw, terms, G);
-    weight_grad_kernel<<<dn_grid((size_t)groups), DN_BLOCK>>>(G, w, p->data_gpu, groups, l->c, terms,
+    term_sums_kernel<<<dn_grid((size_t)l->c), DN_LAUNCH>>>(g, (const float *const *)ptrs, l->batch, l->c, hw, terms, G);
+    weight_grad_kernel<<<dn_grid((size_t)groups), DN_LAUNCH>>>(G, w, p->data_gpu, groups, l->c, terms,
                                                               o->per_channel ? l->c : 1, o->normalization, p->grad_gpu);
     return DN_OK;
 }

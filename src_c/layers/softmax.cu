@@ -37,7 +37,7 @@ static dn_status device_loss(dn_layer *l, dn_net *net, int groups, float temp, f
     if ((s = dn_gpu_buffer(l, 0, total, &grad)) || (s = dn_gpu_buffer(l, 1, total, &truth)) ||
         (s = dn_gpu_buffer(l, 2, 2 * count, &loss)) || (s = dn_gpu_push(truth, net->truth, total)))
         return s;
-    group_loss_kernel<<<dn_grid(count), DN_BLOCK>>>(dn_gpu_input(net, l), truth, l->output_gpu, count, n, temp, gamma,
+    group_loss_kernel<<<dn_grid(count), DN_LAUNCH>>>(dn_gpu_input(net, l), truth, l->output_gpu, count, n, temp, gamma,
                                                     alpha, grad, (double *)loss);
     double sum; /* the groups' losses in order, as softmax.c adds them */
     if ((s = dn_gpu_loss_total((const double *)loss, 1, count, 1.0, &sum))) return s;

@@ -58,7 +58,7 @@ static dn_status upsample_forward_gpu(dn_layer *l, dn_net *net)
     dn_status s = read_options(l, &st, &reverse, &scale);
     if (s) return s;
     const size_t n = (size_t)l->batch * l->outputs;
-    upsample_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), l->batch * l->c, l->h, l->w, st, reverse, scale,
+    upsample_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), l->batch * l->c, l->h, l->w, st, reverse, scale,
                                               l->out_h, l->out_w, l->output_gpu);
     return DN_OK;
 }
@@ -72,7 +72,7 @@ static dn_status upsample_backward_gpu(dn_layer *l, dn_net *net)
     float *d = dn_gpu_input_delta(net, l);
     if (!d) return DN_OK;
     const size_t n = (size_t)l->batch * l->inputs;
-    upsample_back_kernel<<<dn_grid(n), DN_BLOCK>>>(l->delta_gpu, l->batch * l->c, l->h, l->w, st, reverse, scale,
+    upsample_back_kernel<<<dn_grid(n), DN_LAUNCH>>>(l->delta_gpu, l->batch * l->c, l->h, l->w, st, reverse, scale,
                                                    l->out_h, l->out_w, d);
     return DN_OK;
 }

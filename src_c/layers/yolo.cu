@@ -169,12 +169,12 @@ static dn_status yolo_device_loss(dn_layer *l, dn_net *net)
                           (cls_term *)in3, losses, hw, l->inputs, l->outputs, stride, rows, batch};
     const size_t n = (size_t)batch * l->outputs;
     dn_gpu_fill(l->delta_gpu, n, 0.f);
-    valid_rows_kernel<<<dn_grid((size_t)batch), DN_BLOCK>>>(p, f, stride, rows, batch, valid, nvalid);
-    prediction_kernel<<<dn_grid(predictions), DN_BLOCK>>>(p, d, 0);
-    truths_kernel<<<dn_grid((size_t)batch), DN_BLOCK>>>(p, d);
-    if (p.iou_thresh < 1.f) prediction_kernel<<<dn_grid(predictions), DN_BLOCK>>>(p, d, 1);
-    prediction_kernel<<<dn_grid(predictions), DN_BLOCK>>>(p, d, 2);
-    if (p.delta_normalizer != 1.f) scale_kernel<<<dn_grid(n), DN_BLOCK>>>(l->delta_gpu, n, p.delta_normalizer);
+    valid_rows_kernel<<<dn_grid((size_t)batch), DN_LAUNCH>>>(p, f, stride, rows, batch, valid, nvalid);
+    prediction_kernel<<<dn_grid(predictions), DN_LAUNCH>>>(p, d, 0);
+    truths_kernel<<<dn_grid((size_t)batch), DN_LAUNCH>>>(p, d);
+    if (p.iou_thresh < 1.f) prediction_kernel<<<dn_grid(predictions), DN_LAUNCH>>>(p, d, 1);
+    prediction_kernel<<<dn_grid(predictions), DN_LAUNCH>>>(p, d, 2);
+    if (p.delta_normalizer != 1.f) scale_kernel<<<dn_grid(n), DN_LAUNCH>>>(l->delta_gpu, n, p.delta_normalizer);
     /* summed as yolo.c sums them: per image in prediction order, times delta_normalizer, then the images */
     double total;
     if ((s = dn_gpu_loss_total(losses, (size_t)batch, cells, p.delta_normalizer, &total))) return s;
@@ -188,7 +188,7 @@ static dn_status yolo_forward_gpu(dn_layer *l, dn_net *net)
     dn_status s = read_shape(l, &q);
     if (s) return s;
     const size_t n = (size_t)l->batch * l->outputs;
-    yolo_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), n, l->out_c, q, l->output_gpu);
+    yolo_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), n, l->out_c, q, l->output_gpu);
     if (!net->train) return DN_OK;
     /* without truths: no loss (has_loss cleared) */
     if (!net->truth) return dn_yolo_train_loss(l, net);
@@ -206,7 +206,7 @@ static dn_status yolo_backward_gpu(dn_layer *l, dn_net *net)
     if (!d) return DN_OK;
     const size_t n = (size_t)l->batch * l->outputs;
     if (l->has_loss) dn_gpu_axpy(d, l->delta_gpu, n, 1.f);
-    else yolo_back_kernel<<<dn_grid(n), DN_BLOCK>>>(dn_gpu_input(net, l), l->delta_gpu, n, l->out_c, q, d);
+    else yolo_back_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), l->delta_gpu, n, l->out_c, q, d);
     return DN_OK;
 }
 

@@ -47,9 +47,9 @@ void dn_gpu_activate(float *x, int batch, int channels, int spatial, dn_activati
     if (a == DN_ACT_LINEAR) return;
     const size_t n = (size_t)batch * channels * spatial;
     if (a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL)
-        across_kernel<<<dn_grid((size_t)batch * spatial), DN_BLOCK>>>(x, batch, channels, spatial, a);
+        across_kernel<<<dn_grid((size_t)batch * spatial), DN_LAUNCH>>>(x, batch, channels, spatial, a);
     else
-        activate_kernel<<<dn_grid(n), DN_BLOCK>>>(x, n, a);
+        activate_kernel<<<dn_grid(n), DN_LAUNCH>>>(x, n, a);
 }
 
 __global__ static void gradient_kernel(const float *y, const float *x, float *delta, size_t n, dn_activation a)
@@ -83,7 +83,7 @@ void dn_gpu_activation_backward(const float *y, const float *x, float *delta, in
     if (a == DN_ACT_LINEAR) return;
     const size_t n = (size_t)batch * channels * spatial;
     if (a == DN_ACT_NORM_CHAN || a == DN_ACT_NORM_CHAN_SOFTMAX || a == DN_ACT_NORM_CHAN_SOFTMAX_MAXVAL)
-        across_backward_kernel<<<dn_grid((size_t)batch * spatial), DN_BLOCK>>>(y, x, delta, batch, channels, spatial, a);
+        across_backward_kernel<<<dn_grid((size_t)batch * spatial), DN_LAUNCH>>>(y, x, delta, batch, channels, spatial, a);
     else
-        gradient_kernel<<<dn_grid(n), DN_BLOCK>>>(y, x, delta, n, a);
+        gradient_kernel<<<dn_grid(n), DN_LAUNCH>>>(y, x, delta, n, a);
 }

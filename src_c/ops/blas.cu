@@ -19,21 +19,21 @@ __global__ static void fill_kernel(float *x, size_t n, float v)
     DN_KERNEL_LOOP(i, n) x[i] = v;
 }
 
-void dn_gpu_fill(float *x, size_t n, float value) { fill_kernel<<<dn_grid(n), DN_BLOCK>>>(x, n, value); }
+void dn_gpu_fill(float *x, size_t n, float value) { fill_kernel<<<dn_grid(n), DN_LAUNCH>>>(x, n, value); }
 
 __global__ static void copy_kernel(float *dst, const float *src, size_t n)
 {
     DN_KERNEL_LOOP(i, n) dst[i] = src[i];
 }
 
-void dn_gpu_copy(float *dst, const float *src, size_t n) { copy_kernel<<<dn_grid(n), DN_BLOCK>>>(dst, src, n); }
+void dn_gpu_copy(float *dst, const float *src, size_t n) { copy_kernel<<<dn_grid(n), DN_LAUNCH>>>(dst, src, n); }
 
 __global__ static void axpy_kernel(float *y, const float *x, size_t n, float a)
 {
     DN_KERNEL_LOOP(i, n) y[i] += a * x[i];
 }
 
-void dn_gpu_axpy(float *y, const float *x, size_t n, float a) { axpy_kernel<<<dn_grid(n), DN_BLOCK>>>(y, x, n, a); }
+void dn_gpu_axpy(float *y, const float *x, size_t n, float a) { axpy_kernel<<<dn_grid(n), DN_LAUNCH>>>(y, x, n, a); }
 
 __global__ static void copy_rows_kernel(float *dst, size_t dst_stride, const float *src, size_t src_stride,
                                         size_t rows, unsigned len, int add)
@@ -48,7 +48,7 @@ __global__ static void copy_rows_kernel(float *dst, size_t dst_stride, const flo
 void dn_gpu_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t rows, size_t len,
                       int add)
 {
-    copy_rows_kernel<<<dn_row_grid(rows, len), DN_BLOCK>>>(dst, dst_stride, src, src_stride, rows, (unsigned)len, add);
+    copy_rows_kernel<<<dn_row_grid(rows, len), DN_LAUNCH>>>(dst, dst_stride, src, src_stride, rows, (unsigned)len, add);
 }
 
 __global__ static void mul_kernel(float *y, const float *a, const float *b, size_t n, int add)
@@ -56,10 +56,10 @@ __global__ static void mul_kernel(float *y, const float *a, const float *b, size
     DN_KERNEL_LOOP(i, n) y[i] = add ? y[i] + a[i] * b[i] : a[i] * b[i];
 }
 
-void dn_gpu_mul(float *y, const float *a, const float *b, size_t n) { mul_kernel<<<dn_grid(n), DN_BLOCK>>>(y, a, b, n, 0); }
+void dn_gpu_mul(float *y, const float *a, const float *b, size_t n) { mul_kernel<<<dn_grid(n), DN_LAUNCH>>>(y, a, b, n, 0); }
 void dn_gpu_mul_add(float *y, const float *a, const float *b, size_t n)
 {
-    mul_kernel<<<dn_grid(n), DN_BLOCK>>>(y, a, b, n, 1);
+    mul_kernel<<<dn_grid(n), DN_LAUNCH>>>(y, a, b, n, 1);
 }
 
 static __device__ size_t group_start(size_t g, int inner, size_t outer) { return g / inner * outer + g % inner; }
@@ -76,7 +76,7 @@ __global__ static void softmax_kernel(const float *in, float *out, size_t groups
 void dn_gpu_softmax(const float *in, float *out, size_t groups, int n, size_t stride, int inner, size_t outer,
                     float temp)
 {
-    softmax_kernel<<<dn_grid(groups), DN_BLOCK>>>(in, out, groups, n, stride, inner, outer, temp);
+    softmax_kernel<<<dn_grid(groups), DN_LAUNCH>>>(in, out, groups, n, stride, inner, outer, temp);
 }
 
 __global__ static void softmax_backward_kernel(const float *p, const float *g, float *d, size_t groups, int n,
@@ -91,7 +91,7 @@ __global__ static void softmax_backward_kernel(const float *p, const float *g, f
 void dn_gpu_softmax_backward(const float *p, const float *g, float *d, size_t groups, int n, size_t stride, int inner,
                              size_t outer, float temp)
 {
-    softmax_backward_kernel<<<dn_grid(groups), DN_BLOCK>>>(p, g, d, groups, n, stride, inner, outer, temp);
+    softmax_backward_kernel<<<dn_grid(groups), DN_LAUNCH>>>(p, g, d, groups, n, stride, inner, outer, temp);
 }
 
 /* The sum over the block's threads of each thread's v (every thread gets it). */
@@ -182,9 +182,9 @@ static void channel_sums(const float *a, const float *mean, int batch, int chann
                          double *part)
 {
     const int chunks = channel_chunks((size_t)batch * spatial);
-    channel_sums_kernel<<<dim3((unsigned)channels, (unsigned)chunks), DN_BLOCK>>>(a, mean, batch, channels, spatial,
+    channel_sums_kernel<<<dim3((unsigned)channels, (unsigned)chunks), DN_LAUNCH>>>(a, mean, batch, channels, spatial,
                                                                                  chunks, what, part);
-    channel_totals_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(channels, chunks, part);
+    channel_totals_kernel<<<dn_grid((size_t)channels), DN_LAUNCH>>>(channels, chunks, part);
 }
 
 __global__ static void add_total_kernel(float *grad, int channels, int chunks, const double *part)
@@ -216,9 +216,9 @@ void dn_gpu_batchnorm_statistics(const float *x, int batch, int channels, int sp
     const size_t per = (size_t)batch * spatial;
     const int chunks = channel_chunks(per);
     channel_sums(x, NULL, batch, channels, spatial, SUM_X, part);
-    bn_mean_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(mean, channels, chunks, (double)per, part);
+    bn_mean_kernel<<<dn_grid((size_t)channels), DN_LAUNCH>>>(mean, channels, chunks, (double)per, part);
     channel_sums(x, mean, batch, channels, spatial, SUM_SQ_DEV, part);
-    bn_variance_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(mean, variance, rolling_mean, rolling_variance,
+    bn_variance_kernel<<<dn_grid((size_t)channels), DN_LAUNCH>>>(mean, variance, rolling_mean, rolling_variance,
                                                                channels, chunks, (double)per, keep, share, part);
 }
 
@@ -278,7 +278,7 @@ void dn_gpu_output_stage(float *x, float *x_norm, const float *mean, const float
                          const float *bias, float *pre, int batch, int channels, int spatial, dn_activation a)
 {
     const size_t rows = (size_t)batch * channels;
-    output_stage_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(
+    output_stage_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_LAUNCH>>>(
         x, x_norm, mean, variance, scale, bias, pre, rows, channels, spatial, across_channels(a) ? DN_ACT_LINEAR : a);
     if (across_channels(a)) dn_gpu_activate(x, batch, channels, spatial, a);
 }
@@ -325,14 +325,14 @@ void dn_gpu_output_stage_backward(float *delta, const float *y, const float *pre
     double *part = (double *)scratch;
     const size_t per = (size_t)batch * spatial;
     const int chunks = channel_chunks(per);
-    gradient_sums_kernel<<<dim3((unsigned)channels, (unsigned)chunks), DN_BLOCK>>>(delta, y, pre, act, x_norm, batch,
+    gradient_sums_kernel<<<dim3((unsigned)channels, (unsigned)chunks), DN_LAUNCH>>>(delta, y, pre, act, x_norm, batch,
                                                                                   channels, spatial, chunks, part);
-    channel_totals_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(channels, chunks, part);
-    if (bias_grad) add_total_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(bias_grad, channels, chunks, part);
+    channel_totals_kernel<<<dn_grid((size_t)channels), DN_LAUNCH>>>(channels, chunks, part);
+    if (bias_grad) add_total_kernel<<<dn_grid((size_t)channels), DN_LAUNCH>>>(bias_grad, channels, chunks, part);
     if (!x_norm) return;
-    if (scale_grad) bn_scale_grad_kernel<<<dn_grid((size_t)channels), DN_BLOCK>>>(scale_grad, channels, chunks, part);
+    if (scale_grad) bn_scale_grad_kernel<<<dn_grid((size_t)channels), DN_LAUNCH>>>(scale_grad, channels, chunks, part);
     const size_t rows = (size_t)batch * channels;
-    bn_backward_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_BLOCK>>>(delta, x_norm, variance, scales, rows,
+    bn_backward_kernel<<<dn_row_grid(rows, (size_t)spatial), DN_LAUNCH>>>(delta, x_norm, variance, scales, rows,
                                                                          channels, spatial, chunks, (double)per, part);
 }
 
@@ -351,5 +351,5 @@ __global__ static void update_kernel(float *w, const float *g, float *m, float *
 
 void dn_gpu_update_kernel(float *w, float *g, float *m, float *v, size_t n, const dn_update_args *a)
 {
-    update_kernel<<<dn_grid(n), DN_BLOCK>>>(w, g, m, v, n, *a);
+    update_kernel<<<dn_grid(n), DN_LAUNCH>>>(w, g, m, v, n, *a);
 }

@@ -43,7 +43,7 @@ static void im2col_launch(const float *im, int images, size_t im_stride, int cha
     const size_t rows = (size_t)images * channels, plane = (size_t)out_h * out_w;
     const size_t col_image = interleave ? plane : (size_t)channels * ksize * ksize * plane;
     const size_t col_row = interleave ? (size_t)images * plane : plane;
-    im2col_kernel<<<dn_row_grid(rows, plane), DN_BLOCK>>>(im, (size_t)images, im_stride, channels, height, width,
+    im2col_kernel<<<dn_row_grid(rows, plane), DN_LAUNCH>>>(im, (size_t)images, im_stride, channels, height, width,
                                                           ksize, pad, stride_h, stride_w, dilation, out_h, out_w,
                                                           col_image, col_row, col);
 }
@@ -70,7 +70,7 @@ __global__ static void gather_kernel(float *dst, const float *src, size_t images
 void dn_gpu_gather_images(float *dst, const float *src, int images, size_t rows, size_t len, size_t src_image,
                           size_t src_row)
 {
-    gather_kernel<<<dn_row_grid(rows * images, len), DN_BLOCK>>>(dst, src, (size_t)images, rows, (unsigned)len,
+    gather_kernel<<<dn_row_grid(rows * images, len), DN_LAUNCH>>>(dst, src, (size_t)images, rows, (unsigned)len,
                                                                  src_image, src_row);
 }
 
@@ -124,7 +124,7 @@ void dn_gpu_col2im_images(const float *col, int images, size_t im_stride, int ch
                           float *im)
 {
     const size_t rows = (size_t)images * channels;
-    col2im_kernel<<<dn_row_grid(rows, (size_t)height * width), DN_BLOCK>>>(
+    col2im_kernel<<<dn_row_grid(rows, (size_t)height * width), DN_LAUNCH>>>(
         col, (size_t)images, im_stride, channels, height, width, ksize, pad, stride_h, stride_w, dilation, out_h, out_w,
         im);
 }
