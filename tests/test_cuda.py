@@ -64,6 +64,15 @@ def test_cudnn_path_compiles(tmp_path, source):
     assert "cudnnCreate" in nm or "cudnnConvolutionForward" in nm   # the cuDNN path is in, not compiled out
 
 
+def test_every_kernel_launch_names_the_networks_stream():
+    """Every launch in the .cu files goes on the pass's stream (<<<grid, DN_LAUNCH>>>): the network's stream does
+    not wait for the legacy default stream, so a launch there would run out of order with the pass."""
+    import re
+    for src in _build_ffi.cuda_sources():
+        for m in re.finditer(r"<<<(.*?)>>>", Path(src).read_text(), re.S):
+            assert m.group(1).rstrip().endswith("DN_LAUNCH"), f"{src}: <<<{m.group(1)}>>>"
+
+
 def test_every_gpu_layer_has_its_cuda_file():
     """The layers that name device passes in their ops table have layer.cu beside layer.c."""
     for c_file in (_build_ffi.SRC / "layers").glob("*.c"):

@@ -121,7 +121,9 @@ static dn_status dev_alloc(float **p, size_t n, const char *what)
     *p = NULL;
     layout_changed();
     cudaError_t e = cudaMalloc(&q, (n ? n : 1) * sizeof(float));
-    if (e == cudaSuccess) e = cudaMemset(q, 0, (n ? n : 1) * sizeof(float));
+    /* zeroed before anything (on any stream) may use it */
+    if (e == cudaSuccess) e = cudaMemsetAsync(q, 0, (n ? n : 1) * sizeof(float), thread_stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(thread_stream);
     if (e != cudaSuccess) {
         if (q) cudaFree(q);
         char msg[160];
@@ -460,8 +462,10 @@ dn_status dn_gpu_open(dn_net *net, int device)
     net->cuda = ctx; /* from here a failure closes what was made (dn_gpu_close takes a part-made context) */
     net->backend = &dn_cuda_backend;
     dn_status s = DN_OK;
-    /* the network's stream waits for the legacy default stream's work and it for the stream's */
-    if ((e = cudaStreamCreate(&ctx->stream)) != cudaSuccess) s = cuda_fail(e, "creating a stream");
+    /* Non-blocking: no implicit ordering with the legacy default stream (another thread's copies there would
+     * break a graph's capture); everything of the network's is ordered on its stream explicitly. */
+    if ((e = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)
+        s = cuda_fail(e, "creating a stream");
     if (!s && (e = cudaStreamCreateWithFlags(&ctx->upload, cudaStreamNonBlocking)) != cudaSuccess)
         s = cuda_fail(e, "creating a stream");
     for (int k = 0; k < 2 && !s; ++k)
