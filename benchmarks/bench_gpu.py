@@ -47,6 +47,13 @@ pydarknet's CUDA build runs its [yolo] layers on the host (the heads are
 copied back and forth every pass); that cost is part of its figures, as it is
 of any use of it.
 
+--precision float16 / bfloat16 (GPU only) times mixed precision after the float32
+checks: pydarknet's products on tensor cores in that type (net.gpu_precision;
+float16 with its loss scaling) against PyTorch under torch.autocast in that type
+(float16 training with torch.amp.GradScaler); its heads are compared with
+PyTorch's float32 heads and the difference recorded (a gross-error guard only:
+tests/test_cuda.py holds each layer to the operands' rounding).
+
 --device cpu runs the same comparison on the CPU (pydarknet against PyTorch's
 CPU build, --threads each, default 2; smaller default batch and fewer rounds),
 so the script can be exercised without a GPU.
@@ -95,6 +102,8 @@ def parse_args(argv=None):
     ap.add_argument("--wait-idle", type=float, default=None,
                     help="before each part, wait up to this many seconds for other processes to go quiet "
                          "(default cpu 120, cuda 0)")
+    ap.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
+                    help="the precision timed (GPU only; default float32): mixed precision against torch.autocast")
     ap.add_argument("--check-only", action="store_true", help="run the correctness check, time nothing")
     ap.add_argument("--no-real-loss", action="store_true", help="skip pydarknet's train_batch reference row")
     add_image_arg(ap)
@@ -117,6 +126,8 @@ def parse_args(argv=None):
     for name in ("batch", "subdivisions", "repeat", "batch_repeat", "threads", "size"):
         if getattr(args, name) < 1:
             ap.error("--%s must be at least 1" % name.replace("_", "-"))
+    if args.precision != "float32" and args.device != "cuda":
+        ap.error("--precision %s needs --device cuda" % args.precision)
     if args.batch % args.subdivisions:
         ap.error("--batch %d does not split into --subdivisions %d" % (args.batch, args.subdivisions))
     return args
@@ -155,6 +166,12 @@ TOLERANCE = 1e-3  # heads and loss; float32 through ~40 layers gives differences
 # computation of the same function 2.0e-2, PyTorch's own model (nn.BatchNorm2d: biased
 # variance, another function) 0.65; all three are printed.
 GRAD_TOLERANCE = 0.1
+# Mixed precision's heads against PyTorch's float32 heads: a guard against a broken path only (a wrong scale or a
+# lost product is off by order 1); the rounding itself is checked layer by layer in tests/test_cuda.py.
+MIXED_GUARD = 0.25
+
+# PyTorch's side of --precision: the autocast type (None: float32) and float16's gradient scaler
+AMP = {"dtype": None, "scaler": None}
 
 
 # ------------------------------------------------------------------ setup
@@ -206,6 +223,25 @@ def build(args):
     return net, model.to(dev), dev, cfg
 
 
+def check_mixed(net, model, dev, x, precision):
+    """pydarknet's heads in mixed precision against PyTorch's float32 heads (and PyTorch's autocast heads against
+    them too, for scale): recorded, and a guard against a broken path (MIXED_GUARD)."""
+    model.eval()
+    want = torch_predict(model, dev, x)   # float32: AMP not set yet
+    net.gpu_precision = precision
+    AMP["dtype"] = getattr(torch, precision)
+    AMP["scaler"] = torch.amp.GradScaler("cuda") if precision == "float16" else None
+    got, amp = dn_predict(net, x), torch_predict(model, dev, x)
+    err = max(rel_err(g, w) for g, w in zip(got, want))
+    amp_err = max(rel_err(g, w) for g, w in zip(amp, want))
+    print("  check, %s: heads against PyTorch float32, max abs difference / max magnitude: pydarknet %.1e, "
+          "PyTorch autocast %.1e" % (precision, err, amp_err))
+    if not err < MIXED_GUARD:
+        raise SystemExit("check failed: pydarknet's %s heads differ from float32's by %.2e (guard %g)"
+                         % (precision, err, MIXED_GUARD))
+    return {"pydarknet_vs_float32": err, "torch_autocast_vs_float32": amp_err}
+
+
 def graph_network(args, cfg):
     """A pydarknet network of batch 1 with the benchmark's weights on the GPU, its inference passes as CUDA graphs."""
     spec = pydarknet.parse_cfg(cfg)
@@ -213,6 +249,7 @@ def graph_network(args, cfg):
     gnet = pydarknet.Network(spec, batch=1, threads=args.threads)
     gnet.load_weights(random_weights(cfg, args.seed, args.cache, args.threads))
     gnet.set_device(args.gpu)
+    gnet.gpu_precision = args.precision
     gnet.cuda_graphs = True
     return gnet
 
@@ -239,10 +276,14 @@ def dn_predict(net, x):
     return net.predict(x)
 
 
+def autocast(dev):
+    return torch.autocast(dev.type, dtype=AMP["dtype"] or torch.float32, enabled=AMP["dtype"] is not None)
+
+
 def torch_predict(model, dev, x):
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(dev):
         heads = model(torch.from_numpy(x).to(dev))
-        return [h.cpu().numpy() for h in heads]
+        return [h.float().cpu().numpy() for h in heads]
 
 
 def _view(getter, net, index, writable=False):
@@ -307,13 +348,20 @@ def torch_stand_in_iteration(model, opt, dev, x, mini_batch, before_update=None)
     model.train()
     opt.zero_grad(set_to_none=True)
     total = None
+    scaler = AMP["scaler"]
     for part in torch.from_numpy(x).to(dev).split(mini_batch):
-        loss = 0.5 * sum(h.square().sum() for h in model(part))
-        loss.backward()
+        with autocast(dev):
+            heads = model(part)
+        loss = 0.5 * sum(h.float().square().sum() for h in heads)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
     if before_update is not None:
         before_update()
-    opt.step()
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
     return float(total) if before_update is not None else None
 
 
@@ -462,10 +510,10 @@ def main(args):
         info.update({"gpu": torch.cuda.get_device_name(dev), "torch_cuda": torch.version.cuda,
                      "cudnn": torch.backends.cudnn.version(), "tf32": False, "cudnn_benchmark": True})
     stem = os.path.splitext(os.path.basename(cfg))[0]
-    print("%s, batch %d (subdivisions %d); pydarknet on %s (convolutions: %s), PyTorch %s on %s; %d CPU thread(s); "
-          "machine: %s, %s usable CPU(s)" % (stem, args.batch, args.subdivisions, net.device_name,
-                                             info["pydarknet_convolution"], torch.__version__, info.get("gpu", "CPU"),
-                                             args.threads, info["cpu_model"], info["cpus_usable"]),
+    print("%s, batch %d (subdivisions %d), %s; pydarknet on %s (convolutions: %s), PyTorch %s on %s; %d CPU "
+          "thread(s); machine: %s, %s usable CPU(s)"
+          % (stem, args.batch, args.subdivisions, args.precision, net.device_name, info["pydarknet_convolution"],
+             torch.__version__, info.get("gpu", "CPU"), args.threads, info["cpu_model"], info["cpus_usable"]),
           flush=True)
     rng = np.random.default_rng(args.seed)
     photo = load_input(args.image, args.size)
@@ -480,6 +528,10 @@ def main(args):
     opt = torch_optimizer(model, net)
     result["check_training"] = check_training(net, model, opt, dev, xb)
     model.eval()
+    result["precision"] = args.precision
+    if args.precision != "float32":
+        result["check_mixed"] = check_mixed(net, model, dev, photo, args.precision)
+        info["pydarknet_convolution"] = "im2col + cuBLAS, %s operands" % args.precision
     if args.check_only:
         return
 

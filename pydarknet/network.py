@@ -322,6 +322,52 @@ class Network:
     def cuda_graphs(self, on: bool):
         check(lib.dn_net_set_cuda_graphs(self._ptr, int(bool(on))))
 
+    PRECISIONS = ("float32", "float16", "bfloat16")
+
+    @property
+    @_locked
+    def gpu_precision(self) -> str:
+        """The precision of the matrix products on a device: "float32" (the
+        default), or "float16"/"bfloat16" (mixed precision, darknet's
+        CUDNN_HALF: the convolution, [connected] and [deformable] products on
+        tensor cores with their operands rounded to that type, float32 sums,
+        weights, activations and everything else; float16 with dynamic loss
+        scaling, see loss_scale). PYDARKNET_CUDA_PRECISION sets it when the
+        network goes to a device; set it here on a device."""
+        return self.PRECISIONS[lib.dn_net_gpu_precision(self._ptr)]
+
+    @gpu_precision.setter
+    @_locked
+    def gpu_precision(self, precision: str):
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"precision {precision!r}: give one of {', '.join(self.PRECISIONS)}")
+        check(lib.dn_net_set_gpu_precision(self._ptr, self.PRECISIONS.index(precision)))
+
+    @property
+    @_locked
+    def loss_scale(self) -> float:
+        """float16's loss scale (1 otherwise): a power of two that the gradient
+        operand of every backward product is multiplied by before it is
+        rounded (the product divided by it after), halved when an iteration's
+        gradients are not all finite (that iteration updates nothing) and
+        doubled after 2000 updates in a row; it starts at 65536."""
+        scale, skipped = ffi.new("float *"), ffi.new("long long *")
+        check(lib.dn_net_loss_scale(self._ptr, scale, skipped))
+        return float(scale[0])
+
+    @loss_scale.setter
+    @_locked
+    def loss_scale(self, scale: float):
+        check(lib.dn_net_set_loss_scale(self._ptr, float(scale)))
+
+    @property
+    @_locked
+    def skipped_updates(self) -> int:
+        """Iterations whose update float16's loss scaling skipped (a gradient not finite)."""
+        scale, skipped = ffi.new("float *"), ffi.new("long long *")
+        check(lib.dn_net_loss_scale(self._ptr, scale, skipped))
+        return int(skipped[0])
+
     @property
     @_locked
     def cuda_graph_launches(self) -> int:

@@ -2,7 +2,7 @@
 # The one-call GPU check: builds the CUDA variant in place (with cuDNN when its
 # headers are installed, else the im2col + cuBLAS path alone), runs the GPU
 # tests in parallel workers on each convolution path, the GPU benchmark against
-# PyTorch (yolov4-tiny on both paths, yolov4), the per-kernel and per-layer
+# PyTorch (yolov4-tiny on both paths and in float16, yolov4), the per-kernel and per-layer
 # profiles, the training command end to end and the loader on the host's
 # cores, and writes every log and JSON into the folder it is given.
 #
@@ -58,6 +58,8 @@ for path in $paths; do   # PYDARKNET_CUDNN=0 turns cuDNN off in a build that has
     step "bench_gpu_yolov4-tiny_$path" 150 env PYDARKNET_CUDNN=$dnn $PY benchmarks/bench_gpu.py --cfg yolov4-tiny \
         --warmup 5 --repeat 30 --batch-repeat 6 --json "$OUT/torch_cuda_yolov4-tiny_$path.json"
 done
+step bench_gpu_yolov4-tiny_float16 120 $PY benchmarks/bench_gpu.py --cfg yolov4-tiny --precision float16 --warmup 5 \
+    --repeat 30 --batch-repeat 6 --no-real-loss --json "$OUT/torch_cuda_yolov4-tiny_float16.json"
 step bench_gpu_yolov4 150 $PY benchmarks/bench_gpu.py --cfg yolov4 --batch 16 --warmup 3 --repeat 20 --batch-repeat 4 \
     --json "$OUT/torch_cuda_yolov4.json"
 step profile_kernels 90 $PY benchmarks/profile_kernels.py --json "$OUT/kernels.json"

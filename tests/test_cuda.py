@@ -142,6 +142,24 @@ def test_cuda_graphs_switch_on_the_cpu(write_cfg):
     assert net.cuda_graphs is False
 
 
+def test_mixed_precision_switch_on_the_cpu(write_cfg):
+    """A network on the CPU computes in float32: setting it is a no-op, float16/bfloat16 one clear error, a name that
+    is no precision a ValueError; its loss scale is 1 and setting one says it is float16's on a device."""
+    net = pydarknet.load(write_cfg(NET.format(c=3, h=8, w=8) + ONE.format(f=4)))
+    assert net.gpu_precision == "float32" and net.loss_scale == 1.0 and net.skipped_updates == 0
+    net.gpu_precision = "float32"
+    for p in ("float16", "bfloat16"):
+        with pytest.raises(DarknetError, match="CUDA device"):
+            net.gpu_precision = p
+    with pytest.raises(ValueError, match="float16"):
+        net.gpu_precision = "half"
+    with pytest.raises(DarknetError, match="power of two"):
+        net.loss_scale = 3
+    with pytest.raises(DarknetError, match="CUDA device"):
+        net.loss_scale = 1024
+    assert net.gpu_precision == "float32"
+
+
 def test_cli_gpu_flag_without_a_device_is_one_error_line(write_cfg, tmp_path, capsys):
     if _status_and_count()[1]:
         pytest.skip("a CUDA device is present")
@@ -643,3 +661,132 @@ def test_each_training_pass_reads_its_own_input(write_cfg):
     for a, b in zip(cpu.layers, gpu.layers):
         for k, v in a.params.items():
             close(b.params[k], v, 1e-3)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+
+# The unit roundoff of each reduced type (half the distance from 1 to the next value): float16 keeps 11 bits of
+# mantissa, bfloat16 8. A product's two operands rounded to it are each off by at most u relatively, so each term
+# of a sum by 2u; the sums themselves are float32. Forward outputs (sums of at most a few hundred terms of random
+# sign, so a term's magnitude stays within ~16x of the output's largest) are held to 16u of the tensor's largest
+# magnitude; gradients, sums over every pixel of both images (a few hundred terms each, more cancellation), to 64u.
+UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+GEMM_LAYERS = ("[convolutional]", "[connected]", "[deformable]")
+
+
+@pytest.mark.parametrize("precision", sorted(UNIT_ROUNDOFF))
+@pytest.mark.parametrize("case", [p for p in select(gpu=True) if any(t in p.values[0].body for t in GEMM_LAYERS)])
+def test_mixed_precision_forward_matches_cpu(write_cfg, case, precision):
+    """Every layer case with a matrix product, its products' operands rounded to float16/bfloat16 on the tensor
+    cores: the CPU's float32 outputs within the rounding of the operands."""
+    c, h, w = case.shape
+    cpu, gpu = _pair(write_cfg, case.body, c, h, w)
+    gpu.gpu_precision = precision
+    assert gpu.gpu_precision == precision and not gpu.cudnn   # mixed precision takes the cuBLAS path
+    x = random_input((2, c, h, w), 1) * 2 - 1
+    cpu.forward(x)
+    gpu.forward(x)
+    for a, b in zip(cpu.layers, gpu.layers):
+        close(b.output, a.output, 16 * UNIT_ROUNDOFF[precision])
+
+
+@pytest.mark.parametrize("precision", sorted(UNIT_ROUNDOFF))
+def test_mixed_precision_gradients_below_float16s_range_survive(write_cfg, precision):
+    """A loss whose gradient is 1e-9 everywhere (below float16's smallest value, 6e-8): float16's loss scale lifts
+    the gradient operand of every backward product into range before it is rounded (and takes it out of the
+    product after), so every weight gradient and the input's delta are the CPU's within the operands' rounding;
+    without the scale they would be zero. bfloat16 has float32's range and no scale."""
+    cpu, gpu = _pair(write_cfg, CONV_VARIANTS + "[connected]\noutput=7\nactivation=leaky\n", 3, 12, 12)
+    gpu.enable_training()
+    gpu.gpu_precision = precision
+    assert gpu.loss_scale == (65536.0 if precision == "float16" else 1.0)
+    x = random_input((2, 3, 12, 12), 1) * 2 - 1
+    R = np.random.default_rng(2).standard_normal(2 * 7).astype(np.float32) * np.float32(1e-9)
+    want, got = _grads(cpu, x, R), _grads(gpu, x, R)
+    for k in want:
+        if k != "loss" and not (isinstance(k, tuple) and k[-1] == "value"):
+            assert np.abs(want[k]).max() > 0, k
+            close(got[k], want[k], 64 * UNIT_ROUNDOFF[precision])
+
+
+def _stand_in_update(net, x, scale):
+    """One forward, backward (every output's delta `scale` times fixed random values) and update; the weights after."""
+    check(lib.dn_net_forward_train(net._ptr, ffi.from_buffer("float[]", x), x.size, ffi.NULL, 0))
+    data, count = ffi.new("float **"), ffi.new("size_t *")
+    check(lib.dn_layer_delta(net._ptr, len(net.layers) - 1, data, count))
+    R = np.random.default_rng(3).standard_normal(count[0]).astype(np.float32) * np.float32(scale)
+    np.frombuffer(ffi.buffer(data[0], count[0] * 4), np.float32)[:] = R
+    check(lib.dn_net_backward(net._ptr))
+    check(lib.dn_net_update(net._ptr))
+    return {(l.index, k): v.copy() for l in net.layers for k, v in l.params.items()}
+
+
+def test_float16_skips_an_update_whose_gradients_overflow(write_cfg):
+    """float16 with loss scale 2^24 and gradients near 1: scaled, they pass float16's largest value (65504), so the
+    products make infinities; that iteration updates nothing (it still counts), the scale halves and the skip is
+    counted. At scale 1 the same gradients update the weights as the CPU does."""
+    from helpers import small_yolo
+
+    device = _gpu()
+    nets = []
+    for name in ("cpu.cfg", "gpu.cfg"):
+        net = small_yolo(write_cfg, 1, seed=3, name=name)
+        net.enable_training()
+        nets.append(net)
+    cpu, gpu = nets
+    gpu.set_device(device)
+    gpu.gpu_precision = "float16"
+    gpu.loss_scale = 2.0 ** 24
+    x = random_input((gpu.mini_batch, 3, 32, 32), 1)
+    before = {(l.index, k): v.copy() for l in gpu.layers for k, v in l.params.items()}
+    after = _stand_in_update(gpu, x, 1.0)
+    assert gpu.skipped_updates == 1 and gpu.loss_scale == 2.0 ** 23 and gpu.iteration == 1
+    for k in before:
+        assert np.array_equal(after[k], before[k]), k
+    gpu.loss_scale = 1.0
+    got = _stand_in_update(gpu, x, 1.0)
+    want = _stand_in_update(cpu, x, 1.0)
+    assert gpu.skipped_updates == 1 and gpu.iteration == 2
+    for k in want:
+        assert not np.array_equal(got[k], before[k]) or np.array_equal(want[k], before[k]), k
+        close(got[k], want[k], 64 * UNIT_ROUNDOFF["float16"])
+
+
+@pytest.mark.parametrize("precision", sorted(UNIT_ROUNDOFF))
+def test_mixed_precision_training_follows_the_cpu(write_cfg, precision):
+    """Two iterations of the small detector (the [yolo] loss, batch norm, SGD with momentum) in mixed precision:
+    the losses and every weight the CPU's within the products' rounding."""
+    from helpers import small_yolo
+    from pydarknet.synthetic import shapes_batch
+
+    device = _gpu()
+    x, t = shapes_batch(8, 32, seed=4)
+    runs = []
+    for name, where in (("cpu.cfg", None), ("gpu.cfg", device)):
+        net = small_yolo(write_cfg, 2, seed=3, name=name)
+        if where is not None:
+            net.set_device(where)
+            net.gpu_precision = precision
+        runs.append((net, [net.train_batch(x, t) for _ in range(2)]))
+    (cpu, want), (gpu, got) = runs
+    tol = 64 * UNIT_ROUNDOFF[precision]
+    np.testing.assert_allclose(got, want, rtol=tol)
+    assert gpu.skipped_updates == 0
+    for a, b in zip(cpu.layers, gpu.layers):
+        for k, v in a.params.items():
+            close(b.params[k], v, tol)
+
+
+def test_precision_from_the_environment(write_cfg, monkeypatch):
+    """PYDARKNET_CUDA_PRECISION sets the precision when the network goes to the device; a bad value is one error."""
+    device = _gpu()
+    for value, want in (("float16", "float16"), ("bfloat16", "bfloat16"), ("float32", "float32"), ("", "float32")):
+        monkeypatch.setenv("PYDARKNET_CUDA_PRECISION", value)
+        net = pydarknet.load(write_cfg(NET.format(c=3, h=8, w=8) + ONE.format(f=4)))
+        net.set_device(device)
+        assert net.gpu_precision == want
+    monkeypatch.setenv("PYDARKNET_CUDA_PRECISION", "half")
+    net = pydarknet.load(write_cfg(NET.format(c=3, h=8, w=8) + ONE.format(f=4)))
+    with pytest.raises(DarknetError, match="PYDARKNET_CUDA_PRECISION=half"):
+        net.set_device(device)
+    assert net.gpu is None   # the failed move leaves it on the CPU

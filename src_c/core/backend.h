@@ -23,6 +23,8 @@
  *                   write it, and it goes back before the next pass
  *   pull_param      of a parameter with its gradient and optimizer state (the same)
  *   zero_grads      a layer's parameter gradients zeroed (wherever the current copy is)
+ *   check_gradients before an update: *finite = 0 when it must be skipped (CUDA in float16: a gradient
+ *                   is not finite; the loss scale moves); the CPU's always 1
  *   update          one parameter's optimizer step (core/train.c's formulas)
  *   synchronize     wait until everything launched has finished (profiling, hand-outs)
  * A distributed gradient all-reduce goes between the last backward pass and
@@ -78,6 +80,7 @@ struct dn_backend {
     dn_status (*pull_delta)(dn_net *net, int layer);
     dn_status (*pull_param)(dn_net *net, dn_param *p);
     dn_status (*zero_grads)(dn_net *net, dn_layer *l);
+    dn_status (*check_gradients)(dn_net *net, int *finite);
     dn_status (*update)(dn_net *net, dn_param *p, const dn_update_args *a);
     dn_status (*synchronize)(dn_net *net);
 };

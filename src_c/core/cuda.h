@@ -110,6 +110,11 @@ dn_status dn_gpu_set_cudnn(dn_net *net, int on);
 int dn_gpu_graphs_on(const dn_net *net);
 dn_status dn_gpu_set_graphs(dn_net *net, int on);
 long long dn_gpu_graph_launches(const dn_net *net);
+/* Mixed precision (pydarknet.h's dn_net_set_gpu_precision) and float16's loss scale. */
+dn_status dn_gpu_set_precision(dn_net *net, int precision);
+int dn_gpu_precision(const dn_net *net);
+dn_status dn_gpu_set_loss_scale(dn_net *net, float scale);
+dn_status dn_gpu_loss_scale(const dn_net *net, float *scale, long long *skipped);
 /* While open, the network's backend is the CUDA one (core/backend.h):
  * every pass, hand-out and update goes through it. */
 
@@ -155,14 +160,17 @@ dn_status dn_gpu_pull(float *host, const float *dev, size_t n);
 dn_status dn_gpu_pull_sources(dn_net *net, dn_layer *l);
 /* The status of the kernels launched so far (DN_ERR_STATE naming the layer and `what` on failure). */
 dn_status dn_gpu_check(const dn_layer *l, const char *what);
-/* C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, device pointers (cuBLAS). */
+/* C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, device pointers (cuBLAS). `grad` names the operand that
+ * is a gradient (a delta), if any: DN_GEMM_GRAD_A or _B (the loss scale applies to it in float16, see
+ * dn_net_set_gpu_precision), else DN_GEMM_VALUES. In float32 a plain SGEMM. */
+enum { DN_GEMM_VALUES = 0, DN_GEMM_GRAD_A = 1, DN_GEMM_GRAD_B = 2 };
 dn_status dn_gpu_gemm(const dn_net *net, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
-                      int lda, const float *B, int ldb, float beta, float *C, int ldc);
+                      int lda, const float *B, int ldb, float beta, float *C, int ldc, int grad);
 /* `count` such products at once, operand i at A + i*stride_a (0: the same A for all), B + i*stride_b,
  * C + i*stride_c (cuBLAS's strided batched GEMM) */
 dn_status dn_gpu_gemm_strided(const dn_net *net, int trans_a, int trans_b, int M, int N, int K, float alpha,
                               const float *A, int lda, long long stride_a, const float *B, int ldb, long long stride_b,
-                              float beta, float *C, int ldc, long long stride_c, int count);
+                              float beta, float *C, int ldc, long long stride_c, int count, int grad);
 
 /* ---- device kernels (the .cu files in ops), the twins of the CPU functions in internal.h ---- */
 void dn_gpu_activate(float *x, int batch, int channels, int spatial, dn_activation a);
@@ -270,6 +278,25 @@ static inline dn_status dn_gpu_set_graphs(dn_net *net, int on)
     return on ? dn_fail(DN_ERR_STATE, "the network is not on a CUDA device (this build has no CUDA)") : DN_OK;
 }
 static inline long long dn_gpu_graph_launches(const dn_net *net) { (void)net; return 0; }
+static inline dn_status dn_gpu_set_precision(dn_net *net, int precision)
+{
+    (void)net;
+    return precision ? dn_fail(DN_ERR_STATE, "the network is not on a CUDA device (this build has no CUDA)") : DN_OK;
+}
+static inline int dn_gpu_precision(const dn_net *net) { (void)net; return 0; }
+static inline dn_status dn_gpu_set_loss_scale(dn_net *net, float scale)
+{
+    (void)net;
+    (void)scale;
+    return dn_fail(DN_ERR_STATE, "the network is not on a CUDA device (this build has no CUDA)");
+}
+static inline dn_status dn_gpu_loss_scale(const dn_net *net, float *scale, long long *skipped)
+{
+    (void)net;
+    *scale = 1.f;
+    *skipped = 0;
+    return DN_OK;
+}
 
 #endif /* DN_CUDA */
 

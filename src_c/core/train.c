@@ -291,8 +291,14 @@ dn_status dn_net_update(dn_net *net)
     if (s) return s;
     train_config c;
     if ((s = read_config(net, &c))) return s;
+    int finite = 1;
+    if ((s = net->backend->check_gradients(net, &finite))) return s;
     const float B = (float)(net->images_since_update ? net->images_since_update : (unsigned long long)net->batch);
     const long long t = ++net->iteration;
+    if (!finite) { /* mixed precision's overflow: the iteration counts, nothing moves */
+        zero_grads(net);
+        return DN_OK;
+    }
     const float base = policy_rate(net, &c, t);
     const float b1t = 1.f - powf(c.B1, (float)t), b2t = 1.f - powf(c.B2, (float)t);
     for (int i = 0; i < net->nlayers; ++i) {

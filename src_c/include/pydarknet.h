@@ -208,6 +208,25 @@ int dn_net_cudnn(const dn_net *net);
 dn_status dn_net_set_cuda_graphs(dn_net *net, int on);
 int dn_net_cuda_graphs(const dn_net *net);
 long long dn_net_cuda_graph_launches(const dn_net *net);
+/* Mixed precision on a device (darknet's CUDNN_HALF): with float16 or
+ * bfloat16, every matrix product of the convolutions, [connected] and
+ * [deformable] layers, forward and backward, runs on the tensor cores with
+ * its two operands rounded to that type and float32 sums and results; the
+ * weights (the master copy), activations, deltas and every other layer stay
+ * float32, and convolutions take the cuBLAS path (not cuDNN). float16 keeps
+ * gradients in its range by dynamic loss scaling: the gradient operand of a
+ * backward product is multiplied by the scale before it is rounded and the
+ * product divided by it after (powers of two: exact); an iteration whose
+ * gradients are not all finite updates nothing (the iteration still counts)
+ * and halves the scale, and 2000 updates in a row double it (start 65536).
+ * bfloat16 has float32's range and needs none (its scale stays 1). Set on a
+ * device only; PYDARKNET_CUDA_PRECISION=float16|bfloat16 sets it when the
+ * network goes to one. dn_net_loss_scale: the scale and the updates skipped. */
+typedef enum dn_precision { DN_PRECISION_FLOAT32 = 0, DN_PRECISION_FLOAT16 = 1, DN_PRECISION_BFLOAT16 = 2 } dn_precision;
+dn_status dn_net_set_gpu_precision(dn_net *net, int precision);
+int dn_net_gpu_precision(const dn_net *net);
+dn_status dn_net_set_loss_scale(dn_net *net, float scale);   /* a power of two, 1 .. 2^24 */
+dn_status dn_net_loss_scale(const dn_net *net, float *scale, long long *skipped);
 dn_status dn_net_sync_to_host(dn_net *net);
 
 /* Building: one layer at a time, options fully resolved by the caller. */

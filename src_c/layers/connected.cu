@@ -25,7 +25,7 @@ static dn_status connected_forward_gpu(dn_layer *l, dn_net *net)
     const int K = (int)l->inputs, N = l->out_c;
     const size_t total = (size_t)l->batch * N;
     if ((s = dn_gpu_gemm(net, 0, 1, l->batch, N, K, 1.f, dn_gpu_input(net, l), K,
-                         dn_layer_find_param(l, "weights")->data_gpu, K, 0.f, l->output_gpu, N)))
+                         dn_layer_find_param(l, "weights")->data_gpu, K, 0.f, l->output_gpu, N, DN_GEMM_VALUES)))
         return dn_layer_fail(l, s, "%s", dn_last_error());
     const float *mean = NULL, *var = NULL, *scales = NULL;
     float *xn = NULL, *pre = NULL;
@@ -79,10 +79,11 @@ static dn_status connected_backward_gpu(dn_layer *l, dn_net *net)
                                  scales ? scales->data_gpu : NULL, scales ? scales->grad_gpu : NULL, bias->grad_gpu,
                                  l->batch, N, 1, scratch);
     if (w->grad_gpu && (s = dn_gpu_gemm(net, 1, 0, N, K, l->batch, 1.f, l->delta_gpu, N, dn_gpu_input(net, l), K, 1.f,
-                                        w->grad_gpu, K)))
+                                        w->grad_gpu, K, DN_GEMM_GRAD_A)))
         return dn_layer_fail(l, s, "%s", dn_last_error());
     float *d = dn_gpu_input_delta(net, l);
-    if (d && (s = dn_gpu_gemm(net, 0, 0, l->batch, K, N, 1.f, l->delta_gpu, N, w->data_gpu, K, 1.f, d, K)))
+    if (d && (s = dn_gpu_gemm(net, 0, 0, l->batch, K, N, 1.f, l->delta_gpu, N, w->data_gpu, K, 1.f, d, K,
+                              DN_GEMM_GRAD_A)))
         return dn_layer_fail(l, s, "%s", dn_last_error());
     return DN_OK;
 }

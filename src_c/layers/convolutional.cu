@@ -86,7 +86,7 @@ static dn_status conv_gemm_forward(dn_net *net, dn_layer *l, const conv_gpu *cp)
             if ((s = dn_gpu_gemm_strided(net, 0, 0, c.M, c.N, c.K, 1.f, weights + (size_t)g * c.M * c.K, c.K, 0,
                                          c.direct ? im : cols, c.N,
                                          c.direct ? (long long)l->c * plane : (long long)per_image, 0.f, out, c.N,
-                                         (long long)c.groups * c.M * c.N, n)))
+                                         (long long)c.groups * c.M * c.N, n, DN_GEMM_VALUES)))
                 return dn_layer_fail(l, s, "%s", dn_last_error());
         }
     }
@@ -354,17 +354,17 @@ static dn_status conv_backward_gpu(dn_layer *l, dn_net *net)
                 dn_gpu_gather_images(dgather, d, n, (size_t)c.M, (size_t)c.N, (size_t)d_stride, (size_t)c.N);
                 const int nN = n * c.N;
                 if ((s = dn_gpu_gemm(net, 0, 1, c.M, c.K, nN, 1.f, dgather, nN, cols, nN, 1.f,
-                                     w->grad_gpu + (size_t)g * c.M * c.K, c.K)))
+                                     w->grad_gpu + (size_t)g * c.M * c.K, c.K, DN_GEMM_GRAD_A)))
                     return dn_layer_fail(l, s, "%s", dn_last_error());
             }
             if (!in_delta) continue;
             /* the columns' delta [K x N] = W_g^T * d_b, added straight in for 1x1, else through col2im */
             if (c.direct) {
                 s = dn_gpu_gemm_strided(net, 1, 0, c.K, c.N, c.M, 1.f, wg, c.K, 0, d, c.N, d_stride, 1.f,
-                                        in_delta + in_off, c.N, in_stride, n);
+                                        in_delta + in_off, c.N, in_stride, n, DN_GEMM_GRAD_B);
             } else {
                 s = dn_gpu_gemm_strided(net, 1, 0, c.K, c.N, c.M, 1.f, wg, c.K, 0, d, c.N, d_stride, 0.f, cols, c.N,
-                                        (long long)per_image, n);
+                                        (long long)per_image, n, DN_GEMM_GRAD_B);
                 dn_gpu_col2im_images(cols, n, (size_t)in_stride, c.cg, l->h, l->w, c.size, c.pad, c.stride_y,
                                      c.stride_x, c.dilation, l->out_h, l->out_w, in_delta + in_off);
             }

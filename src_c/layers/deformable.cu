@@ -128,7 +128,7 @@ static dn_status offsets_of(dn_net *net, const dn_layer *l, const deform_gpu *d,
     dn_gpu_im2col(im, l->c, l->h, l->w, d->size, d->padding * d->dilation, d->stride_y, d->stride_x, d->dilation,
                   l->out_h, l->out_w, cols_x);
     dn_status s = dn_gpu_gemm(net, 0, 0, d->O, N, K, 1.f, dn_layer_find_param((dn_layer *)l, "offset_weights")->data_gpu,
-                              K, cols_x, N, 0.f, off, N);
+                              K, cols_x, N, 0.f, off, N, DN_GEMM_VALUES);
     if (!s)   /* + the offset biases (blas.cu's output stage: linear, no batch norm) */
         dn_gpu_output_stage(off, NULL, NULL, NULL, NULL, dn_layer_find_param((dn_layer *)l, "offset_biases")->data_gpu,
                             NULL, 1, d->O, N, DN_ACT_LINEAR);
@@ -167,7 +167,8 @@ static dn_status deformable_forward_gpu(dn_layer *l, dn_net *net)
         const float *im = input + (size_t)b * plane;
         if ((s = offsets_of(net, l, &d, im, cols_x, off))) break;
         columns_kernel<<<dn_grid(n), DN_LAUNCH>>>(g, im, off, cols, n);
-        s = dn_gpu_gemm(net, 0, 0, F, N, K, 1.f, w, K, cols, N, 0.f, l->output_gpu + (size_t)b * l->outputs, N);
+        s = dn_gpu_gemm(net, 0, 0, F, N, K, 1.f, w, K, cols, N, 0.f, l->output_gpu + (size_t)b * l->outputs, N,
+                        DN_GEMM_VALUES);
     }
     if (s) return s;
     const float *mean = NULL, *var = NULL, *scales = NULL;
@@ -227,16 +228,20 @@ static dn_status deformable_backward_gpu(dn_layer *l, dn_net *net)
         float *din = in_delta ? in_delta + (size_t)b * plane : NULL;
         if ((s = offsets_of(net, l, &d, im, cols_x, off))) break;
         columns_kernel<<<dn_grid(n), DN_LAUNCH>>>(g, im, off, cols, n);
-        if (w->grad_gpu && (s = dn_gpu_gemm(net, 0, 1, F, K, N, 1.f, delta, N, cols, N, 1.f, w->grad_gpu, K))) break;
-        if ((s = dn_gpu_gemm(net, 1, 0, K, N, F, 1.f, w->data_gpu, K, delta, N, 0.f, dcols, N))) break;
+        if (w->grad_gpu &&
+            (s = dn_gpu_gemm(net, 0, 1, F, K, N, 1.f, delta, N, cols, N, 1.f, w->grad_gpu, K, DN_GEMM_GRAD_A)))
+            break;
+        if ((s = dn_gpu_gemm(net, 1, 0, K, N, F, 1.f, w->data_gpu, K, delta, N, 0.f, dcols, N, DN_GEMM_GRAD_B))) break;
         dn_gpu_fill(doff, (size_t)O * N, 0.f);
         columns_backward_kernel<<<dn_grid(n), DN_LAUNCH>>>(g, im, off, dcols, doff, din, n);
         /* the offset convolution's gradients, as a plain convolution's (cols_x still holds the input's columns) */
-        if (wo->grad_gpu && (s = dn_gpu_gemm(net, 0, 1, O, K, N, 1.f, doff, N, cols_x, N, 1.f, wo->grad_gpu, K)))
+        if (wo->grad_gpu &&
+            (s = dn_gpu_gemm(net, 0, 1, O, K, N, 1.f, doff, N, cols_x, N, 1.f, wo->grad_gpu, K, DN_GEMM_GRAD_A)))
             break;
         if (bo->grad_gpu) dn_gpu_backward_bias(bo->grad_gpu, doff, 1, O, N, scratch);
         if (din) {
-            if ((s = dn_gpu_gemm(net, 1, 0, K, N, O, 1.f, wo->data_gpu, K, doff, N, 0.f, dcols, N))) break;
+            if ((s = dn_gpu_gemm(net, 1, 0, K, N, O, 1.f, wo->data_gpu, K, doff, N, 0.f, dcols, N, DN_GEMM_GRAD_B)))
+                break;
             dn_gpu_col2im(dcols, l->c, l->h, l->w, d.size, d.padding * d.dilation, d.stride_y, d.stride_x,
                           d.dilation, l->out_h, l->out_w, din);
         }
