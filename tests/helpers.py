@@ -59,13 +59,15 @@ def small_yolo(write_cfg, subdivisions=1, extra="", seed=None, name="net.cfg"):
 
 # ----------------------------------------------------------------------------- training
 
-def trained(write_cfg, sub, iterations=1, extra="", name="net.cfg", device=None):
+def trained(write_cfg, sub, iterations=1, extra="", name="net.cfg", device=None, precision=None):
     """small_yolo(sub, extra) with weights from seed 3 (on the GPU `device`
-    when given) after `iterations` steps on the same 8 images of shapes;
-    the network and its losses."""
+    when given, its products in `precision` when given) after `iterations`
+    steps on the same 8 images of shapes; the network and its losses."""
     net = small_yolo(write_cfg, sub, extra, seed=3, name=name)
     if device is not None:
         net.set_device(device)
+    if precision is not None:
+        net.gpu_precision = precision
     x, t = shapes_batch(8, 32, seed=4)
     losses = [net.train_batch(x, t) for _ in range(iterations)]
     return net, losses

@@ -642,20 +642,9 @@ def test_each_training_pass_reads_its_own_input(write_cfg):
     """A training pass's input goes up on a stream of its own into the other of two device buffers while the pass
     before still runs: after an iteration of four mini-batches with different images, the first layer's output is
     the last mini-batch's (as on the CPU), and so are the weights of two iterations."""
-    from helpers import small_yolo
-    from pydarknet.synthetic import shapes_batch
-
     device = _gpu()
-    x, t = shapes_batch(8, 32, seed=4)
-    nets = []
-    for name, where in (("cpu.cfg", None), ("gpu.cfg", device)):
-        net = small_yolo(write_cfg, 4, seed=3, name=name)
-        if where is not None:
-            net.set_device(where)
-        for _ in range(2):
-            net.train_batch(x, t)
-        nets.append(net)
-    cpu, gpu = nets
+    cpu, _ = trained(write_cfg, 4, 2, name="cpu.cfg")
+    gpu, _ = trained(write_cfg, 4, 2, name="gpu.cfg", device=device)
     assert gpu.mini_batch == 2
     close(gpu.layers[0].output, cpu.layers[0].output, 1e-3)
     for a, b in zip(cpu.layers, gpu.layers):
@@ -756,19 +745,9 @@ def test_float16_skips_an_update_whose_gradients_overflow(write_cfg):
 def test_mixed_precision_training_follows_the_cpu(write_cfg, precision):
     """Two iterations of the small detector (the [yolo] loss, batch norm, SGD with momentum) in mixed precision:
     the losses and every weight the CPU's within the products' rounding."""
-    from helpers import small_yolo
-    from pydarknet.synthetic import shapes_batch
-
     device = _gpu()
-    x, t = shapes_batch(8, 32, seed=4)
-    runs = []
-    for name, where in (("cpu.cfg", None), ("gpu.cfg", device)):
-        net = small_yolo(write_cfg, 2, seed=3, name=name)
-        if where is not None:
-            net.set_device(where)
-            net.gpu_precision = precision
-        runs.append((net, [net.train_batch(x, t) for _ in range(2)]))
-    (cpu, want), (gpu, got) = runs
+    cpu, want = trained(write_cfg, 2, 2, name="cpu.cfg")
+    gpu, got = trained(write_cfg, 2, 2, name="gpu.cfg", device=device, precision=precision)
     tol = 64 * UNIT_ROUNDOFF[precision]
     np.testing.assert_allclose(got, want, rtol=tol)
     assert gpu.skipped_updates == 0
