@@ -21,20 +21,14 @@
  *
  * Which layers run where: every layer listed with DN_LAYER_GPU in
  * core/layer_list.h runs on the device through its ops table's forward_gpu
- * and backward_gpu; the loss heads (softmax, yolo, region) compute their
- * output there, then copy their input and output to the host for the loss
- * (one implementation, the CPU's) and copy its gradient back; cost and empty
- * run wholly on host copies (dn_gpu_host_forward and _backward). reorg3d,
- * listed with DN_LAYER, runs on the device with reorg's device passes. */
-#include "cuda.h"
-
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#ifdef DN_CUDNN
-#include <cudnn.h>
-#endif
+ * and backward_gpu; the loss heads ([softmax], [yolo], [region], [cost])
+ * compute their output there, then by default copy their input and output to
+ * the host for the loss and copy its gradient back (PYDARKNET_LOSS=device:
+ * the same loss functions on the device); [empty] and [fcos] run wholly on
+ * host copies (dn_gpu_host_forward and _backward). reorg3d, listed with
+ * DN_LAYER, runs on the device with reorg's device passes. The matrix
+ * products are cuda_gemm.cu's; the context is cuda_context.h's. */
+#include "cuda_context.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,66 +36,10 @@
 
 extern const dn_backend dn_cuda_backend; /* the table at the end */
 
-struct dn_cuda {
-    int device;
-    int sync_each;            /* synchronize after every layer (PYDARKNET_CUDA_SYNC) */
-    cudaStream_t stream;      /* the network's: every pass's work, in order */
-    cublasHandle_t blas;
-    float *input, *input_delta; /* input: the buffer of the last pass, one of inputs[] */
-    size_t input_n;
-    /* The input's device buffers: [0], and for training passes [1] too, taken in turn, so that a pass's input
-     * goes up on the upload stream while the device still runs the pass before, which reads the other one.
-     * Per buffer: `released` is recorded on the network's stream when a later pass begins (every pass that read
-     * the buffer is queued before it), the upload waits for it; `uploaded` is recorded on the upload stream after
-     * the copy, the pass waits for it, and so does the host before it writes the buffer's staging again. */
-    float *inputs[2];
-    int input_k;
-    cudaStream_t upload;
-    cudaEvent_t uploaded[2], released[2];
-    int upload_pending[2];
-    /* the input goes through page-locked staging (a DMA at full speed; a pageable copy is staged by the driver
-     * in small pieces), one per input buffer: the caller's array is copied into it, then copied to the device
-     * asynchronously. NULL: plain copies (page-locked memory refused). */
-    float *staging[2];
-    size_t staging_n[2];
-    /* The inference layers as a CUDA graph (PYDARKNET_CUDA_GRAPHS=1; run_layers): made for one memory layout
-     * (the allocation count, graph_layout); warm_layout: the layout of the last eager inference pass (a graph is
-     * captured on the pass after); no_graph_layout: a layout whose pass could not be captured. */
-    /* Mixed precision (dn_net_set_gpu_precision): the matrix products' operands rounded to float16 or bfloat16
-     * into `reduced` (grown as needed); float16's loss scale, the updates in a row since it last changed, the
-     * updates skipped; `nonfinite`: a device flag set by a gradient that is not finite. */
-    int precision;
-    float loss_scale;
-    long long good_updates, skipped_updates;
-    void *reduced[2];
-    size_t reduced_cap[2];
-    int *nonfinite;
-    int graphs;
-    long long graph_launches;
-    cudaGraphExec_t graph;
-    unsigned long long graph_layout, warm_layout, no_graph_layout;
-    float *workspace;
-    size_t workspace_n;
-    int *delta_dirty;         /* per layer, and [nlayers] for the input: the host delta was handed out */
-    /* host buffers registered as page-locked (cudaHostRegister): those that cross to the host in every
-     * training pass (a loss head's input, output and delta, a host-pass layer's and its sources'), so that
-     * their copies run as DMA at full speed instead of through the driver's small pageable staging */
-    void **pinned;
-    int npinned, pinned_cap;
-    /* per layer: a plan (dn_gpu_plan) and how to release it */
-    void **plans;
-    void (**plan_release)(void *);
-    int nplans;
-#ifdef DN_CUDNN
-    cudnnHandle_t dnn;        /* NULL: cuDNN could not start */
-    int use_dnn;
-#endif
-};
-
 /* Counts every device allocation, plan release and cuDNN switch: a CUDA graph holds the device pointers and
  * plans of the pass it was made from, so it serves only while the count is unchanged. */
 static unsigned long long memory_layout;
-static void layout_changed(void) { __atomic_add_fetch(&memory_layout, 1ull, __ATOMIC_RELAXED); }
+void dn_cuda_layout_changed(void) { __atomic_add_fetch(&memory_layout, 1ull, __ATOMIC_RELAXED); }
 static unsigned long long current_layout(void) { return __atomic_load_n(&memory_layout, __ATOMIC_RELAXED); }
 
 /* The stream of the network whose pass runs in this thread (use_device sets it). */
@@ -109,9 +47,9 @@ static thread_local cudaStream_t thread_stream = 0;
 cudaStream_t dn_gpu_stream(void) { return thread_stream; }
 
 /* every layer's plan released (their shapes change, or the device copies go) */
-static void free_plans(dn_cuda *ctx)
+void dn_cuda_free_plans(dn_cuda *ctx)
 {
-    layout_changed();
+    dn_cuda_layout_changed();
     for (int i = 0; i < ctx->nplans; ++i) {
         if (ctx->plans[i] && ctx->plan_release[i]) ctx->plan_release[i](ctx->plans[i]);
         free(ctx->plans[i]);
@@ -120,7 +58,7 @@ static void free_plans(dn_cuda *ctx)
     }
 }
 
-static dn_status cuda_fail(cudaError_t e, const char *what)
+dn_status dn_cuda_fail(cudaError_t e, const char *what)
 {
     const dn_status s = e == cudaErrorMemoryAllocation ? DN_ERR_NOMEM : DN_ERR_STATE;
     return dn_fail(s, "CUDA: %s: %s", what, cudaGetErrorString(e));
@@ -130,7 +68,7 @@ static dn_status dev_alloc(float **p, size_t n, const char *what)
 {
     void *q = NULL;
     *p = NULL;
-    layout_changed();
+    dn_cuda_layout_changed();
     cudaError_t e = cudaMalloc(&q, (n ? n : 1) * sizeof(float));
     /* zeroed before anything (on any stream) may use it */
     if (e == cudaSuccess) e = cudaMemsetAsync(q, 0, (n ? n : 1) * sizeof(float), thread_stream);
@@ -139,7 +77,7 @@ static dn_status dev_alloc(float **p, size_t n, const char *what)
         if (q) cudaFree(q);
         char msg[160];
         snprintf(msg, sizeof(msg), "allocating %zu floats for %s", n, what);
-        return cuda_fail(e, msg);
+        return dn_cuda_fail(e, msg);
     }
     *p = (float *)q;
     return DN_OK;
@@ -168,7 +106,7 @@ static dn_status push(float *dev, const float *host, size_t n)
     if (s) return s;
     cudaError_t e = cudaMemcpyAsync(dev, host, n * sizeof(float), cudaMemcpyHostToDevice, thread_stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(thread_stream);
-    return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying to the device");
+    return e == cudaSuccess ? DN_OK : dn_cuda_fail(e, "copying to the device");
 }
 
 static dn_status pull(float *host, const float *dev, size_t n)
@@ -178,7 +116,7 @@ static dn_status pull(float *host, const float *dev, size_t n)
     if (s) return s;
     cudaError_t e = cudaMemcpyAsync(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost, thread_stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(thread_stream);
-    return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying to the host");
+    return e == cudaSuccess ? DN_OK : dn_cuda_fail(e, "copying to the host");
 }
 
 dn_status dn_gpu_push(float *dev, const float *host, size_t n) { return push(dev, host, n); }
@@ -204,11 +142,11 @@ dn_status dn_gpu_loss_total(const double *dev, size_t runs, size_t per, double s
 }
 
 /* The network's device and stream made the thread's current ones. */
-static dn_status use_device(const dn_net *net)
+dn_status dn_cuda_use_device(const dn_net *net)
 {
     const cudaError_t e = cudaSetDevice(net->cuda->device);
     thread_stream = net->cuda->stream;
-    return e == cudaSuccess ? DN_OK : cuda_fail(e, "selecting the device");
+    return e == cudaSuccess ? DN_OK : dn_cuda_fail(e, "selecting the device");
 }
 
 /* ---- devices ---- */
@@ -237,7 +175,7 @@ dn_status dn_gpu_device_name(int index, char *buf, int size)
     if (index < 0 || index >= n) return dn_fail(DN_ERR_ARG, "CUDA device %d does not exist (%d found)", index, n);
     cudaDeviceProp prop;
     const cudaError_t e = cudaGetDeviceProperties(&prop, index);
-    if (e != cudaSuccess) return cuda_fail(e, "reading the device properties");
+    if (e != cudaSuccess) return dn_cuda_fail(e, "reading the device properties");
     snprintf(buf, (size_t)size, "%s", prop.name);
     return DN_OK;
 }
@@ -276,7 +214,7 @@ dn_status dn_gpu_set_cudnn(dn_net *net, int on)
 #ifdef DN_CUDNN
     if (!net->cuda) return on ? dn_fail(DN_ERR_STATE, "the network is not on a CUDA device") : DN_OK;
     if (on && !net->cuda->dnn) return dn_fail(DN_ERR_UNSUPPORTED, "cuDNN could not be initialized on this device");
-    if (net->cuda->use_dnn != (on != 0)) layout_changed();
+    if (net->cuda->use_dnn != (on != 0)) dn_cuda_layout_changed();
     net->cuda->use_dnn = on != 0;
     return DN_OK;
 #else
@@ -408,9 +346,9 @@ static dn_status input_buffer(dn_cuda *ctx, int k)
 static dn_status gpu_allocate(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
-    dn_status s = use_device(net);
+    dn_status s = dn_cuda_use_device(net);
     if (s) return s;
-    free_plans(ctx);
+    dn_cuda_free_plans(ctx);
     if (ctx->nplans != net->nlayers) {
         free(ctx->plans);
         free(ctx->plan_release);
@@ -448,8 +386,6 @@ static dn_status gpu_allocate(dn_net *net)
     return DN_OK;
 }
 
-static dn_status precision_from_environment(dn_net *net);
-
 /* A switch from the environment: set, not empty and not "0". */
 static int env_on(const char *name)
 {
@@ -466,7 +402,7 @@ dn_status dn_gpu_open(dn_net *net, int device)
                        why == cudaSuccess ? "none present" : cudaGetErrorString(why));
     if (device < 0 || device >= n) return dn_fail(DN_ERR_ARG, "CUDA device %d does not exist (%d found)", device, n);
     cudaError_t e = cudaSetDevice(device);
-    if (e != cudaSuccess) return cuda_fail(e, "selecting the device");
+    if (e != cudaSuccess) return dn_cuda_fail(e, "selecting the device");
     dn_cuda *ctx = (dn_cuda *)calloc(1, sizeof(dn_cuda));
     if (!ctx) return dn_fail(DN_ERR_NOMEM, "out of memory");
     ctx->device = device;
@@ -480,13 +416,13 @@ dn_status dn_gpu_open(dn_net *net, int device)
     /* Non-blocking: no implicit ordering with the legacy default stream (another thread's copies there would
      * break a graph's capture); everything of the network's is ordered on its stream explicitly. */
     if ((e = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)
-        s = cuda_fail(e, "creating a stream");
+        s = dn_cuda_fail(e, "creating a stream");
     if (!s && (e = cudaStreamCreateWithFlags(&ctx->upload, cudaStreamNonBlocking)) != cudaSuccess)
-        s = cuda_fail(e, "creating a stream");
+        s = dn_cuda_fail(e, "creating a stream");
     for (int k = 0; k < 2 && !s; ++k)
         if ((e = cudaEventCreateWithFlags(&ctx->uploaded[k], cudaEventDisableTiming)) != cudaSuccess ||
             (e = cudaEventCreateWithFlags(&ctx->released[k], cudaEventDisableTiming)) != cudaSuccess)
-            s = cuda_fail(e, "creating an event");
+            s = dn_cuda_fail(e, "creating an event");
     if (!s && cublasCreate(&ctx->blas) != CUBLAS_STATUS_SUCCESS) {
         ctx->blas = NULL;
         s = dn_fail(DN_ERR_STATE, "CUDA: cuBLAS could not be initialized on device %d", device);
@@ -504,9 +440,9 @@ dn_status dn_gpu_open(dn_net *net, int device)
         ctx->use_dnn = ctx->dnn && !(dnn && !strcmp(dnn, "0"));
     }
 #endif
-    if (!s) s = use_device(net);
+    if (!s) s = dn_cuda_use_device(net);
     if (!s) s = gpu_allocate(net);
-    if (!s) s = precision_from_environment(net);
+    if (!s) s = dn_cuda_precision_from_environment(net);
     if (s) {
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", dn_last_error());
@@ -526,7 +462,7 @@ void dn_gpu_close(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
     if (!ctx) return;
-    if (ctx->stream) use_device(net); /* (a context part-made by dn_gpu_open has nothing on the device yet) */
+    if (ctx->stream) dn_cuda_use_device(net); /* (a context part-made by dn_gpu_open has nothing on the device yet) */
     dn_gpu_unpin(net);
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
@@ -553,7 +489,6 @@ void dn_gpu_close(dn_net *net)
     }
     drop_graph(ctx);
     for (int k = 0; k < 2; ++k) {
-        if (ctx->reduced[k]) cudaFree(ctx->reduced[k]);
         if (ctx->upload_pending[k]) cudaEventSynchronize(ctx->uploaded[k]);
         if (ctx->staging[k]) cudaFreeHost(ctx->staging[k]);
         dev_free(&ctx->inputs[k]);
@@ -561,10 +496,10 @@ void dn_gpu_close(dn_net *net)
         if (ctx->released[k]) cudaEventDestroy(ctx->released[k]);
     }
     ctx->input = NULL;
-    if (ctx->nonfinite) cudaFree(ctx->nonfinite);
+    dn_cuda_release_products(ctx);
     dev_free(&ctx->input_delta);
     dev_free(&ctx->workspace);
-    free_plans(ctx);
+    dn_cuda_free_plans(ctx);
     free(ctx->plans);
     free(ctx->plan_release);
 #ifdef DN_CUDNN
@@ -656,203 +591,11 @@ static dn_status layer_done(dn_net *net, dn_layer *l, const char *what)
     return dn_gpu_check(l, what);
 }
 
-/* ---- mixed precision ---- */
-#define LOSS_SCALE_START 65536.f
-#define LOSS_SCALE_MAX 16777216.f
-#define LOSS_SCALE_GROWTH_UPDATES 2000
-
-static const char *const precision_names[] = {"float32", "float16", "bfloat16"};
-
-int dn_gpu_precision(const dn_net *net) { return net->cuda ? net->cuda->precision : 0; }
-
-dn_status dn_gpu_set_precision(dn_net *net, int precision)
-{
-    dn_cuda *ctx = net->cuda;
-    if (!ctx) return precision ? dn_fail(DN_ERR_STATE, "the network is not on a CUDA device") : DN_OK;
-    if (ctx->precision != precision) {
-        free_plans(ctx); /* cuDNN's plans go (mixed precision takes the cuBLAS path); the layout changes */
-        ctx->loss_scale = precision == DN_PRECISION_FLOAT16 ? LOSS_SCALE_START : 1.f;
-        ctx->good_updates = 0;
-    }
-    ctx->precision = precision;
-    return DN_OK;
-}
-
-/* PYDARKNET_CUDA_PRECISION=float32|float16|bfloat16 when the network goes to the device */
-static dn_status precision_from_environment(dn_net *net)
-{
-    const char *v = getenv("PYDARKNET_CUDA_PRECISION");
-    if (!v || !*v) return DN_OK;
-    for (int p = 0; p < 3; ++p)
-        if (!strcmp(v, precision_names[p])) return dn_gpu_set_precision(net, p);
-    return dn_fail(DN_ERR_ARG, "PYDARKNET_CUDA_PRECISION=%s: give float32, float16 or bfloat16", v);
-}
-
-dn_status dn_gpu_set_loss_scale(dn_net *net, float scale)
-{
-    dn_cuda *ctx = net->cuda;
-    if (!ctx || ctx->precision != DN_PRECISION_FLOAT16)
-        return dn_fail(DN_ERR_STATE, "the loss scale is float16's: the network is not on a CUDA device in float16");
-    ctx->loss_scale = scale;
-    ctx->good_updates = 0;
-    return DN_OK;
-}
-
-dn_status dn_gpu_loss_scale(const dn_net *net, float *scale, long long *skipped)
-{
-    *scale = net->cuda ? net->cuda->loss_scale : 1.f;
-    *skipped = net->cuda ? net->cuda->skipped_updates : 0;
-    return DN_OK;
-}
-
-template <typename T> __device__ T to_reduced(float x);
-template <> __device__ __half to_reduced<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __nv_bfloat16 to_reduced<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T> __global__ void reduce_kernel(const float *x, T *y, size_t n, float scale)
-{
-    DN_KERNEL_LOOP(i, n) y[i] = to_reduced<T>(x[i] * scale);
-}
-
-/* How many floats from its start a product's operand spans: op(X) is rows x cols, X row-major with leading
- * dimension ld (X itself cols x rows when transposed), `count` of them `stride` apart. */
-static size_t operand_extent(int trans, int rows, int cols, int ld, long long stride, int count)
-{
-    if (rows <= 0 || cols <= 0 || count <= 0) return 0;
-    const size_t one = trans ? (size_t)(cols - 1) * ld + rows : (size_t)(rows - 1) * ld + cols;
-    return one + (size_t)(count - 1) * (size_t)stride;
-}
-
-/* x[0 .. n) times scale, rounded to the network's reduced type, in its buffer `slot` */
-static dn_status reduced_copy(dn_cuda *ctx, int slot, const float *x, size_t n, float scale, const void **out)
-{
-    const size_t bytes = (n ? n : 1) * 2; /* both types are 2 bytes */
-    if (ctx->reduced_cap[slot] < bytes) {
-        if (ctx->reduced[slot]) cudaFree(ctx->reduced[slot]);
-        ctx->reduced[slot] = NULL;
-        ctx->reduced_cap[slot] = 0;
-        layout_changed();
-        const cudaError_t e = cudaMalloc(&ctx->reduced[slot], bytes);
-        if (e != cudaSuccess) {
-            ctx->reduced[slot] = NULL;
-            return cuda_fail(e, "allocating a product's operand in reduced precision");
-        }
-        ctx->reduced_cap[slot] = bytes;
-    }
-    if (ctx->precision == DN_PRECISION_FLOAT16)
-        reduce_kernel<__half><<<dn_grid(n), DN_LAUNCH>>>(x, (__half *)ctx->reduced[slot], n, scale);
-    else
-        reduce_kernel<__nv_bfloat16><<<dn_grid(n), DN_LAUNCH>>>(x, (__nv_bfloat16 *)ctx->reduced[slot], n, scale);
-    *out = ctx->reduced[slot];
-    return DN_OK;
-}
-
-/* The product with both operands rounded to float16/bfloat16 (the gradient operand times the loss scale first),
- * float32 sums on the tensor cores, alpha divided by the scale, C float32. */
-static dn_status reduced_gemm(const dn_net *net, int ta, int tb, int M, int N, int K, float alpha, const float *A,
-                              int lda, long long sa, const float *B, int ldb, long long sb, float beta, float *C,
-                              int ldc, long long sc, int count, int grad)
-{
-    dn_cuda *ctx = net->cuda;
-    const float S = grad ? ctx->loss_scale : 1.f;
-    const void *ra = NULL, *rb = NULL;
-    dn_status s = reduced_copy(ctx, 0, A, operand_extent(ta, M, K, lda, sa, count), grad == DN_GEMM_GRAD_A ? S : 1.f,
-                               &ra);
-    if (!s)
-        s = reduced_copy(ctx, 1, B, operand_extent(tb, K, N, ldb, sb, count), grad == DN_GEMM_GRAD_B ? S : 1.f, &rb);
-    if (s) return s;
-    const cudaDataType_t t = ctx->precision == DN_PRECISION_FLOAT16 ? CUDA_R_16F : CUDA_R_16BF;
-    const float a = alpha / S;
-    const cublasStatus_t st = cublasGemmStridedBatchedEx(
-        ctx->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &a, rb, t, ldb, sb, ra, t,
-        lda, sa, &beta, C, CUDA_R_32F, ldc, sc, count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (st != CUBLAS_STATUS_SUCCESS)
-        return dn_fail(DN_ERR_STATE, "cuBLAS %s GEMM failed (status %d) for M=%d N=%d K=%d x %d",
-                       precision_names[ctx->precision], (int)st, M, N, K, count);
-    return DN_OK;
-}
-
-/* Before the update, in float16: whether every gradient is finite (*finite), the loss scale moved (halved on a
- * gradient that is not, doubled after LOSS_SCALE_GROWTH_UPDATES finite ones in a row). */
-__global__ void nonfinite_kernel(const float *g, size_t n, int *flag)
-{
-    DN_KERNEL_LOOP(i, n) if (!isfinite(g[i])) *flag = 1; /* every writer writes 1 */
-}
-
-static dn_status push_dirty(dn_net *net);
-
-static dn_status check_gradients(dn_net *net, int *finite)
-{
-    dn_cuda *ctx = net->cuda;
-    *finite = 1;
-    if (ctx->precision != DN_PRECISION_FLOAT16) return DN_OK;
-    dn_status s = use_device(net);
-    if (!s) s = push_dirty(net); /* gradients a hook wrote on the host */
-    if (s) return s;
-    cudaError_t e = ctx->nonfinite ? cudaSuccess : cudaMalloc(&ctx->nonfinite, sizeof(int));
-    if (e == cudaSuccess) e = cudaMemsetAsync(ctx->nonfinite, 0, sizeof(int), ctx->stream);
-    for (int i = 0; i < net->nlayers && e == cudaSuccess; ++i) {
-        const dn_layer *l = net->layers[i];
-        for (int j = 0; j < l->nparams; ++j)
-            if (l->params[j].grad_gpu)
-                nonfinite_kernel<<<dn_grid(l->params[j].count), DN_LAUNCH>>>(l->params[j].grad_gpu,
-                                                                              l->params[j].count, ctx->nonfinite);
-    }
-    int flag = 0;
-    if (e == cudaSuccess) e = cudaGetLastError();
-    if (e == cudaSuccess) e = cudaMemcpyAsync(&flag, ctx->nonfinite, sizeof(int), cudaMemcpyDeviceToHost, ctx->stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(ctx->stream);
-    if (e != cudaSuccess) return cuda_fail(e, "checking the gradients");
-    if (flag) {
-        *finite = 0;
-        ctx->skipped_updates++;
-        ctx->good_updates = 0;
-        if (ctx->loss_scale > 1.f) ctx->loss_scale *= 0.5f;
-        dn_log(net, DN_LOG_INFO, "float16: a gradient is not finite; no update this iteration, loss scale now %g",
-               (double)ctx->loss_scale);
-    } else if (++ctx->good_updates >= LOSS_SCALE_GROWTH_UPDATES) {
-        ctx->good_updates = 0;
-        if (ctx->loss_scale < LOSS_SCALE_MAX) ctx->loss_scale *= 2.f;
-    }
-    return DN_OK;
-}
-
-dn_status dn_gpu_gemm(const dn_net *net, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                      const float *B, int ldb, float beta, float *C, int ldc, int grad)
-{
-    if (net->cuda->precision)
-        return reduced_gemm(net, ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1, grad);
-    /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the
-     * row-major buffers read as column-major are the transposes */
-    const cublasStatus_t st = cublasSgemm(net->cuda->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                          N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc);
-    if (st != CUBLAS_STATUS_SUCCESS)
-        return dn_fail(DN_ERR_STATE, "cuBLAS sgemm failed (status %d) for M=%d N=%d K=%d", (int)st, M, N, K);
-    return DN_OK;
-}
-
-dn_status dn_gpu_gemm_strided(const dn_net *net, int ta, int tb, int M, int N, int K, float alpha, const float *A,
-                              int lda, long long stride_a, const float *B, int ldb, long long stride_b, float beta,
-                              float *C, int ldc, long long stride_c, int count, int grad)
-{
-    if (net->cuda->precision)
-        return reduced_gemm(net, ta, tb, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
-                            count, grad);
-    /* as dn_gpu_gemm: the row-major product read as column-major transposes */
-    const cublasStatus_t st = cublasSgemmStridedBatched(
-        net->cuda->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb,
-        stride_b, A, lda, stride_a, &beta, C, ldc, stride_c, count);
-    if (st != CUBLAS_STATUS_SUCCESS)
-        return dn_fail(DN_ERR_STATE, "cuBLAS strided batched sgemm failed (status %d) for M=%d N=%d K=%d x %d",
-                       (int)st, M, N, K, count);
-    return DN_OK;
-}
-
 /* ---- host copies ---- */
 static dn_status pull_output(dn_net *net, dn_layer *l)
 {
     if (!l->host_stale) return DN_OK;
-    dn_status s = use_device(net);
+    dn_status s = dn_cuda_use_device(net);
     if (!s) s = pull(l->output, l->output_gpu, (size_t)net->batch * l->outputs);
     if (!s) l->host_stale = 0;
     return s;
@@ -871,7 +614,7 @@ static size_t delta_count(const dn_net *net, int layer)
 static dn_status pull_delta(dn_net *net, int layer)
 {
     if (net->cuda->delta_dirty[layer]) return DN_OK; /* already handed out: the caller may have written it */
-    dn_status s = use_device(net);
+    dn_status s = dn_cuda_use_device(net);
     if (!s) s = pull(host_delta(net, layer), device_delta(net, layer), delta_count(net, layer));
     if (!s) net->cuda->delta_dirty[layer] = 1;
     return s;
@@ -880,7 +623,7 @@ static dn_status pull_delta(dn_net *net, int layer)
 static dn_status pull_param(dn_net *net, dn_param *p)
 {
     if (p->host_dirty) return DN_OK; /* already handed out: the host copy is the current one */
-    dn_status s = use_device(net);
+    dn_status s = dn_cuda_use_device(net);
     if (!s) s = pull(p->data, p->data_gpu, p->count);
     if (!s) s = pull(p->grad, p->grad_gpu, p->count);
     if (!s) s = pull(p->m, p->m_gpu, p->count);
@@ -890,7 +633,7 @@ static dn_status pull_param(dn_net *net, dn_param *p)
 }
 
 /* Parameters and deltas handed out to the caller go back to the device. */
-static dn_status push_dirty(dn_net *net)
+dn_status dn_cuda_push_dirty(dn_net *net)
 {
     dn_status s = DN_OK;
     for (int i = 0; i < net->nlayers && !s; ++i) {
@@ -1012,7 +755,7 @@ static dn_status push_input(dn_net *net)
     dn_cuda *ctx = net->cuda;
     /* the last pass's buffer: free once the work queued so far is done */
     cudaError_t e = cudaEventRecord(ctx->released[ctx->input_k], ctx->stream);
-    if (e != cudaSuccess) return cuda_fail(e, "recording an event");
+    if (e != cudaSuccess) return dn_cuda_fail(e, "recording an event");
     if (net->train && !ctx->inputs[1] && input_buffer(ctx, 1)) {
         dev_free(&ctx->inputs[1]); /* no room for a second buffer: the passes take turns with one */
         cudaGetLastError();
@@ -1025,9 +768,9 @@ static dn_status push_input(dn_net *net)
     if (!staging) return push(dev, net->input, n); /* on the network's stream, after the work before */
     e = ctx->upload_pending[k] ? cudaEventSynchronize(ctx->uploaded[k]) : cudaSuccess;
     ctx->upload_pending[k] = 0;
-    if (e != cudaSuccess) return cuda_fail(e, "waiting for the previous input copy");
+    if (e != cudaSuccess) return dn_cuda_fail(e, "waiting for the previous input copy");
     if ((e = cudaStreamWaitEvent(ctx->upload, ctx->released[k], 0)) != cudaSuccess)
-        return cuda_fail(e, "ordering the input copy");
+        return dn_cuda_fail(e, "ordering the input copy");
     size_t piece = (n + STAGE_PIECES - 1) / STAGE_PIECES;
     if (piece < STAGE_MIN_PIECE) piece = STAGE_MIN_PIECE;
     for (size_t i = 0; i < n && e == cudaSuccess; i += piece) {
@@ -1038,7 +781,7 @@ static dn_status push_input(dn_net *net)
     if (e == cudaSuccess) e = cudaEventRecord(ctx->uploaded[k], ctx->upload);
     if (e == cudaSuccess) ctx->upload_pending[k] = 1;
     if (e == cudaSuccess) e = cudaStreamWaitEvent(ctx->stream, ctx->uploaded[k], 0);
-    return e == cudaSuccess ? DN_OK : cuda_fail(e, "copying the input to the device");
+    return e == cudaSuccess ? DN_OK : dn_cuda_fail(e, "copying the input to the device");
 }
 
 /* Before a forward pass: what the caller wrote goes back to the device, the
@@ -1048,8 +791,8 @@ static dn_status push_input(dn_net *net)
 static dn_status begin_forward(dn_net *net)
 {
     dn_cuda *ctx = net->cuda;
-    dn_status s = use_device(net);
-    if (!s) s = push_dirty(net);
+    dn_status s = dn_cuda_use_device(net);
+    if (!s) s = dn_cuda_push_dirty(net);
     if (!s) s = push_input(net);
     if (s) return s;
     for (int i = 0; i < net->nlayers; ++i) {
@@ -1064,7 +807,7 @@ static dn_status begin_forward(dn_net *net)
 static dn_status launch_graph(dn_cuda *ctx)
 {
     const cudaError_t e = cudaGraphLaunch(ctx->graph, ctx->stream);
-    if (e != cudaSuccess) return cuda_fail(e, "launching the forward pass's graph");
+    if (e != cudaSuccess) return dn_cuda_fail(e, "launching the forward pass's graph");
     ctx->graph_launches++;
     return DN_OK;
 }
@@ -1119,8 +862,8 @@ static dn_status layer_forward(dn_net *net, dn_layer *l)
 
 static dn_status begin_backward(dn_net *net)
 {
-    dn_status s = use_device(net);
-    return s ? s : push_dirty(net);
+    dn_status s = dn_cuda_use_device(net);
+    return s ? s : dn_cuda_push_dirty(net);
 }
 
 static dn_status layer_backward(dn_net *net, dn_layer *l)
@@ -1130,34 +873,34 @@ static dn_status layer_backward(dn_net *net, dn_layer *l)
 
 static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
 {
-    dn_status s = use_device(net);
-    if (!s) s = push_dirty(net);
+    dn_status s = dn_cuda_use_device(net);
+    if (!s) s = dn_cuda_push_dirty(net);
     if (s) return s;
     if (!p->grad_gpu || !p->m_gpu || (a->adam && !p->v_gpu))
         return dn_fail(DN_ERR_STATE, "parameter '%s' has no optimizer state on the device", p->name);
     dn_gpu_update_kernel(p->data_gpu, p->grad_gpu, p->m_gpu, p->v_gpu, p->count, a);
     const cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? DN_OK : cuda_fail(e, "the optimizer update");
+    return e == cudaSuccess ? DN_OK : dn_cuda_fail(e, "the optimizer update");
 }
 
 /* the device gradients zeroed, and the host copies where they were handed out (they go back to the device) */
 static dn_status zero_grads(dn_net *net, dn_layer *l)
 {
-    dn_status s = use_device(net);
+    dn_status s = dn_cuda_use_device(net);
     for (int j = 0; j < l->nparams && !s; ++j) {
         dn_param *p = &l->params[j];
         if (p->grad_gpu) dn_gpu_fill(p->grad_gpu, p->count, 0.f);
         if (p->grad && p->host_dirty) memset(p->grad, 0, p->count * sizeof(float));
     }
     const cudaError_t e = cudaGetLastError();
-    return s ? s : (e == cudaSuccess ? DN_OK : cuda_fail(e, "zeroing the gradients"));
+    return s ? s : (e == cudaSuccess ? DN_OK : dn_cuda_fail(e, "zeroing the gradients"));
 }
 
 static dn_status synchronize(dn_net *net)
 {
-    dn_status s = use_device(net);
+    dn_status s = dn_cuda_use_device(net);
     const cudaError_t e = s ? cudaSuccess : cudaDeviceSynchronize();
-    return s ? s : (e == cudaSuccess ? DN_OK : cuda_fail(e, "synchronizing"));
+    return s ? s : (e == cudaSuccess ? DN_OK : dn_cuda_fail(e, "synchronizing"));
 }
 
 const dn_backend dn_cuda_backend = {
@@ -1173,7 +916,7 @@ const dn_backend dn_cuda_backend = {
     pull_delta,
     pull_param,
     zero_grads,
-    check_gradients,
+    dn_cuda_check_gradients,
     update,
     synchronize,
 };
