@@ -4,11 +4,12 @@
 # tests in parallel workers on each convolution path, the GPU benchmark against
 # PyTorch (yolov4-tiny on both paths and in float16, yolov4), the per-kernel and per-layer
 # profiles, the training command end to end and the loader on the host's
-# cores, compute-sanitizer's memcheck over the newest device paths, and writes
-# every log and JSON into the folder it is given.
+# cores (and, asked, compute-sanitizer's memcheck over the newest device
+# paths), and writes every log and JSON into the folder it is given.
 #
 #   bash scripts/gpu_check.sh OUT_DIR [ARCH]      # ARCH: CUDA compute capability, e.g. 90 (default: 90)
 #   SKIP="bench_gpu_yolov4 profile_layers" bash scripts/gpu_check.sh OUT_DIR   # leaves the named steps out
+#   MEMCHECK=1 bash scripts/gpu_check.sh OUT_DIR   # adds compute-sanitizer's memcheck of the newest device paths
 #
 # Needs: nvcc, a CUDA device, the project's Python dependencies (cffi, numpy,
 # scipy-openblas32, pytest, pytest-xdist, nvidia-cublas; nvidia-cudnn-cu13 for
@@ -59,8 +60,8 @@ for path in $paths; do   # PYDARKNET_CUDNN=0 turns cuDNN off in a build that has
     step "bench_gpu_yolov4-tiny_$path" 150 env PYDARKNET_CUDNN=$dnn $PY benchmarks/bench_gpu.py --cfg yolov4-tiny \
         --warmup 5 --repeat 30 --batch-repeat 6 --json "$OUT/torch_cuda_yolov4-tiny_$path.json"
 done
-# compute-sanitizer's memcheck over the paths written without a GPU (small networks: memcheck is slow)
-if command -v compute-sanitizer > /dev/null; then
+# MEMCHECK=1: compute-sanitizer's memcheck over the paths written without a GPU (small networks; about a minute)
+if [ "${MEMCHECK:-0}" = 1 ] && command -v compute-sanitizer > /dev/null; then
     TAIL=8 step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -p no:cacheprovider \
         tests/test_cuda.py -k "gradients_below_float16 or float16_skips or own_input or leave_a_pass or bucket_hook" ||
         status=1

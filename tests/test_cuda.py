@@ -681,16 +681,17 @@ def test_mixed_precision_forward_matches_cpu(write_cfg, case, precision):
 
 @pytest.mark.parametrize("precision", sorted(UNIT_ROUNDOFF))
 def test_mixed_precision_gradients_below_float16s_range_survive(write_cfg, precision):
-    """A loss whose gradient is 1e-9 everywhere (below float16's smallest value, 6e-8): float16's loss scale lifts
-    the gradient operand of every backward product into range before it is rounded (and takes it out of the
-    product after), so every weight gradient and the input's delta are the CPU's within the operands' rounding;
-    without the scale they would be zero. bfloat16 has float32's range and no scale."""
+    """A loss whose gradient is ~1e-7 (the deltas reaching the products 1e-8 to 2e-7: below float16's smallest
+    normal value, 6.1e-5, most below its smallest subnormal, 6e-8): float16's loss scale (65536) lifts the gradient
+    operand of every backward product into its normal range before it is rounded (and takes it out of the product
+    after), so every weight gradient and the input's delta are the CPU's within the operands' rounding; without
+    the scale they would be zero or a few subnormal steps. bfloat16 has float32's range and no scale."""
     cpu, gpu = _pair(write_cfg, CONV_VARIANTS + "[connected]\noutput=7\nactivation=leaky\n", 3, 12, 12)
     gpu.enable_training()
     gpu.gpu_precision = precision
     assert gpu.loss_scale == (65536.0 if precision == "float16" else 1.0)
     x = random_input((2, 3, 12, 12), 1) * 2 - 1
-    R = np.random.default_rng(2).standard_normal(2 * 7).astype(np.float32) * np.float32(1e-9)
+    R = np.random.default_rng(2).standard_normal(2 * 7).astype(np.float32) * np.float32(1e-7)
     want, got = _grads(cpu, x, R), _grads(gpu, x, R)
     for k in want:
         if k != "loss" and not (isinstance(k, tuple) and k[-1] == "value"):
