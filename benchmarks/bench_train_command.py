@@ -21,6 +21,11 @@ the loader. After --warmup iterations:
   share              = command / iteration (1.0: the loader never holds the
                        network back)
 
+and where an iteration's wall time goes, as means: train_batch, the wait for
+the loader, and the rest (the command's own work: logging, the chart,
+checkpoints; a mean train_batch above the median is the iteration's own
+spread).
+
     python benchmarks/bench_train_command.py                         # yolov4-tiny 416, batch 64, GPU 0
     python benchmarks/bench_train_command.py --gpus none --size 128 --batch 8 --iterations 4   # CPU
 """
@@ -126,6 +131,9 @@ def main(args):
     command_ips = args.batch * n / span
     iteration_ips = args.batch / statistics.median(r["seconds"] for r in timed)
     load_wait = statistics.median(r["load_seconds"] for r in timed)
+    mean_train = statistics.fmean(r["seconds"] for r in timed)
+    mean_load = statistics.fmean(r["load_seconds"] for r in timed)
+    mean_rest = span / n - mean_train - mean_load
     try:
         import pydarknet
 
@@ -141,12 +149,16 @@ def main(args):
         "cpu": info["cpu_model"], "cpus": info["cpus_usable"], "iterations": n,
         "command_images_per_s": round(command_ips, 2), "iteration_images_per_s": round(iteration_ips, 2),
         "share": round(command_ips / iteration_ips, 3), "median_load_wait_s": round(load_wait, 4),
+        "mean_train_s": round(mean_train, 4), "mean_load_wait_s": round(mean_load, 4),
+        "mean_rest_s": round(mean_rest, 4),
         "command_wall_s": round(wall, 1), "startup_lines": startup[:4],
     }
     print("%s %dx%d batch %d, mosaic %d, %s (%s, %d CPUs): the command %.1f images/s, the iteration alone %.1f "
           "images/s: %.0f%% (median loader wait %.1f ms)"
           % (result["cfg"], args.size, args.size, args.batch, args.mosaic, result["device"], result["cpu"],
              result["cpus"], command_ips, iteration_ips, 100 * result["share"], 1000 * load_wait))
+    print("per iteration, means: train_batch %.1f ms, waiting for the loader %.1f ms, the rest %.1f ms"
+          % (1000 * mean_train, 1000 * mean_load, 1000 * mean_rest))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
