@@ -106,7 +106,7 @@ class World:
         self.error = None          # an exception raised inside the gradient hook
         self._buffer = None
         self._net = None
-        self._rolling = None   # the attached network's rolling statistics
+        self._rolling = None   # (network, its rolling statistics' (layer, parameter) indices)
         self._handle = ffi.new_handle(self)
         self.timeout = _number(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT, "a number of seconds")
         self.bucket_mb = _number(BUCKET_VARIABLE, DEFAULT_BUCKET_MB, "a number of megabytes, 0 or more")
@@ -207,8 +207,7 @@ class World:
 
     def average_rolling_statistics(self, net):
         """Batch norm's rolling mean and variance averaged over the ranks, in one
-        all-reduce (every rank calls it; the host copies must be current, as
-        they are inside the gradient hook)."""
+        all-reduce (every rank calls it)."""
         pending = []
         finish = self._average_rolling_statistics(net, pending)
         for job in pending:
@@ -218,17 +217,25 @@ class World:
     def _average_rolling_statistics(self, net, pending):
         """Starts the all-reduce of the rolling statistics (appended to `pending`); the returned function writes
         the averages back once it is done."""
-        if self._rolling is None:   # views of the C tensors, valid while the network lives
-            self._rolling = [v for layer in net.layers for k, v in layer.params.items() if k.startswith("rolling_")]
-        if not self._rolling:
+        if self._rolling is None or self._rolling[0] is not net:
+            self._rolling = (net, [(layer.index, j) for layer in net.layers
+                                   for j, k in enumerate(layer.params) if k.startswith("rolling_")])
+        # each handed out (on a device: brought to the host, and back before the next pass; the gradients cross
+        # apart, as one block); views of the C tensors
+        views = []
+        for i, j in self._rolling[1]:
+            data, count = ffi.new("float **"), ffi.new("size_t *")
+            check(lib.dn_layer_param(net._ptr, i, j, ffi.NULL, data, count))
+            views.append(np.frombuffer(ffi.buffer(data[0], count[0] * 4), np.float32))
+        if not views:
             return lambda: None
-        values = np.concatenate(self._rolling)
+        values = np.concatenate(views)
         pending.append(self._start(values))
 
         def finish():
             values[:] /= self.size
             at = 0
-            for v in self._rolling:
+            for v in views:
                 v[:] = values[at:at + v.size]
                 at += v.size
 

@@ -518,6 +518,52 @@ def test_the_bucket_hook_gets_the_devices_gradients_in_one_range(write_cfg):
         close(b[k], a[k], 1e-3)
 
 
+
+def test_the_gradient_hook_alone_gets_the_devices_gradients(write_cfg):
+    """On a device without a bucket hook, the gradient block is brought to the host (one copy) for the gradient
+    hook, which may rewrite it: the block it sees is the CPU's gradients, and doubling it with the image count
+    trains what the CPU trains plainly (the doubled block went back to the device as one copy)."""
+    from test_gradient_buckets import CFG, block, params
+    from pydarknet.synthetic import shapes_batch
+
+    device = _gpu()
+    nets = []
+    for name in ("cpu.cfg", "gpu.cfg"):
+        net = pydarknet.load(write_cfg(CFG, name))
+        randomize(net, 3)
+        net.enable_training()
+        nets.append(net)
+    cpu, gpu = nets
+    gpu.set_device(device)
+    seen, want = [], []
+    values, cpu_values = block(gpu), block(cpu)
+
+    @ffi.callback("dn_status(dn_net *, void *, unsigned long long *)")
+    def doubling(ptr, user, images):
+        seen.append(values.copy())
+        values[:] *= 2
+        images[0] *= 2
+        return lib.DN_OK
+
+    @ffi.callback("dn_status(dn_net *, void *, unsigned long long *)")
+    def recording(ptr, user, images):
+        want.append(cpu_values.copy())
+        return lib.DN_OK
+
+    check(lib.dn_net_set_gradient_hook(gpu._ptr, doubling, ffi.NULL))
+    check(lib.dn_net_set_gradient_hook(cpu._ptr, recording, ffi.NULL))
+    x, t = shapes_batch(12, 32, seed=4)
+    for k in range(2):
+        cpu.train_batch(x[6 * k:6 * k + 6], t[6 * k:6 * k + 6])
+        gpu.train_batch(x[6 * k:6 * k + 6], t[6 * k:6 * k + 6])
+    assert len(seen) == len(want) == 2
+    for got, ref in zip(seen, want):
+        close(got, ref, 1e-3)
+    a, b = params(cpu), params(gpu)
+    for k in a:
+        close(b[k], a[k], 1e-3)
+
+
 # ----------------------------------------------------------------------------- CUDA graphs, the input's upload
 
 def _public_model(write_cfg, name, size, batch):

@@ -22,6 +22,7 @@
  *   pull_delta      of a layer's delta (layer == nlayers: the input delta); the caller may
  *                   write it, and it goes back before the next pass
  *   pull_param      of a parameter with its gradient and optimizer state (the same)
+ *   pull_gradients  of the gradient block (net->grad_arena) alone, for the gradient hooks (the same)
  *   zero_grads      a layer's parameter gradients zeroed (wherever the current copy is)
  *   check_gradients before an update: *finite = 0 when it must be skipped (CUDA in float16: a gradient
  *                   is not finite; the loss scale moves); the CPU's always 1
@@ -79,6 +80,7 @@ struct dn_backend {
     dn_status (*pull_output)(dn_net *net, dn_layer *l);
     dn_status (*pull_delta)(dn_net *net, int layer);
     dn_status (*pull_param)(dn_net *net, dn_param *p);
+    dn_status (*pull_gradients)(dn_net *net);
     dn_status (*zero_grads)(dn_net *net, dn_layer *l);
     dn_status (*check_gradients)(dn_net *net, int *finite);
     dn_status (*update)(dn_net *net, dn_param *p, const dn_update_args *a);

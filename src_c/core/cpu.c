@@ -91,6 +91,7 @@ const dn_backend dn_cpu_backend = {
     .pull_output = on_host,
     .pull_delta = delta_on_host,
     .pull_param = param_on_host,
+    .pull_gradients = nothing,
     .zero_grads = zero_grads,
     .check_gradients = all_finite,
     .update = update,

@@ -240,14 +240,26 @@ dn_status dn_gpu_plan(dn_net *net, const dn_layer *l, size_t size, void (*releas
 }
 
 /* ---- the network's device memory ---- */
-static dn_status alloc_param(dn_param *p)
+/* Whether p's device gradient is a slice of the gradient block (else its own allocation). */
+static int grad_in_block(const dn_cuda *ctx, const dn_param *p)
 {
+    return ctx->grad_block && p->grad_gpu >= ctx->grad_block && p->grad_gpu < ctx->grad_block + ctx->grad_block_n;
+}
+
+static dn_status alloc_param(dn_net *net, dn_param *p)
+{
+    dn_cuda *ctx = net->cuda;
     dn_status s;
     if (!p->data_gpu && ((s = dev_alloc(&p->data_gpu, p->count, p->name)) || (s = push(p->data_gpu, p->data, p->count))))
         return s;
-    if (p->grad && !p->grad_gpu && ((s = dev_alloc(&p->grad_gpu, p->count, p->name)) ||
-                                    (s = push(p->grad_gpu, p->grad, p->count))))
-        return s;
+    if (p->grad && !p->grad_gpu) {
+        const size_t at = (size_t)(p->grad - net->grad_arena);
+        if (ctx->grad_block && p->grad >= net->grad_arena && at + p->count <= ctx->grad_block_n)
+            p->grad_gpu = ctx->grad_block + at; /* its place in the block, as on the host */
+        else if ((s = dev_alloc(&p->grad_gpu, p->count, p->name)))
+            return s;
+        if ((s = push(p->grad_gpu, p->grad, p->count))) return s;
+    }
     if (p->m && !p->m_gpu && ((s = dev_alloc(&p->m_gpu, p->count, p->name)) || (s = push(p->m_gpu, p->m, p->count))))
         return s;
     if (p->v && !p->v_gpu && ((s = dev_alloc(&p->v_gpu, p->count, p->name)) || (s = push(p->v_gpu, p->v, p->count))))
@@ -357,6 +369,11 @@ static dn_status gpu_allocate(dn_net *net)
         ctx->nplans = ctx->plans && ctx->plan_release ? net->nlayers : 0;
         if (!ctx->nplans) return dn_fail(DN_ERR_NOMEM, "out of memory");
     }
+    if (net->training && net->grad_arena && net->grad_count && !ctx->grad_block) {
+        /* the block, once training is on (gradients allocated before it stay where they are) */
+        if ((s = dev_alloc(&ctx->grad_block, net->grad_count, "the gradients"))) return s;
+        ctx->grad_block_n = net->grad_count;
+    }
     for (int i = 0; i < net->nlayers; ++i) {
         dn_layer *l = net->layers[i];
         const size_t n = (size_t)net->batch * l->outputs;
@@ -368,7 +385,7 @@ static dn_status gpu_allocate(dn_net *net)
             return dn_layer_fail(l, s, "%s", dn_last_error());
         l->host_stale = 0;
         for (int j = 0; j < l->nparams; ++j)
-            if ((s = alloc_param(&l->params[j]))) return dn_layer_fail(l, s, "%s", dn_last_error());
+            if ((s = alloc_param(net, &l->params[j]))) return dn_layer_fail(l, s, "%s", dn_last_error());
     }
     ctx->input_n = (size_t)net->batch * net->c * net->h * net->w;
     dev_free(&ctx->inputs[1]); /* made again when a training pass needs it */
@@ -471,13 +488,14 @@ void dn_gpu_close(dn_net *net)
             /* the device holds the current values unless the host copy was handed out since */
             if (!p->host_dirty) {
                 pull(p->data, p->data_gpu, p->count);
-                pull(p->grad, p->grad_gpu, p->count);
+                if (!ctx->grads_on_host) pull(p->grad, p->grad_gpu, p->count);
                 pull(p->m, p->m_gpu, p->count);
                 pull(p->v, p->v_gpu, p->count);
             }
             p->host_dirty = 0;
             dev_free(&p->data_gpu);
-            dev_free(&p->grad_gpu);
+            if (grad_in_block(ctx, p)) p->grad_gpu = NULL;
+            else dev_free(&p->grad_gpu);
             dev_free(&p->m_gpu);
             dev_free(&p->v_gpu);
         }
@@ -497,6 +515,9 @@ void dn_gpu_close(dn_net *net)
     }
     ctx->input = NULL;
     dn_cuda_release_products(ctx);
+    dev_free(&ctx->grad_block);
+    ctx->grad_block_n = 0;
+    ctx->grads_on_host = 0;
     dev_free(&ctx->input_delta);
     dev_free(&ctx->workspace);
     dn_cuda_free_plans(ctx);
@@ -625,11 +646,26 @@ static dn_status pull_param(dn_net *net, dn_param *p)
     if (p->host_dirty) return DN_OK; /* already handed out: the host copy is the current one */
     dn_status s = dn_cuda_use_device(net);
     if (!s) s = pull(p->data, p->data_gpu, p->count);
-    if (!s) s = pull(p->grad, p->grad_gpu, p->count);
+    if (!s && !net->cuda->grads_on_host) s = pull(p->grad, p->grad_gpu, p->count); /* (else the host's is current) */
     if (!s) s = pull(p->m, p->m_gpu, p->count);
     if (!s) s = pull(p->v, p->v_gpu, p->count);
     if (!s) p->host_dirty = 1;
     return s;
+}
+
+/* The host gradient block brought up to date in one copy (what was handed out goes to the device first, so the
+ * copy carries it back), for the gradient hooks, which may rewrite it; it goes back in one copy too. */
+static dn_status pull_gradients(dn_net *net)
+{
+    dn_cuda *ctx = net->cuda;
+    if (ctx->grads_on_host) return DN_OK;
+    dn_status s = dn_cuda_use_device(net);
+    if (!s) s = dn_cuda_push_dirty(net);
+    if (s) return s;
+    if (!ctx->grad_block) return dn_net_to_host(net, 0); /* (gradients made before the block: one by one) */
+    if ((s = pull(net->grad_arena, ctx->grad_block, ctx->grad_block_n))) return s;
+    ctx->grads_on_host = 1;
+    return DN_OK;
 }
 
 /* Parameters and deltas handed out to the caller go back to the device. */
@@ -641,13 +677,17 @@ dn_status dn_cuda_push_dirty(dn_net *net)
         for (int j = 0; j < l->nparams && !s; ++j) {
             dn_param *p = &l->params[j];
             if (!p->host_dirty) continue;
-            if ((s = alloc_param(p))) break;
+            if ((s = alloc_param(net, p))) break;
             if (!s) s = push(p->data_gpu, p->data, p->count);
             if (!s) s = push(p->grad_gpu, p->grad, p->count);
             if (!s) s = push(p->m_gpu, p->m, p->count);
             if (!s) s = push(p->v_gpu, p->v, p->count);
             if (!s) p->host_dirty = 0;
         }
+    }
+    if (!s && net->cuda->grads_on_host) {
+        s = push(net->cuda->grad_block, net->grad_arena, net->cuda->grad_block_n);
+        if (!s) net->cuda->grads_on_host = 0;
     }
     for (int i = 0; i <= net->nlayers && !s; ++i) {
         if (!net->cuda->delta_dirty[i]) continue;
@@ -890,7 +930,7 @@ static dn_status zero_grads(dn_net *net, dn_layer *l)
     for (int j = 0; j < l->nparams && !s; ++j) {
         dn_param *p = &l->params[j];
         if (p->grad_gpu) dn_gpu_fill(p->grad_gpu, p->count, 0.f);
-        if (p->grad && p->host_dirty) memset(p->grad, 0, p->count * sizeof(float));
+        if (p->grad && (p->host_dirty || net->cuda->grads_on_host)) memset(p->grad, 0, p->count * sizeof(float));
     }
     const cudaError_t e = cudaGetLastError();
     return s ? s : (e == cudaSuccess ? DN_OK : dn_cuda_fail(e, "zeroing the gradients"));
@@ -915,6 +955,7 @@ const dn_backend dn_cuda_backend = {
     pull_output,
     pull_delta,
     pull_param,
+    pull_gradients,
     zero_grads,
     dn_cuda_check_gradients,
     update,

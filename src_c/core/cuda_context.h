@@ -53,6 +53,13 @@ struct dn_cuda {
     unsigned long long graph_layout, warm_layout, no_graph_layout;
     float *workspace;
     size_t workspace_n;
+    /* The parameters' gradients in one device block in the host block's order (net->grad_arena; each
+     * p->grad_gpu a slice at p->grad's offset), so that they cross to the host and back as one copy each way.
+     * grads_on_host: the host block was brought up to date and handed out (the gradient hooks may rewrite
+     * it); it goes back before the next device work with them. */
+    float *grad_block;
+    size_t grad_block_n;
+    int grads_on_host;
     int *delta_dirty;         /* per layer, and [nlayers] for the input: the host delta was handed out */
     /* host buffers registered as page-locked (cudaHostRegister): those that cross to the host in every
      * training pass (a loss head's input, output and delta, a host-pass layer's and its sources'), so that

@@ -145,12 +145,17 @@ dn_status dn_cuda_check_gradients(dn_net *net, int *finite)
     if (s) return s;
     cudaError_t e = ctx->nonfinite ? cudaSuccess : cudaMalloc(&ctx->nonfinite, sizeof(int));
     if (e == cudaSuccess) e = cudaMemsetAsync(ctx->nonfinite, 0, sizeof(int), ctx->stream);
-    for (int i = 0; i < net->nlayers && e == cudaSuccess; ++i) {
+    if (e == cudaSuccess && ctx->grad_block) /* every gradient in one pass over the block */
+        nonfinite_kernel<<<dn_grid(ctx->grad_block_n), DN_LAUNCH>>>(ctx->grad_block, ctx->grad_block_n, ctx->nonfinite);
+    for (int i = 0; i < net->nlayers && e == cudaSuccess; ++i) { /* and those outside it */
         const dn_layer *l = net->layers[i];
-        for (int j = 0; j < l->nparams; ++j)
-            if (l->params[j].grad_gpu)
-                nonfinite_kernel<<<dn_grid(l->params[j].count), DN_LAUNCH>>>(l->params[j].grad_gpu,
-                                                                              l->params[j].count, ctx->nonfinite);
+        for (int j = 0; j < l->nparams; ++j) {
+            const dn_param *p = &l->params[j];
+            const int in_block = ctx->grad_block && p->grad_gpu >= ctx->grad_block &&
+                                 p->grad_gpu < ctx->grad_block + ctx->grad_block_n;
+            if (p->grad_gpu && !in_block)
+                nonfinite_kernel<<<dn_grid(p->count), DN_LAUNCH>>>(p->grad_gpu, p->count, ctx->nonfinite);
+        }
     }
     int flag = 0;
     if (e == cudaSuccess) e = cudaGetLastError();

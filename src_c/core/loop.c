@@ -118,7 +118,7 @@ dn_status dn_run_forward(dn_net *net)
 dn_status dn_hand_over_gradients(dn_net *net, size_t low)
 {
     dn_status s = DN_OK;
-    if (net->backend != &dn_cpu_backend && (s = dn_net_to_host(net, 0))) return s;
+    if ((s = net->backend->pull_gradients(net))) return s;
     if (low < net->bucket_end) s = net->bucket_hook(net, net->bucket_hook_user, low, net->bucket_end - low);
     net->bucket_end = low;
     return s;

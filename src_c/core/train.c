@@ -392,7 +392,8 @@ dn_status dn_net_train_batch(dn_net *net, const float *input, size_t count, cons
     }
     if (net->grad_hook) {
         const unsigned long long before = net->images_since_update;
-        s = net->grad_hook(net, net->grad_hook_user, &net->images_since_update);
+        s = net->backend->pull_gradients(net); /* (on a device, where no bucket hook brought them) */
+        if (!s) s = net->grad_hook(net, net->grad_hook_user, &net->images_since_update);
         if (s) {
             zero_grads(net);
             return s;
