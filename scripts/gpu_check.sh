@@ -63,7 +63,7 @@ done
 # MEMCHECK=1: compute-sanitizer's memcheck over the paths written without a GPU (small networks; about a minute)
 if [ "${MEMCHECK:-0}" = 1 ] && command -v compute-sanitizer > /dev/null; then
     TAIL=8 step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -p no:cacheprovider \
-        tests/test_cuda.py -k "gradients_below_float16 or float16_skips or own_input or leave_a_pass or bucket_hook" ||
+        tests/test_cuda.py -k "gradients_below_float16 or float16_skips or own_input or leave_a_pass or bucket_hook or hook_alone" ||
         status=1
 fi
 step bench_gpu_yolov4-tiny_float16 120 $PY benchmarks/bench_gpu.py --cfg yolov4-tiny --precision float16 --warmup 5 \
