@@ -200,11 +200,8 @@ def build(args):
     from torch_darknet import DarknetTorch
 
     cfg = sized_cfg(resolve_cfg(args.cfg, args.cfg_dir), args.size, args.cache)
-    weights = random_weights(cfg, args.seed, args.cache, args.threads)
-    spec = pydarknet.parse_cfg(cfg)
-    spec.options["subdivisions"] = args.subdivisions
-    net = pydarknet.Network(spec, batch=args.batch, threads=args.threads)
-    net.load_weights(weights)
+    net = dn_network(args, cfg, args.batch)
+    spec = net.spec
     try:
         model = DarknetTorch(spec)
     except pydarknet.CfgError as e:
@@ -242,12 +239,18 @@ def check_mixed(net, model, dev, x, precision):
     return {"pydarknet_vs_float32": err, "torch_autocast_vs_float32": amp_err}
 
 
-def graph_network(args, cfg):
-    """A pydarknet network of batch 1 with the benchmark's weights on the GPU, its inference passes as CUDA graphs."""
+def dn_network(args, cfg, batch):
+    """The pydarknet network of the sized cfg with the benchmark's seeded weights (written once), on the CPU."""
     spec = pydarknet.parse_cfg(cfg)
     spec.options["subdivisions"] = args.subdivisions
-    gnet = pydarknet.Network(spec, batch=1, threads=args.threads)
-    gnet.load_weights(random_weights(cfg, args.seed, args.cache, args.threads))
+    net = pydarknet.Network(spec, batch=batch, threads=args.threads)
+    net.load_weights(random_weights(cfg, args.seed, args.cache, args.threads))
+    return net
+
+
+def graph_network(args, cfg):
+    """A pydarknet network of batch 1 with the benchmark's weights on the GPU, its inference passes as CUDA graphs."""
+    gnet = dn_network(args, cfg, 1)
     gnet.set_device(args.gpu)
     gnet.gpu_precision = args.precision
     gnet.cuda_graphs = True

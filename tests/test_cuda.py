@@ -73,16 +73,18 @@ def test_every_kernel_launch_names_the_networks_stream():
             assert m.group(1).rstrip().endswith("DN_LAUNCH"), f"{src}: <<<{m.group(1)}>>>"
 
 
+# the layers' .c files that name device passes in their ops table
+GPU_LAYER_SOURCES = sorted(c for c in (_build_ffi.SRC / "layers").glob("*.c") if "DN_GPU_OPS(" in c.read_text())
+
+
 def test_every_gpu_layer_has_its_cuda_file():
     """The layers that name device passes in their ops table have layer.cu beside layer.c."""
-    for c_file in (_build_ffi.SRC / "layers").glob("*.c"):
-        if "DN_GPU_OPS(" in c_file.read_text():
-            assert c_file.with_suffix(".cu").exists(), c_file
+    for c_file in GPU_LAYER_SOURCES:
+        assert c_file.with_suffix(".cu").exists(), c_file
 
 
 @pytest.mark.parametrize("name", ["core/network.c", "core/train.c", "core/device.c", "core/detections.c"] +
-                         sorted(os.path.relpath(c, _build_ffi.SRC) for c in (_build_ffi.SRC / "layers").glob("*.c")
-                                if "DN_GPU_OPS(" in c.read_text()))
+                         [os.path.relpath(c, _build_ffi.SRC) for c in GPU_LAYER_SOURCES])
 def test_c_side_compiles_for_cuda(tmp_path, name):
     """The C files that dispatch to the device compile with DN_CUDA too (no CUDA headers needed)."""
     cc = shutil.which("gcc") or shutil.which("cc")
@@ -639,7 +641,7 @@ def test_cuda_graphs_run_what_the_layers_run(write_cfg):
 
 def _device_layer_types():
     """The layer types with device passes (a .cu beside their .c; [reorg3d] runs [reorg]'s)."""
-    return {c.stem for c in (_build_ffi.SRC / "layers").glob("*.c") if "DN_GPU_OPS(" in c.read_text()} | {"reorg3d"}
+    return {c.stem for c in GPU_LAYER_SOURCES} | {"reorg3d"}
 
 
 @pytest.mark.parametrize("case", select(gpu=True))

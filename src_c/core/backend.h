@@ -24,8 +24,9 @@
  *   pull_param      of a parameter with its gradient and optimizer state (the same)
  *   pull_gradients  of the gradient block (net->grad_arena) alone, for the gradient hooks (the same)
  *   zero_grads      a layer's parameter gradients zeroed (wherever the current copy is)
- *   check_gradients before an update: *finite = 0 when it must be skipped (CUDA in float16: a gradient
- *                   is not finite; the loss scale moves); the CPU's always 1
+ *   begin_update    before an update's per-parameter steps: what the caller wrote goes to the backend;
+ *                   *finite = 0 when the update must be skipped (CUDA in float16: a gradient is not
+ *                   finite; the loss scale moves); the CPU's always 1
  *   update          one parameter's optimizer step (core/train.c's formulas)
  *   synchronize     wait until everything launched has finished (profiling, hand-outs)
  * A distributed gradient all-reduce goes between the last backward pass and
@@ -82,7 +83,7 @@ struct dn_backend {
     dn_status (*pull_param)(dn_net *net, dn_param *p);
     dn_status (*pull_gradients)(dn_net *net);
     dn_status (*zero_grads)(dn_net *net, dn_layer *l);
-    dn_status (*check_gradients)(dn_net *net, int *finite);
+    dn_status (*begin_update)(dn_net *net, int *finite);
     dn_status (*update)(dn_net *net, dn_param *p, const dn_update_args *a);
     dn_status (*synchronize)(dn_net *net);
 };

@@ -71,8 +71,9 @@ static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
 
 static dn_status run_layers(dn_net *net, dn_status (*layers)(dn_net *)) { return layers(net); }
 
-/* float32 gradients: the loss's finiteness, checked per mini-batch, stands for them */
-static dn_status all_finite(dn_net *net, int *finite)
+/* the host buffers are the current ones; float32 gradients: the loss's finiteness, checked per mini-batch,
+ * stands for them */
+static dn_status begin_update(dn_net *net, int *finite)
 {
     (void)net;
     *finite = 1;
@@ -93,7 +94,7 @@ const dn_backend dn_cpu_backend = {
     .pull_param = param_on_host,
     .pull_gradients = nothing,
     .zero_grads = zero_grads,
-    .check_gradients = all_finite,
+    .begin_update = begin_update,
     .update = update,
     .synchronize = nothing,
 };

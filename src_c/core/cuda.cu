@@ -122,23 +122,31 @@ static dn_status pull(float *host, const float *dev, size_t n)
 dn_status dn_gpu_push(float *dev, const float *host, size_t n) { return push(dev, host, n); }
 dn_status dn_gpu_pull(float *host, const float *dev, size_t n) { return pull(host, dev, n); }
 
-dn_status dn_gpu_loss_total(const double *dev, size_t runs, size_t per, double scale, double *total)
+dn_status dn_gpu_loss_total(dn_net *net, const double *dev, size_t runs, size_t per, double scale, double *total)
 {
+    dn_cuda *ctx = net->cuda;
     const size_t n = runs * per;
-    double *host = (double *)malloc((n ? n : 1) * sizeof(double));
-    if (!host) return dn_fail(DN_ERR_NOMEM, "out of memory for %zu loss values", n);
-    dn_status s = pull((float *)host, (const float *)dev, 2 * n);
-    if (!s) {
-        double sum = 0;
-        for (size_t r = 0; r < runs; ++r) {
-            double run = 0;
-            for (size_t e = 0; e < per; ++e) run += host[r * per + e];
-            sum += run * scale;
-        }
-        *total = sum;
+    if (ctx->loss_host_n < n) { /* kept for the next pass (page-locked: the copy runs at full speed) */
+        if (ctx->loss_host) cudaFreeHost(ctx->loss_host);
+        ctx->loss_host = NULL;
+        ctx->loss_host_n = 0;
+        void *p = NULL;
+        const cudaError_t e = cudaHostAlloc(&p, n * sizeof(double), cudaHostAllocDefault);
+        if (e != cudaSuccess) return dn_cuda_fail(e, "allocating the host copy of the loss values");
+        ctx->loss_host = (double *)p;
+        ctx->loss_host_n = n;
     }
-    free(host);
-    return s;
+    const double *host = ctx->loss_host;
+    const dn_status s = pull((float *)ctx->loss_host, (const float *)dev, 2 * n);
+    if (s) return s;
+    double sum = 0;
+    for (size_t r = 0; r < runs; ++r) {
+        double run = 0;
+        for (size_t e = 0; e < per; ++e) run += host[r * per + e];
+        sum += run * scale;
+    }
+    *total = sum;
+    return DN_OK;
 }
 
 /* The network's device and stream made the thread's current ones. */
@@ -240,24 +248,15 @@ dn_status dn_gpu_plan(dn_net *net, const dn_layer *l, size_t size, void (*releas
 }
 
 /* ---- the network's device memory ---- */
-/* Whether p's device gradient is a slice of the gradient block (else its own allocation). */
-static int grad_in_block(const dn_cuda *ctx, const dn_param *p)
-{
-    return ctx->grad_block && p->grad_gpu >= ctx->grad_block && p->grad_gpu < ctx->grad_block + ctx->grad_block_n;
-}
-
 static dn_status alloc_param(dn_net *net, dn_param *p)
 {
     dn_cuda *ctx = net->cuda;
     dn_status s;
     if (!p->data_gpu && ((s = dev_alloc(&p->data_gpu, p->count, p->name)) || (s = push(p->data_gpu, p->data, p->count))))
         return s;
-    if (p->grad && !p->grad_gpu) {
-        const size_t at = (size_t)(p->grad - net->grad_arena);
-        if (ctx->grad_block && p->grad >= net->grad_arena && at + p->count <= ctx->grad_block_n)
-            p->grad_gpu = ctx->grad_block + at; /* its place in the block, as on the host */
-        else if ((s = dev_alloc(&p->grad_gpu, p->count, p->name)))
-            return s;
+    if (p->grad && !p->grad_gpu) { /* its place in the device block, as on the host (gpu_allocate made it) */
+        if (!ctx->grad_block) return dn_fail(DN_ERR_STATE, "'%s' has a gradient but the device has no block", p->name);
+        p->grad_gpu = ctx->grad_block + (p->grad - net->grad_arena);
         if ((s = push(p->grad_gpu, p->grad, p->count))) return s;
     }
     if (p->m && !p->m_gpu && ((s = dev_alloc(&p->m_gpu, p->count, p->name)) || (s = push(p->m_gpu, p->m, p->count))))
@@ -370,7 +369,7 @@ static dn_status gpu_allocate(dn_net *net)
         if (!ctx->nplans) return dn_fail(DN_ERR_NOMEM, "out of memory");
     }
     if (net->training && net->grad_arena && net->grad_count && !ctx->grad_block) {
-        /* the block, once training is on (gradients allocated before it stay where they are) */
+        /* the block, once training is on: every gradient is a slice of it */
         if ((s = dev_alloc(&ctx->grad_block, net->grad_count, "the gradients"))) return s;
         ctx->grad_block_n = net->grad_count;
     }
@@ -494,8 +493,7 @@ void dn_gpu_close(dn_net *net)
             }
             p->host_dirty = 0;
             dev_free(&p->data_gpu);
-            if (grad_in_block(ctx, p)) p->grad_gpu = NULL;
-            else dev_free(&p->grad_gpu);
+            p->grad_gpu = NULL; /* a slice of the block */
             dev_free(&p->m_gpu);
             dev_free(&p->v_gpu);
         }
@@ -515,6 +513,7 @@ void dn_gpu_close(dn_net *net)
     }
     ctx->input = NULL;
     dn_cuda_release_products(ctx);
+    if (ctx->loss_host) cudaFreeHost(ctx->loss_host);
     dev_free(&ctx->grad_block);
     ctx->grad_block_n = 0;
     ctx->grads_on_host = 0;
@@ -563,6 +562,14 @@ dn_status dn_gpu_buffer(dn_layer *l, int slot, size_t n, float **out)
     l->gpu_cap[slot] = n;
     *out = l->gpu_buf[slot];
     return DN_OK;
+}
+
+dn_status dn_gpu_buffer_bytes(dn_layer *l, int slot, size_t bytes, void **out)
+{
+    float *p;
+    const dn_status s = dn_gpu_buffer(l, slot, (bytes + sizeof(float) - 1) / sizeof(float), &p);
+    if (!s) *out = p;
+    return s;
 }
 
 dn_status dn_gpu_activation_delta(dn_layer *l, dn_activation act, int channels, int spatial, const float **out)
@@ -662,7 +669,7 @@ static dn_status pull_gradients(dn_net *net)
     dn_status s = dn_cuda_use_device(net);
     if (!s) s = dn_cuda_push_dirty(net);
     if (s) return s;
-    if (!ctx->grad_block) return dn_net_to_host(net, 0); /* (gradients made before the block: one by one) */
+    if (!ctx->grad_block) return DN_OK; /* no gradients */
     if ((s = pull(net->grad_arena, ctx->grad_block, ctx->grad_block_n))) return s;
     ctx->grads_on_host = 1;
     return DN_OK;
@@ -911,10 +918,10 @@ static dn_status layer_backward(dn_net *net, dn_layer *l)
     return l->ops->backward_gpu ? l->ops->backward_gpu(l, net) : dn_gpu_host_backward(net, l);
 }
 
+/* (begin_update sent what the host was handed back to the device) */
 static dn_status update(dn_net *net, dn_param *p, const dn_update_args *a)
 {
-    dn_status s = dn_cuda_use_device(net);
-    if (!s) s = dn_cuda_push_dirty(net);
+    const dn_status s = dn_cuda_use_device(net);
     if (s) return s;
     if (!p->grad_gpu || !p->m_gpu || (a->adam && !p->v_gpu))
         return dn_fail(DN_ERR_STATE, "parameter '%s' has no optimizer state on the device", p->name);
@@ -957,7 +964,7 @@ const dn_backend dn_cuda_backend = {
     pull_param,
     pull_gradients,
     zero_grads,
-    dn_cuda_check_gradients,
+    dn_cuda_begin_update,
     update,
     synchronize,
 };

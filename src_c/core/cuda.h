@@ -125,6 +125,8 @@ const float *dn_gpu_input(const dn_net *net, const dn_layer *l);
 float *dn_gpu_input_delta(const dn_net *net, const dn_layer *l);
 /* The layer's device scratch slot (0 .. DN_GPU_BUFS-1), grown to n floats. */
 dn_status dn_gpu_buffer(dn_layer *l, int slot, size_t n, float **out);
+/* The same slot grown to `bytes` (for other types than floats: 256-byte aligned by cudaMalloc). */
+dn_status dn_gpu_buffer_bytes(dn_layer *l, int slot, size_t bytes, void **out);
 /* dLoss/d(pre-activation) of a layer whose output is act(pre-activation):
  * its delta itself for a linear act, else a copy in scratch slot 1 times
  * f'(.) (from the output, and from the pre-activation values a training
@@ -150,9 +152,9 @@ dn_status dn_gpu_host_backward(dn_net *net, dn_layer *l);
  * on the host (written without a GPU to run it on: off by default until a device run checks it) */
 int dn_gpu_loss_on_device(void);
 dn_status dn_gpu_push(float *dev, const float *host, size_t n);
-/* The loss of a device loss kernel: runs x per doubles pulled and added as the CPU's loss adds them, each run in
- * order, times scale, then the runs in order, into *total. */
-dn_status dn_gpu_loss_total(const double *dev, size_t runs, size_t per, double scale, double *total);
+/* The loss of a device loss kernel: runs x per doubles pulled (into a page-locked buffer the network keeps) and
+ * added as the CPU's loss adds them, each run in order, times scale, then the runs in order, into *total. */
+dn_status dn_gpu_loss_total(dn_net *net, const double *dev, size_t runs, size_t per, double scale, double *total);
 dn_status dn_gpu_pull(float *host, const float *dev, size_t n);
 /* Host copies brought up to date of the outputs layer l reads (the previous
  * layer's and those its `layers`/`from` name) and of its own output, for a

@@ -54,12 +54,14 @@ struct dn_cuda {
     float *workspace;
     size_t workspace_n;
     /* The parameters' gradients in one device block in the host block's order (net->grad_arena; each
-     * p->grad_gpu a slice at p->grad's offset), so that they cross to the host and back as one copy each way.
+     * p->grad_gpu a slice at p->grad's offset, made with the block when training is on), so that they cross to the host and back as one copy each way.
      * grads_on_host: the host block was brought up to date and handed out (the gradient hooks may rewrite
      * it); it goes back before the next device work with them. */
     float *grad_block;
     size_t grad_block_n;
     int grads_on_host;
+    double *loss_host;        /* the device losses' values on the host (dn_gpu_loss_total), grown as needed */
+    size_t loss_host_n;
     int *delta_dirty;         /* per layer, and [nlayers] for the input: the host delta was handed out */
     /* host buffers registered as page-locked (cudaHostRegister): those that cross to the host in every
      * training pass (a loss head's input, output and delta, a host-pass layer's and its sources'), so that
@@ -86,7 +88,7 @@ dn_status dn_cuda_push_dirty(dn_net *net);                  /* what the caller w
 
 /* cuda_gemm.cu */
 dn_status dn_cuda_precision_from_environment(dn_net *net);  /* PYDARKNET_CUDA_PRECISION, when the network goes there */
-dn_status dn_cuda_check_gradients(dn_net *net, int *finite); /* the backend's check_gradients */
+dn_status dn_cuda_begin_update(dn_net *net, int *finite);   /* the backend's begin_update */
 void dn_cuda_release_products(dn_cuda *ctx);                /* the products' buffers freed */
 
 #endif /* DN_CUDA_CONTEXT_H */

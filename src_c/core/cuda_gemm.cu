@@ -128,35 +128,25 @@ static dn_status reduced_gemm(const dn_net *net, int ta, int tb, int M, int N, i
     return DN_OK;
 }
 
-/* Before the update, in float16: whether every gradient is finite (*finite), the loss scale moved (halved on a
- * gradient that is not, doubled after LOSS_SCALE_GROWTH_UPDATES finite ones in a row). */
+/* The backend's begin_update: what the caller or a hook wrote on the host goes to the device (once for the whole
+ * update), then, in float16, whether every gradient is finite (*finite), the loss scale moved (halved on a gradient
+ * that is not, doubled after LOSS_SCALE_GROWTH_UPDATES finite ones in a row). */
 __global__ void nonfinite_kernel(const float *g, size_t n, int *flag)
 {
     DN_KERNEL_LOOP(i, n) if (!isfinite(g[i])) *flag = 1; /* every writer writes 1 */
 }
 
-dn_status dn_cuda_check_gradients(dn_net *net, int *finite)
+dn_status dn_cuda_begin_update(dn_net *net, int *finite)
 {
     dn_cuda *ctx = net->cuda;
     *finite = 1;
-    if (ctx->precision != DN_PRECISION_FLOAT16) return DN_OK;
     dn_status s = dn_cuda_use_device(net);
-    if (!s) s = dn_cuda_push_dirty(net); /* gradients a hook wrote on the host */
-    if (s) return s;
+    if (!s) s = dn_cuda_push_dirty(net);
+    if (s || ctx->precision != DN_PRECISION_FLOAT16) return s;
     cudaError_t e = ctx->nonfinite ? cudaSuccess : cudaMalloc(&ctx->nonfinite, sizeof(int));
     if (e == cudaSuccess) e = cudaMemsetAsync(ctx->nonfinite, 0, sizeof(int), ctx->stream);
     if (e == cudaSuccess && ctx->grad_block) /* every gradient in one pass over the block */
         nonfinite_kernel<<<dn_grid(ctx->grad_block_n), DN_LAUNCH>>>(ctx->grad_block, ctx->grad_block_n, ctx->nonfinite);
-    for (int i = 0; i < net->nlayers && e == cudaSuccess; ++i) { /* and those outside it */
-        const dn_layer *l = net->layers[i];
-        for (int j = 0; j < l->nparams; ++j) {
-            const dn_param *p = &l->params[j];
-            const int in_block = ctx->grad_block && p->grad_gpu >= ctx->grad_block &&
-                                 p->grad_gpu < ctx->grad_block + ctx->grad_block_n;
-            if (p->grad_gpu && !in_block)
-                nonfinite_kernel<<<dn_grid(p->count), DN_LAUNCH>>>(p->grad_gpu, p->count, ctx->nonfinite);
-        }
-    }
     int flag = 0;
     if (e == cudaSuccess) e = cudaGetLastError();
     if (e == cudaSuccess) e = cudaMemcpyAsync(&flag, ctx->nonfinite, sizeof(int), cudaMemcpyDeviceToHost, ctx->stream);

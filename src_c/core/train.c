@@ -292,7 +292,7 @@ dn_status dn_net_update(dn_net *net)
     train_config c;
     if ((s = read_config(net, &c))) return s;
     int finite = 1;
-    if ((s = net->backend->check_gradients(net, &finite))) return s;
+    if ((s = net->backend->begin_update(net, &finite))) return s;
     const float B = (float)(net->images_since_update ? net->images_since_update : (unsigned long long)net->batch);
     const long long t = ++net->iteration;
     if (!finite) { /* mixed precision's overflow: the iteration counts, nothing moves */

@@ -35,7 +35,7 @@ static dn_status device_loss(dn_layer *l, dn_net *net)
     cost_kernel<<<dn_grid(n), DN_LAUNCH>>>(dn_gpu_input(net, l), truth, n, type, scale, sigma, delta, l->batch,
                                           l->delta_gpu, (double *)terms);
     double loss; /* the values' losses in order, times the scale, as cost.c adds them */
-    if ((s = dn_gpu_loss_total((const double *)terms, 1, n, scale, &loss))) return s;
+    if ((s = dn_gpu_loss_total(net, (const double *)terms, 1, n, scale, &loss))) return s;
     net->loss += loss;
     return DN_OK;
 }

@@ -107,9 +107,10 @@ static dn_status region_device_loss(dn_layer *l, dn_net *net)
     const int batch = l->batch, stride = net->truth_stride;
     const size_t hw = (size_t)l->h * l->w, cells = (size_t)p.num * hw, total = (size_t)batch * cells;
     const size_t truth_n = (size_t)batch * stride;
-    float *f, *states, *losses;
+    float *f, *losses;
+    void *states;
     if ((s = dn_gpu_buffer(l, 0, truth_n + 2 * (size_t)p.num, &f)) ||
-        (s = dn_gpu_buffer(l, 1, (total * sizeof(region_cell) + 3) / 4, &states)) ||
+        (s = dn_gpu_buffer_bytes(l, 1, total * sizeof(region_cell), &states)) ||
         (s = dn_gpu_buffer(l, 2, 2 * total, &losses)))
         return s;
     if ((s = dn_gpu_push(f, net->truth, truth_n)) || (s = dn_gpu_push(f + truth_n, p.anchors, 2 * (size_t)p.num)))
@@ -122,7 +123,7 @@ static dn_status region_device_loss(dn_layer *l, dn_net *net)
     truths_kernel<<<dn_grid((size_t)batch), DN_LAUNCH>>>(p, d);
     cells_kernel<<<dn_grid(total), DN_LAUNCH>>>(p, d, 1);
     double sum; /* as region.c sums: per image in cell order, then the images */
-    if ((s = dn_gpu_loss_total((const double *)losses, (size_t)batch, cells, 1.0, &sum))) return s;
+    if ((s = dn_gpu_loss_total(net, (const double *)losses, (size_t)batch, cells, 1.0, &sum))) return s;
     net->loss += sum;
     return DN_OK;
 }

@@ -40,7 +40,7 @@ static dn_status device_loss(dn_layer *l, dn_net *net, int groups, float temp, f
     group_loss_kernel<<<dn_grid(count), DN_LAUNCH>>>(dn_gpu_input(net, l), truth, l->output_gpu, count, n, temp, gamma,
                                                     alpha, grad, (double *)loss);
     double sum; /* the groups' losses in order, as softmax.c adds them */
-    if ((s = dn_gpu_loss_total((const double *)loss, 1, count, 1.0, &sum))) return s;
+    if ((s = dn_gpu_loss_total(net, (const double *)loss, 1, count, 1.0, &sum))) return s;
     net->loss += sum;
     return DN_OK;
 }

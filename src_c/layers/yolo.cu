@@ -121,15 +121,6 @@ __global__ static void scale_kernel(float *x, size_t n, float a)
     DN_KERNEL_LOOP(e, n) x[e] *= a;
 }
 
-/* a device buffer of `bytes` in layer slot `slot` (floats: 4-byte units, 256-byte aligned by cudaMalloc) */
-static dn_status slot_bytes(dn_layer *l, int slot, size_t bytes, void **out)
-{
-    float *p;
-    dn_status s = dn_gpu_buffer(l, slot, (bytes + 3) / 4, &p);
-    if (!s) *out = p;
-    return s;
-}
-
 static size_t round8(size_t bytes) { return (bytes + 7) & ~(size_t)7; }
 
 static dn_status yolo_device_loss(dn_layer *l, dn_net *net)
@@ -146,10 +137,10 @@ static dn_status yolo_device_loss(dn_layer *l, dn_net *net)
                                                               (p.class_mult ? (size_t)p.classes : 0);
     void *in0, *in1, *in2, *in3;
     const size_t terms_bytes = round8(predictions * (size_t)p.classes * sizeof(cls_term));
-    if ((s = slot_bytes(l, 0, (truth_n + arrays_n) * 4, &in0)) ||
-        (s = slot_bytes(l, 1, ((size_t)batch * rows + (size_t)batch) * sizeof(int), &in1)) ||
-        (s = slot_bytes(l, 2, predictions * sizeof(cell_state), &in2)) ||
-        (s = slot_bytes(l, 3, terms_bytes + predictions * sizeof(double), &in3)))
+    if ((s = dn_gpu_buffer_bytes(l, 0, (truth_n + arrays_n) * 4, &in0)) ||
+        (s = dn_gpu_buffer_bytes(l, 1, ((size_t)batch * rows + (size_t)batch) * sizeof(int), &in1)) ||
+        (s = dn_gpu_buffer_bytes(l, 2, predictions * sizeof(cell_state), &in2)) ||
+        (s = dn_gpu_buffer_bytes(l, 3, terms_bytes + predictions * sizeof(double), &in3)))
         return s;
     /* the truths, then the layer's arrays (the mask's ints pushed as their 4-byte units) */
     float *f = (float *)in0, *anchors = f + truth_n, *all_anchors = anchors + 2 * (size_t)p.n;
@@ -177,7 +168,7 @@ static dn_status yolo_device_loss(dn_layer *l, dn_net *net)
     if (p.delta_normalizer != 1.f) scale_kernel<<<dn_grid(n), DN_LAUNCH>>>(l->delta_gpu, n, p.delta_normalizer);
     /* summed as yolo.c sums them: per image in prediction order, times delta_normalizer, then the images */
     double total;
-    if ((s = dn_gpu_loss_total(losses, (size_t)batch, cells, p.delta_normalizer, &total))) return s;
+    if ((s = dn_gpu_loss_total(net, losses, (size_t)batch, cells, p.delta_normalizer, &total))) return s;
     net->loss += total;
     return DN_OK;
 }
